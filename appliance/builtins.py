@@ -1,0 +1,22 @@
+"""The one list of built-in plugins (static: a compiled binary cannot discover entry points).
+
+Registrations are listed by plugin type in containerd's order, so that the
+dependency sort (which keeps this order where `requires` allows) yields the
+same `ctr plugins ls` listing as containerd.
+"""
+from . import plugin as p
+from .plugins import events, health, introspection, leases, metadata, namespaces, version
+
+MODULES = [metadata, events, introspection, leases, namespaces, health, version]
+
+TYPE_ORDER = [p.CONTENT, p.SNAPSHOT, p.METADATA, p.DIFF, p.EVENT, p.GC, p.SERVICE,
+              p.RUNTIME_V2, p.MONITOR, p.GRPC, p.INTERNAL, p.TTRPC, p.STREAM_PROCESSOR]
+
+
+def registrations():
+    regs = [reg for module in MODULES for reg in module.REGISTRATIONS]
+    rank = {t: i for i, t in enumerate(TYPE_ORDER)}
+
+    def containerd_order(reg):  # by type; within a type introspection first, then by id
+        return rank.get(reg.type, len(rank)), not reg.id.startswith("introspection"), reg.id
+    return sorted(regs, key=containerd_order)

@@ -1,0 +1,115 @@
+"""The event exchange: publish, forward and subscribe, as containerd's `exchange`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from google.protobuf import any_pb2
+
+from .. import filters, identifiers
+from .._proto.containerd.api.services.events.v1 import events_pb2
+from ..errdefs import q, InvalidArgument
+
+log = logging.getLogger("appliance.events")
+QUEUE_LIMIT = 4096
+
+
+def pack_any(message) -> any_pb2.Any:
+    """An Any with the bare full name as type_url, as containerd's typeurl expects."""
+    return any_pb2.Any(type_url=message.DESCRIPTOR.full_name,
+                       value=message.SerializeToString())
+
+
+def validate_topic(topic: str) -> None:
+    if not topic:
+        raise InvalidArgument("must not be empty")
+    if not topic.startswith("/"):
+        raise InvalidArgument(f"topic {q(topic)} must start with '/'")
+    if len(topic) == 1:
+        raise InvalidArgument("must contain at least one component")
+    for part in topic[1:].split("/"):
+        identifiers.validate(part)
+
+
+class _Subscriber:
+    def __init__(self, loop, matcher):
+        self.loop = loop
+        self.matcher = matcher
+        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_LIMIT)
+        self.overflowed = False
+
+    def offer(self, envelope) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(envelope)
+        except asyncio.QueueFull:
+            self.overflowed = True  # a subscriber this slow is disconnected
+
+
+class Exchange:
+    """Fans envelopes out to subscribers; safe to call from any thread."""
+
+    def __init__(self):
+        self._subscribers: set[_Subscriber] = set()
+        self._lock = threading.Lock()
+
+    def publish(self, namespace: str, topic: str, event) -> None:
+        identifiers.validate(namespace)
+        validate_topic(topic)
+        envelope = events_pb2.Envelope(namespace=namespace, topic=topic, event=pack_any(event))
+        envelope.timestamp.GetCurrentTime()
+        self._broadcast(envelope)
+
+    def forward(self, envelope) -> None:
+        identifiers.validate(envelope.namespace)
+        validate_topic(envelope.topic)
+        self._broadcast(envelope)
+
+    def _broadcast(self, envelope) -> None:
+        log.debug("event %s %s", envelope.namespace, envelope.topic)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            if not sub.matcher(envelope):
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is sub.loop:
+                sub.offer(envelope)
+            elif not sub.loop.is_closed():
+                sub.loop.call_soon_threadsafe(sub.offer, envelope)
+
+    async def subscribe(self, *filter_strings):
+        """Yield matching envelopes until the caller stops iterating."""
+        flt = filters.parse(*filter_strings)
+
+        def matcher(env):
+            return flt.match(lambda path: _envelope_field(env, path))
+
+        sub = _Subscriber(asyncio.get_running_loop(), matcher)
+        with self._lock:
+            self._subscribers.add(sub)
+        try:
+            while True:
+                envelope = await sub.queue.get()
+                yield envelope
+                if sub.overflowed and sub.queue.empty():
+                    log.warning("event subscriber too slow: dropped")
+                    return
+        finally:
+            with self._lock:
+                self._subscribers.discard(sub)
+
+
+def _envelope_field(env, path):
+    if not path:
+        return "", False
+    if path[0] == "topic":
+        return env.topic, len(path) == 1
+    if path[0] == "namespace":
+        return env.namespace, len(path) == 1
+    return "", False

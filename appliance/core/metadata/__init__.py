@@ -1,0 +1,1 @@
+"""Namespaced metadata on sqlite3: one table per object kind, labels beside them."""

@@ -1,0 +1,85 @@
+"""Namespaces: the top of every object's key."""
+from __future__ import annotations
+
+from ... import identifiers
+from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .db import DB, NAMESPACED_KINDS, now_ns
+
+KIND = "namespace"
+
+
+class NamespaceStore:
+    def __init__(self, db: DB):
+        self.db = db
+
+    def create(self, name: str, labels: dict[str, str]) -> None:
+        identifiers.validate(name)
+        identifiers.validate_labels(labels)
+        with self.db.write() as tx:
+            if tx.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone():
+                raise AlreadyExists(f"namespace {q(name)}: already exists")
+            ts = now_ns()
+            tx.execute("INSERT INTO namespaces VALUES (?,?,?)", (name, ts, ts))
+            DB.set_labels(tx, "", KIND, name, labels)
+
+    def ensure(self, name: str) -> None:
+        """Create `name` if missing (every namespaced write does this, as containerd)."""
+        with self.db.read() as conn:
+            if conn.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone():
+                return
+        identifiers.validate(name)
+        with self.db.write() as tx:
+            ts = now_ns()
+            tx.execute("INSERT OR IGNORE INTO namespaces VALUES (?,?,?)", (name, ts, ts))
+
+    def labels(self, name: str) -> dict[str, str]:
+        with self.db.read() as conn:
+            if not conn.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone():
+                raise NotFound(f"namespace {q(name)}: not found")
+            return DB.get_labels(conn, "", KIND, name)
+
+    def list(self) -> list[str]:
+        with self.db.read() as conn:
+            return [r[0] for r in conn.execute("SELECT name FROM namespaces ORDER BY name")]
+
+    def update(self, name: str, labels: dict[str, str], paths: list[str]) -> dict[str, str]:
+        """Set labels: all of them (no paths), or only the `labels.<key>` paths given."""
+        identifiers.validate_labels(labels)
+        identifiers.validate(name)
+        with self.db.write() as tx:
+            # containerd creates a missing namespace on update; so do we
+            ts = now_ns()
+            tx.execute("INSERT OR IGNORE INTO namespaces VALUES (?,?,?)", (name, ts, ts))
+            current = DB.get_labels(tx, "", KIND, name)
+            if not paths:
+                current = dict(labels)
+            for path in paths:
+                if path == "labels":
+                    current = dict(labels)
+                elif path.startswith("labels."):
+                    key = path[len("labels."):]
+                    if labels.get(key):
+                        current[key] = labels[key]
+                    else:
+                        current.pop(key, None)
+                else:
+                    raise InvalidArgument(f"cannot update {q(path)} field on namespace {q(name)}")
+            DB.set_labels(tx, "", KIND, name, current)
+            tx.execute("UPDATE namespaces SET updated_at=? WHERE name=?", (now_ns(), name))
+            return current
+
+    def delete(self, name: str) -> None:
+        with self.db.write() as tx:
+            if not tx.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone():
+                raise NotFound(f"namespace {q(name)}: not found")
+            still = [word for table, word in NAMESPACED_KINDS
+                     if tx.execute(f"SELECT 1 FROM {table} WHERE namespace=? LIMIT 1",
+                                   (name,)).fetchone()]
+            if still:
+                raise FailedPrecondition(f"namespace {q(name)} must be empty, but it still has "
+                                         f"{', '.join(still)}")
+            tx.execute("DELETE FROM namespaces WHERE name=?", (name,))
+            tx.execute("DELETE FROM leases WHERE namespace=?", (name,))
+            tx.execute("DELETE FROM lease_resources WHERE namespace=?", (name,))
+            tx.execute("DELETE FROM labels WHERE namespace=?", (name,))
+            DB.set_labels(tx, "", KIND, name, {})

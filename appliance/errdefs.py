@@ -1,0 +1,71 @@
+"""Error kinds shared by every layer, and their gRPC status codes.
+
+Services raise these; the gRPC and TTRPC adapters turn them into status codes the
+way containerd's errdefs does, so `ctr` prints the same messages.
+"""
+import grpc
+
+
+class ApplianceError(Exception):
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ApplianceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ApplianceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ApplianceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidArgument(ApplianceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unavailable(ApplianceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(ApplianceError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class DeadlineExceeded(ApplianceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Aborted(ApplianceError):
+    code = grpc.StatusCode.ABORTED
+
+
+_BY_CODE = {cls.code: cls for cls in (NotFound, AlreadyExists, FailedPrecondition,
+                                       InvalidArgument, Unavailable, Unimplemented,
+                                       DeadlineExceeded, Aborted)}
+
+
+def from_status(code, message):
+    """The error kind for a status received from a peer (shim, proxy plugin)."""
+    return _BY_CODE.get(code, ApplianceError)(message)
+
+
+def status_of(exc):
+    """(grpc.StatusCode, message) for any exception raised by a service."""
+    if isinstance(exc, ApplianceError):
+        return exc.code, exc.message
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
+    return grpc.StatusCode.UNKNOWN, str(exc) or type(exc).__name__
+
+
+def q(text: str) -> str:
+    """Go's %q, which containerd uses in the messages ctr prints."""
+    import json
+    return json.dumps(text, ensure_ascii=False)

@@ -1,0 +1,53 @@
+"""Helpers shared by the thin gRPC adapters: namespaces from metadata, error mapping."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+from .errdefs import ApplianceError, FailedPrecondition, status_of
+
+log = logging.getLogger("appliance.grpc")
+NAMESPACE_KEY = "containerd-namespace"
+
+
+def namespace_of(context) -> str:
+    """The namespace a request runs in; containerd requires one for namespaced RPCs."""
+    for key, value in context.invocation_metadata() or ():
+        if key == NAMESPACE_KEY and value:
+            return value
+    raise FailedPrecondition("namespace is required: failed precondition")
+
+
+def rpc(fn):
+    """Wrap a servicer method so service errors become gRPC status codes.
+
+    Works for unary methods (sync or async) and for async-generator streams.
+    """
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except Exception as exc:
+                await _abort(context, exc)
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        try:
+            result = fn(self, request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception as exc:
+            await _abort(context, exc)
+    return unary
+
+
+async def _abort(context, exc):
+    if not isinstance(exc, (ApplianceError, TimeoutError)):
+        log.exception("unexpected error in RPC")
+    code, message = status_of(exc)
+    await context.abort(code, message)

@@ -1,0 +1,1 @@
+"""One module per plugin family: registrations, local service and thin gRPC adapter."""

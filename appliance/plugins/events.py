@@ -1,0 +1,59 @@
+"""The event exchange plugin and the Events service (gRPC, and TTRPC Forward for shims)."""
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from .._proto.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
+from .._proto.containerd.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
+from ..core.events import Exchange
+from ..grpcutil import namespace_of, rpc
+from ..plugin import EVENT, GRPC, InitContext, Registration
+
+TTRPC_EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
+
+
+class EventsAdapter(events_pb2_grpc.EventsServicer):
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+
+    def register(self, server):
+        events_pb2_grpc.add_EventsServicer_to_server(self, server)
+
+    def register_ttrpc(self, server):
+        server.register(TTRPC_EVENTS_SERVICE, {"Forward": self._ttrpc_forward})
+
+    @rpc
+    def Publish(self, request, context):
+        self.exchange.forward(events_pb2.Envelope(
+            namespace=namespace_of(context), topic=request.topic, event=request.event,
+            timestamp=_now()))
+        return empty_pb2.Empty()
+
+    @rpc
+    def Forward(self, request, context):
+        self.exchange.forward(request.envelope)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def Subscribe(self, request, context):
+        async for envelope in self.exchange.subscribe(*request.filters):
+            yield envelope
+
+    async def _ttrpc_forward(self, payload: bytes, ctx) -> bytes:
+        request = ttrpc_events_pb2.ForwardRequest.FromString(payload)
+        envelope = events_pb2.Envelope.FromString(request.envelope.SerializeToString())
+        self.exchange.forward(envelope)
+        return b""
+
+
+def _now():
+    from google.protobuf import timestamp_pb2
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+REGISTRATIONS = [
+    Registration(EVENT, "exchange", lambda ic: Exchange(), exports_root=False),
+    Registration(GRPC, "events", lambda ic: EventsAdapter(ic.get(EVENT)), requires=(EVENT,)),
+]

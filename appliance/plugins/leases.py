@@ -1,0 +1,105 @@
+"""Leases: local service and gRPC adapter."""
+from __future__ import annotations
+
+import secrets
+import time
+
+from google.protobuf import empty_pb2
+
+from .. import filters
+from .._proto.containerd.api.services.leases.v1 import leases_pb2 as pb
+from .._proto.containerd.api.services.leases.v1 import leases_pb2_grpc as pb_grpc
+from ..core.metadata.leases import Lease, LeaseStore
+from ..grpcutil import namespace_of, rpc
+from ..plugin import GRPC, METADATA, SERVICE, InitContext, Registration
+
+
+class LeasesService:
+    def __init__(self, store: LeaseStore, namespaces):
+        self.store = store
+        self.namespaces = namespaces
+        self.gc = None  # the GC scheduler attaches itself when it loads
+
+    def create(self, ns: str, lease_id: str, labels: dict[str, str]) -> Lease:
+        self.namespaces.ensure(ns)
+        if not lease_id:
+            lease_id = f"{time.time_ns()}-{secrets.token_hex(3)}"
+        return self.store.create(ns, lease_id, labels)
+
+    def list(self, ns: str, filter_strings) -> list[Lease]:
+        flt = filters.parse(*filter_strings)
+        return [lease for lease in self.store.list(ns)
+                if flt.match(filters.adapt_object({"id": lease.id, "labels": lease.labels}))]
+
+    def delete(self, ns: str, lease_id: str, sync: bool = False) -> None:
+        self.store.delete(ns, lease_id)
+        if self.gc is not None:
+            self.gc.schedule(wait=sync)
+
+    def add_resource(self, ns, lease_id, rtype, rid):
+        self.store.add_resource(ns, lease_id, rtype, rid)
+
+    def delete_resource(self, ns, lease_id, rtype, rid):
+        self.store.delete_resource(ns, lease_id, rtype, rid)
+
+    def resources(self, ns, lease_id):
+        return self.store.resources(ns, lease_id)
+
+
+def lease_to_pb(lease: Lease) -> pb.Lease:
+    out = pb.Lease(id=lease.id, labels=lease.labels)
+    out.created_at.FromNanoseconds(lease.created_at)
+    return out
+
+
+class LeasesAdapter(pb_grpc.LeasesServicer):
+    def __init__(self, service: LeasesService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_LeasesServicer_to_server(self, server)
+
+    @rpc
+    def Create(self, request, context):
+        lease = self.service.create(namespace_of(context), request.id, dict(request.labels))
+        return pb.CreateResponse(lease=lease_to_pb(lease))
+
+    @rpc
+    def Delete(self, request, context):
+        self.service.delete(namespace_of(context), request.id, request.sync)
+        return empty_pb2.Empty()
+
+    @rpc
+    def List(self, request, context):
+        leases = self.service.list(namespace_of(context), request.filters)
+        return pb.ListResponse(leases=[lease_to_pb(lease) for lease in leases])
+
+    @rpc
+    def AddResource(self, request, context):
+        self.service.add_resource(namespace_of(context), request.id,
+                                  request.resource.type, request.resource.id)
+        return empty_pb2.Empty()
+
+    @rpc
+    def DeleteResource(self, request, context):
+        self.service.delete_resource(namespace_of(context), request.id,
+                                     request.resource.type, request.resource.id)
+        return empty_pb2.Empty()
+
+    @rpc
+    def ListResources(self, request, context):
+        resources = self.service.resources(namespace_of(context), request.id)
+        return pb.ListResourcesResponse(resources=[pb.Resource(type=t, id=i)
+                                                   for t, i in resources])
+
+
+def _service(ic: InitContext) -> LeasesService:
+    md = ic.get(METADATA)
+    return LeasesService(LeaseStore(md.db), md.namespaces)
+
+
+REGISTRATIONS = [
+    Registration(SERVICE, "leases-service", _service, requires=(METADATA,)),
+    Registration(GRPC, "leases", lambda ic: LeasesAdapter(
+        ic.get_by_id(SERVICE, "leases-service")), requires=(SERVICE,)),
+]

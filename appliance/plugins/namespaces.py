@@ -1,0 +1,88 @@
+"""Namespaces: local service (events) and gRPC adapter."""
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from .._proto.containerd.api.events import namespace_pb2 as events
+from .._proto.containerd.api.services.namespaces.v1 import namespace_pb2 as pb
+from .._proto.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
+from ..grpcutil import rpc
+from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
+
+
+class NamespacesService:
+    """What the gRPC adapter and in-process callers use; publishes events."""
+
+    def __init__(self, store, exchange):
+        self.store = store
+        self.exchange = exchange
+
+    def get(self, name: str) -> dict[str, str]:
+        return self.store.labels(name)
+
+    def list(self) -> list[tuple[str, dict[str, str]]]:
+        return [(name, self.store.labels(name)) for name in self.store.list()]
+
+    def create(self, name: str, labels: dict[str, str]) -> None:
+        self.store.create(name, labels)
+        self.exchange.publish(name, "/namespaces/create",
+                              events.NamespaceCreate(name=name, labels=labels))
+
+    def update(self, name: str, labels: dict[str, str], paths: list[str]) -> dict[str, str]:
+        labels = self.store.update(name, labels, paths)
+        self.exchange.publish(name, "/namespaces/update",
+                              events.NamespaceUpdate(name=name, labels=labels))
+        return labels
+
+    def delete(self, name: str) -> None:
+        self.store.delete(name)
+        self.exchange.publish(name, "/namespaces/delete", events.NamespaceDelete(name=name))
+
+
+class NamespacesAdapter(pb_grpc.NamespacesServicer):
+    def __init__(self, service: NamespacesService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_NamespacesServicer_to_server(self, server)
+
+    @rpc
+    def Get(self, request, context):
+        labels = self.service.get(request.name)
+        return pb.GetNamespaceResponse(namespace=pb.Namespace(name=request.name, labels=labels))
+
+    @rpc
+    def List(self, request, context):
+        return pb.ListNamespacesResponse(namespaces=[
+            pb.Namespace(name=name, labels=labels) for name, labels in self.service.list()])
+
+    @rpc
+    def Create(self, request, context):
+        ns = request.namespace
+        self.service.create(ns.name, dict(ns.labels))
+        return pb.CreateNamespaceResponse(namespace=ns)
+
+    @rpc
+    def Update(self, request, context):
+        ns = request.namespace
+        labels = self.service.update(ns.name, dict(ns.labels), list(request.update_mask.paths))
+        return pb.UpdateNamespaceResponse(namespace=pb.Namespace(name=ns.name, labels=labels))
+
+    @rpc
+    def Delete(self, request, context):
+        self.service.delete(request.name)
+        return empty_pb2.Empty()
+
+
+def _service(ic: InitContext) -> NamespacesService:
+    return NamespacesService(ic.get(METADATA).namespaces, ic.get(EVENT))
+
+
+def _adapter(ic: InitContext) -> NamespacesAdapter:
+    return NamespacesAdapter(ic.get_by_id(SERVICE, "namespaces-service"))
+
+
+REGISTRATIONS = [
+    Registration(SERVICE, "namespaces-service", _service, requires=(METADATA, EVENT)),
+    Registration(GRPC, "namespaces", _adapter, requires=(SERVICE,)),
+]

@@ -1,0 +1,257 @@
+"""The daemon: boot in containerd's order, serve, and stop gracefully.
+
+Order: signals → root/state → temp mounts cleaned → plugins (in a worker thread,
+so SIGTERM is handled while one blocks) → listeners → sd_notify READY → log.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+import grpc
+
+from . import sdnotify
+from .config import Config, plugin_config
+from .plugin import (GRPC, InitContext, PluginSet, initialise, order)
+from .ttrpc import TTRPCServer
+
+log = logging.getLogger("appliance.server")
+GRACE_SECONDS = 2.0
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is one line for the user."""
+
+
+def dump_stacks() -> str:
+    """Every thread's stack and every asyncio task's stack, for SIGUSR1."""
+    lines = ["=== thread stacks ==="]
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"--- thread {names.get(ident, ident)} ---")
+        lines.extend(l.rstrip() for l in traceback.format_stack(frame))
+    lines.append("=== asyncio tasks ===")
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        tasks = set()
+    for task in tasks:
+        lines.append(f"--- {task.get_name()}: {task.get_coro()!r} ---")
+        for frame in task.get_stack():
+            lines.extend(l.rstrip() for l in traceback.format_stack(frame, limit=1))
+    return "\n".join(lines)
+
+
+def _check_address_free(path: str) -> None:
+    """Refuse to steal a socket another daemon is serving; remove a stale one."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a leftover from a crash
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"listen on {path}: address already in use by another process")
+
+
+def _secure_socket(path: str, uid: int, gid: int) -> None:
+    os.chmod(path, 0o660)
+    if uid or gid:
+        os.chown(path, uid, gid)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, registrations):
+        self.cfg = cfg
+        self.registrations = registrations
+        self.plugins = PluginSet()
+        self.grpc_server = None
+        self.ttrpc_server = None
+        self.sockets: list[str] = []
+        self.stopping = asyncio.Event()
+
+    # --- boot ---------------------------------------------------------------
+
+    def _install_signals(self, loop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("%s", dump_stacks()))
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _on_stop_signal(self, sig) -> None:
+        log.info("received signal %s, stopping", signal.Signals(sig).name)
+        self.stopping.set()
+
+    def _prepare_dirs(self) -> None:
+        for path in (self.cfg.root, self.cfg.state):
+            if not path:
+                raise StartupError("root and state must be set")
+            os.makedirs(path, mode=0o711, exist_ok=True)
+            os.chmod(path, 0o711)
+        tmpmounts = os.path.join(self.cfg.root, "tmpmounts")
+        if os.path.isdir(tmpmounts):
+            from .mount import unmount_all_under
+            if unmount_all_under(tmpmounts):
+                log.info("cleaned temporary mounts under %s", tmpmounts)
+
+    def _init_plugins(self, loop) -> None:
+        """Runs in a worker thread; async inits run on the loop."""
+        disabled = set(self.cfg.disabled_plugins)
+        regs = [r for r in self.registrations if r.uri not in disabled]
+        properties = {"io.containerd.plugin.root": self.cfg.root,
+                      "io.containerd.plugin.state": self.cfg.state,
+                      "io.containerd.plugin.grpc.address": self.cfg.grpc.address,
+                      "io.containerd.plugin.ttrpc.address": self.cfg.ttrpc_address}
+        for reg in order(regs):
+            if self.stopping.is_set():
+                return
+            ctx = InitContext(registration=reg,
+                              root=os.path.join(self.cfg.root, reg.uri),
+                              state=os.path.join(self.cfg.state, reg.uri),
+                              config=plugin_config(self.cfg, reg),
+                              properties=properties, plugins=self.plugins,
+                              server_config=self.cfg)
+            if reg.exports_root:
+                ctx.exports["root"] = ctx.root
+            log.debug("loading plugin %s", reg.uri)
+            result = initialise(
+                ctx, lambda aw: asyncio.run_coroutine_threadsafe(_awaited(aw), loop).result())
+            self.plugins.add(result)
+            if reg.essential and result.status != "ok":
+                raise StartupError(f"load plugin {reg.uri}: {result.error}")
+        for uri in self.cfg.required_plugins:
+            found = [p for p in self.plugins.results if p.registration.uri == uri]
+            if not found:
+                raise StartupError(f"required plugin {uri} not included")
+            if found[0].status != "ok":
+                raise StartupError(f"load required plugin {uri}: {found[0].error}")
+
+    async def _serve(self) -> None:
+        opts = [("grpc.max_receive_message_length", self.cfg.grpc.max_recv_message_size),
+                ("grpc.max_send_message_length", self.cfg.grpc.max_send_message_size)]
+        self.grpc_server = grpc.aio.server(options=opts)
+        self.ttrpc_server = TTRPCServer()
+        for p in self.plugins.results:
+            if p.status != "ok":
+                continue
+            if p.registration.type == GRPC and hasattr(p.instance, "register"):
+                p.instance.register(self.grpc_server)
+            if hasattr(p.instance, "register_ttrpc"):
+                p.instance.register_ttrpc(self.ttrpc_server)
+
+        address = self.cfg.grpc.address
+        os.makedirs(os.path.dirname(address) or ".", mode=0o711, exist_ok=True)
+        _check_address_free(address)
+        if not self.grpc_server.add_insecure_port("unix:" + address):
+            raise StartupError(f"listen on {address}: cannot bind")
+        await self.grpc_server.start()
+        self.sockets.append(address)
+        _secure_socket(address, self.cfg.grpc.uid, self.cfg.grpc.gid)
+        log.info("serving gRPC on %s", address)
+
+        ttrpc_address = self.cfg.ttrpc_address
+        _check_address_free(ttrpc_address)
+        await self.ttrpc_server.serve(ttrpc_address, uid=self.cfg.ttrpc.uid or None,
+                                      gid=self.cfg.ttrpc.gid or None)
+        self.sockets.append(ttrpc_address)
+        log.info("serving TTRPC on %s", ttrpc_address)
+
+        for p in self.plugins.results:  # e.g. health flips to SERVING
+            if p.status == "ok" and hasattr(p.instance, "serving"):
+                await p.instance.serving()
+
+    async def run(self) -> int:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        self._prepare_dirs()
+
+        init = _in_daemon_thread(loop, self._init_plugins, loop)
+        stop_wait = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({init, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if self.stopping.is_set():
+            log.info("stopped during plugin initialisation")
+            await self._shutdown()
+            return 0
+        init.result()  # raises StartupError for required plugins
+
+        await self._serve()
+        sdnotify.notify("READY=1")
+        log.info("successfully booted in %.3fs", time.monotonic() - started)
+        await stop_wait
+        sdnotify.notify("STOPPING=1")
+        await self._shutdown()
+        return 0
+
+    # --- stop ---------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(GRACE_SECONDS)
+        if self.ttrpc_server is not None:
+            await self.ttrpc_server.close()
+        for p in reversed(self.plugins.results):
+            close = getattr(p.instance, "close", None) if p.status == "ok" else None
+            if close is None:
+                continue
+            try:
+                result = close()
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, GRACE_SECONDS)
+            except Exception as exc:
+                log.warning("failed to close plugin %s: %s", p.registration.uri, exc)
+        for path in self.sockets:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("stopped")
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+def _in_daemon_thread(loop, fn, *args) -> asyncio.Future:
+    """Run `fn` in a daemon thread (it must not keep the process alive on SIGTERM)."""
+    future = loop.create_future()
+
+    def target():
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # delivered to the awaiting task
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=target, name="plugin-init", daemon=True).start()
+    return future
+
+
+def _settle(future, result, exc):
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def run(cfg: Config, registrations) -> int:
+    try:
+        return asyncio.run(Daemon(cfg, registrations).run())
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1

@@ -1,0 +1,163 @@
+"""Asyncio TTRPC client: unary calls multiplexed over one unix-socket connection."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from .. import errdefs
+from .framing import (REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, KeyValue, Request, Response,
+                      encode_frame)
+from .server import NAMESPACE_KEY
+
+log = logging.getLogger("appliance.ttrpc")
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _error(code: int | grpc.StatusCode, message: str) -> errdefs.ApplianceError:
+    if isinstance(code, int):
+        code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+    return errdefs.from_status(code, message)
+
+
+class TTRPCClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 namespace: str | None = None, write_timeout: float = 30.0):
+        """Use ``await TTRPCClient.connect(...)``; this wraps an open stream pair."""
+        self.namespace = namespace  # sent as containerd-namespace-ttrpc unless overridden
+        self._reader, self._writer = reader, writer
+        self._write_timeout = write_timeout
+        self._write_lock = asyncio.Lock()
+        self._next_id = 1  # client stream ids are odd: 1, 3, 5, ...
+        self._pending: dict[int, asyncio.Future] = {}
+        self._closed: errdefs.ApplianceError | None = None
+        self._recv_task = asyncio.create_task(self._recv_loop())
+
+    @classmethod
+    async def connect(cls, path: str, timeout: float = 10.0, *, namespace: str | None = None,
+                      write_timeout: float = 30.0) -> "TTRPCClient":
+        """Dial a unix socket; ``path`` may carry the shim's ``unix://`` prefix."""
+        path = path.removeprefix("unix://")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise errdefs.Unavailable(f"ttrpc: dial {path}: {exc!r}") from exc
+        return cls(reader, writer, namespace=namespace, write_timeout=write_timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    async def call(self, service: str, method: str, request=b"", metadata=None,
+                   timeout: float | None = None) -> bytes:
+        """One unary call; returns the response payload.
+
+        ``request`` is bytes or a protobuf message. ``metadata`` maps key to a
+        string or a list of strings. ``timeout`` (seconds) is sent to the server
+        as timeout_nano and bounds the local wait; without it the call waits
+        until answered or the connection drops. Errors are errdefs exceptions:
+        the peer's status mapped by errdefs.from_status, DeadlineExceeded on
+        timeout, Unavailable when the connection is or becomes closed.
+        """
+        if self._closed is not None:
+            raise errdefs.Unavailable(self._closed.message)
+        if hasattr(request, "SerializeToString"):
+            request = request.SerializeToString()
+        md = dict(metadata or {})
+        if self.namespace and NAMESPACE_KEY not in md:
+            md[NAMESPACE_KEY] = self.namespace
+        req = Request(service=service, method=method, payload=bytes(request),
+                      timeout_nano=int(timeout * 1e9) if timeout else 0,
+                      metadata=[KeyValue(key=k, value=v) for k, vs in md.items()
+                                for v in ([vs] if isinstance(vs, str) else vs)])
+        stream_id = self._next_id
+        self._next_id += 2
+        try:
+            frame = encode_frame(stream_id, REQUEST, req.SerializeToString())
+        except FrameTooLarge as exc:
+            raise _error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[stream_id] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                await self._write(frame)
+                payload = await fut
+        except TimeoutError:
+            raise errdefs.DeadlineExceeded(
+                f"{service}/{method}: context deadline exceeded") from None
+        finally:
+            self._pending.pop(stream_id, None)  # a late response is then dropped
+
+        try:
+            resp = Response.FromString(payload)
+        except DecodeError as exc:
+            raise _error(grpc.StatusCode.INTERNAL, f"ttrpc: bad response: {exc}") from None
+        if resp.status.code != 0:
+            raise _error(resp.status.code, resp.status.message)
+        return resp.payload
+
+    async def _write(self, frame: bytes) -> None:
+        async with self._write_lock:
+            if self._closed is not None:
+                raise errdefs.Unavailable(self._closed.message)
+            self._writer.write(frame)
+            try:
+                await asyncio.wait_for(self._writer.drain(), self._write_timeout)
+            except (ConnectionError, asyncio.TimeoutError) as exc:
+                self._shutdown(f"ttrpc: write failed: {exc!r}")
+                raise errdefs.Unavailable(f"ttrpc: write failed: {exc!r}") from exc
+
+    async def _recv_loop(self) -> None:
+        decoder = FrameDecoder()
+        reason = "ttrpc: closed"
+        try:
+            while True:
+                data = await self._reader.read(1 << 16)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    fut = self._pending.get(item.stream_id)
+                    if fut is None or fut.done():
+                        continue  # caller gave up (timeout), or a stray id
+                    if isinstance(item, FrameTooLarge):
+                        fut.set_exception(_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(item)))
+                    elif item.type == RESPONSE:
+                        fut.set_result(item.payload)
+                    # DATA (streaming) frames are not used by unary calls: ignored.
+        except (ConnectionError, OSError) as exc:
+            reason = f"ttrpc: connection lost: {exc!r}"
+        finally:
+            self._shutdown(reason)
+
+    def _shutdown(self, reason: str) -> None:
+        """Fail every pending call with Unavailable and close the transport."""
+        if self._closed is None:
+            self._closed = errdefs.Unavailable(reason)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(errdefs.Unavailable(reason))
+        self._writer.close()
+
+    def close(self) -> None:
+        """Close the connection; pending calls fail with Unavailable."""
+        self._shutdown("ttrpc: closed")
+        self._recv_task.cancel()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """close() and wait (bounded) until the socket is really closed."""
+        self.close()
+        await asyncio.wait({self._recv_task}, timeout=timeout)
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+        except (OSError, asyncio.TimeoutError):
+            pass
+
+    async def __aenter__(self) -> "TTRPCClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

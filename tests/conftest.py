@@ -1,0 +1,27 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from daemon import Daemon  # noqa: E402
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon().start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon():
+    """One daemon for a module of read-mostly tests (each test uses its own namespace)."""
+    d = Daemon().start()
+    try:
+        yield d
+    finally:
+        d.cleanup()

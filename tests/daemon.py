@@ -1,0 +1,122 @@
+"""Start ctrappliance on private paths and drive it with the real ctr."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BINARY = os.environ.get("CTRAPPLIANCE_BIN", str(REPO / ".venv" / "bin" / "ctrappliance"))
+CTR = shutil.which("ctr") or "/usr/bin/ctr"
+BOOT_TIMEOUT = 30.0
+
+
+class Daemon:
+    """One daemon process with its own root, state and socket under a temp dir."""
+
+    def __init__(self, workdir: str | None = None, config: str | None = None,
+                 extra_args=(), env=None):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root = self.workdir / "root"
+        self.state = self.workdir / "state"
+        self.address = str(self.workdir / "ca.sock")
+        self.log_path = self.workdir / "daemon.log"
+        self.config = config
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self):
+        argv = [BINARY, "--root", str(self.root), "--state", str(self.state),
+                "--address", self.address, "--log-level", "debug"]
+        if self.config:
+            argv += ["--config", self.config]
+        return argv + self.extra_args
+
+    def start(self, wait=True) -> "Daemon":
+        self.log_file = open(self.log_path, "ab")
+        env = dict(os.environ, **(self.env or {}))
+        self.proc = subprocess.Popen(self.argv(), stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=BOOT_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if "successfully booted" in self.log():
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"daemon did not boot in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def ctr(self, *args, namespace="default", check=True, input=None, timeout=60):
+        """Run the real ctr against this daemon; returns CompletedProcess (text)."""
+        argv = [CTR, "--address", self.address, "--namespace", namespace, *args]
+        result = subprocess.run(argv, capture_output=True, text=True, input=input,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}{result.stderr}")
+        return result
+
+    def signal(self, sig):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout=15.0) -> int | None:
+        """SIGTERM the daemon we started (by pid), SIGKILL if it does not go."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log_file.close()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log_file.close()
+
+    def cleanup(self):
+        self.stop()
+        subprocess.run(["umount", "-R", "-l", str(self.workdir)], capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def socket_accepts(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def run_cli(*args, input=None, timeout=30, env=None):
+    """Run the ctrappliance executable with arguments (not the daemon)."""
+    return subprocess.run([BINARY, *args], capture_output=True, text=True, input=input,
+                          timeout=timeout, env=env)

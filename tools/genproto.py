@@ -1,0 +1,108 @@
+"""Generate Python stubs from the containerd .proto files Debian ships.
+
+The gogoproto and fieldpath options only steer Go code generation, so they are
+stripped; imports are relocated from github.com/containerd/containerd/ to
+appliance/_proto/containerd/ so no top-level ``github`` package appears.
+Runs at build time (scripts/dev setup, setup.py build); output is never edited.
+"""
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+GOCODE = Path(os.environ.get("CONTAINERD_PROTO_ROOT",
+                             "/usr/share/gocode/src/github.com/containerd/containerd"))
+REPO = Path(__file__).resolve().parent.parent
+OUT_PACKAGE = "appliance/_proto"
+SOURCES = [
+    "api/events/container.proto", "api/events/content.proto", "api/events/image.proto",
+    "api/events/namespace.proto", "api/events/snapshot.proto", "api/events/task.proto",
+    "api/services/containers/v1/containers.proto", "api/services/content/v1/content.proto",
+    "api/services/diff/v1/diff.proto", "api/services/events/v1/events.proto",
+    "api/services/images/v1/images.proto", "api/services/introspection/v1/introspection.proto",
+    "api/services/leases/v1/leases.proto", "api/services/namespaces/v1/namespace.proto",
+    "api/services/snapshots/v1/snapshots.proto", "api/services/tasks/v1/tasks.proto",
+    "api/services/ttrpc/events/v1/events.proto", "api/services/version/v1/version.proto",
+    "api/types/descriptor.proto", "api/types/metrics.proto", "api/types/mount.proto",
+    "api/types/platform.proto", "api/types/task/task.proto",
+    "runtime/v2/task/shim.proto", "runtime/v2/runc/options/oci.proto",
+]
+# containerd 1.7 added these fields; they are additive, so one set of stubs serves both.
+ADDITIVE_1_7 = {
+    "api/services/containers/v1/containers.proto": [
+        ("message Container {", "\tstring sandbox = 11;\n")],
+    "api/services/introspection/v1/introspection.proto": [
+        ("message ServerResponse {",
+         "\tuint64 pid = 2;\n\tuint64 pidns = 3;\n\trepeated DeprecationWarning deprecations = 4;\n")],
+}
+EXTRA_MESSAGES = {
+    "api/services/introspection/v1/introspection.proto":
+        "\nmessage DeprecationWarning {\n\tstring id = 1;\n\tstring message = 2;\n"
+        "\tgoogle.protobuf.Timestamp last_occurrence = 3;\n}\n",
+}
+
+_WEAK_IMPORT = re.compile(r'^import weak "[^"]*";\n', re.M)
+_FILE_OPTION = re.compile(r'^option \((gogoproto|containerd\.plugin)\.[^;]*;\n', re.M)
+_FIELD_OPTIONS = re.compile(r'\s*\[\s*\((gogoproto|containerd\.plugin)\.[^\]]*\]')
+_GO_PACKAGE = re.compile(r'^option go_package = "[^"]*";\n', re.M)
+
+
+def transform(path, text):
+    text = _WEAK_IMPORT.sub("", text)
+    text = _FILE_OPTION.sub("", text)
+    text = _FIELD_OPTIONS.sub("", text)
+    text = _GO_PACKAGE.sub("", text)
+    text = re.sub(r'^\s*option \((gogoproto|containerd\.plugin)\.[^;]*;\n', "", text, flags=re.M)
+    text = text.replace('"github.com/containerd/containerd/', '"appliance/_proto/containerd/')
+    for anchor, fields in ADDITIVE_1_7.get(path, []):
+        start = text.index(anchor)
+        end = _message_end(text, start)
+        text = text[:end] + fields + text[end:]
+    text += EXTRA_MESSAGES.get(path, "")
+    if "google.protobuf.Timestamp" in text and "google/protobuf/timestamp.proto" not in text:
+        text = text.replace("\nimport ", '\nimport "google/protobuf/timestamp.proto";\nimport ', 1)
+    return text
+
+
+def _message_end(text, start):
+    """Index of the closing brace of the message that starts at ``start``."""
+    depth = 0
+    for i in range(text.index("{", start), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError("unbalanced message")
+
+
+def main():
+    from grpc_tools import protoc
+    import grpc_tools
+    import google.rpc.status_pb2
+    google_root = Path(google.rpc.status_pb2.__file__).parent.parent.parent
+    builtin = Path(grpc_tools.__file__).parent / "_proto"
+    out = REPO / OUT_PACKAGE
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = []
+        for rel in SOURCES:
+            dest = Path(tmp) / OUT_PACKAGE / "containerd" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(transform(rel, (GOCODE / rel).read_text()))
+            staged.append(str(dest.relative_to(tmp)))
+        gen = Path(tmp) / "gen"
+        gen.mkdir()
+        args = ["protoc", f"-I{tmp}", f"-I{builtin}", f"-I{google_root}",
+                f"--python_out={gen}", f"--pyi_out={gen}", f"--grpc_python_out={gen}", *staged]
+        if protoc.main(args) != 0:
+            sys.exit("protoc failed")
+        shutil.rmtree(out / "containerd", ignore_errors=True)
+        shutil.copytree(gen / OUT_PACKAGE / "containerd", out / "containerd")
+    out.mkdir(parents=True, exist_ok=True)
+    for d in [out, *[p for p in (out / "containerd").rglob("*") if p.is_dir()]]:
+        (d / "__init__.py").touch()
+    print(f"generated {len(list(out.rglob('*_pb2.py')))} modules under {out}")
+
+
+if __name__ == "__main__":
+    main()
