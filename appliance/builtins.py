@@ -6,8 +6,10 @@ same `ctr plugins ls` listing as containerd.
 """
 from . import plugin as p
 from .plugins import events, health, introspection, leases, metadata, namespaces, version
+from .plugins import containers, runtime, tasks
 
 MODULES = [metadata, events, introspection, leases, namespaces, health, version]
+MODULES += [containers, runtime, tasks]
 
 TYPE_ORDER = [p.CONTENT, p.SNAPSHOT, p.METADATA, p.DIFF, p.EVENT, p.GC, p.SERVICE,
               p.RUNTIME_V2, p.MONITOR, p.GRPC, p.INTERNAL, p.TTRPC, p.STREAM_PROCESSOR]

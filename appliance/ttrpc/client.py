@@ -142,6 +142,10 @@ class TTRPCClient:
                 fut.set_exception(errdefs.Unavailable(reason))
         self._writer.close()
 
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed, by the peer or by close()."""
+        await asyncio.wait({self._recv_task})
+
     def close(self) -> None:
         """Close the connection; pending calls fail with Unavailable."""
         self._shutdown("ttrpc: closed")

@@ -45,6 +45,21 @@ MIGRATIONS = [
         PRIMARY KEY (namespace, lease, type, id)
     ) WITHOUT ROWID;
     """,
+    # containers (issue 6): GC/filter fields as columns, the rest of the message in `data`
+    """
+    CREATE TABLE containers (
+        namespace TEXT NOT NULL,
+        id TEXT NOT NULL,
+        image TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        snapshotter TEXT NOT NULL,
+        snapshot_key TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 # Tables whose rows keep a namespace from being deleted, with containerd's words for them

@@ -1,0 +1,1 @@
+"""Runtime v2: shims, bundles, the task manager and restart recovery."""

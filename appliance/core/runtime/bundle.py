@@ -1,0 +1,94 @@
+"""The OCI bundle a shim runs from: state/<ns>/<id> with config.json, rootfs/ and `work`."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from ... import identifiers
+from ...errdefs import InvalidArgument
+
+log = logging.getLogger("appliance.runtime")
+
+
+class Bundle:
+    def __init__(self, state: str, root: str, namespace: str, task_id: str):
+        self.namespace = namespace
+        self.id = task_id
+        self.path = os.path.join(state, namespace, task_id)
+        self.work = os.path.join(root, namespace, task_id)  # the shim's work dir, kept in root
+
+    @property
+    def rootfs(self) -> str:
+        return os.path.join(self.path, "rootfs")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def create(self, spec: bytes) -> None:
+        try:
+            identifiers.validate(self.id)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"invalid task id {self.id}: {exc.message}") from None
+        os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
+        os.mkdir(self.path, 0o700)
+        try:
+            os.mkdir(self.rootfs, 0o711)
+            os.makedirs(os.path.dirname(self.work), mode=0o711, exist_ok=True)
+            shutil.rmtree(self.work, ignore_errors=True)  # a leftover of a crash
+            os.mkdir(self.work, 0o711)
+            os.symlink(self.work, self.file("work"))
+            with open(self.file("config.json"), "wb") as f:
+                f.write(spec)
+        except BaseException:
+            self.delete()
+            raise
+
+    def delete(self) -> None:
+        """Unmount the rootfs, then remove bundle and work dir (renamed first, as containerd)."""
+        from ...mount import unmount_all_under
+        if os.path.isdir(self.rootfs) and _has_mounts_under(self.rootfs):
+            unmount_all_under(self.rootfs)
+        try:
+            os.rmdir(self.rootfs)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # still mounted or not empty: keep the data, report it
+            raise OSError(f"failed to remove bundle rootfs {self.rootfs}: {exc}") from exc
+        for path in (self.path, self.work):
+            _atomic_delete(path)
+
+
+def _has_mounts_under(path: str) -> bool:
+    prefix = os.path.realpath(path).encode() + b"/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any((line.split()[4] + b"/").startswith(prefix) for line in f)
+
+
+def _atomic_delete(path: str) -> None:
+    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def list_bundles(state: str, root: str) -> list[Bundle]:
+    """Every bundle left in state (skipping hidden half-deleted ones)."""
+    found = []
+    try:
+        namespaces = sorted(os.listdir(state))
+    except FileNotFoundError:
+        return found
+    for ns in namespaces:
+        ns_dir = os.path.join(state, ns)
+        if ns.startswith(".") or not os.path.isdir(ns_dir):
+            continue
+        for task_id in sorted(os.listdir(ns_dir)):
+            if task_id.startswith("."):
+                shutil.rmtree(os.path.join(ns_dir, task_id), ignore_errors=True)
+                continue
+            if os.path.isdir(os.path.join(ns_dir, task_id)):
+                found.append(Bundle(state, root, ns, task_id))
+    return found

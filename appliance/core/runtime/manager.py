@@ -1,0 +1,292 @@
+"""The v2 task manager: one shim per task, found again after a restart.
+
+Tasks live as long as their shim; the manager's table is rebuilt at boot from
+the bundles in state (all shims dialled at once, each under a deadline).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf import any_pb2, timestamp_pb2
+
+from ..._proto.containerd.api.events import task_pb2 as events
+from ..._proto.containerd.runtime.v2.task import shim_pb2
+from ...errdefs import AlreadyExists, ApplianceError, NotFound
+from . import shim as shims
+from .bundle import Bundle, list_bundles
+
+log = logging.getLogger("appliance.runtime")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+@dataclass
+class Timeouts:
+    load: float = 5.0      # io.containerd.timeout.shim.load: dial + Connect of a shim
+    cleanup: float = 5.0   # io.containerd.timeout.shim.cleanup: `shim delete`
+    shutdown: float = 3.0  # io.containerd.timeout.shim.shutdown
+
+
+@dataclass
+class CreateOpts:
+    spec: any_pb2.Any
+    runtime: str
+    runtime_options: any_pb2.Any | None = None
+    task_options: any_pb2.Any | None = None
+    rootfs: list = field(default_factory=list)   # containerd.types.Mount
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+class TaskManager:
+    def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
+                 timeouts: Timeouts, debug: bool = False):
+        self.root, self.state = root, state
+        self.address, self.ttrpc_address = address, ttrpc_address
+        self.exchange = exchange
+        self.timeouts = timeouts
+        self.debug = debug
+        self.tasks: dict[tuple[str, str], shims.Shim] = {}
+        self._pending: set[tuple[str, str]] = set()  # being created
+        self._watchers: set[asyncio.Task] = set()
+        self._closing = False
+        for d in (root, state):
+            os.makedirs(d, mode=0o711, exist_ok=True)
+
+    # --- lookups --------------------------------------------------------------
+
+    def get(self, ns: str, task_id: str) -> shims.Shim:
+        try:
+            return self.tasks[(ns, task_id)]
+        except KeyError:
+            raise NotFound(f"task {task_id} not found") from None
+
+    def exists(self, ns: str, task_id: str) -> bool:
+        return (ns, task_id) in self.tasks
+
+    def list(self, ns: str) -> list[shims.Shim]:
+        return [s for (n, _), s in sorted(self.tasks.items()) if n == ns]
+
+    # --- create / delete ------------------------------------------------------
+
+    async def create(self, ns: str, task_id: str, opts: CreateOpts) -> shims.Shim:
+        key = (ns, task_id)
+        if key in self.tasks or key in self._pending:
+            raise AlreadyExists(f"task {task_id}: already exists")
+        self._pending.add(key)
+        try:
+            return await self._create(ns, task_id, opts)
+        finally:
+            self._pending.discard(key)
+
+    async def _create(self, ns, task_id, opts: CreateOpts) -> shims.Shim:
+        bundle = Bundle(self.state, self.root, ns, task_id)
+        try:
+            bundle.create(opts.spec.value)
+        except FileExistsError:
+            raise AlreadyExists(f"task {task_id}: already exists") from None
+        topts = opts.task_options if opts.task_options is not None else opts.runtime_options
+        try:
+            try:
+                binary = shims.resolve_binary(opts.runtime, shims.shim_env("")["PATH"])
+            except ApplianceError as exc:
+                raise shims.wrap(exc, "failed to resolve runtime path")
+            shim = await shims.start(bundle, binary, self.address, self.ttrpc_address,
+                                     topts.SerializeToString() if topts is not None else None,
+                                     self.debug, self.timeouts.load)
+        except ApplianceError as exc:
+            self._delete_bundle(bundle)
+            raise shims.wrap(exc, "failed to start shim") from None
+        except BaseException:
+            self._delete_bundle(bundle)
+            raise
+        request = shim_pb2.CreateTaskRequest(
+            id=task_id, bundle=bundle.path, rootfs=opts.rootfs, terminal=opts.terminal,
+            stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr)
+        if topts is not None:
+            request.options.CopyFrom(topts)
+        try:
+            resp = await shim.call("Create", request)
+        except BaseException as exc:
+            await self._discard_failed(shim)
+            if isinstance(exc, ApplianceError):
+                raise shims.wrap(exc, "failed to create shim task") from None
+            raise
+        shim.task_pid = resp.pid
+        self._add(shim)
+        return shim
+
+    async def _discard_failed(self, shim: shims.Shim) -> None:
+        """A shim whose task could not be created: delete what it made and stop it."""
+        shim.deleting = True
+        try:
+            await shim.call("Delete", shim_pb2.DeleteRequest(id=shim.id),
+                            timeout=self.timeouts.cleanup)
+        except ApplianceError:
+            pass
+        await self._shutdown_and_remove(shim)
+
+    async def delete(self, ns: str, task_id: str) -> shim_pb2.DeleteResponse:
+        shim = self.get(ns, task_id)
+        shim.deleting = True
+        try:
+            resp = await shim.call("Delete", shim_pb2.DeleteRequest(id=task_id))
+        except ApplianceError as exc:
+            if not shim.client.closed and not isinstance(exc, NotFound):
+                shim.deleting = False
+                raise shims.wrap(exc, "failed to delete task") from None
+            resp = None
+        self.tasks.pop((ns, task_id), None)
+        await self._shutdown_and_remove(shim)
+        if resp is None:
+            raise NotFound(f"failed to delete task: task {task_id} not found")
+        return resp
+
+    async def _shutdown_and_remove(self, shim: shims.Shim) -> None:
+        try:
+            await shim.call("Shutdown", shim_pb2.ShutdownRequest(id=shim.id),
+                            timeout=self.timeouts.shutdown)
+        except ApplianceError:
+            pass  # the shim exits while answering: a closed connection is normal
+        shim.close()
+        self._delete_bundle(shim.bundle)
+
+    @staticmethod
+    def _delete_bundle(bundle: Bundle) -> None:
+        """Remove the bundle (unmounting its rootfs) and the cgroups left behind."""
+        spec = _read_spec(bundle)
+        try:
+            bundle.delete()
+        except OSError as exc:
+            log.error("failed to delete bundle %s: %s", bundle.path, exc)
+            return
+        remove_task_cgroups(bundle, spec)
+
+    # --- dead shims -----------------------------------------------------------
+
+    def _add(self, shim: shims.Shim) -> None:
+        self.tasks[(shim.namespace, shim.id)] = shim
+        watcher = asyncio.create_task(self._watch(shim), name=f"shim-{shim.id}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, shim: shims.Shim) -> None:
+        await shim.client.wait_closed()
+        if shim.deleting or self._closing:
+            return
+        log.warning("shim %s/%s disconnected: cleaning up", shim.namespace, shim.id)
+        shim.log.close()
+        await self.cleanup_dead(shim.bundle, shim.binary)
+
+    async def cleanup_dead(self, bundle: Bundle, binary: str | None) -> None:
+        """`shim delete`, then /tasks/exit and /tasks/delete, then the bundle (and mounts)."""
+        resp = None
+        if binary:
+            resp = await shims.delete_with_binary(bundle, binary, self.address,
+                                                  self.ttrpc_address, self.timeouts.cleanup)
+        self.tasks.pop((bundle.namespace, bundle.id), None)
+        if resp is not None:
+            pid, status, exited_at = resp.pid, resp.exit_status, resp.exited_at
+        else:
+            pid, status = 0, 255
+            exited_at = timestamp_pb2.Timestamp()
+            exited_at.GetCurrentTime()
+        self.exchange.publish(bundle.namespace, "/tasks/exit", events.TaskExit(
+            container_id=bundle.id, id=bundle.id, pid=pid, exit_status=status,
+            exited_at=exited_at))
+        self.exchange.publish(bundle.namespace, "/tasks/delete", events.TaskDelete(
+            container_id=bundle.id, pid=pid, exit_status=status, exited_at=exited_at))
+        self._delete_bundle(bundle)
+
+    # --- restart recovery -----------------------------------------------------
+
+    async def load_existing(self) -> None:
+        """Reconnect every shim left in state, in parallel; clean the dead ones."""
+        bundles = list_bundles(self.state, self.root)
+        if not bundles:
+            return
+        started = time.monotonic()
+        results = await asyncio.gather(*(self._load_one(b) for b in bundles),
+                                       return_exceptions=True)
+        alive = sum(1 for r in results if r is True)
+        for bundle, result in zip(bundles, results):
+            if isinstance(result, BaseException):
+                log.error("loading task %s/%s: %s", bundle.namespace, bundle.id, result)
+        log.info("reconnected %d of %d shims in %.3fs", alive, len(bundles),
+                 time.monotonic() - started)
+        self._cleanup_work_dirs()
+
+    async def _load_one(self, bundle: Bundle) -> bool:
+        if not os.listdir(bundle.path):
+            self._delete_bundle(bundle)
+            return False
+        binary = None
+        try:
+            with open(bundle.file("shim-binary-path")) as f:
+                binary = f.read().strip() or None
+        except FileNotFoundError:
+            pass
+        try:
+            shim = await asyncio.wait_for(shims.load(bundle, binary, self.timeouts.load),
+                                          self.timeouts.load)
+        except (OSError, ApplianceError, asyncio.TimeoutError) as exc:
+            log.warning("shim %s/%s is gone (%s): cleaning up", bundle.namespace, bundle.id,
+                        exc or type(exc).__name__)
+            await self.cleanup_dead(bundle, binary)
+            return False
+        self._add(shim)
+        return True
+
+    def _cleanup_work_dirs(self) -> None:
+        import shutil
+        for ns in os.listdir(self.root):
+            ns_dir = os.path.join(self.root, ns)
+            if not os.path.isdir(ns_dir):
+                continue
+            for task_id in os.listdir(ns_dir):
+                if (ns, task_id) not in self.tasks:
+                    shutil.rmtree(os.path.join(ns_dir, task_id), ignore_errors=True)
+
+    async def close(self) -> None:
+        """Daemon stop: drop connections, leave shims and containers running."""
+        self._closing = True
+        for shim in list(self.tasks.values()):
+            shim.close()
+        if self._watchers:
+            await asyncio.wait(list(self._watchers), timeout=2.0)
+
+
+def _read_spec(bundle: Bundle) -> dict:
+    try:
+        with open(bundle.file("config.json"), "rb") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def remove_task_cgroups(bundle: Bundle, spec: dict) -> None:
+    """runc removes /<ns>/<id> but leaves the /<ns> parent it made for ctr's default path;
+    remove it when empty (rmdir of a cgroup in use fails, so this never disturbs one)."""
+    path = (spec.get("linux") or {}).get("cgroupsPath", "")
+    if path != f"/{bundle.namespace}/{bundle.id}":
+        return
+    try:
+        hierarchies = os.listdir(CGROUP_ROOT)
+    except OSError:
+        return
+    for name in hierarchies:
+        base = os.path.join(CGROUP_ROOT, name)
+        if os.path.islink(base):
+            continue
+        for leftover in (os.path.join(base, bundle.namespace, bundle.id),
+                         os.path.join(base, bundle.namespace)):
+            try:
+                os.rmdir(leftover)
+            except OSError:
+                pass

@@ -1,0 +1,108 @@
+"""Containers: local service (events) and gRPC adapter."""
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from .. import filters
+from .._proto.containerd.api.events import container_pb2 as events
+from .._proto.containerd.api.services.containers.v1 import containers_pb2 as pb
+from .._proto.containerd.api.services.containers.v1 import containers_pb2_grpc as pb_grpc
+from ..core.metadata.containers import ContainerStore
+from ..errdefs import InvalidArgument
+from ..grpcutil import namespace_of, rpc
+from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
+
+
+def _adaptor(c: pb.Container):
+    """containerd's container filter fields: id, image, runtime.name, labels.*."""
+    return filters.adapt_object({"id": c.id, "image": c.image,
+                                 "runtime": {"name": c.runtime.name},
+                                 "labels": dict(c.labels)})
+
+
+class ContainersService:
+    def __init__(self, store: ContainerStore, namespaces, exchange):
+        self.store = store
+        self.namespaces = namespaces
+        self.exchange = exchange
+
+    def get(self, ns: str, cid: str) -> pb.Container:
+        return self.store.get(ns, cid)
+
+    def list(self, ns: str, filter_strings) -> list[pb.Container]:
+        flt = filters.parse(*filter_strings)
+        return [c for c in self.store.list(ns) if flt.match(_adaptor(c))]
+
+    def create(self, ns: str, container: pb.Container) -> pb.Container:
+        self.namespaces.ensure(ns)
+        created = self.store.create(ns, container)
+        runtime = events.ContainerCreate.Runtime(name=created.runtime.name)
+        if created.runtime.HasField("options"):
+            runtime.options.CopyFrom(created.runtime.options)
+        self.exchange.publish(ns, "/containers/create", events.ContainerCreate(
+            id=created.id, image=created.image, runtime=runtime))
+        return created
+
+    def update(self, ns: str, container: pb.Container, paths: list[str]) -> pb.Container:
+        if not container.id:
+            raise InvalidArgument("Container.ID required")
+        updated = self.store.update(ns, container, paths)
+        self.exchange.publish(ns, "/containers/update", events.ContainerUpdate(
+            id=updated.id, image=updated.image, labels=dict(updated.labels),
+            snapshot_key=updated.snapshot_key))
+        return updated
+
+    def delete(self, ns: str, cid: str) -> None:
+        self.store.delete(ns, cid)
+        self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))
+
+
+class ContainersAdapter(pb_grpc.ContainersServicer):
+    def __init__(self, service: ContainersService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_ContainersServicer_to_server(self, server)
+
+    @rpc
+    def Get(self, request, context):
+        return pb.GetContainerResponse(
+            container=self.service.get(namespace_of(context), request.id))
+
+    @rpc
+    def List(self, request, context):
+        return pb.ListContainersResponse(
+            containers=self.service.list(namespace_of(context), request.filters))
+
+    @rpc
+    async def ListStream(self, request, context):
+        for c in self.service.list(namespace_of(context), request.filters):
+            yield pb.ListContainerMessage(container=c)
+
+    @rpc
+    def Create(self, request, context):
+        return pb.CreateContainerResponse(
+            container=self.service.create(namespace_of(context), request.container))
+
+    @rpc
+    def Update(self, request, context):
+        updated = self.service.update(namespace_of(context), request.container,
+                                      list(request.update_mask.paths))
+        return pb.UpdateContainerResponse(container=updated)
+
+    @rpc
+    def Delete(self, request, context):
+        self.service.delete(namespace_of(context), request.id)
+        return empty_pb2.Empty()
+
+
+def _service(ic: InitContext) -> ContainersService:
+    md = ic.get(METADATA)
+    return ContainersService(ContainerStore(md.db), md.namespaces, ic.get(EVENT))
+
+
+REGISTRATIONS = [
+    Registration(SERVICE, "containers-service", _service, requires=(EVENT, METADATA)),
+    Registration(GRPC, "containers", lambda ic: ContainersAdapter(
+        ic.get_by_id(SERVICE, "containers-service")), requires=(SERVICE,)),
+]

@@ -1,0 +1,47 @@
+"""io.containerd.runtime.v2.task (shims, restart recovery) and io.containerd.monitor.v1.cgroups."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..core.runtime.manager import TaskManager, Timeouts
+from ..plugin import EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V2, InitContext, Registration
+
+log = logging.getLogger("appliance.runtime")
+
+
+@dataclass
+class RuntimeConfig:
+    platforms: list[str] = field(default_factory=lambda: ["linux/amd64"])
+    sched_core: bool = False
+
+
+async def _runtime(ic: InitContext) -> TaskManager:
+    cfg = ic.server_config
+    timeouts = Timeouts(load=cfg.timeout("io.containerd.timeout.shim.load") or 5.0,
+                        cleanup=cfg.timeout("io.containerd.timeout.shim.cleanup") or 5.0,
+                        shutdown=cfg.timeout("io.containerd.timeout.shim.shutdown") or 3.0)
+    manager = TaskManager(
+        str(ic.root), str(ic.state), ic.properties["io.containerd.plugin.grpc.address"],
+        ic.properties["io.containerd.plugin.ttrpc.address"], ic.get(EVENT), timeouts,
+        debug=logging.getLogger().isEnabledFor(logging.DEBUG))
+    await manager.load_existing()
+    return manager
+
+
+class CgroupsMonitor:
+    """OOM and exit notices come from the shims' own events (/tasks/oom, /tasks/exit);
+    the monitor only has to exist, as the tasks service requires one."""
+
+    def monitor(self, task) -> None:
+        pass
+
+    def stop(self, task) -> None:
+        pass
+
+
+REGISTRATIONS = [
+    Registration(RUNTIME_V2, "task", _runtime, requires=(EVENT, METADATA), config=RuntimeConfig,
+                 platforms=LINUX_AMD64),
+    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(), platforms=LINUX_AMD64),
+]
