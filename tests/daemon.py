@@ -42,6 +42,7 @@ class Daemon:
 
     def start(self, wait=True) -> "Daemon":
         self.log_file = open(self.log_path, "ab")
+        self.log_offset = self.log_file.tell()  # a restart appends: wait for this boot's line
         env = dict(os.environ, **(self.env or {}))
         self.proc = subprocess.Popen(self.argv(), stdout=self.log_file, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
@@ -54,7 +55,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            if "successfully booted" in self.log():
+            if b"successfully booted" in self.log_path.read_bytes()[self.log_offset:]:
                 return
             time.sleep(0.02)
         raise TimeoutError(f"daemon did not boot in {timeout}s:\n{self.log()}")

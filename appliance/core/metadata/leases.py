@@ -38,7 +38,10 @@ class LeaseStore:
         self.db = db
 
     def create(self, ns: str, lease_id: str, labels: dict[str, str]) -> Lease:
-        identifiers.validate(lease_id)
+        # containerd takes any non-empty lease id: ctr's own (`<ns>-<base64url>`, e.g.
+        # "961999641--doi") would fail the identifier rules
+        if not lease_id:
+            raise InvalidArgument("lease id must be provided")
         identifiers.validate_labels(labels)
         with self.db.write() as tx:
             if tx.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",

@@ -1,0 +1,98 @@
+"""Helpers for runtime tests: a busybox rootfs, ctr run flags, and leftover checks."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+BUSYBOX = "/bin/busybox"
+APPLETS = ("sh", "echo", "true", "false", "sleep", "cat", "stty", "env", "ps", "trap")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def make_rootfs(path: Path) -> Path:
+    """A minimal rootfs: static busybox and symlinks, plus the usual mount points."""
+    (path / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy(BUSYBOX, path / "bin" / "busybox")
+    for applet in APPLETS:
+        link = path / "bin" / applet
+        if not link.exists():
+            link.symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "etc", "tmp"):
+        (path / d).mkdir(exist_ok=True)
+    return path
+
+
+def run_flags(workdir) -> list[str]:
+    """Keep runc state and FIFOs under the test's dir (ctr defaults to /run/containerd)."""
+    return ["--runc-root", f"{workdir}/runc", "--fifo-dir", f"{workdir}/fifo"]
+
+
+def shim_pids(address: str) -> list[int]:
+    """Shim processes serving the daemon at `address` (their -address argument)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and address.encode() in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def shim_pid_of(address: str, task_id: str) -> int:
+    for pid in shim_pids(address):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if task_id.encode() in argv:
+            return pid
+    raise LookupError(f"no shim for {task_id}")
+
+
+def mounts_under(path) -> list[str]:
+    prefix = os.path.realpath(str(path)) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if (line.split()[4] + "/").startswith(prefix)]
+
+
+def cgroup_dirs(namespace: str) -> list[str]:
+    found = []
+    for name in os.listdir(CGROUP_ROOT):
+        path = os.path.join(CGROUP_ROOT, name, namespace)
+        if not os.path.islink(os.path.join(CGROUP_ROOT, name)) and os.path.isdir(path):
+            found.append(path)
+    return found
+
+
+def remove_cgroup_dirs(namespace: str) -> None:
+    """Test cleanup: empty per-namespace cgroup dirs (only those of our test namespaces)."""
+    for path in cgroup_dirs(namespace):
+        for child in sorted(Path(path).glob("*/"), reverse=True):
+            try:
+                os.rmdir(child)
+            except OSError:
+                pass
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def leftovers(daemon, namespace: str) -> dict[str, list]:
+    """What a finished run may not leave: shims, mounts, bundles, FIFOs, cgroups."""
+    bundles = daemon.state / "io.containerd.runtime.v2.task" / namespace
+    fifo = Path(daemon.workdir) / "fifo"
+    return {
+        "shims": shim_pids(daemon.address),
+        "mounts": mounts_under(daemon.workdir),
+        "bundles": sorted(os.listdir(bundles)) if bundles.exists() else [],
+        "fifos": [str(p) for p in fifo.rglob("*") if p.is_fifo()] if fifo.exists() else [],
+        "cgroups": cgroup_dirs(namespace),
+    }
+
+
+NOTHING_LEFT = {"shims": [], "mounts": [], "bundles": [], "fifos": [], "cgroups": []}

@@ -1,0 +1,427 @@
+"""Issue 6: containers and tasks through the real containerd-shim-runc-v2 and runc, driven by
+the real ctr (`ctr run --rootfs`, so no image or snapshot is needed), next to containerd 1.6.20.
+"""
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import tempfile
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon import CTR, Daemon
+from reference import Containerd
+from runtime_helpers import (NOTHING_LEFT, leftovers, make_rootfs, remove_cgroup_dirs,
+                             run_flags, shim_pid_of, shim_pids)
+
+pytestmark = pytest.mark.integration
+PATH_ENV = ["--env", "PATH=/bin"]  # --rootfs specs carry no PATH (no image config)
+USED_NAMESPACES = set()
+
+
+@pytest.fixture(scope="module")
+def rootfs():
+    d = Path(tempfile.mkdtemp(prefix="rootfs-", dir="/tmp"))
+    try:
+        yield str(make_rootfs(d / "rootfs"))
+    finally:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ours():
+    d = Daemon().start()
+    try:
+        yield d
+    finally:
+        _cleanup(d)
+
+
+@pytest.fixture(scope="module")
+def theirs():
+    c = Containerd().start()
+    try:
+        yield c
+    finally:
+        _cleanup(c)
+
+
+def _cleanup(d):
+    """Stop shims of this daemon left by a failing test (by pid), then the daemon."""
+    for pid in shim_pids(d.address):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    d.cleanup()
+    for ns in USED_NAMESPACES:
+        remove_cgroup_dirs(ns)
+
+
+def ns_for(name: str) -> str:
+    ns = f"rt-{name}-{os.getpid()}"
+    USED_NAMESPACES.add(ns)
+    return ns
+
+
+def run(d, ns, rootfs, *args, opts=(), check=False, input=None, timeout=60):
+    """ctr run [--rm|-d] [opts] --rootfs ROOTFS ID CMD... (flags precede the positionals)."""
+    while args and args[0] in ("--rm", "-d"):
+        opts, args = [args[0], *opts], args[1:]
+    return d.ctr("run", *run_flags(d.workdir), *PATH_ENV, *opts, "--rootfs", rootfs, *args,
+                 namespace=ns, check=check, input=input, timeout=timeout)
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def task_status(d, ns, cid):
+    for line in d.ctr("tasks", "ls", namespace=ns).stdout.splitlines()[1:]:
+        cols = line.split()
+        if cols[0] == cid:
+            return cols[2]
+    return None
+
+
+# --- ctr run --rm ---------------------------------------------------------------
+
+
+def test_run_rm_echo_hello_exit_codes_env_and_stdin(ours, rootfs):
+    ns = ns_for("basic")
+    r = run(ours, ns, rootfs, "--rm", "hello", "echo", "hello")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "hello\n", "")
+    r = run(ours, ns, rootfs, "--rm", "exit3", "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    r = run(ours, ns, rootfs, "env1", "sh", "-c", "echo $GREETING",
+            opts=["--rm", "--env", "GREETING=from-env"])
+    assert r.stdout == "from-env\n"
+    r = run(ours, ns, rootfs, "--rm", "stdin1", "sh", "-c", "read x; echo got:$x",
+            input="line-one\n")
+    assert (r.returncode, r.stdout) == (0, "got:line-one\n")
+    assert ours.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+    assert leftovers(ours, ns) == NOTHING_LEFT
+
+
+def _winsize(rows, cols):
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+def test_run_tty_output_and_resize(ours, rootfs):
+    ns = ns_for("tty")
+    argv = [CTR, "--address", ours.address, "--namespace", ns, "run", *run_flags(ours.workdir),
+            *PATH_ENV, "--rootfs", "-t", "--rm", rootfs, "tty1",
+            "sh", "-c", "echo ready; read x; stty size; read y; stty size"]
+    pid, master = os.forkpty()
+    if pid == 0:  # child: ctr with the pty as its controlling terminal, 24x80
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, _winsize(24, 80))
+            os.execv(CTR, argv)
+        finally:
+            os._exit(127)
+    output = b""
+
+    def read_until(pattern, timeout=15):
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, output):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in {output!r}"
+            if select.select([master], [], [], left)[0]:
+                try:
+                    output += os.read(master, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(rb"ready\r*\n")
+        time.sleep(0.3)  # ctr sends the initial ResizePty just after Start
+        os.write(master, b"one\r")
+        read_until(rb"24 80\r*\n")
+        fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(30, 100))  # SIGWINCH → ResizePty
+        time.sleep(0.3)
+        os.write(master, b"two\r")
+        read_until(rb"30 100\r*\n")
+        _, status = os.waitpid(pid, 0)
+        try:
+            output += os.read(master, 65536)
+        except OSError:
+            pass
+        assert os.waitstatus_to_exitcode(status) == 0, output
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(master)
+    assert leftovers(ours, ns) == NOTHING_LEFT
+
+
+# --- detached tasks -------------------------------------------------------------
+
+
+def test_detached_task_lifecycle(ours, rootfs):
+    ns = ns_for("detached")
+    assert run(ours, ns, rootfs, "-d", "web", "sh", "-c",
+               "trap 'exit 0' TERM; while true; do sleep 0.1; done").returncode == 0
+    assert run(ours, ns, rootfs, "-d", "sleeper", "sleep", "1000").returncode == 0
+    assert task_status(ours, ns, "web") == "RUNNING"
+    task_pid = int(ours.ctr("tasks", "ls", namespace=ns).stdout.split("web")[1].split()[0])
+
+    ps = ours.ctr("tasks", "ps", "web", namespace=ns).stdout
+    assert str(task_pid) in ps.split()
+
+    fifo = ["--fifo-dir", f"{ours.workdir}/fifo"]
+    r = ours.ctr("tasks", "exec", *fifo, "--exec-id", "probe", "web", "sh", "-c",
+                 "echo inside; exit 4", namespace=ns, check=False)
+    assert (r.returncode, r.stdout) == (4, "inside\n")
+
+    ours.ctr("tasks", "pause", "web", namespace=ns)
+    assert task_status(ours, ns, "web") == "PAUSED"
+    ours.ctr("tasks", "resume", "web", namespace=ns)
+    assert task_status(ours, ns, "web") == "RUNNING"
+
+    metrics = ours.ctr("tasks", "metrics", "web", namespace=ns).stdout
+    assert re.search(r"memory\.usage_in_bytes\s+\d+", metrics)
+    assert re.search(r"pids\.current\s+[1-9]", metrics)
+
+    ours.ctr("tasks", "kill", "web", namespace=ns)  # SIGTERM, trapped by the shell
+    wait_for(lambda: task_status(ours, ns, "web") == "STOPPED", what="web STOPPED")
+    ours.ctr("tasks", "kill", "-s", "SIGKILL", "sleeper", namespace=ns)
+    wait_for(lambda: task_status(ours, ns, "sleeper") == "STOPPED", what="sleeper STOPPED")
+
+    for cid in ("web", "sleeper"):
+        ours.ctr("tasks", "rm", cid, namespace=ns)
+        ours.ctr("containers", "rm", cid, namespace=ns)
+    assert ours.ctr("tasks", "ls", "-q", namespace=ns).stdout == ""
+    assert ours.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+    assert leftovers(ours, ns) == NOTHING_LEFT
+
+
+def test_containers_service_labels_filters_update(ours, rootfs):
+    ns = ns_for("containers")
+    ours.ctr("containers", "create", "--label", "team=a", "--rootfs", rootfs, "c1", "true",
+             namespace=ns)
+    ours.ctr("containers", "create", "--label", "team=b", "--rootfs", rootfs, "c2", "true",
+             namespace=ns)
+    assert ours.ctr("containers", "ls", "-q", "labels.team==b", namespace=ns).stdout == "c2\n"
+    ours.ctr("containers", "label", "c1", "team=c", "extra=1", namespace=ns)
+    info = json.loads(ours.ctr("containers", "info", "c1", namespace=ns).stdout)
+    assert info["Labels"] == {"team": "c", "extra": "1"}
+    assert info["Spec"]["root"]["path"] == rootfs
+    assert info["Runtime"]["Name"] == "io.containerd.runc.v2"
+    assert ours.ctr("containers", "ls", "-q", "runtime.name~=runc", namespace=ns).stdout \
+        == "c1\nc2\n"
+    ours.ctr("containers", "rm", "c1", "c2", namespace=ns)
+    assert ours.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+
+
+# --- events ---------------------------------------------------------------------
+
+
+def _events_of_one_run(d, ns, rootfs, cid):
+    events = subprocess.Popen([CTR, "--address", d.address, "events"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.3)  # subscribed
+        r = d.ctr("run", *run_flags(d.workdir), *PATH_ENV, "--rootfs", "--rm", rootfs, cid,
+                  "echo", "hello", namespace=ns, check=False)
+        assert r.stdout == "hello\n", r.stderr
+        time.sleep(0.3)
+    finally:
+        events.send_signal(signal.SIGTERM)
+        out, _ = events.communicate(timeout=10)
+    return [line.split()[5] for line in out.splitlines() if f" {ns} " in line]
+
+
+def test_event_order_of_one_run_matches_containerd(ours, theirs, rootfs):
+    ns = ns_for("events")
+    expected = ["/containers/create", "/tasks/create", "/tasks/start", "/tasks/exit",
+                "/tasks/delete", "/containers/delete"]
+    USED_NAMESPACES.add(ns + "-cd")
+    assert _events_of_one_run(theirs, ns + "-cd", rootfs, "ev1") == expected
+    assert _events_of_one_run(ours, ns, rootfs, "ev1") == expected
+
+
+# --- leaks ----------------------------------------------------------------------
+
+
+def _many_runs(d, rootfs, name, count):
+    ns = ns_for(name)
+    for i in range(count):
+        r = run(d, ns, rootfs, "--rm", f"t{i}", "true")
+        assert r.returncode == 0, r.stderr
+    assert d.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+    assert d.ctr("tasks", "ls", "-q", namespace=ns).stdout == ""
+    assert leftovers(d, ns) == NOTHING_LEFT
+
+
+def test_20_runs_leave_nothing_behind(ours, rootfs):
+    _many_runs(ours, rootfs, "leak20", 20)
+
+
+@pytest.mark.slow
+def test_100_runs_leave_nothing_behind(ours, rootfs):
+    _many_runs(ours, rootfs, "leak100", 100)
+
+
+# --- bad input ------------------------------------------------------------------
+
+
+def _nothing_left_by(d, ns):
+    """containerd leaves runc's /<ns> cgroup parents behind (we remove them): skip that."""
+    found = leftovers(d, ns)
+    if isinstance(d, Containerd):
+        found["cgroups"] = []
+    assert found == NOTHING_LEFT
+
+
+def _same_error(ours, theirs, ns, rootfs, *args, opts=()):
+    outputs = []
+    for d, d_ns in ((ours, ns), (theirs, ns + "-cd")):
+        USED_NAMESPACES.add(d_ns)
+        r = run(d, d_ns, rootfs, *args, opts=["--rm", *opts])
+        text = r.stderr.replace(str(d.workdir), "WORKDIR").replace(str(d.state), "STATE")
+        outputs.append((r.returncode, text.replace(d_ns, "NS")))
+        assert d.ctr("containers", "ls", "-q", namespace=d_ns).stdout == ""
+        _nothing_left_by(d, d_ns)
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0] != 0
+    return outputs[0][1]
+
+
+def test_unknown_runtime_matches_containerd(ours, theirs, rootfs):
+    ns = ns_for("badrt")
+    text = _same_error(ours, theirs, ns, rootfs, "bad1", "true",
+                       opts=["--runtime", "io.containerd.nope.v1"])
+    assert "containerd-shim-nope-v1" in text
+
+
+def test_bad_spec_matches_containerd(ours, theirs, rootfs):
+    ns = ns_for("badspec")
+    text = _same_error(ours, theirs, ns, rootfs, "bad2", "/no/such/binary")
+    assert "OCI runtime create failed" in text
+
+
+def test_duplicate_id_matches_containerd(ours, theirs, rootfs):
+    ns = ns_for("dup")
+    outputs = []
+    for d, ns in ((ours, ns), (theirs, ns + "-cd")):
+        USED_NAMESPACES.add(ns)
+        assert run(d, ns, rootfs, "-d", "dup1", "sleep", "100").returncode == 0
+        r = run(d, ns, rootfs, "--rm", "dup1", "true")
+        outputs.append((r.returncode, r.stderr))
+        assert task_status(d, ns, "dup1") == "RUNNING"  # the first one is untouched
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "dup1", namespace=ns)
+        wait_for(lambda: task_status(d, ns, "dup1") == "STOPPED", what="dup1 STOPPED")
+        d.ctr("tasks", "rm", "dup1", namespace=ns)
+        d.ctr("containers", "rm", "dup1", namespace=ns)
+        _nothing_left_by(d, ns)
+    assert outputs[0] == outputs[1] == (1, 'ctr: container "dup1": already exists\n')
+
+
+# --- restart --------------------------------------------------------------------
+
+
+def _restart_case(rootfs, stop):
+    """5 detached containers; the daemon stops (how: `stop`) and starts again."""
+    ns = ns_for(f"restart-{stop}")
+    d = Daemon().start()
+    try:
+        ids = [f"r{i}" for i in range(5)]
+        for cid in ids:
+            assert run(d, ns, rootfs, "-d", cid, "sleep", "1000").returncode == 0
+        pids_before = dict(l.split()[:2] for l in
+                           d.ctr("tasks", "ls", namespace=ns).stdout.splitlines()[1:])
+        if stop == "sigkill":
+            d.kill()
+        else:
+            d.stop()
+        assert sorted(shim_pids(d.address)) and len(shim_pids(d.address)) == 5
+        d.start()
+        rows = [l.split() for l in d.ctr("tasks", "ls", namespace=ns).stdout.splitlines()[1:]]
+        assert {(cid, pid, status) for cid, pid, status in rows} == \
+            {(cid, pids_before[cid], "RUNNING") for cid in ids}
+        fifo = ["--fifo-dir", f"{d.workdir}/fifo"]
+        r = d.ctr("tasks", "exec", *fifo, "--exec-id", "x", "r0", "echo", "still-here",
+                  namespace=ns)
+        assert r.stdout == "still-here\n"
+        for cid in ids:
+            d.ctr("tasks", "kill", "-s", "SIGKILL", cid, namespace=ns)
+        for cid in ids:
+            wait_for(lambda: task_status(d, ns, cid) == "STOPPED", what=f"{cid} STOPPED")
+            d.ctr("tasks", "rm", cid, namespace=ns)
+            d.ctr("containers", "rm", cid, namespace=ns)
+        assert leftovers(d, ns) == NOTHING_LEFT
+    finally:
+        _cleanup(d)
+
+
+def test_restart_after_sigterm_keeps_tasks(rootfs):
+    _restart_case(rootfs, "sigterm")
+
+
+def test_restart_after_sigkill_keeps_tasks(rootfs):
+    _restart_case(rootfs, "sigkill")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for init to reap counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_shim_killed_while_daemon_down_is_cleaned(rootfs):
+    ns = ns_for("deadshim")
+    d = Daemon().start()
+    try:
+        ids = [f"d{i}" for i in range(5)]
+        for cid in ids:
+            assert run(d, ns, rootfs, "-d", cid, "sleep", "1000").returncode == 0
+        before = {l.split()[0]: l.split()[1] for l in
+                  d.ctr("tasks", "ls", namespace=ns).stdout.splitlines()[1:]}
+        d.stop()
+        victim = shim_pid_of(d.address, "d2")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not _alive(victim), what="shim gone")
+        d.start()
+        log = d.log()
+        assert re.search(rf"event {ns} /tasks/exit.*\n(.*\n)*.*event {ns} /tasks/delete", log)
+        rows = {l.split()[0]: (l.split()[1], l.split()[2]) for l in
+                d.ctr("tasks", "ls", namespace=ns).stdout.splitlines()[1:]}
+        assert rows == {cid: (before[cid], "RUNNING") for cid in ids if cid != "d2"}
+        assert not os.path.exists(d.state / "io.containerd.runtime.v2.task" / ns / "d2")
+        assert not _alive(int(before["d2"]))  # `shim delete` killed the container process
+        assert len(shim_pids(d.address)) == 4
+        for cid in ids:
+            if cid != "d2":
+                d.ctr("tasks", "kill", "-s", "SIGKILL", cid, namespace=ns)
+        for cid in ids:
+            if cid != "d2":
+                wait_for(lambda: task_status(d, ns, cid) == "STOPPED", what=f"{cid} STOPPED")
+                d.ctr("tasks", "rm", cid, namespace=ns)
+            d.ctr("containers", "rm", cid, namespace=ns)
+        found = leftovers(d, ns)
+        # ctr made d2's FIFOs for a task that no longer exists; only ctr would remove them
+        found["fifos"] = [f for f in found["fifos"] if "/d2-" not in f]
+        assert found == NOTHING_LEFT
+    finally:
+        _cleanup(d)
