@@ -9,6 +9,7 @@ from .errdefs import ApplianceError, FailedPrecondition, status_of
 
 log = logging.getLogger("appliance.grpc")
 NAMESPACE_KEY = "containerd-namespace"
+LEASE_KEY = "containerd-lease"
 
 
 def namespace_of(context) -> str:
@@ -17,6 +18,14 @@ def namespace_of(context) -> str:
         if key == NAMESPACE_KEY and value:
             return value
     raise FailedPrecondition("namespace is required: failed precondition")
+
+
+def lease_of(context) -> str | None:
+    """The lease a request runs under (client.WithLease), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == LEASE_KEY and value:
+            return value
+    return None
 
 
 def rpc(fn):

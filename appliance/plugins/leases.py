@@ -11,7 +11,7 @@ from .._proto.containerd.api.services.leases.v1 import leases_pb2 as pb
 from .._proto.containerd.api.services.leases.v1 import leases_pb2_grpc as pb_grpc
 from ..core.metadata.leases import Lease, LeaseStore
 from ..grpcutil import namespace_of, rpc
-from ..plugin import GRPC, METADATA, SERVICE, InitContext, Registration
+from ..plugin import GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 
 class LeasesService:
@@ -31,10 +31,12 @@ class LeasesService:
         return [lease for lease in self.store.list(ns)
                 if flt.match(filters.adapt_object({"id": lease.id, "labels": lease.labels}))]
 
-    def delete(self, ns: str, lease_id: str, sync: bool = False) -> None:
+    def delete(self, ns: str, lease_id: str, sync: bool = False):
+        """Returns an awaitable that ends after the collection when `sync`."""
         self.store.delete(ns, lease_id)
         if self.gc is not None:
-            self.gc.schedule(wait=sync)
+            return self.gc.schedule(wait=sync)
+        return None
 
     def add_resource(self, ns, lease_id, rtype, rid):
         self.store.add_resource(ns, lease_id, rtype, rid)
@@ -65,8 +67,10 @@ class LeasesAdapter(pb_grpc.LeasesServicer):
         return pb.CreateResponse(lease=lease_to_pb(lease))
 
     @rpc
-    def Delete(self, request, context):
-        self.service.delete(namespace_of(context), request.id, request.sync)
+    async def Delete(self, request, context):
+        done = self.service.delete(namespace_of(context), request.id, request.sync)
+        if done is not None:
+            await done
         return empty_pb2.Empty()
 
     @rpc
@@ -95,7 +99,10 @@ class LeasesAdapter(pb_grpc.LeasesServicer):
 
 def _service(ic: InitContext) -> LeasesService:
     md = ic.get(METADATA)
-    return LeasesService(LeaseStore(md.db), md.namespaces)
+    service = LeasesService(LeaseStore(md.db), md.namespaces)
+    gcs = ic.get_all(GC)  # loaded before the services when enabled (type order)
+    service.gc = next(iter(gcs.values()), None)
+    return service
 
 
 REGISTRATIONS = [

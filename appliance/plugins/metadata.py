@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from ..core.metadata.db import DB
+from ..core.metadata.content import ContentStore
 from ..core.metadata.namespaces import NamespaceStore
 from ..plugin import CONTENT, METADATA, SNAPSHOT, InitContext, Registration
 
@@ -11,9 +12,11 @@ from ..plugin import CONTENT, METADATA, SNAPSHOT, InitContext, Registration
 class Metadata:
     """The database and the per-kind stores on top of it."""
 
-    def __init__(self, db: DB):
+    def __init__(self, db: DB, blobs=None):
         self.db = db
         self.namespaces = NamespaceStore(db)
+        # namespaced content (containerd's DB.ContentStore()); None without a content plugin
+        self.content = ContentStore(db, blobs) if blobs is not None else None
 
     def close(self):
         self.db.close()
@@ -24,7 +27,11 @@ def _init(ic: InitContext) -> Metadata:
     path = os.path.join(ic.root, "meta.db")
     timeout = ic.server_config.timeout("io.containerd.timeout.bolt.open")
     ic.exports.update(path=path, policy="shared")
-    return Metadata(DB(path, lock_timeout=timeout))
+    try:
+        blobs = ic.get(CONTENT)
+    except Exception:  # the content plugin is disabled
+        blobs = None
+    return Metadata(DB(path, lock_timeout=timeout), blobs)
 
 
 REGISTRATIONS = [

@@ -60,6 +60,54 @@ MIGRATIONS = [
         PRIMARY KEY (namespace, id)
     ) WITHOUT ROWID;
     """,
+    # content, ingests and images (issue 4); labels in `labels` (kinds content, image)
+    """
+    CREATE TABLE content (
+        namespace TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, digest)
+    ) WITHOUT ROWID;
+    CREATE TABLE ingests (
+        namespace TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        bref TEXT NOT NULL,
+        expected TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, ref)
+    ) WITHOUT ROWID;
+    CREATE TABLE images (
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        annotations TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, name)
+    ) WITHOUT ROWID;
+    """,
+    # snapshots (issue 5): one row per snapshot of every snapshotter; `id` names its directory
+    """
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        snapshotter TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        parent_id INTEGER REFERENCES snapshots(id),
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        inodes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (snapshotter, namespace, key)
+    );
+    CREATE INDEX snapshots_by_parent ON snapshots(parent_id);
+    """,
 ]
 
 # Tables whose rows keep a namespace from being deleted, with containerd's words for them

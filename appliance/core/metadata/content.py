@@ -1,0 +1,393 @@
+"""Namespaced content: which blobs a namespace sees, their labels, and its ingests.
+
+This is the in-process content API other plugins use (containerd's
+`metadata.DB.ContentStore()`); reach it as `ic.get(METADATA).content`::
+
+    info = content.info(ns, digest)                  # Info(digest, size, created_at, updated_at, labels)
+    with content.reader(ns, digest) as f: f.read()   # a binary file object
+    path = content.blob_path(ns, digest)             # the committed file (read-only)
+    w = content.writer(ns, ref, expected_digest, expected_size, lease=None)
+    w.write(data); w.commit(size, expected, labels); w.close()   # close() always
+
+A blob lives once on disk (the LocalStore); a namespace sees it only when a row
+in `content` records it. Deleting removes the row; the blob file goes with the
+next garbage collection when no namespace records it. Commits and the
+collector's sweep run in metadata transactions, so a blob re-ingested while a
+collection is pending is never lost.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from ... import filters, identifiers
+from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ..content.store import Ingest, LocalStore, Writer, parse_digest
+from .db import DB, now_ns, register_namespaced_kind
+
+KIND = "content"
+INGEST_EXPIRY_NS = 24 * 3600 * 10**9   # an ingest outside any lease expires after 24 h
+
+register_namespaced_kind("content", "blobs")
+
+
+@dataclass
+class Info:
+    digest: str
+    size: int
+    created_at: int
+    updated_at: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Status:
+    ref: str
+    offset: int
+    total: int
+    expected: str
+    started_at: int
+    updated_at: int
+
+
+def backend_ref(ns: str, ref: str) -> str:
+    """The ingest key in the shared blob store (containerd's `<ns>/<seq>/<ref>`)."""
+    return f"{ns}/1/{ref}"
+
+
+def check_lease(conn, ns: str, lease: str | None) -> None:
+    if lease and not conn.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",
+                                  (ns, lease)).fetchone():
+        raise NotFound("lease does not exist: not found")
+
+
+def add_lease_resource(conn, ns: str, lease: str | None, rtype: str, rid: str) -> None:
+    if lease:
+        check_lease(conn, ns, lease)
+        conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?,?,?,?)",
+                     (ns, lease, rtype, rid))
+
+
+class ContentStore:
+    def __init__(self, db: DB, blobs: LocalStore):
+        self.db = db
+        self.blobs = blobs
+        self.notify = lambda dirty: None   # the GC scheduler listens to mutations
+
+    # --- committed content --------------------------------------------------------
+
+    def info(self, ns: str, digest: str) -> Info:
+        parse_digest(digest)
+        with self.db.read() as conn:
+            return self._info(conn, ns, digest)
+
+    @staticmethod
+    def _info(conn, ns, digest) -> Info:
+        row = conn.execute("SELECT size, created_at, updated_at FROM content "
+                           "WHERE namespace=? AND digest=?", (ns, digest)).fetchone()
+        if row is None:
+            raise NotFound(f"content digest {digest}: not found")
+        return Info(digest, row[0], row[1], row[2], DB.get_labels(conn, ns, KIND, digest))
+
+    def list(self, ns: str, filter_strings=()) -> list[Info]:
+        flt = filters.parse(*filter_strings)
+        with self.db.read() as conn:
+            labels = DB.all_labels(conn, ns, KIND)
+            infos = [Info(r[0], r[1], r[2], r[3], labels.get(r[0], {})) for r in conn.execute(
+                "SELECT digest, size, created_at, updated_at FROM content WHERE namespace=? "
+                "ORDER BY digest", (ns,))]
+        return [i for i in infos
+                if flt.match(filters.adapt_object({"digest": i.digest, "labels": i.labels}))]
+
+    def update(self, ns: str, digest: str, labels: dict[str, str], paths) -> Info:
+        parse_digest(digest)
+        identifiers.validate_labels(labels)
+        with self.db.write() as tx:
+            info = self._info(tx, ns, digest)
+            current = dict(info.labels)
+            if not paths:
+                current = dict(labels)
+            for path in paths:
+                if path == "labels":
+                    current = dict(labels)
+                elif path.startswith("labels."):
+                    key = path[len("labels."):]
+                    if labels.get(key):
+                        current[key] = labels[key]
+                    else:
+                        current.pop(key, None)
+                else:
+                    raise InvalidArgument(f"cannot update {q(path)} field on content info "
+                                          f"{q(digest)}: invalid argument")
+            DB.set_labels(tx, ns, KIND, digest, current)
+            updated = now_ns()
+            tx.execute("UPDATE content SET updated_at=? WHERE namespace=? AND digest=?",
+                       (updated, ns, digest))
+        self.notify(False)
+        return Info(digest, info.size, info.created_at, updated, current)
+
+    def delete(self, ns: str, digest: str) -> None:
+        parse_digest(digest)
+        with self.db.write() as tx:
+            if not tx.execute("DELETE FROM content WHERE namespace=? AND digest=?",
+                              (ns, digest)).rowcount:
+                raise NotFound(f"content digest {digest}: not found")
+            DB.set_labels(tx, ns, KIND, digest, {})
+        self.notify(True)
+
+    def blob_path(self, ns: str, digest: str) -> str:
+        self.info(ns, digest)
+        return self.blobs.blob_path(digest)
+
+    def reader(self, ns: str, digest: str):
+        self.info(ns, digest)
+        return self.blobs.open(digest)
+
+    # --- ingests --------------------------------------------------------------------
+
+    def writer(self, ns: str, ref: str, expected: str = "", size: int = 0,
+               lease: str | None = None) -> "NamespacedWriter":
+        """Open or resume the ingest `ref`; AlreadyExists when `expected` is already here.
+
+        Blocking (a resume after a restart hashes the partial data): call it in a thread
+        from async code.
+        """
+        if not ref:
+            raise InvalidArgument("ref must not be empty: invalid argument")
+        if expected:
+            parse_digest(expected)
+        bref = backend_ref(ns, ref)
+        shared = False
+        with self.db.write() as tx:
+            check_lease(tx, ns, lease)
+            if expected and tx.execute("SELECT 1 FROM content WHERE namespace=? AND digest=?",
+                                       (ns, expected)).fetchone():
+                add_lease_resource(tx, ns, lease, "content", expected)
+                raise AlreadyExists(f"content {expected}: already exists")
+            if expected and self.blobs.exists(expected):
+                on_disk = self.blobs.size(expected)
+                if size in (0, on_disk):   # another namespace has it: no bytes to move
+                    shared, size = True, on_disk
+            tx.execute(
+                "INSERT INTO ingests VALUES (?,?,?,?,?,?) ON CONFLICT(namespace, ref) DO UPDATE "
+                "SET expected=excluded.expected, size=excluded.size",
+                (ns, ref, bref, expected if shared else "", size,
+                 0 if lease else now_ns() + INGEST_EXPIRY_NS))
+            add_lease_resource(tx, ns, lease, "ingests", ref)
+        self.notify(False)
+        if shared:
+            self.blobs._lock(bref)
+            return NamespacedWriter(self, ns, ref, bref, lease, None, expected, size)
+        return NamespacedWriter(self, ns, ref, bref, lease, self.blobs.writer(bref, size),
+                                "", size)
+
+    def status(self, ns: str, ref: str) -> Status:
+        with self.db.read() as conn:
+            row = conn.execute("SELECT bref, expected, size FROM ingests WHERE namespace=? AND ref=?",
+                               (ns, ref)).fetchone()
+        if row is None:
+            raise NotFound(f"reference {ref}: not found")
+        return self._status(ref, row[0], row[1], row[2])
+
+    def _status(self, ref, bref, expected, size) -> Status:
+        if expected:  # a shared ingest has no data of its own
+            return Status(ref, size, size, expected, 0, 0)
+        try:
+            st = self.blobs.status(bref)
+        except NotFound:
+            st = Ingest(bref, 0, size, 0, 0)
+        return Status(ref, st.offset, st.total, "", st.started_at, st.updated_at)
+
+    def list_statuses(self, ns: str, filter_strings=()) -> list[Status]:
+        flt = filters.parse(*filter_strings)
+        with self.db.read() as conn:
+            rows = conn.execute("SELECT ref, bref, expected, size FROM ingests WHERE namespace=? "
+                                "ORDER BY ref", (ns,)).fetchall()
+        out = [self._status(*row) for row in rows]
+        return [s for s in out if flt.match(filters.adapt_object({"ref": s.ref}))]
+
+    def abort(self, ns: str, ref: str) -> None:
+        with self.db.write() as tx:
+            row = tx.execute("SELECT bref FROM ingests WHERE namespace=? AND ref=?",
+                             (ns, ref)).fetchone()
+            if row is None:
+                raise NotFound(f"reference {ref}: not found")
+            try:
+                self.blobs.abort(row[0])
+            except NotFound:
+                pass  # a shared ingest, or its data already gone
+            tx.execute("DELETE FROM ingests WHERE namespace=? AND ref=?", (ns, ref))
+            tx.execute("DELETE FROM lease_resources WHERE namespace=? AND type='ingests' AND id=?",
+                       (ns, ref))
+        self.notify(True)
+
+
+class NamespacedWriter:
+    """A writer in one namespace; `local` is None for a blob shared from another namespace."""
+
+    def __init__(self, store: ContentStore, ns, ref, bref, lease, local: Writer | None,
+                 expected: str, size: int):
+        self.store = store
+        self.ns = ns
+        self.ref = ref
+        self.bref = bref
+        self.lease = lease
+        self.local = local
+        self.expected = expected
+        self.size = size
+        self.started_at = time.time_ns()
+        self._closed = False
+
+    def status(self) -> Status:
+        if self.local is None:
+            return Status(self.ref, self.size, self.size, self.expected, self.started_at,
+                          self.started_at)
+        st = self.local.status()
+        return Status(self.ref, st.offset, st.total, "", st.started_at, st.updated_at)
+
+    def digest(self) -> str:
+        return self.local.digest() if self.local is not None else self.expected
+
+    @property
+    def offset(self) -> int:
+        return self.local.offset if self.local is not None else self.size
+
+    def write(self, data) -> int:
+        if self.local is None:
+            if not len(data):
+                return 0
+            self._unshare()
+        return self.local.write(data)
+
+    def truncate(self) -> None:
+        if self.local is None:
+            self._unshare()
+        self.local.truncate()
+
+    def _unshare(self) -> None:
+        """The client writes after all: give up the shared blob and take the bytes."""
+        self.store.blobs._unlock(self.bref)
+        self.local = self.store.blobs.writer(self.bref, 0)
+        self.local.truncate()
+        self.expected, self.size = "", 0
+        with self.store.db.write() as tx:
+            tx.execute("UPDATE ingests SET expected='', size=0 WHERE namespace=? AND ref=?",
+                       (self.ns, self.ref))
+
+    def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None) -> str:
+        """Verify and publish the blob in this namespace; returns its digest.
+
+        AlreadyExists when the namespace already had it (the ingest is gone either way).
+        """
+        labels = dict(labels or {})
+        identifiers.validate_labels(labels)
+        if expected:
+            parse_digest(expected)
+        if self.local is None:
+            if size and size != self.size:
+                raise FailedPrecondition(f"{q(self.ref)} failed size validation: {self.size} != "
+                                         f"{size}: failed precondition")
+            if expected and expected != self.expected:
+                raise FailedPrecondition(f"{q(self.ref)} unexpected digest: failed precondition")
+            actual, size = self.expected, self.size
+        else:
+            if size and size != self.local.offset:
+                raise FailedPrecondition(f"{q(self.ref)} failed size validation: "
+                                         f"{self.local.offset} != {size}: failed precondition")
+            size = self.local.offset
+            try:
+                actual = self.local.seal(size, expected)   # fsync + verify, outside the DB lock
+            except FailedPrecondition:
+                if not os.path.isdir(self.local.path):     # a bad digest discarded the ingest
+                    self._forget_ingest()
+                raise
+        return self._publish(actual, size, labels)
+
+    def _publish(self, actual: str, size: int, labels: dict[str, str]) -> str:
+        ns = self.ns
+        duplicate = False
+        with self.store.db.write() as tx:   # serialised with the collector's sweep
+            if self.local is None:
+                if not self.store.blobs.exists(actual):
+                    raise NotFound(f"content digest {actual}: not found")
+            else:
+                self.store.blobs.install(self.local, actual)
+                self.local.committed()
+            if tx.execute("SELECT 1 FROM content WHERE namespace=? AND digest=?",
+                          (ns, actual)).fetchone():
+                duplicate = True
+            else:
+                ts = now_ns()
+                tx.execute("INSERT INTO content VALUES (?,?,?,?,?)", (ns, actual, size, ts, ts))
+                DB.set_labels(tx, ns, KIND, actual, labels)
+            self._forget_ingest(tx)
+            add_lease_resource(tx, ns, self.lease, "content", actual)
+        self.store.notify(False)
+        if duplicate:
+            raise AlreadyExists(f"content {actual}: already exists")
+        return actual
+
+    def _forget_ingest(self, tx=None) -> None:
+        if tx is None:
+            with self.store.db.write() as tx:
+                return self._forget_ingest(tx)
+        tx.execute("DELETE FROM ingests WHERE namespace=? AND ref=?", (self.ns, self.ref))
+        tx.execute("DELETE FROM lease_resources WHERE namespace=? AND type='ingests' AND id=?",
+                   (self.ns, self.ref))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.local is not None:
+            self.local.close()
+        else:
+            self.store.blobs._unlock(self.bref)
+
+
+def register_gc(collector, store: ContentStore) -> None:
+    """Content rows, blob files, ingests and expired leases as collectible kinds."""
+
+    def all_content(conn):
+        return [("content", ns, d) for ns, d in conn.execute("SELECT namespace, digest FROM content")]
+
+    def sweep_content(conn, dead) -> int:
+        for _, ns, digest in dead:
+            conn.execute("DELETE FROM content WHERE namespace=? AND digest=?", (ns, digest))
+            DB.set_labels(conn, ns, KIND, digest, {})
+        # a blob file goes once no namespace records it and no shared ingest waits for it
+        keep = {r[0] for r in conn.execute("SELECT DISTINCT digest FROM content")}
+        keep |= {r[0] for r in conn.execute("SELECT DISTINCT expected FROM ingests")}
+        return sum(store.blobs.delete(d) for d in list(store.blobs.walk()) if d not in keep)
+
+    def all_ingests(conn):
+        return [("ingest", ns, ref) for ns, ref in conn.execute("SELECT namespace, ref FROM ingests")]
+
+    def sweep_ingests(conn, dead) -> int:
+        removed = 0
+        for _, ns, ref in dead:
+            bref = backend_ref(ns, ref)
+            if store.blobs.locked(bref):
+                continue  # a writer is on it right now
+            conn.execute("DELETE FROM ingests WHERE namespace=? AND ref=?", (ns, ref))
+            try:
+                store.blobs.abort(bref)
+            except NotFound:
+                pass
+            removed += 1
+        return removed
+
+    def all_leases(conn):
+        return [("lease", ns, lid) for ns, lid in conn.execute("SELECT namespace, id FROM leases")]
+
+    def sweep_leases(conn, dead) -> int:
+        for _, ns, lid in dead:  # only expired leases are unmarked
+            conn.execute("DELETE FROM leases WHERE namespace=? AND id=?", (ns, lid))
+            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND lease=?", (ns, lid))
+            DB.set_labels(conn, ns, "lease", lid, {})
+        return len(dead)
+
+    collector.register_collectible("lease", all_leases, sweep_leases)
+    collector.register_collectible("ingest", all_ingests, sweep_ingests)
+    collector.register_collectible("content", all_content, sweep_content)

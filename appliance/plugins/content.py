@@ -1,0 +1,264 @@
+"""Content: the blob store plugin, the content service (events) and its gRPC adapter.
+
+In-process users (the differ, CRI, ...) take the namespaced store from the
+metadata plugin, `ic.get(METADATA).content` (see core/metadata/content.py for its
+API: info, reader, blob_path, writer, ...), or this service (same calls, plus the
+`/content/delete` event). `ic.get(CONTENT)` is the namespace-free LocalStore.
+
+The Write stream follows containerd's protocol: the first message names the ref;
+every request gets one response carrying the offset; WRITE at the current offset
+appends (offset 0 on a non-empty ingest starts over); COMMIT verifies size and
+digest and publishes the blob. Big chunks are written and hashed in a worker
+thread (the GIL is released), the event loop only moves messages.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import grpc
+from google.protobuf import empty_pb2
+
+from .._proto.containerd.api.events import content_pb2 as events
+from .._proto.containerd.api.services.content.v1 import content_pb2 as pb
+from .._proto.containerd.api.services.content.v1 import content_pb2_grpc as pb_grpc
+from ..core.content.store import LocalStore, parse_digest
+from ..core.metadata.content import ContentStore, Info, Status
+from ..errdefs import ApplianceError, AlreadyExists, InvalidArgument, NotFound
+from ..grpcutil import lease_of, namespace_of, rpc
+from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
+
+READ_CHUNK = 1 << 20
+THREAD_THRESHOLD = 64 << 10     # smaller writes are cheaper inline than a thread hop
+LIST_BATCH = 100
+
+
+class OutOfRange(ApplianceError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class ContentService:
+    """Namespaced content with events; what the adapter and in-process callers use."""
+
+    def __init__(self, store: ContentStore, exchange, namespaces=None):
+        self.store = store
+        self.exchange = exchange
+        self.namespaces = namespaces
+
+    def info(self, ns: str, digest: str) -> Info:
+        return self.store.info(ns, digest)
+
+    def update(self, ns, digest, labels, paths) -> Info:
+        return self.store.update(ns, digest, labels, paths)
+
+    def list(self, ns, filter_strings=()) -> list[Info]:
+        return self.store.list(ns, filter_strings)
+
+    def delete(self, ns: str, digest: str) -> None:
+        self.store.delete(ns, digest)
+        self.exchange.publish(ns, "/content/delete", events.ContentDelete(digest=digest))
+
+    def reader(self, ns: str, digest: str):
+        return self.store.reader(ns, digest)
+
+    def blob_path(self, ns: str, digest: str) -> str:
+        return self.store.blob_path(ns, digest)
+
+    def writer(self, ns, ref, expected="", size=0, lease=None):
+        if self.namespaces is not None:
+            self.namespaces.ensure(ns)
+        return self.store.writer(ns, ref, expected, size, lease)
+
+    def status(self, ns, ref) -> Status:
+        return self.store.status(ns, ref)
+
+    def list_statuses(self, ns, filter_strings=()) -> list[Status]:
+        return self.store.list_statuses(ns, filter_strings)
+
+    def abort(self, ns, ref) -> None:
+        self.store.abort(ns, ref)
+
+
+def info_to_pb(info: Info) -> pb.Info:
+    out = pb.Info(digest=info.digest, size=info.size, labels=info.labels)
+    out.created_at.FromNanoseconds(info.created_at)
+    out.updated_at.FromNanoseconds(info.updated_at)
+    return out
+
+
+def status_to_pb(st: Status) -> pb.Status:
+    out = pb.Status(ref=st.ref, offset=st.offset, total=st.total, expected=st.expected)
+    out.started_at.FromNanoseconds(st.started_at)
+    out.updated_at.FromNanoseconds(st.updated_at)
+    return out
+
+
+class ContentAdapter(pb_grpc.ContentServicer):
+    def __init__(self, service: ContentService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_ContentServicer_to_server(self, server)
+
+    @rpc
+    def Info(self, request, context):
+        return pb.InfoResponse(info=info_to_pb(self.service.info(namespace_of(context),
+                                                                  request.digest)))
+
+    @rpc
+    def Update(self, request, context):
+        info = self.service.update(namespace_of(context), request.info.digest,
+                                   dict(request.info.labels), list(request.update_mask.paths))
+        return pb.UpdateResponse(info=info_to_pb(info))
+
+    @rpc
+    async def List(self, request, context):
+        infos = self.service.list(namespace_of(context), list(request.filters))
+        for i in range(0, len(infos), LIST_BATCH):
+            yield pb.ListContentResponse(info=[info_to_pb(x) for x in infos[i:i + LIST_BATCH]])
+
+    @rpc
+    def Delete(self, request, context):
+        self.service.delete(namespace_of(context), request.digest)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def Read(self, request, context):
+        if request.offset < 0:
+            raise InvalidArgument(f"offset {request.offset} must not be negative")
+        f = self.service.reader(namespace_of(context), request.digest)
+        try:
+            size = os.fstat(f.fileno()).st_size
+            offset = request.offset
+            if offset > size:
+                raise InvalidArgument(f"offset {offset} beyond the end of {request.digest}")
+            end = size if request.size <= 0 else min(size, offset + request.size)
+            while offset < end:
+                data = os.pread(f.fileno(), min(READ_CHUNK, end - offset), offset)
+                if not data:
+                    break
+                yield pb.ReadContentResponse(offset=offset, data=data)
+                offset += len(data)
+        finally:
+            f.close()
+
+    @rpc
+    def Status(self, request, context):
+        return pb.StatusResponse(status=status_to_pb(
+            self.service.status(namespace_of(context), request.ref)))
+
+    @rpc
+    def ListStatuses(self, request, context):
+        statuses = self.service.list_statuses(namespace_of(context), list(request.filters))
+        return pb.ListStatusesResponse(statuses=[status_to_pb(s) for s in statuses])
+
+    @rpc
+    def Abort(self, request, context):
+        self.service.abort(namespace_of(context), request.ref)
+        return empty_pb2.Empty()
+
+    @rpc
+    async def Write(self, requests, context):
+        ns, lease = namespace_of(context), lease_of(context)
+        stream = requests.__aiter__()
+        try:
+            req = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        if not req.ref:
+            raise InvalidArgument("first message must have a reference")
+        ref, total, expected = req.ref, req.total, req.expected
+        writer = await _in_thread(self.service.writer, ns, ref, expected, total, lease,
+                                  on_cancel=lambda w: w.close())
+        # A big chunk is written and hashed in a thread while the client sends the next
+        # one: its response goes out at once (offset advanced, digest left empty, which
+        # clients keep as "unchanged"); a write error fails the next request.
+        pending: asyncio.Future | None = None
+        try:
+            while True:
+                if pending is not None:
+                    done, pending = pending, None
+                    await done
+                resp = pb.WriteContentResponse(action=req.action, offset=writer.offset)
+                if req.expected:
+                    expected = req.expected
+                    if self._present(ns, expected):
+                        writer.close()
+                        self.service.abort(ns, ref)
+                        raise AlreadyExists(f"blob with expected digest {expected} exists")
+                if req.total > 0:
+                    total = req.total
+                if req.action == pb.STAT:
+                    st = writer.status()
+                    resp.digest = writer.digest()
+                    resp.started_at.FromNanoseconds(st.started_at)
+                    resp.updated_at.FromNanoseconds(st.updated_at)
+                    resp.total = total
+                else:
+                    if req.offset > 0 and req.offset != writer.offset:
+                        raise OutOfRange(f"write @{req.offset} must occur at current offset "
+                                         f"{writer.offset}")
+                    if req.offset == 0 and writer.offset > 0:
+                        writer.truncate()
+                        resp.offset = 0
+                    data = req.data
+                    if req.action == pb.WRITE and len(data) >= THREAD_THRESHOLD:
+                        pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
+                        resp.offset += len(data)
+                    else:
+                        if data:
+                            resp.offset += writer.write(data)
+                        if req.action == pb.COMMIT:
+                            await _in_thread(writer.commit, total, expected, dict(req.labels))
+                        resp.digest = writer.digest()
+                yield resp
+                if req.action == pb.COMMIT:
+                    return
+                try:
+                    req = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+        finally:
+            if pending is not None:   # never close the writer under a running write
+                await asyncio.wait({pending})
+            writer.close()
+
+    def _present(self, ns, digest) -> bool:
+        try:
+            self.service.info(ns, digest)
+            return True
+        except (NotFound, InvalidArgument):
+            return False
+
+
+async def _in_thread(fn, *args, on_cancel=None):
+    """Run `fn` in a worker thread; if the RPC is cancelled (the client went away), let
+    the thread finish before unwinding, so the writer is never closed under it."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if on_cancel is not None and not future.cancelled() and future.exception() is None:
+            on_cancel(future.result())
+        raise
+
+
+def _store(ic: InitContext) -> LocalStore:
+    os.makedirs(ic.root, mode=0o711, exist_ok=True)
+    return LocalStore(ic.root)
+
+
+def _service(ic: InitContext) -> ContentService:
+    md = ic.get(METADATA)
+    if md.content is None:
+        raise NotFound("no content store: the content plugin is not loaded")
+    return ContentService(md.content, ic.get(EVENT), md.namespaces)
+
+
+REGISTRATIONS = [
+    Registration(CONTENT, "content", _store),
+    Registration(SERVICE, "content-service", _service, requires=(EVENT, METADATA)),
+    Registration(GRPC, "content", lambda ic: ContentAdapter(
+        ic.get_by_id(SERVICE, "content-service")), requires=(SERVICE,)),
+]

@@ -1,0 +1,193 @@
+"""io.containerd.gc.v1.scheduler: when to collect garbage (the collection is core/gc.py).
+
+containerd's policy and config keys: a collection follows a deletion (or
+`deletion_threshold` of them), `mutation_threshold` mutations, or an explicit
+request (`schedule(wait=True)`: `images rm --sync`, `leases rm --sync`), after
+`schedule_delay`; the first runs `startup_delay` after the daemon serves; between
+collections the scheduler keeps the time spent collecting under `pause_threshold`.
+Other plugins join with `scheduler.collector.register_collectible(...)` and tell it
+about mutations with `scheduler.mutated(dirty)` (thread-safe).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from ..config import parse_duration
+from ..core.gc import Collector
+from ..core.metadata.content import register_gc as register_content_gc
+from ..errdefs import DeadlineExceeded
+from ..plugin import GC, METADATA, InitContext, Registration
+
+log = logging.getLogger("appliance.gc")
+SYNC_WAIT_SECONDS = 60.0
+
+
+@dataclass
+class SchedulerConfig:
+    pause_threshold: float = 0.02
+    deletion_threshold: int = 0
+    mutation_threshold: int = 100
+    schedule_delay: str = "0s"
+    startup_delay: str = "100ms"
+
+
+class Scheduler:
+    def __init__(self, collector: Collector, cfg: SchedulerConfig):
+        self.collector = collector
+        self.pause_threshold = min(max(cfg.pause_threshold, 0.0), 0.5)
+        self.deletion_threshold = cfg.deletion_threshold
+        self.mutation_threshold = max(cfg.mutation_threshold, 0)
+        self.schedule_delay = max(parse_duration(cfg.schedule_delay), 0.0)
+        self.startup_delay = max(parse_duration(cfg.startup_delay), 0.0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: asyncio.Queue | None = None
+        self._early: list[tuple[float, bool, bool]] = []   # mutations before serving
+        self._early_lock = threading.Lock()
+        self._waiters: list[asyncio.Future] = []
+        self._task: asyncio.Task | None = None
+
+    # --- what other plugins call ----------------------------------------------------
+
+    def mutated(self, dirty: bool) -> None:
+        """A metadata change; `dirty` when something was deleted. Any thread."""
+        event = (time.monotonic(), True, dirty)
+        loop = self._loop
+        if loop is None:
+            with self._early_lock:
+                self._early.append(event)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._events.put_nowait(event)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def schedule(self, wait: bool = False):
+        """Ask for a collection soon; with `wait`, an awaitable that ends after it ran."""
+        if self._loop is None:   # not serving yet: collect now, synchronously
+            self.collector.collect()
+            return None
+        event = (time.monotonic(), False, False)
+        if not wait:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            return None
+        future = self._loop.create_future()
+        self._waiters.append(future)
+        self._events.put_nowait(event)
+        return self._wait(future)
+
+    async def _wait(self, future):
+        try:
+            return await asyncio.wait_for(future, SYNC_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("garbage collection did not finish in time: "
+                                   "deadline exceeded") from None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def serving(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._events = asyncio.Queue()
+        with self._early_lock:
+            for event in self._early:
+                self._events.put_nowait(event)
+            self._early.clear()
+        self._task = asyncio.create_task(self._run(), name="gc-scheduler")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        interval = 1.0
+        gc_time, collections = 0.0, 0
+        triggered, deletions, mutations = False, 0, 0
+        last_start: float | None = None
+        next_at = time.monotonic() + self.startup_delay if self.startup_delay > 0 else None
+        while True:
+            timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
+            try:
+                ts, mutation, dirty = await asyncio.wait_for(self._events.get(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                if last_start is not None and ts < last_start:
+                    continue   # the last collection already saw it
+                deletions += dirty
+                if mutation:
+                    mutations += 1
+                else:
+                    triggered = True
+                if (triggered
+                        or (self.deletion_threshold > 0 and deletions >= self.deletion_threshold)
+                        or (next_at is None and (
+                            (self.deletion_threshold == 0 and deletions > 0)
+                            or (self.mutation_threshold > 0
+                                and mutations >= self.mutation_threshold)))):
+                    soon = time.monotonic() + self.schedule_delay
+                    if next_at is None or next_at > soon:
+                        next_at = soon
+                continue
+            # the timer fired
+            if (not triggered and last_start is not None and deletions == 0
+                    and (self.mutation_threshold == 0 or mutations < self.mutation_threshold)):
+                next_at = time.monotonic() + interval
+                continue
+            waiters, self._waiters = self._waiters, []
+            last_start = time.monotonic()
+            triggered, deletions, mutations = False, 0, 0
+            try:
+                stats = await asyncio.to_thread(self.collector.collect)
+            except Exception as exc:
+                log.error("garbage collection failed: %s", exc)
+                next_at = time.monotonic() + interval + 1.0
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+                continue
+            gc_time += stats.elapsed
+            collections += 1
+            if self.pause_threshold > 0:
+                avg = gc_time / collections
+                interval = avg / self.pause_threshold - avg
+            next_at = time.monotonic() + interval
+            for w in waiters:
+                if not w.done():
+                    w.set_result(stats)
+
+
+def _init(ic: InitContext) -> Scheduler:
+    md = ic.get(METADATA)
+    collector = Collector(md.db)
+    if md.content is not None:
+        register_content_gc(collector, md.content)
+    scheduler = Scheduler(collector, ic.config)
+    if md.content is not None:
+        md.content.notify = scheduler.mutated
+    ic.exports.update(PauseThreshold=f"{scheduler.pause_threshold:g}",
+                      DeletionThreshold=str(scheduler.deletion_threshold),
+                      MutationThreshold=str(scheduler.mutation_threshold),
+                      ScheduleDelay=_go_duration_text(scheduler.schedule_delay))
+    return scheduler
+
+
+def _go_duration_text(seconds: float) -> str:
+    from ..core.content.store import go_duration
+    return go_duration(seconds) if seconds > 0 else "0s"
+
+
+REGISTRATIONS = [
+    Registration(GC, "scheduler", _init, requires=(METADATA,), config=SchedulerConfig,
+                 exports_root=False),
+]

@@ -1,0 +1,121 @@
+"""Images: local service (events, GC on delete) and gRPC adapter."""
+from __future__ import annotations
+
+import inspect
+
+from google.protobuf import empty_pb2
+
+from .._proto.containerd.api.events import image_pb2 as events
+from .._proto.containerd.api.services.images.v1 import images_pb2 as pb
+from .._proto.containerd.api.services.images.v1 import images_pb2_grpc as pb_grpc
+from .._proto.containerd.api.types import descriptor_pb2
+from ..core.metadata.images import Descriptor, Image, ImageStore
+from ..errdefs import InvalidArgument
+from ..grpcutil import namespace_of, rpc
+from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
+
+
+class ImagesService:
+    def __init__(self, store: ImageStore, namespaces, exchange, gc=None):
+        self.store = store
+        self.namespaces = namespaces
+        self.exchange = exchange
+        self.gc = gc
+        if gc is not None:
+            store.notify = gc.mutated
+
+    def get(self, ns: str, name: str) -> Image:
+        return self.store.get(ns, name)
+
+    def list(self, ns: str, filter_strings=()) -> list[Image]:
+        return self.store.list(ns, filter_strings)
+
+    def create(self, ns: str, image: Image) -> Image:
+        self.namespaces.ensure(ns)
+        created = self.store.create(ns, image)
+        self.exchange.publish(ns, "/images/create",
+                              events.ImageCreate(name=created.name, labels=created.labels))
+        return created
+
+    def update(self, ns: str, image: Image, paths) -> Image:
+        updated = self.store.update(ns, image, paths)
+        self.exchange.publish(ns, "/images/update",
+                              events.ImageUpdate(name=updated.name, labels=updated.labels))
+        return updated
+
+    async def delete(self, ns: str, name: str, sync: bool = False) -> None:
+        self.store.delete(ns, name)
+        self.exchange.publish(ns, "/images/delete", events.ImageDelete(name=name))
+        if sync and self.gc is not None:
+            done = self.gc.schedule(wait=True)
+            if inspect.isawaitable(done):
+                await done
+
+
+def image_to_pb(image: Image) -> pb.Image:
+    t = image.target
+    out = pb.Image(name=image.name, labels=image.labels, target=descriptor_pb2.Descriptor(
+        media_type=t.media_type, digest=t.digest, size=t.size, annotations=t.annotations))
+    out.created_at.FromNanoseconds(image.created_at)
+    out.updated_at.FromNanoseconds(image.updated_at)
+    return out
+
+
+def image_from_pb(msg: pb.Image) -> Image:
+    t = msg.target
+    return Image(msg.name, Descriptor(t.media_type, t.digest, t.size, dict(t.annotations)),
+                 dict(msg.labels))
+
+
+class ImagesAdapter(pb_grpc.ImagesServicer):
+    def __init__(self, service: ImagesService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_ImagesServicer_to_server(self, server)
+
+    @rpc
+    def Get(self, request, context):
+        return pb.GetImageResponse(image=image_to_pb(
+            self.service.get(namespace_of(context), request.name)))
+
+    @rpc
+    def List(self, request, context):
+        images = self.service.list(namespace_of(context), list(request.filters))
+        return pb.ListImagesResponse(images=[image_to_pb(i) for i in images])
+
+    @rpc
+    def Create(self, request, context):
+        if not request.image.name:
+            raise InvalidArgument("Image.Name required")
+        created = self.service.create(namespace_of(context), image_from_pb(request.image))
+        return pb.CreateImageResponse(image=image_to_pb(created))
+
+    @rpc
+    def Update(self, request, context):
+        if not request.image.name:
+            raise InvalidArgument("Image.Name required")
+        paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
+        updated = self.service.update(namespace_of(context), image_from_pb(request.image), paths)
+        return pb.UpdateImageResponse(image=image_to_pb(updated))
+
+    @rpc
+    async def Delete(self, request, context):
+        await self.service.delete(namespace_of(context), request.name, request.sync)
+        return empty_pb2.Empty()
+
+
+def _service(ic: InitContext) -> ImagesService:
+    md = ic.get(METADATA)
+    try:
+        gc = ic.get(GC)
+    except Exception:  # the scheduler is disabled: no collection
+        gc = None
+    return ImagesService(ImageStore(md.db), md.namespaces, ic.get(EVENT), gc)
+
+
+REGISTRATIONS = [
+    Registration(SERVICE, "images-service", _service, requires=(METADATA, GC)),
+    Registration(GRPC, "images", lambda ic: ImagesAdapter(
+        ic.get_by_id(SERVICE, "images-service")), requires=(SERVICE,)),
+]

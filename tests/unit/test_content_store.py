@@ -1,0 +1,99 @@
+"""The blob store on disk: ingests, locks, resume, verification."""
+import hashlib
+import os
+import re
+
+import pytest
+
+from appliance.core.content.store import LocalStore, go_duration, parse_digest
+from appliance.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+
+def sha(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_commit_by_rename_after_verification(tmp_path):
+    store = LocalStore(str(tmp_path))
+    w = store.writer("ref", total=6)
+    w.write(b"abc")
+    w.write(memoryview(b"def"))
+    assert os.listdir(store.blobs + "/sha256") == []          # nothing visible before commit
+    dgst = w.seal(6, sha(b"abcdef"))
+    assert store.install(w, dgst) is True
+    w.committed()
+    w.close()
+    with store.open(dgst) as f:
+        assert f.read() == b"abcdef"
+    assert os.stat(store.blob_path(dgst)).st_mode & 0o222 == 0    # read-only
+    assert os.listdir(store.ingests) == []
+
+
+def test_one_writer_per_ref_with_containerds_message(tmp_path):
+    store = LocalStore(str(tmp_path))
+    w = store.writer("ns/1/ref")
+    with pytest.raises(Unavailable) as err:
+        store.writer("ns/1/ref")
+    assert re.fullmatch(r"ref ns/1/ref locked for [0-9.]+(ns|µs|ms|s) \(since "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \+0000 UTC\): unavailable",
+                        err.value.message), err.value.message
+    w.close()
+    store.writer("ns/1/ref").close()
+
+
+def test_resume_in_process_and_after_restart(tmp_path):
+    data = os.urandom(300_000)
+    store = LocalStore(str(tmp_path))
+    w = store.writer("r", total=len(data))
+    w.write(data[:100_000])
+    w.close()
+    w = store.writer("r")            # same process: the hash state was kept
+    assert w.offset == 100_000
+    w.write(data[100_000:200_000])
+    w.close()
+    restarted = LocalStore(str(tmp_path))   # a new process: the partial data is hashed once
+    w = restarted.writer("r", total=len(data))
+    assert (w.offset, w.total) == (200_000, len(data))
+    w.write(data[200_000:])
+    assert w.seal(len(data), sha(data)) == sha(data)
+    w.close()
+
+
+def test_bad_digest_discards_the_ingest(tmp_path):
+    store = LocalStore(str(tmp_path))
+    w = store.writer("r")
+    w.write(b"abc")
+    with pytest.raises(FailedPrecondition, match="unexpected commit digest"):
+        w.seal(3, sha(b"xyz"))
+    w.close()
+    assert os.listdir(store.ingests) == [] and list(store.walk()) == []
+
+
+def test_size_mismatch_keeps_the_ingest(tmp_path):
+    store = LocalStore(str(tmp_path))
+    w = store.writer("r")
+    w.write(b"abc")
+    with pytest.raises(FailedPrecondition, match="unexpected commit size 3, expected 4"):
+        w.seal(4, "")
+    w.close()
+    assert store.status("r").offset == 3
+
+
+def test_abort_and_errors(tmp_path):
+    store = LocalStore(str(tmp_path))
+    store.writer("r").close()
+    store.abort("r")
+    with pytest.raises(NotFound):
+        store.abort("r")
+    with pytest.raises(NotFound):
+        store.status("r")
+    with pytest.raises(InvalidArgument):
+        parse_digest("sha256:xyz")
+    assert parse_digest("sha512:" + "a" * 128) == ("sha512", "a" * 128)
+
+
+def test_go_duration():
+    assert go_duration(1.5) == "1.5s"
+    assert go_duration(0.0123) == "12.3ms"
+    assert go_duration(90) == "1m30s"
+    assert go_duration(3725.25) == "1h2m5.25s"
