@@ -10,7 +10,7 @@ from .._proto.containerd.api.services.containers.v1 import containers_pb2_grpc a
 from ..core.metadata.containers import ContainerStore
 from ..errdefs import InvalidArgument
 from ..grpcutil import namespace_of, rpc
-from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
+from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 
 def _adaptor(c: pb.Container):
@@ -25,6 +25,7 @@ class ContainersService:
         self.store = store
         self.namespaces = namespaces
         self.exchange = exchange
+        self.gc = None  # the GC scheduler, when loaded: a deletion may free a snapshot
 
     def get(self, ns: str, cid: str) -> pb.Container:
         return self.store.get(ns, cid)
@@ -54,6 +55,8 @@ class ContainersService:
 
     def delete(self, ns: str, cid: str) -> None:
         self.store.delete(ns, cid)
+        if self.gc is not None:
+            self.gc.mutated(True)
         self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))
 
 
@@ -98,11 +101,13 @@ class ContainersAdapter(pb_grpc.ContainersServicer):
 
 def _service(ic: InitContext) -> ContainersService:
     md = ic.get(METADATA)
-    return ContainersService(ContainerStore(md.db), md.namespaces, ic.get(EVENT))
+    service = ContainersService(ContainerStore(md.db), md.namespaces, ic.get(EVENT))
+    service.gc = next(iter(ic.get_all(GC).values()), None)
+    return service
 
 
 REGISTRATIONS = [
-    Registration(SERVICE, "containers-service", _service, requires=(EVENT, METADATA)),
+    Registration(SERVICE, "containers-service", _service, requires=(EVENT, METADATA, GC)),
     Registration(GRPC, "containers", lambda ic: ContainersAdapter(
         ic.get_by_id(SERVICE, "containers-service")), requires=(SERVICE,)),
 ]

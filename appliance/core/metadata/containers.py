@@ -156,8 +156,3 @@ class ContainerStore:
             if cur.rowcount == 0:
                 raise NotFound(f"container {cid}: not found")
             DB.set_labels(tx, ns, KIND, cid, {})
-
-    def references(self, conn) -> list[tuple[str, str, str, str, str]]:
-        """(namespace, id, image, snapshotter, snapshot_key) of every container, for GC."""
-        return [tuple(r) for r in conn.execute(
-            "SELECT namespace, id, image, snapshotter, snapshot_key FROM containers")]
