@@ -1,0 +1,1 @@
+"""Snapshotters: overlayfs and native backends on disk, namespaced metadata in sqlite."""

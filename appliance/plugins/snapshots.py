@@ -1,0 +1,254 @@
+"""Snapshotter plugins (overlayfs, native and containerd's skipped ones), the snapshots service
+and its gRPC adapter."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+
+from google.protobuf import empty_pb2
+
+from .._proto.containerd.api.events import snapshot_pb2 as events
+from .._proto.containerd.api.services.snapshots.v1 import snapshots_pb2 as pb
+from .._proto.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
+from .._proto.containerd.api.types import mount_pb2
+from ..core.snapshots.backends import ACTIVE, COMMITTED, VIEW, Mount, NativeBackend, OverlayBackend
+from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
+from ..errdefs import InvalidArgument
+from ..grpcutil import lease_of, namespace_of, rpc
+from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
+                      Registration, SkipPlugin)
+
+DEFAULT_SNAPSHOTTER = "overlayfs"
+
+
+class SnapshotsService:
+    """Namespaced snapshotters by name; what the gRPC adapter and other plugins call."""
+
+    def __init__(self, snapshotters: dict[str, Snapshotter], exchange, namespaces, gc=None):
+        self.snapshotters = snapshotters
+        self.exchange = exchange
+        self.namespaces = namespaces
+        self.gc = gc
+
+    def get(self, name: str) -> Snapshotter:
+        if not name:
+            raise InvalidArgument("snapshotter argument missing: invalid argument")
+        try:
+            return self.snapshotters[name]
+        except KeyError:
+            raise InvalidArgument(f"snapshotter not loaded: {name}: invalid argument") from None
+
+    def prepare(self, ns, snapshotter, key, parent="", labels=None, lease=None) -> list[Mount]:
+        self.namespaces.ensure(ns)
+        mounts = self.get(snapshotter).prepare(ns, key, parent, labels, lease)
+        self.exchange.publish(ns, "/snapshot/prepare", events.SnapshotPrepare(key=key, parent=parent))
+        return mounts
+
+    def view(self, ns, snapshotter, key, parent="", labels=None, lease=None) -> list[Mount]:
+        self.namespaces.ensure(ns)
+        return self.get(snapshotter).view(ns, key, parent, labels, lease)
+
+    def commit(self, ns, snapshotter, name, key, labels=None, lease=None) -> None:
+        self.get(snapshotter).commit(ns, name, key, labels, lease)
+        self.exchange.publish(ns, "/snapshot/commit", events.SnapshotCommit(key=key, name=name))
+        self._mutated(False)
+
+    def remove(self, ns, snapshotter, key) -> None:
+        self.get(snapshotter).remove(ns, key)
+        self.exchange.publish(ns, "/snapshot/remove", events.SnapshotRemove(key=key))
+        self._mutated(True)
+
+    def _mutated(self, dirty: bool) -> None:
+        if self.gc is not None:
+            self.gc.mutated(dirty)
+
+    def close(self):
+        pass
+
+
+def mount_to_pb(m: Mount) -> mount_pb2.Mount:
+    return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
+
+
+_KINDS = {ACTIVE: pb.ACTIVE, VIEW: pb.VIEW, COMMITTED: pb.COMMITTED}
+
+
+def info_to_pb(info: Info) -> pb.Info:
+    out = pb.Info(name=info.name, parent=info.parent, kind=_KINDS[info.kind], labels=info.labels)
+    out.created_at.FromNanoseconds(info.created_at)
+    out.updated_at.FromNanoseconds(info.updated_at)
+    return out
+
+
+class SnapshotsAdapter(pb_grpc.SnapshotsServicer):
+    """Thin: decode, call the service (blocking disk work in a thread), encode."""
+
+    def __init__(self, service: SnapshotsService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_SnapshotsServicer_to_server(self, server)
+
+    @rpc
+    async def Prepare(self, request, context):
+        mounts = await asyncio.to_thread(
+            self.service.prepare, namespace_of(context), request.snapshotter, request.key,
+            request.parent, dict(request.labels), lease_of(context))
+        return pb.PrepareSnapshotResponse(mounts=[mount_to_pb(m) for m in mounts])
+
+    @rpc
+    async def View(self, request, context):
+        mounts = await asyncio.to_thread(
+            self.service.view, namespace_of(context), request.snapshotter, request.key,
+            request.parent, dict(request.labels), lease_of(context))
+        return pb.ViewSnapshotResponse(mounts=[mount_to_pb(m) for m in mounts])
+
+    @rpc
+    def Mounts(self, request, context):
+        mounts = self.service.get(request.snapshotter).mounts(namespace_of(context), request.key)
+        return pb.MountsResponse(mounts=[mount_to_pb(m) for m in mounts])
+
+    @rpc
+    async def Commit(self, request, context):
+        await asyncio.to_thread(self.service.commit, namespace_of(context), request.snapshotter,
+                                request.name, request.key, dict(request.labels), lease_of(context))
+        return empty_pb2.Empty()
+
+    @rpc
+    async def Remove(self, request, context):
+        await asyncio.to_thread(self.service.remove, namespace_of(context), request.snapshotter,
+                                request.key)
+        return empty_pb2.Empty()
+
+    @rpc
+    def Stat(self, request, context):
+        info = self.service.get(request.snapshotter).stat(namespace_of(context), request.key)
+        return pb.StatSnapshotResponse(info=info_to_pb(info))
+
+    @rpc
+    def Update(self, request, context):
+        sn = self.service.get(request.snapshotter)
+        info = sn.update(namespace_of(context), request.info.name, dict(request.info.labels),
+                         list(request.update_mask.paths))
+        return pb.UpdateSnapshotResponse(info=info_to_pb(info))
+
+    @rpc
+    async def List(self, request, context):
+        infos = self.service.get(request.snapshotter).list(namespace_of(context), request.filters)
+        for start in range(0, len(infos), 100):  # containerd sends batches of 100
+            yield pb.ListSnapshotsResponse(info=[info_to_pb(i) for i in infos[start:start + 100]])
+
+    @rpc
+    async def Usage(self, request, context):
+        sn = self.service.get(request.snapshotter)
+        size, inodes = await asyncio.to_thread(sn.usage, namespace_of(context), request.key)
+        return pb.UsageResponse(size=size, inodes=inodes)
+
+    @rpc
+    async def Cleanup(self, request, context):
+        await asyncio.to_thread(self.service.get(request.snapshotter).cleanup)
+        return empty_pb2.Empty()
+
+
+# --- plugin inits ---------------------------------------------------------------------
+
+def _overlay(ic: InitContext) -> OverlayBackend:
+    if "overlay" not in _filesystems():
+        raise SkipPlugin("overlayfs is not supported: skip plugin")
+    return OverlayBackend(str(ic.root))
+
+
+def _native(ic: InitContext) -> NativeBackend:
+    return NativeBackend(str(ic.root))
+
+
+def _filesystems() -> set[str]:
+    try:
+        with open("/proc/filesystems") as f:
+            return {line.split()[-1] for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def _fstype(path: str) -> str:
+    """The type of the filesystem holding `path` (longest mountinfo prefix)."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4]
+            sep = fields.index("-")
+            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, fstype = point, fields[sep + 1]
+    return fstype
+
+
+def _aufs(ic: InitContext):
+    if "aufs" not in _filesystems():
+        modprobe = shutil.which("modprobe")
+        if modprobe is None:
+            detail = 'exec: "modprobe": executable file not found in $PATH ""'
+        else:
+            r = subprocess.run([modprobe, "aufs"], capture_output=True, text=True, timeout=10)
+            if r.returncode == 0:
+                detail = ""
+            else:
+                detail = f'exit status {r.returncode} "{(r.stdout + r.stderr).strip()}"'
+        if detail:
+            raise SkipPlugin(f"aufs is not supported (modprobe aufs failed: {detail}): skip plugin")
+    raise SkipPlugin("aufs snapshotter is not implemented: skip plugin")
+
+
+def _btrfs(ic: InitContext):
+    os.makedirs(ic.root, mode=0o700, exist_ok=True)
+    fstype = _fstype(str(ic.root))
+    if fstype != "btrfs":
+        raise SkipPlugin(f"path {ic.root} ({fstype}) must be a btrfs filesystem to be used "
+                         "with the btrfs snapshotter: skip plugin")
+    raise SkipPlugin("btrfs snapshotter is not implemented: skip plugin")
+
+
+def _zfs(ic: InitContext):
+    os.makedirs(ic.root, mode=0o700, exist_ok=True)
+    if _fstype(str(ic.root)) != "zfs":
+        raise SkipPlugin(f"path {ic.root} must be a zfs filesystem to be used with the zfs "
+                         "snapshotter: skip plugin")
+    raise SkipPlugin("zfs snapshotter is not implemented: skip plugin")
+
+
+def _devmapper(ic: InitContext):
+    raise RuntimeError("devmapper not configured")
+
+
+def _service(ic: InitContext) -> SnapshotsService:
+    md = ic.get(METADATA)
+    snapshotters = {name: Snapshotter(md.db, backend)
+                    for name, backend in ic.get_all(SNAPSHOT).items()}
+    for sn in snapshotters.values():  # directories a crash left without a record
+        sn.cleanup()
+    scheduler = None
+    try:
+        scheduler = ic.get(GC)
+    except Exception:  # no garbage collector configured
+        pass
+    if scheduler is not None:
+        from ..core import gc
+        gc.register_source(gc_graph)
+        register_gc(scheduler.collector, snapshotters)
+    return SnapshotsService(snapshotters, ic.get(EVENT), md.namespaces, scheduler)
+
+
+REGISTRATIONS = [
+    Registration(SNAPSHOT, "aufs", _aufs, platforms=LINUX_AMD64),
+    Registration(SNAPSHOT, "btrfs", _btrfs, platforms=LINUX_AMD64),
+    Registration(SNAPSHOT, "devmapper", _devmapper, platforms=LINUX_AMD64, exports_root=False),
+    Registration(SNAPSHOT, "native", _native, platforms=LINUX_AMD64, exports_root=False),
+    Registration(SNAPSHOT, "overlayfs", _overlay, platforms=LINUX_AMD64),
+    Registration(SNAPSHOT, "zfs", _zfs, platforms=LINUX_AMD64),
+    Registration(SERVICE, "snapshots-service", _service, requires=(EVENT, METADATA)),
+    Registration(GRPC, "snapshots", lambda ic: SnapshotsAdapter(
+        ic.get_by_id(SERVICE, "snapshots-service")), requires=(SERVICE,)),
+]

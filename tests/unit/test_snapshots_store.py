@@ -1,0 +1,71 @@
+"""Issue 5: namespaced snapshot metadata over the overlay and native backends (real sqlite, real dirs)."""
+import os
+
+import pytest
+
+from appliance.core.metadata.db import DB
+from appliance.core.snapshots.backends import NativeBackend, OverlayBackend
+from appliance.core.snapshots.store import Snapshotter
+from appliance.errdefs import AlreadyExists, FailedPrecondition, NotFound
+
+
+@pytest.fixture(params=[OverlayBackend, NativeBackend])
+def sn(request, tmp_path):
+    db = DB(str(tmp_path / "meta.db"))
+    yield Snapshotter(db, request.param(str(tmp_path / request.param.name)))
+    db.close()
+
+
+def test_prepare_commit_chain_and_mounts(sn):
+    mounts = sn.prepare("ns", "k1")
+    assert mounts[0].type == "bind" and "rw" in mounts[0].options
+    upper = mounts[0].source
+    with open(os.path.join(upper, "a"), "w") as f:
+        f.write("x" * 5000)
+    sn.commit("ns", "c1", "k1", labels={"l": "v"})
+    info = sn.stat("ns", "c1")
+    assert (info.kind, info.parent, info.labels) == ("committed", "", {"l": "v"})
+    size, inodes = sn.usage("ns", "c1")
+    assert size >= 5000 and inodes == 2
+    child = sn.prepare("ns", "k2", "c1")
+    if isinstance(sn.backend, OverlayBackend):
+        opts = child[0].options
+        assert child[0].type == "overlay" and "index=off" in opts
+        assert f"lowerdir={upper}" in opts
+    else:  # native copies the parent
+        assert open(os.path.join(child[0].source, "a")).read() == "x" * 5000
+    assert [i.name for i in sn.list("ns")] == ["c1", "k2"]
+    assert [i.name for i in sn.list("ns", ["kind==active"])] == ["k2"]
+    assert sn.list("other") == []
+    with pytest.raises(FailedPrecondition):
+        sn.remove("ns", "c1")
+    with pytest.raises(AlreadyExists):
+        sn.prepare("ns", "k2", "c1")
+    with pytest.raises(NotFound, match="parent snapshot nope does not exist"):
+        sn.prepare("ns", "k3", "nope")
+    with pytest.raises(FailedPrecondition, match="is not active"):
+        sn.commit("ns", "c2", "c1")
+    sn.remove("ns", "k2")
+    sn.remove("ns", "c1")
+    assert sn.list("ns") == []
+    assert os.listdir(sn.backend.snapshots) == []
+
+
+def test_view_and_update_labels(sn):
+    sn.prepare("ns", "k1")
+    sn.commit("ns", "c1", "k1")
+    m = sn.view("ns", "v", "c1")
+    assert m[0].type == "bind" and "ro" in m[0].options
+    info = sn.update("ns", "v", {"a": "1", "b": "2"}, [])
+    assert info.labels == {"a": "1", "b": "2"} and info.kind == "view"
+    info = sn.update("ns", "v", {"a": ""}, ["labels.a"])
+    assert info.labels == {"b": "2"}
+
+
+def test_cleanup_removes_orphan_directories(sn):
+    sn.prepare("ns", "k1")
+    os.makedirs(os.path.join(sn.backend.snapshots, "new-123", "fs"))
+    os.makedirs(os.path.join(sn.backend.snapshots, "999", "fs"))
+    removed = sn.cleanup()
+    assert sorted(os.path.basename(p) for p in removed) == ["999", "new-123"]
+    assert os.listdir(sn.backend.snapshots) == ["1"]
