@@ -1,0 +1,137 @@
+"""./scripts/dev bench [--quick] [--sections a,b] [--profile SECTION] [--targets …]
+
+Builds the test images, starts containerd 1.6.20 and ctrappliance on private paths, runs
+the same workload on both (repetitions interleaved), stops both and writes
+bench/RESULTS.md + bench/results.json (a partial run writes under bench/out/ instead).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import images, report, sections
+from .daemons import OURS, Target, remove_empty_cgroups
+from .profile import Sampler, smaps_breakdown
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+SECTION_HELP = ", ".join(sections.ALL_SECTIONS)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="./scripts/dev bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a few minutes)")
+    parser.add_argument("--sections", default=",".join(sections.ALL_SECTIONS),
+                        help=f"comma-separated subset of: {SECTION_HELP}")
+    parser.add_argument("--targets", default="containerd,ctrappliance",
+                        help="comma-separated: containerd, ctrappliance")
+    parser.add_argument("--profile", metavar="SECTION",
+                        help="sample our daemon with py-spy during SECTION (report in bench/out/)")
+    parser.add_argument("--ours-bin", default=OURS,
+                        help="ctrappliance executable (e.g. the Nuitka build)")
+    parser.add_argument("--workdir", default=str(images.CACHE / "run"))
+    parser.add_argument("--output", default=None,
+                        help="results file stem (default bench/RESULTS.md + bench/results.json "
+                             "for a full run of both targets, else bench/out/results-<time>)")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.sections) - set(sections.ALL_SECTIONS)
+    if unknown or not set(args.targets) <= set(report.KINDS) or not args.targets:
+        parser.error(f"unknown section/target: {sorted(unknown) or args.targets}")
+    if args.profile and args.profile not in args.sections:
+        parser.error(f"--profile {args.profile}: not among the sections run")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started, load_start = time.time(), _load()
+    OUT.mkdir(exist_ok=True)
+    workdir = Path(args.workdir) / time.strftime("%Y%m%dT%H%M%S")
+
+    def make_targets(name, tmpfs_root=False):
+        return [Target(kind, workdir / name / kind, binary=args.ours_bin if kind == "ctrappliance" else None,
+                       tmpfs_root=tmpfs_root) for kind in args.targets]
+
+    bench = sections.Bench([], args.quick, OUT)
+    profiles: dict[str, str] = {}
+    print(f"bench: images → {images.CACHE}/images", file=sys.stderr)
+    images.image("small")
+    if {"import", "unpack", "import_tmpfs"} & set(args.sections):
+        images.image("big")
+
+    def profiled(name, fn, *fn_args):
+        print(f"bench: section {name}", file=sys.stderr)
+        sampler = None
+        if args.profile == name:
+            ours = [t for t in bench.targets if t.kind == "ctrappliance" and t.running()]
+            if ours:
+                sampler = Sampler(ours[0].pid, OUT / f"profile-{name}.txt")
+        try:
+            fn(bench, *fn_args)
+        finally:
+            if sampler:
+                profiles[name] = str(sampler.stop())
+
+    try:
+        if "boot" in args.sections:
+            profiled("boot", sections.boot, make_targets)
+        workload = [s for s in sections.WORKLOAD if s in args.sections]
+        if workload:
+            bench.targets = make_targets("workload")
+            before = {}
+            for t in bench.targets:
+                t.start()
+                before[t.kind] = t.memory()
+            try:
+                for name in workload:
+                    profiled(name, sections.WORKLOAD[name])
+                for t in bench.targets:
+                    after = t.memory()
+                    bench.record("rss_after", t.kind, after["rss_mib"])
+                    bench.record("hwm_after", t.kind, after["hwm_mib"])
+                    bench.record("cpu_workload", t.kind, after["cpu_s"] - before[t.kind]["cpu_s"])
+                    (OUT / f"memory-{t.kind}.txt").write_text(smaps_breakdown(t.pid))
+            finally:
+                for t in bench.targets:
+                    t.cleanup()
+                bench.targets = []
+        if "import_tmpfs" in args.sections:
+            profiled("import_tmpfs", sections.import_tmpfs, make_targets)
+    finally:
+        for ns in ("bench", "stress"):
+            remove_empty_cgroups(ns)
+
+    full = args.targets == list(report.KINDS) and args.output is None
+    stem = Path(args.output) if args.output else OUT / time.strftime("results-%Y%m%dT%H%M%S")
+    md_path = HERE / "RESULTS.md" if full else stem.with_suffix(".md")
+    json_path = HERE / "results.json" if full else stem.with_suffix(".json")
+    notes = HERE / "NOTES.md"
+    info = {"argv": sys.argv[1:] if argv is None else argv,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            "revision": report.revision(), "machine": report.machine(),
+            "versions": report.versions(), "ctrappliance_bin": args.ours_bin,
+            "sections": args.sections, "quick": args.quick, "targets": args.targets,
+            "load_start": load_start, "load_end": _load(), "seconds": time.time() - started,
+            "analysis": ("\n" + notes.read_text()) if notes.exists() else ""}
+    table = report.write(bench, info, OUT, json_path, md_path, profiles)
+    print(f"bench: wrote {md_path} and {json_path}", file=sys.stderr)
+    for row in table:
+        if row["containerd"] or row["ctrappliance"] or row["ctrappliance_status"]:
+            print(f"  {row['label']:<55} {report._cell(row, 'containerd'):>28} | "
+                  f"{report._cell(row, 'ctrappliance'):>28} | "
+                  f"{'%.2f×' % row['ratio'] if row['ratio'] else '—'}")
+    return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

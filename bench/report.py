@@ -1,0 +1,180 @@
+"""bench/RESULTS.md (side-by-side table with ratios and targets) and bench/results.json."""
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from .daemons import REPO
+from .stats import summary
+
+# id, label, unit, target (op, ratio) on ctrappliance median / containerd median
+METRICS = [
+    ("boot_version", "boot: spawn → first `ctr version` ok", "ms", ("≤", 0.8)),
+    ("boot_socket", "boot: spawn → socket accepts", "ms", None),
+    ("boot_logged", "boot: daemon's own \"successfully booted in\"", "ms", None),
+    ("stop", "stop: SIGTERM → exit", "ms", None),
+    ("idle_rss", "idle RSS 2 s after boot (VmRSS)", "MiB", ("≤", 1.2)),
+    ("idle_threads", "idle threads", "", None),
+    ("ctr_version", "`ctr version`", "ms", ("≤", 1.05)),
+    ("ctr_containers_ls", "`ctr containers ls`", "ms", None),
+    ("ctr_client_only", "`ctr --version` (client only, no RPC)", "ms", None),
+    ("par_version", "200× `ctr version`, 8-way", "calls/s", None),
+    ("par_containers", "200× `ctr containers ls`, 8-way", "calls/s", None),
+    ("grpc_version_p50", "in-process gRPC Version p50", "ms", ("≤", 1.6)),
+    ("grpc_version_p99", "in-process gRPC Version p99", "ms", None),
+    ("grpc_containers_p50", "in-process gRPC Containers.List p50", "ms", None),
+    ("grpc_containers_p99", "in-process gRPC Containers.List p99", "ms", None),
+    ("grpc_version_tput", "in-process gRPC Version, 8 threads, 1 channel", "calls/s", None),
+    ("ingest", "`ctr content ingest` 512 MiB", "MiB/s", ("≥", 1.3)),
+    ("content_rm", "`ctr content rm`", "ms", None),
+    ("import_small", "`ctr images import` small (1 MB)", "s", None),
+    ("rm_small", "`ctr images rm --sync` small", "ms", None),
+    ("import_big", "`ctr images import` big (182 MB, 18k files), ext4", "s", ("≤", 0.6)),
+    ("rm_big", "`ctr images rm --sync` big", "ms", None),
+    ("import_big_tmpfs", "`ctr images import` big, root on tmpfs", "s", ("≤", 0.6)),
+    ("import_nounpack", "`ctr images import --no-unpack` big", "s", None),
+    ("unpack", "`ctr snapshots unpack` big (uncompressed)", "MiB/s", ("≥", 1.7)),
+    ("run", "`ctr run --rm busybox /bin/true`", "ms", ("≤", 0.9)),
+    ("churn", "churn: stress c=4 (create→start→wait→delete)", "containers/s", ("≥", 1.0)),
+    ("density_pss", "density: shim PSS per running container", "MiB", None),
+    ("density_rss", "density: shim RSS per running container", "MiB", None),
+    ("rss_after", "RSS after the workload (VmRSS)", "MiB", ("≤", 1.0)),
+    ("hwm_after", "peak RSS over the workload (VmHWM)", "MiB", None),
+    ("cpu_workload", "daemon CPU seconds over the workload", "s", None),
+]
+OPS = {"≤": operator.le, "≥": operator.ge}
+KINDS = ("containerd", "ctrappliance")
+
+
+def machine() -> dict:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) / 2**20
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu,
+            "mem_gib": round(mem, 1), "python": platform.python_version(),
+            "root_fs": _fs_type("/tmp")}
+
+
+def _fs_type(path: str) -> str:
+    best = ("", "")
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _, point, fstype, *_ = line.split()
+            if path.startswith(point) and len(point) > len(best[0]):
+                best = (point, fstype)
+    return best[1]
+
+
+def revision() -> str:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    rev = git("rev-parse", "--short", "HEAD")
+    return rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def versions() -> dict:
+    def first(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else ""
+    return {"containerd": first(["containerd", "--version"]), "ctr": first(["ctr", "--version"]),
+            "runc": first(["runc", "--version"])}
+
+
+def rows(bench) -> list[dict]:
+    out = []
+    for metric, label, unit, target in METRICS:
+        row = {"metric": metric, "label": label, "unit": unit, "target": target}
+        for kind in KINDS:
+            row[kind] = summary(bench.values.get(metric, {}).get(kind, []))
+            row[kind + "_status"] = bench.status.get(metric, {}).get(kind)
+            row[kind + "_note"] = bench.notes.get(metric, {}).get(kind)
+        theirs, ours = row["containerd"], row["ctrappliance"]
+        row["ratio"] = ours["median"] / theirs["median"] if ours and theirs and theirs["median"] else None
+        row["meets_target"] = (OPS[target[0]](row["ratio"], target[1])
+                               if target and row["ratio"] is not None else None)
+        out.append(row)
+    return out
+
+
+def _cell(row, kind) -> str:
+    s, status, note = row[kind], row[kind + "_status"], row[kind + "_note"]
+    if not s:
+        return status or "—"
+    fmt = _fmt(s["median"])
+    text = f"**{fmt(s['median'])}**" if s["n"] == 1 else \
+        f"{fmt(s['min'])} / **{fmt(s['median'])}** / {fmt(s['max'])}"
+    for extra in (status, note):
+        if extra:
+            text += f" ({extra})"
+    return text
+
+
+def _fmt(value):
+    if value >= 100:
+        return lambda v: f"{v:.0f}"
+    if value >= 10:
+        return lambda v: f"{v:.1f}"
+    if value >= 1:
+        return lambda v: f"{v:.2f}"
+    return lambda v: f"{v:.3f}"
+
+
+def write(bench, info: dict, out_dir: Path, json_path: Path, md_path: Path, profiles: dict):
+    table = rows(bench)
+    data = {"info": info, "rows": table, "profiles": profiles}
+    json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    if md_path is None:
+        return table
+    lines = [
+        "# ctrappliance vs containerd 1.6.20, side by side",
+        "",
+        f"Generated by `./scripts/dev bench {' '.join(info['argv'])}` on {info['date']} "
+        f"(git {info['revision']}); both daemons ran the same workload in the same run, "
+        "repetitions interleaved. Figures are min / **median** / max; ratio = ctrappliance median ÷ "
+        "containerd median (for calls/s, MiB/s and containers/s higher is better, so the target is ≥).",
+        "",
+        f"Machine: {info['machine']['cpus']} CPU ({info['machine']['cpu']}), "
+        f"{info['machine']['mem_gib']} GiB RAM, kernel {info['machine']['kernel']}, "
+        f"work dirs on {info['machine']['root_fs']}, Python {info['machine']['python']}. "
+        f"Load average at start {info['load_start']}, at end {info['load_end']} "
+        "(the machine is shared with other engineers' test runs: expect ±10% on CPU-bound rows "
+        "and more on disk-bound ones).",
+        "",
+        f"containerd: `{info['versions']['containerd']}` (CRI disabled); "
+        f"ctr: `{info['versions']['ctr']}`; ctrappliance: `{info['ctrappliance_bin']}`. "
+        f"Sections: {', '.join(info['sections'])}; {'quick' if info['quick'] else 'full'} run, "
+        f"{info['seconds']:.0f} s.",
+        "",
+        "| measurement | unit | containerd | ctrappliance | ratio | target |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in table:
+        if not any((row["containerd"], row["ctrappliance"], row["containerd_status"],
+                    row["ctrappliance_status"])):
+            continue
+        ratio = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "—"
+        target = ""
+        if row["target"]:
+            mark = {True: " ✓", False: " ✗", None: ""}[row["meets_target"]]
+            target = f"{row['target'][0]} {row['target'][1]}×{mark}"
+        lines.append(f"| {row['label']} | {row['unit']} | {_cell(row, 'containerd')} | "
+                     f"{_cell(row, 'ctrappliance')} | {ratio} | {target} |")
+    missing = [r["label"] for r in table if r["target"] and r["meets_target"] is None]
+    if missing:
+        lines += ["", "Target rows without a ratio yet: " + "; ".join(missing) + "."]
+    if profiles:
+        lines += ["", "Profiles (under `bench/out/`): " +
+                  ", ".join(f"{k}: `{Path(v).name}`" for k, v in profiles.items()) + "."]
+    md_path.write_text("\n".join(lines) + "\n" + info.get("analysis", ""))
+    return table
