@@ -110,7 +110,9 @@ class Daemon:
     def _init_plugins(self, loop) -> None:
         """Runs in a worker thread; async inits run on the loop."""
         disabled = set(self.cfg.disabled_plugins)
-        regs = [r for r in self.registrations if r.uri not in disabled]
+        from .plugins import proxy
+        regs = [r for r in self.registrations + proxy.registrations(self.cfg)
+                if r.uri not in disabled]
         properties = {"io.containerd.plugin.root": self.cfg.root,
                       "io.containerd.plugin.state": self.cfg.state,
                       "io.containerd.plugin.grpc.address": self.cfg.grpc.address,

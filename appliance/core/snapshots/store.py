@@ -198,6 +198,9 @@ class Snapshotter:
                        "updated_at=? WHERE id=?", (name, COMMITTED, size, inodes, ts, ts, row.id))
             DB.set_labels(tx, ns, KIND, f"{self.name}/{key}", {})
             DB.set_labels(tx, ns, KIND, f"{self.name}/{name}", labels)
+            backend_commit = getattr(self.backend, "commit", None)
+            if backend_commit is not None:  # a proxy snapshotter commits remotely too
+                backend_commit(row.id)
 
     def remove(self, ns, key) -> None:
         with self.db.write() as tx:
