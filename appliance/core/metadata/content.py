@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..content.store import Ingest, LocalStore, Writer, parse_digest
+from . import images as _images  # noqa: F401  registers "images" before "blobs", containerd's order
 from .db import DB, now_ns, register_namespaced_kind
 
 KIND = "content"

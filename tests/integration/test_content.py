@@ -1,0 +1,266 @@
+"""Issue 4: the content store driven by the real ctr, next to containerd 1.6.20, and its faults."""
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from appliance._proto.containerd.api.services.content.v1 import content_pb2 as pb
+from appliance._proto.containerd.api.services.content.v1 import content_pb2_grpc
+from daemon import CTR, Daemon
+from image_helpers import make_oci, oci_blobs
+from reference import Containerd
+
+pytestmark = pytest.mark.integration
+MiB = 1 << 20
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blobs_dir(d) -> str:
+    return os.path.join(d.root, "io.containerd.content.v1.content", "blobs", "sha256")
+
+
+def status(d, ref, namespace="default"):
+    """(offset, total) of an ingest, straight from the Status RPC."""
+    with grpc.insecure_channel("unix:" + d.address) as ch:
+        st = content_pb2_grpc.ContentStub(ch).Status(
+            pb.StatusRequest(ref=ref), metadata=[("containerd-namespace", namespace)],
+            timeout=10).status
+    return st.offset, st.total
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def ingest_file(d, ref, path, *flags):
+    with open(path, "rb") as f:
+        return subprocess.run([CTR, "--address", d.address, "content", "ingest", *flags, ref],
+                              stdin=f, capture_output=True, text=True, timeout=120)
+
+
+def start_piped_ingest(d, ref, *flags):
+    """ctr content ingest fed through a pipe we control (so it can be stopped mid-way)."""
+    return subprocess.Popen([CTR, "--address", d.address, "content", "ingest", *flags, ref],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def both():
+    ours, theirs = Daemon(), Containerd()
+    try:
+        ours.start()
+        theirs.start()
+        yield ours, theirs
+    finally:
+        ours.cleanup()
+        theirs.cleanup()
+
+
+@pytest.fixture
+def payload(tmp_path):
+    data = os.urandom(3 * MiB + 17)
+    path = tmp_path / "payload"
+    path.write_bytes(data)
+    return data, str(path)
+
+
+def normalise(d, text):
+    text = text.replace(str(d.root), "ROOT")
+    return re.sub(r"(Less than a second|About a minute|\d+ seconds)", "AGE", text)
+
+
+def test_ingest_ls_get_label_rm_active(both, payload):
+    data, path = payload
+    dgst = sha(data)
+    outputs = []
+    for d in both:
+        ns = ["--namespace", "c-basic"]
+        run = lambda *a, **k: subprocess.run([CTR, "--address", d.address, *ns, *a],
+                                             capture_output=True, **k)
+        with open(path, "rb") as f:
+            assert run("content", "ingest", "--expected-size", str(len(data)),
+                       "--expected-digest", dgst, "ref-a", stdin=f).returncode == 0
+        got = run("content", "get", dgst)
+        assert got.returncode == 0 and got.stdout == data
+        steps = [run("content", "ls"),
+                 run("content", "label", dgst, "team=blue", "tier=1"),
+                 run("content", "label", dgst, "tier="),
+                 run("content", "ls", "labels.team==blue"),
+                 run("content", "ls", "-q"),
+                 run("content", "active"),
+                 run("content", "get", "sha256:" + "0" * 64),
+                 run("content", "label", "sha256:" + "0" * 64, "a=b"),
+                 run("content", "rm", dgst),
+                 run("content", "ls", "-q"),
+                 run("content", "rm", dgst)]
+        outputs.append([(r.returncode, normalise(d, (r.stdout + r.stderr).decode()))
+                        for r in steps])
+    assert outputs[0] == outputs[1]
+    listing = outputs[0][0][1]
+    assert dgst in listing and "3.146MB" in listing
+    assert "team=blue" in outputs[0][3][1] and "tier" not in outputs[0][3][1]
+    assert outputs[0][9] == (0, "")
+
+
+def test_wrong_expected_digest_is_failed_precondition(both, payload):
+    data, path = payload
+    wrong = sha(b"something else")
+    results = []
+    for d in both:
+        r = ingest_file(d, "ref-wrong", path, "--expected-digest", wrong)
+        results.append((r.returncode, r.stderr.replace(sha(data), "ACTUAL")))
+    assert results[0] == results[1]
+    assert results[0][0] != 0 and "failed precondition" in results[0][1]
+    ours = both[0]
+    assert ours.ctr("content", "ls", "-q").stdout == ""
+    assert not os.path.exists(os.path.join(blobs_dir(ours), sha(data)[7:]))
+
+
+def open_writer(channel, ref):
+    """A Write stream with one STAT sent; returns (responses iterator, send queue)."""
+    import queue
+    q = queue.Queue()
+    q.put(pb.WriteContentRequest(action=pb.STAT, ref=ref))
+
+    def requests():
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            yield item
+    responses = content_pb2_grpc.ContentStub(channel).Write(
+        requests(), metadata=[("containerd-namespace", "default")], timeout=30)
+    return responses, q
+
+
+def test_second_writer_on_a_ref_is_locked(both):
+    messages = []
+    for d in both:
+        with grpc.insecure_channel("unix:" + d.address) as ch:
+            first, q1 = open_writer(ch, "locked-ref")
+            assert next(first).action == pb.STAT
+            second, q2 = open_writer(ch, "locked-ref")
+            with pytest.raises(grpc.RpcError) as err:
+                next(second)
+            q1.put(None)
+            q2.put(None)
+        messages.append((err.value.code(), err.value.details()))
+    pattern = (r"ref default/1/locked-ref locked for [0-9.]+(ns|µs|ms|s) "
+               r"\(since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \+0000 UTC[^)]*\): unavailable")
+    for code, text in messages:
+        assert code == grpc.StatusCode.UNAVAILABLE and re.fullmatch(pattern, text), text
+
+
+def test_stream_cut_by_client_stays_resumable(tmp_path):
+    d = Daemon().start()
+    try:
+        data = os.urandom(12 * MiB + 5)
+        path = tmp_path / "data"
+        path.write_bytes(data)
+        ctr = start_piped_ingest(d, "cut")
+        ctr.stdin.write(data[:6 * MiB])
+        ctr.stdin.flush()
+        wait_for(lambda: d.ctr("content", "active").stdout.count("cut") and
+                 status(d, "cut")[0] >= 5 * MiB, what="5 MiB written")
+        ctr.kill()                      # the client goes away mid-stream
+        ctr.wait(10)
+        ctr.stdin.close()
+        offset = wait_for(lambda: status(d, "cut")[0], what="ingest status")
+        assert 5 * MiB <= offset <= 6 * MiB
+        assert "cut" in d.ctr("content", "active").stdout
+        r = ingest_file(d, "cut", str(path), "--expected-digest", sha(data))
+        assert r.returncode == 0, r.stderr
+        assert d.ctr("content", "ls", "-q").stdout.split() == [sha(data)]
+        got = subprocess.run([CTR, "--address", d.address, "content", "get", sha(data)],
+                             capture_output=True, timeout=60)
+        assert got.stdout == data
+    finally:
+        d.cleanup()
+
+
+def kill_daemon_mid_ingest(tmp_path, size):
+    """SIGKILL the daemon during an ingest, restart it, resume, commit the right digest."""
+    d = Daemon().start()
+    try:
+        data = os.urandom(size)
+        path = tmp_path / "data"
+        path.write_bytes(data)
+        ctr = start_piped_ingest(d, "big", "--expected-size", str(size))
+        half = size // 2
+        ctr.stdin.write(data[:half])
+        ctr.stdin.flush()
+        wait_for(lambda: status(d, "big")[0] >= half - MiB, timeout=120, what="half written")
+        assert os.listdir(blobs_dir(d)) == []      # no partial blob is ever visible
+        d.signal(signal.SIGKILL)
+        d.proc.wait(10)
+        ctr.kill()
+        ctr.wait(10)
+        d.log_file.close()
+        d.start()
+        active = d.ctr("content", "active").stdout
+        assert re.search(r"^big\s+\S+", active, re.M), active
+        offset, total = status(d, "big")
+        assert half - MiB <= offset <= half and total == size
+        assert os.listdir(blobs_dir(d)) == []
+        started = time.monotonic()
+        r = ingest_file(d, "big", str(path), "--expected-size", str(size),
+                        "--expected-digest", sha(data))
+        assert r.returncode == 0, r.stderr
+        assert d.ctr("content", "ls", "-q").stdout.split() == [sha(data)]
+        with open(os.path.join(blobs_dir(d), sha(data)[7:]), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == sha(data)[7:]
+        assert d.ctr("content", "active").stdout.strip() == "REF\tSIZE\tAGE"
+        return time.monotonic() - started
+    finally:
+        d.cleanup()
+
+
+def test_sigkill_daemon_mid_ingest_64mib(tmp_path):
+    kill_daemon_mid_ingest(tmp_path, 64 * MiB)
+
+
+@pytest.mark.slow
+def test_sigkill_daemon_mid_ingest_512mib(tmp_path):
+    kill_daemon_mid_ingest(tmp_path, 512 * MiB)
+
+
+def test_reingest_while_collection_pending_is_kept(tmp_path):
+    """containerd 1.6 can lose a blob re-ingested right after `content rm` (DESIGN.md C):
+    the write answers "already exists", then the pending collection deletes the file."""
+    oci = make_oci(tmp_path)
+    blobs = oci_blobs(oci)
+    layer = max(blobs, key=lambda k: len(blobs[k]))
+    (tmp_path / "layer").write_bytes(blobs[layer])
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[plugins."io.containerd.gc.v1.scheduler"]\n'
+                      '  pause_threshold = 0.0\n')   # collections on a fixed 1 s tick
+    d = Daemon(config=str(config)).start()
+    try:
+        d.ctr("images", "import", "--no-unpack", str(oci))
+        for _ in range(3):   # the image references the layer; rm drops its record
+            d.ctr("content", "rm", layer)
+            r = ingest_file(d, "again", str(tmp_path / "layer"), "--expected-digest", layer)
+            assert r.returncode == 0, r.stderr
+            marker = d.log().count("garbage collected")
+            wait_for(lambda: d.log().count("garbage collected") > marker, what="a collection")
+            got = subprocess.run([CTR, "--address", d.address, "content", "get", layer],
+                                 capture_output=True, timeout=60)
+            assert got.returncode == 0 and got.stdout == blobs[layer], got.stderr
+            assert "complete (2/2)" in d.ctr("images", "check", check=False).stdout
+    finally:
+        d.cleanup()

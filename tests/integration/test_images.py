@@ -1,0 +1,191 @@
+"""Issue 4: images imported, listed, labelled, exported, collected, pushed to and fetched from a
+real registry, with the real ctr (and next to containerd 1.6.20 where output must match)."""
+import json
+import re
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+
+import pytest
+
+from daemon import CTR, Daemon
+from image_helpers import make_docker_archive, make_oci, oci_blobs, oci_manifest_digests
+from reference import Containerd
+
+pytestmark = pytest.mark.integration
+REGISTRY = "/usr/bin/docker-registry"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("images")
+    oci = make_oci(directory)
+    return oci, make_docker_archive(oci)
+
+
+@pytest.fixture(scope="module")
+def both():
+    ours, theirs = Daemon(), Containerd()
+    try:
+        ours.start()
+        theirs.start()
+        yield ours, theirs
+    finally:
+        ours.cleanup()
+        theirs.cleanup()
+
+
+def content_digests(d, namespace):
+    return sorted(d.ctr("content", "ls", "-q", namespace=namespace).stdout.split())
+
+
+def normalise(text):
+    text = re.sub(r'time="[^"]*"', "TIME", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_import_ls_check_label_tag_rm(both, images):
+    oci, docker = images
+    results = []
+    for d in both:
+        ns = "img-basic"
+        out = []
+        run = lambda *a: d.ctr(*a, namespace=ns, check=False)
+        for step in (("images", "import", "--no-unpack", str(oci)),
+                     ("images", "import", "--no-unpack", str(docker)),
+                     ("images", "ls"),
+                     ("images", "label", "localhost/busybox:latest", "team=blue"),
+                     ("images", "tag", "localhost/busybox:latest", "localhost/busybox:v2"),
+                     ("images", "ls", "labels.team==blue"),
+                     ("images", "ls", "-q"),
+                     ("images", "tag", "localhost/busybox:latest", "localhost/busybox:v2"),
+                     ("images", "label", "no/such:image", "a=b"),
+                     ("images", "rm", "no/such:image")):
+            r = run(*step)
+            out.append((r.returncode, normalise(r.stdout + r.stderr)))
+        check = run("images", "check").stdout
+        out.append(sorted(re.findall(r"^(\S+) .* (complete \(\d+/\d+\))", check, re.M)))
+        out.append(content_digests(d, ns))
+        r = run("images", "rm", "--sync", "localhost/busybox:latest", "localhost/busybox:v2",
+                "localhost/dockerbox:v1")
+        out.append((r.returncode, r.stdout))
+        out.append(content_digests(d, ns))
+        results.append(out)
+    ours, theirs = results
+    assert ours == theirs
+    assert ours[10] == [("localhost/busybox:latest", "complete (2/2)"),
+                        ("localhost/busybox:v2", "complete (2/2)"),
+                        ("localhost/dockerbox:v1", "complete (2/2)")]
+    assert len(ours[11]) == 5   # 2 manifests, 2 layers, 1 shared config (as containerd)
+    assert ours[13] == []   # every image gone: nothing left in the content store
+    assert ours[6][1].split() == ["localhost/busybox:latest", "localhost/busybox:v2",
+                                  "localhost/dockerbox:v1"]
+
+
+def test_export_gives_back_the_same_digests(both, images, tmp_path):
+    oci, _ = images
+    ours, _ = both
+    ours.ctr("images", "import", "--no-unpack", str(oci), namespace="img-export")
+    out = tmp_path / "export.tar"
+    ours.ctr("images", "export", str(out), "localhost/busybox:latest", namespace="img-export")
+    assert oci_manifest_digests(out) == oci_manifest_digests(oci)
+    exported, original = oci_blobs(out), oci_blobs(oci)
+    assert exported == original      # same digests, same bytes
+    ours.ctr("images", "rm", "--sync", "localhost/busybox:latest", namespace="img-export")
+    assert content_digests(ours, "img-export") == []
+
+
+def test_namespace_with_images_or_blobs_cannot_be_removed(both, images):
+    oci, _ = images
+    outputs = []
+    for d in both:
+        d.ctr("images", "import", "--no-unpack", str(oci), namespace="img-ns")
+        r1 = d.ctr("namespaces", "rm", "img-ns", check=False)
+        d.ctr("images", "rm", "localhost/busybox:latest", namespace="img-ns")
+        outputs.append((r1.returncode, normalise(r1.stderr)))
+    assert outputs[0] == outputs[1]
+    assert "must be empty" in outputs[0][1] and "images" in outputs[0][1]
+
+
+# --- a real registry -------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """Debian's docker-registry on loopback with its own config and storage; stopped by pid."""
+    port = free_port()
+    (tmp_path / "storage").mkdir()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"""version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: {tmp_path / 'storage'}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+""")
+    log = open(tmp_path / "registry.log", "wb")
+    proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((tmp_path / "registry.log").read_text())
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_push_to_registry_and_fetch_back(registry, images):
+    oci, docker = images
+    d = Daemon().start()
+    try:
+        d.ctr("images", "import", "--no-unpack", str(oci))
+        d.ctr("images", "import", "--no-unpack", str(docker))
+        pushed = {}
+        for local, remote in (("localhost/busybox:latest", f"{registry}/test/busybox:latest"),
+                              ("localhost/dockerbox:v1", f"{registry}/test/dockerbox:v1")):
+            d.ctr("images", "push", "--plain-http", remote, local, timeout=120)
+            listing = d.ctr("images", "ls", f"name=={local}").stdout.split()
+            pushed[remote] = listing[listing.index(local) + 2]
+        originals = content_digests(d, "default")
+        for remote, manifest in pushed.items():
+            # the registry serves the same manifest digest
+            req = urllib.request.Request(
+                f"http://{registry}/v2/{remote.split('/', 1)[1].replace(':', '/manifests/')}",
+                method="HEAD", headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                                        "application/vnd.docker.distribution.manifest.v2+json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.headers["Docker-Content-Digest"] == manifest
+            d.ctr("content", "fetch", "--plain-http", remote, namespace="fetched", timeout=120)
+        assert content_digests(d, "fetched") == originals
+        for digest in originals:   # same bytes on both sides
+            a, b = (subprocess.run([CTR, "--address", d.address, "--namespace", ns, "content",
+                                    "get", digest], capture_output=True, timeout=60).stdout
+                    for ns in ("default", "fetched"))
+            assert a == b and a
+    finally:
+        d.cleanup()
