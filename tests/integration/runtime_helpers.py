@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"
@@ -96,3 +97,14 @@ def leftovers(daemon, namespace: str) -> dict[str, list]:
 
 
 NOTHING_LEFT = {"shims": [], "mounts": [], "bundles": [], "fifos": [], "cgroups": []}
+
+
+def assert_nothing_left(daemon, namespace: str, adjust=lambda found: found, timeout=5.0):
+    """Shims stop and bundles go just after Delete answers: poll, then compare."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = adjust(leftovers(daemon, namespace))
+        if found == NOTHING_LEFT or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert found == NOTHING_LEFT

@@ -55,6 +55,9 @@ class TaskManager:
         self.tasks: dict[tuple[str, str], shims.Shim] = {}
         self._pending: set[tuple[str, str]] = set()  # being created
         self._watchers: set[asyncio.Task] = set()
+        # shims being shut down after their task was deleted, and their bundles removed:
+        # Delete answers once the task is gone; a new task with the same id waits for this
+        self._teardowns: dict[tuple[str, str], asyncio.Task] = {}
         self._closing = False
         for d in (root, state):
             os.makedirs(d, mode=0o711, exist_ok=True)
@@ -81,11 +84,16 @@ class TaskManager:
             raise AlreadyExists(f"task {task_id}: already exists")
         self._pending.add(key)
         try:
+            teardown = self._teardowns.get(key)
+            if teardown is not None:
+                await asyncio.wait({teardown}, timeout=self.timeouts.shutdown
+                                   + self.timeouts.cleanup)
             return await self._create(ns, task_id, opts)
         finally:
             self._pending.discard(key)
 
     async def _create(self, ns, task_id, opts: CreateOpts) -> shims.Shim:
+        started = time.monotonic()
         bundle = Bundle(self.state, self.root, ns, task_id)
         try:
             bundle.create(opts.spec.value)
@@ -106,6 +114,7 @@ class TaskManager:
         except BaseException:
             self._delete_bundle(bundle)
             raise
+        shim_ready = time.monotonic()
         request = shim_pb2.CreateTaskRequest(
             id=task_id, bundle=bundle.path, rootfs=opts.rootfs, terminal=opts.terminal,
             stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr)
@@ -119,6 +128,8 @@ class TaskManager:
                 raise shims.wrap(exc, "failed to create shim task") from None
             raise
         shim.task_pid = resp.pid
+        log.debug("task %s/%s: shim up in %.1f ms, created in %.1f ms", ns, task_id,
+                  1000 * (shim_ready - started), 1000 * (time.monotonic() - shim_ready))
         self._add(shim)
         return shim
 
@@ -142,11 +153,18 @@ class TaskManager:
                 shim.deleting = False
                 raise shims.wrap(exc, "failed to delete task") from None
             resp = None
-        self.tasks.pop((ns, task_id), None)
-        await self._shutdown_and_remove(shim)
+        key = (ns, task_id)
+        self.tasks.pop(key, None)
+        teardown = asyncio.create_task(self._shutdown_and_remove(shim), name=f"teardown-{task_id}")
+        self._teardowns[key] = teardown
+        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
         if resp is None:
             raise NotFound(f"failed to delete task: task {task_id} not found")
         return resp
+
+    def _teardown_done(self, key, task: asyncio.Task) -> None:
+        if self._teardowns.get(key) is task:
+            del self._teardowns[key]
 
     async def _shutdown_and_remove(self, shim: shims.Shim) -> None:
         try:
@@ -256,6 +274,9 @@ class TaskManager:
     async def close(self) -> None:
         """Daemon stop: drop connections, leave shims and containers running."""
         self._closing = True
+        if self._teardowns:
+            await asyncio.wait(list(self._teardowns.values()),
+                               timeout=self.timeouts.shutdown + self.timeouts.cleanup)
         for shim in list(self.tasks.values()):
             shim.close()
         if self._watchers:
