@@ -534,3 +534,68 @@ def test_rootfs_mounts_and_dead_shims_are_cleaned(rootfs):
 def _mounts(d):
     from runtime_helpers import mounts_under
     return mounts_under(d.workdir)
+
+
+# --- images (needs content, snapshots and the differ) ---------------------------------
+
+
+def test_missing_image_matches_containerd(ours, theirs):
+    ns = ns_for("noimage")
+    outputs = []
+    for d in (ours, theirs):
+        r = d.ctr("run", "--rm", *run_flags(d.workdir), "docker.io/library/nosuch:latest",
+                  "noimg", "true", namespace=ns, check=False)
+        outputs.append((r.returncode, r.stderr))
+        assert d.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+    assert outputs[0] == outputs[1] == (
+        1, 'ctr: image "docker.io/library/nosuch:latest": not found\n')
+
+
+@pytest.fixture(scope="module")
+def busybox_image():
+    out = Path(tempfile.mkdtemp(prefix="img-", dir="/tmp"))
+    try:
+        subprocess.run(["python3", "/work/shared/anchor/make_oci_image.py", "--variant", "small",
+                        "--out", str(out / "busybox.tar")], check=True, capture_output=True)
+        yield str(out / "busybox.tar")
+    finally:
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _events_of_image_run(d, ns, cid):
+    events = subprocess.Popen([CTR, "--address", d.address, "events"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.3)
+        r = d.ctr("run", "--rm", *run_flags(d.workdir), "localhost/busybox:latest", cid,
+                  "echo", "hello", namespace=ns, check=False)
+        time.sleep(0.3)
+    finally:
+        events.send_signal(signal.SIGTERM)
+        out, _ = events.communicate(timeout=10)
+    return r, [line.split()[5] for line in out.splitlines() if f" {ns} " in line]
+
+
+def test_run_image_matches_containerd(ours, theirs, busybox_image):
+    if "io.containerd.differ.v1" not in ours.ctr("plugins", "ls").stdout:
+        pytest.skip("no differ yet: images cannot be unpacked")
+    ns = ns_for("image")
+    results = []
+    for d, d_ns in ((ours, ns), (theirs, ns + "-cd")):
+        USED_NAMESPACES.add(d_ns)
+        d.ctr("images", "import", busybox_image, namespace=d_ns)
+        snapshots = d.ctr("snapshots", "ls", namespace=d_ns).stdout
+        r, topics = _events_of_image_run(d, d_ns, "img1")
+        assert (r.returncode, r.stdout) == (0, "hello\n"), r.stderr
+        r = d.ctr("run", "--rm", *run_flags(d.workdir), "localhost/busybox:latest", "img2",
+                  "sh", "-c", "exit 5", namespace=d_ns, check=False)
+        assert r.returncode == 5
+        assert d.ctr("snapshots", "ls", namespace=d_ns).stdout == snapshots  # active one gone
+        results.append(topics)
+        if d is ours:
+            assert_nothing_left(d, d_ns)
+    assert results[0] == results[1]
+    assert results[0] == ["/snapshot/prepare", "/containers/create", "/tasks/create",
+                          "/tasks/start", "/tasks/exit", "/tasks/delete", "/snapshot/remove",
+                          "/containers/delete"]
