@@ -7,12 +7,12 @@ same `ctr plugins ls` listing as containerd.
 from . import plugin as p
 from .plugins import events, health, introspection, leases, metadata, namespaces, version
 from .plugins import containers, runtime, tasks
-from .plugins import snapshots
+from .plugins import diff, snapshots
 from .plugins import content, gc, images
 
 MODULES = [metadata, events, introspection, leases, namespaces, health, version]
 MODULES += [containers, runtime, tasks]
-MODULES += [snapshots]
+MODULES += [snapshots, diff]
 MODULES += [content, gc, images]
 
 TYPE_ORDER = [p.CONTENT, p.SNAPSHOT, p.METADATA, p.DIFF, p.EVENT, p.GC, p.SERVICE,

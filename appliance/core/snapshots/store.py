@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..metadata.db import DB, now_ns, register_namespaced_kind
+from ..diff.unpack import forget_adopted, is_adopted
 from .backends import ACTIVE, COMMITTED, VIEW, Backend, Mount
 
 KIND = "snapshot"
@@ -191,6 +192,10 @@ class Snapshotter:
                                          "is not active: failed precondition")
             if current.id != row.id:
                 raise NotFound(f"snapshot {key} does not exist: not found")
+            if is_adopted(self.backend.fs(row.id)):
+                # its layer was left to a concurrent unpack whose snapshot is gone
+                raise FailedPrecondition(f"snapshot {q(key)} was not unpacked (a concurrent "
+                                         "unpack of the same layer was removed): retry the unpack")
             _lease_add(tx, ns, lease, self.rtype, name)
             _lease_remove(tx, ns, self.rtype, key)
             ts = now_ns()
@@ -209,6 +214,7 @@ class Snapshotter:
                 raise FailedPrecondition("cannot remove snapshot with child: failed precondition")
             self._delete_row(tx, ns, row)
         self.backend.remove(row.id)
+        forget_adopted(self.backend.fs(row.id))
 
     def _delete_row(self, tx, ns, row: Row) -> None:
         tx.execute("DELETE FROM snapshots WHERE id=?", (row.id,))

@@ -1,0 +1,1 @@
+"""Layer apply (planner + executor), decompression and the walking differ."""

@@ -1,0 +1,256 @@
+"""The executor half of layer apply: runs the planner's operations on a directory.
+
+`apply_tar(root, read)` unpacks one layer stream (already decompressed) into
+`root`. With `overlay=True` the root is an overlayfs upper dir and whiteouts take
+overlay's form (a 0/0 character device; opaque directories get the
+`trusted.overlay.opaque` xattr), with `lowers` (nearest first) giving missing
+parent directories their attributes, as containerd does. Otherwise whiteouts
+delete what they name.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+
+from . import planner
+from .planner import Create, HostileEntry, Opaque, Skip, Whiteout
+from .tarstream import AREG, BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, TarError, TarReader
+
+log = logging.getLogger("appliance.diff")
+
+_NOFOLLOW_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEV_KIND = {CHR: stat.S_IFCHR, BLK: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+MAX_TIME_NS = (1 << 63) - 1
+
+
+class ApplyError(Exception):
+    """The layer cannot be applied; the message says which entry and why."""
+
+
+def _kind(path: str):
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, ""
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink", os.readlink(path)
+    return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), ""
+
+
+def _join(root: str, parts) -> str:
+    return os.path.join(root, *parts) if parts else root
+
+
+def _bound(ns: int) -> int:
+    return ns if 0 <= ns <= MAX_TIME_NS else 0
+
+
+class Applier:
+    def __init__(self, root: str, overlay: bool = False, lowers=(), userxattr: bool = False):
+        self.root = os.path.normpath(root)
+        self.overlay = overlay
+        self.lowers = list(lowers)
+        self.opaque_xattr = "user.overlay.opaque" if userxattr else "trusted.overlay.opaque"
+        self.unpacked: set[tuple[str, ...]] = set()   # for opaque markers out of order
+        self.dirs: list[tuple[tuple[str, ...], int, int]] = []
+        self._known_dirs: set[tuple[str, ...]] = {()}
+        # directories this apply created (or found empty): a name in them exists only if
+        # this layer wrote it, so no lstat is needed before creating it
+        self._fresh: set[tuple[str, ...]] = set() if os.listdir(self.root) else {()}
+
+    def lookup(self, parts):
+        if parts in self._known_dirs:
+            return "dir", ""
+        kind, target = _kind(_join(self.root, parts))
+        if kind == "dir":
+            self._known_dirs.add(parts)
+        return kind, target
+
+    # --- the loop --------------------------------------------------------------------
+
+    def apply(self, reader: TarReader) -> int:
+        size = 0
+        while True:
+            hdr = reader.next()
+            if hdr is None:
+                break
+            size += hdr.size
+            try:
+                op = planner.plan(hdr, self.lookup)
+                self._run(op, reader)
+            except HostileEntry as exc:
+                raise ApplyError(f"hostile layer: {exc}") from None
+            except OSError as exc:
+                raise ApplyError(f"failed to apply entry {hdr.name!r}: {exc}") from None
+        for parts, atime, mtime in self.dirs:  # last: creating files changed them
+            os.utime(_join(self.root, parts), ns=(atime, mtime), follow_symlinks=False)
+        return size
+
+    def _run(self, op, reader: TarReader) -> None:
+        if isinstance(op, Create):
+            self._mkparent(op.parent)
+            self._create(op, reader)
+        elif isinstance(op, Whiteout):
+            self._mkparent(op.parent)
+            self._whiteout(op)
+        elif isinstance(op, Opaque):
+            self._mkparent(op.dir)
+            self._opaque(op)
+        elif isinstance(op, Skip):
+            log.debug("tar entry skipped: %s", op.reason)
+
+    # --- parents ---------------------------------------------------------------------
+
+    def _mkparent(self, parts) -> None:
+        """Create missing parent directories; from a lower layer they take its attributes."""
+        if parts in self._known_dirs:
+            return
+        for i in range(1, len(parts) + 1):
+            sub = parts[:i]
+            if sub in self._known_dirs:
+                continue
+            path = _join(self.root, sub)
+            kind, _ = _kind(path)
+            if kind == "dir":
+                self._known_dirs.add(sub)
+                continue
+            if kind is not None:
+                raise NotADirectoryError(errno.ENOTDIR, "parent is not a directory", "/".join(sub))
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+            self._copy_from_lower(sub, path)
+            self._known_dirs.add(sub)
+            self._fresh.add(sub)
+
+    def _copy_from_lower(self, sub, path) -> None:
+        for lower in self.lowers:
+            found = _join(lower, planner.resolve(sub, lambda p: _kind(_join(lower, p)), strict=False))
+            try:
+                st = os.lstat(found)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                return
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            for name in os.listxattr(found, follow_symlinks=False):
+                if not name.startswith("trusted."):
+                    os.setxattr(path, name, os.getxattr(found, name, follow_symlinks=False),
+                                follow_symlinks=False)
+            return
+
+    # --- operations ------------------------------------------------------------------
+
+    def _remove(self, path: str) -> None:
+        kind, _ = _kind(path)
+        if kind == "dir":
+            shutil.rmtree(path)
+            self._known_dirs = {()}    # whatever was below is gone
+            self._fresh.clear()
+        elif kind is not None:
+            os.unlink(path)
+
+    def _whiteout(self, op: Whiteout) -> None:
+        path = os.path.join(_join(self.root, op.parent), op.name)
+        self._remove(path)
+        if self.overlay:
+            os.mknod(path, stat.S_IFCHR, 0)
+            os.chown(path, op.uid, op.gid, follow_symlinks=False)
+            self.unpacked.add((*op.parent, op.name))
+
+    def _opaque(self, op: Opaque) -> None:
+        path = _join(self.root, op.dir)
+        if self.overlay:
+            os.setxattr(path, self.opaque_xattr, b"y")
+            return
+        for dirpath, dirnames, filenames in os.walk(path, topdown=True):
+            rel = tuple(os.path.relpath(dirpath, self.root).split(os.sep)) if dirpath != self.root else ()
+            for name in list(dirnames) + filenames:
+                if (*rel, name) not in self.unpacked:
+                    self._remove(os.path.join(dirpath, name))
+                    if name in dirnames:
+                        dirnames.remove(name)
+
+    def _create(self, op: Create, reader: TarReader) -> None:
+        hdr = op.hdr
+        parts = (*op.parent, op.name)
+        path = _join(self.root, parts)
+        if op.parent in self._fresh and parts not in self.unpacked:
+            existing = None
+        else:
+            existing, _ = _kind(path)
+            if existing is not None and not (existing == "dir" and hdr.type == DIR):
+                self._remove(path)
+        mode = hdr.mode & 0o7777
+        typ = hdr.type
+        if typ in (REG, AREG):
+            fd = os.open(path, _NOFOLLOW_WRITE, mode)
+            try:
+                for chunk in reader.data():
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+                os.fchown(fd, hdr.uid, hdr.gid)
+                self._xattrs(path, hdr, is_dir_or_reg=True)
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=self._times(hdr))
+            finally:
+                os.close(fd)
+            self.unpacked.add(parts)
+            return
+        if typ == DIR:
+            if existing != "dir":
+                os.mkdir(path, mode)
+                self._known_dirs.add(parts)
+                self._fresh.add(parts)
+        elif typ == SYMLINK:
+            os.symlink(hdr.linkname, path)
+        elif typ == LINK:
+            target = _join(self.root, (*op.link_parent, op.link_name))
+            os.link(target, path, follow_symlinks=False)
+        else:
+            os.mknod(path, mode | _DEV_KIND[typ], os.makedev(hdr.devmajor, hdr.devminor))
+        os.chown(path, hdr.uid, hdr.gid, follow_symlinks=False)
+        self._xattrs(path, hdr, is_dir_or_reg=typ in (DIR, LINK))
+        times = self._times(hdr)
+        if typ != SYMLINK:
+            os.chmod(path, mode)
+        os.utime(path, ns=times, follow_symlinks=False)
+        if typ == DIR:
+            self.dirs.append((parts, *times))
+        self.unpacked.add(parts)
+
+    @staticmethod
+    def _times(hdr) -> tuple[int, int]:
+        mtime = _bound(hdr.mtime_ns)
+        atime = hdr.atime_ns if hdr.atime_ns is not None and hdr.atime_ns > hdr.mtime_ns else hdr.mtime_ns
+        return _bound(atime), mtime
+
+    @staticmethod
+    def _xattrs(path, hdr, is_dir_or_reg: bool) -> None:
+        for key, value in hdr.xattrs.items():
+            if key.startswith("trusted."):
+                log.warning("ignored xattr %s in archive: admin attributes are not supported", key)
+                continue
+            try:
+                os.setxattr(path, key, value, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENOTSUP or (exc.errno == errno.EPERM and key.startswith("user.")
+                                                  and not is_dir_or_reg):
+                    log.warning("ignored xattr %s in archive: %s", key, exc)
+                    continue
+                raise
+
+
+def apply_tar(root: str, read, overlay=False, lowers=(), userxattr=False) -> int:
+    """Unpack one uncompressed layer from `read(n)` into `root`; returns the entries' data size."""
+    reader = TarReader(read)
+    try:
+        size = Applier(root, overlay, lowers, userxattr).apply(reader)
+        reader.drain()
+    except TarError as exc:
+        raise ApplyError(f"invalid layer: {exc}") from None
+    return size

@@ -1,0 +1,150 @@
+"""Apply a layer blob onto mounts, with the fast path into our own snapshot dirs and
+one unpack per (snapshotter, parent chain, layer) at a time.
+
+containerd unpacks the same layer twice when two clients pull or import the
+same image at once. Here the second Apply of the same layer onto the same
+parents waits for the first extraction's snapshot: once that is committed the
+second returns the same descriptor without writing (the client's Commit then
+finds the chain id taken, which every containerd client treats as done); if
+the first fails or is removed, the second does the work itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from ... import mount as mountlib
+from ...errdefs import DeadlineExceeded, InvalidArgument
+from .apply import ApplyError, apply_tar
+from .decompress import DecompressError, LayerStream, check_media_type
+
+log = logging.getLogger("appliance.diff")
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+DEDUPE_WAIT_SECONDS = 600.0
+POLL_SECONDS = 0.05
+
+# upper dirs whose layer was adopted from a concurrent unpack (left empty on purpose)
+ADOPTED: set[str] = set()
+_ADOPTED_LOCK = threading.Lock()
+
+
+def is_adopted(upper: str) -> bool:
+    with _ADOPTED_LOCK:
+        return upper in ADOPTED
+
+
+def forget_adopted(upper: str) -> None:
+    with _ADOPTED_LOCK:
+        ADOPTED.discard(upper)
+
+
+@dataclass
+class Applied:
+    digest: str
+    size: int
+
+
+@dataclass
+class _InFlight:
+    snapshotter: object     # store.Snapshotter owning the first extraction
+    sid: int
+    done: threading.Event
+    result: Applied | None = None
+
+
+class Unpacker:
+    def __init__(self, snapshotters: dict, tmpmounts: str):
+        self.snapshotters = snapshotters      # name -> store.Snapshotter
+        self.tmpmounts = tmpmounts
+        self._inflight: dict[tuple, _InFlight] = {}
+        self._lock = threading.Lock()
+
+    def _ours(self, mounts):
+        """(snapshotter, directory, lowers, overlay?) when the mounts are one of our snapshots."""
+        for sn in self.snapshotters.values():
+            target = sn.backend.apply_target(mounts)
+            if target is not None:
+                return (sn, *target)
+        return None
+
+    def apply(self, blob_path: str, media_type: str, digest: str, mounts) -> Applied:
+        check_media_type(media_type)
+        ours = self._ours(mounts)
+        if ours is None:  # somebody else's mounts: mount them, as containerd does
+            if len(mounts) == 1 and mounts[0].type == "overlay":
+                upper, lowers = _overlay_dirs(mounts[0].options)
+                if upper:
+                    return self._run(blob_path, upper, lowers, True)
+            with mountlib.TempMount(self.tmpmounts, mounts) as root:
+                return self._run(blob_path, root, [], False)
+        sn, directory, lowers, overlay = ours
+        key = (sn.name, tuple(lowers), digest)
+        sid = sn.backend.owns(directory)
+        while True:
+            with self._lock:
+                first = self._inflight.get(key)
+                if first is None:
+                    mine = _InFlight(sn, sid, threading.Event())
+                    self._inflight[key] = mine
+                    break
+            adopted = self._wait_for(first)
+            if adopted is not None:
+                with _ADOPTED_LOCK:
+                    ADOPTED.add(directory)
+                log.info("layer %s already unpacked by a concurrent unpack", digest)
+                return adopted
+        try:
+            mine.result = self._run(blob_path, directory, lowers, overlay,
+                                    userxattr=getattr(sn.backend, "userxattr", False))
+            return mine.result
+        except BaseException:
+            with self._lock:
+                self._inflight.pop(key, None)
+            mine.done.set()
+            raise
+        finally:
+            if mine.result is not None:
+                threading.Thread(target=self._release, args=(key, mine), daemon=True).start()
+
+    def _release(self, key, mine: _InFlight) -> None:
+        """Keep the entry until the first extraction is committed or removed."""
+        deadline = time.monotonic() + DEDUPE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            state = mine.snapshotter.key_of(mine.sid)
+            if state is None or state[2] != "active":
+                break
+            time.sleep(POLL_SECONDS)
+        with self._lock:
+            self._inflight.pop(key, None)
+        mine.done.set()
+
+    def _wait_for(self, first: _InFlight) -> Applied | None:
+        if not first.done.wait(DEDUPE_WAIT_SECONDS):
+            raise DeadlineExceeded("timed out waiting for a concurrent unpack of the same layer")
+        state = first.snapshotter.key_of(first.sid)
+        if first.result is not None and state is not None and state[2] == "committed":
+            return first.result
+        return None   # the first one failed or went away: do it ourselves
+
+    @staticmethod
+    def _run(blob_path, root, lowers, overlay, userxattr=False) -> Applied:
+        stream = LayerStream(blob_path)
+        started = time.monotonic()
+        try:
+            apply_tar(root, stream.read, overlay=overlay, lowers=lowers, userxattr=userxattr)
+        except (ApplyError, DecompressError) as exc:
+            raise InvalidArgument(str(exc)) from None
+        finally:
+            stream.close()
+        elapsed = time.monotonic() - started
+        log.debug("applied layer %s: %d bytes in %.3fs (%.0f MiB/s)", stream.digest(), stream.size,
+                  elapsed, stream.size / max(elapsed, 1e-9) / 2**20)
+        return Applied(stream.digest(), stream.size)
+
+
+def _overlay_dirs(options):
+    from ..snapshots.backends import overlay_dirs
+    return overlay_dirs(options)

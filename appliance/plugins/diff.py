@@ -1,0 +1,94 @@
+"""The walking differ (io.containerd.differ.v1.walking), the diff service and its gRPC adapter."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from .._proto.containerd.api.services.diff.v1 import diff_pb2 as pb
+from .._proto.containerd.api.services.diff.v1 import diff_pb2_grpc as pb_grpc
+from .._proto.containerd.api.types import descriptor_pb2
+from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
+from ..core.snapshots.backends import Mount
+from ..core.snapshots.store import Snapshotter
+from ..errdefs import NotFound
+from ..grpcutil import lease_of, namespace_of, rpc
+from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext, Registration
+
+
+class WalkingDiffer:
+    """Apply: unpack a layer blob from the content store onto mounts. Diff: see compare.py."""
+
+    def __init__(self, content, unpacker: Unpacker, tmpmounts: str):
+        self.content = content
+        self.unpacker = unpacker
+        self.tmpmounts = tmpmounts
+
+    def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount]) -> tuple[str, str, int]:
+        path = self.content.blob_path(ns, digest)
+        applied = self.unpacker.apply(path, media_type, digest, mounts)
+        return LAYER_MEDIA_TYPE, applied.digest, applied.size
+
+    def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):
+        from ..core.diff.compare import write_diff
+        return write_diff(self.content, self.tmpmounts, ns, lower, upper, media_type, ref,
+                          labels, lease)
+
+
+class DiffService:
+    def __init__(self, differs: list[WalkingDiffer]):
+        self.differs = differs
+
+    def apply(self, *args):
+        return self.differs[0].apply(*args)
+
+    def diff(self, *args, **kwargs):
+        return self.differs[0].diff(*args, **kwargs)
+
+
+def _mounts(pb_mounts) -> list[Mount]:
+    return [Mount(m.type, m.source, list(m.options), m.target) for m in pb_mounts]
+
+
+class DiffAdapter(pb_grpc.DiffServicer):
+    def __init__(self, service: DiffService):
+        self.service = service
+
+    def register(self, server):
+        pb_grpc.add_DiffServicer_to_server(self, server)
+
+    @rpc
+    async def Apply(self, request, context):
+        media_type, digest, size = await asyncio.to_thread(
+            self.service.apply, namespace_of(context), request.diff.media_type,
+            request.diff.digest, _mounts(request.mounts))
+        return pb.ApplyResponse(applied=descriptor_pb2.Descriptor(
+            media_type=media_type, digest=digest, size=size))
+
+    @rpc
+    async def Diff(self, request, context):
+        media_type, digest, size = await asyncio.to_thread(
+            self.service.diff, namespace_of(context), _mounts(request.left),
+            _mounts(request.right), request.media_type, request.ref, dict(request.labels),
+            lease_of(context))
+        return pb.DiffResponse(diff=descriptor_pb2.Descriptor(
+            media_type=media_type, digest=digest, size=size))
+
+
+def _walking(ic: InitContext) -> WalkingDiffer:
+    md = ic.get(METADATA)
+    if md.content is None:
+        raise NotFound("no content store: walking differ needs io.containerd.content.v1")
+    snapshotters = {name: Snapshotter(md.db, backend)
+                    for name, backend in ic.get_all(SNAPSHOT).items()}
+    tmpmounts = os.path.join(ic.server_config.root, "tmpmounts")
+    return WalkingDiffer(md.content, Unpacker(snapshotters, tmpmounts), tmpmounts)
+
+
+REGISTRATIONS = [
+    Registration(DIFF, "walking", _walking, requires=(METADATA,), platforms=LINUX_AMD64,
+                 exports_root=False),
+    Registration(SERVICE, "diff-service", lambda ic: DiffService([ic.get_by_id(DIFF, "walking")]),
+                 requires=(DIFF,)),
+    Registration(GRPC, "diff", lambda ic: DiffAdapter(ic.get_by_id(SERVICE, "diff-service")),
+                 requires=(SERVICE,)),
+]

@@ -1,0 +1,245 @@
+"""Issue 5: layer apply — the pure planner, the executor on real directories, hostile layers."""
+import gzip
+import io
+import os
+import stat
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from layers import entry, layer  # noqa: E402
+
+from appliance.core.diff import planner  # noqa: E402
+from appliance.core.diff.apply import ApplyError, apply_tar  # noqa: E402
+from appliance.core.diff.decompress import DecompressError, LayerStream  # noqa: E402
+from appliance.core.diff.tarstream import TarReader, REG  # noqa: E402
+
+D, L, S, C, B, F = tarfile.DIRTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE
+
+
+def apply_bytes(root, data: bytes, **kw):
+    return apply_tar(str(root), io.BytesIO(data).read, **kw)
+
+
+def tree(root):
+    """path -> (type, mode, uid, gid, size/target/rdev, content) for comparisons."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            extra = None
+            if stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                extra = open(p, "rb").read()
+            elif stat.S_ISCHR(st.st_mode):
+                extra = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, extra)
+    return out
+
+
+# --- planner (pure) -------------------------------------------------------------------
+
+def fake_fs(entries):
+    def lookup(parts):
+        value = entries.get("/".join(parts))
+        if value is None:
+            return None, ""
+        return ("symlink", value[1]) if isinstance(value, tuple) else (value, "")
+    return lookup
+
+
+def hdr(name, type=REG, linkname="", major=0, minor=0):
+    from appliance.core.diff.tarstream import Header
+    return Header(name=name, type=type, size=0, mode=0o644, uid=0, gid=0, mtime_ns=0,
+                  linkname=linkname, devmajor=major, devminor=minor)
+
+
+def test_planner_resolves_parents_through_symlinks_inside_the_root():
+    fs = fake_fs({"lib": ("symlink", "usr/lib"), "usr": "dir", "usr/lib": "dir",
+                  "var": "dir", "var/run": ("symlink", "/run")})
+    op = planner.plan(hdr("lib/x.so"), fs)
+    assert (op.parent, op.name) == (("usr", "lib"), "x.so")
+    op = planner.plan(hdr("var/run/pid"), fs)   # absolute target: re-rooted, as in a container
+    assert op.parent == ("run",)
+    assert planner.plan(hdr("./"), fs) == planner.Skip("resolves to the root")
+    assert planner.plan(hdr("a/../b"), fs).name == "b"
+
+
+@pytest.mark.parametrize("name,fs,message", [
+    ("../evil", {}, "climbs out"),
+    ("/etc/passwd", {}, "absolute"),
+    ("a/../../evil", {}, "climbs out"),
+    ("link/pwned", {"link": ("symlink", "../../../../tmp")}, "points outside"),
+    ("link/pwned", {"link": ("symlink", "a/../..")}, "points outside"),
+    ("loop/x", {"loop": ("symlink", "loop")}, "too many levels"),
+])
+def test_planner_refuses_hostile_names(name, fs, message):
+    with pytest.raises(planner.HostileEntry, match=message):
+        planner.plan(hdr(name), fake_fs(fs))
+
+
+def test_planner_whiteouts_hardlinks_and_devices():
+    fs = fake_fs({"d": "dir"})
+    assert planner.plan(hdr("d/.wh.gone"), fs) == planner.Whiteout(("d",), "gone")
+    assert planner.plan(hdr("d/.wh..wh..opq"), fs) == planner.Opaque(("d",))
+    with pytest.raises(planner.HostileEntry, match="invalid whiteout"):
+        planner.plan(hdr("d/.wh.."), fs)
+    op = planner.plan(hdr("d/h", b"1", "d/target"), fs)
+    assert (op.link_parent, op.link_name) == (("d",), "target")
+    with pytest.raises(planner.HostileEntry, match="climbs out"):
+        planner.plan(hdr("h", b"1", "../outside"), fs)
+    with pytest.raises(planner.HostileEntry, match="absolute"):
+        planner.plan(hdr("h", b"1", "/etc/shadow"), fs)
+    with pytest.raises(planner.HostileEntry, match="block device"):
+        planner.plan(hdr("sda", b"4", major=8), fs)
+    with pytest.raises(planner.HostileEntry, match="character device 10:200"):
+        planner.plan(hdr("tun", b"3", major=10, minor=200), fs)
+    assert isinstance(planner.plan(hdr("null", b"3", major=1, minor=3), fs), planner.Create)
+
+
+# --- executor on real directories --------------------------------------------------------
+
+def test_apply_all_entry_kinds(tmp_path):
+    long = "d/" + "n" * 150 + "/" + "f" * 120
+    data = layer(
+        entry("d/", D, mode=0o750, uid=1000, gid=1001),
+        entry("d/file", data=b"hello", mode=0o4755, uid=7, gid=8),
+        entry("d/hard", L, linkname="d/file", mode=0o4755, uid=7, gid=8),
+        entry("d/sym", S, linkname="../d/file"),
+        entry("d/null", C, mode=0o666, devmajor=1, devminor=3),
+        entry("d/fifo", F, mode=0o600),
+        entry(long, data=b"long"),
+        entry("d/x", data=b"x", pax={"SCHILY.xattr.user.test": "v1", "mtime": "1704067200.5"}),
+        entry("implicit/parent/file", data=b"p"),
+    )
+    apply_bytes(tmp_path, data)
+    t = tree(tmp_path)
+    assert t["d"][1:4] == (0o750, 1000, 1001)
+    assert t["d/file"] == (stat.S_IFREG, 0o4755, 7, 8, b"hello")
+    assert os.stat(tmp_path / "d/hard").st_ino == os.stat(tmp_path / "d/file").st_ino
+    assert t["d/sym"][4] == "../d/file"
+    assert t["d/null"][0] == stat.S_IFCHR and t["d/null"][4] == (1, 3)
+    assert t["d/fifo"][0] == stat.S_IFIFO
+    assert t[long][4] == b"long"
+    assert os.getxattr(tmp_path / "d/x", "user.test") == b"v1"
+    assert os.stat(tmp_path / "d/x").st_mtime_ns == 1704067200_500000000
+    assert os.stat(tmp_path / "d").st_mtime == 1704067200  # directory times set last
+    assert t["implicit/parent"][1] == 0o755
+
+
+def test_whiteouts_and_opaque_dirs_plain_and_overlay(tmp_path):
+    base = layer(entry("keep/a", data=b"a"), entry("gone", data=b"g"), entry("opq/old", data=b"o"))
+    top = layer(entry("gone", data=b""), entry(".wh.gone"), entry("opq/new", data=b"n"),
+                entry("opq/.wh..wh..opq"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    apply_bytes(plain, base)
+    apply_bytes(plain, top)
+    assert sorted(tree(plain)) == ["keep", "keep/a", "opq", "opq/new"]
+    # overlay form: the upper gets a 0/0 char device and the opaque xattr
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir(), upper.mkdir()
+    apply_bytes(lower, base)
+    os.chmod(lower / "opq", 0o711)
+    apply_bytes(upper, layer(entry(".wh.gone"), entry("opq/.wh..wh..opq"), entry("keep/b", data=b"b")),
+                overlay=True, lowers=[str(lower)])
+    st = os.lstat(upper / "gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.getxattr(upper / "opq", "trusted.overlay.opaque") == b"y"
+    assert stat.S_IMODE(os.stat(upper / "opq").st_mode) == 0o711  # copied from the lower dir
+
+
+# --- hostile layers: a clear error and nothing outside ------------------------------------
+
+HOSTILE = {
+    "dotdot": (layer(entry("../escape", data=b"x")), "climbs out"),
+    "absolute": (layer(entry("/abs-escape", data=b"x")), "absolute"),
+    "symlink-then-write": (layer(entry("ln", S, linkname="../../../../../../OUTSIDE"),
+                                 entry("ln/pwned", data=b"x")), "points outside"),
+    "hardlink-outside": (layer(entry("h", L, linkname="../../../../etc/passwd")), "climbs out"),
+    "block-device": (layer(entry("sda", B, devmajor=8, devminor=0)), "block device"),
+    "char-device": (layer(entry("mem", C, devmajor=1, devminor=1)), "character device 1:1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_layer_fails_and_writes_nothing_outside(tmp_path, case):
+    data, message = HOSTILE[case]
+    root = tmp_path / "a" / "b" / "c" / "root"
+    root.mkdir(parents=True)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ApplyError, match=message):
+        apply_bytes(root, data)
+    after = sorted(p for p in tmp_path.rglob("*"))
+    assert [p for p in after if root not in p.parents and p != root] == \
+           [p for p in before if root not in p.parents and p != root]
+
+
+def test_symlinked_hardlink_target_is_not_followed(tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_text("s")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ln").symlink_to(outside)
+    apply_bytes(root, layer(entry("h", L, linkname="ln")))
+    assert os.path.islink(root / "h")          # the link itself, never the file it names
+    assert os.stat(outside).st_nlink == 1
+
+
+def test_oversize_header_truncated_and_bad_streams(tmp_path):
+    big_pax = layer(entry("f", data=b"x", pax={"comment": "y" * (2 << 20)}))
+    with pytest.raises(ApplyError, match="oversize header"):
+        apply_bytes(tmp_path, big_pax)
+    good = layer(entry("f", data=b"x" * 5000))
+    with pytest.raises(ApplyError, match="truncated"):
+        apply_bytes(tmp_path, good[:1024])
+    gz = tmp_path / "t.gz"
+    gz.write_bytes(gzip.compress(good)[:-20])
+    s = LayerStream(str(gz))
+    with pytest.raises(DecompressError, match="truncated"):
+        (tmp_path / "x").mkdir()
+        apply_tar(str(tmp_path / "x"), s.read)
+    s.close()
+
+
+def test_gzip_bomb_within_limits_streams_in_bounded_memory(tmp_path):
+    """200 MiB of zeros in a 200 KiB gzip: unpacked in bounded chunks, digest correct."""
+    import hashlib
+    import resource
+    size = 200 << 20
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("zeros")
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+    data = raw.getvalue()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip.compress(data, 9))
+    del raw, data
+    assert path.stat().st_size < 400 << 10
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = LayerStream(str(path))
+    (tmp_path / "root").mkdir()
+    apply_tar(str(tmp_path / "root"), s.read)
+    s.close()
+    assert s.digest() == digest
+    assert os.path.getsize(tmp_path / "root" / "zeros") == size
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown < 100 << 10  # KiB: well under the 200 MiB the layer expands to
+
+
+def test_tar_reader_handles_gnu_long_names_and_base256(tmp_path):
+    name = "x/" * 80 + "end"
+    data = layer(entry(name, data=b"1", uid=0o10000000), fmt=tarfile.GNU_FORMAT)
+    r = TarReader(io.BytesIO(data).read)
+    h = r.next()
+    assert h.name == name and h.uid == 0o10000000
+    assert bytes(b"".join(r.data())) == b"1"
+    assert r.next() is None
