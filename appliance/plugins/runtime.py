@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import TaskManager, Timeouts
+from ..errdefs import NotFound
 from ..plugin import EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V2, InitContext, Registration
 
 log = logging.getLogger("appliance.runtime")
@@ -21,10 +23,18 @@ async def _runtime(ic: InitContext) -> TaskManager:
     timeouts = Timeouts(load=cfg.timeout("io.containerd.timeout.shim.load") or 5.0,
                         cleanup=cfg.timeout("io.containerd.timeout.shim.cleanup") or 5.0,
                         shutdown=cfg.timeout("io.containerd.timeout.shim.shutdown") or 3.0)
+    containers = ContainerStore(ic.get(METADATA).db)
+
+    def runtime_of(ns: str, cid: str) -> str | None:
+        try:
+            return containers.get(ns, cid).runtime.name
+        except NotFound:
+            return None
+
     manager = TaskManager(
         str(ic.root), str(ic.state), ic.properties["io.containerd.plugin.grpc.address"],
         ic.properties["io.containerd.plugin.ttrpc.address"], ic.get(EVENT), timeouts,
-        debug=logging.getLogger().isEnabledFor(logging.DEBUG))
+        debug=logging.getLogger().isEnabledFor(logging.DEBUG), runtime_of=runtime_of)
     await manager.load_existing()
     return manager
 

@@ -402,6 +402,8 @@ def test_shim_killed_while_daemon_down_is_cleaned(rootfs):
         d.stop()
         victim = shim_pid_of(d.address, "d2")
         os.kill(victim, signal.SIGKILL)
+        # without the recorded binary, cleanup finds the shim through the container's runtime
+        (d.state / "io.containerd.runtime.v2.task" / ns / "d2" / "shim-binary-path").unlink()
         wait_for(lambda: not _alive(victim), what="shim gone")
         d.start()
         log = d.log()
@@ -505,6 +507,15 @@ def test_rootfs_mounts_and_dead_shims_are_cleaned(rootfs):
             container_id="live-kill"))
         assert code == api.grpc.StatusCode.UNIMPLEMENTED and "criu" in details
 
+        # Update passes resources through to runc: the pids cgroup gets the new limit
+        from google.protobuf import any_pb2
+        resources = any_pb2.Any(
+            type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+            value=json.dumps({"pids": {"limit": 42}}).encode())
+        assert api.status_code("Update", api.tpb.UpdateTaskRequest(
+            container_id="live-kill", resources=resources)) == (api.grpc.StatusCode.OK, "")
+        assert Path(f"/sys/fs/cgroup/pids/{ns}/live-kill/pids.max").read_text() == "42\n"
+
         # a shim dying under a running daemon: task reported exited, bundle and mounts gone
         os.kill(shim_pid_of(d.address, "live-kill"), signal.SIGKILL)
         wait_for(lambda: not (bundles / "live-kill").exists(), what="live-kill cleaned")
@@ -599,3 +610,32 @@ def test_run_image_matches_containerd(ours, theirs, busybox_image):
     assert results[0] == ["/snapshot/prepare", "/containers/create", "/tasks/create",
                           "/tasks/start", "/tasks/exit", "/tasks/delete", "/snapshot/remove",
                           "/containers/delete"]
+
+
+def test_shim_without_task_found_at_boot_is_stopped(rootfs):
+    """The daemon died between `shim start` and Create: the shim is stopped, bundle removed."""
+    ns = ns_for("notask")
+    d = Daemon().start()
+    d.stop()
+    bundle = d.state / "io.containerd.runtime.v2.task" / ns / "orphan"
+    try:
+        bundle.mkdir(parents=True)
+        (bundle / "rootfs").mkdir()
+        (bundle / "config.json").write_text(json.dumps(_spec(ns, "orphan", ["true"])))
+        os.mkfifo(bundle / "log")
+        log_fd = os.open(bundle / "log", os.O_RDWR | os.O_NONBLOCK)
+        env = dict(_sbin_path(), TTRPC_ADDRESS=d.address + ".ttrpc")
+        started = subprocess.run(
+            ["containerd-shim-runc-v2", "-namespace", ns, "-address", d.address,
+             "-publish-binary", "/bin/true", "-id", "orphan", "start"],
+            cwd=bundle, env=env, capture_output=True, text=True, timeout=20)
+        os.close(log_fd)
+        assert started.returncode == 0, started.stderr
+        (bundle / "shim-binary-path").write_text("/usr/bin/containerd-shim-runc-v2")
+        orphan = shim_pid_of(d.address, "orphan")
+        d.start()
+        wait_for(lambda: not _alive(orphan), what="orphan shim stopped")
+        assert not bundle.exists()
+        assert d.ctr("tasks", "ls", "-q", namespace=ns).stdout == ""
+    finally:
+        _cleanup(d)

@@ -46,12 +46,13 @@ class CreateOpts:
 
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
-                 timeouts: Timeouts, debug: bool = False):
+                 timeouts: Timeouts, debug: bool = False, runtime_of=None):
         self.root, self.state = root, state
         self.address, self.ttrpc_address = address, ttrpc_address
         self.exchange = exchange
         self.timeouts = timeouts
         self.debug = debug
+        self.runtime_of = runtime_of  # (ns, id) -> the container's runtime name, or None
         self.tasks: dict[tuple[str, str], shims.Shim] = {}
         self._pending: set[tuple[str, str]] = set()  # being created
         self._watchers: set[asyncio.Task] = set()
@@ -244,12 +245,7 @@ class TaskManager:
         if not os.listdir(bundle.path):
             self._delete_bundle(bundle)
             return False
-        binary = None
-        try:
-            with open(bundle.file("shim-binary-path")) as f:
-                binary = f.read().strip() or None
-        except FileNotFoundError:
-            pass
+        binary = self._binary_of(bundle)
         try:
             shim = await asyncio.wait_for(shims.load(bundle, binary, self.timeouts.load),
                                           self.timeouts.load)
@@ -258,8 +254,27 @@ class TaskManager:
                         exc or type(exc).__name__)
             await self.cleanup_dead(bundle, binary)
             return False
+        if not shim.task_pid:  # the daemon died between shim start and task create (or delete)
+            log.warning("shim %s/%s serves no task: stopping it", bundle.namespace, bundle.id)
+            await self._discard_failed(shim)
+            return False
         self._add(shim)
         return True
+
+    def _binary_of(self, bundle: Bundle) -> str | None:
+        """The shim binary recorded at start, else the one the container's runtime names."""
+        try:
+            with open(bundle.file("shim-binary-path")) as f:
+                recorded = f.read().strip()
+            if recorded:
+                return recorded
+        except FileNotFoundError:
+            pass
+        runtime = self.runtime_of(bundle.namespace, bundle.id) if self.runtime_of else None
+        try:
+            return shims.resolve_binary(runtime, shims.shim_env("")["PATH"]) if runtime else None
+        except ApplianceError:
+            return None
 
     def _cleanup_work_dirs(self) -> None:
         import shutil
