@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Callable, Iterable
@@ -28,7 +29,7 @@ GO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)  # promet
 
 _lock = threading.Lock()
 _declared: list["Metric"] = []
-_callbacks: list[tuple[str, str, tuple[str, ...], Callable]] = []
+_callbacks: list[tuple[dict[str, str], tuple[str, ...], Callable]] = []
 _registry = None  # a prometheus_client CollectorRegistry once enabled
 
 
@@ -120,8 +121,14 @@ def histogram(name, documentation, labelnames=(), buckets=None) -> Metric:
 def gauge_callback(name: str, documentation: str, labelnames: Iterable[str],
                    fn: Callable[[], dict]) -> None:
     """A gauge computed at scrape time: fn() → {label-values tuple: value}."""
+    gauges_callback({name: documentation}, labelnames, lambda: {name: fn()})
+
+
+def gauges_callback(docs: dict[str, str], labelnames: Iterable[str],
+                    fn: Callable[[], dict]) -> None:
+    """Several gauges from one scrape-time call: fn() → {name: {label values: value}}."""
     with _lock:
-        _callbacks.append((name, documentation, tuple(labelnames), fn))
+        _callbacks.append((docs, tuple(labelnames), fn))
 
 
 # --- the daemon's own metrics (other modules increment these) ------------------
@@ -174,16 +181,17 @@ def enable(grpc_histogram: bool = False):
 
         class Callbacks:
             def collect(self):
-                for name, doc, labelnames, fn in list(_callbacks):
-                    family = GaugeMetricFamily(name, doc, labels=labelnames)
+                for docs, labelnames, fn in list(_callbacks):
                     try:
                         values = fn() or {}
                     except Exception as exc:  # one broken callback must not fail the scrape
-                        log.warning("metrics callback %s failed: %s", name, exc)
+                        log.warning("metrics callback for %s failed: %s", ", ".join(docs), exc)
                         continue
-                    for label_values, value in values.items():
-                        family.add_metric([str(v) for v in label_values], value)
-                    yield family
+                    for name, doc in docs.items():
+                        family = GaugeMetricFamily(name, doc, labels=labelnames)
+                        for label_values, value in values.get(name, {}).items():
+                            family.add_metric([str(v) for v in label_values], value)
+                        yield family
 
         registry.register(Callbacks())
         for metric in _declared:
@@ -316,7 +324,8 @@ def asyncio_cancelled():
 # --- wiring ----------------------------------------------------------------------
 
 def watch_plugins(plugin_set) -> None:
-    """ctrappliance_plugins{type,status}: how many plugins loaded, skipped, failed."""
+    """Scrape-time gauges over the loaded plugins: plugin counts, snapshots, tasks and
+    containerd's per-task cgroup metrics (container_*{container_id,namespace})."""
     def counts():
         out: dict[tuple[str, str], int] = {}
         for p in list(plugin_set.results):
@@ -325,6 +334,99 @@ def watch_plugins(plugin_set) -> None:
         return out
     gauge_callback("ctrappliance_plugins", "Plugins by type and load status (ok, skip, error)",
                    ("type", "status"), counts)
+
+    def instance(uri):
+        for p in list(plugin_set.results):
+            if p.registration.uri == uri and p.status == "ok":
+                return p.instance
+        return None
+
+    def snapshots():
+        service = instance("io.containerd.service.v1.snapshots-service")
+        if service is None:
+            return {}
+        out = {}
+        for name, sn in dict(service.snapshotters).items():
+            with sn.db.read() as conn:
+                for ns, count in conn.execute(
+                        "SELECT namespace, COUNT(*) FROM snapshots WHERE snapshotter=? "
+                        "GROUP BY namespace", (sn.name,)):
+                    out[(name, ns)] = count
+        return out
+    gauge_callback("ctrappliance_snapshots", "Snapshots by snapshotter and namespace",
+                   ("snapshotter", "namespace"), snapshots)
+
+    def live_tasks():
+        manager = instance("io.containerd.runtime.v2.task")
+        return dict(getattr(manager, "tasks", {}))
+
+    def tasks():
+        out: dict[tuple[str], int] = {}
+        for ns, _ in live_tasks():
+            out[(ns,)] = out.get((ns,), 0) + 1
+        return out
+    gauge_callback("ctrappliance_tasks", "Tasks with a live shim, by namespace",
+                   ("namespace",), tasks)
+
+    def cgroup_metrics():
+        out: dict[str, dict] = {}
+        for (ns, task_id), shim in live_tasks().items():
+            pid = getattr(shim, "task_pid", 0)
+            if pid:
+                for name, value in task_cgroup_values(pid).items():
+                    out.setdefault(name, {})[(task_id, ns)] = value
+        return out
+    gauges_callback(TASK_CGROUP_DOCS, ("container_id", "namespace"), cgroup_metrics)
+
+
+# containerd's metrics/cgroups/v1 names: (controller, file) per metric
+TASK_CGROUP_FILES = {
+    "container_cpu_total_nanoseconds": ("cpuacct", "cpuacct.usage"),
+    "container_cpu_user_nanoseconds": ("cpuacct", "cpuacct.usage_user"),
+    "container_cpu_kernel_nanoseconds": ("cpuacct", "cpuacct.usage_sys"),
+    "container_memory_usage_usage_bytes": ("memory", "memory.usage_in_bytes"),
+    "container_memory_usage_limit_bytes": ("memory", "memory.limit_in_bytes"),
+    "container_memory_usage_max_bytes": ("memory", "memory.max_usage_in_bytes"),
+    "container_pids_current": ("pids", "pids.current"),
+    "container_pids_limit": ("pids", "pids.max"),
+}
+TASK_CGROUP_DOCS = {
+    "container_cpu_total_nanoseconds": "The total cpu time",
+    "container_cpu_user_nanoseconds": "The total user cpu time",
+    "container_cpu_kernel_nanoseconds": "The total kernel cpu time",
+    "container_memory_usage_usage_bytes": "The memory usage",
+    "container_memory_usage_limit_bytes": "The memory limit",
+    "container_memory_usage_max_bytes": "The memory maximum usage",
+    "container_pids_current": "The current number of pids",
+    "container_pids_limit": "The limit to the number of pids allowed",
+}
+
+
+def task_cgroup_values(pid: int, cgroup_root: str = "/sys/fs/cgroup") -> dict[str, float]:
+    """The v1 cgroup figures of a task's init process (empty when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = {}
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for c in controllers.split(","):
+                    paths[c] = path
+    except OSError:
+        return {}
+    values = {}
+    for name, (controller, filename) in TASK_CGROUP_FILES.items():
+        if controller not in paths:
+            continue
+        mount = "cpu,cpuacct" if controller == "cpuacct" and not os.path.isdir(
+            os.path.join(cgroup_root, "cpuacct")) else controller
+        try:
+            with open(os.path.join(cgroup_root, mount, paths[controller].lstrip("/"),
+                                   filename)) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        values[name] = 0.0 if text == "max" else float(text)
+    return values
 
 
 async def handle(request):

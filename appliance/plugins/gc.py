@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .. import metrics
 from ..config import parse_duration
 from ..core.gc import Collector
 from ..core.metadata.content import register_gc as register_content_gc
@@ -158,6 +159,8 @@ class Scheduler:
                 continue
             gc_time += stats.elapsed
             collections += 1
+            metrics.GC_RUNS.inc()
+            metrics.GC_DURATION.observe(stats.elapsed)
             if self.pause_threshold > 0:
                 avg = gc_time / collections
                 interval = avg / self.pause_threshold - avg

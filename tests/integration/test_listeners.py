@@ -153,6 +153,34 @@ def test_metrics_counters_move_and_histograms_with_grpc_histogram(full):
     assert any(name == "process_resident_memory_bytes" for name, _ in after)
 
 
+def test_metrics_content_ingested_and_gc_runs(full):
+    data = os.urandom(3000)
+    digest = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+    before = scrape(full.metrics_port)
+    r = subprocess.run([CTR, "--address", full.address, "content", "ingest", "m-ref"],
+                       input=data, capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    after = scrape(full.metrics_port)
+    ingested = ("ctrappliance_content_ingested_bytes_total", ())
+    assert after[ingested] - before.get(ingested, 0) == 3000
+    runs = ("ctrappliance_gc_runs_total", ())
+    full.ctr("content", "rm", digest)
+    full.ctr("leases", "create", "--id", "m-lease")
+    full.ctr("leases", "delete", "--sync", "m-lease")  # answers after a collection ran
+    final = scrape(full.metrics_port)
+    assert final[runs] > after[runs]
+    assert final[("ctrappliance_gc_duration_seconds_count", ())] == final[runs]
+
+
+def test_metrics_snapshot_gauge(full):
+    key = ("ctrappliance_snapshots", (("namespace", "m-snaps"), ("snapshotter", "native")))
+    full.ctr("snapshots", "--snapshotter", "native", "prepare", "s1", namespace="m-snaps")
+    full.ctr("snapshots", "--snapshotter", "native", "prepare", "s2", namespace="m-snaps")
+    assert scrape(full.metrics_port)[key] == 2
+    full.ctr("snapshots", "--snapshotter", "native", "rm", "s1", "s2", namespace="m-snaps")
+    assert key not in scrape(full.metrics_port)
+
+
 def test_no_histograms_without_grpc_histogram():
     d = Daemon()
     port = free_port()
@@ -318,3 +346,36 @@ tcp_tls_ca = "{ca}"
     assert code != 0
     assert len(errors) == 1 and expected in errors[0], errors
     assert re.search(r'level=error msg="[^\n]+"$', errors[0])
+
+
+def test_task_cgroup_metrics_under_containerd_labels(tmp_path):
+    from runtime_helpers import make_rootfs, remove_cgroup_dirs, run_flags, shim_pids
+    rootfs = str(make_rootfs(tmp_path / "rootfs"))
+    ns = f"metrics-{os.getpid()}"
+    d = Daemon()
+    port = free_port()
+    d.config = write_config(d, f'[metrics]\naddress = "127.0.0.1:{port}"\n')
+    try:
+        d.start()
+        d.ctr("run", *run_flags(d.workdir), "--env", "PATH=/bin", "-d", "--rootfs", rootfs,
+              "sleeper", "sleep", "1000", namespace=ns)
+        samples = scrape(port)
+        labels = (("container_id", "sleeper"), ("namespace", ns))
+        assert samples[("container_pids_current", labels)] >= 1
+        assert samples[("container_memory_usage_usage_bytes", labels)] > 0
+        assert samples[("container_cpu_total_nanoseconds", labels)] > 0
+        assert samples[("ctrappliance_tasks", (("namespace", ns),))] == 1
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "sleeper", namespace=ns)
+        deadline = time.monotonic() + 10
+        while "STOPPED" not in d.ctr("tasks", "ls", namespace=ns).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        d.ctr("tasks", "rm", "sleeper", namespace=ns)
+        d.ctr("containers", "rm", "sleeper", namespace=ns)
+        after = scrape(port)
+        assert ("container_pids_current", labels) not in after
+    finally:
+        for pid in shim_pids(d.address):
+            os.kill(pid, 9)
+        d.cleanup()
+        remove_cgroup_dirs(ns)

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ... import filters, identifiers
+from ... import filters, identifiers, metrics
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..content.store import Ingest, LocalStore, Writer, parse_digest
 from . import images as _images  # noqa: F401  registers "images" before "blobs", containerd's order
@@ -313,7 +313,8 @@ class NamespacedWriter:
                 if not self.store.blobs.exists(actual):
                     raise NotFound(f"content digest {actual}: not found")
             else:
-                self.store.blobs.install(self.local, actual)
+                if self.store.blobs.install(self.local, actual):
+                    metrics.CONTENT_INGESTED_BYTES.inc(size)
                 self.local.committed()
             if tx.execute("SELECT 1 FROM content WHERE namespace=? AND digest=?",
                           (ns, actual)).fetchone():
