@@ -9,11 +9,11 @@ import asyncio
 import logging
 import os
 import shutil
-import sys
 
 from google.protobuf import empty_pb2
 
 from ..._proto.containerd.runtime.v2.task import shim_pb2
+from ... import program
 from ...errdefs import ApplianceError, DeadlineExceeded, NotFound
 from ...ttrpc import TTRPCClient
 from .bundle import Bundle
@@ -39,8 +39,7 @@ def wrap(exc: ApplianceError, prefix: str) -> ApplianceError:
 
 def self_executable() -> str:
     """What shims get as -publish-binary: our console script or compiled binary."""
-    path = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return path if os.path.isfile(path) else sys.executable
+    return program.path()
 
 
 def shim_env(ttrpc_address: str) -> dict[str, str]:
@@ -76,10 +75,9 @@ def resolve_binary(runtime: str, env_path: str) -> str:
     if os.path.isfile(beside):
         return beside
     found = shutil.which(name, path=env_path)
-    if found is None:
-        own = os.path.join(os.path.dirname(self_executable()), name)
-        if os.path.isfile(own):
-            found = own
+    if found is None:  # the .deb bundles the shim beside the program, in bin/
+        found = next((os.path.join(d, name) for d in program.helper_dirs()
+                      if os.path.isfile(os.path.join(d, name))), None)
     if found is None:
         raise ApplianceError(f'runtime "{runtime}" binary not installed "{name}": '
                              "file does not exist")

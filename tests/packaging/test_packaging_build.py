@@ -1,0 +1,232 @@
+"""The real products: Nuitka build, .deb (lintian, install, run, purge), onefile in a bare rootfs.
+
+Slow (a Nuitka build takes minutes): `pytest -m slow tests/packaging`. Set
+CTRAPPLIANCE_PACKAGE_DIR to a directory with the products of `./scripts/dev package`
+to test those instead of building afresh.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import daemon as daemon_module
+from daemon import Daemon
+from test_packaging_inputs import REPO, build
+
+pytestmark = pytest.mark.slow
+SOCKET_WAIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def products():
+    given = os.environ.get("CTRAPPLIANCE_PACKAGE_DIR")
+    out = Path(given) if given else REPO / "build"
+    if not given:
+        subprocess.run([sys.executable, str(REPO / "packaging" / "build.py"), "--out", str(out)],
+                       check=True, timeout=1800)
+    version = build.project_version()
+    deb = out / f"ctrappliance_{version}_{build.deb_arch()}.deb"
+    assert deb.is_file() and (out / "ctrappliance").is_file()
+    return {"deb": deb, "onefile": out / "ctrappliance", "version": version,
+            "dist": out / "nuitka-standalone" / "ctrappliance.dist"}
+
+
+def test_lintian_reports_no_errors(products):
+    result = subprocess.run(["lintian", "--no-tag-display-limit", str(products["deb"])],
+                            capture_output=True, text=True, timeout=600)
+    errors = [l for l in result.stdout.splitlines() if l.startswith("E:")]
+    assert errors == [], result.stdout
+
+
+def test_deb_layout(products):
+    deb = str(products["deb"])
+    field = lambda f: subprocess.run(["dpkg-deb", "-f", deb, f], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+    assert field("Version") == products["version"]
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True,
+                             check=True).stdout
+    for path in ("./usr/lib/ctrappliance/ctrappliance", "./etc/ctrappliance/config.toml",
+                 "./lib/systemd/system/ctrappliance.service",
+                 "./usr/share/man/man8/ctrappliance.8.gz",
+                 "./usr/share/man/man5/ctrappliance-config.toml.5.gz",
+                 "./usr/lib/ctrappliance/bin/containerd-shim-runc-v2",
+                 "./usr/lib/ctrappliance/bin/ctr", "./usr/bin/ctrappliance-ctr",
+                 "./usr/share/doc/ctrappliance/copyright"):
+        assert re.search(rf" {re.escape(path)}( |$)", listing, re.M), path
+    assert "./usr/bin/ctrappliance -> ../lib/ctrappliance/ctrappliance" in listing
+    assert "root/root" in listing and not re.search(r" \d+/\d+ ", listing)
+    control = subprocess.run(["dpkg-deb", "-I", deb, "conffiles", "md5sums"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "/etc/ctrappliance/config.toml" in control
+    assert "usr/lib/ctrappliance/ctrappliance" in control
+
+
+def ours_files() -> set[str]:
+    """Every path outside the package's own file list that mentions ctrappliance."""
+    found = set()
+    for top in ("/etc", "/usr", "/lib", "/var/lib", "/run"):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if dirpath + "/" + d not in (
+                "/var/lib/dpkg", "/var/lib/apt", "/run/containerd", "/usr/share/doc-base")]
+            found.update(os.path.join(dirpath, n) for n in dirnames + filenames
+                         if "ctrappliance" in n)
+    return found
+
+
+def image_support(d: Daemon) -> bool:
+    return "io.containerd.differ.v1" in d.ctr("plugins", "ls").stdout
+
+
+def test_install_run_and_purge(products, tmp_path, monkeypatch):
+    if subprocess.run(["dpkg-query", "-W", "ctrappliance"], capture_output=True).returncode == 0:
+        pytest.skip("a ctrappliance package is installed on this machine already")
+    before = ours_files()
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    str(products["deb"])], check=True, env=env, timeout=600,
+                   capture_output=True)
+    try:
+        listed = subprocess.run(["dpkg", "-L", "ctrappliance"], capture_output=True, text=True,
+                                check=True).stdout.split()
+        out = subprocess.run(["/usr/bin/ctrappliance", "--version"], capture_output=True,
+                             text=True, check=True).stdout
+        assert out == f"ctrappliance {products['version']}\n"
+        verify = subprocess.run(["systemd-analyze", "verify", "ctrappliance.service"],
+                                capture_output=True, text=True, timeout=120)
+        assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+        assert os.path.islink("/etc/systemd/system/multi-user.target.wants/ctrappliance.service")
+        assert subprocess.run(["man", "-w", "ctrappliance"], capture_output=True).returncode == 0
+
+        monkeypatch.setattr(daemon_module, "BINARY", "/usr/bin/ctrappliance")
+        monkeypatch.setattr(daemon_module, "CTR", "/usr/lib/ctrappliance/bin/ctr")
+        d = Daemon(workdir=str(tmp_path / "d"))
+        try:
+            d.start()
+            out = subprocess.run(["/usr/bin/ctrappliance-ctr", "--address", d.address, "version"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+            assert re.search(rf"Server:\n\s+Version:\s+{re.escape(products['version'])}", out)
+            run_container(d, tmp_path)
+        finally:
+            d.cleanup()
+    finally:
+        subprocess.run(["dpkg", "--purge", "ctrappliance"], check=True, capture_output=True,
+                       timeout=300)
+    assert [p for p in listed if os.path.lexists(p) and not os.path.isdir(p)] == []
+    assert ours_files() - before == set()
+
+
+def run_container(d: Daemon, tmp_path: Path) -> None:
+    """`ctr run --rm` through the bundled shim (runc from the Depends)."""
+    from runtime_helpers import make_rootfs, run_flags
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    env = dict(os.environ, PATH="/usr/bin:/bin:/usr/sbin:/sbin")  # not the shim's own dir
+    shim_on_path = shutil.which("containerd-shim-runc-v2", path=env["PATH"])
+    r = d.ctr("run", "--rm", *run_flags(d.workdir), "--env", "PATH=/bin", "--rootfs",
+              str(rootfs), "pkg-run", "echo", "hello from the package", check=False)
+    assert (r.returncode, r.stdout) == (0, "hello from the package\n"), r.stderr + d.log()
+    if shim_on_path is None:  # otherwise PATH's shim was used, which proves less
+        assert "/usr/lib/ctrappliance/bin/containerd-shim-runc-v2" in d.log()
+    if image_support(d):
+        from image_helpers import make_oci
+        d.ctr("images", "import", str(make_oci(tmp_path)))
+        r = d.ctr("run", "--rm", *run_flags(d.workdir), "localhost/busybox:latest", "pkg-img",
+                  "echo", "image ok", check=False)
+        assert (r.returncode, r.stdout) == (0, "image ok\n"), r.stderr + d.log()
+
+
+def host_files_needed(tree: Path) -> set[str]:
+    """Libraries from the host that the ELF files in `tree` load (by ldd), resolved."""
+    needed = set()
+    for path in tree.rglob("*"):
+        if not path.is_file() or path.is_symlink() or not build.is_elf(path):
+            continue
+        out = subprocess.run(["ldd", str(path)], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            m = re.search(r"(?:=> )?(/\S+) \(0x", line)
+            if m and not m.group(1).startswith(str(tree)):
+                needed.add(m.group(1))
+    return needed
+
+
+def glibc_files() -> set[str]:
+    out = subprocess.run(["dpkg", "-L", f"libc6:{build.deb_arch()}"], capture_output=True,
+                         text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_onefile_runs_in_a_glibc_only_rootfs(products, tmp_path):
+    """Only the dynamic loader and glibc's libraries, static busybox, and the binary."""
+    unpacked = tmp_path / "unpacked"  # what the onefile bootstrap unpacks and runs
+    shutil.copytree(REPO / "build" / "nuitka-onefile" / "ctrappliance.dist", unpacked) \
+        if (REPO / "build" / "nuitka-onefile" / "ctrappliance.dist").is_dir() else None
+    needed = host_files_needed(unpacked) if unpacked.is_dir() else set()
+    needed |= host_files_needed_of(products["onefile"])
+    print("host files needed:", sorted(needed))
+    libc = glibc_files()
+    assert all(p in libc or os.path.realpath(p) in libc or
+               p.replace("/lib64/", "/lib/x86_64-linux-gnu/") in libc for p in needed), needed
+
+    root = tmp_path / "rootfs"
+    for p in needed:
+        target = root / p.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.realpath(p), target)
+    for d in ("bin", "proc", "tmp", "run", "var/lib"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    shutil.copy(products["onefile"], root / "ctrappliance")
+    listing = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert not [f for f in listing if "python" in f.lower()], listing
+
+    address = root / "run" / "ca" / "ca.sock"
+    log = open(tmp_path / "daemon.log", "wb")
+    script = ("/bin/busybox mount -t proc proc /proc && exec /ctrappliance --root /var/lib/ca "
+              "--state /run/ca --address /run/ca/ca.sock --log-level debug")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "chroot",
+                             str(root), "/bin/busybox", "sh", "-c", script],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={"PATH": "/bin"})
+    try:
+        deadline = time.monotonic() + SOCKET_WAIT
+        while "successfully booted" not in (tmp_path / "daemon.log").read_text(errors="replace"):
+            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
+        out = subprocess.run(["ctr", "--address", str(address), "version"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0 and f"Version:  {products['version']}" in out.stdout, \
+            out.stdout + out.stderr
+        proc.send_signal(signal.SIGTERM)  # the bootstrap passes it on; the daemon stops
+        assert proc.wait(40) == 0, (tmp_path / "daemon.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "stopped" in text and "Traceback" not in text, text
+    assert not address.exists()
+    assert os.listdir(root / "tmp") == []  # the unpacked payload is removed
+
+
+def host_files_needed_of(binary: Path) -> set[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(binary, Path(tmp) / binary.name)
+        return host_files_needed(Path(tmp))
+
+
+def test_compiled_daemon_passes_the_foundation_tests(products):
+    """The same integration tests as the interpreted daemon, against the .deb's dist."""
+    env = dict(os.environ, CTRAPPLIANCE_BIN=str(products["dist"] / "ctrappliance"))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/integration/test_foundation.py", "tests/integration/test_cli.py"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-5000:]
