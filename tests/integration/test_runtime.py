@@ -639,3 +639,34 @@ def test_shim_without_task_found_at_boot_is_stopped(rootfs):
         assert d.ctr("tasks", "ls", "-q", namespace=ns).stdout == ""
     finally:
         _cleanup(d)
+
+
+def test_unresponsive_shims_are_dialled_in_parallel_under_the_load_timeout(tmp_path):
+    """Shims that accept but never answer: each dial gives up after shim.load, all at once."""
+    import socket
+    ns = ns_for("hung")
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[timeouts]\n  "io.containerd.timeout.shim.load" = "1s"\n')
+    d = Daemon(config=str(config))
+    listeners = []
+    try:
+        for i in range(4):
+            bundle = d.state / "io.containerd.runtime.v2.task" / ns / f"hung{i}"
+            bundle.mkdir(parents=True)
+            (bundle / "config.json").write_text("{}")
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(tmp_path / f"hung{i}.sock"))
+            sock.listen(8)  # connects succeed, nothing is ever answered
+            listeners.append(sock)
+            (bundle / "address").write_text(f"unix://{tmp_path}/hung{i}.sock")
+        d.start()
+        booted = float(re.findall(r"successfully booted in ([0-9.]+)s", d.log())[-1])
+        assert 1.0 <= booted < 3.0, f"4 hung shims at 1 s each: boot took {booted}s"
+        assert re.search(r"reconnected 0 of 4 shims", d.log())
+        assert not (d.state / "io.containerd.runtime.v2.task" / ns).exists() or \
+            not os.listdir(d.state / "io.containerd.runtime.v2.task" / ns)
+        assert len(re.findall(rf"event {ns} /tasks/exit", d.log())) == 4
+    finally:
+        for sock in listeners:
+            sock.close()
+        _cleanup(d)
