@@ -18,6 +18,7 @@ from appliance._proto.containerd.api.services.version.v1 import version_pb2_grpc
 from daemon import CTR, Daemon
 
 pytestmark = pytest.mark.integration
+NOGROUP = 65534
 
 
 def free_port() -> int:
@@ -97,8 +98,12 @@ tcp_address = "127.0.0.1:{tcp}"
 tcp_tls_cert = "{pki['server'][1]}"
 tcp_tls_key = "{pki['server'][0]}"
 tcp_tls_ca = "{pki['ca'][1]}"
+gid = {NOGROUP}
+[ttrpc]
+gid = {NOGROUP}
 [debug]
 address = "{d.workdir}/debug.sock"
+gid = {NOGROUP}
 [metrics]
 address = "127.0.0.1:{metrics}"
 grpc_histogram = true
@@ -132,8 +137,26 @@ def test_mtls_client_cert_required_and_unix_socket_still_serves(full, pki):
             version_pb2_grpc.VersionStub(channel).Version(
                 empty_pb2.Empty(), timeout=5)
     assert "Revision: ctrappliance" in full.ctr("version").stdout
-    assert (os.stat(full.address).st_mode & 0o777) == 0o660
-    assert (os.stat(full.debug_sock).st_mode & 0o777) == 0o660
+    for path in (full.address, full.address + ".ttrpc", full.debug_sock):
+        st = os.stat(path)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o660, NOGROUP), path
+
+
+def test_tls_without_ca_needs_no_client_cert(pki):
+    d = Daemon()
+    port = free_port()
+    d.config = write_config(d, f"""[grpc]
+tcp_address = "127.0.0.1:{port}"
+tcp_tls_cert = "{pki['server'][1]}"
+tcp_tls_key = "{pki['server'][0]}"
+""")
+    try:
+        d.start()
+        assert tls_version(port, pki).revision == "ctrappliance"
+        with pytest.raises(grpc.RpcError):  # the client does not trust a foreign CA
+            tls_version(port, pki, roots="foreign")
+    finally:
+        d.cleanup()
 
 
 def test_metrics_counters_move_and_histograms_with_grpc_histogram(full):
