@@ -190,13 +190,8 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
     except BaseException:
         shim_log.close()
         raise
-    shim = Shim(bundle, binary, client, shim_log)
-    try:
-        await shim.connect(connect_timeout)
-    except BaseException:
-        shim.close()
-        raise
-    return shim
+    # No Connect here: Create (the next call) waits for the shim as well and returns the pid
+    return Shim(bundle, binary, client, shim_log)
 
 
 async def load(bundle: Bundle, binary: str, timeout: float) -> Shim:
