@@ -23,9 +23,10 @@ class WalkingDiffer:
         self.unpacker = unpacker
         self.tmpmounts = tmpmounts
 
-    def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount]) -> tuple[str, str, int]:
+    def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
+              payloads=None) -> tuple[str, str, int]:
         path = self.content.blob_path(ns, digest)
-        applied = self.unpacker.apply(path, media_type, digest, mounts)
+        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
         return LAYER_MEDIA_TYPE, applied.digest, applied.size
 
     def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):
@@ -60,7 +61,8 @@ class DiffAdapter(pb_grpc.DiffServicer):
     async def Apply(self, request, context):
         media_type, digest, size = await asyncio.to_thread(
             self.service.apply, namespace_of(context), request.diff.media_type,
-            request.diff.digest, _mounts(request.mounts))
+            request.diff.digest, _mounts(request.mounts),
+            {k: v.SerializeToString() for k, v in request.payloads.items()})
         return pb.ApplyResponse(applied=descriptor_pb2.Descriptor(
             media_type=media_type, digest=digest, size=size))
 
@@ -81,7 +83,9 @@ def _walking(ic: InitContext) -> WalkingDiffer:
     snapshotters = {name: Snapshotter(md.db, backend)
                     for name, backend in ic.get_all(SNAPSHOT).items()}
     tmpmounts = os.path.join(ic.server_config.root, "tmpmounts")
-    return WalkingDiffer(md.content, Unpacker(snapshotters, tmpmounts), tmpmounts)
+    from ..core import streamprocessor
+    processors = streamprocessor.from_config(ic.server_config)
+    return WalkingDiffer(md.content, Unpacker(snapshotters, tmpmounts, processors), tmpmounts)
 
 
 REGISTRATIONS = [

@@ -95,11 +95,29 @@ def _raw_chunks(f, stop):
         yield out
 
 
+class _Prefixed:
+    """`head` then the rest of a non-seekable file."""
+
+    def __init__(self, head: bytes, f):
+        self._head, self._f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                head, self._head = self._head, b""
+                return head + self._f.read()
+            head, self._head = self._head[:n], self._head[n:]
+            return head
+        return self._f.read(n)
+
+
 class LayerStream:
     """`read(n)` over the uncompressed layer; `digest()` once it is fully read."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, opener=None):
         self._path = path
+        # a stream processor's output instead of the blob file (see core/streamprocessor.py)
+        self._opener = opener or (lambda: open(path, "rb", buffering=0))
         self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()
         self._hash = hashlib.sha256()
@@ -111,9 +129,12 @@ class LayerStream:
 
     def _work(self):
         try:
-            with open(self._path, "rb", buffering=0) as f:
+            with self._opener() as f:
                 head = f.read(4)
-                f.seek(0)
+                if f.seekable():
+                    f.seek(0)
+                else:  # a pipe: put the magic bytes back in front
+                    f = _Prefixed(head, f)
                 if head.startswith(GZIP_MAGIC):
                     chunks = _gzip_chunks(f, self._stop)
                 elif head.startswith(ZSTD_MAGIC):

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ... import mount as mountlib
-from ...errdefs import DeadlineExceeded, InvalidArgument
+from ...errdefs import DeadlineExceeded, InvalidArgument, NotFound
 from .apply import ApplyError, apply_tar
 from .decompress import DecompressError, LayerStream, check_media_type
 
@@ -56,9 +56,10 @@ class _InFlight:
 
 
 class Unpacker:
-    def __init__(self, snapshotters: dict, tmpmounts: str):
+    def __init__(self, snapshotters: dict, tmpmounts: str, processors=None):
         self.snapshotters = snapshotters      # name -> store.Snapshotter
         self.tmpmounts = tmpmounts
+        self.processors = processors          # core.streamprocessor.Processors (config)
         self._inflight: dict[tuple, _InFlight] = {}
         self._lock = threading.Lock()
 
@@ -70,16 +71,36 @@ class Unpacker:
                 return (sn, *target)
         return None
 
-    def apply(self, blob_path: str, media_type: str, digest: str, mounts) -> Applied:
-        check_media_type(media_type)
+    def _opener(self, blob_path: str, media_type: str, payloads):
+        """None for the media types we inflate ourselves; else what opens the output of the
+        configured stream processors (which win over the built-in handling, as containerd's)."""
+        if self.processors is None or self.processors.find(media_type) is None:
+            check_media_type(media_type)
+            return None
+
+        def native(mt):
+            try:
+                check_media_type(mt)
+                return self.processors.find(mt) is None
+            except NotFound:
+                return False
+
+        def opener():
+            with open(blob_path, "rb") as blob:  # the processor holds its own descriptor
+                return self.processors.unwrap(media_type, blob, payloads, is_final=native)[1]
+        return opener
+
+    def apply(self, blob_path: str, media_type: str, digest: str, mounts,
+              payloads=None) -> Applied:
+        opener = self._opener(blob_path, media_type, payloads)
         ours = self._ours(mounts)
         if ours is None:  # somebody else's mounts: mount them, as containerd does
             if len(mounts) == 1 and mounts[0].type == "overlay":
                 upper, lowers = _overlay_dirs(mounts[0].options)
                 if upper:
-                    return self._run(blob_path, upper, lowers, True)
+                    return self._run(blob_path, upper, lowers, True, opener=opener)
             with mountlib.TempMount(self.tmpmounts, mounts) as root:
-                return self._run(blob_path, root, [], False)
+                return self._run(blob_path, root, [], False, opener=opener)
         sn, directory, lowers, overlay = ours
         key = (sn.name, tuple(lowers), digest)
         sid = sn.backend.owns(directory)
@@ -98,7 +119,8 @@ class Unpacker:
                 return adopted
         try:
             mine.result = self._run(blob_path, directory, lowers, overlay,
-                                    userxattr=getattr(sn.backend, "userxattr", False))
+                                    userxattr=getattr(sn.backend, "userxattr", False),
+                                    opener=opener)
             return mine.result
         except BaseException:
             with self._lock:
@@ -130,8 +152,8 @@ class Unpacker:
         return None   # the first one failed or went away: do it ourselves
 
     @staticmethod
-    def _run(blob_path, root, lowers, overlay, userxattr=False) -> Applied:
-        stream = LayerStream(blob_path)
+    def _run(blob_path, root, lowers, overlay, userxattr=False, opener=None) -> Applied:
+        stream = LayerStream(blob_path, opener)
         started = time.monotonic()
         try:
             apply_tar(root, stream.read, overlay=overlay, lowers=lowers, userxattr=userxattr)
