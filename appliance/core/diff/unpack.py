@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ... import metrics
 from ... import mount as mountlib
 from ...errdefs import DeadlineExceeded, InvalidArgument, NotFound
 from .apply import ApplyError, apply_tar
@@ -162,6 +163,8 @@ class Unpacker:
         finally:
             stream.close()
         elapsed = time.monotonic() - started
+        metrics.UNPACK_BYTES.inc(stream.size)
+        metrics.UNPACK_DURATION.observe(elapsed)
         log.debug("applied layer %s: %d bytes in %.3fs (%.0f MiB/s)", stream.digest(), stream.size,
                   elapsed, stream.size / max(elapsed, 1e-9) / 2**20)
         return Applied(stream.digest(), stream.size)
