@@ -123,8 +123,8 @@ class ProxySnapshotBackend:
         return []  # the remote snapshotter cleans its own disk
 
     def fs(self, sid: int) -> str:
-        raise FailedPrecondition(f"snapshot of proxy snapshotter {self.name} has no local "
-                                 "directory: failed precondition")
+        """A name, not a directory: the files live in the remote snapshotter."""
+        return f"proxy:{self.name}/{sid}"
 
     def apply_target(self, mounts):
         return None  # not our directories: appliers mount them

@@ -36,6 +36,9 @@ def test_proxy_snapshotter_listed_and_usable(external):
 [proxy_plugins.remote]
 type = "snapshot"
 address = "{external}"
+[proxy_plugins.blobs]
+type = "content"
+address = "{external}"
 [proxy_plugins.odd]
 type = "blob"
 address = "/nonexistent"
@@ -48,6 +51,10 @@ address = "/nonexistent"
         assert any(line.split()[:2] == ["io.containerd.snapshotter.v1", "remote"]
                    and line.split()[-1] == "ok" for line in plugins.splitlines()), plugins
         assert "odd" not in plugins
+        # remote content stores are registered but not supported yet: an error plugin
+        assert any(line.split() == ["io.containerd.content.v1", "blobs", "-", "error"]
+                   for line in plugins.splitlines()), plugins
+        assert "remote content stores are not supported" in d.ctr("plugins", "ls", "-d").stdout
         sn = ("snapshots", "--snapshotter", "remote")
         d.ctr(*sn, "prepare", "layer-1")
         mounts = d.ctr(*sn, "mounts", "/mnt", "layer-1").stdout
