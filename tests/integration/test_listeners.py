@@ -204,12 +204,17 @@ def test_metrics_snapshot_gauge(full):
     assert key not in scrape(full.metrics_port)
 
 
-def test_no_histograms_without_grpc_histogram():
+def test_no_histograms_without_grpc_histogram_and_negative_oom_score():
     d = Daemon()
     port = free_port()
-    d.config = write_config(d, f'[metrics]\naddress = "127.0.0.1:{port}"\n')
+    d.config = write_config(d, f'oom_score = -500\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+    before = int(Path("/proc/self/oom_score_adj").read_text())
     try:
         d.start()
+        # without CAP_SYS_RESOURCE lowering fails: a warning, and the daemon goes on
+        score = int(Path(f"/proc/{d.proc.pid}/oom_score_adj").read_text())
+        assert score == -500 or (score == before and
+                                 "failed to change OOM score to -500" in d.log())
         d.ctr("version")
         samples = scrape(port)
         assert any(name == "grpc_server_handled_total" for name, _ in samples)
