@@ -160,7 +160,8 @@ def add_tcp_port(server, grpc_cfg) -> str:
                             ) from None
     if not port:
         raise ListenerError(f"failed to get listener for {what}: listen tcp {address}")
-    return f"{address} ({kind})"
+    host = address.rpartition(":")[0]
+    return f"{host}:{port} ({kind})"  # the port bound, also when asked for port 0
 
 
 # --- a small HTTP/1.1 server for /v1/metrics and /debug --------------------------

@@ -215,6 +215,31 @@ def scrape() -> bytes:
 
 # --- the gRPC server interceptor --------------------------------------------------
 
+def _grpc_type(handler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+def record_methods(server) -> None:
+    """Give every method registered on `server` zero-valued series from the start, as
+    go-grpc-prometheus's Register does (rate() then works from the first call)."""
+    import grpc
+    original = server.add_registered_method_handlers
+
+    def add_registered_method_handlers(service, handlers):
+        for name, handler in handlers.items():
+            labels = (_grpc_type(handler), service, name)
+            for metric in (GRPC_STARTED, GRPC_MSG_RECEIVED, GRPC_MSG_SENT, _grpc_histogram):
+                if metric is not None:
+                    metric.labels(*labels)
+            for code in grpc.StatusCode:
+                GRPC_HANDLED.labels(*labels, go_code_name(code))
+        return original(service, handlers)
+    server.add_registered_method_handlers = add_registered_method_handlers
+
 def grpc_interceptor():
     """A grpc.aio server interceptor counting calls per method and code."""
     import grpc
@@ -222,13 +247,6 @@ def grpc_interceptor():
     def split(method: str) -> tuple[str, str]:
         service, _, name = method.lstrip("/").rpartition("/")
         return service, name
-
-    def grpc_type(handler) -> str:
-        if handler.request_streaming and handler.response_streaming:
-            return "bidi_stream"
-        if handler.request_streaming:
-            return "client_stream"
-        return "server_stream" if handler.response_streaming else "unary"
 
     def code_of(context, exc) -> str:
         code = context.code()
@@ -247,7 +265,7 @@ def grpc_interceptor():
             if handler is None:
                 return None
             service, name = split(details.method)
-            kind = grpc_type(handler)
+            kind = _grpc_type(handler)
             labels = (kind, service, name)
 
             def finished(context, started, exc):

@@ -150,6 +150,8 @@ class Daemon:
         opts.append(("grpc.so_reuseport", 0))  # a TCP address in use must fail, not be shared
         interceptors = [metrics.grpc_interceptor()] if self.cfg.metrics.address else []
         self.grpc_server = grpc.aio.server(options=opts, interceptors=interceptors)
+        if interceptors:
+            metrics.record_methods(self.grpc_server)
         self.ttrpc_server = TTRPCServer()
         for p in self.plugins.results:
             if p.status != "ok":

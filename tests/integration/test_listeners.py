@@ -21,10 +21,9 @@ pytestmark = pytest.mark.integration
 NOGROUP = 65534
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bound_port(d: Daemon, what: str) -> int:
+    """The port a daemon configured with port 0 bound, from its log."""
+    return int(re.search(rf"serving {what} on 127\.0\.0\.1:(\d+)", d.log()).group(1))
 
 
 def openssl(*args):
@@ -91,10 +90,9 @@ def handled(samples, method, code="OK"):
 def full(pki):
     """One daemon with mTLS over TCP, metrics with histograms, a debug socket, oom_score."""
     d = Daemon()
-    tcp, metrics = free_port(), free_port()
     d.config = write_config(d, f"""oom_score = 250
 [grpc]
-tcp_address = "127.0.0.1:{tcp}"
+tcp_address = "127.0.0.1:0"
 tcp_tls_cert = "{pki['server'][1]}"
 tcp_tls_key = "{pki['server'][0]}"
 tcp_tls_ca = "{pki['ca'][1]}"
@@ -105,12 +103,14 @@ gid = {NOGROUP}
 address = "{d.workdir}/debug.sock"
 gid = {NOGROUP}
 [metrics]
-address = "127.0.0.1:{metrics}"
+address = "127.0.0.1:0"
 grpc_histogram = true
 """)
-    d.tcp, d.metrics_port, d.debug_sock = tcp, metrics, f"{d.workdir}/debug.sock"
+    d.debug_sock = f"{d.workdir}/debug.sock"
     try:
-        yield d.start()
+        d.start()
+        d.tcp, d.metrics_port = bound_port(d, "gRPC"), bound_port(d, "metrics endpoint")
+        yield d
     finally:
         d.cleanup()
 
@@ -144,14 +144,14 @@ def test_mtls_client_cert_required_and_unix_socket_still_serves(full, pki):
 
 def test_tls_without_ca_needs_no_client_cert(pki):
     d = Daemon()
-    port = free_port()
     d.config = write_config(d, f"""[grpc]
-tcp_address = "127.0.0.1:{port}"
+tcp_address = "127.0.0.1:0"
 tcp_tls_cert = "{pki['server'][1]}"
 tcp_tls_key = "{pki['server'][0]}"
 """)
     try:
         d.start()
+        port = bound_port(d, "gRPC")
         assert tls_version(port, pki).revision == "ctrappliance"
         with pytest.raises(grpc.RpcError):  # the client does not trust a foreign CA
             tls_version(port, pki, roots="foreign")
@@ -174,6 +174,12 @@ def test_metrics_counters_move_and_histograms_with_grpc_histogram(full):
     assert after[hist] >= 3
     assert after[("ctrappliance_plugins", (("status", "ok"), ("type", "io.containerd.grpc.v1")))] > 5
     assert any(name == "process_resident_memory_bytes" for name, _ in after)
+    # every registered method has zero-valued series from the start (go-grpc-prometheus)
+    never = (("grpc_method", "Checkpoint"), ("grpc_service", "containerd.services.tasks.v1.Tasks"),
+             ("grpc_type", "unary"))
+    assert after[("grpc_server_started_total", never)] == 0
+    assert after[("grpc_server_handled_total", (("grpc_code", "Unimplemented"),) + never)] == 0
+    assert after[("grpc_server_handling_seconds_count", never)] == 0
 
 
 def test_metrics_content_ingested_and_gc_runs(full):
@@ -206,11 +212,11 @@ def test_metrics_snapshot_gauge(full):
 
 def test_no_histograms_without_grpc_histogram_and_negative_oom_score():
     d = Daemon()
-    port = free_port()
-    d.config = write_config(d, f'oom_score = -500\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+    d.config = write_config(d, 'oom_score = -500\n[metrics]\naddress = "127.0.0.1:0"\n')
     before = int(Path("/proc/self/oom_score_adj").read_text())
     try:
         d.start()
+        port = bound_port(d, "metrics endpoint")
         # without CAP_SYS_RESOURCE lowering fails: a warning, and the daemon goes on
         score = int(Path(f"/proc/{d.proc.pid}/oom_score_adj").read_text())
         assert score == -500 or (score == before and
@@ -366,7 +372,7 @@ def test_bad_tls_files_are_one_line(pki, problem, tmp_path):
     else:
         key, expected = pki["client"][0], "private key does not match public key"
     code, errors = failed_start(f"""[grpc]
-tcp_address = "127.0.0.1:{free_port()}"
+tcp_address = "127.0.0.1:0"
 tcp_tls_cert = "{cert}"
 tcp_tls_key = "{key}"
 tcp_tls_ca = "{ca}"
@@ -381,10 +387,10 @@ def test_task_cgroup_metrics_under_containerd_labels(tmp_path):
     rootfs = str(make_rootfs(tmp_path / "rootfs"))
     ns = f"metrics-{os.getpid()}"
     d = Daemon()
-    port = free_port()
-    d.config = write_config(d, f'[metrics]\naddress = "127.0.0.1:{port}"\n')
+    d.config = write_config(d, '[metrics]\naddress = "127.0.0.1:0"\n')
     try:
         d.start()
+        port = bound_port(d, "metrics endpoint")
         d.ctr("run", *run_flags(d.workdir), "--env", "PATH=/bin", "-d", "--rootfs", rootfs,
               "sleeper", "sleep", "1000", namespace=ns)
         samples = scrape(port)

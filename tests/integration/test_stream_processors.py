@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon import Daemon
-from test_listeners import free_port, scrape
+from test_listeners import bound_port, scrape
 
 pytestmark = pytest.mark.integration
 CUSTOM = "application/vnd.oci.image.layer.v1.tar+b64"
@@ -73,9 +73,8 @@ returns = "application/vnd.oci.image.layer.v1.tar"
 path = "{script}"
 """)
     d.config = str(d.workdir / "config.toml")
-    port = free_port()
     with open(d.config, "a") as f:
-        f.write(f'[metrics]\naddress = "127.0.0.1:{port}"\n')
+        f.write('[metrics]\naddress = "127.0.0.1:0"\n')
     try:
         plain.start()
         r = plain.ctr("images", "import", "--snapshotter", "native", str(image), check=False)
@@ -89,7 +88,7 @@ path = "{script}"
         found = list((d.root / "io.containerd.snapshotter.v1.native" / "snapshots")
                      .glob("*/fs/hello.txt"))
         assert [p.read_bytes() for p in found] == [b"decoded by the stream processor\n"]
-        samples = scrape(port)
+        samples = scrape(bound_port(d, "metrics endpoint"))
         assert samples[("ctrappliance_unpack_bytes_total", ())] == len(layer_tar)
         assert samples[("ctrappliance_unpack_duration_seconds_count", ())] == 1
     finally:
