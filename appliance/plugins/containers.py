@@ -26,6 +26,7 @@ class ContainersService:
         self.namespaces = namespaces
         self.exchange = exchange
         self.gc = None  # the GC scheduler, when loaded: a deletion may free a snapshot
+        self.runtime = None  # the v2 task manager attaches itself: it starts shims ahead
 
     def get(self, ns: str, cid: str) -> pb.Container:
         return self.store.get(ns, cid)
@@ -42,6 +43,10 @@ class ContainersService:
             runtime.options.CopyFrom(created.runtime.options)
         self.exchange.publish(ns, "/containers/create", events.ContainerCreate(
             id=created.id, image=created.image, runtime=runtime))
+        if self.runtime is not None:
+            self.runtime.prestart(ns, created.id, created.runtime.name, created.spec.value,
+                                  created.runtime.options.SerializeToString()
+                                  if created.runtime.HasField("options") else None)
         return created
 
     def update(self, ns: str, container: pb.Container, paths: list[str]) -> pb.Container:
@@ -55,6 +60,8 @@ class ContainersService:
 
     def delete(self, ns: str, cid: str) -> None:
         self.store.delete(ns, cid)
+        if self.runtime is not None:
+            self.runtime.discard_prestarted(ns, cid)
         if self.gc is not None:
             self.gc.mutated(True)
         self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))

@@ -16,6 +16,8 @@ log = logging.getLogger("appliance.runtime")
 class RuntimeConfig:
     platforms: list[str] = field(default_factory=lambda: ["linux/amd64"])
     sched_core: bool = False
+    # ours: start a container's shim at Containers.Create, so Tasks.Create finds it ready
+    prestart_shims: bool = True
 
 
 async def _runtime(ic: InitContext) -> TaskManager:
@@ -34,7 +36,8 @@ async def _runtime(ic: InitContext) -> TaskManager:
     manager = TaskManager(
         str(ic.root), str(ic.state), ic.properties["io.containerd.plugin.grpc.address"],
         ic.properties["io.containerd.plugin.ttrpc.address"], ic.get(EVENT), timeouts,
-        debug=logging.getLogger().isEnabledFor(logging.DEBUG), runtime_of=runtime_of)
+        debug=logging.getLogger().isEnabledFor(logging.DEBUG), runtime_of=runtime_of,
+        prestart_shims=ic.config.prestart_shims)
     await manager.load_existing()
     return manager
 

@@ -279,7 +279,11 @@ class TasksAdapter(pb_grpc.TasksServicer):
 
 def _service(ic: InitContext) -> TasksService:
     ic.get(MONITOR)
-    return TasksService(ContainerStore(ic.get(METADATA).db), ic.get_by_id(RUNTIME_V2, "task"),
+    runtime = ic.get_by_id(RUNTIME_V2, "task")
+    containers = ic.get_all(SERVICE).get("containers-service")
+    if containers is not None:  # loaded before us: let it start shims ahead
+        containers.runtime = runtime
+    return TasksService(ContainerStore(ic.get(METADATA).db), runtime,
                         ic.server_config.timeout("io.containerd.timeout.task.state"))
 
 

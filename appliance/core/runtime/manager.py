@@ -22,6 +22,7 @@ from .bundle import Bundle, list_bundles
 
 log = logging.getLogger("appliance.runtime")
 CGROUP_ROOT = "/sys/fs/cgroup"
+PRESTART_IDLE = 10.0  # seconds a shim started ahead waits for its task before it is stopped
 
 
 @dataclass
@@ -46,13 +47,17 @@ class CreateOpts:
 
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
-                 timeouts: Timeouts, debug: bool = False, runtime_of=None):
+                 timeouts: Timeouts, debug: bool = False, runtime_of=None,
+                 prestart_shims: bool = True):
         self.root, self.state = root, state
         self.address, self.ttrpc_address = address, ttrpc_address
         self.exchange = exchange
         self.timeouts = timeouts
         self.debug = debug
         self.runtime_of = runtime_of  # (ns, id) -> the container's runtime name, or None
+        self.prestart_shims = prestart_shims
+        # key -> (start task, runtime, runtime options, idle timer)
+        self._prestarted: dict[tuple[str, str], tuple] = {}
         self.tasks: dict[tuple[str, str], shims.Shim] = {}
         self._pending: set[tuple[str, str]] = set()  # being created
         self._watchers: set[asyncio.Task] = set()
@@ -95,26 +100,12 @@ class TaskManager:
 
     async def _create(self, ns, task_id, opts: CreateOpts) -> shims.Shim:
         started = time.monotonic()
-        bundle = Bundle(self.state, self.root, ns, task_id)
-        try:
-            bundle.create(opts.spec.value)
-        except FileExistsError:
-            raise AlreadyExists(f"task {task_id}: already exists") from None
         topts = opts.task_options if opts.task_options is not None else opts.runtime_options
-        try:
-            try:
-                binary = shims.resolve_binary(opts.runtime, shims.shim_env("")["PATH"])
-            except ApplianceError as exc:
-                raise shims.wrap(exc, "failed to resolve runtime path")
-            shim = await shims.start(bundle, binary, self.address, self.ttrpc_address,
-                                     topts.SerializeToString() if topts is not None else None,
-                                     self.debug, self.timeouts.load)
-        except ApplianceError as exc:
-            self._delete_bundle(bundle)
-            raise shims.wrap(exc, "failed to start shim") from None
-        except BaseException:
-            self._delete_bundle(bundle)
-            raise
+        options = topts.SerializeToString() if topts is not None else None
+        shim = await self._claim_prestarted(ns, task_id, opts.runtime, options, opts.spec.value)
+        if shim is None:
+            shim = await self._start_shim(ns, task_id, opts.runtime, opts.spec.value, options)
+        bundle = shim.bundle
         shim_ready = time.monotonic()
         request = shim_pb2.CreateTaskRequest(
             id=task_id, bundle=bundle.path, rootfs=opts.rootfs, terminal=opts.terminal,
@@ -133,6 +124,89 @@ class TaskManager:
                   1000 * (shim_ready - started), 1000 * (time.monotonic() - shim_ready))
         self._add(shim)
         return shim
+
+    async def _start_shim(self, ns, task_id, runtime: str, spec: bytes,
+                          options: bytes | None) -> shims.Shim:
+        """A new bundle and a shim started in it (both removed again on failure)."""
+        bundle = Bundle(self.state, self.root, ns, task_id)
+        try:
+            bundle.create(spec)
+        except FileExistsError:
+            raise AlreadyExists(f"task {task_id}: already exists") from None
+        try:
+            try:
+                binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
+            except ApplianceError as exc:
+                raise shims.wrap(exc, "failed to resolve runtime path")
+            return await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
+                                     self.debug, self.timeouts.load)
+        except ApplianceError as exc:
+            self._delete_bundle(bundle)
+            raise shims.wrap(exc, "failed to start shim") from None
+        except BaseException:
+            self._delete_bundle(bundle)
+            raise
+
+    # --- shims started ahead, when a container is created ---------------------
+    # ctr, CRI and most clients create a task right after the container; starting its shim
+    # at Containers.Create takes the shim's start-up off the Tasks.Create path.
+
+    def prestart(self, ns: str, task_id: str, runtime: str, spec: bytes,
+                 runtime_options: bytes | None) -> None:
+        key = (ns, task_id)
+        if (not self.prestart_shims or self._closing or key in self.tasks
+                or key in self._pending or key in self._prestarted or key in self._teardowns):
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called off the event loop (an in-process caller's thread)
+            return
+        task = asyncio.create_task(self._prestart(ns, task_id, runtime, spec, runtime_options),
+                                   name=f"prestart-{task_id}")
+        timer = asyncio.get_running_loop().call_later(PRESTART_IDLE, self.discard_prestarted,
+                                                      ns, task_id)
+        self._prestarted[key] = (task, runtime, runtime_options, timer)
+
+    async def _prestart(self, ns, task_id, runtime, spec, options) -> shims.Shim | None:
+        try:
+            return await self._start_shim(ns, task_id, runtime, spec, options)
+        except Exception as exc:  # Tasks.Create will start one itself and report the error
+            log.debug("shim prestart for %s/%s: %s", ns, task_id, exc)
+            return None
+
+    async def _claim_prestarted(self, ns, task_id, runtime, options, spec) -> shims.Shim | None:
+        entry = self._prestarted.pop((ns, task_id), None)
+        if entry is None:
+            return None
+        task, started_runtime, started_options, timer = entry
+        timer.cancel()
+        await asyncio.wait({task}, timeout=self.timeouts.load + shims.START_TIMEOUT)
+        shim = task.result() if task.done() else None
+        if shim is None:
+            return None
+        if (started_runtime, started_options) != (runtime, options) or shim.client.closed:
+            await self._shutdown_and_remove(shim)
+            return None
+        with open(shim.bundle.file("config.json"), "wb") as f:  # the spec may have changed
+            f.write(spec)
+        return shim
+
+    def discard_prestarted(self, ns: str, task_id: str) -> None:
+        """Stop a shim started ahead that no task claimed (container deleted, or idle)."""
+        entry = self._prestarted.pop((ns, task_id), None)
+        if entry is None:
+            return
+        task, _, _, timer = entry
+        timer.cancel()
+
+        async def stop():
+            await asyncio.wait({task})
+            if task.result() is not None:
+                await self._shutdown_and_remove(task.result())
+        key = (ns, task_id)
+        teardown = asyncio.create_task(stop(), name=f"discard-{task_id}")
+        self._teardowns[key] = teardown
+        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
 
     async def _discard_failed(self, shim: shims.Shim) -> None:
         """A shim whose task could not be created: delete what it made and stop it."""
@@ -289,6 +363,8 @@ class TaskManager:
     async def close(self) -> None:
         """Daemon stop: drop connections, leave shims and containers running."""
         self._closing = True
+        for ns, task_id in list(self._prestarted):
+            self.discard_prestarted(ns, task_id)
         if self._teardowns:
             await asyncio.wait(list(self._teardowns.values()),
                                timeout=self.timeouts.shutdown + self.timeouts.cleanup)
