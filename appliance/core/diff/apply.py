@@ -26,6 +26,22 @@ _DEV_KIND = {CHR: stat.S_IFCHR, BLK: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 MAX_TIME_NS = (1 << 63) - 1
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o777   # unknown: always chmod
+
+
+UMASK = _umask()
+ROOT_IDS = os.geteuid() == 0 and os.getegid() == 0
+
+
 class ApplyError(Exception):
     """The layer cannot be applied; the message says which entry and why."""
 
@@ -60,6 +76,9 @@ class Applier:
         # directories this apply created (or found empty): a name in them exists only if
         # this layer wrote it, so no lstat is needed before creating it
         self._fresh: set[tuple[str, ...]] = set() if os.listdir(self.root) else {()}
+        self._setgid: set[tuple[str, ...]] = set()  # new files there inherit the dir's group
+        if os.stat(self.root).st_mode & stat.S_ISGID:
+            self._setgid.add(())
 
     def lookup(self, parts):
         if parts in self._known_dirs:
@@ -136,6 +155,8 @@ class Applier:
                 return
             os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
             os.chmod(path, stat.S_IMODE(st.st_mode))
+            if st.st_mode & stat.S_ISGID:
+                self._setgid.add(sub)
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
             for name in os.listxattr(found, follow_symlinks=False):
                 if not name.startswith("trusted."):
@@ -193,9 +214,14 @@ class Applier:
                 for chunk in reader.data():
                     while chunk:
                         chunk = chunk[os.write(fd, chunk):]
-                os.fchown(fd, hdr.uid, hdr.gid)
-                self._xattrs(path, hdr, is_dir_or_reg=True)
-                os.fchmod(fd, mode)
+                # a new file already has root's ids and mode & ~umask: skip what is a no-op
+                if existing is not None or hdr.uid or hdr.gid or not ROOT_IDS \
+                        or op.parent in self._setgid:
+                    os.fchown(fd, hdr.uid, hdr.gid)
+                if hdr.xattrs:
+                    self._xattrs(path, hdr, is_dir_or_reg=True)
+                if existing is not None or mode & ~UMASK != mode or mode & 0o7000:
+                    os.fchmod(fd, mode)
                 os.utime(fd, ns=self._times(hdr))
             finally:
                 os.close(fd)
@@ -221,6 +247,8 @@ class Applier:
         os.utime(path, ns=times, follow_symlinks=False)
         if typ == DIR:
             self.dirs.append((parts, *times))
+            if mode & stat.S_ISGID:
+                self._setgid.add(parts)
         self.unpacked.add(parts)
 
     @staticmethod

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+try:
+    from ..._core import parse_header
+except ImportError:  # pragma: no cover - not built: the pure twin
+    from ..._core_py import parse_header
+
 BLOCK = 512
 MAX_META = 1 << 20          # PAX / long-name records larger than this are hostile
 CHUNK = 1 << 20
@@ -35,21 +40,6 @@ class Header:
     devminor: int = 0
     atime_ns: int | None = None
     xattrs: dict[str, bytes] = field(default_factory=dict)
-
-
-def _number(field_: bytes, what: str) -> int:
-    if field_ and field_[0] & 0x80:  # GNU base-256
-        value = int.from_bytes(field_[1:], "big")
-        if field_[0] & 0x40:
-            value -= 1 << (8 * (len(field_) - 1) + 6)
-        return value
-    text = field_.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise TarError(f"invalid tar header: bad {what} field {text[:20]!r}") from None
 
 
 def _text(field_: bytes) -> str:
@@ -147,9 +137,13 @@ class TarReader:
             if block == bytes(BLOCK):
                 self.eof = True
                 return None
-            self._check_sum(block)
-            typ = block[156:157]
-            size = _number(block[124:136], "size")
+            try:
+                fields = parse_header(block)
+            except ValueError:
+                raise TarError("invalid tar header: bad number field") from None
+            if fields is None:
+                raise TarError("invalid tar header: checksum mismatch")
+            typ, size = fields[6], fields[4]
             if size < 0:
                 raise TarError("invalid tar header: negative size")
             if typ in (PAX, GLOBAL_PAX, GNU_LONGNAME, GNU_LONGLINK):
@@ -165,33 +159,14 @@ class TarReader:
                 elif typ == GNU_LONGLINK:
                     longlink = _text(data)
                 continue   # global headers are ignored, as containerd does
-            return self._header(block, typ, size, pax, longname, longlink)
+            return self._header(fields, pax, longname, longlink)
 
-    @staticmethod
-    def _check_sum(block: bytes) -> None:
-        stored = _number(block[148:156], "checksum")
-        unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-        if stored != unsigned:
-            signed = sum(b - 256 if b > 127 else b for b in block[:148] + b" " * 8 + block[156:])
-            if stored != signed:
-                raise TarError("invalid tar header: checksum mismatch")
-
-    def _header(self, block, typ, size, pax, longname, longlink) -> Header:
-        name = _text(block[0:100])
-        if block[257:263] in (b"ustar\x00", b"ustar ") and block[345:500].strip(b"\0"):
-            name = _text(block[345:500]) + "/" + name
-        hdr = Header(
-            name=longname if longname is not None else name,
-            type=typ,
-            size=size,
-            mode=_number(block[100:108], "mode"),
-            uid=_number(block[108:116], "uid"),
-            gid=_number(block[116:124], "gid"),
-            mtime_ns=_number(block[136:148], "mtime") * 10**9,
-            linkname=longlink if longlink is not None else _text(block[157:257]),
-            devmajor=_number(block[329:337], "devmajor") if typ in (CHR, BLK) else 0,
-            devminor=_number(block[337:345], "devminor") if typ in (CHR, BLK) else 0,
-        )
+    def _header(self, fields, pax, longname, longlink) -> Header:
+        name, mode, uid, gid, size, mtime, typ, linkname, major, minor = fields
+        hdr = Header(name=longname if longname is not None else name, type=typ, size=size,
+                     mode=mode, uid=uid, gid=gid, mtime_ns=mtime * 10**9,
+                     linkname=longlink if longlink is not None else linkname,
+                     devmajor=major, devminor=minor)
         for key, value in pax.items():
             if key == "path":
                 hdr.name = value.decode("utf-8", "surrogateescape")
