@@ -237,3 +237,16 @@ def test_unpacked_tree_matches_containerd_big(tmp_path):
 def test_zz_no_mount_left_behind(ours, mounts_before):
     ours.ctr("version")
     assert mountinfo_lines() == mounts_before
+
+
+def test_image_removal_collects_its_snapshots(ours):
+    ns = "snap-gc"
+    ours.ctr("images", "import", str(anchor_image("small")), namespace=ns)
+    assert snapshot_keys(ours, ns) == [BUSYBOX_CHAIN]
+    ours.ctr("snapshots", "prepare", "held", BUSYBOX_CHAIN, namespace=ns)  # ctr labels it gc.root
+    ours.ctr("images", "rm", "--sync", BUSYBOX, namespace=ns)
+    assert sorted(snapshot_keys(ours, ns)) == ["held", BUSYBOX_CHAIN]   # the child keeps its parent
+    ours.ctr("snapshots", "rm", "held", namespace=ns)
+    ours.ctr("images", "import", "--no-unpack", str(anchor_image("small")), namespace=ns)
+    ours.ctr("images", "rm", "--sync", BUSYBOX, namespace=ns)
+    assert snapshot_keys(ours, ns) == []

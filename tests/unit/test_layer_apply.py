@@ -243,3 +243,21 @@ def test_tar_reader_handles_gnu_long_names_and_base256(tmp_path):
     assert h.name == name and h.uid == 0o10000000
     assert bytes(b"".join(r.data())) == b"1"
     assert r.next() is None
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd", "none", "gzip-multimember"])
+def test_layer_stream_formats_and_diff_id(tmp_path, compress):
+    import hashlib
+    import zstandard
+    raw = layer(entry("a", data=b"a" * 100000), entry("b/c", data=os.urandom(5000)))
+    blob = {"gzip": lambda: gzip.compress(raw),
+            "zstd": lambda: zstandard.ZstdCompressor().compress(raw),
+            "none": lambda: raw,
+            "gzip-multimember": lambda: gzip.compress(raw[:3000]) + gzip.compress(raw[3000:])}[compress]()
+    (tmp_path / "blob").write_bytes(blob)
+    (tmp_path / "root").mkdir()
+    s = LayerStream(str(tmp_path / "blob"))
+    apply_tar(str(tmp_path / "root"), s.read)
+    s.close()
+    assert s.digest() == "sha256:" + hashlib.sha256(raw).hexdigest() and s.size == len(raw)
+    assert (tmp_path / "root" / "a").read_bytes() == b"a" * 100000

@@ -69,3 +69,27 @@ def test_cleanup_removes_orphan_directories(sn):
     removed = sn.cleanup()
     assert sorted(os.path.basename(p) for p in removed) == ["999", "new-123"]
     assert os.listdir(sn.backend.snapshots) == ["1"]
+
+
+def test_deep_chain_mounts_beyond_one_page(tmp_path):
+    """70 layers under a long root: the lowerdir list passes a page; the temp mount still works."""
+    from appliance import mount as mountlib
+    root = tmp_path / ("long-directory-name-" * 4)
+    db = DB(str(tmp_path / "meta.db"))
+    sn = Snapshotter(db, OverlayBackend(str(root)))
+    parent = ""
+    for i in range(70):
+        m = sn.prepare("ns", f"k{i}", parent)
+        upper = m[0].source if m[0].type == "bind" else \
+            [o for o in m[0].options if o.startswith("upperdir=")][0][len("upperdir="):]
+        with open(os.path.join(upper, f"f{i}"), "w") as f:
+            f.write(str(i))
+        sn.commit("ns", f"c{i}", f"k{i}")
+        parent = f"c{i}"
+    mounts = sn.view("ns", "v", parent)
+    assert len(",".join(mounts[0].options)) > mountlib.PAGE_SIZE
+    with mountlib.TempMount(str(tmp_path / "tmpmounts"), mounts) as target:
+        assert sorted(os.listdir(target)) == sorted(f"f{i}" for i in range(70))
+        assert open(os.path.join(target, "f0")).read() == "0"
+    assert os.listdir(tmp_path / "tmpmounts") == []
+    db.close()
