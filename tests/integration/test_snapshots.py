@@ -250,3 +250,26 @@ def test_image_removal_collects_its_snapshots(ours):
     ours.ctr("images", "import", "--no-unpack", str(anchor_image("small")), namespace=ns)
     ours.ctr("images", "rm", "--sync", BUSYBOX, namespace=ns)
     assert snapshot_keys(ours, ns) == []
+
+
+from test_images import registry  # noqa: E402,F401  (issue 4's loopback docker-registry fixture)
+
+
+def test_pull_plain_http_unpacks(registry, tmp_path):
+    d = Daemon().start()
+    try:
+        d.ctr("images", "import", "--no-unpack", str(anchor_image("small")), namespace="src")
+        remote = f"{registry}/test/busybox:latest"
+        d.ctr("images", "push", "--plain-http", remote, BUSYBOX, namespace="src", timeout=120)
+        out = d.ctr("images", "pull", "--plain-http", remote, namespace="pulled", timeout=120).stdout
+        assert "unpacking linux/amd64" in out and "done" in out
+        assert snapshot_keys(d, "pulled") == [BUSYBOX_CHAIN]
+        info = json.loads(d.ctr("snapshots", "info", BUSYBOX_CHAIN, namespace="pulled").stdout)
+        assert info["Kind"] == "Committed"
+        tree = mounted_tree(d, remote, "pulled", tmp_path / "mnt")
+        assert tree["bin/sh"][5] == "busybox"
+        # pulling again finds the chain already unpacked (the snapshot.ref target exists)
+        d.ctr("images", "pull", "--plain-http", remote, namespace="pulled", timeout=120)
+        assert snapshot_keys(d, "pulled") == [BUSYBOX_CHAIN]
+    finally:
+        d.cleanup()
