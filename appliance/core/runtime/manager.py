@@ -248,7 +248,7 @@ class TaskManager:
         except ApplianceError:
             pass  # the shim exits while answering: a closed connection is normal
         shim.close()
-        self._delete_bundle(shim.bundle)
+        await asyncio.to_thread(self._delete_bundle, shim.bundle)  # rmtree: off the loop
 
     @staticmethod
     def _delete_bundle(bundle: Bundle) -> None:
