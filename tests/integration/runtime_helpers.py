@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "echo", "true", "false", "sleep", "cat", "stty", "env", "ps", "trap")
+APPLETS = ("sh", "echo", "true", "false", "sleep", "cat", "stty", "env", "ps", "dd")
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 

@@ -260,6 +260,25 @@ def test_event_order_of_one_run_matches_containerd(ours, theirs, rootfs):
     assert _events_of_one_run(ours, ns, rootfs, "ev1") == expected
 
 
+def test_oom_kill_is_reported(ours, rootfs):
+    """The shim watches the memory cgroup: /tasks/oom, then exit 137 (no swap here)."""
+    ns = ns_for("oom")
+    events = subprocess.Popen([CTR, "--address", ours.address, "events"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.3)
+        r = run(ours, ns, rootfs, "--rm", "oom1", "dd", "if=/dev/zero", "of=/dev/null",
+                "bs=64M", "count=1", opts=["--memory-limit", str(16 << 20)])
+        assert r.returncode == 137
+        time.sleep(0.3)
+    finally:
+        events.send_signal(signal.SIGTERM)
+        out, _ = events.communicate(timeout=10)
+    topics = [line.split()[5] for line in out.splitlines() if f" {ns} " in line]
+    assert topics.index("/tasks/oom") < topics.index("/tasks/exit")
+    assert_nothing_left(ours, ns)
+
+
 # --- leaks ----------------------------------------------------------------------
 
 
