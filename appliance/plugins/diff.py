@@ -92,7 +92,7 @@ REGISTRATIONS = [
     Registration(DIFF, "walking", _walking, requires=(METADATA,), platforms=LINUX_AMD64,
                  exports_root=False),
     Registration(SERVICE, "diff-service", lambda ic: DiffService([ic.get_by_id(DIFF, "walking")]),
-                 requires=(DIFF,)),
+                 requires=(DIFF,), exports_root=False),
     Registration(GRPC, "diff", lambda ic: DiffAdapter(ic.get_by_id(SERVICE, "diff-service")),
-                 requires=(SERVICE,)),
+                 requires=(SERVICE,), exports_root=False),
 ]

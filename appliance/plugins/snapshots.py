@@ -156,7 +156,7 @@ class SnapshotsAdapter(pb_grpc.SnapshotsServicer):
 
 def _overlay(ic: InitContext) -> OverlayBackend:
     if "overlay" not in _filesystems():
-        raise SkipPlugin("overlayfs is not supported: skip plugin")
+        raise SkipPlugin("overlayfs is not supported")
     return OverlayBackend(str(ic.root))
 
 
@@ -198,8 +198,8 @@ def _aufs(ic: InitContext):
             else:
                 detail = f'exit status {r.returncode} "{(r.stdout + r.stderr).strip()}"'
         if detail:
-            raise SkipPlugin(f"aufs is not supported (modprobe aufs failed: {detail}): skip plugin")
-    raise SkipPlugin("aufs snapshotter is not implemented: skip plugin")
+            raise SkipPlugin(f"aufs is not supported (modprobe aufs failed: {detail})")
+    raise SkipPlugin("aufs snapshotter is not implemented")
 
 
 def _btrfs(ic: InitContext):
@@ -207,16 +207,16 @@ def _btrfs(ic: InitContext):
     fstype = _fstype(str(ic.root))
     if fstype != "btrfs":
         raise SkipPlugin(f"path {ic.root} ({fstype}) must be a btrfs filesystem to be used "
-                         "with the btrfs snapshotter: skip plugin")
-    raise SkipPlugin("btrfs snapshotter is not implemented: skip plugin")
+                         "with the btrfs snapshotter")
+    raise SkipPlugin("btrfs snapshotter is not implemented")
 
 
 def _zfs(ic: InitContext):
     os.makedirs(ic.root, mode=0o700, exist_ok=True)
     if _fstype(str(ic.root)) != "zfs":
         raise SkipPlugin(f"path {ic.root} must be a zfs filesystem to be used with the zfs "
-                         "snapshotter: skip plugin")
-    raise SkipPlugin("zfs snapshotter is not implemented: skip plugin")
+                         "snapshotter")
+    raise SkipPlugin("zfs snapshotter is not implemented")
 
 
 def _devmapper(ic: InitContext):
@@ -248,7 +248,8 @@ REGISTRATIONS = [
     Registration(SNAPSHOT, "native", _native, platforms=LINUX_AMD64, exports_root=False),
     Registration(SNAPSHOT, "overlayfs", _overlay, platforms=LINUX_AMD64),
     Registration(SNAPSHOT, "zfs", _zfs, platforms=LINUX_AMD64),
-    Registration(SERVICE, "snapshots-service", _service, requires=(EVENT, METADATA)),
+    Registration(SERVICE, "snapshots-service", _service, requires=(EVENT, METADATA),
+                 exports_root=False),
     Registration(GRPC, "snapshots", lambda ic: SnapshotsAdapter(
-        ic.get_by_id(SERVICE, "snapshots-service")), requires=(SERVICE,)),
+        ic.get_by_id(SERVICE, "snapshots-service")), requires=(SERVICE,), exports_root=False),
 ]

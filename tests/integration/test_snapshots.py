@@ -209,29 +209,54 @@ def test_concurrent_imports_unpack_each_layer_once(ours, tmp_path):
     assert sum(1 for p in tree if p.startswith("d")) == 4000 + 20
 
 
-def _differential(variant, image_ref, tmp_path):
+@pytest.fixture(scope="module")
+def theirs():
+    d = Containerd()
+    try:
+        yield d.start()
+    finally:
+        d.cleanup()
+
+
+def _differential(ours, theirs, variant, image_ref, tmp_path):
+    trees = []
+    for d in (ours, theirs):
+        d.ctr("images", "import", str(anchor_image(variant)), namespace="diffy", timeout=600)
+        trees.append(mounted_tree(d, image_ref, "diffy", tmp_path / type(d).__name__))
+    assert len(trees[0]) > 10
+    assert trees[0] == trees[1]
+
+
+def test_unpacked_tree_matches_containerd_small(ours, theirs, tmp_path):
+    _differential(ours, theirs, "small", BUSYBOX, tmp_path)
+
+
+@pytest.mark.slow
+def test_unpacked_tree_matches_containerd_big(tmp_path):
     ours, theirs = Daemon(), Containerd()
     try:
-        ours.start()
-        theirs.start()
-        trees = []
-        for d in (ours, theirs):
-            d.ctr("images", "import", str(anchor_image(variant)), namespace="diffy", timeout=600)
-            trees.append(mounted_tree(d, image_ref, "diffy", tmp_path / type(d).__name__))
-        assert len(trees[0]) > 10
-        assert trees[0] == trees[1]
+        _differential(ours.start(), theirs.start(), "big", "localhost/bigimage:latest", tmp_path)
     finally:
         ours.cleanup()
         theirs.cleanup()
 
 
-def test_unpacked_tree_matches_containerd_small(tmp_path):
-    _differential("small", BUSYBOX, tmp_path)
+def _plugin_blocks(d) -> dict:
+    text = d.ctr("plugins", "ls", "-d").stdout.replace(str(d.root), "ROOT")
+    blocks = {}
+    for block in text.split("Type:")[1:]:
+        lines = [line.rstrip() for line in block.strip().splitlines() if line.strip()]
+        ptype, pid = lines[0].strip(), lines[1].split(":", 1)[1].strip()
+        if ptype in ("io.containerd.snapshotter.v1", "io.containerd.differ.v1") or \
+                pid in ("snapshots-service", "diff-service", "snapshots", "diff"):
+            blocks[(ptype, pid)] = lines
+    return blocks
 
 
-@pytest.mark.slow
-def test_unpacked_tree_matches_containerd_big(tmp_path):
-    _differential("big", "localhost/bigimage:latest", tmp_path)
+def test_plugins_ls_matches_containerd_for_snapshotters_and_differ(ours, theirs):
+    mine, reference = _plugin_blocks(ours), _plugin_blocks(theirs)
+    assert len(reference) == 11
+    assert mine == reference
 
 
 def test_zz_no_mount_left_behind(ours, mounts_before):
