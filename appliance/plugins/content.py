@@ -22,7 +22,7 @@ from google.protobuf import empty_pb2
 from .._proto.containerd.api.events import content_pb2 as events
 from .._proto.containerd.api.services.content.v1 import content_pb2 as pb
 from .._proto.containerd.api.services.content.v1 import content_pb2_grpc as pb_grpc
-from ..core.content.store import LocalStore, parse_digest
+from ..core.content.store import LocalStore
 from ..core.metadata.content import ContentStore, Info, Status
 from ..errdefs import ApplianceError, AlreadyExists, InvalidArgument, NotFound
 from ..grpcutil import lease_of, namespace_of, rpc
@@ -159,11 +159,12 @@ class ContentAdapter(pb_grpc.ContentServicer):
 
     @rpc
     async def Write(self, requests, context):
+        # A coroutine with read()/write(): when the client goes away grpc cancels this
+        # task, and the cleanup (which must not await: it can be cancelled again) releases
+        # the ref, after any thread still writing.
         ns, lease = namespace_of(context), lease_of(context)
-        stream = requests.__aiter__()
-        try:
-            req = await stream.__anext__()
-        except StopAsyncIteration:
+        req = await context.read()
+        if req is grpc.aio.EOF:
             return
         if not req.ref:
             raise InvalidArgument("first message must have a reference")
@@ -173,12 +174,12 @@ class ContentAdapter(pb_grpc.ContentServicer):
         # A big chunk is written and hashed in a thread while the client sends the next
         # one: its response goes out at once (offset advanced, digest left empty, which
         # clients keep as "unchanged"); a write error fails the next request.
-        pending: asyncio.Future | None = None
+        running: asyncio.Future | None = None   # a write or commit in a worker thread
         try:
             while True:
-                if pending is not None:
-                    done, pending = pending, None
-                    await done
+                if running is not None:
+                    await asyncio.shield(running)   # the chunk of the previous message
+                    running = None
                 resp = pb.WriteContentResponse(action=req.action, offset=writer.offset)
                 if req.expected:
                     expected = req.expected
@@ -203,25 +204,25 @@ class ContentAdapter(pb_grpc.ContentServicer):
                         resp.offset = 0
                     data = req.data
                     if req.action == pb.WRITE and len(data) >= THREAD_THRESHOLD:
-                        pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
+                        running = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
                         resp.offset += len(data)
                     else:
                         if data:
                             resp.offset += writer.write(data)
                         if req.action == pb.COMMIT:
-                            await _in_thread(writer.commit, total, expected, dict(req.labels))
+                            running = asyncio.ensure_future(asyncio.to_thread(
+                                writer.commit, total, expected, dict(req.labels)))
+                            await asyncio.shield(running)
+                            running = None
                         resp.digest = writer.digest()
-                yield resp
+                await context.write(resp)
                 if req.action == pb.COMMIT:
                     return
-                try:
-                    req = await stream.__anext__()
-                except StopAsyncIteration:
+                req = await context.read()
+                if req is grpc.aio.EOF:
                     return
         finally:
-            if pending is not None:   # never close the writer under a running write
-                await asyncio.wait({pending})
-            writer.close()
+            _close_after(running, writer.close)
 
     def _present(self, ns, digest) -> bool:
         try:
@@ -232,16 +233,25 @@ class ContentAdapter(pb_grpc.ContentServicer):
 
 
 async def _in_thread(fn, *args, on_cancel=None):
-    """Run `fn` in a worker thread; if the RPC is cancelled (the client went away), let
-    the thread finish before unwinding, so the writer is never closed under it."""
+    """Run `fn` in a worker thread. If the RPC is cancelled meanwhile (the client went
+    away), the thread still finishes, then `on_cancel(result)` cleans up after it."""
     future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        await asyncio.wait({future})
-        if on_cancel is not None and not future.cancelled() and future.exception() is None:
-            on_cancel(future.result())
+        if on_cancel is not None:
+            future.add_done_callback(
+                lambda f: f.cancelled() or f.exception() or on_cancel(f.result()))
         raise
+
+
+def _close_after(running, close) -> None:
+    """close() now, or once the thread still at work finishes (never under it). No await:
+    cleanup must not be interruptible by a second cancellation."""
+    if running is None or running.done():
+        close()
+    else:
+        running.add_done_callback(lambda _: close())
 
 
 def _store(ic: InitContext) -> LocalStore:

@@ -1,11 +1,10 @@
 """Issue 4: images imported, listed, labelled, exported, collected, pushed to and fetched from a
 real registry, with the real ctr (and next to containerd 1.6.20 where output must match)."""
-import json
 import re
 import signal
 import socket
 import subprocess
-import tarfile
+import threading
 import time
 import urllib.request
 
@@ -39,6 +38,9 @@ def both():
 
 
 def content_digests(d, namespace):
+    """The namespace's blobs once the collection after the last change has run."""
+    d.ctr("leases", "create", "--id", "sync-gc", namespace=namespace)
+    d.ctr("leases", "rm", "--sync", "sync-gc", namespace=namespace)
     return sorted(d.ctr("content", "ls", "-q", namespace=namespace).stdout.split())
 
 
@@ -180,7 +182,23 @@ def test_push_to_registry_and_fetch_back(registry, images):
                                         "application/vnd.docker.distribution.manifest.v2+json"})
             with urllib.request.urlopen(req, timeout=10) as resp:
                 assert resp.headers["Docker-Content-Digest"] == manifest
-            d.ctr("content", "fetch", "--plain-http", remote, namespace="fetched", timeout=120)
+            # collections keep running during the fetch: its lease protects what it got so far
+            stop, collections = threading.Event(), []
+
+            def collect_until_stopped():
+                while not stop.is_set():
+                    d.ctr("leases", "create", "--id", "gc-now", namespace="fetched")
+                    d.ctr("leases", "rm", "--sync", "gc-now", namespace="fetched")
+                    collections.append(1)
+            hammer = threading.Thread(target=collect_until_stopped)
+            hammer.start()
+            try:
+                d.ctr("content", "fetch", "--plain-http", remote, namespace="fetched",
+                      timeout=120)
+            finally:
+                stop.set()
+                hammer.join(60)
+            assert collections
         assert content_digests(d, "fetched") == originals
         for digest in originals:   # same bytes on both sides
             a, b = (subprocess.run([CTR, "--address", d.address, "--namespace", ns, "content",
