@@ -83,3 +83,25 @@ def smaps_breakdown(pid: int, top: int = 25) -> str:
     for mapping, kib in rss.most_common(top):
         lines.append(f"{kib / 1024:9.2f} {pss[mapping] / 1024:9.2f}  {mapping}")
     return "\n".join(lines) + "\n"
+
+
+def import_times(python: str, out: Path, top: int = 40) -> Path:
+    """Boot is mostly imports before the daemon's clock starts: `-X importtime` of its modules."""
+    import subprocess
+    r = subprocess.run([python, "-X", "importtime", "-c",
+                        "import appliance.cli, appliance.server, appliance.builtins"],
+                       capture_output=True, text=True, timeout=120)
+    rows = []
+    for line in r.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), int(parts[0].split(":")[1]), parts[2].rstrip()))
+    total = max((cum for cum, _, name in rows if not name.startswith("  ")), default=0)
+    lines = [f"imports of the daemon's boot path (python -X importtime), top {top} by cumulative µs",
+             "  cumul ms  self ms  module"]
+    lines += [f"{cum / 1000:9.1f} {own / 1000:8.1f}  {name}" for cum, own, name in
+              sorted(rows, reverse=True)[:top]]
+    lines.append(f"sum of top-level imports: {sum(c for c, _, n in rows if not n.startswith('  ')) / 1000:.1f} ms"
+                 f" (largest {total / 1000:.1f} ms)")
+    out.write_text("\n".join(lines) + "\n")
+    return out

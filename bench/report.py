@@ -130,12 +130,17 @@ def _fmt(value):
     return lambda v: f"{v:.3f}"
 
 
-def write(bench, info: dict, out_dir: Path, json_path: Path, md_path: Path, profiles: dict):
+def write(bench, info: dict, json_path: Path, md_path: Path, profiles: dict):
     table = rows(bench)
     data = {"info": info, "rows": table, "profiles": profiles}
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    if md_path is None:
-        return table
+    md_path.write_text(render(data))
+    return table
+
+
+def render(data: dict, notes: Path | None = Path(__file__).resolve().parent / "NOTES.md") -> str:
+    """The Markdown page; the hand-written analysis in bench/NOTES.md (if any) follows the table."""
+    info, table, profiles = data["info"], data["rows"], data["profiles"]
     lines = [
         "# ctrappliance vs containerd 1.6.20, side by side",
         "",
@@ -176,5 +181,21 @@ def write(bench, info: dict, out_dir: Path, json_path: Path, md_path: Path, prof
     if profiles:
         lines += ["", "Profiles (under `bench/out/`): " +
                   ", ".join(f"{k}: `{Path(v).name}`" for k, v in profiles.items()) + "."]
-    md_path.write_text("\n".join(lines) + "\n" + info.get("analysis", ""))
-    return table
+    text = "\n".join(lines) + "\n"
+    if notes and notes.exists():
+        text += "\n" + notes.read_text()
+    return text
+
+
+def main():
+    """python -m bench.report [results.json [RESULTS.md]]: re-render after editing NOTES.md."""
+    import sys
+    here = Path(__file__).resolve().parent
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "results.json"
+    dst = Path(sys.argv[2]) if len(sys.argv) > 2 else src.with_name("RESULTS.md")
+    dst.write_text(render(json.loads(src.read_text())))
+    print(f"wrote {dst}")
+
+
+if __name__ == "__main__":
+    main()
