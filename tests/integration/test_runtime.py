@@ -691,3 +691,37 @@ def test_unresponsive_shims_are_dialled_in_parallel_under_the_load_timeout(tmp_p
         for sock in listeners:
             sock.close()
         _cleanup(d)
+
+
+def test_containers_grpc_update_fieldpaths_liststream_and_sandbox(ours):
+    from google.protobuf import any_pb2, field_mask_pb2
+    ns = ns_for("cgrpc")
+    api = Grpc(ours.address, ns)
+    spec = any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Spec",
+                       value=b'{"ociVersion":"1.0.2"}')
+    c = api.cpb.Container(id="g1", spec=spec, image="img:1", labels={"a": "1", "b": "2"},
+                          sandbox="sb-1")
+    c.runtime.name = "io.containerd.runc.v2"
+    c.extensions["x"].CopyFrom(any_pb2.Any(type_url="ext", value=b"v"))
+    api.containers.Create(api.cpb.CreateContainerRequest(container=c), metadata=api.md, timeout=10)
+    update = api.cpb.Container(id="g1", image="img:2", labels={"a": "9"})
+    resp = api.containers.Update(api.cpb.UpdateContainerRequest(
+        container=update, update_mask=field_mask_pb2.FieldMask(paths=["image", "labels.a"])),
+        metadata=api.md, timeout=10)
+    got = resp.container
+    assert (got.image, dict(got.labels), got.sandbox) == ("img:2", {"a": "9", "b": "2"}, "sb-1")
+    assert got.extensions["x"].value == b"v" and got.spec.value == spec.value
+    assert got.updated_at.ToNanoseconds() > got.created_at.ToNanoseconds()
+    try:
+        api.containers.Update(api.cpb.UpdateContainerRequest(
+            container=update, update_mask=field_mask_pb2.FieldMask(paths=["runtime"])),
+            metadata=api.md, timeout=10)
+        raise AssertionError("runtime is not updatable")
+    except api.grpc.RpcError as err:
+        assert err.code() == api.grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == 'cannot update "runtime" field on "g1": invalid argument'
+    streamed = [m.container.id for m in api.containers.ListStream(
+        api.cpb.ListContainersRequest(filters=["image==img:2"]), metadata=api.md, timeout=10)]
+    assert streamed == ["g1"]
+    api.containers.Delete(api.cpb.DeleteContainerRequest(id="g1"), metadata=api.md, timeout=10)
+    assert_nothing_left(ours, ns)
