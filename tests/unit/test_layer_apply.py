@@ -261,3 +261,40 @@ def test_layer_stream_formats_and_diff_id(tmp_path, compress):
     s.close()
     assert s.digest() == "sha256:" + hashlib.sha256(raw).hexdigest() and s.size == len(raw)
     assert (tmp_path / "root" / "a").read_bytes() == b"a" * 100000
+
+
+def test_unpacker_applies_through_a_temp_mount_for_foreign_mounts(tmp_path):
+    """Mounts that are not our snapshots are mounted under tmpmounts, applied, and unmounted."""
+    from appliance.core.diff.unpack import Unpacker
+    from appliance.core.snapshots.backends import Mount
+    target = tmp_path / "foreign"
+    target.mkdir()
+    blob = tmp_path / "layer.gz"
+    blob.write_bytes(gzip.compress(layer(entry("etc/hello", data=b"hi"))))
+    tmpmounts = tmp_path / "tmpmounts"
+    u = Unpacker({}, str(tmpmounts))
+    applied = u.apply(str(blob), "application/vnd.oci.image.layer.v1.tar+gzip", "sha256:x",
+                      [Mount("bind", str(target), ["rw", "rbind"])])
+    assert (target / "etc" / "hello").read_bytes() == b"hi"
+    assert applied.size == len(gzip.decompress(blob.read_bytes()))
+    assert os.listdir(tmpmounts) == []
+    assert str(tmpmounts) not in open("/proc/self/mountinfo").read()
+    from appliance.errdefs import NotFound
+    with pytest.raises(NotFound, match="no processor for media-type"):
+        u.apply(str(blob), "application/x-unknown", "sha256:x", [])
+
+
+def test_entries_out_of_order_and_replaced(tmp_path):
+    """A directory entry after its children, a file replaced twice, a dir replaced by a file."""
+    apply_bytes(tmp_path, layer(
+        entry("a/b/file", data=b"1"),
+        entry("a/b/", D, mode=0o700),
+        entry("a/b/file", data=b"2", mode=0o600),
+        entry("x/y", data=b"y"),
+        entry("x", data=b"now a file"),
+        entry("n", data=b""),
+        entry(".wh.n"),
+    ))
+    t = tree(tmp_path)
+    assert t["a/b"][1] == 0o700 and t["a/b/file"][1:] == (0o600, 0, 0, b"2")
+    assert t["x"][4] == b"now a file" and "x/y" not in t and "n" not in t

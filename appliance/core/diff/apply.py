@@ -76,6 +76,7 @@ class Applier:
         # directories this apply created (or found empty): a name in them exists only if
         # this layer wrote it, so no lstat is needed before creating it
         self._fresh: set[tuple[str, ...]] = set() if os.listdir(self.root) else {()}
+        self._created: set[tuple[str, ...]] = set()   # every path this apply made
         self._setgid: set[tuple[str, ...]] = set()  # new files there inherit the dir's group
         if os.stat(self.root).st_mode & stat.S_ISGID:
             self._setgid.add(())
@@ -143,6 +144,7 @@ class Applier:
             self._copy_from_lower(sub, path)
             self._known_dirs.add(sub)
             self._fresh.add(sub)
+            self._created.add(sub)
 
     def _copy_from_lower(self, sub, path) -> None:
         for lower in self.lowers:
@@ -182,6 +184,7 @@ class Applier:
             os.mknod(path, stat.S_IFCHR, 0)
             os.chown(path, op.uid, op.gid, follow_symlinks=False)
             self.unpacked.add((*op.parent, op.name))
+            self._created.add((*op.parent, op.name))
 
     def _opaque(self, op: Opaque) -> None:
         path = _join(self.root, op.dir)
@@ -200,7 +203,7 @@ class Applier:
         hdr = op.hdr
         parts = (*op.parent, op.name)
         path = _join(self.root, parts)
-        if op.parent in self._fresh and parts not in self.unpacked:
+        if op.parent in self._fresh and parts not in self._created:
             existing = None
         else:
             existing, _ = _kind(path)
@@ -226,6 +229,7 @@ class Applier:
             finally:
                 os.close(fd)
             self.unpacked.add(parts)
+            self._created.add(parts)
             return
         if typ == DIR:
             if existing != "dir":
@@ -250,6 +254,7 @@ class Applier:
             if mode & stat.S_ISGID:
                 self._setgid.add(parts)
         self.unpacked.add(parts)
+        self._created.add(parts)
 
     @staticmethod
     def _times(hdr) -> tuple[int, int]:
