@@ -54,3 +54,73 @@ def test_parse_header_twins_on_garbage(block, data):
         b[148:156] = (b"%06o\0 " % (sum(b) % 0o1000000))
         block = bytes(b)
     assert _result(_core.parse_header, block) == _result(_core_py.parse_header, block)
+
+
+# --- whole layers: the apply with the compiled parser and with the pure twin agree -------
+
+import os  # noqa: E402
+import stat as stat_  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from layers import entry, layer  # noqa: E402
+
+from appliance.core.diff import apply as apply_mod, tarstream  # noqa: E402
+
+segment = st.sampled_from(["a", "b", "c", "dir", "x.txt", ".wh.a", ".wh.b", ".wh..wh..opq"])
+paths = st.lists(segment, min_size=1, max_size=3).map("/".join)
+
+
+@st.composite
+def layers(draw):
+    entries = []
+    for _ in range(draw(st.integers(1, 25))):
+        name = draw(paths)
+        kind = draw(st.sampled_from(["file", "dir", "symlink", "hardlink"]))
+        mode = draw(st.sampled_from([0o644, 0o755, 0o600, 0o4755, 0o1777]))
+        uid = draw(st.integers(0, 3))
+        if kind == "file":
+            entries.append(entry(name, data=draw(st.binary(max_size=64)), mode=mode, uid=uid))
+        elif kind == "dir":
+            entries.append(entry(name + "/", tarfile.DIRTYPE, mode=mode | 0o700, uid=uid))
+        elif kind == "symlink":
+            entries.append(entry(name, tarfile.SYMTYPE, linkname=draw(paths)))
+        else:
+            entries.append(entry(name, tarfile.LNKTYPE, linkname=draw(paths), mode=mode))
+    return layer(*entries)
+
+
+def _snapshot(root):
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            st_ = os.lstat(p)
+            body = open(p, "rb").read() if stat_.S_ISREG(st_.st_mode) else \
+                os.readlink(p) if stat_.S_ISLNK(st_.st_mode) else None
+            out[os.path.relpath(p, root)] = (st_.st_mode, st_.st_uid, st_.st_nlink, body)
+    return out
+
+
+def _apply_with(parser, data, base, overlay):
+    root = tempfile.mkdtemp(dir=base)
+    saved = tarstream.parse_header
+    tarstream.parse_header = parser
+    try:
+        apply_mod.apply_tar(root, io.BytesIO(data).read, overlay=overlay)
+        return "ok", _snapshot(root)
+    except apply_mod.ApplyError as exc:
+        return "error", str(exc).replace(root, "ROOT")
+    finally:
+        tarstream.parse_header = saved
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers(), st.booleans())
+def test_apply_twins_on_generated_layers(data, overlay):
+    with tempfile.TemporaryDirectory(dir="/tmp") as base:
+        compiled = _apply_with(_core.parse_header, data, base, overlay)
+        pure = _apply_with(_core_py.parse_header, data, base, overlay)
+    assert compiled == pure
