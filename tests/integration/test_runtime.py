@@ -296,6 +296,21 @@ def test_20_runs_leave_nothing_behind(ours, rootfs):
     _many_runs(ours, rootfs, "leak20", 20)
 
 
+def test_concurrent_runs_in_one_namespace(ours, rootfs):
+    """8 `ctr run --rm` at once, 3 rounds: shared /<ns> cgroup parents, no lost task."""
+    from concurrent.futures import ThreadPoolExecutor
+    ns = ns_for("parallel")
+    with ThreadPoolExecutor(8) as pool:
+        for rnd in range(3):
+            results = list(pool.map(
+                lambda i: run(ours, ns, rootfs, "--rm", f"p{rnd}-{i}", "echo", f"n{i}"),
+                range(8)))
+            assert [(r.returncode, r.stdout) for r in results] == \
+                [(0, f"n{i}\n") for i in range(8)], [r.stderr for r in results]
+    assert ours.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+    assert_nothing_left(ours, ns)
+
+
 @pytest.mark.slow
 def test_100_runs_leave_nothing_behind(ours, rootfs):
     _many_runs(ours, rootfs, "leak100", 100)

@@ -141,10 +141,10 @@ class TaskManager:
             return await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
                                      self.debug, self.timeouts.load)
         except ApplianceError as exc:
-            self._delete_bundle(bundle)
+            await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
         except BaseException:
-            self._delete_bundle(bundle)
+            await self._remove_bundle(bundle)
             raise
 
     # --- shims started ahead, when a container is created ---------------------
@@ -248,18 +248,19 @@ class TaskManager:
         except ApplianceError:
             pass  # the shim exits while answering: a closed connection is normal
         shim.close()
-        await asyncio.to_thread(self._delete_bundle, shim.bundle)  # rmtree: off the loop
+        await self._remove_bundle(shim.bundle)
 
-    @staticmethod
-    def _delete_bundle(bundle: Bundle) -> None:
-        """Remove the bundle (unmounting its rootfs) and the cgroups left behind."""
-        spec = _read_spec(bundle)
-        try:
-            bundle.delete()
-        except OSError as exc:
-            log.error("failed to delete bundle %s: %s", bundle.path, exc)
+    async def _remove_bundle(self, bundle: Bundle) -> None:
+        """Remove the bundle (unmounting its rootfs) and the cgroups runc left behind."""
+        spec = await asyncio.to_thread(_delete_bundle, bundle)  # rmtree: off the loop
+        if spec is None:
             return
-        remove_task_cgroups(bundle, spec)
+        # runc recreates the /<ns> parent for every task: removing it while a task of the
+        # namespace is being created could pull it from under that runc (checked and done
+        # here on the loop, where creates register themselves)
+        busy = any(ns == bundle.namespace for ns, _ in
+                   [*self.tasks, *self._pending, *self._prestarted])
+        remove_task_cgroups(bundle, spec, parent_too=not busy)
 
     # --- dead shims -----------------------------------------------------------
 
@@ -295,7 +296,7 @@ class TaskManager:
             exited_at=exited_at))
         self.exchange.publish(bundle.namespace, "/tasks/delete", events.TaskDelete(
             container_id=bundle.id, pid=pid, exit_status=status, exited_at=exited_at))
-        self._delete_bundle(bundle)
+        await self._remove_bundle(bundle)
 
     # --- restart recovery -----------------------------------------------------
 
@@ -317,7 +318,7 @@ class TaskManager:
 
     async def _load_one(self, bundle: Bundle) -> bool:
         if not os.listdir(bundle.path):
-            self._delete_bundle(bundle)
+            await self._remove_bundle(bundle)
             return False
         binary = self._binary_of(bundle)
         try:
@@ -382,7 +383,18 @@ def _read_spec(bundle: Bundle) -> dict:
         return {}
 
 
-def remove_task_cgroups(bundle: Bundle, spec: dict) -> None:
+def _delete_bundle(bundle: Bundle) -> dict | None:
+    """Delete a bundle; its spec (None when the bundle could not be removed)."""
+    spec = _read_spec(bundle)
+    try:
+        bundle.delete()
+    except OSError as exc:
+        log.error("failed to delete bundle %s: %s", bundle.path, exc)
+        return None
+    return spec
+
+
+def remove_task_cgroups(bundle: Bundle, spec: dict, parent_too: bool) -> None:
     """runc removes /<ns>/<id> but leaves the /<ns> parent it made for ctr's default path;
     remove it when empty (rmdir of a cgroup in use fails, so this never disturbs one)."""
     path = (spec.get("linux") or {}).get("cgroupsPath", "")
@@ -396,8 +408,10 @@ def remove_task_cgroups(bundle: Bundle, spec: dict) -> None:
         base = os.path.join(CGROUP_ROOT, name)
         if os.path.islink(base):
             continue
-        for leftover in (os.path.join(base, bundle.namespace, bundle.id),
-                         os.path.join(base, bundle.namespace)):
+        leftovers = [os.path.join(base, bundle.namespace, bundle.id)]
+        if parent_too:
+            leftovers.append(os.path.join(base, bundle.namespace))
+        for leftover in leftovers:
             try:
                 os.rmdir(leftover)
             except OSError:
