@@ -24,7 +24,7 @@ from .._proto.containerd.api.services.content.v1 import content_pb2 as pb
 from .._proto.containerd.api.services.content.v1 import content_pb2_grpc as pb_grpc
 from ..core.content.store import LocalStore
 from ..core.metadata.content import ContentStore, Info, Status
-from ..errdefs import ApplianceError, AlreadyExists, InvalidArgument, NotFound
+from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
@@ -124,28 +124,32 @@ class ContentAdapter(pb_grpc.ContentServicer):
 
     @rpc
     async def Read(self, request, context):
-        if request.offset < 0:
-            raise InvalidArgument(f"offset {request.offset} must not be negative")
+        # as containerd: a negative offset reads from 0, and each chunk's offset counts
+        # from the requested offset (not from the start of the blob)
         f = self.service.reader(namespace_of(context), request.digest)
         try:
             size = os.fstat(f.fileno()).st_size
-            offset = request.offset
+            offset = max(request.offset, 0)
             if offset > size:
-                raise InvalidArgument(f"offset {offset} beyond the end of {request.digest}")
+                raise OutOfRange(f"read past object length {size} bytes")
             end = size if request.size <= 0 else min(size, offset + request.size)
+            start = offset
             while offset < end:
                 data = os.pread(f.fileno(), min(READ_CHUNK, end - offset), offset)
                 if not data:
                     break
-                yield pb.ReadContentResponse(offset=offset, data=data)
+                yield pb.ReadContentResponse(offset=offset - start, data=data)
                 offset += len(data)
         finally:
             f.close()
 
     @rpc
     def Status(self, request, context):
-        return pb.StatusResponse(status=status_to_pb(
-            self.service.status(namespace_of(context), request.ref)))
+        try:
+            st = self.service.status(namespace_of(context), request.ref)
+        except ApplianceError as exc:   # containerd's words around the store's error
+            raise type(exc)(f"could not get status for ref {q(request.ref)}: {exc.message}")
+        return pb.StatusResponse(status=status_to_pb(st))
 
     @rpc
     def ListStatuses(self, request, context):

@@ -339,3 +339,43 @@ def test_content_events_match_containerd(both, payload):
         topics.append([line.split()[4:6] for line in lines[:-1]])   # not the marker
         d.ctr("namespaces", "rm", "ev-end")
     assert topics[0] == topics[1] == [["default", "/content/delete"]]
+
+
+def test_read_ranges_status_and_abort_match_containerd(both):
+    data = os.urandom(3 * MiB)
+    seen = []
+    for d in both:
+        meta = [("containerd-namespace", "c-rpc")]
+        with grpc.insecure_channel("unix:" + d.address) as ch:
+            stub = content_pb2_grpc.ContentStub(ch)
+            list(stub.Write(iter([
+                pb.WriteContentRequest(action=pb.WRITE, ref="whole", data=data),
+                pb.WriteContentRequest(action=pb.COMMIT, ref="whole", offset=len(data),
+                                       total=len(data), expected=sha(data),
+                                       labels={"containerd.io/gc.root": "test"})]),
+                metadata=meta, timeout=30))   # a root: collections of other tests keep it
+            list(stub.Write(iter([pb.WriteContentRequest(action=pb.WRITE, ref="part",
+                                                         data=data[:1000])]),
+                            metadata=meta, timeout=30))
+            out = []
+            for offset, size in ((0, 0), (MiB + 3, 10), (2 * MiB, 0), (len(data), 0)):
+                chunks = list(stub.Read(pb.ReadContentRequest(digest=sha(data), offset=offset,
+                                                              size=size), metadata=meta, timeout=30))
+                got = b"".join(c.data for c in chunks)
+                out.append((chunks[0].offset if chunks else None, got == data[offset:offset + size]
+                            if size else got == data[offset:]))
+            st = stub.Status(pb.StatusRequest(ref="part"), metadata=meta, timeout=10).status
+            out.append((st.ref, st.offset))
+            out.append([s.ref for s in stub.ListStatuses(pb.ListStatusesRequest(
+                filters=["ref==part"]), metadata=meta, timeout=10).statuses])
+            stub.Abort(pb.AbortRequest(ref="part"), metadata=meta, timeout=10)
+            for call, request in ((stub.Abort, pb.AbortRequest(ref="part")),
+                                  (stub.Status, pb.StatusRequest(ref="part")),
+                                  (stub.Info, pb.InfoRequest(digest=sha(b"none")))):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, metadata=meta, timeout=10)
+                out.append((err.value.code(), err.value.details()))
+            stub.Delete(pb.DeleteContentRequest(digest=sha(data)), metadata=meta, timeout=10)
+        seen.append(out)
+    assert seen[0] == seen[1]
+    assert seen[0][1] == (0, True) and seen[0][4] == ("part", 1000)

@@ -207,3 +207,31 @@ def test_push_to_registry_and_fetch_back(registry, images):
             assert a == b and a
     finally:
         d.cleanup()
+
+
+def test_image_events_match_containerd(both, images):
+    oci, _ = images
+    seen = []
+    for d in both:
+        events = subprocess.Popen([CTR, "--address", d.address, "events"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.3)
+            run = lambda *a: d.ctr(*a, namespace="img-events")
+            run("images", "import", "--no-unpack", str(oci))
+            run("images", "label", "localhost/busybox:latest", "team=red")
+            run("images", "rm", "--sync", "localhost/busybox:latest")
+            # a last import named "marker": its /images/create ends what we read
+            run("images", "import", "--no-unpack", "--index-name", "marker", str(oci))
+            lines = []
+            for line in events.stdout:
+                if "/images/create" in line and '"marker"' in line:
+                    break
+                lines.append(line.split(maxsplit=6)[4:])
+        finally:
+            events.kill()
+            events.wait(5)
+        run("images", "rm", "--sync", "marker", "localhost/busybox:latest")
+        seen.append([fields for fields in lines if fields[0] == "img-events"])
+    assert seen[0] == seen[1]
+    assert [f[1] for f in seen[0]] == ["/images/create", "/images/update", "/images/delete"]

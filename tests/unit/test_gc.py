@@ -200,3 +200,21 @@ def test_collectibles_registry_lets_other_kinds_join(world):
                                      "containerd.io/gc.ref.snapshot.native": "a"})
     collector.collect()
     assert swept == [("snapshot", NS, "native/b")]
+
+
+def test_containers_keep_their_snapshot_and_labelled_content(world):
+    db, blobs, content, images, collector = world
+    kept = ingest(content, b"spec-ref")
+    junk = ingest(content, b"junk")
+    with db.write() as tx:
+        tx.execute("INSERT INTO containers (namespace, id, image, runtime, snapshotter, "
+                   "snapshot_key, data, created_at, updated_at) VALUES (?,?,?,?,?,?,?,0,0)",
+                   (NS, "c1", "", "io.containerd.runc.v2", "overlayfs", "c1-snap", b""))
+        DB.set_labels(tx, NS, "container", "c1", {f"{REF}.x": kept})
+    swept = []
+    collector.register_collectible("snapshot", lambda conn: [("snapshot", NS, "overlayfs/c1-snap"),
+                                                             ("snapshot", NS, "overlayfs/old")],
+                                   lambda conn, dead: swept.extend(dead) or len(dead))
+    collector.collect()
+    assert blobs.exists(kept) and not blobs.exists(junk)
+    assert swept == [("snapshot", NS, "overlayfs/old")]
