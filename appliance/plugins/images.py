@@ -115,7 +115,8 @@ def _service(ic: InitContext) -> ImagesService:
 
 
 REGISTRATIONS = [
-    Registration(SERVICE, "images-service", _service, requires=(METADATA, GC)),
+    Registration(SERVICE, "images-service", _service, requires=(METADATA, GC),
+                 exports_root=False),
     Registration(GRPC, "images", lambda ic: ImagesAdapter(
-        ic.get_by_id(SERVICE, "images-service")), requires=(SERVICE,)),
+        ic.get_by_id(SERVICE, "images-service")), requires=(SERVICE,), exports_root=False),
 ]
