@@ -258,8 +258,9 @@ class TaskManager:
         # runc recreates the /<ns> parent for every task: removing it while a task of the
         # namespace is being created could pull it from under that runc (checked and done
         # here on the loop, where creates register themselves)
-        busy = any(ns == bundle.namespace for ns, _ in
-                   [*self.tasks, *self._pending, *self._prestarted])
+        own = (bundle.namespace, bundle.id)
+        busy = any(key[0] == bundle.namespace and key != own
+                   for key in [*self.tasks, *self._pending, *self._prestarted])
         remove_task_cgroups(bundle, spec, parent_too=not busy)
 
     # --- dead shims -----------------------------------------------------------
