@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from ...errdefs import q, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 _DIGEST = re.compile(r"^(sha256):([a-f0-9]{64})$|^(sha384):([a-f0-9]{96})$|^(sha512):([a-f0-9]{128})$")
 CANONICAL = "sha256"
