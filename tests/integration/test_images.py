@@ -200,6 +200,17 @@ def test_push_to_registry_and_fetch_back(registry, images):
                 hammer.join(60)
             assert collections
         assert content_digests(d, "fetched") == originals
+        # a full pull (fetch + unpack into snapshots), then rm --sync collects it all
+        remote = f"{registry}/test/busybox:latest"
+        d.ctr("images", "pull", "--plain-http", remote, namespace="pulled", timeout=120)
+        listing = d.ctr("images", "check", namespace="pulled").stdout
+        assert re.search(rf"^{re.escape(remote)} .* {pushed[remote]} complete \(2/2\) .* true",
+                         listing, re.M), listing
+        assert d.ctr("snapshots", "ls", namespace="pulled").stdout.count("Committed") == 1
+        d.ctr("images", "rm", "--sync", remote, namespace="pulled")
+        assert content_digests(d, "pulled") == []
+        assert d.ctr("snapshots", "ls", namespace="pulled").stdout.split() == [
+            "KEY", "PARENT", "KIND"]
         for digest in originals:   # same bytes on both sides
             a, b = (subprocess.run([CTR, "--address", d.address, "--namespace", ns, "content",
                                     "get", digest], capture_output=True, timeout=60).stdout
