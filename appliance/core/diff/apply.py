@@ -106,7 +106,9 @@ class Applier:
             except OSError as exc:
                 raise ApplyError(f"failed to apply entry {hdr.name!r}: {exc}") from None
         for parts, atime, mtime in self.dirs:  # last: creating files changed them
-            os.utime(_join(self.root, parts), ns=(atime, mtime), follow_symlinks=False)
+            path = _join(self.root, parts)
+            if _kind(path)[0] == "dir":   # unless a later entry removed or replaced it
+                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
         return size
 
     def _run(self, op, reader: TarReader) -> None:
