@@ -111,10 +111,11 @@ class Scheduler:
                 pass
 
     async def _run(self) -> None:
-        interval = 1.0
+        """containerd's policy, but event-driven: no timer runs while nothing is pending."""
+        interval = 1.0            # the least time between collections (pause_threshold)
         gc_time, collections = 0.0, 0
         triggered, deletions, mutations = False, 0, 0
-        last_start: float | None = None
+        last_start = last_end = None
         next_at = time.monotonic() + self.startup_delay if self.startup_delay > 0 else None
         while True:
             timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
@@ -130,41 +131,40 @@ class Scheduler:
                     mutations += 1
                 else:
                     triggered = True
-                if (triggered
-                        or (self.deletion_threshold > 0 and deletions >= self.deletion_threshold)
-                        or (next_at is None and (
-                            (self.deletion_threshold == 0 and deletions > 0)
-                            or (self.mutation_threshold > 0
-                                and mutations >= self.mutation_threshold)))):
-                    soon = time.monotonic() + self.schedule_delay
-                    if next_at is None or next_at > soon:
-                        next_at = soon
-                continue
-            # the timer fired
-            if (not triggered and last_start is not None and deletions == 0
-                    and (self.mutation_threshold == 0 or mutations < self.mutation_threshold)):
-                next_at = time.monotonic() + interval
+                now = time.monotonic()
+                if triggered or (self.deletion_threshold > 0
+                                 and deletions >= self.deletion_threshold):
+                    want = now + self.schedule_delay
+                elif ((self.deletion_threshold == 0 and deletions > 0)
+                      or (self.mutation_threshold > 0 and mutations >= self.mutation_threshold)):
+                    want = now + self.schedule_delay
+                    if last_end is not None:
+                        want = max(want, last_end + interval)
+                else:
+                    continue
+                if next_at is None or want < next_at:
+                    next_at = want
                 continue
             waiters, self._waiters = self._waiters, []
             last_start = time.monotonic()
             triggered, deletions, mutations = False, 0, 0
+            next_at = None
             try:
                 stats = await asyncio.to_thread(self.collector.collect)
             except Exception as exc:
                 log.error("garbage collection failed: %s", exc)
-                next_at = time.monotonic() + interval + 1.0
+                last_end = time.monotonic()
+                next_at = last_end + interval + 1.0   # try again
                 for w in waiters:
                     if not w.done():
                         w.set_exception(exc)
                 continue
+            last_end = time.monotonic()
             gc_time += stats.elapsed
             collections += 1
-            metrics.GC_RUNS.inc()
-            metrics.GC_DURATION.observe(stats.elapsed)
             if self.pause_threshold > 0:
                 avg = gc_time / collections
                 interval = avg / self.pause_threshold - avg
-            next_at = time.monotonic() + interval
             for w in waiters:
                 if not w.done():
                     w.set_result(stats)
