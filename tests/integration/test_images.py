@@ -246,3 +246,61 @@ def test_image_events_match_containerd(both, images):
         seen.append([fields for fields in lines if fields[0] == "img-events"])
     assert seen[0] == seen[1]
     assert [f[1] for f in seen[0]] == ["/images/create", "/images/update", "/images/delete"]
+
+
+def test_image_rpc_errors_match_containerd(both):
+    from google.protobuf import field_mask_pb2
+    import grpc
+    from appliance._proto.containerd.api.services.images.v1 import images_pb2 as pb
+    from appliance._proto.containerd.api.services.images.v1 import images_pb2_grpc
+    from appliance._proto.containerd.api.types import descriptor_pb2
+
+    good = descriptor_pb2.Descriptor(media_type="application/vnd.oci.image.manifest.v1+json",
+                                     digest="sha256:" + "a" * 64, size=10)
+    calls = [
+        ("Create", pb.CreateImageRequest(image=pb.Image(name="", target=good))),
+        ("Create", pb.CreateImageRequest(image=pb.Image(name="x", target=descriptor_pb2.Descriptor(
+            media_type="m", digest="sha256:short", size=1)))),
+        ("Create", pb.CreateImageRequest(image=pb.Image(name="x", target=descriptor_pb2.Descriptor(
+            media_type="m", digest=good.digest, size=0)))),
+        ("Create", pb.CreateImageRequest(image=pb.Image(name="x", target=descriptor_pb2.Descriptor(
+            digest=good.digest, size=1)))),
+        ("Create", pb.CreateImageRequest(image=pb.Image(name="x", target=good,
+                                                        labels={"a": "1"}))),
+        ("Create", pb.CreateImageRequest(image=pb.Image(name="x", target=good))),
+        ("Update", pb.UpdateImageRequest(image=pb.Image(name="x", labels={"b": "2"}),
+                                         update_mask=field_mask_pb2.FieldMask(paths=["labels.b"]))),
+        ("Update", pb.UpdateImageRequest(image=pb.Image(name="x"),
+                                         update_mask=field_mask_pb2.FieldMask(paths=["name"]))),
+        ("Update", pb.UpdateImageRequest(image=pb.Image(name="ghost", target=good))),
+        ("Get", pb.GetImageRequest(name="x")),
+        ("List", pb.ListImagesRequest(filters=["labels.b==2,target.digest==" + good.digest])),
+        ("Delete", pb.DeleteImageRequest(name="x")),
+        ("Delete", pb.DeleteImageRequest(name="x")),
+    ]
+    results = []
+    for d in both:
+        out = []
+        with grpc.insecure_channel("unix:" + d.address) as ch:
+            stub = images_pb2_grpc.ImagesStub(ch)
+            for method, request in calls:
+                try:
+                    resp = getattr(stub, method)(request, timeout=10,
+                                                 metadata=[("containerd-namespace", "img-rpc")])
+                    out.append(("OK", _names_and_labels(resp)))
+                except grpc.RpcError as err:
+                    out.append((err.code(), err.details()))
+        results.append(out)
+    for i, (ours, theirs) in enumerate(zip(*results)):
+        assert ours == theirs, (calls[i][0], ours, theirs)
+
+
+def _names_and_labels(resp):
+    """The images in any Images response (Empty for Delete)."""
+    if hasattr(resp, "images"):
+        images = list(resp.images)
+    elif hasattr(resp, "image"):
+        images = [resp.image]
+    else:
+        images = []
+    return sorted((i.name, sorted(i.labels.items())) for i in images)

@@ -36,6 +36,26 @@ READ_CHUNK = 4 << 20
 MAX_CACHED_HASHERS = 256
 
 
+_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
+_GENERIC_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+
+
+def digest_error(digest: str) -> str | None:
+    """go-digest's Validate: None when well formed, else its error text."""
+    alg, sep, encoded = digest.partition(":")
+    if not alg or not sep or not encoded:
+        return "invalid checksum digest format"
+    if alg not in _ALGORITHMS:
+        if not _GENERIC_DIGEST.match(digest):
+            return "invalid checksum digest format"
+        return "unsupported digest algorithm"
+    if len(encoded) != _ALGORITHMS[alg]:
+        return "invalid checksum digest length"
+    if not re.fullmatch(r"[a-f0-9]+", encoded):
+        return "invalid checksum digest format"
+    return None
+
+
 def parse_digest(digest: str) -> tuple[str, str]:
     """("sha256", hex) for a well-formed digest; InvalidArgument otherwise."""
     m = _DIGEST.match(digest or "")

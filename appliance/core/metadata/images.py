@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
-from ..content.store import parse_digest
+from ..content.store import digest_error
 from .db import DB, now_ns, register_namespaced_kind
 
 KIND = "image"
@@ -39,11 +39,10 @@ def validate(image: Image) -> None:
     except InvalidArgument as exc:
         raise InvalidArgument(f"image.Labels: {exc.message}") from None
     target = image.target
-    try:
-        parse_digest(target.digest)
-    except InvalidArgument:
-        raise InvalidArgument(f"Target.Digest {q(target.digest)} invalid: invalid checksum "
-                              "digest format: invalid argument") from None
+    problem = digest_error(target.digest)
+    if problem:
+        raise InvalidArgument(f"Target.Digest {q(target.digest)} invalid: {problem}: "
+                              "invalid argument")
     if target.size <= 0:
         raise InvalidArgument("Target.Size must be greater than zero: invalid argument")
     if not target.media_type:
