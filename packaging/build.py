@@ -84,7 +84,8 @@ def nuitka_options(mode: str, build: Path) -> list[str]:
         if line.startswith("["):
             section = line.strip("[]")
         elif section in ("common", mode):
-            line = line.replace("{build}", str(build)).replace("{mode}", mode)
+            line = (line.replace("{build}", str(build)).replace("{mode}", mode)
+                    .replace("{packaging}", str(HERE)))
             options.append(re.sub(r"\{lib:([^}]+)\}", lambda m: host_library(m[1]), line))
     return options
 
@@ -124,8 +125,9 @@ def is_elf(path: Path) -> bool:
 def strip_tree(root: Path) -> None:
     """Strip every ELF object (Nuitka copies extension modules as built, with -g)."""
     elves = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and is_elf(p)]
-    run(["strip", "--strip-unneeded", "--remove-section=.comment",
-         "--remove-section=.note", *elves])
+    subprocess.run(["strip", "--strip-unneeded", "--remove-section=.comment",
+                    "--remove-section=.note", *elves], check=True)
+    log(f"stripped {len(elves)} ELF files under {root}")
 
 
 # --- man pages ----------------------------------------------------------------

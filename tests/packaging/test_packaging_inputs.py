@@ -135,6 +135,8 @@ def test_nuitka_spec_modes():
     assert "--mode=onefile" in onefile and "--output-dir=/b/nuitka-onefile" in onefile
     for kept_out in ("grpc_tools", "Cython", "setuptools"):
         assert f"--nofollow-import-to={kept_out}" in standalone
+    plugins = [o.split("=", 1)[1] for o in standalone if o.startswith("--user-plugin=")]
+    assert plugins and all(os.path.isfile(p) for p in plugins)  # strips the dist
     bundled = [o.split("=")[-1] for o in onefile if o.startswith("--include-data-files")]
     assert set(bundled) == {"libstdc++.so.6", "libgcc_s.so.1", "libz.so.1"}
     assert all(os.path.isfile(o.split("=")[1]) for o in onefile

@@ -1,0 +1,22 @@
+"""appliance.program: what shims get as -publish-binary, where bundled helpers are looked up."""
+import os
+import sys
+
+from appliance import program
+
+
+def test_interpreted_path_is_the_running_script_or_interpreter(monkeypatch, tmp_path):
+    script = tmp_path / "ctrappliance"
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    assert program.path() == str(script)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(sys, "argv", ["ctrappliance"])  # a bare name found through PATH
+    assert program.path() == sys.executable
+
+
+def test_helper_dirs_are_beside_the_program_and_in_its_bin(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "x")])
+    (tmp_path / "x").write_text("")
+    assert program.helper_dirs() == [str(tmp_path), os.path.join(str(tmp_path), "bin")]
