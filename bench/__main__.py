@@ -29,8 +29,8 @@ def parse_args(argv):
                         help=f"comma-separated subset of: {SECTION_HELP}")
     parser.add_argument("--targets", default="containerd,ctrappliance",
                         help="comma-separated: containerd, ctrappliance")
-    parser.add_argument("--profile", metavar="SECTION",
-                        help="sample our daemon with py-spy during SECTION (report in bench/out/)")
+    parser.add_argument("--profile", metavar="SECTION[,SECTION]", default="",
+                        help="sample our daemon with py-spy during these sections (reports in bench/out/)")
     parser.add_argument("--ours-bin", default=OURS,
                         help="ctrappliance executable (e.g. the Nuitka build)")
     parser.add_argument("--workdir", default=str(images.CACHE / "run"))
@@ -43,7 +43,8 @@ def parse_args(argv):
     unknown = set(args.sections) - set(sections.ALL_SECTIONS)
     if unknown or not set(args.targets) <= set(report.KINDS) or not args.targets:
         parser.error(f"unknown section/target: {sorted(unknown) or args.targets}")
-    if args.profile and args.profile not in args.sections:
+    args.profile = [s.strip() for s in args.profile.split(",") if s.strip()]
+    if set(args.profile) - set(args.sections):
         parser.error(f"--profile {args.profile}: not among the sections run")
     return args
 
@@ -51,14 +52,17 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started, load_start = time.time(), _load()
-    OUT.mkdir(exist_ok=True)
+    # profiles and memory maps: bench/out, or beside --output when that is elsewhere (tests)
+    out_dir = Path(args.output).resolve().parent if args.output else OUT
+    out_dir = OUT if out_dir == HERE else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir) / time.strftime("%Y%m%dT%H%M%S")
 
     def make_targets(name, tmpfs_root=False):
         return [Target(kind, workdir / name / kind, binary=args.ours_bin if kind == "ctrappliance" else None,
                        tmpfs_root=tmpfs_root) for kind in args.targets]
 
-    bench = sections.Bench([], args.quick, OUT)
+    bench = sections.Bench([], args.quick, out_dir)
     profiles: dict[str, str] = {}
     print(f"bench: images → {images.CACHE}/images", file=sys.stderr)
     images.image("small")
@@ -68,14 +72,14 @@ def main(argv=None) -> int:
     def profiled(name, fn, *fn_args):
         print(f"bench: section {name}", file=sys.stderr)
         sampler = None
-        if args.profile == name == "boot":  # too short to sample; imports are the cost
+        if name == "boot" and name in args.profile:  # too short to sample; imports are the cost
             ours = Path(args.ours_bin)
             python = ours.parent / "python" if ours.parent.joinpath("python").exists() else sys.executable
-            profiles[name] = str(import_times(str(python), OUT / "profile-boot-imports.txt"))
-        elif args.profile == name:
+            profiles[name] = str(import_times(str(python), out_dir / "profile-boot-imports.txt"))
+        elif name in args.profile:
             ours = [t for t in bench.targets if t.kind == "ctrappliance" and t.running()]
             if ours:
-                sampler = Sampler(ours[0].pid, OUT / f"profile-{name}.txt")
+                sampler = Sampler(ours[0].pid, out_dir / f"profile-{name}.txt")
         try:
             fn(bench, *fn_args)
         finally:
@@ -100,7 +104,7 @@ def main(argv=None) -> int:
                     bench.record("rss_after", t.kind, after["rss_mib"])
                     bench.record("hwm_after", t.kind, after["hwm_mib"])
                     bench.record("cpu_workload", t.kind, after["cpu_s"] - before[t.kind]["cpu_s"])
-                    (OUT / f"memory-{t.kind}.txt").write_text(smaps_breakdown(t.pid))
+                    (out_dir / f"memory-{t.kind}.txt").write_text(smaps_breakdown(t.pid))
             finally:
                 for t in bench.targets:
                     t.cleanup()

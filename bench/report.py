@@ -134,11 +134,14 @@ def write(bench, info: dict, json_path: Path, md_path: Path, profiles: dict):
     table = rows(bench)
     data = {"info": info, "rows": table, "profiles": profiles}
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    md_path.write_text(render(data))
+    md_path.write_text(render(data, notes=NOTES if md_path.name == "RESULTS.md" else None))
     return table
 
 
-def render(data: dict, notes: Path | None = Path(__file__).resolve().parent / "NOTES.md") -> str:
+NOTES = Path(__file__).resolve().parent / "NOTES.md"
+
+
+def render(data: dict, notes: Path | None = NOTES) -> str:
     """The Markdown page; the hand-written analysis in bench/NOTES.md (if any) follows the table."""
     info, table, profiles = data["info"], data["rows"], data["profiles"]
     lines = [
