@@ -2,7 +2,8 @@
 
 Builds the test images, starts containerd 1.6.20 and ctrappliance on private paths, runs
 the same workload on both (repetitions interleaved), stops both and writes
-bench/RESULTS.md + bench/results.json (a partial run writes under bench/out/ instead).
+bench/RESULTS.md + bench/results.json (a quick, partial or other-binary run writes
+bench/out/results-<time>.md/.json instead, or --output STEM).
 """
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ def main(argv=None) -> int:
         for ns in ("bench", "stress"):
             remove_empty_cgroups(ns)
 
-    full = args.targets == list(report.KINDS) and args.output is None
+    # only a complete run of both targets replaces the committed bench/RESULTS.md
+    full = (args.targets == list(report.KINDS) and args.output is None and not args.quick
+            and set(args.sections) == set(sections.ALL_SECTIONS) and args.ours_bin == OURS)
     stem = Path(args.output) if args.output else OUT / time.strftime("results-%Y%m%dT%H%M%S")
     md_path = HERE / "RESULTS.md" if full else stem.with_suffix(".md")
     json_path = HERE / "results.json" if full else stem.with_suffix(".json")
