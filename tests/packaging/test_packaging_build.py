@@ -286,14 +286,14 @@ def tree_listing(root: Path) -> set[str]:
     return found
 
 
-def in_chroot(root: Path, script: str, timeout=600) -> subprocess.CompletedProcess:
+def in_chroot(root: Path, script: str, timeout=600, shell="/bin/sh") -> subprocess.CompletedProcess:
     """Run `script` in the chroot with /proc, /sys, /dev, /run mounted (private mount ns).
 
     The root is bind-mounted on itself: runc needs "/" to be a mount point."""
     mounts = (f"mount --bind {root} {root} && mount -t proc proc {root}/proc && mount --rbind /sys {root}/sys && "
               f"mount --rbind /dev {root}/dev && mount -t tmpfs tmpfs {root}/run && ")
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           mounts + f"exec chroot {root} /bin/sh -ec '{script}'"],
+                           mounts + f"exec chroot {root} {shell} -ec '{script}'"],
                           capture_output=True, text=True, timeout=timeout,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
                                "DEBIAN_FRONTEND": "noninteractive"})
@@ -308,6 +308,7 @@ def test_install_into_clean_debian_12_and_purge(products):
     make_rootfs(root / "tmp" / "rootfs")
     script = f"""
 apt-get install -y -qq --no-install-recommends /tmp/{products['deb'].name} >/dev/null
+dpkg -i /tmp/{products['deb'].name} >/dev/null  # the upgrade path of the maintainer scripts
 ctrappliance --version
 ctrappliance --root /tmp/ca/root --state /tmp/ca/state --address /tmp/ca/ca.sock \
     >/tmp/ca.log 2>&1 &
@@ -360,3 +361,39 @@ def test_onefile_runs_a_container_and_gives_shims_itself_to_publish(products, tm
     assert starts, calls.read_text()
     for argv in starts:
         assert argv[argv.index("-publish-binary") + 1] == str(products["onefile"].resolve())
+
+
+def test_onefile_with_runc_and_shim_runs_a_container_in_a_bare_rootfs(products, tmp_path):
+    """The minimal image plus the shim, runc (and its libseccomp) and ctr: a real container."""
+    from runtime_helpers import make_rootfs
+    helpers = ["/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/bin/ctr"]
+    needed = host_files_needed_of(products["onefile"]) | host_files_needed(products["onefile_dist"])
+    for helper in helpers:
+        needed |= host_files_needed_of(Path(helper))
+    root = make_rootfs(tmp_path / "rootfs")
+    for p in sorted(needed) + helpers:
+        target = root / p.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.realpath(p), target)
+    for applet in ("grep", "kill", "usleep"):
+        (root / "bin" / applet).symlink_to("busybox")
+    for d in ("run", "var/lib", "usr/sbin"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy(products["onefile"], root / "ctrappliance")
+    make_rootfs(root / "ctr-rootfs")
+    script = """
+/ctrappliance --root /var/lib/ca --state /run/ca --address /run/ca/ca.sock >/tmp/ca.log 2>&1 &
+pid=$!
+i=0; until grep -q "successfully booted" /tmp/ca.log; do
+    i=$((i+1)); [ $i -lt 300 ] || { cat /tmp/ca.log; exit 1; }; usleep 100000; done
+ctr --address /run/ca/ca.sock run --rm --env PATH=/bin --runc-root /run/ca/runc \
+    --fifo-dir /tmp/fifo --rootfs /ctr-rootfs bare-run echo hello from a bare rootfs
+kill -TERM $pid; wait $pid
+"""
+    result = in_chroot(root, script, timeout=300, shell="/bin/sh")
+    log = (root / "tmp" / "ca.log").read_text(errors="replace") \
+        if (root / "tmp" / "ca.log").exists() else ""
+    assert result.returncode == 0, result.stdout + result.stderr + log
+    assert result.stdout == "hello from a bare rootfs\n", result.stdout + log
+    assert "stopped" in log
