@@ -251,10 +251,15 @@ def test_compiled_daemon_passes_the_foundation_tests(products, build_kind):
     # (documented in ctrappliance(8)), so that one test cannot apply.
     deselect = ["--deselect", "tests/integration/test_foundation.py::test_sigusr1_dumps_stacks"] \
         if build_kind == "onefile" else []
+    unpacked_before = set(Path("/tmp").glob("ctrappliance-[0-9]*"))
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              *deselect, "tests/integration/test_foundation.py",
                              "tests/integration/test_cli.py"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    # A SIGKILLed onefile bootstrap (the tests kill daemons) leaves its unpacked copy.
+    for leftover in set(Path("/tmp").glob("ctrappliance-[0-9]*")) - unpacked_before:
+        if not Path("/proc", leftover.name.split("-")[1]).exists():  # its bootstrap is gone
+            shutil.rmtree(leftover, ignore_errors=True)
     assert result.returncode == 0, result.stdout[-5000:]
 
 
