@@ -5,17 +5,25 @@ io.containerd.snapshotter.v1.NAME: a snapshot backend whose directories live in
 the external service, reached with containerd's Snapshots API on `address`. Our
 sqlite metadata still owns keys, parents, labels and namespaces, exactly as for
 overlayfs and native; the remote side only sees one snapshot per backend id.
-`type = "content"` is accepted as in containerd, but reported as an error plugin
-until a remote content backend exists; other types are warned about and ignored.
+`type = "content"` becomes io.containerd.content.v1.NAME: blobs live in the external
+content service (containerd's Content API); ingests are staged locally (resumable,
+as for the built-in store) and uploaded when committed; reads go through a local
+cache. To use it, disable io.containerd.content.v1.content, as with containerd.
+Other types are warned about and ignored.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
+import uuid
 
 from ..core.snapshots.backends import ACTIVE, VIEW, Mount
-from ..errdefs import FailedPrecondition, NotFound
+from ..core.content.store import LocalStore
+from ..errdefs import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from ..plugin import CONTENT, SNAPSHOT, InitContext, Registration
 
 log = logging.getLogger("appliance.proxy")
@@ -44,6 +52,25 @@ class _Channels:
 CHANNELS = _Channels()
 
 
+def _call(what: str, stub, method: str, request, stream: bool = False):
+    """One remote call in our namespace; gRPC errors become errdefs errors naming the proxy."""
+    import grpc
+    try:
+        result = getattr(stub, method)(request, timeout=CALL_TIMEOUT,
+                                       metadata=(("containerd-namespace", NAMESPACE),))
+        return list(result) if stream else result
+    except grpc.RpcError as err:
+        code = err.code()
+        text = f"{what}: {method}: {err.details()}"
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(text) from None
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            raise AlreadyExists(text) from None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise Unavailable(text) from None
+        raise FailedPrecondition(text) from None
+
+
 class ProxySnapshotBackend:
     """The Backend interface of core.snapshots (ids → remote keys), over gRPC.
 
@@ -58,7 +85,6 @@ class ProxySnapshotBackend:
         self.name, self.address, self.pb = name, address, pb
         self.stub = pb_grpc.SnapshotsStub(channel)
         self.prefix = "ca-" + hashlib.sha256(local_root.encode()).hexdigest()[:8]
-        self.metadata = (("containerd-namespace", NAMESPACE),)
 
     # remote names
     def active_key(self, sid: int) -> str:
@@ -68,19 +94,8 @@ class ProxySnapshotBackend:
         return f"{self.prefix}-{sid}-committed"
 
     def _call(self, method: str, request):
-        import grpc
-        try:
-            return getattr(self.stub, method)(request, timeout=CALL_TIMEOUT,
-                                              metadata=self.metadata)
-        except grpc.RpcError as err:
-            code = err.code()
-            text = f"proxy snapshotter {self.name} ({self.address}): {method}: {err.details()}"
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(text) from None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                from ..errdefs import Unavailable
-                raise Unavailable(text) from None
-            raise FailedPrecondition(text) from None
+        return _call(f"proxy snapshotter {self.name} ({self.address})", self.stub, method,
+                     request)
 
     # --- the Backend interface -------------------------------------------------------
     def create(self, sid: int, kind: str, parent_ids: list[int]) -> None:
@@ -136,6 +151,124 @@ class ProxySnapshotBackend:
         pass
 
 
+class ProxyContentStore(LocalStore):
+    """The built-in store's interface with the blobs in an external content service.
+
+    Ingests (resume, locks, status) are the local store's, under this plugin's root;
+    `install` uploads the verified data instead of renaming it into place, and reads
+    fill `blobs/` as a cache.
+    """
+    UPLOAD_CHUNK = 1 << 20
+
+    def __init__(self, name: str, address: str, channel, root: str):
+        from .._proto.containerd.api.services.content.v1 import content_pb2 as pb
+        from .._proto.containerd.api.services.content.v1 import content_pb2_grpc as pb_grpc
+        super().__init__(root)
+        self.name, self.address, self.pb = name, address, pb
+        self.stub = pb_grpc.ContentStub(channel)
+
+    def _call(self, method, request, stream=False):
+        return _call(f"proxy content store {self.name} ({self.address})", self.stub, method,
+                     request, stream)
+
+    def _cache_path(self, digest: str) -> str:
+        return super().blob_path(digest)
+
+    def exists(self, digest: str) -> bool:
+        try:
+            self._call("Info", self.pb.InfoRequest(digest=digest))
+            return True
+        except NotFound:
+            return False
+
+    def size(self, digest: str) -> int:
+        try:
+            return self._call("Info", self.pb.InfoRequest(digest=digest)).info.size
+        except NotFound:
+            raise NotFound(f"content digest {digest}: not found") from None
+
+    def blob_path(self, digest: str) -> str:
+        """A local copy of the blob (downloaded and verified on first use)."""
+        path = self._cache_path(digest)
+        if not os.path.exists(path):
+            self._download(digest, path)
+        return path
+
+    def _download(self, digest: str, path: str) -> None:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        alg = digest.split(":", 1)[0]
+        hasher = hashlib.new(alg)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".download-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    responses = self._call("Read", self.pb.ReadContentRequest(digest=digest),
+                                           stream=True)
+                except NotFound:
+                    raise NotFound(f"content digest {digest}: not found") from None
+                for r in responses:
+                    hasher.update(r.data)
+                    out.write(r.data)
+            if f"{alg}:{hasher.hexdigest()}" != digest:
+                raise FailedPrecondition(f"proxy content store {self.name}: blob {digest} "
+                                         "read back with another digest: failed precondition")
+            os.chmod(tmp, 0o444)
+            os.rename(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def open(self, digest: str):
+        return open(self.blob_path(digest), "rb", buffering=0)
+
+    def delete(self, digest: str) -> bool:
+        try:
+            os.unlink(self._cache_path(digest))
+        except FileNotFoundError:
+            pass
+        try:
+            self._call("Delete", self.pb.DeleteContentRequest(digest=digest))
+            return True
+        except NotFound:
+            return False
+
+    def walk(self):
+        for response in self._call("List", self.pb.ListContentRequest(), stream=True):
+            for info in response.info:
+                yield info.digest
+
+    def install(self, writer, digest: str) -> bool:
+        """Upload a sealed ingest; False if the remote store already had the blob."""
+        data = os.path.join(writer.path, "data")
+        size = os.path.getsize(data)
+        ref = f"proxy-{digest}-{uuid.uuid4().hex[:8]}"  # never resumes a stale remote ingest
+        pb = self.pb
+
+        def requests():
+            with open(data, "rb") as f:
+                offset = 0
+                while True:
+                    chunk = f.read(self.UPLOAD_CHUNK)
+                    last = offset + len(chunk) >= size
+                    yield pb.WriteContentRequest(
+                        action=pb.COMMIT if last else pb.WRITE, ref=ref, total=size,
+                        expected=digest if last else "", offset=offset, data=chunk)
+                    offset += len(chunk)
+                    if last:
+                        return
+        try:
+            self._call("Write", requests(), stream=True)
+            installed = True
+        except AlreadyExists:
+            installed = False
+        target = self._cache_path(digest)  # keep what we just sent as the read cache
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        os.chmod(data, 0o444)
+        os.replace(data, target)
+        shutil.rmtree(writer.path, ignore_errors=True)
+        return installed
+
+
 def _snapshot_init(name: str, address: str):
     def init(ic: InitContext):
         ic.exports["address"] = address
@@ -148,8 +281,8 @@ def _snapshot_init(name: str, address: str):
 def _content_init(name: str, address: str):
     def init(ic: InitContext):
         ic.exports["address"] = address
-        raise NotImplementedError(f"proxy content store {name} at {address}: "
-                                  "remote content stores are not supported yet")
+        os.makedirs(ic.root, mode=0o711, exist_ok=True)  # staged ingests and the read cache
+        return ProxyContentStore(name, address, CHANNELS.get(address), str(ic.root))
     return init
 
 

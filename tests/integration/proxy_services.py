@@ -1,7 +1,8 @@
-"""An external snapshotter for proxy_plugins tests: our native snapshotter, with its own
-sqlite metadata, served with containerd's Snapshots API on its own unix socket.
+"""External services for proxy_plugins tests, on their own unix socket: our native
+snapshotter (as NAME) and our content store, each with its own sqlite metadata, served
+with containerd's Snapshots and Content APIs.
 
-    python proxy_snapshotter.py ROOT SOCKET NAME
+    python proxy_services.py ROOT SOCKET NAME
 """
 import asyncio
 import os
@@ -10,21 +11,26 @@ import sys
 
 import grpc
 
+from appliance.core.content.store import LocalStore
 from appliance.core.events import Exchange
+from appliance.core.metadata.content import ContentStore
 from appliance.core.metadata.db import DB
 from appliance.core.metadata.namespaces import NamespaceStore
 from appliance.core.snapshots.backends import NativeBackend
 from appliance.core.snapshots.store import Snapshotter
+from appliance.plugins.content import ContentAdapter, ContentService
 from appliance.plugins.snapshots import SnapshotsAdapter, SnapshotsService
 
 
 async def main(root: str, socket_path: str, name: str) -> None:
     os.makedirs(root, exist_ok=True)
     db = DB(os.path.join(root, "meta.db"))
+    exchange, namespaces = Exchange(), NamespaceStore(db)
     native = Snapshotter(db, NativeBackend(os.path.join(root, "native")))
-    service = SnapshotsService({name: native}, Exchange(), NamespaceStore(db))
+    content = ContentStore(db, LocalStore(os.path.join(root, "content")))
     server = grpc.aio.server()
-    SnapshotsAdapter(service).register(server)
+    SnapshotsAdapter(SnapshotsService({name: native}, exchange, namespaces)).register(server)
+    ContentAdapter(ContentService(content, exchange, namespaces)).register(server)
     server.add_insecure_port("unix:" + socket_path)
     await server.start()
     print("serving", flush=True)
