@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .. import metrics
+
 log = logging.getLogger("appliance.gc")
 
 Node = tuple[str, str, str]
@@ -185,6 +187,8 @@ class Collector:
                 log.exception("garbage collection hook failed")
         stats = Stats(started, time.monotonic() - started, removed)
         log.debug("garbage collected in %.3fs: %s", stats.elapsed, removed)
+        metrics.GC_RUNS.inc()
+        metrics.GC_DURATION.observe(stats.elapsed)
         return stats
 
 

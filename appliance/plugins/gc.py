@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import metrics
 from ..config import parse_duration
 from ..core.gc import Collector
 from ..core.metadata.content import register_gc as register_content_gc
