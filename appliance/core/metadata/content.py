@@ -106,21 +106,7 @@ class ContentStore:
         identifiers.validate_labels(labels)
         with self.db.write() as tx:
             info = self._info(tx, ns, digest)
-            current = dict(info.labels)
-            if not paths:
-                current = dict(labels)
-            for path in paths:
-                if path == "labels":
-                    current = dict(labels)
-                elif path.startswith("labels."):
-                    key = path[len("labels."):]
-                    if labels.get(key):
-                        current[key] = labels[key]
-                    else:
-                        current.pop(key, None)
-                else:
-                    raise InvalidArgument(f"cannot update {q(path)} field on content info "
-                                          f"{q(digest)}: invalid argument")
+            current = DB.update_labels(info.labels, labels, paths, f"content info {q(digest)}")
             DB.set_labels(tx, ns, KIND, digest, current)
             updated = now_ns()
             tx.execute("UPDATE content SET updated_at=? WHERE namespace=? AND digest=?",

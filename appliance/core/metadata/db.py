@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 
-from ...errdefs import Unavailable
+from ...errdefs import InvalidArgument, Unavailable, q
 
 MIGRATIONS = [
     # 1: namespaces, labels, leases
@@ -227,6 +227,31 @@ class DB:
                      (namespace, kind, obj))
         conn.executemany("INSERT INTO labels VALUES (?,?,?,?,?)",
                          [(namespace, kind, obj, k, v) for k, v in labels.items()])
+
+    @staticmethod
+    def update_labels(current: dict[str, str], labels: dict[str, str], paths,
+                      what: str) -> dict[str, str]:
+        """Apply an update mask to labels, as containerd's fieldpaths do.
+
+        No paths: replace them all. "labels": the same. "labels.<key>": set that
+        key, or drop it when the new value is empty. Anything else names a field
+        this object does not let you update (`what` says which object, for the error).
+        """
+        updated = dict(current)
+        if not paths:
+            return dict(labels)
+        for path in paths:
+            if path == "labels":
+                updated = dict(labels)
+            elif path.startswith("labels."):
+                key = path[len("labels."):]
+                if labels.get(key):
+                    updated[key] = labels[key]
+                else:
+                    updated.pop(key, None)
+            else:
+                raise InvalidArgument(f"cannot update {q(path)} field on {what}: invalid argument")
+        return updated
 
     @staticmethod
     def all_labels(conn, namespace: str, kind: str) -> dict[str, dict[str, str]]:

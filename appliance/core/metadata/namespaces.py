@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ... import identifiers
-from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ...errdefs import q, AlreadyExists, FailedPrecondition, NotFound
 from .db import DB, NAMESPACED_KINDS, now_ns
 
 KIND = "namespace"
@@ -50,20 +50,8 @@ class NamespaceStore:
             # containerd creates a missing namespace on update; so do we
             ts = now_ns()
             tx.execute("INSERT OR IGNORE INTO namespaces VALUES (?,?,?)", (name, ts, ts))
-            current = DB.get_labels(tx, "", KIND, name)
-            if not paths:
-                current = dict(labels)
-            for path in paths:
-                if path == "labels":
-                    current = dict(labels)
-                elif path.startswith("labels."):
-                    key = path[len("labels."):]
-                    if labels.get(key):
-                        current[key] = labels[key]
-                    else:
-                        current.pop(key, None)
-                else:
-                    raise InvalidArgument(f"cannot update {q(path)} field on namespace {q(name)}")
+            current = DB.update_labels(DB.get_labels(tx, "", KIND, name), labels, paths,
+                                       f"namespace {q(name)}")
             DB.set_labels(tx, "", KIND, name, current)
             tx.execute("UPDATE namespaces SET updated_at=? WHERE name=?", (now_ns(), name))
             return current

@@ -227,21 +227,8 @@ class Snapshotter:
         with self.db.write() as tx:
             row = self._require(tx, ns, key)
             obj = f"{self.name}/{key}"
-            current = DB.get_labels(tx, ns, KIND, obj)
-            if not paths:
-                current = dict(labels)
-            for path in paths:
-                if path.startswith("labels."):
-                    k = path[len("labels."):]
-                    if labels.get(k):
-                        current[k] = labels[k]
-                    else:
-                        current.pop(k, None)
-                elif path == "labels":
-                    current = dict(labels)
-                else:
-                    raise InvalidArgument(f"cannot update {q(path)} field on snapshot {q(key)}: "
-                                          "invalid argument")
+            current = DB.update_labels(DB.get_labels(tx, ns, KIND, obj), labels, paths,
+                                       f"snapshot {q(key)}")
             identifiers.validate_labels(current)
             DB.set_labels(tx, ns, KIND, obj, current)
             tx.execute("UPDATE snapshots SET updated_at=? WHERE id=?", (now_ns(), row.id))
