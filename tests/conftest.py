@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon import Daemon  # noqa: E402
+from reference import Containerd  # noqa: E402
 
 
 @pytest.fixture
@@ -25,3 +26,16 @@ def shared_daemon():
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def both():
+    """ctrappliance and containerd 1.6.20 side by side, each on private paths."""
+    ours, theirs = Daemon(), Containerd()
+    try:
+        ours.start()
+        theirs.start()
+        yield ours, theirs
+    finally:
+        ours.cleanup()
+        theirs.cleanup()

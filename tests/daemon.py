@@ -121,3 +121,14 @@ def run_cli(*args, input=None, timeout=30, env=None):
     """Run the ctrappliance executable with arguments (not the daemon)."""
     return subprocess.run([BINARY, *args], capture_output=True, text=True, input=input,
                           timeout=timeout, env=env)
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    """Poll `predicate` until it returns something true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

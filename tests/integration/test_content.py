@@ -11,7 +11,7 @@ import pytest
 
 from appliance._proto.containerd.api.services.content.v1 import content_pb2 as pb
 from appliance._proto.containerd.api.services.content.v1 import content_pb2_grpc
-from daemon import CTR, Daemon
+from daemon import CTR, Daemon, wait_for
 from image_helpers import make_oci, oci_blobs
 from reference import Containerd
 
@@ -34,16 +34,6 @@ def status(d, ref, namespace="default"):
             pb.StatusRequest(ref=ref), metadata=[("containerd-namespace", namespace)],
             timeout=10).status
     return st.offset, st.total
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def ingest_file(d, ref, path, *flags):

@@ -10,22 +10,8 @@ import tomllib
 import pytest
 
 from daemon import Daemon, run_cli, socket_accepts
-from reference import Containerd
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def both():
-    """ctrappliance and containerd side by side, each on private paths."""
-    ours, theirs = Daemon(), Containerd()
-    try:
-        ours.start()
-        theirs.start()
-        yield ours, theirs
-    finally:
-        ours.cleanup()
-        theirs.cleanup()
 
 
 def same_output(both, *args, namespace="default", mask=None):

@@ -12,7 +12,6 @@ import pytest
 
 from daemon import CTR, Daemon
 from image_helpers import make_docker_archive, make_oci, oci_blobs, oci_manifest_digests
-from reference import Containerd
 
 pytestmark = pytest.mark.integration
 REGISTRY = "/usr/bin/docker-registry"
@@ -23,18 +22,6 @@ def images(tmp_path_factory):
     directory = tmp_path_factory.mktemp("images")
     oci = make_oci(directory)
     return oci, make_docker_archive(oci)
-
-
-@pytest.fixture(scope="module")
-def both():
-    ours, theirs = Daemon(), Containerd()
-    try:
-        ours.start()
-        theirs.start()
-        yield ours, theirs
-    finally:
-        ours.cleanup()
-        theirs.cleanup()
 
 
 def content_digests(d, namespace):

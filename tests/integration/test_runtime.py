@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import CTR, Daemon
+from daemon import CTR, Daemon, wait_for
 from reference import Containerd
 from runtime_helpers import (assert_nothing_left, make_rootfs, remove_cgroup_dirs,
                              run_flags, shim_pid_of, shim_pids)
@@ -78,16 +78,6 @@ def run(d, ns, rootfs, *args, opts=(), check=False, input=None, timeout=60):
         opts, args = [args[0], *opts], args[1:]
     return d.ctr("run", *run_flags(d.workdir), *PATH_ENV, *opts, "--rootfs", rootfs, *args,
                  namespace=ns, check=check, input=input, timeout=timeout)
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def task_status(d, ns, cid):
