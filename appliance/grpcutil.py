@@ -12,11 +12,13 @@ NAMESPACE_KEY = "containerd-namespace"
 LEASE_KEY = "containerd-lease"
 
 
-def namespace_of(context) -> str:
+def namespace_of(context, default: str | None = None) -> str:
     """The namespace a request runs in; containerd requires one for namespaced RPCs."""
     for key, value in context.invocation_metadata() or ():
         if key == NAMESPACE_KEY and value:
             return value
+    if default is not None:
+        return default
     raise FailedPrecondition("namespace is required: failed precondition")
 
 

@@ -6,7 +6,7 @@ from google.protobuf import empty_pb2
 from .._proto.containerd.api.events import namespace_pb2 as events
 from .._proto.containerd.api.services.namespaces.v1 import namespace_pb2 as pb
 from .._proto.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
-from ..grpcutil import rpc
+from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 
@@ -23,20 +23,26 @@ class NamespacesService:
     def list(self) -> list[tuple[str, dict[str, str]]]:
         return [(name, self.store.labels(name)) for name in self.store.list()]
 
-    def create(self, name: str, labels: dict[str, str]) -> None:
+    # create/update events go out in the caller's namespace, as containerd's do
+
+    def create(self, name: str, labels: dict[str, str], caller: str | None = None) -> None:
         self.store.create(name, labels)
-        self.exchange.publish(name, "/namespaces/create",
+        self.exchange.publish(caller or name, "/namespaces/create",
                               events.NamespaceCreate(name=name, labels=labels))
 
-    def update(self, name: str, labels: dict[str, str], paths: list[str]) -> dict[str, str]:
-        labels = self.store.update(name, labels, paths)
-        self.exchange.publish(name, "/namespaces/update",
+    def update(self, name: str, labels: dict[str, str], paths: list[str],
+               caller: str | None = None) -> dict[str, str]:
+        updated = self.store.update(name, labels, paths)
+        # the event carries the labels of the request, as containerd's does
+        self.exchange.publish(caller or name, "/namespaces/update",
                               events.NamespaceUpdate(name=name, labels=labels))
-        return labels
+        return updated
 
     def delete(self, name: str) -> None:
         self.store.delete(name)
-        self.exchange.publish(name, "/namespaces/delete", events.NamespaceDelete(name=name))
+        # containerd publishes this one in the deleted namespace itself
+        self.exchange.publish(name, "/namespaces/delete",
+                              events.NamespaceDelete(name=name))
 
 
 class NamespacesAdapter(pb_grpc.NamespacesServicer):
@@ -59,13 +65,14 @@ class NamespacesAdapter(pb_grpc.NamespacesServicer):
     @rpc
     def Create(self, request, context):
         ns = request.namespace
-        self.service.create(ns.name, dict(ns.labels))
+        self.service.create(ns.name, dict(ns.labels), namespace_of(context, ns.name))
         return pb.CreateNamespaceResponse(namespace=ns)
 
     @rpc
     def Update(self, request, context):
         ns = request.namespace
-        labels = self.service.update(ns.name, dict(ns.labels), list(request.update_mask.paths))
+        labels = self.service.update(ns.name, dict(ns.labels), list(request.update_mask.paths),
+                                     namespace_of(context, ns.name))
         return pb.UpdateNamespaceResponse(namespace=pb.Namespace(name=ns.name, labels=labels))
 
     @rpc

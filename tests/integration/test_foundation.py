@@ -1,6 +1,7 @@
 """Issue 3: the daemon foundation, driven by the real ctr, compared with containerd 1.6.20."""
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -125,29 +126,55 @@ def test_plugins_ls_detailed_and_filter(both):
     assert types == {"io.containerd.grpc.v1"}
 
 
+def collect_events(d, action, until, timeout=10.0):
+    """Run `action` while `ctr events` listens; the lines (timestamps cut) up to `until`."""
+    events = subprocess.Popen(["ctr", "--address", d.address, "events"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = b""
+    try:
+        time.sleep(0.5)  # let the subscription start
+        action()
+        deadline = time.monotonic() + timeout
+        while until.encode() not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([events.stdout], [], [], 0.1)
+            if ready:
+                seen += os.read(events.stdout.fileno(), 65536)
+    finally:
+        events.kill()
+        events.wait(5)
+    # "2026-11-24 05:53:43.264410649 +0000 UTC ns /topic {...}" -> "ns /topic {...}"
+    return [line.split(" UTC ", 1)[-1] for line in seen.decode().splitlines()]
+
+
 def test_events_from_publish_and_ttrpc_forward(both):
     ours, _ = both
-    events = subprocess.Popen(["ctr", "--address", ours.address, "events"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(0.5)
-        from appliance._proto.containerd.api.events import namespace_pb2
-        from appliance.core.events import pack_any
-        payload = pack_any(namespace_pb2.NamespaceCreate(name="evt-ns")).SerializeToString()
+    from appliance._proto.containerd.api.events import namespace_pb2
+    from appliance.core.events import pack_any
+    payload = pack_any(namespace_pb2.NamespaceCreate(name="evt-ns")).SerializeToString()
+
+    def publish():
         r = subprocess.run([ours.argv()[0], "publish", "--address", ours.address + ".ttrpc",
                             "--namespace", "evt", "--topic", "/test/published"],
                            input=payload, capture_output=True, timeout=30)
         assert r.returncode == 0, r.stderr
-        ours.ctr("namespaces", "create", "evt-real")
-        deadline = time.monotonic() + 10
-        seen = ""
-        while time.monotonic() < deadline and "/namespaces/create" not in seen:
-            seen += events.stdout.readline()
-    finally:
-        events.kill()
-        events.wait(5)
-    assert re.search(r"evt /test/published \{\"name\":\"evt-ns\"\}", seen), seen
-    assert re.search(r"evt-real /namespaces/create \{\"name\":\"evt-real\"\}", seen), seen
+
+    assert collect_events(ours, publish, "/test/published") == [
+        'evt /test/published {"name":"evt-ns"}']
+
+
+def test_namespace_events_match_containerd(both):
+    def lifecycle(d):
+        def action():
+            d.ctr("namespaces", "create", "evt-real", "a=b")
+            d.ctr("namespaces", "label", "evt-real", "c=d")
+            d.ctr("namespaces", "rm", "evt-real")
+        return collect_events(d, action, "/namespaces/delete")
+
+    ours, theirs = both
+    expected = lifecycle(theirs)
+    assert [line.split()[1] for line in expected] == [
+        "/namespaces/create", "/namespaces/update", "/namespaces/delete"]
+    assert lifecycle(ours) == expected
 
 
 def test_uuid_survives_restart():

@@ -225,8 +225,9 @@ class DB:
     def set_labels(conn, namespace: str, kind: str, obj: str, labels: dict[str, str]) -> None:
         conn.execute("DELETE FROM labels WHERE namespace=? AND kind=? AND object=?",
                      (namespace, kind, obj))
+        # an empty value means "no such label", as in containerd
         conn.executemany("INSERT INTO labels VALUES (?,?,?,?,?)",
-                         [(namespace, kind, obj, k, v) for k, v in labels.items()])
+                         [(namespace, kind, obj, k, v) for k, v in labels.items() if v])
 
     @staticmethod
     def update_labels(current: dict[str, str], labels: dict[str, str], paths,

@@ -47,7 +47,7 @@ class LeaseStore:
             if tx.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",
                           (ns, lease_id)).fetchone():
                 raise AlreadyExists(f"lease {q(lease_id)}: already exists")
-            lease = Lease(lease_id, now_ns(), dict(labels))
+            lease = Lease(lease_id, now_ns(), {k: v for k, v in labels.items() if v})
             tx.execute("INSERT INTO leases VALUES (?,?,?)", (ns, lease_id, lease.created_at))
             DB.set_labels(tx, ns, KIND, lease_id, labels)
         return lease
