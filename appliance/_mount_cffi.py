@@ -1,4 +1,5 @@
-"""cffi API-mode (out-of-line) builder for the mount syscalls Python lacks.
+"""cffi API-mode (out-of-line) builder for the mount syscalls Python lacks (and glibc's
+mallopt/malloc_trim, used by `appliance.memory`).
 
 Built at build time into `appliance._mountcall`; constants come from the system
 headers, so nothing is hard-coded per architecture. Use `appliance.mount`.
@@ -13,6 +14,8 @@ ffibuilder.cdef("""
     int unshare(int flags);
     int setns(int fd, int nstype);
     long syscall(long number, ...);
+    int mallopt(int param, int value);
+    int malloc_trim(size_t pad);
 
     #define MS_RDONLY ...
     #define MS_NOSUID ...
@@ -28,6 +31,7 @@ ffibuilder.cdef("""
     #define MNT_FORCE ...
     #define CLONE_NEWNS ...
     #define SYS_gettid ...
+    #define M_ARENA_MAX ...
 """)
 ffibuilder.set_source("appliance._mountcall", """
     #define _GNU_SOURCE
@@ -35,6 +39,7 @@ ffibuilder.set_source("appliance._mountcall", """
     #include <sys/mount.h>
     #include <sys/syscall.h>
     #include <unistd.h>
+    #include <malloc.h>
 """)
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import traceback
 
 import grpc
 
-from . import listeners, metrics, process_settings, sdnotify
+from . import listeners, memory, metrics, process_settings, sdnotify
 from .config import Config, plugin_config
 from .plugin import (GRPC, InitContext, PluginSet, initialise, order)
 from .ttrpc import TTRPCServer
@@ -298,6 +298,7 @@ def _settle(future, result, exc):
 
 
 def run(cfg: Config, registrations) -> int:
+    memory.limit_arenas()   # before any worker thread exists
     try:
         return asyncio.run(Daemon(cfg, registrations).run())
     except (StartupError, listeners.ListenerError) as exc:

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .. import metrics
+from .. import memory, metrics
 
 log = logging.getLogger("appliance.gc")
 
@@ -185,6 +185,7 @@ class Collector:
                 hook()
             except Exception:
                 log.exception("garbage collection hook failed")
+        memory.trim()   # sweeps free many rows and paths at once
         stats = Stats(started, time.monotonic() - started, removed)
         log.debug("garbage collected in %.3fs: %s", stats.elapsed, removed)
         metrics.GC_RUNS.inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from .. import memory
 from .._proto.containerd.api.services.diff.v1 import diff_pb2 as pb
 from .._proto.containerd.api.services.diff.v1 import diff_pb2_grpc as pb_grpc
 from .._proto.containerd.api.types import descriptor_pb2
@@ -26,7 +27,10 @@ class WalkingDiffer:
     def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
               payloads=None) -> tuple[str, str, int]:
         path = self.content.blob_path(ns, digest)
-        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
+        try:
+            applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
+        finally:
+            memory.trim()   # the unpack's worker threads leave freed buffers in their arenas
         return LAYER_MEDIA_TYPE, applied.digest, applied.size
 
     def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):
