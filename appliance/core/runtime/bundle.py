@@ -5,7 +5,7 @@ import logging
 import os
 import shutil
 
-from ... import identifiers
+from ... import identifiers, trash
 from ...errdefs import InvalidArgument
 
 log = logging.getLogger("appliance.runtime")
@@ -56,22 +56,13 @@ class Bundle:
         except OSError as exc:  # still mounted or not empty: keep the data, report it
             raise OSError(f"failed to remove bundle rootfs {self.rootfs}: {exc}") from exc
         for path in (self.path, self.work):
-            _atomic_delete(path)
+            trash.discard(path)   # renamed at once, removed off the request path
 
 
 def _has_mounts_under(path: str) -> bool:
     prefix = os.path.realpath(path).encode() + b"/"
     with open("/proc/self/mountinfo", "rb") as f:
         return any((line.split()[4] + b"/").startswith(prefix) for line in f)
-
-
-def _atomic_delete(path: str) -> None:
-    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
-    try:
-        os.rename(path, hidden)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def list_bundles(state: str, root: str) -> list[Bundle]:

@@ -17,6 +17,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from ... import trash
+from ...trash import remove_tree
+
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
 
 
@@ -78,7 +81,7 @@ class Backend:
         raise NotImplementedError
 
     def remove(self, sid: int) -> None:
-        remove_tree(self.dir(sid))
+        trash.discard(self.dir(sid))   # the rmtree runs off the request path
 
     def usage(self, sid: int) -> tuple[int, int]:
         return disk_usage(self.fs(sid))
@@ -108,18 +111,6 @@ class Backend:
         if leaf == "fs" and sid_dir == self.snapshots and sid.isdigit():
             return int(sid)
         return None
-
-
-def remove_tree(path: str) -> None:
-    """rmtree that also removes read-only directories and immutable-free leftovers."""
-    def onerror(func, p, exc_info):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
 
 
 class OverlayBackend(Backend):
