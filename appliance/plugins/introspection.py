@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 from google.rpc import status_pb2
 
@@ -29,6 +28,7 @@ class IntrospectionService:
     def server_uuid(self) -> str:
         """A uuid made at first use and kept in root, so it survives restarts."""
         if self._uuid is None:
+            import uuid  # imported lazily: start-up cost (it pulls in platform)
             path = os.path.join(self.root, "uuid")
             try:
                 with open(path) as f:

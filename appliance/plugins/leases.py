@@ -1,7 +1,6 @@
 """Leases: local service and gRPC adapter."""
 from __future__ import annotations
 
-import secrets
 import time
 
 from google.protobuf import empty_pb2
@@ -23,6 +22,7 @@ class LeasesService:
     def create(self, ns: str, lease_id: str, labels: dict[str, str]) -> Lease:
         self.namespaces.ensure(ns)
         if not lease_id:
+            import secrets  # imported lazily: start-up cost
             lease_id = f"{time.time_ns()}-{secrets.token_hex(3)}"
         return self.store.create(ns, lease_id, labels)
 

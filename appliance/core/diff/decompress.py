@@ -8,21 +8,12 @@ the output is bounded per step, so a gzip bomb costs disk, never memory.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import queue
 import threading
 
 from ...errdefs import NotFound
-
-try:
-    from isal import isal_zlib as zlib_impl
-except ImportError:  # pragma: no cover - the fallbacks
-    try:
-        from zlib_ng import zlib_ng as zlib_impl
-    except ImportError:
-        import zlib as zlib_impl
-
-import zstandard
 
 READ_SIZE = 1 << 20
 OUT_SIZE = 4 << 20
@@ -45,6 +36,21 @@ class DecompressError(Exception):
     pass
 
 
+@functools.cache
+def _zlib():
+    """The fastest inflate available; imported lazily: start-up cost."""
+    try:
+        from isal import isal_zlib
+        return isal_zlib
+    except ImportError:  # pragma: no cover - the fallbacks
+        try:
+            from zlib_ng import zlib_ng
+            return zlib_ng
+        except ImportError:
+            import zlib
+            return zlib
+
+
 def check_media_type(media_type: str) -> None:
     base = media_type.split("+", 1)[0]
     ext = media_type[len(base) + 1:] if "+" in media_type else ""
@@ -54,7 +60,7 @@ def check_media_type(media_type: str) -> None:
 
 
 def _gzip_chunks(f, stop):
-    d = zlib_impl.decompressobj(31)
+    d = _zlib().decompressobj(31)
     data = b""
     while not stop.is_set():
         if not data:
@@ -71,10 +77,11 @@ def _gzip_chunks(f, stop):
             data = d.unused_data + data or f.read(READ_SIZE)
             if not data.startswith(GZIP_MAGIC[:2]):
                 return  # end of the stream (trailing bytes after the last member ignored)
-            d = zlib_impl.decompressobj(31)
+            d = _zlib().decompressobj(31)
 
 
 def _zstd_chunks(f, stop):
+    import zstandard  # imported lazily: start-up cost
     reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=READ_SIZE,
                                                         read_across_frames=True)
     while not stop.is_set():
@@ -164,7 +171,7 @@ class LayerStream:
         item = self._queue.get()
         if isinstance(item, BaseException):
             self._done = True
-            if isinstance(item, (DecompressError, zlib_impl.error)):
+            if isinstance(item, (DecompressError, _zlib().error)):
                 raise DecompressError(f"invalid layer: {item}") from None
             raise item
         if not item:
