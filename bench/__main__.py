@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     finally:
         for ns in ("bench", "stress"):
             remove_empty_cgroups(ns)
+        _remove_empty_dirs(workdir)
 
     # only a complete run of both targets replaces the committed bench/RESULTS.md
     full = (args.targets == list(report.KINDS) and args.output is None and not args.quick
@@ -136,6 +137,15 @@ def main(argv=None) -> int:
                   f"{report._cell(row, 'ctrappliance'):>28} | "
                   f"{'%.2f×' % row['ratio'] if row['ratio'] else '—'}")
     return 0
+
+
+def _remove_empty_dirs(top: Path):
+    """rmdir only (never rmtree): a directory still holding something, say a mount, stays."""
+    for dirpath, _, _ in sorted(os.walk(top, topdown=False), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass
 
 
 def _load() -> str:
