@@ -214,11 +214,13 @@ def test_sigterm_while_serving_exits_cleanly_and_notifies(tmp_path):
 
 def test_held_root_fails_clearly_within_timeout_and_sigterm_during_init():
     first = Daemon().start()
+    cfg = first.workdir / "short.toml"
+    cfg.write_text('version = 2\n[timeouts]\n"io.containerd.timeout.bolt.open" = "1s"\n')
+    second = Daemon(workdir=str(first.workdir / "second"), config=str(cfg))
+    third = Daemon(workdir=str(first.workdir / "third"))
+    for other in (second, third):
+        other.root, other.state = first.root, first.state
     try:
-        cfg = first.workdir / "short.toml"
-        cfg.write_text('version = 2\n[timeouts]\n"io.containerd.timeout.bolt.open" = "1s"\n')
-        second = Daemon(workdir=str(first.workdir / "second"), config=str(cfg))
-        second.root, second.state = first.root, first.state
         started = time.monotonic()
         second.start(wait=False)
         assert second.proc.wait(15) != 0
@@ -226,8 +228,6 @@ def test_held_root_fails_clearly_within_timeout_and_sigterm_during_init():
         assert "another daemon" in second.log()
 
         # SIGTERM while plugin init is blocked on the held lock: clean, quick exit
-        third = Daemon(workdir=str(first.workdir / "third"))
-        third.root, third.state = first.root, first.state
         third.start(wait=False)
         time.sleep(1.0)
         started = time.monotonic()
@@ -235,9 +235,10 @@ def test_held_root_fails_clearly_within_timeout_and_sigterm_during_init():
         assert third.proc.wait(10) == 0
         assert time.monotonic() - started < 5
         assert not os.path.exists(third.address)
-        third.kill()
-        second.kill()
     finally:
+        for d in (second, third):
+            if d.proc:
+                d.kill()
         first.cleanup()
 
 
