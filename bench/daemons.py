@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from appliance.tools.stress import shim_pids
+
 REPO = Path(__file__).resolve().parent.parent
 CTR = shutil.which("ctr") or "/usr/bin/ctr"
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
@@ -120,7 +122,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for pid in shims_of(self.address):
+        for pid in shim_pids(self.address):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -189,22 +191,6 @@ def socket_accepts(path: str) -> bool:
         return False
     finally:
         s.close()
-
-
-def shims_of(address: str) -> list[int]:
-    """Shim processes started for this daemon socket (found by their -address argument)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if args and b"containerd-shim" in args[0] and address.encode() in args:
-            pids.append(int(entry))
-    return pids
 
 
 def unmount_below(path: Path):

@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from appliance.tools.stress import shim_pids  # noqa: F401  (re-exported for the tests)
+
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "echo", "true", "false", "sleep", "cat", "stty", "env", "ps", "dd")
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -27,22 +29,6 @@ def make_rootfs(path: Path) -> Path:
 def run_flags(workdir) -> list[str]:
     """Keep runc state and FIFOs under the test's dir (ctr defaults to /run/containerd)."""
     return ["--runc-root", f"{workdir}/runc", "--fifo-dir", f"{workdir}/fifo"]
-
-
-def shim_pids(address: str) -> list[int]:
-    """Shim processes serving the daemon at `address` (their -address argument)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and address.encode() in argv:
-            pids.append(int(entry))
-    return pids
 
 
 def shim_pid_of(address: str, task_id: str) -> int:

@@ -17,7 +17,7 @@ STRESS = str(REPO / ".venv" / "bin" / "ctrappliance-stress")
 NS = "stress-smoke"  # its own cgroup parent (/sys/fs/cgroup/*/stress-smoke), removed afterwards
 sys.path.insert(0, str(REPO))
 from bench import images  # noqa: E402
-from bench.daemons import shims_of  # noqa: E402
+from appliance.tools.stress import shim_pids  # noqa: E402
 from bench.sections import NOT_IMPLEMENTED  # noqa: E402
 
 
@@ -113,7 +113,7 @@ def test_stress_soak_8_workers_no_failures_no_leaks(daemon):
         assert churn["containers"] > 0 and churn["exec"]["failures"] == 0, churn
         assert daemon.ctr("containers", "ls", "-q", namespace=NS).stdout == ""
         assert len(daemon.ctr("snapshots", "ls", namespace=NS).stdout.splitlines()) == 2
-        assert shims_of(daemon.address) == []
+        assert shim_pids(daemon.address) == []
         with open("/proc/self/mounts") as f:
             leaked = [line.split()[1] for line in f if str(daemon.workdir) in line.split()[1]]
         assert leaked == []
