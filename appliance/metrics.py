@@ -280,16 +280,21 @@ def grpc_interceptor():
                         yield item
                 return gen() if hasattr(requests, "__aiter__") else requests
 
+            def begin(request):
+                """Count the call and its request message(s); returns the start time too."""
+                GRPC_STARTED.labels(*labels).inc()
+                if handler.request_streaming:
+                    request = counted(request)
+                else:
+                    GRPC_MSG_RECEIVED.labels(*labels).inc()
+                return request, time.perf_counter()
+
             if not handler.response_streaming:
                 inner = handler.unary_unary or handler.stream_unary
 
                 async def unary(request, context):
-                    GRPC_STARTED.labels(*labels).inc()
-                    started, exc = time.perf_counter(), None
-                    if handler.request_streaming:
-                        request = counted(request)
-                    else:
-                        GRPC_MSG_RECEIVED.labels(*labels).inc()
+                    request, started = begin(request)
+                    exc = None
                     try:
                         response = inner(request, context)
                         if hasattr(response, "__await__"):
@@ -308,12 +313,8 @@ def grpc_interceptor():
             inner = handler.unary_stream or handler.stream_stream
 
             async def streaming(request, context):
-                GRPC_STARTED.labels(*labels).inc()
-                started, exc = time.perf_counter(), None
-                if handler.request_streaming:
-                    request = counted(request)
-                else:
-                    GRPC_MSG_RECEIVED.labels(*labels).inc()
+                request, started = begin(request)
+                exc = None
                 try:
                     result = inner(request, context)
                     if hasattr(result, "__aiter__"):
