@@ -63,23 +63,30 @@ def check_tcp_free(address: str, what: str) -> None:
     bind_tcp(address, what).close()
 
 
-def bind_unix(path: str, what: str, uid: int = 0, gid: int = 0) -> socket.socket:
-    """A listening unix socket with mode 0660 (and owner) set before listen()."""
+def reclaim_unix_path(path: str, what: str) -> None:
+    """Remove a socket left by a crash; refuse one another process is still serving."""
     os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # nobody listens: a leftover from a crash
-            else:
-                raise ListenerError(f"failed to get listener for {what}: listen unix {path}: "
-                                    f"bind: address already in use")
-            finally:
-                probe.close()
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
     except FileNotFoundError:
-        pass
+        return
+    probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a leftover from a crash
+    else:
+        raise ListenerError(f"failed to get listener for {what}: listen unix {path}: "
+                            f"bind: address already in use")
+    finally:
+        probe.close()
+
+
+def bind_unix(path: str, what: str, uid: int = 0, gid: int = 0) -> socket.socket:
+    """A listening unix socket with mode 0660 (and owner) set before listen()."""
+    reclaim_unix_path(path, what)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)

@@ -10,7 +10,6 @@ import inspect
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -48,22 +47,6 @@ def dump_stacks() -> str:
         for frame in task.get_stack():
             lines.extend(l.rstrip() for l in traceback.format_stack(frame, limit=1))
     return "\n".join(lines)
-
-
-def _check_address_free(path: str) -> None:
-    """Refuse to steal a socket another daemon is serving; remove a stale one."""
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: a leftover from a crash
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"listen on {path}: address already in use by another process")
 
 
 def _secure_socket(path: str, uid: int, gid: int) -> None:
@@ -165,8 +148,7 @@ class Daemon:
             if self.cfg.grpc.tcp_address else None  # TLS files are checked first
         await self._serve_endpoints()
         address = self.cfg.grpc.address
-        os.makedirs(os.path.dirname(address) or ".", mode=0o711, exist_ok=True)
-        _check_address_free(address)
+        listeners.reclaim_unix_path(address, "gRPC")
         if not self.grpc_server.add_insecure_port("unix:" + address):
             raise StartupError(f"listen on {address}: cannot bind")
         await self.grpc_server.start()
@@ -177,7 +159,7 @@ class Daemon:
             log.info("serving gRPC on %s", tcp)
 
         ttrpc_address = self.cfg.ttrpc_address
-        _check_address_free(ttrpc_address)
+        listeners.reclaim_unix_path(ttrpc_address, "TTRPC")
         await self.ttrpc_server.serve(ttrpc_address, uid=self.cfg.ttrpc.uid or None,
                                       gid=self.cfg.ttrpc.gid or None)
         self.sockets.append(ttrpc_address)
