@@ -27,6 +27,22 @@ ENV = dict(os.environ, PATH=os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbi
            LC_ALL="C")
 
 
+def containerd_config(workdir: Path, root: Path, state: Path, address: str) -> str:
+    """A private containerd 1.6 config: own root, state and socket; CRI off."""
+    (Path(workdir) / "opt").mkdir(parents=True, exist_ok=True)
+    return f'''version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{address}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{workdir}/opt"
+[plugins."io.containerd.runtime.v1.linux"]
+  runtime_root = "{state}/runc-v1"
+'''
+
+
 class Target:
     """One daemon under test. `kind` is "containerd" or "ctrappliance"."""
 
@@ -51,18 +67,7 @@ class Target:
             return [self.binary, "--root", str(self.root), "--state", str(self.state),
                     "--address", self.address]
         config = self.workdir / "containerd.toml"
-        (self.workdir / "opt").mkdir(parents=True, exist_ok=True)
-        config.write_text(f'''version = 2
-root = "{self.root}"
-state = "{self.state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{self.address}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.workdir}/opt"
-[plugins."io.containerd.runtime.v1.linux"]
-  runtime_root = "{self.state}/runc-v1"
-''')
+        config.write_text(containerd_config(self.workdir, self.root, self.state, self.address))
         return [self.binary, "--config", str(config)]
 
     def start(self) -> dict:

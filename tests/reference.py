@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.daemons import containerd_config
 from daemon import CTR
 
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
@@ -29,18 +30,8 @@ class Containerd:
         self.proc = None
 
     def write_config(self):
-        (self.workdir / "opt").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(f'''version = 2
-root = "{self.root}"
-state = "{self.state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{self.address}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.workdir}/opt"
-[plugins."io.containerd.runtime.v1.linux"]
-  runtime_root = "{self.state}/runc-v1"
-''')
+        self.config_path.write_text(
+            containerd_config(self.workdir, self.root, self.state, self.address))
 
     def start(self, timeout=30.0):
         self.write_config()
