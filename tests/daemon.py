@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.daemons import socket_accepts  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 BINARY = os.environ.get("CTRAPPLIANCE_BIN", str(REPO / ".venv" / "bin" / "ctrappliance"))
@@ -104,17 +104,6 @@ class Daemon:
         self.stop()
         subprocess.run(["umount", "-R", "-l", str(self.workdir)], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def socket_accepts(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def run_cli(*args, input=None, timeout=30, env=None):
