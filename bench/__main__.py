@@ -59,15 +59,15 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir) / time.strftime("%Y%m%dT%H%M%S")
 
-    def make_targets(name, tmpfs_root=False):
+    def make_targets(name, root_fs=None):
         return [Target(kind, workdir / name / kind, binary=args.ours_bin if kind == "ctrappliance" else None,
-                       tmpfs_root=tmpfs_root) for kind in args.targets]
+                       root_fs=root_fs) for kind in args.targets]
 
     bench = sections.Bench([], args.quick, out_dir)
     profiles: dict[str, str] = {}
     print(f"bench: images → {images.CACHE}/images", file=sys.stderr)
     images.image("small")
-    if {"import", "unpack", "import_tmpfs"} & set(args.sections):
+    if {"import", "unpack", *sections.STANDALONE_ROOTS} & set(args.sections):
         images.image("big")
 
     def profiled(name, fn, *fn_args):
@@ -110,8 +110,9 @@ def main(argv=None) -> int:
                 for t in bench.targets:
                     t.cleanup()
                 bench.targets = []
-        if "import_tmpfs" in args.sections:
-            profiled("import_tmpfs", sections.import_tmpfs, make_targets)
+        for name in sections.STANDALONE_ROOTS:
+            if name in args.sections:
+                profiled(name, sections.STANDALONE[name], make_targets)
     finally:
         for ns in ("bench", "stress"):
             remove_empty_cgroups(ns)

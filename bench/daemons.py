@@ -47,11 +47,11 @@ class Target:
     """One daemon under test. `kind` is "containerd" or "ctrappliance"."""
 
     def __init__(self, kind: str, workdir: Path, binary: str | None = None,
-                 tmpfs_root: bool = False):
+                 root_fs: str | None = None):
         self.kind = kind
         self.workdir = Path(workdir)
         self.binary = binary or (CONTAINERD if kind == "containerd" else OURS)
-        self.tmpfs_root = tmpfs_root
+        self.root_fs = root_fs   # None: the workdir's filesystem; "tmpfs" or "ext4": a fresh one
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.address = str(self.workdir / f"{kind}.sock")
@@ -73,10 +73,8 @@ class Target:
     def start(self) -> dict:
         """Spawn the daemon and wait until `ctr version` answers; returns boot timings (s)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.tmpfs_root and not os.path.ismount(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6g", "bench-root", str(self.root)],
-                           check=True)
+        if self.root_fs and not os.path.ismount(self.root):
+            self._mount_fresh_root()
         argv = self._argv()
         for path in (self.address, self.address + ".ttrpc"):
             if os.path.exists(path):
@@ -98,6 +96,20 @@ class Target:
         booted = BOOTED_RE.findall(self.log())
         return {"spawn_to_socket": t_socket - t0, "spawn_to_version": t_version - t0,
                 "booted_in": float(booted[-1]) if booted else None}
+
+    def _mount_fresh_root(self):
+        """A new tmpfs, or a new ext4 as mkfs.ext4 makes it by default (with a journal) on a
+        sparse loop file, so that neither earlier runs nor the host's mount options count."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root_fs == "tmpfs":
+            argv = ["mount", "-t", "tmpfs", "-o", "size=6g", "bench-root", str(self.root)]
+        else:
+            image = self.workdir / "root.ext4"
+            with open(image, "wb") as f:
+                f.truncate(8 << 30)
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=120)
+            argv = ["mount", "-o", "loop", str(image), str(self.root)]
+        subprocess.run(argv, check=True, timeout=60)
 
     def _check_alive(self, deadline):
         if self.proc.poll() is not None:

@@ -11,7 +11,9 @@ The metadata (keys, parents, kinds, labels) lives in the shared database
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +54,40 @@ def disk_usage(path: str) -> tuple[int, int]:
     return size, len(seen)
 
 
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def inode_flags(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+    finally:
+        os.close(fd)
+
+
+def spread_subdirectories(path: str) -> bool:
+    """Mark `path` as a top of directory hierarchies (`chattr +T`), where the filesystem knows it.
+
+    ext4's allocator then places each snapshot directory (and so its files) in a block
+    group of its own instead of next to the previous snapshot. That matters after an image
+    is removed: new inodes would otherwise land in the groups just freed, and ext4 skips
+    recently deleted inodes one by one (quadratic on a journal-less ext4: a big unpack
+    took 2-7 s instead of 0.8 s right after `ctr images rm` of the same image).
+    """
+    try:
+        flags = inode_flags(path)
+        if not flags & FS_TOPDIR_FL:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags | FS_TOPDIR_FL))
+            finally:
+                os.close(fd)
+        return True
+    except OSError:   # tmpfs, overlay, xfs …: no such flag, nothing to gain
+        return False
+
+
 class Backend:
     """Directories and mounts by snapshot id; subclasses decide the mount shape."""
     name = ""
@@ -60,6 +96,7 @@ class Backend:
         self.root = root
         self.snapshots = os.path.join(root, "snapshots")
         os.makedirs(self.snapshots, mode=0o700, exist_ok=True)
+        spread_subdirectories(self.snapshots)
 
     def dir(self, sid: int) -> str:
         return os.path.join(self.snapshots, str(sid))
