@@ -100,7 +100,8 @@ def _snapshot(root):
             st_ = os.lstat(p)
             body = open(p, "rb").read() if stat_.S_ISREG(st_.st_mode) else \
                 os.readlink(p) if stat_.S_ISLNK(st_.st_mode) else None
-            out[os.path.relpath(p, root)] = (st_.st_mode, st_.st_uid, st_.st_nlink, body)
+            mtime = st_.st_mtime_ns if stat_.S_ISREG(st_.st_mode) else None  # others: maybe "now"
+            out[os.path.relpath(p, root)] = (st_.st_mode, st_.st_uid, st_.st_nlink, mtime, body)
     return out
 
 

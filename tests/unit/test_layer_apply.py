@@ -192,6 +192,18 @@ def test_symlinked_hardlink_target_is_not_followed(tmp_path):
     assert os.stat(outside).st_nlink == 1
 
 
+def test_directory_times_never_follow_a_parent_replaced_by_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    os.utime(outside / "b", ns=(7, 7))
+    root = tmp_path / "root"
+    root.mkdir()
+    apply_bytes(root, layer(entry("a/", D, mode=0o755), entry("a/b/", D, mode=0o755, mtime=2000),
+                            entry("a", S, linkname=str(outside))))
+    assert os.path.islink(root / "a")
+    assert os.stat(outside / "b").st_mtime_ns == 7   # the layer's times stayed inside
+
+
 def test_oversize_header_truncated_and_bad_streams(tmp_path):
     big_pax = layer(entry("f", data=b"x", pax={"comment": "y" * (2 << 20)}))
     with pytest.raises(ApplyError, match="oversize header"):

@@ -56,6 +56,19 @@ def _kind(path: str):
     return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), ""
 
 
+def _real_dir(root: str, parts, known: dict) -> bool:
+    """Whether root/parts is a directory reached through directories only (no symlink)."""
+    if parts not in known:
+        if not _real_dir(root, parts[:-1], known):
+            known[parts] = False
+        else:
+            try:
+                known[parts] = stat.S_ISDIR(os.lstat(_join(root, parts)).st_mode)
+            except OSError:
+                known[parts] = False
+    return known[parts]
+
+
 def _join(root: str, parts) -> str:
     return os.path.join(root, *parts) if parts else root
 
@@ -105,10 +118,12 @@ class Applier:
                 raise ApplyError(f"hostile layer: {exc}") from None
             except OSError as exc:
                 raise ApplyError(f"failed to apply entry {hdr.name!r}: {exc}") from None
+        real_dirs: dict[tuple[str, ...], bool] = {(): True}
         for parts, atime, mtime in self.dirs:  # last: creating files changed them
-            path = _join(self.root, parts)
-            if _kind(path)[0] == "dir":   # unless a later entry removed or replaced it
-                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            # unless a later entry removed or replaced it, or one of its parents (by a
+            # symlink, which must not lead these times outside the root)
+            if _real_dir(self.root, parts, real_dirs):
+                os.utime(_join(self.root, parts), ns=(atime, mtime), follow_symlinks=False)
         return size
 
     def _run(self, op, reader: TarReader) -> None:
