@@ -223,22 +223,20 @@ def _grpc_type(handler) -> str:
     return "server_stream" if handler.response_streaming else "unary"
 
 
-def record_methods(server) -> None:
-    """Give every method registered on `server` zero-valued series from the start, as
-    go-grpc-prometheus's Register does (rate() then works from the first call)."""
+def record_methods(services) -> None:
+    """Give every method of `services` (a stubs.GrpcServices) zero-valued series from the
+    start, as go-grpc-prometheus's Register does (rate() then works from the first call).
+    This loads every service's stubs at start-up: the price of metrics."""
     import grpc
-    original = server.add_registered_method_handlers
-
-    def add_registered_method_handlers(service, handlers):
-        for name, handler in handlers.items():
+    for service in services.names():
+        for name, handler in services.handlers(service).items():
             labels = (_grpc_type(handler), service, name)
             for metric in (GRPC_STARTED, GRPC_MSG_RECEIVED, GRPC_MSG_SENT, _grpc_histogram):
                 if metric is not None:
                     metric.labels(*labels)
             for code in grpc.StatusCode:
                 GRPC_HANDLED.labels(*labels, go_code_name(code))
-        return original(service, handlers)
-    server.add_registered_method_handlers = add_registered_method_handlers
+
 
 def grpc_interceptor():
     """A grpc.aio server interceptor counting calls per method and code."""

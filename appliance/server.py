@@ -20,6 +20,7 @@ import grpc
 from . import listeners, memory, metrics, process_settings, sdnotify
 from .config import Config, plugin_config
 from .plugin import (GRPC, InitContext, PluginSet, initialise, order)
+from .stubs import GrpcServices
 from .ttrpc import TTRPCServer
 
 log = logging.getLogger("appliance.server")
@@ -93,9 +94,11 @@ class Daemon:
     def _init_plugins(self, loop) -> None:
         """Runs in a worker thread; async inits run on the loop."""
         disabled = set(self.cfg.disabled_plugins)
-        from .plugins import proxy
-        regs = [r for r in self.registrations + proxy.registrations(self.cfg)
-                if r.uri not in disabled]
+        regs = self.registrations
+        if self.cfg.proxy_plugins:
+            from .plugins import proxy
+            regs = regs + proxy.registrations(self.cfg)
+        regs = [r for r in regs if r.uri not in disabled]
         properties = {"io.containerd.plugin.root": self.cfg.root,
                       "io.containerd.plugin.state": self.cfg.state,
                       "io.containerd.plugin.grpc.address": self.cfg.grpc.address,
@@ -133,16 +136,18 @@ class Daemon:
         opts.append(("grpc.so_reuseport", 0))  # a TCP address in use must fail, not be shared
         interceptors = [metrics.grpc_interceptor()] if self.cfg.metrics.address else []
         self.grpc_server = grpc.aio.server(options=opts, interceptors=interceptors)
-        if interceptors:
-            metrics.record_methods(self.grpc_server)
+        services = GrpcServices()  # stubs load on a service's first call
         self.ttrpc_server = TTRPCServer()
         for p in self.plugins.results:
             if p.status != "ok":
                 continue
             if p.registration.type == GRPC and hasattr(p.instance, "register"):
-                p.instance.register(self.grpc_server)
+                p.instance.register(services)
             if hasattr(p.instance, "register_ttrpc"):
                 p.instance.register_ttrpc(self.ttrpc_server)
+        self.grpc_server.add_generic_rpc_handlers((services,))
+        if interceptors:
+            metrics.record_methods(services)
 
         tcp = listeners.add_tcp_port(self.grpc_server, self.cfg.grpc) \
             if self.cfg.grpc.tcp_address else None  # TLS files are checked first

@@ -7,9 +7,10 @@ import threading
 
 from google.protobuf import any_pb2
 
-from .. import filters, identifiers
-from .._proto.containerd.api.services.events.v1 import events_pb2
+from .. import filters, identifiers, stubs
 from ..errdefs import q, InvalidArgument
+
+events_pb2 = stubs.module("appliance._proto.containerd.api.services.events.v1.events_pb2")
 
 log = logging.getLogger("appliance.events")
 QUEUE_LIMIT = 4096

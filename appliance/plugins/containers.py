@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from .. import filters
-from .._proto.containerd.api.events import container_pb2 as events
-from .._proto.containerd.api.services.containers.v1 import containers_pb2 as pb
-from .._proto.containerd.api.services.containers.v1 import containers_pb2_grpc as pb_grpc
+from .. import filters, stubs
 from ..core.metadata.containers import ContainerStore
 from ..errdefs import InvalidArgument
 from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
+
+events = stubs.module("appliance._proto.containerd.api.events.container_pb2")
+pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
+pb_grpc = stubs.module(
+    "appliance._proto.containerd.api.services.containers.v1.containers_pb2_grpc")
 
 
 def _adaptor(c: pb.Container):
@@ -67,12 +69,12 @@ class ContainersService:
         self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))
 
 
-class ContainersAdapter(pb_grpc.ContainersServicer):
+class ContainersAdapter:
     def __init__(self, service: ContainersService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_ContainersServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.containers.v1.Containers", pb_grpc, self)
 
     @rpc
     def Get(self, request, context):

@@ -19,14 +19,16 @@ import os
 import grpc
 from google.protobuf import empty_pb2
 
-from .._proto.containerd.api.events import content_pb2 as events
-from .._proto.containerd.api.services.content.v1 import content_pb2 as pb
-from .._proto.containerd.api.services.content.v1 import content_pb2_grpc as pb_grpc
 from ..core.content.store import LocalStore
 from ..core.metadata.content import ContentStore, Info, Status
+from .. import stubs
 from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
+
+events = stubs.module("appliance._proto.containerd.api.events.content_pb2")
+pb = stubs.module("appliance._proto.containerd.api.services.content.v1.content_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.content.v1.content_pb2_grpc")
 
 READ_CHUNK = 1 << 20
 THREAD_THRESHOLD = 64 << 10     # smaller writes are cheaper inline than a thread hop
@@ -93,12 +95,12 @@ def status_to_pb(st: Status) -> pb.Status:
     return out
 
 
-class ContentAdapter(pb_grpc.ContentServicer):
+class ContentAdapter:
     def __init__(self, service: ContentService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_ContentServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.content.v1.Content", pb_grpc, self)
 
     @rpc
     def Info(self, request, context):

@@ -4,16 +4,17 @@ from __future__ import annotations
 import asyncio
 import os
 
-from .. import memory
-from .._proto.containerd.api.services.diff.v1 import diff_pb2 as pb
-from .._proto.containerd.api.services.diff.v1 import diff_pb2_grpc as pb_grpc
-from .._proto.containerd.api.types import descriptor_pb2
+from .. import memory, stubs
 from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
 from ..core.snapshots.backends import Mount
 from ..core.snapshots.store import Snapshotter
 from ..errdefs import NotFound
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext, Registration
+
+pb = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2_grpc")
+descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")
 
 
 class WalkingDiffer:
@@ -54,12 +55,12 @@ def _mounts(pb_mounts) -> list[Mount]:
     return [Mount(m.type, m.source, list(m.options), m.target) for m in pb_mounts]
 
 
-class DiffAdapter(pb_grpc.DiffServicer):
+class DiffAdapter:
     def __init__(self, service: DiffService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_DiffServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.diff.v1.Diff", pb_grpc, self)
 
     @rpc
     async def Apply(self, request, context):

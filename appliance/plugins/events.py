@@ -3,21 +3,26 @@ from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from .._proto.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
-from .._proto.containerd.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
+from .. import stubs
 from ..core.events import Exchange
 from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, InitContext, Registration
 
+events_pb2 = stubs.module("appliance._proto.containerd.api.services.events.v1.events_pb2")
+events_pb2_grpc = stubs.module(
+    "appliance._proto.containerd.api.services.events.v1.events_pb2_grpc")
+ttrpc_events_pb2 = stubs.module(
+    "appliance._proto.containerd.api.services.ttrpc.events.v1.events_pb2")
+
 TTRPC_EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 
 
-class EventsAdapter(events_pb2_grpc.EventsServicer):
+class EventsAdapter:
     def __init__(self, exchange: Exchange):
         self.exchange = exchange
 
-    def register(self, server):
-        events_pb2_grpc.add_EventsServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.events.v1.Events", events_pb2_grpc, self)
 
     def register_ttrpc(self, server):
         server.register(TTRPC_EVENTS_SERVICE, {"Forward": self._ttrpc_forward})

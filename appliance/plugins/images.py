@@ -5,14 +5,16 @@ import inspect
 
 from google.protobuf import empty_pb2
 
-from .._proto.containerd.api.events import image_pb2 as events
-from .._proto.containerd.api.services.images.v1 import images_pb2 as pb
-from .._proto.containerd.api.services.images.v1 import images_pb2_grpc as pb_grpc
-from .._proto.containerd.api.types import descriptor_pb2
 from ..core.metadata.images import Descriptor, Image, ImageStore
+from .. import stubs
 from ..errdefs import InvalidArgument
 from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
+
+events = stubs.module("appliance._proto.containerd.api.events.image_pb2")
+pb = stubs.module("appliance._proto.containerd.api.services.images.v1.images_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.images.v1.images_pb2_grpc")
+descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")
 
 
 class ImagesService:
@@ -67,12 +69,12 @@ def image_from_pb(msg: pb.Image) -> Image:
                  dict(msg.labels))
 
 
-class ImagesAdapter(pb_grpc.ImagesServicer):
+class ImagesAdapter:
     def __init__(self, service: ImagesService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_ImagesServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.images.v1.Images", pb_grpc, self)
 
     @rpc
     def Get(self, request, context):

@@ -5,12 +5,14 @@ import os
 
 from google.rpc import status_pb2
 
-from .. import filters
-from .._proto.containerd.api.services.introspection.v1 import introspection_pb2 as pb
-from .._proto.containerd.api.services.introspection.v1 import introspection_pb2_grpc as pb_grpc
-from .._proto.containerd.api.types import platform_pb2
+from .. import filters, stubs
 from ..grpcutil import rpc
 from ..plugin import GRPC, SERVICE, InitContext, Plugin, PluginSet, Registration, SkipPlugin
+
+pb = stubs.module("appliance._proto.containerd.api.services.introspection.v1.introspection_pb2")
+pb_grpc = stubs.module(
+    "appliance._proto.containerd.api.services.introspection.v1.introspection_pb2_grpc")
+platform_pb2 = stubs.module("appliance._proto.containerd.api.types.platform_pb2")
 
 UNKNOWN = 2  # google.rpc.Code.UNKNOWN, what containerd reports for init errors
 
@@ -74,12 +76,12 @@ def plugin_to_pb(p: Plugin) -> pb.Plugin:
     return out
 
 
-class IntrospectionAdapter(pb_grpc.IntrospectionServicer):
+class IntrospectionAdapter:
     def __init__(self, service: IntrospectionService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_IntrospectionServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.introspection.v1.Introspection", pb_grpc, self)
 
     @rpc
     def Plugins(self, request, context):

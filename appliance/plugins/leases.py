@@ -5,12 +5,13 @@ import time
 
 from google.protobuf import empty_pb2
 
-from .. import filters
-from .._proto.containerd.api.services.leases.v1 import leases_pb2 as pb
-from .._proto.containerd.api.services.leases.v1 import leases_pb2_grpc as pb_grpc
+from .. import filters, stubs
 from ..core.metadata.leases import Lease, LeaseStore
 from ..grpcutil import namespace_of, rpc
 from ..plugin import GC, GRPC, METADATA, SERVICE, InitContext, Registration
+
+pb = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2_grpc")
 
 
 class LeasesService:
@@ -54,12 +55,12 @@ def lease_to_pb(lease: Lease) -> pb.Lease:
     return out
 
 
-class LeasesAdapter(pb_grpc.LeasesServicer):
+class LeasesAdapter:
     def __init__(self, service: LeasesService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_LeasesServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.leases.v1.Leases", pb_grpc, self)
 
     @rpc
     def Create(self, request, context):

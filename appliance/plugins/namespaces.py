@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from .._proto.containerd.api.events import namespace_pb2 as events
-from .._proto.containerd.api.services.namespaces.v1 import namespace_pb2 as pb
-from .._proto.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
+from .. import stubs
 from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
+
+events = stubs.module("appliance._proto.containerd.api.events.namespace_pb2")
+pb = stubs.module("appliance._proto.containerd.api.services.namespaces.v1.namespace_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.namespaces.v1.namespace_pb2_grpc")
 
 
 class NamespacesService:
@@ -45,12 +47,12 @@ class NamespacesService:
                               events.NamespaceDelete(name=name))
 
 
-class NamespacesAdapter(pb_grpc.NamespacesServicer):
+class NamespacesAdapter:
     def __init__(self, service: NamespacesService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_NamespacesServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.namespaces.v1.Namespaces", pb_grpc, self)
 
     @rpc
     def Get(self, request, context):

@@ -9,16 +9,18 @@ import subprocess
 
 from google.protobuf import empty_pb2
 
-from .._proto.containerd.api.events import snapshot_pb2 as events
-from .._proto.containerd.api.services.snapshots.v1 import snapshots_pb2 as pb
-from .._proto.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
-from .._proto.containerd.api.types import mount_pb2
-from ..core.snapshots.backends import ACTIVE, COMMITTED, VIEW, Mount, NativeBackend, OverlayBackend
+from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
+from .. import stubs
 from ..errdefs import InvalidArgument
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
+
+events = stubs.module("appliance._proto.containerd.api.events.snapshot_pb2")
+pb = stubs.module("appliance._proto.containerd.api.services.snapshots.v1.snapshots_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.snapshots.v1.snapshots_pb2_grpc")
+mount_pb2 = stubs.module("appliance._proto.containerd.api.types.mount_pb2")
 
 DEFAULT_SNAPSHOTTER = "overlayfs"
 
@@ -72,24 +74,22 @@ def mount_to_pb(m: Mount) -> mount_pb2.Mount:
     return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
 
 
-_KINDS = {ACTIVE: pb.ACTIVE, VIEW: pb.VIEW, COMMITTED: pb.COMMITTED}
-
-
 def info_to_pb(info: Info) -> pb.Info:
-    out = pb.Info(name=info.name, parent=info.parent, kind=_KINDS[info.kind], labels=info.labels)
+    # the Kind enum by name: "active" → ACTIVE
+    out = pb.Info(name=info.name, parent=info.parent, kind=info.kind.upper(), labels=info.labels)
     out.created_at.FromNanoseconds(info.created_at)
     out.updated_at.FromNanoseconds(info.updated_at)
     return out
 
 
-class SnapshotsAdapter(pb_grpc.SnapshotsServicer):
+class SnapshotsAdapter:
     """Thin: decode, call the service (blocking disk work in a thread), encode."""
 
     def __init__(self, service: SnapshotsService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_SnapshotsServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.snapshots.v1.Snapshots", pb_grpc, self)
 
     @rpc
     async def Prepare(self, request, context):

@@ -10,18 +10,19 @@ import logging
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from .. import filters, identifiers
-from .._proto.containerd.api.services.tasks.v1 import tasks_pb2 as pb
-from .._proto.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
-from .._proto.containerd.api.types import metrics_pb2
-from .._proto.containerd.api.types.task import task_pb2
-from .._proto.containerd.runtime.v2.task import shim_pb2
+from .. import filters, identifiers, stubs
 from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import CreateOpts, TaskManager
 from ..core.runtime.shim import Shim, wrap
 from ..errdefs import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, METADATA, MONITOR, RUNTIME_V2, SERVICE, InitContext, Registration
+
+pb = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2")
+pb_grpc = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2_grpc")
+metrics_pb2 = stubs.module("appliance._proto.containerd.api.types.metrics_pb2")
+task_pb2 = stubs.module("appliance._proto.containerd.api.types.task.task_pb2")
+shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 
 log = logging.getLogger("appliance.tasks")
 
@@ -183,12 +184,12 @@ class TasksService:
         raise Unimplemented(CHECKPOINT_UNSUPPORTED)
 
 
-class TasksAdapter(pb_grpc.TasksServicer):
+class TasksAdapter:
     def __init__(self, service: TasksService):
         self.service = service
 
-    def register(self, server):
-        pb_grpc.add_TasksServicer_to_server(self, server)
+    def register(self, services):
+        services.add("containerd.services.tasks.v1.Tasks", pb_grpc, self)
 
     @rpc
     async def Create(self, request, context):

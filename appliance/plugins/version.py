@@ -1,16 +1,22 @@
 """io.containerd.grpc.v1.version"""
-from .. import __version__
-from .._proto.containerd.api.services.version.v1 import version_pb2, version_pb2_grpc
+import functools
+
+from .. import __version__, stubs
 from ..plugin import GRPC, Registration
 
+version_pb2 = stubs.module("appliance._proto.containerd.api.services.version.v1.version_pb2")
+version_pb2_grpc = stubs.module(
+    "appliance._proto.containerd.api.services.version.v1.version_pb2_grpc")
 REVISION = "ctrappliance"
 
 
-class VersionAdapter(version_pb2_grpc.VersionServicer):
-    _response = version_pb2.VersionResponse(version=__version__, revision=REVISION)
+class VersionAdapter:
+    def register(self, services):
+        services.add("containerd.services.version.v1.Version", version_pb2_grpc, self)
 
-    def register(self, server):
-        version_pb2_grpc.add_VersionServicer_to_server(self, server)
+    @functools.cached_property
+    def _response(self):
+        return version_pb2.VersionResponse(version=__version__, revision=REVISION)
 
     async def Version(self, request, context):
         return self._response

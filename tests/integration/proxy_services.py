@@ -20,6 +20,7 @@ from appliance.core.snapshots.backends import NativeBackend
 from appliance.core.snapshots.store import Snapshotter
 from appliance.plugins.content import ContentAdapter, ContentService
 from appliance.plugins.snapshots import SnapshotsAdapter, SnapshotsService
+from appliance.stubs import GrpcServices
 
 
 async def main(root: str, socket_path: str, name: str) -> None:
@@ -28,9 +29,11 @@ async def main(root: str, socket_path: str, name: str) -> None:
     exchange, namespaces = Exchange(), NamespaceStore(db)
     native = Snapshotter(db, NativeBackend(os.path.join(root, "native")))
     content = ContentStore(db, LocalStore(os.path.join(root, "content")))
+    services = GrpcServices()
+    SnapshotsAdapter(SnapshotsService({name: native}, exchange, namespaces)).register(services)
+    ContentAdapter(ContentService(content, exchange, namespaces)).register(services)
     server = grpc.aio.server()
-    SnapshotsAdapter(SnapshotsService({name: native}, exchange, namespaces)).register(server)
-    ContentAdapter(ContentService(content, exchange, namespaces)).register(server)
+    server.add_generic_rpc_handlers((services,))
     server.add_insecure_port("unix:" + socket_path)
     await server.start()
     print("serving", flush=True)

@@ -5,10 +5,11 @@ Container message (spec, runtime options, extensions) as one protobuf blob.
 """
 from __future__ import annotations
 
-from ..._proto.containerd.api.services.containers.v1 import containers_pb2 as pb
-from ... import identifiers
+from ... import identifiers, stubs
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
 from .db import DB, now_ns, register_namespaced_kind
+
+pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
 
 KIND = "container"
 register_namespaced_kind("containers", "containers")

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from ..._proto.containerd.api.events import task_pb2 as events
-from ..._proto.containerd.runtime.v2.task import shim_pb2
+from ... import stubs
 from ...errdefs import AlreadyExists, ApplianceError, NotFound
 from . import shim as shims
 from .bundle import Bundle, list_bundles
+
+events = stubs.module("appliance._proto.containerd.api.events.task_pb2")
+shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 
 log = logging.getLogger("appliance.runtime")
 CGROUP_ROOT = "/sys/fs/cgroup"

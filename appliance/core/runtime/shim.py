@@ -12,11 +12,12 @@ import shutil
 
 from google.protobuf import empty_pb2
 
-from ..._proto.containerd.runtime.v2.task import shim_pb2
-from ... import program
+from ... import program, stubs
 from ...errdefs import ApplianceError, DeadlineExceeded, NotFound
 from ...ttrpc import TTRPCClient
 from .bundle import Bundle
+
+shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 
 log = logging.getLogger("appliance.shim")
 
@@ -24,11 +25,10 @@ TASK_SERVICE = "containerd.task.v2.Task"
 START_TIMEOUT = 30.0  # the `start` command: fork the shim daemon and print its address
 CALL_TIMEOUT = 60.0   # any shim RPC but Wait (runc create/exec can be slow on a busy host)
 
-RESPONSES = {
-    "State": shim_pb2.StateResponse, "Create": shim_pb2.CreateTaskResponse,
-    "Start": shim_pb2.StartResponse, "Delete": shim_pb2.DeleteResponse,
-    "Pids": shim_pb2.PidsResponse, "Wait": shim_pb2.WaitResponse,
-    "Stats": shim_pb2.StatsResponse, "Connect": shim_pb2.ConnectResponse,
+RESPONSES = {  # shim_pb2 message names (the stubs load on the first call)
+    "State": "StateResponse", "Create": "CreateTaskResponse", "Start": "StartResponse",
+    "Delete": "DeleteResponse", "Pids": "PidsResponse", "Wait": "WaitResponse",
+    "Stats": "StatsResponse", "Connect": "ConnectResponse",
 }
 
 
@@ -140,7 +140,8 @@ class Shim:
 
     async def call(self, method: str, request, timeout: float | None = CALL_TIMEOUT):
         payload = await self.client.call(TASK_SERVICE, method, request, timeout=timeout)
-        return RESPONSES.get(method, empty_pb2.Empty).FromString(payload)
+        response = getattr(shim_pb2, RESPONSES[method]) if method in RESPONSES else empty_pb2.Empty
+        return response.FromString(payload)
 
     async def connect(self, timeout: float) -> None:
         resp = await self.call("Connect", shim_pb2.ConnectRequest(id=self.id), timeout=timeout)
