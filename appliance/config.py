@@ -13,7 +13,6 @@ import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 log = logging.getLogger("appliance.config")
 
@@ -352,8 +351,8 @@ def migrate_file(path: str, registrations, out_path: str | None = None) -> str:
         raise ConfigError(f"{path}: already version {data.get('version')}; nothing to migrate")
     migrated = migrate_v1(data, registrations)
     decode(Config, migrated, path)  # refuse to write something we could not load
-    target = Path(out_path or path)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(dumps(migrated))
-    os.replace(tmp, target)
-    return str(target)
+    target = os.fspath(out_path or path)
+    with open(target + ".tmp", "w") as f:
+        f.write(dumps(migrated))
+    os.replace(target + ".tmp", target)
+    return target

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger("appliance.plugin")
@@ -77,8 +76,8 @@ class Plugin:
 @dataclass
 class InitContext:
     registration: Registration
-    root: Path
-    state: Path
+    root: str
+    state: str
     config: Any
     properties: dict[str, str]
     plugins: "PluginSet"

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from ... import metrics
 from ... import mount as mountlib
 from ...errdefs import DeadlineExceeded, InvalidArgument, NotFound
-from .apply import ApplyError, apply_tar
 from .decompress import DecompressError, LayerStream, check_media_type
 
 log = logging.getLogger("appliance.diff")
@@ -154,6 +153,7 @@ class Unpacker:
 
     @staticmethod
     def _run(blob_path, root, lowers, overlay, userxattr=False, opener=None) -> Applied:
+        from .apply import ApplyError, apply_tar  # imported on the first unpack: start-up cost
         stream = LayerStream(blob_path, opener)
         started = time.monotonic()
         try:
