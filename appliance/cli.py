@@ -72,7 +72,9 @@ def main(argv=None) -> int:
 
 
 def _config_or_daemon(args) -> int:
-    from . import builtins, config, log
+    from .process_settings import asyncio_without_ssl
+    with asyncio_without_ssl():
+        from . import builtins, config, log
     registrations = builtins.registrations()
     try:
         log.setup(args.log_level or "info", args.log_format or "text")

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import socket
-import ssl
 import stat
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -123,6 +122,7 @@ def server_credentials(cert: str, key: str, ca: str = ""):
     line instead of failing later inside the TLS handshake.
     """
     import grpc
+    import ssl  # not at the top: see process_settings.asyncio_without_ssl
     if not cert or not key:
         raise ListenerError("tcp_tls_cert and tcp_tls_key must be set together")
     cert_pem, key_pem = _read(cert, "TLS certificate"), _read(key, "TLS key")

@@ -1,11 +1,33 @@
-"""Settings the daemon applies to its own process at boot: `oom_score` and `cgroup.path`."""
+"""Settings the daemon applies to its own process at boot: `oom_score`, `cgroup.path`,
+and no OpenSSL until something needs it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 
 log = logging.getLogger("appliance.process")
 CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+@contextlib.contextmanager
+def asyncio_without_ssl():
+    """Imports in this block see no `ssl` module (if it is not loaded yet).
+
+    asyncio imports `ssl` only to offer TLS streams, which the daemon never opens
+    (gRPC's TLS is grpc's own): importing asyncio here keeps OpenSSL (libssl +
+    libcrypto, ≈ 4 MiB RSS) out of an idle daemon. Later imports of `ssl` work.
+    """
+    if "ssl" in sys.modules:
+        yield
+        return
+    sys.modules["ssl"] = None
+    try:
+        yield
+    finally:
+        if "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
 
 
 class CgroupError(Exception):

@@ -20,7 +20,6 @@ One writer per ref: a second one gets containerd's "ref ... locked" (UNAVAILABLE
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import re
 import shutil
@@ -38,6 +37,13 @@ MAX_CACHED_HASHERS = 256
 
 _ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
 _GENERIC_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+
+
+def sha256(data: bytes = b""):
+    """hashlib.sha256, imported on first use: hashlib loads OpenSSL (≈ 4 MiB RSS, see
+    process_settings.asyncio_without_ssl), which an idle daemon does without."""
+    import hashlib
+    return hashlib.sha256(data)
 
 
 def digest_error(digest: str) -> str | None:
@@ -150,7 +156,7 @@ class LocalStore:
     # --- ingests ------------------------------------------------------------------
 
     def ingest_path(self, ref: str) -> str:
-        return os.path.join(self.ingests, hashlib.sha256(ref.encode()).hexdigest())
+        return os.path.join(self.ingests, sha256(ref.encode()).hexdigest())
 
     def _lock(self, ref: str) -> None:
         with self._mutex:
@@ -222,7 +228,7 @@ class LocalStore:
             cached = self._hashers.pop(ref, None)
         if cached is not None and cached[0] == offset:
             return cached[1]
-        hasher = hashlib.sha256()
+        hasher = sha256()
         with open(data, "rb", buffering=0) as f:  # after a restart: the partial data, once
             remaining = offset
             while remaining:
@@ -344,7 +350,7 @@ class Writer:
     def truncate(self) -> None:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
-        self._hasher = hashlib.sha256()
+        self._hasher = sha256()
         self.offset = 0
 
     def seal(self, size: int, expected: str) -> str:

@@ -9,11 +9,11 @@ the output is bounded per step, so a gzip bomb costs disk, never memory.
 from __future__ import annotations
 
 import functools
-import hashlib
 import queue
 import threading
 
 from ...errdefs import NotFound
+from ..content.store import sha256
 
 READ_SIZE = 1 << 20
 OUT_SIZE = 4 << 20
@@ -127,7 +127,7 @@ class LayerStream:
         self._opener = opener or (lambda: open(path, "rb", buffering=0))
         self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()
-        self._hash = hashlib.sha256()
+        self._hash = sha256()
         self._size = 0
         self._done = False
         self._error: BaseException | None = None
