@@ -61,6 +61,8 @@ class GrpcServices(grpc.GenericRpcHandler):
         """The service's method handlers by method name ({} for an unknown service)."""
         found = self._handlers.get(service)
         if found is None:
+            if service not in self._servicers:
+                return {}  # not cached: a client can send any name
             with self._lock:
                 found = self._handlers.get(service)
                 if found is None:
@@ -72,8 +74,6 @@ class GrpcServices(grpc.GenericRpcHandler):
         return self.handlers(service).get(method)
 
     def _load(self, service: str) -> dict[str, grpc.RpcMethodHandler]:
-        if service not in self._servicers:
-            return {}
         grpc_stubs, servicer = self._servicers[service]
         short = service.rpartition(".")[2]
         # the generated base class answers UNIMPLEMENTED for methods an adapter lacks
