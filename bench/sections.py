@@ -223,8 +223,11 @@ def run(b: Bench):
     for rep in range(b.reps(3, 10)):
         def step(t: Target):
             ensure_small_image(t)
+            # one id per target: runc's cgroup /bench/<id> is shared by both daemons, and a
+            # daemon still deleting its task's cgroup must not remove the other's new one
             b.record("run", t.kind, 1000 * timed(
-                t.ctr, "run", "--rm", *run_opts(t), images.SMALL_REF, f"bench-true-{rep}", "/bin/true"))
+                t.ctr, "run", "--rm", *run_opts(t), images.SMALL_REF, f"bench-true-{t.kind}-{rep}",
+                "/bin/true"))
         b.each(rep, ["run"], step)
 
 

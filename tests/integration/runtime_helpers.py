@@ -93,4 +93,4 @@ def assert_nothing_left(daemon, namespace: str, adjust=lambda found: found, time
         if found == NOTHING_LEFT or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    assert found == NOTHING_LEFT
+    assert found == NOTHING_LEFT, found

@@ -250,6 +250,37 @@ def test_event_order_of_one_run_matches_containerd(ours, theirs, rootfs):
     assert _events_of_one_run(ours, ns, rootfs, "ev1") == expected
 
 
+def test_delete_of_an_exited_task_answers_as_containerd(ours, theirs, rootfs):
+    """Delete after the init's /tasks/exit (ours answers it from that event and runs the
+    shim's Delete afterwards): the same response, one /tasks/delete, nothing left."""
+    seen = []
+    for d, ns in ((theirs, ns_for("exited") + "-cd"), (ours, ns_for("exited"))):
+        events = subprocess.Popen([CTR, "--address", d.address, "events"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            time.sleep(0.3)  # subscribed
+            assert run(d, ns, rootfs, "-d", "x7", "sh", "-c", "exit 7").returncode == 0
+            wait_for(lambda: task_status(d, ns, "x7") == "STOPPED", what="x7 STOPPED")
+            pid = int(d.ctr("tasks", "ls", namespace=ns).stdout.split("x7")[1].split()[0])
+            time.sleep(0.3)  # the shim's /tasks/exit forwarded
+            r = d.ctr("tasks", "rm", "x7", namespace=ns, check=False)  # prints the status
+            d.ctr("containers", "rm", "x7", namespace=ns)
+            time.sleep(0.3)
+        finally:
+            events.send_signal(signal.SIGTERM)
+            out, _ = events.communicate(timeout=10)
+        lines = [line for line in out.splitlines() if f" {ns} " in line]
+        deleted = [json.loads(line.split(None, 6)[6]) for line in lines
+                   if line.split()[5] == "/tasks/delete"]
+        seen.append(((r.returncode, re.findall(r'msg="([^"]*)"', r.stderr)),
+                     [line.split()[5] for line in lines],
+                     [(e["container_id"], e["pid"] == pid, e["exit_status"]) for e in deleted]))
+        _nothing_left_by(d, ns)
+    assert seen[0] == seen[1]
+    assert seen[1][0] == (0, ["task x7 exit with non-zero exit code 7"])
+    assert seen[1][2] == [("x7", True, 7)]
+
+
 def test_oom_kill_is_reported(ours, rootfs):
     """The shim watches the memory cgroup: /tasks/oom, then exit 137 (no swap here)."""
     ns = ns_for("oom")

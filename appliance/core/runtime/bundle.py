@@ -44,11 +44,14 @@ class Bundle:
             self.delete()
             raise
 
-    def delete(self) -> None:
-        """Unmount the rootfs, then remove bundle and work dir (renamed first, as containerd)."""
+    def unmount_rootfs(self) -> None:
         from ...mount import unmount_all_under
         if os.path.isdir(self.rootfs) and _has_mounts_under(self.rootfs):
             unmount_all_under(self.rootfs)
+
+    def delete(self) -> None:
+        """Unmount the rootfs, then remove bundle and work dir (renamed first, as containerd)."""
+        self.unmount_rootfs()
         try:
             os.rmdir(self.rootfs)
         except FileNotFoundError:

@@ -25,6 +25,10 @@ shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 log = logging.getLogger("appliance.runtime")
 CGROUP_ROOT = "/sys/fs/cgroup"
 PRESTART_IDLE = 10.0  # seconds a shim started ahead waits for its task before it is stopped
+# After a Delete answered from the task's exit: clients follow it with a few quick calls
+# (`ctr run --rm`: the container and its snapshot); `runc delete` and the shim's exit start
+# this much later, so that they do not compete with those calls for the CPU.
+TEARDOWN_DELAY = 0.03
 
 
 @dataclass
@@ -66,6 +70,9 @@ class TaskManager:
         # shims being shut down after their task was deleted, and their bundles removed:
         # Delete answers once the task is gone; a new task with the same id waits for this
         self._teardowns: dict[tuple[str, str], asyncio.Task] = {}
+        # tasks whose /tasks/delete we published before their shim's own (dropped when it comes)
+        self._deleted_early: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        exchange.add_forward_filter(self._keep_forwarded)
         self._closing = False
         for d in (root, state):
             os.makedirs(d, mode=0o711, exist_ok=True)
@@ -95,7 +102,8 @@ class TaskManager:
             teardown = self._teardowns.get(key)
             if teardown is not None:
                 await asyncio.wait({teardown}, timeout=self.timeouts.shutdown
-                                   + self.timeouts.cleanup)
+                                   + 2 * self.timeouts.cleanup)
+            self._forget_early_delete(key)
             return await self._create(ns, task_id, opts)
         finally:
             self._pending.discard(key)
@@ -117,11 +125,12 @@ class TaskManager:
         try:
             resp = await shim.call("Create", request)
         except BaseException as exc:
-            await self._discard_failed(shim)
+            await self._delete_and_stop(shim)
             if isinstance(exc, ApplianceError):
                 raise shims.wrap(exc, "failed to create shim task") from None
             raise
         shim.task_pid = resp.pid
+        shim.own_pid_ns = _has_own_pid_namespace(opts.spec.value)
         log.debug("task %s/%s: shim up in %.1f ms, created in %.1f ms", ns, task_id,
                   1000 * (shim_ready - started), 1000 * (time.monotonic() - shim_ready))
         self._add(shim)
@@ -210,9 +219,12 @@ class TaskManager:
         self._teardowns[key] = teardown
         teardown.add_done_callback(lambda t: self._teardown_done(key, t))
 
-    async def _discard_failed(self, shim: shims.Shim) -> None:
-        """A shim whose task could not be created: delete what it made and stop it."""
+    async def _delete_and_stop(self, shim: shims.Shim, delay: float = 0.0) -> None:
+        """Delete what the shim's task made (runc delete, mounts), then stop the shim: for a
+        task that could not be created, and after a Delete answered by _delete_exited."""
         shim.deleting = True
+        if delay:
+            await asyncio.sleep(delay)
         try:
             await shim.call("Delete", shim_pb2.DeleteRequest(id=shim.id),
                             timeout=self.timeouts.cleanup)
@@ -222,6 +234,9 @@ class TaskManager:
 
     async def delete(self, ns: str, task_id: str) -> shim_pb2.DeleteResponse:
         shim = self.get(ns, task_id)
+        if (shim.exited is not None and shim.own_pid_ns and not shim.deleting
+                and not shim.client.closed):
+            return await self._delete_exited(shim)
         shim.deleting = True
         try:
             resp = await shim.call("Delete", shim_pb2.DeleteRequest(id=task_id))
@@ -238,6 +253,51 @@ class TaskManager:
         if resp is None:
             raise NotFound(f"failed to delete task: task {task_id} not found")
         return resp
+
+    async def _delete_exited(self, shim: shims.Shim) -> shim_pb2.DeleteResponse:
+        """Delete of a task whose init has exited: answered from its known exit, as the shim
+        would; the rootfs is unmounted first (the client removes the snapshot next), and the
+        shim's own Delete (`runc delete`, its /tasks/delete, dropped) runs in the background."""
+        shim.deleting = True
+        key = (shim.namespace, shim.id)
+        self.tasks.pop(key, None)
+        try:
+            await asyncio.to_thread(shim.bundle.unmount_rootfs)
+        except OSError as exc:  # the teardown's bundle removal unmounts again
+            log.warning("unmounting the rootfs of %s/%s: %s", shim.namespace, shim.id, exc)
+        pid, status, exited_at = shim.exited
+        self._deleted_early[key] = asyncio.get_running_loop().call_later(
+            self.timeouts.cleanup + self.timeouts.shutdown, self._forget_early_delete, key)
+        self.exchange.publish(shim.namespace, "/tasks/delete", events.TaskDelete(
+            container_id=shim.id, pid=pid, exit_status=status, exited_at=exited_at))
+        teardown = asyncio.create_task(self._delete_and_stop(shim, TEARDOWN_DELAY),
+                                       name=f"teardown-{shim.id}")
+        self._teardowns[key] = teardown
+        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
+        return shim_pb2.DeleteResponse(pid=pid, exit_status=status, exited_at=exited_at)
+
+    def _keep_forwarded(self, envelope) -> bool:
+        """Notes the exit of a task's init (its shim's /tasks/exit: Delete can then answer
+        without the shim, after that event) and drops a shim's /tasks/delete that Delete
+        published already (_delete_exited)."""
+        if envelope.topic == "/tasks/exit":
+            exit_ = events.TaskExit.FromString(envelope.event.value)
+            shim = self.tasks.get((envelope.namespace, exit_.container_id))
+            if shim is not None and exit_.id == exit_.container_id:
+                shim.exited = (exit_.pid, exit_.exit_status, exit_.exited_at)
+            return True
+        if envelope.topic != "/tasks/delete" or not self._deleted_early:
+            return True
+        cid = events.TaskDelete.FromString(envelope.event.value).container_id
+        if (envelope.namespace, cid) not in self._deleted_early:
+            return True
+        self._forget_early_delete((envelope.namespace, cid))
+        return False
+
+    def _forget_early_delete(self, key) -> None:
+        timer = self._deleted_early.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     def _teardown_done(self, key, task: asyncio.Task) -> None:
         if self._teardowns.get(key) is task:
@@ -334,7 +394,7 @@ class TaskManager:
             return False
         if not shim.task_pid:  # the daemon died between shim start and task create (or delete)
             log.warning("shim %s/%s serves no task: stopping it", bundle.namespace, bundle.id)
-            await self._discard_failed(shim)
+            await self._delete_and_stop(shim)
             return False
         self._add(shim)
         return True
@@ -376,6 +436,15 @@ class TaskManager:
             shim.close()
         if self._watchers:
             await asyncio.wait(list(self._watchers), timeout=2.0)
+
+
+def _has_own_pid_namespace(spec: bytes) -> bool:
+    """A new pid namespace (no path): when its init exits, the kernel kills the rest."""
+    try:
+        namespaces = (json.loads(spec).get("linux") or {}).get("namespaces") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(n.get("type") == "pid" and not n.get("path") for n in namespaces)
 
 
 def _read_spec(bundle: Bundle) -> dict:

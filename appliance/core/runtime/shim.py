@@ -129,6 +129,8 @@ class Shim:
         self.task_pid = 0
         self.shim_pid = 0
         self.deleting = False  # set while the daemon deletes it: a disconnect is then expected
+        self.exited = None     # (pid, exit status, exited_at) from the shim's /tasks/exit
+        self.own_pid_ns = False  # its init's exit ends every process of the task (kernel kill)
 
     @property
     def id(self) -> str:
