@@ -438,6 +438,33 @@ def test_restart_after_sigkill_keeps_tasks(rootfs):
     _restart_case(rootfs, "sigkill")
 
 
+def test_task_deleted_just_before_a_crash_stays_deleted(rootfs):
+    """Delete of an exited task answers before its shim's Delete runs; a crash in between (here:
+    the bundle marked as Delete marks it, then SIGKILL) must not bring the task back."""
+    ns = ns_for("crashdel")
+    d = Daemon().start()
+    try:
+        assert run(d, ns, rootfs, "-d", "gone", "sh", "-c", "exit 3").returncode == 0
+        assert run(d, ns, rootfs, "-d", "kept", "sleep", "1000").returncode == 0
+        wait_for(lambda: task_status(d, ns, "gone") == "STOPPED", what="gone STOPPED")
+        gone_shim = shim_pid_of(d.address, "gone")
+        d.kill()
+        (d.state / "io.containerd.runtime.v2.task" / ns / "gone" / "deleted").touch()
+        d.start()
+        assert d.ctr("tasks", "ls", "-q", namespace=ns).stdout == "kept\n"
+        wait_for(lambda: not _alive(gone_shim), what="shim of the deleted task stopped")
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "kept", namespace=ns)
+        wait_for(lambda: task_status(d, ns, "kept") == "STOPPED", what="kept STOPPED")
+        d.ctr("tasks", "rm", "kept", namespace=ns)
+        for cid in ("gone", "kept"):
+            d.ctr("containers", "rm", cid, namespace=ns)
+        for fifo in Path(d.workdir, "fifo").rglob("gone-*"):  # ctr's tasks rm removes them
+            fifo.unlink()
+        assert_nothing_left(d, ns)
+    finally:
+        _cleanup(d)
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie left for init to reap counts as gone)."""
     try:

@@ -9,6 +9,7 @@ from ... import identifiers, trash
 from ...errdefs import InvalidArgument
 
 log = logging.getLogger("appliance.runtime")
+DELETED_MARK = "deleted"
 
 
 class Bundle:
@@ -48,6 +49,15 @@ class Bundle:
         from ...mount import unmount_all_under
         if os.path.isdir(self.rootfs) and _has_mounts_under(self.rootfs):
             unmount_all_under(self.rootfs)
+
+    def mark_deleted(self) -> None:
+        """Its task was deleted while the shim still runs: not to be loaded after a restart."""
+        with open(self.file(DELETED_MARK), "wb"):
+            pass
+
+    @property
+    def marked_deleted(self) -> bool:
+        return os.path.exists(self.file(DELETED_MARK))
 
     def delete(self) -> None:
         """Unmount the rootfs, then remove bundle and work dir (renamed first, as containerd)."""

@@ -262,12 +262,11 @@ class TaskManager:
         key = (shim.namespace, shim.id)
         self.tasks.pop(key, None)
         try:
-            await asyncio.to_thread(shim.bundle.unmount_rootfs)
+            await asyncio.to_thread(_prepare_early_delete, shim.bundle)
         except OSError as exc:  # the teardown's bundle removal unmounts again
-            log.warning("unmounting the rootfs of %s/%s: %s", shim.namespace, shim.id, exc)
+            log.warning("deleting task %s/%s: %s", shim.namespace, shim.id, exc)
         pid, status, exited_at = shim.exited
-        self._deleted_early[key] = asyncio.get_running_loop().call_later(
-            self.timeouts.cleanup + self.timeouts.shutdown, self._forget_early_delete, key)
+        self._drop_shim_delete_event(key)
         self.exchange.publish(shim.namespace, "/tasks/delete", events.TaskDelete(
             container_id=shim.id, pid=pid, exit_status=status, exited_at=exited_at))
         teardown = asyncio.create_task(self._delete_and_stop(shim, TEARDOWN_DELAY),
@@ -293,6 +292,10 @@ class TaskManager:
             return True
         self._forget_early_delete((envelope.namespace, cid))
         return False
+
+    def _drop_shim_delete_event(self, key) -> None:
+        self._deleted_early[key] = asyncio.get_running_loop().call_later(
+            self.timeouts.cleanup + self.timeouts.shutdown, self._forget_early_delete, key)
 
     def _forget_early_delete(self, key) -> None:
         timer = self._deleted_early.pop(key, None)
@@ -392,8 +395,11 @@ class TaskManager:
                         exc or type(exc).__name__)
             await self.cleanup_dead(bundle, binary)
             return False
-        if not shim.task_pid:  # the daemon died between shim start and task create (or delete)
+        # the daemon died between shim start and task create, or in a delete
+        if not shim.task_pid or bundle.marked_deleted:
             log.warning("shim %s/%s serves no task: stopping it", bundle.namespace, bundle.id)
+            if shim.task_pid:  # its /tasks/delete went out before the crash
+                self._drop_shim_delete_event((bundle.namespace, bundle.id))
             await self._delete_and_stop(shim)
             return False
         self._add(shim)
@@ -436,6 +442,13 @@ class TaskManager:
             shim.close()
         if self._watchers:
             await asyncio.wait(list(self._watchers), timeout=2.0)
+
+
+def _prepare_early_delete(bundle: Bundle) -> None:
+    """Before a Delete answers ahead of the shim: a crash in between must not bring the task
+    back at the next start, and the client may remove the snapshot under the rootfs next."""
+    bundle.mark_deleted()
+    bundle.unmount_rootfs()
 
 
 def _has_own_pid_namespace(spec: bytes) -> bool:
