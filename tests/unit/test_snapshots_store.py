@@ -28,6 +28,10 @@ def test_prepare_commit_chain_and_mounts(sn):
     assert (info.kind, info.parent, info.labels) == ("committed", "", {"l": "v"})
     size, inodes = sn.usage("ns", "c1")
     assert size >= 5000 and inodes == 2
+    with sn.db.read() as conn:   # measured on the first request, then recorded
+        assert tuple(conn.execute("SELECT size, inodes FROM snapshots WHERE key='c1'").fetchone()) \
+            == (size, inodes)
+    assert sn.usage("ns", "c1") == (size, inodes)
     child = sn.prepare("ns", "k2", "c1")
     if isinstance(sn.backend, OverlayBackend):
         opts = child[0].options

@@ -18,6 +18,7 @@ from ..diff.unpack import forget_adopted, is_adopted
 from .backends import ACTIVE, COMMITTED, VIEW, Backend, Mount
 
 KIND = "snapshot"
+NOT_MEASURED = -1   # size/inodes of a committed snapshot whose usage nobody asked for yet
 register_namespaced_kind("snapshots", "snapshots")
 
 
@@ -106,12 +107,19 @@ class Snapshotter:
         return self.backend.mounts(row.id, row.kind, parents)
 
     def usage(self, ns: str, key: str) -> tuple[int, int]:
-        """(size, inodes): measured now for active snapshots, recorded at commit otherwise."""
+        """(size, inodes): measured now for active snapshots; a committed one's files never
+        change, so it is measured on the first request and recorded."""
         with self.db.read() as conn:
             row = self._require(conn, ns, key)
         if row.kind == ACTIVE:
             return self.backend.usage(row.id)
-        return row.size, row.inodes
+        if row.size != NOT_MEASURED:
+            return row.size, row.inodes
+        size, inodes = self.backend.usage(row.id)
+        with self.db.write() as tx:
+            tx.execute("UPDATE snapshots SET size=?, inodes=? WHERE id=? AND size=?",
+                       (size, inodes, row.id, NOT_MEASURED))
+        return size, inodes
 
     def list(self, ns: str, filter_strings=()) -> list[Info]:
         flt = filters.parse(*filter_strings)
@@ -181,8 +189,8 @@ class Snapshotter:
         identifiers.validate_labels(labels)
         with self.db.read() as conn:
             row = self._require(conn, ns, key)
-        # measured outside the write lock: walking a big tree takes a while
-        size, inodes = self.backend.usage(row.id) if row.kind == ACTIVE else (0, 0)
+        # the usage is measured when first asked for: walking a big tree takes a while
+        size, inodes = NOT_MEASURED, NOT_MEASURED
         with self.db.write() as tx:
             if self._row(tx, ns, name) is not None:
                 raise AlreadyExists(f"snapshot {q(name)}: already exists")
