@@ -287,7 +287,21 @@ def _settle(future, result, exc):
 def run(cfg: Config, registrations) -> int:
     memory.limit_arenas()   # before any worker thread exists
     try:
-        return asyncio.run(Daemon(cfg, registrations).run())
+        code = asyncio.run(Daemon(cfg, registrations).run())
     except (StartupError, listeners.ListenerError) as exc:
         log.error("%s", exc)
         return 1
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown once the daemon has stopped cleanly
+    (listeners, plugins and sockets are closed; metadata commits are durable already):
+    joining idle pool threads and freeing every module took ≈ 20 ms of a 25 ms stop."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
