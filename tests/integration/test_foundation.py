@@ -207,6 +207,7 @@ def test_sigterm_while_serving_exits_cleanly_and_notifies(tmp_path):
         assert d.stop() == 0
         assert notify.recv(100) == b"STOPPING=1"
         assert not os.path.exists(d.address) and not os.path.exists(d.address + ".ttrpc")
+        assert d.log().rstrip().endswith('msg="stopped"')   # flushed before the fast exit
     finally:
         notify.close()
         d.cleanup()
