@@ -6,7 +6,6 @@ import operator
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 from .daemons import REPO

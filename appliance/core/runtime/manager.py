@@ -214,10 +214,7 @@ class TaskManager:
             await asyncio.wait({task})
             if task.result() is not None:
                 await self._shutdown_and_remove(task.result())
-        key = (ns, task_id)
-        teardown = asyncio.create_task(stop(), name=f"discard-{task_id}")
-        self._teardowns[key] = teardown
-        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
+        self._track_teardown((ns, task_id), stop(), f"discard-{task_id}")
 
     async def _delete_and_stop(self, shim: shims.Shim, delay: float = 0.0) -> None:
         """Delete what the shim's task made (runc delete, mounts), then stop the shim: for a
@@ -247,9 +244,7 @@ class TaskManager:
             resp = None
         key = (ns, task_id)
         self.tasks.pop(key, None)
-        teardown = asyncio.create_task(self._shutdown_and_remove(shim), name=f"teardown-{task_id}")
-        self._teardowns[key] = teardown
-        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
+        self._track_teardown(key, self._shutdown_and_remove(shim), f"teardown-{task_id}")
         if resp is None:
             raise NotFound(f"failed to delete task: task {task_id} not found")
         return resp
@@ -269,10 +264,8 @@ class TaskManager:
         self._drop_shim_delete_event(key)
         self.exchange.publish(shim.namespace, "/tasks/delete", events.TaskDelete(
             container_id=shim.id, pid=pid, exit_status=status, exited_at=exited_at))
-        teardown = asyncio.create_task(self._delete_and_stop(shim, TEARDOWN_DELAY),
-                                       name=f"teardown-{shim.id}")
-        self._teardowns[key] = teardown
-        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
+        self._track_teardown(key, self._delete_and_stop(shim, TEARDOWN_DELAY),
+                             f"teardown-{shim.id}")
         return shim_pb2.DeleteResponse(pid=pid, exit_status=status, exited_at=exited_at)
 
     def _keep_forwarded(self, envelope) -> bool:
@@ -301,6 +294,12 @@ class TaskManager:
         timer = self._deleted_early.pop(key, None)
         if timer is not None:
             timer.cancel()
+
+    def _track_teardown(self, key, coro, name: str) -> None:
+        """Run a shim's teardown in the background; a new task with the same id waits for it."""
+        teardown = asyncio.create_task(coro, name=name)
+        self._teardowns[key] = teardown
+        teardown.add_done_callback(lambda t: self._teardown_done(key, t))
 
     def _teardown_done(self, key, task: asyncio.Task) -> None:
         if self._teardowns.get(key) is task:

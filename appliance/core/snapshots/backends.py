@@ -58,10 +58,14 @@ _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602
 FS_TOPDIR_FL = 0x00020000
 
 
+def _get_flags(fd: int) -> int:
+    return struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+
+
 def inode_flags(path: str) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)))[0]
+        return _get_flags(fd)
     finally:
         os.close(fd)
 
@@ -75,17 +79,16 @@ def spread_subdirectories(path: str) -> bool:
     recently deleted inodes one by one (quadratic on a journal-less ext4: a big unpack
     took 2-7 s instead of 0.8 s right after `ctr images rm` of the same image).
     """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        flags = inode_flags(path)
+        flags = _get_flags(fd)
         if not flags & FS_TOPDIR_FL:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags | FS_TOPDIR_FL))
-            finally:
-                os.close(fd)
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags | FS_TOPDIR_FL))
         return True
     except OSError:   # tmpfs, overlay, xfs …: no such flag, nothing to gain
         return False
+    finally:
+        os.close(fd)
 
 
 class Backend:

@@ -187,19 +187,13 @@ class Snapshotter:
     def commit(self, ns, name, key, labels=None, lease=None) -> None:
         labels = labels or {}
         identifiers.validate_labels(labels)
-        with self.db.read() as conn:
-            row = self._require(conn, ns, key)
-        # the usage is measured when first asked for: walking a big tree takes a while
-        size, inodes = NOT_MEASURED, NOT_MEASURED
         with self.db.write() as tx:
+            row = self._require(tx, ns, key)
             if self._row(tx, ns, name) is not None:
                 raise AlreadyExists(f"snapshot {q(name)}: already exists")
-            current = self._require(tx, ns, key)
-            if current.kind != ACTIVE:
+            if row.kind != ACTIVE:
                 raise FailedPrecondition(f"failed to commit snapshot: snapshot {q(key)} "
                                          "is not active: failed precondition")
-            if current.id != row.id:
-                raise NotFound(f"snapshot {key} does not exist: not found")
             if is_adopted(self.backend.fs(row.id)):
                 # its layer was left to a concurrent unpack whose snapshot is gone
                 raise FailedPrecondition(f"snapshot {q(key)} was not unpacked (a concurrent "
@@ -207,8 +201,10 @@ class Snapshotter:
             _lease_add(tx, ns, lease, self.rtype, name)
             _lease_remove(tx, ns, self.rtype, key)
             ts = now_ns()
+            # the usage is measured when first asked for: walking a big tree takes a while
             tx.execute("UPDATE snapshots SET key=?, kind=?, size=?, inodes=?, created_at=?, "
-                       "updated_at=? WHERE id=?", (name, COMMITTED, size, inodes, ts, ts, row.id))
+                       "updated_at=? WHERE id=?",
+                       (name, COMMITTED, NOT_MEASURED, NOT_MEASURED, ts, ts, row.id))
             DB.set_labels(tx, ns, KIND, f"{self.name}/{key}", {})
             DB.set_labels(tx, ns, KIND, f"{self.name}/{name}", labels)
             backend_commit = getattr(self.backend, "commit", None)
