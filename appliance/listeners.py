@@ -57,11 +57,6 @@ def bind_tcp(address: str, what: str) -> socket.socket:
     return sock
 
 
-def check_tcp_free(address: str, what: str) -> None:
-    """Probe-bind `address` (gRPC binds it itself and would share it via SO_REUSEPORT)."""
-    bind_tcp(address, what).close()
-
-
 def reclaim_unix_path(path: str, what: str) -> None:
     """Remove a socket left by a crash; refuse one another process is still serving."""
     os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
@@ -115,60 +110,59 @@ _SSL_REASONS = {"KEY_VALUES_MISMATCH": "private key does not match public key",
                 "PEM lib": "no valid PEM data found", "NO_START_LINE": "no valid PEM data found"}
 
 
-def server_credentials(cert: str, key: str, ca: str = ""):
-    """grpc server credentials for tcp_tls_cert/key (and client verification with tcp_tls_ca).
+def server_tls_context(cert: str, key: str, ca: str = ""):
+    """The TLS context for tcp_tls_cert/key (and client verification with tcp_tls_ca).
 
-    Files are checked with the ssl module first so a bad file is named in one
-    line instead of failing later inside the TLS handshake.
+    A bad file is named in one line here instead of failing later in a handshake.
     """
-    import grpc
-    import ssl  # not at the top: see process_settings.asyncio_without_ssl
+    from .process_settings import asyncio_with_ssl
     if not cert or not key:
         raise ListenerError("tcp_tls_cert and tcp_tls_key must be set together")
-    cert_pem, key_pem = _read(cert, "TLS certificate"), _read(key, "TLS key")
+    ssl = asyncio_with_ssl()  # not at the top: see process_settings.asyncio_without_ssl
+    _read(cert, "TLS certificate"), _read(key, "TLS key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.set_alpn_protocols(["h2"])
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         raise ListenerError(f"failed to load TLS key pair {cert} and {key}: "
                             f"{_SSL_REASONS.get(exc.reason, exc.reason or exc)}") from None
-    ca_pem = None
     if ca:
         ca_pem = _read(ca, "CA file")
         if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
             raise ListenerError(f"failed to load CA file {ca}: no PEM certificate found")
         try:
-            ssl.create_default_context().load_verify_locations(cadata=ca_pem.decode("ascii"))
+            context.load_verify_locations(cadata=ca_pem.decode("ascii"))
         except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise ListenerError(f"failed to load CA file {ca}: {reason}") from None
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
-                                       require_client_auth=bool(ca_pem))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
-def add_tcp_port(server, grpc_cfg) -> str:
-    """Bind the gRPC server on grpc.tcp_address; returns a description for the log."""
+@dataclass
+class TCPListener:
+    sock: socket.socket
+    ssl_context: object | None   # ssl.SSLContext, or None for plain TCP
+    description: str             # for the log: the port bound and the kind
+
+
+def tcp_grpc_listener(grpc_cfg) -> TCPListener:
+    """The socket (and TLS context) for grpc.tcp_address."""
     address = grpc_cfg.tcp_address
-    what = "TCP grpc endpoint"
-    check_tcp_free(address, what)
+    context = None
     if grpc_cfg.tcp_tls_cert or grpc_cfg.tcp_tls_key:
-        creds = server_credentials(grpc_cfg.tcp_tls_cert, grpc_cfg.tcp_tls_key,
-                                   grpc_cfg.tcp_tls_ca)
+        context = server_tls_context(grpc_cfg.tcp_tls_cert, grpc_cfg.tcp_tls_key,
+                                     grpc_cfg.tcp_tls_ca)
         kind = "mTLS" if grpc_cfg.tcp_tls_ca else "TLS"
-        bind = lambda: server.add_secure_port(address, creds)  # noqa: E731
     else:
         kind = "plain TCP"
-        bind = lambda: server.add_insecure_port(address)  # noqa: E731
         log.warning("gRPC on %s has no TLS: anyone who can reach it controls the daemon",
                     address)
-    try:
-        port = bind()
-    except RuntimeError as exc:
-        raise ListenerError(f"failed to get listener for {what}: listen tcp {address}: {exc}"
-                            ) from None
-    if not port:
-        raise ListenerError(f"failed to get listener for {what}: listen tcp {address}")
-    host = address.rpartition(":")[0]
-    return f"{host}:{port} ({kind})"  # the port bound, also when asked for port 0
+    sock = bind_tcp(address, "TCP grpc endpoint")
+    host, port = sock.getsockname()[:2]
+    shown = address.rpartition(":")[0]
+    return TCPListener(sock, context, f"{shown}:{port} ({kind})")  # the port bound, also for 0
 
 
 # --- a small HTTP/1.1 server for /v1/metrics and /debug --------------------------

@@ -30,6 +30,20 @@ def asyncio_without_ssl():
             del sys.modules["ssl"]
 
 
+def asyncio_with_ssl():
+    """Give asyncio the `ssl` module after all (for the TLS gRPC listener), when it was
+    imported inside `asyncio_without_ssl`."""
+    import asyncio.base_events
+    import asyncio.selector_events
+    import asyncio.sslproto
+    import importlib
+    import ssl
+    if asyncio.sslproto.ssl is None:
+        importlib.reload(asyncio.sslproto)  # in place: its importers see the new globals
+        asyncio.base_events.ssl = asyncio.selector_events.ssl = ssl
+    return ssl
+
+
 class CgroupError(Exception):
     """The daemon cannot join its configured cgroup (fatal, as in containerd)."""
 

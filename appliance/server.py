@@ -15,10 +15,9 @@ import threading
 import time
 import traceback
 
-import grpc
-
 from . import listeners, memory, metrics, process_settings, sdnotify
 from .config import Config, plugin_config
+from .grpcserver import Server as GrpcServer
 from .plugin import (GRPC, InitContext, PluginSet, initialise, order)
 from .stubs import GrpcServices
 from .ttrpc import TTRPCServer
@@ -48,12 +47,6 @@ def dump_stacks() -> str:
         for frame in task.get_stack():
             lines.extend(l.rstrip() for l in traceback.format_stack(frame, limit=1))
     return "\n".join(lines)
-
-
-def _secure_socket(path: str, uid: int, gid: int) -> None:
-    os.chmod(path, 0o660)
-    if uid or gid:
-        os.chown(path, uid, gid)
 
 
 class Daemon:
@@ -128,14 +121,10 @@ class Daemon:
                 raise StartupError(f"load required plugin {uri}: {found[0].error}")
 
     async def _serve(self) -> None:
-        opts = [("grpc.max_receive_message_length", self.cfg.grpc.max_recv_message_size),
-                ("grpc.max_send_message_length", self.cfg.grpc.max_send_message_size),
-                # a large initial stream window: ctr's 1 MiB content writes need no
-                # flow-control round trips (+~40% `content ingest` throughput)
-                ("grpc.http2.lookahead_bytes", 8 << 20)]
-        opts.append(("grpc.so_reuseport", 0))  # a TCP address in use must fail, not be shared
         interceptors = [metrics.grpc_interceptor()] if self.cfg.metrics.address else []
-        self.grpc_server = grpc.aio.server(options=opts, interceptors=interceptors)
+        self.grpc_server = GrpcServer(max_receive=self.cfg.grpc.max_recv_message_size,
+                                      max_send=self.cfg.grpc.max_send_message_size,
+                                      interceptors=interceptors)
         services = GrpcServices()  # stubs load on a service's first call
         self.ttrpc_server = TTRPCServer()
         for p in self.plugins.results:
@@ -149,19 +138,17 @@ class Daemon:
         if interceptors:
             metrics.record_methods(services)
 
-        tcp = listeners.add_tcp_port(self.grpc_server, self.cfg.grpc) \
+        tcp = listeners.tcp_grpc_listener(self.cfg.grpc) \
             if self.cfg.grpc.tcp_address else None  # TLS files are checked first
         await self._serve_endpoints()
         address = self.cfg.grpc.address
-        listeners.reclaim_unix_path(address, "gRPC")
-        if not self.grpc_server.add_insecure_port("unix:" + address):
-            raise StartupError(f"listen on {address}: cannot bind")
-        await self.grpc_server.start()
+        await self.grpc_server.serve_socket(
+            listeners.bind_unix(address, "gRPC", self.cfg.grpc.uid, self.cfg.grpc.gid))
         self.sockets.append(address)
-        _secure_socket(address, self.cfg.grpc.uid, self.cfg.grpc.gid)
         log.info("serving gRPC on %s", address)
         if tcp:
-            log.info("serving gRPC on %s", tcp)
+            await self.grpc_server.serve_socket(tcp.sock, tcp.ssl_context)
+            log.info("serving gRPC on %s", tcp.description)
 
         ttrpc_address = self.cfg.ttrpc_address
         listeners.reclaim_unix_path(ttrpc_address, "TTRPC")

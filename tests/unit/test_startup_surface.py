@@ -25,7 +25,7 @@ def test_split_host_port():
 
 def test_credentials_need_cert_and_key(tmp_path):
     with pytest.raises(listeners.ListenerError, match="must be set together"):
-        listeners.server_credentials(str(tmp_path / "cert.pem"), "")
+        listeners.server_tls_context(str(tmp_path / "cert.pem"), "")
 
 
 def test_go_code_names():

@@ -1,0 +1,368 @@
+"""HTTP/2 for a gRPC server, sans I/O: bytes in → events out, frames out as bytes.
+
+Only what gRPC needs (RFC 9113): no push, no priorities, no upgrade. Flow control is
+tracked here; when to send is up to the caller (`send_window`, `consume`).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, \
+    WINDOW_UPDATE, CONTINUATION = range(10)
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+
+# error codes
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, _, STREAM_CLOSED, \
+    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)
+
+# settings
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, \
+    MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = range(1, 7)
+
+DEFAULT_WINDOW = 65535
+MAX_WINDOW = 2 ** 31 - 1
+DEFAULT_FRAME_SIZE = 16384
+# What we advertise: a large receive window, so ctr's 1 MiB content writes need no
+# flow-control round trips.
+RECEIVE_WINDOW = 8 << 20
+MAX_HEADER_BLOCK = 1 << 20
+
+_HEADER = struct.Struct(">I")
+_U32 = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
+
+
+class ConnectionError_(Exception):
+    """A connection error: send GOAWAY with `code` and close."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class StreamError(Exception):
+    """A stream error: reset that stream with `code`; the connection goes on."""
+
+    def __init__(self, stream_id: int, code: int, message: str):
+        super().__init__(message)
+        self.stream_id, self.code = stream_id, code
+
+
+@dataclass(slots=True)
+class Request:
+    stream_id: int
+    headers: list  # [(name: bytes, value: bytes)]
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class Data:
+    stream_id: int
+    data: bytes
+    flow_length: int  # counts against windows (padding included)
+    end_stream: bool
+
+
+@dataclass(slots=True)
+class Reset:
+    stream_id: int
+    code: int
+
+
+@dataclass(slots=True)
+class WindowOpened:
+    stream_id: int  # 0: the connection's window
+
+
+@dataclass(slots=True)
+class GoAway:
+    last_stream_id: int
+    code: int
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return _HEADER.pack(len(payload))[1:] + bytes((kind, flags)) + _U32.pack(stream_id) + payload
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
+
+
+def rst_stream(stream_id: int, code: int) -> bytes:
+    return frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+
+
+def goaway(last_stream_id: int, code: int, message: bytes = b"") -> bytes:
+    return frame(GOAWAY, 0, 0, _U32.pack(last_stream_id) + _U32.pack(code) + message)
+
+
+# --- HPACK for what we send: literal fields, never indexed, so encoding is a byte join ---
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """"Literal Header Field without Indexing — New Name" (no Huffman)."""
+    return b"\x00" + _hpack_length(name) + name + _hpack_length(value) + value
+
+
+def _hpack_length(data: bytes) -> bytes:
+    n = len(data)
+    if n < 127:
+        return bytes((n,))
+    out, n = [127], n - 127
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_headers(fields) -> bytes:
+    return b"".join(_literal(n, v) for n, v in fields)
+
+
+STATUS_200 = b"\x88"  # ":status: 200", static table entry 8
+
+
+class Connection:
+    """One server-side HTTP/2 connection's protocol state."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._preface_seen = False
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = MAX_HEADER_BLOCK
+        self._headers_stream = 0  # stream whose header block continues, 0 if none
+        self._header_block = bytearray()
+        self._header_end_stream = False
+        self.highest_stream_id = 0
+        self.open_streams: set[int] = set()  # ids the client may still send DATA on
+        self.peer_frame_size = DEFAULT_FRAME_SIZE
+        self.peer_initial_window = DEFAULT_WINDOW
+        self.send_window = DEFAULT_WINDOW          # connection-level, ours to the peer
+        self.stream_send_windows: dict[int, int] = {}
+        self._unacked_connection = 0               # received, consumed, not yet returned
+        self._unacked_streams: dict[int, int] = {}
+
+    def initial_bytes(self) -> bytes:
+        """Our SETTINGS and the connection window opened to RECEIVE_WINDOW."""
+        settings = _SETTING.pack(INITIAL_WINDOW_SIZE, RECEIVE_WINDOW) + \
+            _SETTING.pack(ENABLE_PUSH, 0) + _SETTING.pack(MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK)
+        return frame(SETTINGS, 0, 0, settings) + \
+            window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW)
+
+    # --- input -------------------------------------------------------------------
+
+    def receive(self, data: bytes, out: list) -> list:
+        """Parse `data`; returns events; replies owed by the protocol (SETTINGS and PING
+        acks) are appended to `out`. Raises ConnectionError_."""
+        buf = self._buffer
+        buf += data
+        if not self._preface_seen:
+            if len(buf) < len(PREFACE):
+                if not PREFACE.startswith(bytes(buf)):
+                    raise ConnectionError_(PROTOCOL_ERROR, "bad connection preface")
+                return []
+            if bytes(buf[:len(PREFACE)]) != PREFACE:
+                raise ConnectionError_(PROTOCOL_ERROR, "bad connection preface")
+            del buf[:len(PREFACE)]
+            self._preface_seen = True
+        events = []
+        pos, end = 0, len(buf)
+        while end - pos >= 9:
+            length = _HEADER.unpack_from(buf, pos)[0] >> 8
+            if length > DEFAULT_FRAME_SIZE:  # we never raise SETTINGS_MAX_FRAME_SIZE
+                raise ConnectionError_(FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if end - pos < 9 + length:
+                break
+            kind, flags = buf[pos + 3], buf[pos + 4]
+            stream_id = _U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
+            payload = bytes(buf[pos + 9:pos + 9 + length])
+            pos += 9 + length
+            try:
+                self._frame(kind, flags, stream_id, payload, events, out)
+            except StreamError as exc:
+                out.append(rst_stream(exc.stream_id, exc.code))
+                self.open_streams.discard(exc.stream_id)
+                events.append(Reset(exc.stream_id, exc.code))
+        del buf[:pos]
+        return events
+
+    def _frame(self, kind, flags, stream_id, payload, events, out):
+        if self._headers_stream and kind != CONTINUATION:
+            raise ConnectionError_(PROTOCOL_ERROR, "expected CONTINUATION")
+        if kind == DATA:
+            self._data(flags, stream_id, payload, events)
+        elif kind == HEADERS:
+            self._headers(flags, stream_id, payload, events)
+        elif kind == CONTINUATION:
+            if stream_id != self._headers_stream or not stream_id:
+                raise ConnectionError_(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            self._header_block += payload
+            if flags & END_HEADERS:
+                self._end_headers(events)
+        elif kind == SETTINGS:
+            self._settings(flags, stream_id, payload, out)
+        elif kind == PING:
+            if stream_id or len(payload) != 8:
+                raise ConnectionError_(PROTOCOL_ERROR, "bad PING")
+            if not flags & ACK:
+                out.append(frame(PING, ACK, 0, payload))
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload, events)
+        elif kind == RST_STREAM:
+            if not stream_id or len(payload) != 4:
+                raise ConnectionError_(PROTOCOL_ERROR, "bad RST_STREAM")
+            if stream_id > self.highest_stream_id:
+                raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            self.open_streams.discard(stream_id)
+            self.stream_send_windows.pop(stream_id, None)
+            events.append(Reset(stream_id, _U32.unpack(payload)[0]))
+        elif kind == GOAWAY:
+            if len(payload) < 8:
+                raise ConnectionError_(FRAME_SIZE_ERROR, "short GOAWAY")
+            events.append(GoAway(_U32.unpack_from(payload)[0] & 0x7FFFFFFF,
+                                 _U32.unpack_from(payload, 4)[0]))
+        elif kind == PRIORITY:
+            if len(payload) != 5:
+                raise StreamError(stream_id, FRAME_SIZE_ERROR, "bad PRIORITY")
+        elif kind == PUSH_PROMISE:
+            raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        # unknown frame types are ignored (RFC 9113 §4.1)
+
+    @staticmethod
+    def _strip_padding(flags, payload):
+        if flags & PADDED:
+            if not payload or payload[0] >= len(payload):
+                raise ConnectionError_(PROTOCOL_ERROR, "bad padding")
+            return payload[1:len(payload) - payload[0]]
+        return payload
+
+    def _data(self, flags, stream_id, payload, events):
+        if not stream_id:
+            raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
+        flow = len(payload)
+        data = self._strip_padding(flags, payload)
+        if stream_id not in self.open_streams:
+            self._unacked_connection += flow  # still counts on the connection
+            if stream_id > self.highest_stream_id:
+                raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
+            raise StreamError(stream_id, STREAM_CLOSED, "DATA on a closed stream")
+        if flags & END_STREAM:
+            self.open_streams.discard(stream_id)
+        events.append(Data(stream_id, data, flow, bool(flags & END_STREAM)))
+
+    def _headers(self, flags, stream_id, payload, events):
+        if not stream_id or not stream_id & 1:
+            raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
+        payload = self._strip_padding(flags, payload)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        if stream_id in self.open_streams:
+            # trailers from the client: only an end-of-stream marker for gRPC
+            if not flags & END_STREAM:
+                raise StreamError(stream_id, PROTOCOL_ERROR, "trailers without END_STREAM")
+        elif stream_id <= self.highest_stream_id:
+            raise ConnectionError_(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+        else:
+            self.highest_stream_id = stream_id
+            self.open_streams.add(stream_id)
+            self.stream_send_windows[stream_id] = self.peer_initial_window
+        self._headers_stream = stream_id
+        self._header_block = bytearray(payload)
+        self._header_end_stream = bool(flags & END_STREAM)
+        if flags & END_HEADERS:
+            self._end_headers(events)
+
+    def _end_headers(self, events):
+        stream_id, block = self._headers_stream, bytes(self._header_block)
+        self._headers_stream = 0
+        self._header_block = bytearray()
+        if len(block) > MAX_HEADER_BLOCK:
+            raise ConnectionError_(PROTOCOL_ERROR, "header block too large")
+        try:
+            headers = self._decoder.decode(block, raw=True)
+        except Exception as exc:  # hpack raises several types; all are fatal here
+            raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
+        end_stream = self._header_end_stream
+        if end_stream:
+            self.open_streams.discard(stream_id)
+        events.append(Request(stream_id, headers, end_stream))
+
+    def _settings(self, flags, stream_id, payload, out):
+        if stream_id:
+            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            return
+        if len(payload) % 6:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "bad SETTINGS length")
+        for offset in range(0, len(payload), 6):
+            key, value = _SETTING.unpack_from(payload, offset)
+            if key == INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for sid in self.stream_send_windows:
+                    self.stream_send_windows[sid] += delta
+            elif key == MAX_FRAME_SIZE:
+                if not DEFAULT_FRAME_SIZE <= value <= 2 ** 24 - 1:
+                    raise ConnectionError_(PROTOCOL_ERROR, "bad max frame size")
+                self.peer_frame_size = value
+            elif key == HEADER_TABLE_SIZE:
+                pass  # we never index what we send, so the peer's table size is moot
+        out.append(frame(SETTINGS, ACK, 0))
+
+    def _window_update(self, stream_id, payload, events):
+        if len(payload) != 4:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        if stream_id == 0:
+            if not increment:
+                raise ConnectionError_(PROTOCOL_ERROR, "zero window increment")
+            self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise ConnectionError_(FLOW_CONTROL_ERROR, "connection window overflow")
+        elif stream_id in self.stream_send_windows:
+            if not increment:
+                raise StreamError(stream_id, PROTOCOL_ERROR, "zero window increment")
+            self.stream_send_windows[stream_id] += increment
+            if self.stream_send_windows[stream_id] > MAX_WINDOW:
+                raise StreamError(stream_id, FLOW_CONTROL_ERROR, "stream window overflow")
+        else:
+            return  # a late update for a finished stream
+        events.append(WindowOpened(stream_id))
+
+    # --- output bookkeeping ----------------------------------------------------------
+
+    def sendable(self, stream_id: int, wanted: int) -> int:
+        """How many DATA bytes may go out on `stream_id` now."""
+        return max(0, min(wanted, self.send_window, self.stream_send_windows.get(stream_id, 0)))
+
+    def sent(self, stream_id: int, n: int) -> None:
+        self.send_window -= n
+        self.stream_send_windows[stream_id] -= n
+
+    def consumed(self, stream_id: int, n: int) -> bytes:
+        """The application took `n` flow-controlled bytes; returns WINDOW_UPDATEs owed
+        (batched: a quarter of the window at a time)."""
+        out = b""
+        self._unacked_connection += n
+        if self._unacked_connection >= RECEIVE_WINDOW // 4:
+            out = window_update(0, self._unacked_connection)
+            self._unacked_connection = 0
+        if stream_id in self.open_streams:
+            unacked = self._unacked_streams.get(stream_id, 0) + n
+            if unacked >= RECEIVE_WINDOW // 4:
+                out += window_update(stream_id, unacked)
+                unacked = 0
+            self._unacked_streams[stream_id] = unacked
+        return out
+
+    def close_stream(self, stream_id: int) -> None:
+        self.open_streams.discard(stream_id)
+        self.stream_send_windows.pop(stream_id, None)
+        self._unacked_streams.pop(stream_id, None)

@@ -1,0 +1,108 @@
+"""HTTP/2 framing of the gRPC server, sans I/O (appliance/grpcserver/h2.py)."""
+import struct
+
+import hpack
+import pytest
+
+from appliance.grpcserver import h2
+
+
+def connection():
+    conn = h2.Connection()
+    out = []
+    assert conn.receive(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0), out) == []
+    assert out == [h2.frame(h2.SETTINGS, h2.ACK, 0)]
+    return conn
+
+
+def request_headers(path=b"/s.S/M"):
+    return hpack.Encoder().encode([(b":method", b"POST"), (b":path", path),
+                                   (b"content-type", b"application/grpc"),
+                                   (b"containerd-namespace", b"default")])
+
+
+def test_preface_and_frames_split_at_every_byte():
+    block = request_headers()
+    wire = h2.PREFACE + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block) + \
+        h2.frame(h2.DATA, h2.END_STREAM, 1, b"\0\0\0\0\2hi")
+    conn, events, out = h2.Connection(), [], []
+    for i in range(len(wire)):
+        events += conn.receive(wire[i:i + 1], out)
+    assert [type(e) for e in events] == [h2.Request, h2.Data]
+    assert (b":path", b"/s.S/M") in events[0].headers
+    assert events[1].data == b"\0\0\0\0\2hi" and events[1].end_stream
+    assert conn.open_streams == set()
+
+
+def test_bad_preface_is_a_connection_error():
+    with pytest.raises(h2.ConnectionError_):
+        h2.Connection().receive(b"GET / HTTP/1.1\r\n\r\n", [])
+
+
+def test_continuation_padding_and_priority():
+    block = request_headers()
+    padded = bytes([3]) + struct.pack(">IB", 0, 7) + block[:5] + b"\0\0\0"
+    conn, out = connection(), []
+    events = conn.receive(h2.frame(h2.HEADERS, h2.PADDED | h2.PRIORITY_FLAG, 3, padded), out)
+    assert events == []
+    events = conn.receive(h2.frame(h2.CONTINUATION, h2.END_HEADERS, 3, block[5:]), out)
+    assert (b"containerd-namespace", b"default") in events[0].headers
+    data = conn.receive(h2.frame(h2.DATA, h2.PADDED, 3, bytes([4]) + b"abc" + b"\0" * 4), out)
+    assert data[0].data == b"abc" and data[0].flow_length == 8
+
+
+def test_protocol_violations():
+    with pytest.raises(h2.ConnectionError_) as err:  # even stream ids belong to servers
+        connection().receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 2, request_headers()), [])
+    assert err.value.code == h2.PROTOCOL_ERROR
+    with pytest.raises(h2.ConnectionError_) as err:
+        connection().receive(h2.frame(h2.DATA, 0, 1, b"x" * 20000), [])
+    assert err.value.code == h2.FRAME_SIZE_ERROR
+    conn = connection()
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 5, request_headers()), [])
+    with pytest.raises(h2.ConnectionError_):  # stream ids must grow
+        conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 3, request_headers()), [])
+    conn = connection()
+    conn.receive(h2.frame(h2.HEADERS, 0, 1, request_headers()[:3]), [])
+    with pytest.raises(h2.ConnectionError_):  # a header block must continue at once
+        conn.receive(h2.frame(h2.DATA, 0, 1, b"x"), [])
+    with pytest.raises(h2.ConnectionError_) as err:
+        connection().receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, b"\xbf"), [])  # no entry
+    assert err.value.code == h2.COMPRESSION_ERROR
+
+
+def test_data_on_a_finished_stream_resets_only_that_stream():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, request_headers()), out)
+    events = conn.receive(h2.frame(h2.DATA, 0, 1, b"late"), out)
+    assert events == [h2.Reset(1, h2.STREAM_CLOSED)]
+    assert out[-1] == h2.rst_stream(1, h2.STREAM_CLOSED)
+
+
+def test_ping_is_acknowledged():
+    out = []
+    connection().receive(h2.frame(h2.PING, 0, 0, b"12345678"), out)
+    assert out == [h2.frame(h2.PING, h2.ACK, 0, b"12345678")]
+
+
+def test_send_windows_follow_settings_and_updates():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
+    assert conn.sendable(1, 10 ** 6) == h2.DEFAULT_WINDOW
+    conn.sent(1, 65000)
+    assert conn.sendable(1, 10 ** 6) == 535
+    conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, 100535)), out)
+    assert conn.sendable(1, 10 ** 6) == 535  # the connection window still limits
+    events = conn.receive(h2.window_update(0, 1 << 20), out)
+    assert events == [h2.WindowOpened(0)]
+    assert conn.sendable(1, 10 ** 6) == 35535
+    with pytest.raises(h2.ConnectionError_):
+        conn.receive(h2.window_update(0, h2.MAX_WINDOW), out)
+
+
+def test_consumed_bytes_come_back_as_window_updates_in_batches():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
+    quarter = h2.RECEIVE_WINDOW // 4
+    assert conn.consumed(1, quarter - 1) == b""
+    assert conn.consumed(1, 1) == h2.window_update(0, quarter) + h2.window_update(1, quarter)
