@@ -3,11 +3,11 @@
 Services raise these; the gRPC and TTRPC adapters turn them into status codes the
 way containerd's errdefs does, so `ctr` prints the same messages.
 """
-import grpc
+from .grpcserver.status import StatusCode
 
 
 class ApplianceError(Exception):
-    code = grpc.StatusCode.UNKNOWN
+    code = StatusCode.UNKNOWN
 
     def __init__(self, message):
         super().__init__(message)
@@ -15,35 +15,35 @@ class ApplianceError(Exception):
 
 
 class NotFound(ApplianceError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = StatusCode.NOT_FOUND
 
 
 class AlreadyExists(ApplianceError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = StatusCode.ALREADY_EXISTS
 
 
 class FailedPrecondition(ApplianceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = StatusCode.FAILED_PRECONDITION
 
 
 class InvalidArgument(ApplianceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = StatusCode.INVALID_ARGUMENT
 
 
 class Unavailable(ApplianceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = StatusCode.UNAVAILABLE
 
 
 class Unimplemented(ApplianceError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = StatusCode.UNIMPLEMENTED
 
 
 class DeadlineExceeded(ApplianceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = StatusCode.DEADLINE_EXCEEDED
 
 
 class Aborted(ApplianceError):
-    code = grpc.StatusCode.ABORTED
+    code = StatusCode.ABORTED
 
 
 _BY_CODE = {cls.code: cls for cls in (NotFound, AlreadyExists, FailedPrecondition,
@@ -57,12 +57,12 @@ def from_status(code, message):
 
 
 def status_of(exc):
-    """(grpc.StatusCode, message) for any exception raised by a service."""
+    """(StatusCode, message) for any exception raised by a service."""
     if isinstance(exc, ApplianceError):
         return exc.code, exc.message
     if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
-    return grpc.StatusCode.UNKNOWN, str(exc) or type(exc).__name__
+        return StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
+    return StatusCode.UNKNOWN, str(exc) or type(exc).__name__
 
 
 def q(text: str) -> str:

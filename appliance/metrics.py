@@ -157,7 +157,7 @@ GRPC_MSG_SENT = counter("grpc_server_msg_sent_total",
                         "Total number of gRPC stream messages sent by the server.", _GRPC_LABELS)
 _grpc_histogram: Metric | None = None
 
-# grpc.StatusCode → Go's codes.Code.String()
+# StatusCode → Go's codes.Code.String()
 _GO_CODE_NAMES = {"CANCELLED": "Canceled", "OK": "OK"}
 
 
@@ -227,20 +227,20 @@ def record_methods(services) -> None:
     """Give every method of `services` (a stubs.GrpcServices) zero-valued series from the
     start, as go-grpc-prometheus's Register does (rate() then works from the first call).
     This loads every service's stubs at start-up: the price of metrics."""
-    import grpc
+    from .grpcserver import StatusCode
     for service in services.names():
         for name, handler in services.handlers(service).items():
             labels = (_grpc_type(handler), service, name)
             for metric in (GRPC_STARTED, GRPC_MSG_RECEIVED, GRPC_MSG_SENT, _grpc_histogram):
                 if metric is not None:
                     metric.labels(*labels)
-            for code in grpc.StatusCode:
+            for code in StatusCode:
                 GRPC_HANDLED.labels(*labels, go_code_name(code))
 
 
 def grpc_interceptor():
-    """A grpc.aio server interceptor counting calls per method and code."""
-    import grpc
+    """A gRPC server interceptor (appliance.grpcserver) counting calls per method and code."""
+    from .grpcserver import StatusCode
 
     def split(method: str) -> tuple[str, str]:
         service, _, name = method.lstrip("/").rpartition("/")
@@ -248,16 +248,16 @@ def grpc_interceptor():
 
     def code_of(context, exc) -> str:
         code = context.code()
-        if code is None or (exc is not None and code == grpc.StatusCode.OK):
+        if code is None or (exc is not None and code == StatusCode.OK):
             if exc is None:
-                code = grpc.StatusCode.OK
+                code = StatusCode.OK
             elif isinstance(exc, asyncio_cancelled()):
-                code = grpc.StatusCode.CANCELLED
+                code = StatusCode.CANCELLED
             else:
-                code = grpc.StatusCode.UNKNOWN
+                code = StatusCode.UNKNOWN
         return go_code_name(code)
 
-    class Interceptor(grpc.aio.ServerInterceptor):
+    class Interceptor:
         async def intercept_service(self, continuation, details):
             handler = await continuation(details)
             if handler is None:
@@ -288,7 +288,8 @@ def grpc_interceptor():
                 return request, time.perf_counter()
 
             if not handler.response_streaming:
-                inner = handler.unary_unary or handler.stream_unary
+                field = "stream_unary" if handler.request_streaming else "unary_unary"
+                inner = getattr(handler, field)
 
                 async def unary(request, context):
                     request, started = begin(request)
@@ -304,11 +305,10 @@ def grpc_interceptor():
                         raise
                     finally:
                         finished(context, started, exc)
-                make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
-                        else grpc.unary_unary_rpc_method_handler)
-                return make(unary, handler.request_deserializer, handler.response_serializer)
+                return handler._replace(**{field: unary})
 
-            inner = handler.unary_stream or handler.stream_stream
+            field = "stream_stream" if handler.request_streaming else "unary_stream"
+            inner = getattr(handler, field)
 
             async def streaming(request, context):
                 request, started = begin(request)
@@ -326,9 +326,7 @@ def grpc_interceptor():
                     raise
                 finally:
                     finished(context, started, exc)
-            make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                    else grpc.unary_stream_rpc_method_handler)
-            return make(streaming, handler.request_deserializer, handler.response_serializer)
+            return handler._replace(**{field: streaming})
 
     return Interceptor()
 

@@ -9,10 +9,8 @@ listed in a `GrpcServices` table that imports a service's stubs on its first cal
 from __future__ import annotations
 
 import importlib
-import threading
-import types
 
-import grpc
+from .grpcserver import MethodHandler, StatusCode
 
 
 class module:
@@ -35,65 +33,58 @@ class module:
         return f"<stubs.module {self.__name}>"
 
 
-class GrpcServices(grpc.GenericRpcHandler):
+class GrpcServices:
     """The daemon's gRPC services, by full name; one generic handler on the server.
 
-    A service's method handlers are built on its first call (or by `handlers()`),
-    from its generated `add_<Service>Servicer_to_server`.
+    A service's method handlers are built on its first call (or by `handlers()`), from
+    the service's descriptor in its generated `_pb2` module.
     """
 
     def __init__(self):
         self._servicers: dict[str, tuple[module, object]] = {}
-        self._handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        self._lock = threading.Lock()
+        self._handlers: dict[str, dict[str, MethodHandler]] = {}
 
-    def add(self, service: str, grpc_stubs: module, servicer) -> None:
-        """service: full name ("containerd.services.leases.v1.Leases"); grpc_stubs: its
-        `_pb2_grpc` module; servicer: the adapter with the service's methods."""
+    def add(self, service: str, pb2: module, servicer) -> None:
+        """service: full name ("containerd.services.leases.v1.Leases"); pb2: the
+        `_pb2` module that defines it; servicer: the adapter with its methods."""
         if service in self._servicers:
             raise ValueError(f"duplicate gRPC service {service}")
-        self._servicers[service] = (grpc_stubs, servicer)
+        self._servicers[service] = (pb2, servicer)
 
     def names(self) -> list[str]:
         return list(self._servicers)
 
-    def handlers(self, service: str) -> dict[str, grpc.RpcMethodHandler]:
+    def handlers(self, service: str) -> dict[str, MethodHandler]:
         """The service's method handlers by method name ({} for an unknown service)."""
         found = self._handlers.get(service)
         if found is None:
             if service not in self._servicers:
                 return {}  # not cached: a client can send any name
-            with self._lock:
-                found = self._handlers.get(service)
-                if found is None:
-                    found = self._handlers[service] = self._load(service)
+            found = self._handlers[service] = self._load(service)
         return found
 
     def service(self, handler_call_details):
         service, _, method = handler_call_details.method[1:].partition("/")
         return self.handlers(service).get(method)
 
-    def _load(self, service: str) -> dict[str, grpc.RpcMethodHandler]:
-        grpc_stubs, servicer = self._servicers[service]
-        short = service.rpartition(".")[2]
-        # the generated base class answers UNIMPLEMENTED for methods an adapter lacks
-        base = getattr(grpc_stubs, f"{short}Servicer")()
-        methods = types.SimpleNamespace(**{
-            name: getattr(servicer, name, getattr(base, name))
-            for name in dir(base) if not name.startswith("_")})
-        collected = _Collector()
-        getattr(grpc_stubs, f"add_{short}Servicer_to_server")(methods, collected)
-        return collected.handlers
+    def _load(self, service: str) -> dict[str, MethodHandler]:
+        from google.protobuf import message_factory
+        pb2, servicer = self._servicers[service]
+        descriptor = pb2.DESCRIPTOR.services_by_name[service.rpartition(".")[2]]
+        handlers = {}
+        for method in descriptor.methods:
+            request = message_factory.GetMessageClass(method.input_type)
+            response = message_factory.GetMessageClass(method.output_type)
+            behaviour = getattr(servicer, method.name, None) or _unimplemented(method.name)
+            kind = ("stream" if method.client_streaming else "unary") + "_" + \
+                ("stream" if method.server_streaming else "unary")
+            handlers[method.name] = MethodHandler(
+                method.client_streaming, method.server_streaming, request.FromString,
+                response.SerializeToString, **{kind: behaviour})
+        return handlers
 
 
-class _Collector:
-    """Takes the handlers a generated `add_…_to_server` registers."""
-
-    def __init__(self):
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, generic_handlers):
-        pass  # the same handlers come again through add_registered_method_handlers
-
-    def add_registered_method_handlers(self, service, handlers):
-        self.handlers.update(handlers)
+def _unimplemented(name: str):
+    async def unimplemented(request, context):
+        await context.abort(StatusCode.UNIMPLEMENTED, f"method {name} not implemented")
+    return unimplemented

@@ -5,8 +5,9 @@ poller and worker, completion-queue poller, the loop), which cost ≈ 0.2 ms per
 here — more than the handlers themselves (bench/NOTES.md). Here a request is parsed,
 handled and answered on the event loop's thread.
 
-Handlers are grpc's `RpcMethodHandler`s as the generated stubs build them, and the
-context passed to them offers what grpc.aio's does for the daemon's handlers:
+Handlers are `MethodHandler`s (the fields of grpc's RpcMethodHandler; stubs.py builds
+them from the services' descriptors), and the context passed to them offers what
+grpc.aio's does for the daemon's handlers:
 `invocation_metadata`, `abort`, `set_code`/`set_details`/`code`, `read`/`write`,
 `time_remaining`, `peer`, `cancelled`/`done`.
 """
@@ -21,10 +22,8 @@ import time
 import zlib
 from typing import NamedTuple
 
-import grpc
-from grpc.aio import EOF
-
 from . import h2
+from .status import EOF, StatusCode
 
 log = logging.getLogger("appliance.grpc")
 
@@ -42,6 +41,18 @@ class _Details(NamedTuple):
     invocation_metadata: tuple
 
 
+class MethodHandler(NamedTuple):
+    """One method's kind, codecs and behaviour (the fields of grpc's RpcMethodHandler)."""
+    request_streaming: bool
+    response_streaming: bool
+    request_deserializer: object
+    response_serializer: object
+    unary_unary: object = None
+    unary_stream: object = None
+    stream_unary: object = None
+    stream_stream: object = None
+
+
 class _Abort(Exception):
     """Raised by `abort()`; ends the handler with the status already set."""
 
@@ -50,7 +61,7 @@ class _Finished(Exception):
     """The stream is gone (reset by the client or the connection closed)."""
 
 
-def _status_bytes(code: grpc.StatusCode, details: str) -> bytes:
+def _status_bytes(code: StatusCode, details: str) -> bytes:
     fields = [(b"grpc-status", str(code.value[0]).encode())]
     if details:
         fields.append((b"grpc-message", _percent_encode(details)))
@@ -91,7 +102,7 @@ class Call:
         self._done = False                   # trailers sent or stream reset
         self._reset = False
         self._failed = False                 # the request stream broke (see _fail)
-        self._code: grpc.StatusCode | None = None
+        self._code: StatusCode | None = None
         self._details = ""
         self._trailing: tuple = ()
         self.task: asyncio.Task | None = None
@@ -113,13 +124,13 @@ class Call:
     def done(self) -> bool:
         return self._done
 
-    def set_code(self, code: grpc.StatusCode) -> None:
+    def set_code(self, code: StatusCode) -> None:
         self._code = code
 
     def set_details(self, details: str) -> None:
         self._details = details
 
-    def code(self) -> grpc.StatusCode | None:
+    def code(self) -> StatusCode | None:
         return self._code
 
     def details(self) -> str:
@@ -131,8 +142,8 @@ class Call:
     async def send_initial_metadata(self, metadata) -> None:
         self._send_headers()
 
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
-        if code == grpc.StatusCode.OK:
+    async def abort(self, code: StatusCode, details: str = "", trailing_metadata=()):
+        if code == StatusCode.OK:
             raise ValueError("abort with StatusCode.OK")
         self._code, self._details = code, details
         if trailing_metadata:
@@ -140,7 +151,7 @@ class Call:
         raise _Abort()
 
     async def read(self):
-        """The next request message, or grpc.aio.EOF after the client's last."""
+        """The next request message, or EOF after the client's last."""
         while not self._messages:
             if self._failed:
                 raise _Abort()
@@ -188,7 +199,7 @@ class Call:
         if end_stream:
             self._request_open = False
             if self._buffer:
-                self._fail(grpc.StatusCode.INTERNAL, "grpc: truncated message")
+                self._fail(StatusCode.INTERNAL, "grpc: truncated message")
         self._wake_reader()
 
     def _split_messages(self) -> None:
@@ -197,7 +208,7 @@ class Call:
         while len(buf) >= 5:
             length = int.from_bytes(buf[1:5], "big")
             if length > limit:
-                self._fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                self._fail(StatusCode.RESOURCE_EXHAUSTED,
                            f"grpc: received message larger than max ({length} vs. {limit})")
                 return
             if len(buf) < 5 + length:
@@ -208,11 +219,11 @@ class Call:
                 try:
                     data = zlib.decompress(data, wbits=31)  # gzip, the one codec we accept
                 except zlib.error:
-                    self._fail(grpc.StatusCode.INTERNAL, "grpc: failed to decompress message")
+                    self._fail(StatusCode.INTERNAL, "grpc: failed to decompress message")
                     return
             self._messages.append(data)
 
-    def _fail(self, code: grpc.StatusCode, details: str) -> None:
+    def _fail(self, code: StatusCode, details: str) -> None:
         """A broken request stream: the handler's next read ends the call with this status."""
         self._buffer.clear()
         self._messages.clear()
@@ -282,11 +293,11 @@ class Call:
                 if self._done:
                     raise _Finished()
 
-    def _finish(self, code: grpc.StatusCode, details: str, response: bytes | None = None):
+    def _finish(self, code: StatusCode, details: str, response: bytes | None = None):
         """Send the response (if any) and the status, in one write where the window allows."""
         if self._done:
             return
-        status = _OK_TRAILERS if code == grpc.StatusCode.OK and not details \
+        status = _OK_TRAILERS if code == StatusCode.OK and not details \
             else _status_bytes(code, details)
         if self._trailing:
             status += h2.encode_headers(_metadata_fields(self._trailing))
@@ -461,7 +472,7 @@ class _Connection(asyncio.Protocol):
         call = Call(self, stream_id, path, metadata, deadline, not event.end_stream)
         self.calls[stream_id] = call
         if self.server.draining:
-            call._finish(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+            call._finish(StatusCode.UNAVAILABLE, "the server is stopping")
             return
         call.task = asyncio.get_running_loop().create_task(self.server.handle(call))
 
@@ -535,7 +546,7 @@ class Server:
         handler = await self._intercepted(details) if self._interceptors \
             else self._lookup(details)
         if handler is None:
-            call._finish(grpc.StatusCode.UNIMPLEMENTED, self._unimplemented(call._method))
+            call._finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call._method))
             return
         call._deserialize = handler.request_deserializer
         call._serialize = handler.response_serializer or (lambda m: m)
@@ -552,41 +563,41 @@ class Server:
                 return   # reset by the client or the connection is gone
             if isinstance(exc, TimeoutError) and call._deadline is not None \
                     and time.monotonic() >= call._deadline:
-                call._finish(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                call._finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             elif isinstance(exc, TimeoutError):
-                call._finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+                call._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
             else:
-                call._finish(grpc.StatusCode.CANCELLED, "Cancelled")
+                call._finish(StatusCode.CANCELLED, "Cancelled")
                 raise
         except _Finished:
             pass
         except _SendTooLarge as exc:
-            call._finish(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            call._finish(StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except NotImplementedError as exc:
-            call._finish(call._code or grpc.StatusCode.UNIMPLEMENTED,
+            call._finish(call._code or StatusCode.UNIMPLEMENTED,
                          call._details or str(exc))
         except Exception as exc:
             log.exception("unexpected error in %s", call._method)
-            call._finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+            call._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
         else:
-            if call._code not in (None, grpc.StatusCode.OK):
+            if call._code not in (None, StatusCode.OK):
                 call._finish(call._code, call._details)
             elif response is None:
-                call._finish(grpc.StatusCode.OK, "")
+                call._finish(StatusCode.OK, "")
             else:
                 data = call._serialize(response)
                 if len(data) > self.max_send:
-                    call._finish(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    call._finish(StatusCode.RESOURCE_EXHAUSTED,
                                  str(_SendTooLarge(len(data), self.max_send)))
                 elif call._conn.h2.sendable(call._stream_id, len(data) + 5) == len(data) + 5 \
                         and len(data) + 5 <= call._conn.h2.peer_frame_size:
-                    call._finish(grpc.StatusCode.OK, "", len(data).to_bytes(5, "big") + data)
+                    call._finish(StatusCode.OK, "", len(data).to_bytes(5, "big") + data)
                 else:
                     try:
                         await call._send_message(data, serializer=_same)
                     except _Finished:
                         return
-                    call._finish(grpc.StatusCode.OK, "")
+                    call._finish(StatusCode.OK, "")
 
     def _unimplemented(self, path: str) -> str:
         """grpc-go's words for an unknown method or service."""
@@ -640,7 +651,7 @@ def _loop_time(deadline: float) -> float:
 
 
 def _internal(call: Call, details: str) -> _Abort:
-    call._code, call._details = grpc.StatusCode.INTERNAL, details
+    call._code, call._details = StatusCode.INTERNAL, details
     return _Abort()
 
 

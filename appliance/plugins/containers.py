@@ -11,8 +11,6 @@ from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registrati
 
 events = stubs.module("appliance._proto.containerd.api.events.container_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
-pb_grpc = stubs.module(
-    "appliance._proto.containerd.api.services.containers.v1.containers_pb2_grpc")
 
 
 def _adaptor(c: pb.Container):
@@ -74,7 +72,7 @@ class ContainersAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.containers.v1.Containers", pb_grpc, self)
+        services.add("containerd.services.containers.v1.Containers", pb, self)
 
     @rpc
     def Get(self, request, context):

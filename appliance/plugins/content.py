@@ -16,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import os
 
-import grpc
 from google.protobuf import empty_pb2
 
 from ..core.content.store import LocalStore
 from ..core.metadata.content import ContentStore, Info, Status
 from .. import stubs
 from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound
+from ..grpcserver.status import EOF, StatusCode
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.content_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.content.v1.content_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.content.v1.content_pb2_grpc")
 
 READ_CHUNK = 1 << 20
 THREAD_THRESHOLD = 64 << 10     # smaller writes are cheaper inline than a thread hop
@@ -36,7 +35,7 @@ LIST_BATCH = 100
 
 
 class OutOfRange(ApplianceError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+    code = StatusCode.OUT_OF_RANGE
 
 
 class ContentService:
@@ -100,7 +99,7 @@ class ContentAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.content.v1.Content", pb_grpc, self)
+        services.add("containerd.services.content.v1.Content", pb, self)
 
     @rpc
     def Info(self, request, context):
@@ -170,7 +169,7 @@ class ContentAdapter:
         # the ref, after any thread still writing.
         ns, lease = namespace_of(context), lease_of(context)
         req = await context.read()
-        if req is grpc.aio.EOF:
+        if req is EOF:
             return
         if not req.ref:
             raise InvalidArgument("first message must have a reference")
@@ -225,7 +224,7 @@ class ContentAdapter:
                 if req.action == pb.COMMIT:
                     return
                 req = await context.read()
-                if req is grpc.aio.EOF:
+                if req is EOF:
                     return
         finally:
             _close_after(running, writer.close)

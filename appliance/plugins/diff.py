@@ -13,7 +13,6 @@ from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2_grpc")
 descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")
 
 
@@ -60,7 +59,7 @@ class DiffAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.diff.v1.Diff", pb_grpc, self)
+        services.add("containerd.services.diff.v1.Diff", pb, self)
 
     @rpc
     async def Apply(self, request, context):

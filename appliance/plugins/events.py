@@ -9,8 +9,6 @@ from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, InitContext, Registration
 
 events_pb2 = stubs.module("appliance._proto.containerd.api.services.events.v1.events_pb2")
-events_pb2_grpc = stubs.module(
-    "appliance._proto.containerd.api.services.events.v1.events_pb2_grpc")
 ttrpc_events_pb2 = stubs.module(
     "appliance._proto.containerd.api.services.ttrpc.events.v1.events_pb2")
 
@@ -22,7 +20,7 @@ class EventsAdapter:
         self.exchange = exchange
 
     def register(self, services):
-        services.add("containerd.services.events.v1.Events", events_pb2_grpc, self)
+        services.add("containerd.services.events.v1.Events", events_pb2, self)
 
     def register_ttrpc(self, server):
         server.register(TTRPC_EVENTS_SERVICE, {"Forward": self._ttrpc_forward})

@@ -1,39 +1,51 @@
 """io.containerd.grpc.v1.healthcheck: grpc.health.v1, SERVING once the daemon is up."""
+import asyncio
+
 from .. import stubs
+from ..errdefs import NotFound
+from ..grpcutil import rpc
 from ..plugin import GRPC, Registration
 
-health = stubs.module("grpc_health.v1.health")
 health_pb2 = stubs.module("grpc_health.v1.health_pb2")
-health_pb2_grpc = stubs.module("grpc_health.v1.health_pb2_grpc")
+
+DAEMON = ""  # the service name that stands for the whole server
 
 
 class HealthAdapter:
-    """grpc_health's servicer, made on the first call (its stubs are not loaded before)."""
+    """Check and Watch of the server's health ("" is the only service, as in containerd)."""
 
     def __init__(self):
-        self._servicer = None
         self._serving = False
+        self._changed = asyncio.Event()
 
     def register(self, services):
-        services.add("grpc.health.v1.Health", health_pb2_grpc, self)
+        services.add("grpc.health.v1.Health", health_pb2, self)
 
     async def serving(self):
         self._serving = True
-        if self._servicer is not None:
-            await self._servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    async def _health(self):
-        if self._servicer is None:
-            self._servicer = health.aio.HealthServicer()
-            if self._serving:
-                await self._servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        return self._servicer
+    def _status(self, service: str):
+        if service != DAEMON:
+            raise NotFound("unknown service")
+        response = health_pb2.HealthCheckResponse
+        return response.SERVING if self._serving else response.NOT_SERVING
 
+    @rpc
     async def Check(self, request, context):
-        return await (await self._health()).Check(request, context)
+        return health_pb2.HealthCheckResponse(status=self._status(request.service))
 
+    @rpc
     async def Watch(self, request, context):
-        return await (await self._health()).Watch(request, context)
+        response = health_pb2.HealthCheckResponse
+        while True:
+            try:
+                status = self._status(request.service)
+            except NotFound:
+                status = response.SERVICE_UNKNOWN  # Watch reports, never fails (gRPC spec)
+            yield response(status=status)
+            await self._changed.wait()  # after SERVING: until the client cancels
 
 
 REGISTRATIONS = [Registration(GRPC, "healthcheck", lambda ic: HealthAdapter())]

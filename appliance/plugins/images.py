@@ -13,7 +13,6 @@ from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registrati
 
 events = stubs.module("appliance._proto.containerd.api.events.image_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.images.v1.images_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.images.v1.images_pb2_grpc")
 descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")
 
 
@@ -74,7 +73,7 @@ class ImagesAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.images.v1.Images", pb_grpc, self)
+        services.add("containerd.services.images.v1.Images", pb, self)
 
     @rpc
     def Get(self, request, context):

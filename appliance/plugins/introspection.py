@@ -10,8 +10,6 @@ from ..grpcutil import rpc
 from ..plugin import GRPC, SERVICE, InitContext, Plugin, PluginSet, Registration, SkipPlugin
 
 pb = stubs.module("appliance._proto.containerd.api.services.introspection.v1.introspection_pb2")
-pb_grpc = stubs.module(
-    "appliance._proto.containerd.api.services.introspection.v1.introspection_pb2_grpc")
 platform_pb2 = stubs.module("appliance._proto.containerd.api.types.platform_pb2")
 
 UNKNOWN = 2  # google.rpc.Code.UNKNOWN, what containerd reports for init errors
@@ -81,7 +79,7 @@ class IntrospectionAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.introspection.v1.Introspection", pb_grpc, self)
+        services.add("containerd.services.introspection.v1.Introspection", pb, self)
 
     @rpc
     def Plugins(self, request, context):

@@ -11,7 +11,6 @@ from ..grpcutil import namespace_of, rpc
 from ..plugin import GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2_grpc")
 
 
 class LeasesService:
@@ -60,7 +59,7 @@ class LeasesAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.leases.v1.Leases", pb_grpc, self)
+        services.add("containerd.services.leases.v1.Leases", pb, self)
 
     @rpc
     def Create(self, request, context):

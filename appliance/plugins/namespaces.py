@@ -9,7 +9,6 @@ from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.namespace_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.namespaces.v1.namespace_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.namespaces.v1.namespace_pb2_grpc")
 
 
 class NamespacesService:
@@ -52,7 +51,7 @@ class NamespacesAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.namespaces.v1.Namespaces", pb_grpc, self)
+        services.add("containerd.services.namespaces.v1.Namespaces", pb, self)
 
     @rpc
     def Get(self, request, context):

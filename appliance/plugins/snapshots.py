@@ -19,7 +19,6 @@ from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT,
 
 events = stubs.module("appliance._proto.containerd.api.events.snapshot_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.snapshots.v1.snapshots_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.snapshots.v1.snapshots_pb2_grpc")
 mount_pb2 = stubs.module("appliance._proto.containerd.api.types.mount_pb2")
 
 DEFAULT_SNAPSHOTTER = "overlayfs"
@@ -89,7 +88,7 @@ class SnapshotsAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.snapshots.v1.Snapshots", pb_grpc, self)
+        services.add("containerd.services.snapshots.v1.Snapshots", pb, self)
 
     @rpc
     async def Prepare(self, request, context):

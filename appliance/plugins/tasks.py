@@ -19,7 +19,6 @@ from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, METADATA, MONITOR, RUNTIME_V2, SERVICE, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2")
-pb_grpc = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2_grpc")
 metrics_pb2 = stubs.module("appliance._proto.containerd.api.types.metrics_pb2")
 task_pb2 = stubs.module("appliance._proto.containerd.api.types.task.task_pb2")
 shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
@@ -189,7 +188,7 @@ class TasksAdapter:
         self.service = service
 
     def register(self, services):
-        services.add("containerd.services.tasks.v1.Tasks", pb_grpc, self)
+        services.add("containerd.services.tasks.v1.Tasks", pb, self)
 
     @rpc
     async def Create(self, request, context):

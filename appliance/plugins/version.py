@@ -5,14 +5,12 @@ from .. import __version__, stubs
 from ..plugin import GRPC, Registration
 
 version_pb2 = stubs.module("appliance._proto.containerd.api.services.version.v1.version_pb2")
-version_pb2_grpc = stubs.module(
-    "appliance._proto.containerd.api.services.version.v1.version_pb2_grpc")
 REVISION = "ctrappliance"
 
 
 class VersionAdapter:
     def register(self, services):
-        services.add("containerd.services.version.v1.Version", version_pb2_grpc, self)
+        services.add("containerd.services.version.v1.Version", version_pb2, self)
 
     @functools.cached_property
     def _response(self):

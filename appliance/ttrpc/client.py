@@ -4,22 +4,22 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from .. import errdefs
+from ..grpcserver.status import StatusCode
 from .framing import (REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, KeyValue, Request, Response,
                       encode_frame)
 from .server import NAMESPACE_KEY
 
 log = logging.getLogger("appliance.ttrpc")
 
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
+_CODES = {c.value[0]: c for c in StatusCode}
 
 
-def _error(code: int | grpc.StatusCode, message: str) -> errdefs.ApplianceError:
+def _error(code: int | StatusCode, message: str) -> errdefs.ApplianceError:
     if isinstance(code, int):
-        code = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+        code = _CODES.get(code, StatusCode.UNKNOWN)
     return errdefs.from_status(code, message)
 
 
@@ -78,7 +78,7 @@ class TTRPCClient:
         try:
             frame = encode_frame(stream_id, REQUEST, req.SerializeToString())
         except FrameTooLarge as exc:
-            raise _error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise _error(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
         fut = asyncio.get_running_loop().create_future()
         self._pending[stream_id] = fut
@@ -95,7 +95,7 @@ class TTRPCClient:
         try:
             resp = Response.FromString(payload)
         except DecodeError as exc:
-            raise _error(grpc.StatusCode.INTERNAL, f"ttrpc: bad response: {exc}") from None
+            raise _error(StatusCode.INTERNAL, f"ttrpc: bad response: {exc}") from None
         if resp.status.code != 0:
             raise _error(resp.status.code, resp.status.message)
         return resp.payload
@@ -124,7 +124,7 @@ class TTRPCClient:
                     if fut is None or fut.done():
                         continue  # caller gave up (timeout), or a stray id
                     if isinstance(item, FrameTooLarge):
-                        fut.set_exception(_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(item)))
+                        fut.set_exception(_error(StatusCode.RESOURCE_EXHAUSTED, str(item)))
                     elif item.type == RESPONSE:
                         fut.set_result(item.payload)
                     # DATA (streaming) frames are not used by unary calls: ignored.

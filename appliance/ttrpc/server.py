@@ -11,10 +11,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from ..errdefs import ApplianceError, status_of
+from ..grpcserver.status import StatusCode
 from .framing import (DATA, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, Request,
                       Response, Status, encode_frame)
 
@@ -53,7 +53,7 @@ def require_same_user(cred: tuple[int, int, int]) -> bool:
     return cred[1] == os.geteuid()
 
 
-def _status(code: grpc.StatusCode, message: str = "") -> Status:
+def _status(code: StatusCode, message: str = "") -> Status:
     return Status(code=code.value[0], message=message)
 
 
@@ -176,33 +176,33 @@ class _Connection:
         # stream id with a status, and the connection carries on.
         if isinstance(item, FrameTooLarge):
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, str(item)))
+                StatusCode.RESOURCE_EXHAUSTED, str(item)))
         if item.stream_id % 2 != 1:
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.INVALID_ARGUMENT,
+                StatusCode.INVALID_ARGUMENT,
                 "StreamID must be odd for client initiated streams"))
         if item.type == DATA:
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.INVALID_ARGUMENT, "StreamID is no longer active"))
+                StatusCode.INVALID_ARGUMENT, "StreamID is no longer active"))
         if item.type != REQUEST:
             return  # unknown types are ignored for forward compatibility
         if item.stream_id <= self.last_id:
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment"))
+                StatusCode.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment"))
         self.last_id = item.stream_id
         try:
             req = Request.FromString(item.payload)
         except DecodeError as exc:
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.INVALID_ARGUMENT, f"unmarshal request error: {exc}"))
+                StatusCode.INVALID_ARGUMENT, f"unmarshal request error: {exc}"))
         methods = self.server._services.get(req.service)
         if methods is None:
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.UNIMPLEMENTED, f"service {req.service}"))
+                StatusCode.UNIMPLEMENTED, f"service {req.service}"))
         handler = methods.get(req.method)
         if handler is None:
             return await self._send_status(item.stream_id, _status(
-                grpc.StatusCode.UNIMPLEMENTED, f"method {req.method}"))
+                StatusCode.UNIMPLEMENTED, f"method {req.method}"))
         task = asyncio.create_task(self._call(item.stream_id, req, handler))
         self.calls.add(task)
         task.add_done_callback(self.calls.discard)
@@ -220,7 +220,7 @@ class _Connection:
                 result = result.SerializeToString()
             resp = Response(status=Status(code=0), payload=bytes(result or b""))
         except asyncio.TimeoutError:
-            resp = Response(status=_status(grpc.StatusCode.DEADLINE_EXCEEDED,
+            resp = Response(status=_status(StatusCode.DEADLINE_EXCEEDED,
                                            "context deadline exceeded"))
         except Exception as exc:
             if not isinstance(exc, ApplianceError):
@@ -238,7 +238,7 @@ class _Connection:
         except FrameTooLarge as exc:
             # ttrpc would drop the connection here; an error status is kinder.
             frame = encode_frame(stream_id, RESPONSE, Response(status=_status(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))).SerializeToString())
+                StatusCode.RESOURCE_EXHAUSTED, str(exc))).SerializeToString())
         async with self.write_lock:
             if self.writer.is_closing():
                 return

@@ -318,6 +318,13 @@ def test_health_check_serving(daemon):
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     with grpc.insecure_channel("unix:" + daemon.address) as channel:
-        resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                          timeout=5)
+        health = health_pb2_grpc.HealthStub(channel)
+        resp = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=5)
+        first = next(watch)
+        watch.cancel()
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert first.status == health_pb2.HealthCheckResponse.SERVING

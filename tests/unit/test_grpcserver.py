@@ -9,7 +9,7 @@ import tempfile
 import grpc
 import pytest
 
-from appliance.grpcserver import Server
+from appliance.grpcserver import EOF, Server
 
 PAYLOAD_LIMIT = 4 << 20
 
@@ -79,7 +79,7 @@ class Handlers(grpc.GenericRpcHandler):
         # grpc.aio style: read() until EOF, write() each answer
         while True:
             message = await context.read()
-            if message is grpc.aio.EOF:
+            if message is EOF:
                 break
             await context.write(message.upper())
         self.finished.set()

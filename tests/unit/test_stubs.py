@@ -1,5 +1,7 @@
-"""Start-up footprint: generated stubs load on first use, OpenSSL stays out of an idle daemon."""
+"""Start-up footprint: generated stubs load on first use; OpenSSL and grpcio stay out of an
+idle daemon."""
 import asyncio
+import socket
 import subprocess
 import sys
 
@@ -7,6 +9,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from appliance import stubs
+from appliance.grpcserver import Server
 from appliance.plugins.version import VersionAdapter
 from appliance.stubs import GrpcServices
 
@@ -18,17 +21,17 @@ def _python(code: str) -> str:
                           text=True, timeout=60).stdout
 
 
-def test_boot_imports_load_no_generated_stubs_and_no_openssl():
+def test_boot_imports_load_no_generated_stubs_no_openssl_and_no_grpcio():
     out = _python(
         "import sys\n"
         "from appliance import cli, process_settings\n"
         "with process_settings.asyncio_without_ssl():\n"
         "    from appliance import builtins, config, server\n"
         "stubs = [m for m in sys.modules if m.startswith('appliance._proto') and 'pb2' in m]\n"
-        "print(len(stubs), 'libcrypto' in open('/proc/self/maps').read())\n"
+        "print(len(stubs), 'libcrypto' in open('/proc/self/maps').read(), 'grpc' in sys.modules)\n"
         "import ssl, hashlib\n"  # both still importable afterwards
         "print(ssl.OPENSSL_VERSION_NUMBER > 0, hashlib.sha256(b'').hexdigest()[:8])\n")
-    assert out.split() == ["0", "False", "True", "e3b0c442"]
+    assert out.split() == ["0", "False", "False", "True", "e3b0c442"]
 
 
 class _OnlyList:
@@ -42,12 +45,13 @@ def test_grpc_services_load_on_first_call_and_answer_unimplemented_for_the_rest(
         services = GrpcServices()
         VersionAdapter().register(services)
         services.add(LEASES, stubs.module(
-            "appliance._proto.containerd.api.services.leases.v1.leases_pb2_grpc"),
-            _OnlyList())
-        server = grpc.aio.server()
+            "appliance._proto.containerd.api.services.leases.v1.leases_pb2"), _OnlyList())
+        server = Server()
         server.add_generic_rpc_handlers((services,))
-        server.add_insecure_port("unix:" + tmp_sock)
-        await server.start()
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(tmp_sock)
+        listener.listen(8)
+        await server.serve_socket(listener)
         try:
             async with grpc.aio.insecure_channel("unix:" + tmp_sock) as channel:
                 version = channel.unary_unary(
@@ -66,7 +70,7 @@ def test_grpc_services_load_on_first_call_and_answer_unimplemented_for_the_rest(
                         codes.append(grpc.StatusCode.OK)
                     except grpc.aio.AioRpcError as exc:
                         codes.append(exc.code())
-                # Create: the adapter lacks it, the generated base class answers
+                # Create: the adapter lacks it, so it answers UNIMPLEMENTED
                 assert codes == [grpc.StatusCode.OK] + [grpc.StatusCode.UNIMPLEMENTED] * 3
         finally:
             await server.stop(0)

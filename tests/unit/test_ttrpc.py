@@ -4,12 +4,12 @@ import os
 import socket
 import stat
 
-import grpc
 import pytest
 from google.rpc import status_pb2
 from hypothesis import given, settings, strategies as st
 
 from appliance import errdefs
+from appliance.grpcserver import StatusCode
 from appliance.ttrpc import (DATA, MAX_PAYLOAD, NAMESPACE_KEY, REQUEST, RESPONSE, Frame,
                              FrameDecoder, FrameTooLarge, KeyValue, Request, Response,
                              TTRPCClient, TTRPCServer, encode_frame, require_same_user)
@@ -232,7 +232,7 @@ def test_handler_errors_map_to_errdefs(tmp_path):
                     await c.call(SVC, "NotFound", b"", timeout=5)
                 with pytest.raises(errdefs.ApplianceError, match="boom") as exc:
                     await c.call(SVC, "Boom", b"", timeout=5)
-                assert exc.value.code == grpc.StatusCode.UNKNOWN
+                assert exc.value.code == StatusCode.UNKNOWN
     run(main())
 
 
@@ -254,7 +254,7 @@ def test_server_honours_timeout_nano(tmp_path):
             [reply] = await raw_exchange(
                 h.path, [req_frame(1, "Hang", timeout_nano=100_000_000)], 1)
             st = status_of_frame(reply)
-            assert reply.stream_id == 1 and st.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            assert reply.stream_id == 1 and st.code == StatusCode.DEADLINE_EXCEEDED.value[0]
             assert h.cancelled.is_set()
     run(main())
 
@@ -276,7 +276,7 @@ def test_even_stream_id_rejected(tmp_path):
                 h.path, [req_frame(2, payload=b"x"), req_frame(1, payload=b"y")], 2)
             good, bad = sorted(replies, key=lambda f: f.stream_id)
             assert bad.stream_id == 2
-            assert status_of_frame(bad).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert status_of_frame(bad).code == StatusCode.INVALID_ARGUMENT.value[0]
             assert "must be odd" in status_of_frame(bad).message
             assert good.stream_id == 1 and Response.FromString(good.payload).payload == b"y"
             assert h.seen and len(h.seen) == 1  # the handler never saw the even one
@@ -291,7 +291,7 @@ def test_stream_ids_must_increase(tmp_path):
             b, a = sorted(replies, key=lambda f: f.stream_id)  # replies may come in any order
             assert (a.stream_id, status_of_frame(a).code) == (5, 0)
             assert b.stream_id == 3
-            assert status_of_frame(b).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert status_of_frame(b).code == StatusCode.INVALID_ARGUMENT.value[0]
     run(main())
 
 
@@ -304,7 +304,7 @@ def test_oversized_request_over_the_wire(tmp_path):
                 2),
                 key=lambda f: f.stream_id)
             assert too_big.stream_id == 1
-            assert status_of_frame(too_big).code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert status_of_frame(too_big).code == StatusCode.RESOURCE_EXHAUSTED.value[0]
             assert ok.stream_id == 3 and Response.FromString(ok.payload).payload == b"z"
             # and the client refuses to send one
             async with await TTRPCClient.connect(h.path) as c:
