@@ -138,6 +138,7 @@ class Connection:
         self._headers_stream = 0  # stream whose header block continues, 0 if none
         self._header_block = bytearray()
         self._header_end_stream = False
+        self._header_trailers = False    # the block ends a stream already open
         self.highest_stream_id = 0
         self.open_streams: set[int] = set()  # ids the client may still send DATA on
         self.peer_frame_size = DEFAULT_FRAME_SIZE
@@ -146,6 +147,10 @@ class Connection:
         self.stream_send_windows: dict[int, int] = {}
         self._unacked_connection = 0               # received, consumed, not yet returned
         self._unacked_streams: dict[int, int] = {}
+        # What the peer may still send us: a peer ignoring our windows would make us
+        # buffer without bound.
+        self.receive_window = RECEIVE_WINDOW
+        self.stream_receive_windows: dict[int, int] = {}
 
     def initial_bytes(self) -> bytes:
         """Our SETTINGS and the connection window opened to RECEIVE_WINDOW."""
@@ -186,7 +191,7 @@ class Connection:
                 self._frame(kind, flags, stream_id, payload, events, out)
             except StreamError as exc:
                 out.append(rst_stream(exc.stream_id, exc.code))
-                self.open_streams.discard(exc.stream_id)
+                self._remote_closed(exc.stream_id)
                 events.append(Reset(exc.stream_id, exc.code))
         del buf[:pos]
         return events
@@ -195,17 +200,19 @@ class Connection:
         if self._headers_stream and kind != CONTINUATION:
             raise ConnectionError_(PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == DATA:
-            self._data(flags, stream_id, payload, events)
+            self._data(flags, stream_id, payload, events, out)
         elif kind == HEADERS:
             self._headers(flags, stream_id, payload, events)
         elif kind == CONTINUATION:
             if stream_id != self._headers_stream or not stream_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "unexpected CONTINUATION")
             self._header_block += payload
+            if len(self._header_block) > MAX_HEADER_BLOCK:
+                raise ConnectionError_(PROTOCOL_ERROR, "header block too large")
             if flags & END_HEADERS:
                 self._end_headers(events)
         elif kind == SETTINGS:
-            self._settings(flags, stream_id, payload, out)
+            self._settings(flags, stream_id, payload, events, out)
         elif kind == PING:
             if stream_id or len(payload) != 8:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad PING")
@@ -218,8 +225,7 @@ class Connection:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad RST_STREAM")
             if stream_id > self.highest_stream_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-            self.open_streams.discard(stream_id)
-            self.stream_send_windows.pop(stream_id, None)
+            self.close_stream(stream_id)
             events.append(Reset(stream_id, _U32.unpack(payload)[0]))
         elif kind == GOAWAY:
             if len(payload) < 8:
@@ -227,6 +233,8 @@ class Connection:
             events.append(GoAway(_U32.unpack_from(payload)[0] & 0x7FFFFFFF,
                                  _U32.unpack_from(payload, 4)[0]))
         elif kind == PRIORITY:
+            if not stream_id:
+                raise ConnectionError_(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
                 raise StreamError(stream_id, FRAME_SIZE_ERROR, "bad PRIORITY")
         elif kind == PUSH_PROMISE:
@@ -241,39 +249,61 @@ class Connection:
             return payload[1:len(payload) - payload[0]]
         return payload
 
-    def _data(self, flags, stream_id, payload, events):
+    def _data(self, flags, stream_id, payload, events, out):
         if not stream_id:
             raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
         flow = len(payload)
+        if flow > self.receive_window:
+            raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self.receive_window -= flow
         data = self._strip_padding(flags, payload)
         if stream_id not in self.open_streams:
-            self._unacked_connection += flow  # still counts on the connection
+            # It still counts on the connection: return that at once, or frames in
+            # flight to streams we closed could use up the window for good.
+            self._return_now(flow, out)
             if stream_id > self.highest_stream_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
-            raise StreamError(stream_id, STREAM_CLOSED, "DATA on a closed stream")
+            if stream_id not in self.stream_send_windows:
+                return  # closed by us: the peer may have sent before it knew (§5.1)
+            raise StreamError(stream_id, STREAM_CLOSED, "DATA on a half-closed stream")
+        window = self.stream_receive_windows[stream_id]
+        if flow > window:
+            self._return_now(flow, out)
+            raise StreamError(stream_id, FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+        self.stream_receive_windows[stream_id] = window - flow
         if flags & END_STREAM:
-            self.open_streams.discard(stream_id)
+            self._remote_closed(stream_id)
         events.append(Data(stream_id, data, flow, bool(flags & END_STREAM)))
+
+    def _return_now(self, flow, out):
+        update = self._connection_consumed(flow)
+        if update:
+            out.append(update)
+
+    def _remote_closed(self, stream_id):
+        self.open_streams.discard(stream_id)
+        self.stream_receive_windows.pop(stream_id, None)
 
     def _headers(self, flags, stream_id, payload, events):
         if not stream_id or not stream_id & 1:
             raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         payload = self._strip_padding(flags, payload)
         if flags & PRIORITY_FLAG:
+            if len(payload) < 5:
+                raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             payload = payload[5:]
-        if stream_id in self.open_streams:
-            # trailers from the client: only an end-of-stream marker for gRPC
-            if not flags & END_STREAM:
-                raise StreamError(stream_id, PROTOCOL_ERROR, "trailers without END_STREAM")
-        elif stream_id <= self.highest_stream_id:
-            raise ConnectionError_(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
-        else:
+        trailers = stream_id in self.open_streams
+        if not trailers:
+            if stream_id <= self.highest_stream_id:
+                raise ConnectionError_(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
             self.highest_stream_id = stream_id
             self.open_streams.add(stream_id)
             self.stream_send_windows[stream_id] = self.peer_initial_window
+            self.stream_receive_windows[stream_id] = RECEIVE_WINDOW
         self._headers_stream = stream_id
         self._header_block = bytearray(payload)
         self._header_end_stream = bool(flags & END_STREAM)
+        self._header_trailers = trailers
         if flags & END_HEADERS:
             self._end_headers(events)
 
@@ -281,21 +311,30 @@ class Connection:
         stream_id, block = self._headers_stream, bytes(self._header_block)
         self._headers_stream = 0
         self._header_block = bytearray()
-        if len(block) > MAX_HEADER_BLOCK:
-            raise ConnectionError_(PROTOCOL_ERROR, "header block too large")
+        # Decode even a block we refuse: the decoder's table must stay in step with
+        # the peer's encoder.
         try:
             headers = self._decoder.decode(block, raw=True)
         except Exception as exc:  # hpack raises several types; all are fatal here
             raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
         end_stream = self._header_end_stream
+        if self._header_trailers:
+            # trailers from the client: only an end-of-stream marker for gRPC
+            if not end_stream:
+                raise StreamError(stream_id, PROTOCOL_ERROR, "trailers without END_STREAM")
+            self._remote_closed(stream_id)
+            events.append(Data(stream_id, b"", 0, True))
+            return
         if end_stream:
-            self.open_streams.discard(stream_id)
+            self._remote_closed(stream_id)
         events.append(Request(stream_id, headers, end_stream))
 
-    def _settings(self, flags, stream_id, payload, out):
+    def _settings(self, flags, stream_id, payload, events, out):
         if stream_id:
             raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
+            if payload:
+                raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
             return
         if len(payload) % 6:
             raise ConnectionError_(FRAME_SIZE_ERROR, "bad SETTINGS length")
@@ -308,6 +347,10 @@ class Connection:
                 self.peer_initial_window = value
                 for sid in self.stream_send_windows:
                     self.stream_send_windows[sid] += delta
+                    if self.stream_send_windows[sid] > MAX_WINDOW:
+                        raise ConnectionError_(FLOW_CONTROL_ERROR, "stream window overflow")
+                if delta > 0:  # writers waiting for a stream window may go on
+                    events.append(WindowOpened(0))
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= 2 ** 24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, "bad max frame size")
@@ -332,6 +375,8 @@ class Connection:
             self.stream_send_windows[stream_id] += increment
             if self.stream_send_windows[stream_id] > MAX_WINDOW:
                 raise StreamError(stream_id, FLOW_CONTROL_ERROR, "stream window overflow")
+        elif stream_id > self.highest_stream_id:
+            raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
         else:
             return  # a late update for a finished stream
         events.append(WindowOpened(stream_id))
@@ -349,20 +394,25 @@ class Connection:
     def consumed(self, stream_id: int, n: int) -> bytes:
         """The application took `n` flow-controlled bytes; returns WINDOW_UPDATEs owed
         (batched: a quarter of the window at a time)."""
-        out = b""
-        self._unacked_connection += n
-        if self._unacked_connection >= RECEIVE_WINDOW // 4:
-            out = window_update(0, self._unacked_connection)
-            self._unacked_connection = 0
+        out = self._connection_consumed(n)
         if stream_id in self.open_streams:
             unacked = self._unacked_streams.get(stream_id, 0) + n
             if unacked >= RECEIVE_WINDOW // 4:
                 out += window_update(stream_id, unacked)
+                self.stream_receive_windows[stream_id] += unacked
                 unacked = 0
             self._unacked_streams[stream_id] = unacked
         return out
 
+    def _connection_consumed(self, n: int) -> bytes:
+        self._unacked_connection += n
+        if self._unacked_connection < RECEIVE_WINDOW // 4:
+            return b""
+        n, self._unacked_connection = self._unacked_connection, 0
+        self.receive_window += n
+        return window_update(0, n)
+
     def close_stream(self, stream_id: int) -> None:
-        self.open_streams.discard(stream_id)
+        self._remote_closed(stream_id)
         self.stream_send_windows.pop(stream_id, None)
         self._unacked_streams.pop(stream_id, None)

@@ -106,3 +106,83 @@ def test_consumed_bytes_come_back_as_window_updates_in_batches():
     quarter = h2.RECEIVE_WINDOW // 4
     assert conn.consumed(1, quarter - 1) == b""
     assert conn.consumed(1, 1) == h2.window_update(0, quarter) + h2.window_update(1, quarter)
+
+
+def test_continuation_flood_is_refused_before_the_block_ends():
+    conn = connection()
+    conn.receive(h2.frame(h2.HEADERS, 0, 1, request_headers()), [])
+    with pytest.raises(h2.ConnectionError_):
+        for _ in range(h2.MAX_HEADER_BLOCK // h2.DEFAULT_FRAME_SIZE + 2):
+            conn.receive(h2.frame(h2.CONTINUATION, 0, 1, b"\0" * h2.DEFAULT_FRAME_SIZE), [])
+            assert len(conn._header_block) <= h2.MAX_HEADER_BLOCK
+
+
+def test_client_trailers_end_the_stream_without_a_new_request():
+    encoder, conn, out = hpack.Encoder(), connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, encoder.encode(
+        [(b":method", b"POST"), (b":path", b"/s.S/M")])), out)
+    events = conn.receive(h2.frame(h2.DATA, 0, 1, b"\0\0\0\0\0") + h2.frame(
+        h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, encoder.encode([(b"x-t", b"1")])), out)
+    assert events == [h2.Data(1, b"\0\0\0\0\0", 5, False), h2.Data(1, b"", 0, True)]
+    assert conn.open_streams == set()
+
+
+def test_refused_trailers_still_feed_the_hpack_table():
+    encoder, conn, out = hpack.Encoder(), connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, encoder.encode(
+        [(b":method", b"POST"), (b":path", b"/s.S/M")])), out)
+    # trailers without END_STREAM: a stream error, but the entry they add to the
+    # encoder's table is used by the next request
+    events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, encoder.encode(
+        [(b"x-new-entry", b"v")])), out)
+    assert events == [h2.Reset(1, h2.PROTOCOL_ERROR)]
+    events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 3, encoder.encode(
+        [(b":path", b"/s.S/N"), (b"x-new-entry", b"v")])), out)
+    assert events[0].headers == [(b":path", b"/s.S/N"), (b"x-new-entry", b"v")]
+
+
+def test_data_beyond_the_receive_window_is_a_flow_control_error():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
+    chunk = h2.frame(h2.DATA, 0, 1, b"x" * h2.DEFAULT_FRAME_SIZE)
+    for _ in range(h2.RECEIVE_WINDOW // h2.DEFAULT_FRAME_SIZE):  # all the peer may send
+        conn.receive(chunk, out)
+    with pytest.raises(h2.ConnectionError_) as err:  # a peer ignoring our window
+        conn.receive(h2.frame(h2.DATA, 0, 1, b"x"), out)
+    assert err.value.code == h2.FLOW_CONTROL_ERROR
+
+
+def test_data_in_flight_to_a_stream_we_closed_gives_back_the_window():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
+    conn.close_stream(1)  # answered early; the client was still uploading
+    peer_window, events = h2.RECEIVE_WINDOW, []
+    for _ in range(2 * h2.RECEIVE_WINDOW // h2.DEFAULT_FRAME_SIZE):
+        assert peer_window >= h2.DEFAULT_FRAME_SIZE  # the peer is never starved
+        out = []
+        events += conn.receive(h2.frame(h2.DATA, 0, 1, b"x" * h2.DEFAULT_FRAME_SIZE), out)
+        peer_window -= h2.DEFAULT_FRAME_SIZE
+        for update in out:
+            assert update[3] == h2.WINDOW_UPDATE and update[5:9] == b"\0\0\0\0"
+            peer_window += struct.unpack(">I", update[9:])[0]
+    assert events == []  # ignored, not reset (RFC 9113 §5.1, closed state)
+
+
+def test_a_larger_initial_window_wakes_writers():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
+    conn.sent(1, h2.DEFAULT_WINDOW)
+    events = conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(
+        ">HI", h2.INITIAL_WINDOW_SIZE, h2.DEFAULT_WINDOW + 100)), out)
+    assert events == [h2.WindowOpened(0)]
+    conn.receive(h2.window_update(0, 1000), out)
+    assert conn.sendable(1, 1000) == 100
+    with pytest.raises(h2.ConnectionError_) as err:  # pushes a stream window past 2^31-1
+        conn.receive(h2.window_update(1, h2.MAX_WINDOW - 200) + h2.frame(
+            h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, h2.MAX_WINDOW)), out)
+    assert err.value.code == h2.FLOW_CONTROL_ERROR
+
+
+def test_priority_on_stream_zero_is_a_connection_error():
+    with pytest.raises(h2.ConnectionError_):
+        connection().receive(h2.frame(h2.PRIORITY, 0, 0, b"\0" * 5), [])
