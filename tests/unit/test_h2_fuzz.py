@@ -1,0 +1,86 @@
+"""Fuzzing h2.Connection.receive: whatever a client sends, only ConnectionError_ comes
+out (stream errors become Reset events), and nothing it buffers grows without bound."""
+import struct
+
+import hpack
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from appliance.grpcserver import h2
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+stream_ids = st.sampled_from([0, 1, 2, 3, 5, 7, 9, 0x7FFFFFFF])
+header_blocks = st.lists(
+    st.tuples(st.sampled_from([b":path", b":method", b"te", b"grpc-timeout", b"x-bin",
+                               b"content-type"]), st.binary(max_size=20)),
+    max_size=4).map(lambda fields: hpack.Encoder().encode(fields))
+payloads = st.one_of(
+    st.binary(max_size=40),
+    header_blocks,
+    st.integers(0, 2 ** 32 - 1).map(struct.Struct(">I").pack),  # WINDOW_UPDATE, RST_STREAM
+    st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2 ** 32 - 1)), max_size=3).map(
+        lambda pairs: b"".join(struct.pack(">HI", k, v) for k, v in pairs)),  # SETTINGS
+    st.integers(0, h2.DEFAULT_FRAME_SIZE).map(lambda n: b"\0" * n),  # large frames
+)
+
+
+@st.composite
+def frames(draw):
+    kind = draw(st.integers(0, 11))
+    flags = draw(st.one_of(st.sampled_from([0, 0x1, 0x4, 0x5, 0x8, 0x20, 0x25, 0x2D]),
+                           st.integers(0, 255)))
+    wire = h2.frame(kind, flags, draw(stream_ids), draw(payloads))
+    return wire * draw(st.sampled_from([1, 1, 1, 2, 80, 600]))  # floods too
+
+
+@st.composite
+def header_chains(draw):
+    """A request's header block over HEADERS and CONTINUATION frames, maybe endless."""
+    stream_id, block = draw(st.sampled_from([1, 3, 5])), draw(header_blocks)
+    cut = draw(st.integers(0, len(block)))
+    flags = draw(st.sampled_from([0, h2.END_STREAM]))
+    wire = h2.frame(h2.HEADERS, flags, stream_id, block[:cut])
+    if draw(st.booleans()):
+        return wire + h2.frame(h2.CONTINUATION, h2.END_HEADERS, stream_id, block[cut:])
+    return wire + h2.frame(h2.CONTINUATION, 0, stream_id, b"\0" * h2.DEFAULT_FRAME_SIZE) * 70
+
+
+def feed(wire: bytes, cuts: list) -> None:
+    """Feed `wire` in pieces split at `cuts`, acting as the server does on events."""
+    conn = h2.Connection()
+    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    for start, end in zip(bounds, bounds[1:]):
+        out = []
+        try:
+            events = conn.receive(wire[start:end], out)
+        except h2.ConnectionError_:
+            return
+        assert all(isinstance(chunk, bytes) for chunk in out)
+        for event in events:
+            if isinstance(event, h2.Data):
+                conn.consumed(event.stream_id, event.flow_length)
+            elif isinstance(event, h2.Request) and event.end_stream:
+                conn.close_stream(event.stream_id)  # answered at once
+            elif isinstance(event, h2.Reset):
+                conn.close_stream(event.stream_id)
+            else:
+                assert isinstance(event, (h2.Request, h2.WindowOpened, h2.GoAway))
+        buffered, block = len(conn._buffer), len(conn._header_block)  # (short reports)
+        assert buffered < 9 + h2.DEFAULT_FRAME_SIZE  # no whole frame left unread
+        assert block <= h2.MAX_HEADER_BLOCK
+        assert 0 <= conn.receive_window <= h2.RECEIVE_WINDOW
+        assert all(0 <= w <= h2.RECEIVE_WINDOW for w in conn.stream_receive_windows.values())
+        assert set(conn.stream_receive_windows) == conn.open_streams
+        assert conn.open_streams <= set(conn.stream_send_windows)
+
+
+@FAST
+@given(st.binary(max_size=3000), st.booleans(), st.lists(st.integers(0, 10 ** 6), max_size=8))
+def test_arbitrary_bytes(data, with_preface, cuts):
+    feed(h2.PREFACE + data if with_preface else data, cuts)
+
+
+@FAST
+@given(st.lists(st.one_of(frames(), header_chains()), max_size=12), st.lists(st.integers(0, 10 ** 7), max_size=8))
+def test_random_frame_sequences(frame_list, cuts):
+    feed(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0) + b"".join(frame_list), cuts)
