@@ -33,6 +33,7 @@ _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b
 _RESPONSE_HEADERS = h2.STATUS_200 + h2.encode_headers([(b"content-type", b"application/grpc")])
 _OK_TRAILERS = h2.encode_headers([(b"grpc-status", b"0")])
 _QUEUED_BEFORE_BACKPRESSURE = 4   # request messages buffered before acks wait for reads
+_WRITE_CHUNK = 256 << 10          # DATA bytes written before looking at the transport's pause
 
 
 class _Details(NamedTuple):
@@ -53,11 +54,13 @@ class MethodHandler(NamedTuple):
     stream_stream: object = None
 
 
-class _Abort(Exception):
+# Both are BaseExceptions so that handlers' `except Exception` (grpcutil.rpc's) pass
+# them through instead of turning them into UNKNOWN errors logged as unexpected.
+class _Abort(BaseException):
     """Raised by `abort()`; ends the handler with the status already set."""
 
 
-class _Finished(Exception):
+class _Finished(BaseException):
     """The stream is gone (reset by the client or the connection closed)."""
 
 
@@ -77,10 +80,12 @@ def _percent_encode(text: str) -> bytes:
 
 
 def _parse_timeout(value: bytes) -> float | None:
-    try:
-        return int(value[:-1]) * _TIMEOUT_UNITS[value[-1:]]
-    except (KeyError, ValueError):
+    """gRPC's "1 to 8 ASCII digits and a unit"; anything else is ignored (int() alone
+    would take signs, spaces, underscores and numbers too large for a float)."""
+    digits, unit = value[:-1], value[-1:]
+    if not 1 <= len(digits) <= 8 or not digits.isdigit() or unit not in _TIMEOUT_UNITS:
         return None
+    return int(digits) * _TIMEOUT_UNITS[unit]
 
 
 class Call:
@@ -168,7 +173,12 @@ class Call:
         if self._unacked and len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
             self._conn.acknowledge(self._stream_id, self._unacked)
             self._unacked = 0
-        return self._deserialize(data) if self._deserialize else data
+        if self._deserialize is None:
+            return data
+        try:
+            return self._deserialize(data)
+        except Exception as exc:  # the client's fault, not the handler's (grpc-go's words)
+            raise _internal(self, f"grpc: error unmarshalling request: {exc}") from None
 
     async def write(self, message) -> None:
         await self._send_message(message)
@@ -282,6 +292,7 @@ class Call:
                     self._writable = None
                     conn.blocked.discard(self)
                 continue
+            n = min(n, _WRITE_CHUNK)
             chunk, step = view[:n], conn.h2.peer_frame_size
             frames = [h2.frame(h2.DATA, 0, sid, bytes(chunk[offset:offset + step]))
                       for offset in range(0, n, step)]
@@ -372,7 +383,8 @@ class _Connection(asyncio.Protocol):
         self.calls: dict[int, Call] = {}
         self.blocked: set[Call] = set()     # waiting for a flow-control window
         self.paused = False
-        self._drain: asyncio.Future | None = None
+        self._resumed = asyncio.Event()   # an Event: several calls may wait for it at once
+        self._resumed.set()
         self.transport = None
         self.peer = ""
         self._going_away = False
@@ -423,21 +435,19 @@ class _Connection(asyncio.Protocol):
         for call in list(self.calls.values()):
             call._on_reset()
         self.calls.clear()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._resumed.set()
 
     def pause_writing(self) -> None:
         self.paused = True
+        self._resumed.clear()
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._resumed.set()
 
     async def drained(self) -> None:
         if self.paused and not self.transport.is_closing():
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
+            await self._resumed.wait()
 
     # --- calls ------------------------------------------------------------------------
 
@@ -543,19 +553,22 @@ class Server:
 
     async def handle(self, call: Call) -> None:
         details = _Details(call._method, call._metadata)
-        handler = await self._intercepted(details) if self._interceptors \
-            else self._lookup(details)
-        if handler is None:
-            call._finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call._method))
-            return
-        call._deserialize = handler.request_deserializer
-        call._serialize = handler.response_serializer or (lambda m: m)
         try:
+            handler = await self._intercepted(details) if self._interceptors \
+                else self._lookup(details)
+            if handler is None:
+                call._finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call._method))
+                return
+            call._deserialize = handler.request_deserializer
+            call._serialize = handler.response_serializer or (lambda m: m)
             if call._deadline is None:
                 response = await self._run(call, handler)
             else:
                 async with asyncio.timeout_at(_loop_time(call._deadline)):
                     response = await self._run(call, handler)
+            # serialized inside the try: a response of the wrong type fails like a handler
+            data = call._serialize(response) \
+                if response is not None and call._code in (None, StatusCode.OK) else None
         except _Abort:
             call._finish(call._code, call._details)
         except (asyncio.CancelledError, TimeoutError) as exc:
@@ -582,22 +595,20 @@ class Server:
         else:
             if call._code not in (None, StatusCode.OK):
                 call._finish(call._code, call._details)
-            elif response is None:
+            elif data is None:
                 call._finish(StatusCode.OK, "")
+            elif len(data) > self.max_send:
+                call._finish(StatusCode.RESOURCE_EXHAUSTED,
+                             str(_SendTooLarge(len(data), self.max_send)))
+            elif call._conn.h2.sendable(call._stream_id, len(data) + 5) == len(data) + 5 \
+                    and len(data) + 5 <= call._conn.h2.peer_frame_size:
+                call._finish(StatusCode.OK, "", len(data).to_bytes(5, "big") + data)
             else:
-                data = call._serialize(response)
-                if len(data) > self.max_send:
-                    call._finish(StatusCode.RESOURCE_EXHAUSTED,
-                                 str(_SendTooLarge(len(data), self.max_send)))
-                elif call._conn.h2.sendable(call._stream_id, len(data) + 5) == len(data) + 5 \
-                        and len(data) + 5 <= call._conn.h2.peer_frame_size:
-                    call._finish(StatusCode.OK, "", len(data).to_bytes(5, "big") + data)
-                else:
-                    try:
-                        await call._send_message(data, serializer=_same)
-                    except _Finished:
-                        return
-                    call._finish(StatusCode.OK, "")
+                try:
+                    await call._send_message(data, serializer=_same)
+                except _Finished:
+                    return
+                call._finish(StatusCode.OK, "")
 
     def _unimplemented(self, path: str) -> str:
         """grpc-go's words for an unknown method or service."""

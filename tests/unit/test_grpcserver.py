@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import struct
 import tempfile
+import time
 
 import grpc
+import hpack
 import pytest
 
-from appliance.grpcserver import EOF, Server
+from appliance.grpcserver import EOF, Server, h2
+from appliance.grpcutil import rpc
 
 PAYLOAD_LIMIT = 4 << 20
 
@@ -20,6 +25,8 @@ class Handlers(grpc.GenericRpcHandler):
     def __init__(self):
         self.cancelled = asyncio.Event()
         self.finished = asyncio.Event()
+        self.sum_cancelled = asyncio.Event()
+        self.started = []  # methods whose handler ran
         self.methods = {
             "/t.T/Echo": grpc.unary_unary_rpc_method_handler(self.echo),
             "/t.T/Meta": grpc.unary_unary_rpc_method_handler(self.meta),
@@ -30,10 +37,20 @@ class Handlers(grpc.GenericRpcHandler):
             "/t.T/Forever": grpc.unary_stream_rpc_method_handler(self.forever),
             "/t.T/Sum": grpc.stream_unary_rpc_method_handler(self.sum),
             "/t.T/Chat": grpc.stream_stream_rpc_method_handler(self.chat),
+            "/t.T/Remaining": grpc.unary_unary_rpc_method_handler(self.remaining),
+            "/t.T/BinMeta": grpc.unary_unary_rpc_method_handler(self.bin_meta),
+            "/t.T/WrongType": grpc.unary_unary_rpc_method_handler(
+                self.echo, response_serializer=lambda m: m.SerializeToString()),
+            "/t.T/Parse": grpc.unary_unary_rpc_method_handler(
+                self.echo, request_deserializer=lambda b: int(b)),
+            "/t.T/RpcSum": grpc.stream_unary_rpc_method_handler(self.rpc_sum),
         }
 
     def service(self, details):
-        return self.methods.get(details.method)
+        method = self.methods.get(details.method)
+        if method is not None:
+            self.started.append(details.method)
+        return method
 
     async def echo(self, request, context):
         return request
@@ -71,9 +88,25 @@ class Handlers(grpc.GenericRpcHandler):
 
     async def sum(self, requests, context):
         total = 0
-        async for message in requests:
-            total += len(message)
+        try:
+            async for message in requests:
+                total += len(message)
+        except asyncio.CancelledError:
+            self.sum_cancelled.set()
+            raise
         return str(total).encode()
+
+    @rpc  # as the daemon's services are: it turns every Exception into a status
+    async def rpc_sum(self, requests, context):
+        return await self.sum(requests, context)
+
+    async def remaining(self, request, context):
+        return repr(context.time_remaining()).encode()
+
+    async def bin_meta(self, request, context):
+        context.set_trailing_metadata([(k, v) for k, v in context.invocation_metadata()
+                                       if k.endswith("-bin")])
+        return b""
 
     async def chat(self, request_iterator, context):
         # grpc.aio style: read() until EOF, write() each answer
@@ -94,6 +127,7 @@ def serve(test, max_receive=PAYLOAD_LIMIT):
             sock.bind(path)
             sock.listen(16)
             handlers = Handlers()
+            handlers.path = path
             server = Server(max_receive=max_receive, max_send=PAYLOAD_LIMIT)
             server.add_generic_rpc_handlers((handlers,))
             await server.serve_socket(sock)
@@ -207,3 +241,286 @@ def test_stop_lets_running_calls_finish_and_refuses_new_ones():
         assert err.value.code() in (grpc.StatusCode.UNAVAILABLE,
                                     grpc.StatusCode.DEADLINE_EXCEEDED)
     serve(test)
+
+
+# --- what grpcio's client cannot do: raw HTTP/2 frames ----------------------------------
+
+class RawClient:
+    """A bare HTTP/2 client over the server's unix socket, frame by frame."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+
+    @classmethod
+    async def connect(cls, path, settings=(), window=0):
+        """Connect with our SETTINGS `settings` and the connection window grown by `window`."""
+        client = cls(*await asyncio.open_unix_connection(path))
+        payload = b"".join(struct.pack(">HI", k, v) for k, v in settings)
+        client.send(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0, payload) +
+                    (h2.window_update(0, window) if window else b""))
+        return client
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def headers(self, stream_id, path, end_stream=False, extra=()):
+        fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
+                  (b":authority", b"x"), (b"content-type", b"application/grpc"),
+                  (b"te", b"trailers"), *extra]
+        return h2.frame(h2.HEADERS, h2.END_HEADERS | (h2.END_STREAM if end_stream else 0),
+                        stream_id, self.encoder.encode(fields))
+
+    @staticmethod
+    def message(stream_id, body, end_stream=True):
+        return h2.frame(h2.DATA, h2.END_STREAM if end_stream else 0, stream_id,
+                        b"\0" + len(body).to_bytes(4, "big") + body)
+
+    async def frame(self):
+        head = await self.reader.readexactly(9)
+        length = int.from_bytes(head[:3], "big")
+        stream_id = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
+        return head[3], head[4], stream_id, await self.reader.readexactly(length)
+
+    async def responses(self, stream_ids, on_frame=None):
+        """{stream id: (DATA bytes, {trailer: value})} once each stream has ended."""
+        data = {sid: bytearray() for sid in stream_ids}
+        trailers, pending = {}, set(stream_ids)
+        while pending:
+            kind, flags, sid, payload = await self.frame()
+            if on_frame is not None:
+                on_frame(kind, flags, sid, payload)
+            if kind == h2.HEADERS:
+                fields = dict(self.decoder.decode(payload, raw=True))
+                if flags & h2.END_STREAM:
+                    trailers[sid] = fields
+            elif kind == h2.DATA and sid in data:
+                data[sid] += payload
+            if flags & h2.END_STREAM and kind in (h2.HEADERS, h2.DATA) or kind == h2.RST_STREAM:
+                pending.discard(sid)
+        return {sid: (bytes(data[sid]), trailers.get(sid, {})) for sid in stream_ids}
+
+    def close(self):
+        self.writer.close()
+
+
+def leftovers(server) -> list:
+    """What the server still holds for calls; empty once every call has ended."""
+    held = []
+    for conn in server.connections:
+        held += [conn.calls, conn.h2.stream_send_windows, conn.h2._unacked_streams,
+                 conn.h2.stream_receive_windows, conn.h2.open_streams, conn.blocked]
+    return [h for h in held if h]
+
+
+def _server_task(task) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and code.co_filename.startswith(os.path.dirname(h2.__file__))
+
+
+async def settled(server, deadline=5.0):
+    """Wait until no call is left on the server and none of its tasks runs; returns
+    what is left then (nothing, if all is well)."""
+    stop = time.monotonic() + deadline
+    while True:
+        tasks = [t for t in asyncio.all_tasks() if _server_task(t)]
+        left = leftovers(server) + tasks
+        if not left or time.monotonic() > stop:
+            return left
+        await asyncio.sleep(0.02)
+
+
+def test_many_concurrent_calls_on_one_connection_leave_nothing_behind():
+    async def test(channel, handlers, server):
+        payloads = [os.urandom(i * 97) for i in range(200)]
+        answers = await asyncio.gather(*(method(channel, "Echo")(p) for p in payloads))
+        assert answers == payloads
+        streams = [method(channel, "Big", "unary_stream")(b"3x100000") for _ in range(10)]
+
+        async def collect(call):
+            return [m async for m in call]
+        results = await asyncio.gather(*map(collect, streams))
+        assert all(len(r) == 3 for r in results)
+        assert await settled(server) == []
+    serve(test)
+
+
+def test_client_gone_mid_server_stream_and_mid_client_stream(caplog):
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        client.send(client.headers(1, b"/t.T/Forever") + client.message(1, b""))
+        client.send(client.headers(3, b"/t.T/Sum") + client.message(3, b"x", end_stream=False))
+        while (await client.frame())[0] != h2.DATA:  # the stream runs
+            pass
+        client.close()
+        await asyncio.wait_for(handlers.cancelled.wait(), 5)
+        await asyncio.wait_for(handlers.sum_cancelled.wait(), 5)
+        assert await settled(server) == []
+    with caplog.at_level(logging.DEBUG):
+        serve(test)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_client_that_stops_reading_is_not_buffered_for_without_bound():
+    async def test(channel, handlers, server):
+        # windows as large as can be: only the transport's pause holds the server back
+        client = await RawClient.connect(
+            handlers.path, [(h2.INITIAL_WINDOW_SIZE, h2.MAX_WINDOW)],
+            h2.MAX_WINDOW - h2.DEFAULT_WINDOW)
+        streams = range(1, 17, 2)
+        for sid in streams:
+            client.send(client.headers(sid, b"/t.T/Big") + client.message(sid, b"3x4000000"))
+        await asyncio.sleep(0.5)
+        conn, = server.connections
+        assert conn.paused
+        assert conn.transport.get_write_buffer_size() < 4 << 20  # not 8 × 4 MB messages
+        results = await client.responses(list(streams))  # now read: every stream ends
+        for data, trailers in results.values():
+            assert len(data) == 3 * (5 + 4000000) and trailers[b"grpc-status"] == b"0"
+        client.close()
+        assert await settled(server) == []
+    serve(test)
+
+
+def test_rst_stream_before_the_handler_started():
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        client.send(client.headers(1, b"/t.T/Sleep") + client.message(1, b"30") +
+                    h2.rst_stream(1, h2.CANCEL) +
+                    client.headers(3, b"/t.T/Echo") + client.message(3, b"after"))
+        (data, trailers), = (await client.responses([3])).values()
+        assert data == b"\0\0\0\0\5after" and trailers[b"grpc-status"] == b"0"
+        assert handlers.started == ["/t.T/Echo"]
+        client.close()
+        assert await settled(server) == []
+    serve(test)
+
+
+def test_unknown_method_with_a_body_and_the_rest_of_it_after_the_answer():
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        client.send(client.headers(1, b"/t.T/Nope") + client.message(1, b"x" * 1000))
+        client.send(client.headers(3, b"/t.T/Nope") + client.message(3, b"y", end_stream=False))
+        results = await client.responses([1, 3])
+        assert all(t[b"grpc-status"] == b"12" for _, t in results.values())
+        # the client had sent more of stream 3 before it saw the answer: a whole window
+        chunk = h2.frame(h2.DATA, 0, 3, b"z" * h2.DEFAULT_FRAME_SIZE)
+        client.send(chunk * (h2.RECEIVE_WINDOW // h2.DEFAULT_FRAME_SIZE - 1))
+        returned, resets = 0, []
+        client.send(client.headers(5, b"/t.T/Echo") + client.message(5, b"ok"))
+
+        def watch(kind, flags, sid, payload):
+            nonlocal returned
+            if kind == h2.WINDOW_UPDATE and sid == 0:
+                returned += int.from_bytes(payload, "big")
+            elif kind == h2.RST_STREAM and payload != b"\0\0\0\0":  # NO_ERROR: our answer
+                resets.append(sid)
+        (data, trailers), = (await client.responses([5], watch)).values()
+        assert trailers[b"grpc-status"] == b"0"
+        assert returned >= h2.RECEIVE_WINDOW // 2  # the window comes back for the next call
+        assert resets == []  # late DATA on a stream we ended is ignored, not reset
+        client.close()
+    serve(test)
+
+
+def test_end_stream_in_a_separate_packet_or_in_trailers():
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        client.send(client.headers(1, b"/t.T/Echo") + client.message(1, b"a", end_stream=False))
+        await asyncio.sleep(0.1)
+        client.send(h2.frame(h2.DATA, h2.END_STREAM, 1))
+        client.send(client.headers(3, b"/t.T/Echo") + client.message(3, b"b", end_stream=False))
+        await asyncio.sleep(0.1)
+        client.send(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 3,
+                             client.encoder.encode([(b"x-trailer", b"1")])))
+        results = await client.responses([1, 3])
+        assert results[1] == (b"\0\0\0\0\1a", {b"grpc-status": b"0"})
+        assert results[3] == (b"\0\0\0\0\1b", {b"grpc-status": b"0"})
+        client.close()
+        assert await settled(server) == []
+    serve(test)
+
+
+def test_grpc_timeout_in_every_unit_and_malformed_ones_ignored():
+    units = {b"2H": 7200, b"3M": 180, b"40S": 40, b"5000m": 5, b"6000000u": 6,
+             b"90000000n": 0.09}
+    malformed = [b"-5S", b" 5S", b"1_0S", b"+5S", b"5", b"S", b"123456789S", b"5s",
+                 b"1" + b"0" * 400 + b"H"]
+
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        values = list(units) + malformed
+        sids = range(1, 2 * len(values), 2)
+        for sid, value in zip(sids, values):
+            client.send(client.headers(sid, b"/t.T/Remaining", extra=[(b"grpc-timeout", value)]) +
+                        client.message(sid, b""))
+        results = await client.responses(list(sids))
+        for sid, value in zip(sids, values):
+            data, trailers = results[sid]
+            assert trailers[b"grpc-status"] == b"0", value
+            remaining = eval(data[5:])
+            if value in units:
+                assert units[value] - 1 < remaining <= units[value], value
+            else:
+                assert remaining is None, value
+        client.close()
+    serve(test)
+
+
+def test_binary_metadata_round_trip():
+    async def test(channel, handlers, server):
+        value = bytes(range(256))
+        call = method(channel, "BinMeta")(b"", metadata=(("x-blob-bin", value),
+                                                         ("y-bin", b""), ("z-bin", b"\0")))
+        await call
+        trailing = list(await call.trailing_metadata())
+        assert ("x-blob-bin", value) in trailing and ("z-bin", b"\0") in trailing
+    serve(test)
+
+
+def test_stop_cancels_a_never_ending_stream_within_the_grace():
+    async def test(channel, handlers, server):
+        call = method(channel, "Forever", "unary_stream")(b"")
+        assert await call.read() == b"tick"
+        started = time.monotonic()
+        await server.stop(0.5)
+        assert time.monotonic() - started < 1.5
+        assert handlers.cancelled.is_set()
+        assert await settled(server) == []
+    serve(test)
+
+
+def test_a_larger_initial_window_from_settings_unblocks_a_stream():
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path, [(h2.INITIAL_WINDOW_SIZE, 10)])
+        client.send(client.headers(1, b"/t.T/Big") + client.message(1, b"1x1000"))
+        await asyncio.sleep(0.2)  # 10 bytes out, then the stream waits for its window
+        client.send(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, 1 << 20)))
+        (data, trailers), = (await asyncio.wait_for(client.responses([1]), 5)).values()
+        assert len(data) == 1005 and trailers[b"grpc-status"] == b"0"
+        client.close()
+    serve(test)
+
+
+def test_failures_around_the_handler_end_the_call(caplog):
+    async def test(channel, handlers, server):
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # the response can't be serialized
+            await method(channel, "WrongType")(b"x", timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # the request can't be parsed
+            await method(channel, "Parse")(b"not a number", timeout=5)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "unmarshalling" in err.value.details()
+
+        async def chunks():
+            yield b"small"
+            yield b"x" * (2 << 20)
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # through grpcutil.rpc
+            await method(channel, "RpcSum", "stream_unary")(chunks(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await settled(server) == []
+    with caplog.at_level(logging.DEBUG):
+        serve(test, max_receive=1 << 20)
+    unexpected = [r for r in caplog.records if "unexpected" in r.getMessage()]
+    assert [r.getMessage() for r in unexpected] == ["unexpected error in /t.T/WrongType"]
