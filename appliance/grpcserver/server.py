@@ -440,10 +440,14 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         self._resumed.clear()
+        # Stop reading too: what we read may owe replies (PING and SETTINGS acks) that
+        # would pile up without bound for a client that sends but does not read.
+        self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
         self._resumed.set()
+        self.transport.resume_reading()
 
     async def drained(self) -> None:
         if self.paused and not self.transport.is_closing():

@@ -524,3 +524,22 @@ def test_failures_around_the_handler_end_the_call(caplog):
         serve(test, max_receive=1 << 20)
     unexpected = [r for r in caplog.records if "unexpected" in r.getMessage()]
     assert [r.getMessage() for r in unexpected] == ["unexpected error in /t.T/WrongType"]
+
+
+def test_a_ping_flood_from_a_client_that_does_not_read_is_not_buffered():
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        count, ping = 150_000, h2.frame(h2.PING, 0, 0, b"12345678")
+        client.send(ping * count)
+        await asyncio.sleep(0.5)
+        conn, = server.connections
+        assert conn.transport.get_write_buffer_size() < 1 << 20  # not 2.5 MB of acks
+        while (await client.frame())[0] != h2.PING:  # the server's SETTINGS and window
+            pass
+        acks = await asyncio.wait_for(client.reader.readexactly((count - 1) * len(ping)), 10)
+        assert acks == h2.frame(h2.PING, h2.ACK, 0, b"12345678") * (count - 1)
+        client.send(client.headers(1, b"/t.T/Echo") + client.message(1, b"still"))
+        (data, trailers), = (await client.responses([1])).values()
+        assert data == b"\0\0\0\0\5still"
+        client.close()
+    serve(test)
