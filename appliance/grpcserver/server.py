@@ -109,7 +109,7 @@ class Call:
         self._failed = False                 # the request stream broke (see _fail)
         self._code: StatusCode | None = None
         self._details = ""
-        self._trailing: tuple = ()
+        self._trailing: list = []            # encoded now: bad metadata fails the handler
         self.task: asyncio.Task | None = None
 
     # --- the servicer context -----------------------------------------------------
@@ -142,7 +142,7 @@ class Call:
         return self._details
 
     def set_trailing_metadata(self, metadata) -> None:
-        self._trailing = tuple(metadata)
+        self._trailing = _metadata_fields(metadata)
 
     async def send_initial_metadata(self, metadata) -> None:
         self._send_headers()
@@ -152,7 +152,7 @@ class Call:
             raise ValueError("abort with StatusCode.OK")
         self._code, self._details = code, details
         if trailing_metadata:
-            self._trailing = tuple(trailing_metadata)
+            self._trailing = _metadata_fields(trailing_metadata)
         raise _Abort()
 
     async def read(self):
@@ -311,7 +311,7 @@ class Call:
         status = _OK_TRAILERS if code == StatusCode.OK and not details \
             else _status_bytes(code, details)
         if self._trailing:
-            status += h2.encode_headers(_metadata_fields(self._trailing))
+            status += h2.encode_headers(self._trailing)
         out = []
         if not self._headers_sent:
             self._headers_sent = True
@@ -347,6 +347,8 @@ def _metadata_fields(metadata) -> list:
             value = base64.b64encode(value).rstrip(b"=")
         elif isinstance(value, str):
             value = value.encode("utf-8")
+        elif not isinstance(value, bytes):
+            raise TypeError(f"metadata {key!r}: {type(value).__name__} is not str or bytes")
         fields.append((key_bytes, value))
     return fields
 

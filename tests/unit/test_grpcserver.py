@@ -44,6 +44,7 @@ class Handlers(grpc.GenericRpcHandler):
             "/t.T/Parse": grpc.unary_unary_rpc_method_handler(
                 self.echo, request_deserializer=lambda b: int(b)),
             "/t.T/RpcSum": grpc.stream_unary_rpc_method_handler(self.rpc_sum),
+            "/t.T/BadTrailer": grpc.unary_unary_rpc_method_handler(self.bad_trailer),
         }
 
     def service(self, details):
@@ -102,6 +103,10 @@ class Handlers(grpc.GenericRpcHandler):
 
     async def remaining(self, request, context):
         return repr(context.time_remaining()).encode()
+
+    async def bad_trailer(self, request, context):
+        context.set_trailing_metadata([(request.decode(), 5 if request == b"x" else "text")])
+        return b""
 
     async def bin_meta(self, request, context):
         context.set_trailing_metadata([(k, v) for k, v in context.invocation_metadata()
@@ -519,11 +524,16 @@ def test_failures_around_the_handler_end_the_call(caplog):
         with pytest.raises(grpc.aio.AioRpcError) as err:  # through grpcutil.rpc
             await method(channel, "RpcSum", "stream_unary")(chunks(), timeout=5)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for key in ("x", "x-bin"):  # trailing metadata that can't be sent
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await method(channel, "BadTrailer")(key.encode(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNKNOWN
         assert await settled(server) == []
     with caplog.at_level(logging.DEBUG):
         serve(test, max_receive=1 << 20)
-    unexpected = [r for r in caplog.records if "unexpected" in r.getMessage()]
-    assert [r.getMessage() for r in unexpected] == ["unexpected error in /t.T/WrongType"]
+    unexpected = [r.getMessage() for r in caplog.records if "unexpected" in r.getMessage()]
+    assert unexpected == ["unexpected error in /t.T/WrongType"] + \
+        ["unexpected error in /t.T/BadTrailer"] * 2
 
 
 def test_a_ping_flood_from_a_client_that_does_not_read_is_not_buffered():
