@@ -31,6 +31,7 @@ DEFAULT_FRAME_SIZE = 16384
 # flow-control round trips.
 RECEIVE_WINDOW = 8 << 20
 MAX_HEADER_BLOCK = 1 << 20
+MAX_CONCURRENT = 1000  # streams per connection: each is a task, so bound them
 
 _HEADER = struct.Struct(">I")
 _U32 = struct.Struct(">I")
@@ -138,7 +139,8 @@ class Connection:
         self._headers_stream = 0  # stream whose header block continues, 0 if none
         self._header_block = bytearray()
         self._header_end_stream = False
-        self._header_trailers = False    # the block ends a stream already open
+        self._header_kind = Request      # Request, or Data (trailers: the end of a
+                                         # stream already open), or None (refused)
         self.highest_stream_id = 0
         self.open_streams: set[int] = set()  # ids the client may still send DATA on
         self.peer_frame_size = DEFAULT_FRAME_SIZE
@@ -155,7 +157,8 @@ class Connection:
     def initial_bytes(self) -> bytes:
         """Our SETTINGS and the connection window opened to RECEIVE_WINDOW."""
         settings = _SETTING.pack(INITIAL_WINDOW_SIZE, RECEIVE_WINDOW) + \
-            _SETTING.pack(ENABLE_PUSH, 0) + _SETTING.pack(MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK)
+            _SETTING.pack(ENABLE_PUSH, 0) + _SETTING.pack(MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK) + \
+            _SETTING.pack(MAX_CONCURRENT_STREAMS, MAX_CONCURRENT)
         return frame(SETTINGS, 0, 0, settings) + \
             window_update(0, RECEIVE_WINDOW - DEFAULT_WINDOW)
 
@@ -292,18 +295,22 @@ class Connection:
             if len(payload) < 5:
                 raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             payload = payload[5:]
-        trailers = stream_id in self.open_streams
-        if not trailers:
-            if stream_id <= self.highest_stream_id:
-                raise ConnectionError_(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+        if stream_id in self.open_streams:
+            self._header_kind = Data
+        elif stream_id <= self.highest_stream_id:
+            raise ConnectionError_(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+        elif len(self.stream_send_windows) >= MAX_CONCURRENT:  # a client ignoring our limit
+            self.highest_stream_id = stream_id
+            self._header_kind = None
+        else:
             self.highest_stream_id = stream_id
             self.open_streams.add(stream_id)
             self.stream_send_windows[stream_id] = self.peer_initial_window
             self.stream_receive_windows[stream_id] = RECEIVE_WINDOW
+            self._header_kind = Request
         self._headers_stream = stream_id
         self._header_block = bytearray(payload)
         self._header_end_stream = bool(flags & END_STREAM)
-        self._header_trailers = trailers
         if flags & END_HEADERS:
             self._end_headers(events)
 
@@ -318,7 +325,9 @@ class Connection:
         except Exception as exc:  # hpack raises several types; all are fatal here
             raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
         end_stream = self._header_end_stream
-        if self._header_trailers:
+        if self._header_kind is None:
+            raise StreamError(stream_id, REFUSED_STREAM, "too many concurrent streams")
+        if self._header_kind is Data:
             # trailers from the client: only an end-of-stream marker for gRPC
             if not end_stream:
                 raise StreamError(stream_id, PROTOCOL_ERROR, "trailers without END_STREAM")

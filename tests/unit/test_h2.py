@@ -186,3 +186,22 @@ def test_a_larger_initial_window_wakes_writers():
 def test_priority_on_stream_zero_is_a_connection_error():
     with pytest.raises(h2.ConnectionError_):
         connection().receive(h2.frame(h2.PRIORITY, 0, 0, b"\0" * 5), [])
+
+
+def test_streams_beyond_the_concurrency_limit_are_refused():
+    assert struct.pack(">HI", h2.MAX_CONCURRENT_STREAMS, h2.MAX_CONCURRENT) in \
+        h2.Connection().initial_bytes()
+    encoder, conn, out = hpack.Encoder(), connection(), []
+    fields = [(b":method", b"POST"), (b":path", b"/s.S/M")]
+    wire = b"".join(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, encoder.encode(fields))
+                    for sid in range(1, 2 * h2.MAX_CONCURRENT, 2))
+    assert len(conn.receive(wire, out)) == h2.MAX_CONCURRENT
+    last = 2 * h2.MAX_CONCURRENT + 1  # one too many; its block adds an entry to the table
+    events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, last, encoder.encode(
+        fields + [(b"x-new-entry", b"v")])), out)
+    assert events == [h2.Reset(last, h2.REFUSED_STREAM)]
+    assert out[-1] == h2.rst_stream(last, h2.REFUSED_STREAM)
+    conn.close_stream(1)  # one ends: the next is taken, and decoded with that entry
+    events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, last + 2, encoder.encode(
+        fields + [(b"x-new-entry", b"v")])), out)
+    assert events == [h2.Request(last + 2, fields + [(b"x-new-entry", b"v")], False)]
