@@ -226,9 +226,16 @@ class Call:
             compressed, data = buf[0], bytes(buf[5:5 + length])
             del buf[:5 + length]
             if compressed:
-                try:
-                    data = zlib.decompress(data, wbits=31)  # gzip, the one codec we accept
+                inflater = zlib.decompressobj(wbits=31)  # gzip, the one codec we accept
+                try:  # at most limit + 1 bytes: a small message may inflate to gigabytes
+                    data = inflater.decompress(data, limit + 1)
                 except zlib.error:
+                    data = None
+                if data is not None and len(data) > limit:
+                    self._fail(StatusCode.RESOURCE_EXHAUSTED, "grpc: received message after "
+                               f"decompression larger than max ({limit})")
+                    return
+                if data is None or not inflater.eof:
                     self._fail(StatusCode.INTERNAL, "grpc: failed to decompress message")
                     return
             self._messages.append(data)

@@ -553,3 +553,29 @@ def test_a_ping_flood_from_a_client_that_does_not_read_is_not_buffered():
         assert data == b"\0\0\0\0\5still"
         client.close()
     serve(test)
+
+
+def test_compressed_messages_and_a_decompression_bomb():
+    import gzip
+
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        gzip_header = [(b"grpc-encoding", b"gzip")]
+
+        def compressed(sid, body):
+            message, step = b"\1" + len(body).to_bytes(4, "big") + body, h2.DEFAULT_FRAME_SIZE
+            return b"".join(h2.frame(h2.DATA, 0, sid, message[i:i + step])
+                            for i in range(0, len(message), step)) + \
+                h2.frame(h2.DATA, h2.END_STREAM, sid)
+        small, bomb = gzip.compress(b"a" * 1000), gzip.compress(bytes(64 << 20))
+        assert len(bomb) < 1 << 20  # under the limit as sent, 64 MiB once inflated
+        client.send(client.headers(1, b"/t.T/Sum", extra=gzip_header) + compressed(1, small))
+        client.send(client.headers(3, b"/t.T/Sum", extra=gzip_header) + compressed(3, bomb))
+        client.send(client.headers(5, b"/t.T/Sum", extra=gzip_header) +
+                    compressed(5, small[:-10]))  # truncated
+        results = await client.responses([1, 3, 5])
+        assert results[1] == (b"\0\0\0\0\x041000", {b"grpc-status": b"0"})
+        assert results[3][1][b"grpc-status"] == b"8"  # RESOURCE_EXHAUSTED
+        assert results[5][1][b"grpc-status"] == b"13"  # INTERNAL
+        client.close()
+    serve(test, max_receive=1 << 20)
