@@ -1,5 +1,6 @@
 """Fuzzing h2.Connection.receive: whatever a client sends, only ConnectionError_ comes
 out (stream errors become Reset events), and nothing it buffers grows without bound."""
+import asyncio
 import struct
 
 import hpack
@@ -84,3 +85,123 @@ def test_arbitrary_bytes(data, with_preface, cuts):
 @given(st.lists(st.one_of(frames(), header_chains()), max_size=12), st.lists(st.integers(0, 10 ** 7), max_size=8))
 def test_random_frame_sequences(frame_list, cuts):
     feed(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0) + b"".join(frame_list), cuts)
+
+
+# --- the server's handling of those events, over a transport that records writes ------
+
+class _Transport:
+    def __init__(self):
+        self.written, self.closing = bytearray(), False
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closing = True
+
+    abort = close
+
+    def is_closing(self):
+        return self.closing
+
+    def get_extra_info(self, name):
+        return None
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def _fuzz_server():
+    from appliance.grpcserver import MethodHandler, Server
+
+    async def echo(request, context):
+        return request
+
+    async def total(requests, context):
+        return str(sum([len(m) async for m in requests])).encode()
+
+    async def chunks(request, context):
+        for _ in range(3):
+            yield request
+
+    methods = {
+        "/t.T/Echo": MethodHandler(False, False, None, None, unary_unary=echo),
+        "/t.T/Sum": MethodHandler(True, False, None, None, stream_unary=total),
+        "/t.T/Chunks": MethodHandler(False, True, None, None, unary_stream=chunks),
+    }
+
+    class Generic:
+        def service(self, details):
+            return methods.get(details.method)
+
+    class Recording(Server):
+        async def handle(self, call):
+            self.tasks.append(asyncio.current_task())
+            await super().handle(call)
+
+    server = Recording(max_receive=1 << 16, max_send=1 << 16)
+    server.tasks = []
+    server.add_generic_rpc_handlers([Generic()])
+    return server
+
+
+request_fields = st.tuples(
+    st.sampled_from([b"/t.T/Echo", b"/t.T/Sum", b"/t.T/Chunks", b"/t.T/Nope", b"", b"x"]),
+    st.lists(st.tuples(st.sampled_from([b"grpc-timeout", b"x-bin", b"x", b"grpc-encoding",
+                                        b"user-agent"]),
+                       st.one_of(st.sampled_from([b"1S", b"100m", b"0n", b"gzip", b"99999999H",
+                                                  b"1" + b"0" * 400 + b"S"]),
+                                 st.binary(max_size=12))), max_size=3))
+messages = st.tuples(st.integers(0, 1), st.binary(max_size=30), st.integers(-3, 3)).map(
+    lambda m: bytes([m[0]]) + max(0, len(m[1]) + m[2]).to_bytes(4, "big") + m[1])
+requests = st.tuples(st.just("request"), st.sampled_from([1, 3, 5, 7]), request_fields,
+                     st.sampled_from([h2.END_HEADERS, h2.END_HEADERS | h2.END_STREAM]))
+actions = st.one_of(
+    requests, requests,  # twice as likely as the rest
+    st.tuples(st.just("data"), st.sampled_from([1, 3, 5, 7]), messages,
+              st.sampled_from([0, h2.END_STREAM])),
+    st.tuples(st.just("frame"), frames()),
+)
+
+
+def _wire(action_list, encoder):
+    wire = [h2.PREFACE, h2.frame(h2.SETTINGS, 0, 0)]
+    for action in action_list:
+        if action[0] == "request":
+            _, sid, (path, extra), flags = action
+            block = encoder.encode([(b":method", b"POST"), (b":path", path), *extra])
+            wire.append(h2.frame(h2.HEADERS, flags, sid, block))
+        elif action[0] == "data":
+            wire.append(h2.frame(h2.DATA, action[3], action[1], action[2]))
+        else:
+            wire.append(action[1])
+    return b"".join(wire)
+
+
+@settings(FAST, max_examples=100)
+@given(st.lists(actions, max_size=10), st.lists(st.integers(0, 10 ** 6), max_size=6))
+def test_the_server_survives_random_requests(action_list, cuts):
+    from appliance.grpcserver.server import _Connection
+    wire = _wire(action_list, hpack.Encoder())
+    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+
+    async def run():
+        server, transport = _fuzz_server(), _Transport()
+        conn = _Connection(server)
+        conn.connection_made(transport)
+        for start, end in zip(bounds, bounds[1:]):
+            conn.data_received(wire[start:end])  # must not raise
+            if transport.closing:
+                break
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.005)
+        conn.connection_lost(None)
+        if server.tasks:
+            await asyncio.wait(server.tasks, timeout=2)
+        for task in server.tasks:  # every handler ended, none with an escaped exception
+            assert task.done() and (task.cancelled() or task.exception() is None)
+        assert not conn.calls
+    asyncio.run(run())
