@@ -90,6 +90,17 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return _HEADER.pack(len(payload))[1:] + bytes((kind, flags)) + _U32.pack(stream_id) + payload
 
 
+def headers(stream_id: int, block: bytes, end_stream: bool, max_size: int) -> bytes:
+    """HEADERS, and CONTINUATIONs for a block larger than the peer's frames."""
+    flags = END_STREAM if end_stream else 0
+    if len(block) <= max_size:
+        return frame(HEADERS, flags | END_HEADERS, stream_id, block)
+    pieces = [block[i:i + max_size] for i in range(0, len(block), max_size)]
+    return frame(HEADERS, flags, stream_id, pieces[0]) + b"".join(
+        frame(CONTINUATION, 0, stream_id, piece) for piece in pieces[1:-1]) + \
+        frame(CONTINUATION, END_HEADERS, stream_id, pieces[-1])
+
+
 def window_update(stream_id: int, increment: int) -> bytes:
     return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
 

@@ -323,14 +323,15 @@ class Call:
         if not self._headers_sent:
             self._headers_sent = True
             if response is None:  # trailers-only
-                out.append(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, self._stream_id,
-                                    _RESPONSE_HEADERS + status))
+                out.append(h2.headers(self._stream_id, _RESPONSE_HEADERS + status, True,
+                                      self._conn.h2.peer_frame_size))
                 return self._close(out)
             out.append(h2.frame(h2.HEADERS, h2.END_HEADERS, self._stream_id, _RESPONSE_HEADERS))
         if response is not None:
             out.append(h2.frame(h2.DATA, 0, self._stream_id, response))
             self._conn.h2.sent(self._stream_id, len(response))
-        out.append(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, self._stream_id, status))
+        # a long message or trailing metadata may need more than one frame
+        out.append(h2.headers(self._stream_id, status, True, self._conn.h2.peer_frame_size))
         self._close(out)
 
     def _close(self, out: list) -> None:

@@ -33,6 +33,7 @@ class Handlers(grpc.GenericRpcHandler):
             "/t.T/Abort": grpc.unary_unary_rpc_method_handler(self.abort),
             "/t.T/Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
             "/t.T/Crash": grpc.unary_unary_rpc_method_handler(self.crash),
+            "/t.T/AbortLong": grpc.unary_unary_rpc_method_handler(self.abort_long),
             "/t.T/Big": grpc.unary_stream_rpc_method_handler(self.big),
             "/t.T/Forever": grpc.unary_stream_rpc_method_handler(self.forever),
             "/t.T/Sum": grpc.stream_unary_rpc_method_handler(self.sum),
@@ -69,6 +70,9 @@ class Handlers(grpc.GenericRpcHandler):
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+    async def abort_long(self, request, context):
+        await context.abort(grpc.StatusCode.NOT_FOUND, "é" * int(request))
 
     async def crash(self, request, context):
         raise RuntimeError("boom")
@@ -285,24 +289,31 @@ class RawClient:
     async def frame(self):
         head = await self.reader.readexactly(9)
         length = int.from_bytes(head[:3], "big")
+        assert length <= h2.DEFAULT_FRAME_SIZE  # what we did not raise with SETTINGS
         stream_id = int.from_bytes(head[5:], "big") & 0x7FFFFFFF
         return head[3], head[4], stream_id, await self.reader.readexactly(length)
 
     async def responses(self, stream_ids, on_frame=None):
         """{stream id: (DATA bytes, {trailer: value})} once each stream has ended."""
         data = {sid: bytearray() for sid in stream_ids}
-        trailers, pending = {}, set(stream_ids)
+        trailers, pending, block, ends = {}, set(stream_ids), b"", False
         while pending:
             kind, flags, sid, payload = await self.frame()
             if on_frame is not None:
                 on_frame(kind, flags, sid, payload)
-            if kind == h2.HEADERS:
-                fields = dict(self.decoder.decode(payload, raw=True))
-                if flags & h2.END_STREAM:
-                    trailers[sid] = fields
+            if kind in (h2.HEADERS, h2.CONTINUATION):
+                block += payload
+                ends = ends or kind == h2.HEADERS and flags & h2.END_STREAM
+                if flags & h2.END_HEADERS:
+                    fields = dict(self.decoder.decode(block, raw=True))
+                    if ends:
+                        trailers[sid] = fields
+                        pending.discard(sid)
+                    block, ends = b"", False
+                continue
             elif kind == h2.DATA and sid in data:
                 data[sid] += payload
-            if flags & h2.END_STREAM and kind in (h2.HEADERS, h2.DATA) or kind == h2.RST_STREAM:
+            if flags & h2.END_STREAM and kind == h2.DATA or kind == h2.RST_STREAM:
                 pending.discard(sid)
         return {sid: (bytes(data[sid]), trailers.get(sid, {})) for sid in stream_ids}
 
@@ -579,3 +590,25 @@ def test_compressed_messages_and_a_decompression_bomb():
         assert results[5][1][b"grpc-status"] == b"13"  # INTERNAL
         client.close()
     serve(test, max_receive=1 << 20)
+
+
+def test_a_status_larger_than_a_frame():
+    async def test(channel, handlers, server):
+        # grpcio's own limits on metadata are lower than what we test here
+        big = [("grpc.max_metadata_size", 1 << 20), ("grpc.absolute_max_metadata_size", 1 << 20)]
+        async with grpc.aio.insecure_channel("unix:" + handlers.path, options=big) as channel:
+            for size in (3000, 6000):  # 6 bytes on the wire each (percent-encoded): > 16 KiB
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await method(channel, "AbortLong")(str(size).encode(), timeout=5)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                assert err.value.details() == "é" * size
+            assert await method(channel, "Echo")(b"same connection") == b"same connection"
+        # a client keeping the default frame size (as grpc-go's, so ctr's, does)
+        client = await RawClient.connect(handlers.path)
+        client.send(client.headers(1, b"/t.T/AbortLong") + client.message(1, b"6000"))
+        client.send(client.headers(3, b"/t.T/Echo") + client.message(3, b"after"))
+        results = await client.responses([1, 3])
+        assert results[1][1][b"grpc-message"] == b"%C3%A9" * 6000
+        assert results[3] == (b"\0\0\0\0\5after", {b"grpc-status": b"0"})
+        client.close()
+    serve(test)

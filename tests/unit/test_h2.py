@@ -205,3 +205,11 @@ def test_streams_beyond_the_concurrency_limit_are_refused():
     events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, last + 2, encoder.encode(
         fields + [(b"x-new-entry", b"v")])), out)
     assert events == [h2.Request(last + 2, fields + [(b"x-new-entry", b"v")], False)]
+
+
+def test_header_blocks_larger_than_a_frame_go_out_in_continuations():
+    block = request_headers() + h2.encode_headers([(b"x-long", b"v" * 40000)])
+    wire = h2.headers(1, block, True, h2.DEFAULT_FRAME_SIZE)
+    assert wire[3] == h2.HEADERS and wire.count(bytes([h2.CONTINUATION])) >= 2
+    events = connection().receive(wire, [])  # our own parser takes them back
+    assert events[0].end_stream and (b"x-long", b"v" * 40000) in events[0].headers
