@@ -16,6 +16,7 @@ ffibuilder.cdef("""
     long syscall(long number, ...);
     int mallopt(int param, int value);
     int malloc_trim(size_t pad);
+    int madvise(void *addr, size_t length, int advice);
 
     #define MS_RDONLY ...
     #define MS_NOSUID ...
@@ -32,6 +33,7 @@ ffibuilder.cdef("""
     #define CLONE_NEWNS ...
     #define SYS_gettid ...
     #define M_ARENA_MAX ...
+    #define MADV_PAGEOUT ...
 """)
 ffibuilder.set_source("appliance._mountcall", """
     #define _GNU_SOURCE
@@ -40,6 +42,7 @@ ffibuilder.set_source("appliance._mountcall", """
     #include <sys/syscall.h>
     #include <unistd.h>
     #include <malloc.h>
+    #include <sys/mman.h>
 """)
 
 if __name__ == "__main__":

@@ -1,9 +1,17 @@
-"""glibc malloc tuning: the daemon's worker threads (unpack, decompress, removals) would each
-get a malloc arena kept for the process's life; two arenas and a trim after big operations
-hand that memory back (RSS after a workload 72 → ~55 MiB, same speed)."""
+"""Memory the daemon hands back.
+
+glibc malloc: the daemon's worker threads (unpack, decompress, removals) would each get a
+malloc arena kept for the process's life; two arenas and a trim after big operations hand
+that memory back (RSS after a workload 72 → ~55 MiB, same speed).
+
+The executable's read-only data: a compiled (Nuitka) daemon carries its modules' constants
+in the binary, and start-up reads nearly all of it once (≈ 9 MiB of clean file pages that
+stay mapped and count in RSS and in the cgroup). After boot it is paged out; the few pages
+used again later fault back in.
+"""
 from __future__ import annotations
 
-from ._mountcall import lib
+from ._mountcall import ffi, lib
 
 ARENA_MAX = 2
 
@@ -16,3 +24,20 @@ def limit_arenas(arenas: int = ARENA_MAX) -> bool:
 def trim() -> None:
     """Return free heap pages to the kernel (cheap: microseconds to a millisecond)."""
     lib.malloc_trim(0)
+
+
+def release_startup_pages(path: str | None = None) -> int:
+    """Page out the read-only data mappings (not the code) of `path`, by default the
+    executable; returns the bytes advised."""
+    import os
+    path = path or os.readlink("/proc/self/exe")  # sys.executable isn't the Nuitka binary
+    released = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[1] != "r--p" or fields[5].strip() != path:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if lib.madvise(ffi.cast("void *", start), end - start, lib.MADV_PAGEOUT) == 0:
+                released += end - start
+    return released

@@ -24,6 +24,7 @@ from .ttrpc import TTRPCServer
 
 log = logging.getLogger("appliance.server")
 GRACE_SECONDS = 2.0
+RELEASE_STARTUP_PAGES_AFTER = 1.0  # s after boot; see memory.release_startup_pages
 
 
 class StartupError(Exception):
@@ -210,6 +211,8 @@ class Daemon:
             raise
         sdnotify.notify("READY=1")
         log.info("successfully booted in %.3fs", time.monotonic() - started)
+        # once the first clients' lazy imports have read their part of it too
+        loop.call_later(RELEASE_STARTUP_PAGES_AFTER, memory.release_startup_pages)
         await stop_wait
         sdnotify.notify("STOPPING=1")
         await self._shutdown()
