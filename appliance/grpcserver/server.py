@@ -107,6 +107,8 @@ class Call:
         self._done = False                   # trailers sent or stream reset
         self._reset = False
         self._failed = False                 # the request stream broke (see _fail)
+        self._server_stream = False          # one request, a stream of responses
+        self._stopping = False               # cancelled by Server.stop
         self._code: StatusCode | None = None
         self._details = ""
         self._trailing: list = []            # encoded now: bad metadata fails the handler
@@ -531,12 +533,20 @@ class Server:
         self._servers.append(server)
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, let running ones finish within `grace` s, then cancel them."""
+        """Refuse new calls, let running ones finish within `grace` s, then cancel them.
+
+        Server streams (event subscriptions, reads) end at once with UNAVAILABLE: a
+        subscription never finishes by itself, and containerd drops them all on stop.
+        """
         self.draining = True
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
             conn.go_away()
+            for call in list(conn.calls.values()):
+                if call._server_stream and call.task is not None and not call.task.done():
+                    call._stopping = True
+                    call.task.cancel()
         tasks = [c.task for conn in self.connections for c in conn.calls.values()
                  if c.task is not None and not c.task.done()]
         if tasks:
@@ -574,6 +584,7 @@ class Server:
                 call._finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call._method))
                 return
             call._deserialize = handler.request_deserializer
+            call._server_stream = handler.response_streaming and not handler.request_streaming
             call._serialize = handler.response_serializer or (lambda m: m)
             if call._deadline is None:
                 response = await self._run(call, handler)
@@ -593,6 +604,8 @@ class Server:
                 call._finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             elif isinstance(exc, TimeoutError):
                 call._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+            elif call._stopping:
+                call._finish(StatusCode.UNAVAILABLE, "the server is stopping")
             else:
                 call._finish(StatusCode.CANCELLED, "Cancelled")
                 raise

@@ -495,6 +495,25 @@ def test_binary_metadata_round_trip():
     serve(test)
 
 
+def test_stop_ends_server_streams_at_once_and_lets_unary_calls_finish():
+    async def test(channel, handlers, server):
+        stream = method(channel, "Forever", "unary_stream")(b"")
+        assert await stream.read() == b"tick"
+        running = asyncio.ensure_future(method(channel, "Sleep")(b"0.5"))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        stopping = asyncio.ensure_future(server.stop(5))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            while True:
+                await stream.read()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 0.3  # not after the unary call or the grace
+        assert await running == b"woke"
+        await stopping
+        assert time.monotonic() - started < 2
+    serve(test)
+
+
 def test_stop_cancels_a_never_ending_stream_within_the_grace():
     async def test(channel, handlers, server):
         call = method(channel, "Forever", "unary_stream")(b"")
