@@ -1,5 +1,10 @@
-"""The daemon's gRPC server: asyncio + our own HTTP/2 (see server.py for why)."""
-from .server import Call, MethodHandler, Server
+"""The daemon's gRPC server: asyncio + our own HTTP/2 (see server.py for why).
+
+h2.py: HTTP/2 framing, sans I/O; call.py: one call (the handlers' context);
+server.py: connections, dispatch, listeners and graceful stop; status.py: codes.
+"""
+from .call import Call
+from .server import MethodHandler, Server
 from .status import EOF, StatusCode
 
 __all__ = ["Call", "EOF", "MethodHandler", "Server", "StatusCode"]
