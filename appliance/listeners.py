@@ -119,7 +119,8 @@ def server_tls_context(cert: str, key: str, ca: str = ""):
     if not cert or not key:
         raise ListenerError("tcp_tls_cert and tcp_tls_key must be set together")
     ssl = asyncio_with_ssl()  # not at the top: see process_settings.asyncio_without_ssl
-    _read(cert, "TLS certificate"), _read(key, "TLS key")
+    _read(cert, "TLS certificate")  # an unreadable file: one line naming it
+    _read(key, "TLS key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.set_alpn_protocols(["h2"])
     try:
@@ -160,7 +161,7 @@ def tcp_grpc_listener(grpc_cfg) -> TCPListener:
         log.warning("gRPC on %s has no TLS: anyone who can reach it controls the daemon",
                     address)
     sock = bind_tcp(address, "TCP grpc endpoint")
-    host, port = sock.getsockname()[:2]
+    port = sock.getsockname()[1]
     shown = address.rpartition(":")[0]
     return TCPListener(sock, context, f"{shown}:{port} ({kind})")  # the port bound, also for 0
 

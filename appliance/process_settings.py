@@ -15,8 +15,8 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 def asyncio_without_ssl():
     """Imports in this block see no `ssl` module (if it is not loaded yet).
 
-    asyncio imports `ssl` only to offer TLS streams, which the daemon never opens
-    (gRPC's TLS is grpc's own): importing asyncio here keeps OpenSSL (libssl +
+    asyncio imports `ssl` only to offer TLS streams, which only the optional TCP/TLS gRPC
+    listener uses (`asyncio_with_ssl`): importing asyncio here keeps OpenSSL (libssl +
     libcrypto, ≈ 4 MiB RSS) out of an idle daemon. Later imports of `ssl` work.
     """
     if "ssl" in sys.modules:

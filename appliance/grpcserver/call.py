@@ -23,6 +23,9 @@ _QUEUED_BEFORE_BACKPRESSURE = 4   # request messages buffered before acks wait f
 _WRITE_CHUNK = 256 << 10          # DATA bytes written before looking at the transport's pause
 
 
+# Both are BaseExceptions so that handlers' `except Exception` (grpcutil.rpc's) pass
+# them through instead of turning them into UNKNOWN errors logged as unexpected.
+
 class Abort(BaseException):
     """Raised by `abort()`; ends the handler with the status already set."""
 
@@ -133,11 +136,7 @@ class Call:
                 return EOF
             if self._reset:
                 raise asyncio.CancelledError()
-            self._readable = asyncio.get_running_loop().create_future()
-            try:
-                await self._readable
-            finally:
-                self._readable = None
+            await self._wait_for_data()
         data = self._messages.popleft()
         if self._unacked and len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
             self._conn.acknowledge(self._stream_id, self._unacked)
@@ -217,6 +216,14 @@ class Call:
         self._failed = True
         self._code, self._details = code, details
 
+    async def _wait_for_data(self) -> None:
+        """Until the connection brings data, the end of the request or a reset."""
+        self._readable = asyncio.get_running_loop().create_future()
+        try:
+            await self._readable
+        finally:
+            self._readable = None
+
     def _wake_reader(self) -> None:
         if self._readable is not None and not self._readable.done():
             self._readable.set_result(None)
@@ -242,10 +249,12 @@ class Call:
             self._conn.write(h2.frame(h2.HEADERS, h2.END_HEADERS, self._stream_id,
                                       _RESPONSE_HEADERS))
 
-    async def _send_message(self, message, serializer=None) -> None:
+    async def _send_message(self, message) -> None:
         if self._done:
             raise Finished()
-        data = (serializer or self._serialize)(message)
+        await self._send_serialized(self._serialize(message))
+
+    async def _send_serialized(self, data: bytes) -> None:
         limit = self._conn.server.max_send
         if len(data) > limit:
             raise SendTooLarge(len(data), limit)
@@ -363,9 +372,5 @@ def internal_error(call: Call, details: str) -> Abort:
 async def more_than_one(call: Call) -> bool:
     """A unary method's request must end after its one message."""
     while call._request_open and not call._messages:
-        call._readable = asyncio.get_running_loop().create_future()
-        try:
-            await call._readable
-        finally:
-            call._readable = None
+        await call._wait_for_data()
     return bool(call._messages)

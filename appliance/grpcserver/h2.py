@@ -1,7 +1,7 @@
 """HTTP/2 for a gRPC server, sans I/O: bytes in → events out, frames out as bytes.
 
 Only what gRPC needs (RFC 9113): no push, no priorities, no upgrade. Flow control is
-tracked here; when to send is up to the caller (`send_window`, `consume`).
+tracked here; when to send is up to the caller (`sendable`/`sent`, `consumed`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,7 @@ RECEIVE_WINDOW = 8 << 20
 MAX_HEADER_BLOCK = 1 << 20
 MAX_CONCURRENT = 1000  # streams per connection: each is a task, so bound them
 
-_HEADER = struct.Struct(">I")
-_U32 = struct.Struct(">I")
+_U32 = struct.Struct(">I")  # also a frame header's first 4 bytes: length (24 bits), type
 _SETTING = struct.Struct(">HI")
 
 
@@ -87,7 +86,7 @@ class GoAway:
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return _HEADER.pack(len(payload))[1:] + bytes((kind, flags)) + _U32.pack(stream_id) + payload
+    return _U32.pack(len(payload))[1:] + bytes((kind, flags)) + _U32.pack(stream_id) + payload
 
 
 def headers(stream_id: int, block: bytes, end_stream: bool, max_size: int) -> bytes:
@@ -192,7 +191,7 @@ class Connection:
         events = []
         pos, end = 0, len(buf)
         while end - pos >= 9:
-            length = _HEADER.unpack_from(buf, pos)[0] >> 8
+            length = _U32.unpack_from(buf, pos)[0] >> 8
             if length > DEFAULT_FRAME_SIZE:  # we never raise SETTINGS_MAX_FRAME_SIZE
                 raise ConnectionError_(FRAME_SIZE_ERROR, f"frame of {length} bytes")
             if end - pos < 9 + length:

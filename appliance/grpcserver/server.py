@@ -45,10 +45,6 @@ class MethodHandler(NamedTuple):
     stream_stream: object = None
 
 
-# Both are BaseExceptions so that handlers' `except Exception` (grpcutil.rpc's) pass
-# them through instead of turning them into UNKNOWN errors logged as unexpected.
-
-
 class _Connection(asyncio.Protocol):
     def __init__(self, server: "Server"):
         self.server = server
@@ -293,7 +289,7 @@ class Server:
                 call._finish(StatusCode.OK, "", len(data).to_bytes(5, "big") + data)
             else:
                 try:
-                    await call._send_message(data, serializer=_same)
+                    await call._send_serialized(data)
                 except Finished:
                     return
                 call._finish(StatusCode.OK, "")
@@ -336,10 +332,6 @@ class Server:
         if hasattr(response, "__await__"):
             response = await response
         return response
-
-
-def _same(data):
-    return data
 
 
 def _loop_time(deadline: float) -> float:
