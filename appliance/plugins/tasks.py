@@ -25,8 +25,8 @@ shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 
 log = logging.getLogger("appliance.tasks")
 
-CHECKPOINT_UNSUPPORTED = ("checkpoint and restore are not supported on this host "
-                          "(criu does not work on this kernel)")
+CHECKPOINT_UNSUPPORTED = ("checkpoint/restore is not implemented in ctrappliance "
+                          "(see the README's list of intended differences)")
 
 
 class TasksService:
