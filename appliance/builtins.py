@@ -9,14 +9,21 @@ from .plugins import events, health, introspection, leases, metadata, namespaces
 from .plugins import containers, runtime, tasks
 from .plugins import diff, snapshots
 from .plugins import content, gc, images
+from .plugins import opt, restart
 
 MODULES = [metadata, events, introspection, leases, namespaces, health, version]
 MODULES += [containers, runtime, tasks]
 MODULES += [snapshots, diff]
 MODULES += [content, gc, images]
+MODULES += [restart, opt]
 
 TYPE_ORDER = [p.CONTENT, p.SNAPSHOT, p.METADATA, p.DIFF, p.EVENT, p.GC, p.SERVICE,
-              p.RUNTIME_V2, p.MONITOR, p.GRPC, p.INTERNAL, p.TTRPC, p.STREAM_PROCESSOR]
+              p.RUNTIME_V1, p.RUNTIME_V2, p.MONITOR, p.GRPC, p.INTERNAL, p.TTRPC, p.STREAM_PROCESSOR]
+
+
+# containerd lists these internal plugins among the gRPC services, where their Go packages
+# sort: runtime/restart/monitor before services/*, services/opt between namespaces and snapshots.
+LISTED_AS = {(p.INTERNAL, "restart"): (p.GRPC, " restart"), (p.INTERNAL, "opt"): (p.GRPC, "opt")}
 
 
 def registrations():
@@ -24,5 +31,6 @@ def registrations():
     rank = {t: i for i, t in enumerate(TYPE_ORDER)}
 
     def containerd_order(reg):  # by type; within a type introspection first, then by id
-        return rank.get(reg.type, len(rank)), not reg.id.startswith("introspection"), reg.id
+        type_, id_ = LISTED_AS.get((reg.type, reg.id), (reg.type, reg.id))
+        return rank.get(type_, len(rank)), not id_.startswith("introspection"), id_
     return sorted(regs, key=containerd_order)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 from bench.daemons import socket_accepts  # noqa: F401  (re-exported for the tests)
@@ -35,10 +36,29 @@ class Daemon:
 
     def argv(self):
         argv = [BINARY, "--root", str(self.root), "--state", str(self.state),
-                "--address", self.address, "--log-level", "debug"]
-        if self.config:
-            argv += ["--config", self.config]
+                "--address", self.address, "--log-level", "debug",
+                "--config", self._config_with_private_opt()]
         return argv + self.extra_args
+
+    def _config_with_private_opt(self) -> str:
+        """The test's config plus a private opt path (the opt plugin otherwise creates
+        /opt/containerd on the host). A config that sets the opt path itself, or that is no
+        valid version 2 TOML (tests of config errors), is used as it is."""
+        opt = f'\n[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.workdir / "opt"}"\n'
+        if not self.config:
+            path = self.workdir / "private-opt.toml"
+            path.write_text("version = 2\n" + opt)
+            return str(path)
+        text = Path(self.config).read_text()
+        try:
+            table = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            return self.config
+        if table.get("version") != 2 or "io.containerd.internal.v1.opt" in text:
+            return self.config
+        path = Path(self.config).with_suffix(".private-opt.toml")
+        path.write_text(text + opt)
+        return str(path)
 
     def start(self, wait=True) -> "Daemon":
         self.log_file = open(self.log_path, "ab")

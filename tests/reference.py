@@ -20,7 +20,8 @@ CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 
 
 class Containerd:
-    def __init__(self, workdir: str | None = None):
+    def __init__(self, workdir: str | None = None, extra_config: str = ""):
+        self.extra_config = extra_config   # TOML appended to the private config
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
@@ -31,7 +32,8 @@ class Containerd:
 
     def write_config(self):
         self.config_path.write_text(
-            containerd_config(self.workdir, self.root, self.state, self.address))
+            containerd_config(self.workdir, self.root, self.state, self.address)
+            + self.extra_config)
 
     def start(self, timeout=30.0):
         self.write_config()

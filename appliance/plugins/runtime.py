@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import TaskManager, Timeouts
 from ..errdefs import NotFound
-from ..plugin import EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V2, InitContext, Registration
+from ..plugin import (EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V1, RUNTIME_V2, InitContext,
+                      Registration, SkipPlugin)
 
 log = logging.getLogger("appliance.runtime")
 
@@ -53,8 +54,18 @@ class CgroupsMonitor:
         pass
 
 
+def _runtime_v1(ic: InitContext):
+    raise SkipPlugin(RUNTIME_V1_SKIPPED)
+
+
+RUNTIME_V1_SKIPPED = ("runtime v1 (containerd-shim) was removed in containerd 2.0 and is not "
+                      "provided by ctrappliance: use io.containerd.runc.v2")
+
 REGISTRATIONS = [
+    Registration(RUNTIME_V1, "linux", _runtime_v1, requires=(EVENT, METADATA),
+                 platforms=LINUX_AMD64),
     Registration(RUNTIME_V2, "task", _runtime, requires=(EVENT, METADATA), config=RuntimeConfig,
                  platforms=LINUX_AMD64),
-    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(), platforms=LINUX_AMD64),
+    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(), requires=(EVENT,),
+                 platforms=LINUX_AMD64),
 ]
