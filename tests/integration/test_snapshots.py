@@ -308,3 +308,136 @@ def test_pull_plain_http_unpacks(registry, tmp_path):
         assert snapshot_keys(d, "pulled") == [BUSYBOX_CHAIN]
     finally:
         d.cleanup()
+
+
+# --- issue 15: committed layers are never writable through a mount the daemon hands out ----
+
+TWO_LAYERS = "localhost/two-layers:1"
+GC_ROOT = {"containerd.io/gc.root": "1"}
+
+
+def _snapshots_call(d, method, ns, **fields):
+    """One Snapshots RPC (overlayfs): (response, None) or (None, (code name, details))."""
+    import grpc
+    from appliance._proto.containerd.api.services.snapshots.v1 import snapshots_pb2 as pb
+    from appliance._proto.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc
+    request = getattr(pb, {"Mounts": "MountsRequest", "Remove": "RemoveSnapshotRequest"}.get(
+        method, f"{method}SnapshotRequest"))(snapshotter="overlayfs", **fields)
+    with grpc.insecure_channel("unix:" + d.address) as ch:
+        try:
+            return getattr(snapshots_pb2_grpc.SnapshotsStub(ch), method)(
+                request, metadata=[("containerd-namespace", ns)], timeout=60), None
+        except grpc.RpcError as err:
+            return None, (err.code().name, err.details())
+
+
+def _shape(d, mounts) -> list:
+    """Mount descriptions with the daemon's root and snapshot ids taken out."""
+    def norm(text):
+        return re.sub(r"snapshots/\d+/", "snapshots/N/", text.replace(str(d.root), "ROOT"))
+    return [(m.type, norm(m.source), [norm(o) for o in m.options]) for m in mounts]
+
+
+def _write_through(root: Path) -> list[str]:
+    """Try to change every kind of thing under `root`; what each attempt gave."""
+    attempts = [("append", lambda: (root / "l1" / "file").open("ab").write(b"!")),
+                ("append-shadowed", lambda: (root / "shared").open("ab").write(b"!")),
+                ("chmod", lambda: os.chmod(root / "l1" / "file", 0o600)),
+                ("unlink", lambda: os.unlink(root / "l1" / "gone")),
+                ("create", lambda: (root / "new").write_bytes(b"new")),
+                ("mkdir", lambda: os.mkdir(root / "newdir"))]
+    outcomes = []
+    for name, attempt in attempts:
+        try:
+            attempt()
+            outcomes.append(f"{name}: ok")
+        except OSError as exc:
+            outcomes.append(f"{name}: {errno_name(exc.errno)}")
+    return outcomes
+
+
+def errno_name(number: int) -> str:
+    import errno
+    return errno.errorcode.get(number, str(number))
+
+
+def _committed_trees(d, ns, keys, tmp_path) -> dict:
+    """Each committed snapshot as a fresh view shows it."""
+    from appliance.mount import TempMount
+    trees = {}
+    for key in keys:
+        resp, err = _snapshots_call(d, "View", ns, key=f"fp-{key}", parent=key)
+        assert err is None, err
+        with TempMount(str(tmp_path / "fp"), resp.mounts) as path:
+            trees[key] = fingerprint(path)
+        _snapshots_call(d, "Remove", ns, key=f"fp-{key}")
+    return trees
+
+
+def test_no_mount_writes_a_committed_layer_like_containerd(ours, theirs, tmp_path):
+    from appliance.mount import TempMount
+    from runtime_helpers import remove_cgroup_dirs, run_flags
+    ns = "ro-layers"
+    image = tmp_path / "two.tar"
+    image.write_bytes(oci_image([
+        layer(entry("l1/", tarfile.DIRTYPE, mode=0o755), entry("l1/file", data=b"one"),
+              entry("l1/gone", data=b"bye"), entry("shared", data=b"lower")),
+        layer(entry("l2/", tarfile.DIRTYPE, mode=0o755), entry("l2/file", data=b"two"),
+              entry("shared", data=b"upper"))], ref=TWO_LAYERS))
+    seen = []
+    for d in (ours, theirs):
+        d.ctr("images", "import", str(image), namespace=ns)
+        d.ctr("images", "import", str(anchor_image("small")), namespace=ns)
+        chains = [k for k in snapshot_keys(d, ns) if k != BUSYBOX_CHAIN]
+        parents = {json.loads(d.ctr("snapshots", "info", k, namespace=ns).stdout).get("Parent")
+                   for k in chains}
+        top = next(k for k in chains if k not in parents)
+        base = next(k for k in chains if k != top)
+        committed = [base, top, BUSYBOX_CHAIN]
+        before = _committed_trees(d, ns, committed, tmp_path)
+        answers, outcomes = {}, {}
+        # Mounts of a committed snapshot is refused
+        for name, key in (("base", base), ("top", top)):
+            resp, err = _snapshots_call(d, "Mounts", ns, key=key)
+            answers[f"mounts {name}"] = err and (err[0], re.sub(r"/\d+/", "/N/", err[1]))
+            if resp is not None:    # were it handed out, write through it as a client would
+                with TempMount(str(tmp_path / "w"), resp.mounts) as path:
+                    outcomes[f"mounts {name}"] = _write_through(Path(path))
+        # every mount an active snapshot or a view gets, from Prepare/View and from Mounts
+        for method, key, parent in (("Prepare", "a-base", base), ("Prepare", "a-top", top),
+                                    ("View", "v-base", base), ("View", "v-top", top)):
+            resp, err = _snapshots_call(d, method, ns, key=key, parent=parent, labels=GC_ROOT)
+            assert err is None, err
+            again, err = _snapshots_call(d, "Mounts", ns, key=key)
+            assert err is None, err
+            for via, mounts in ((method, resp.mounts), ("Mounts", again.mounts)):
+                answers[f"{via} {key}"] = _shape(d, mounts)
+                with TempMount(str(tmp_path / "w"), mounts) as path:
+                    outcomes[f"{via} {key}"] = _write_through(Path(path))
+            _snapshots_call(d, "Remove", ns, key=key)
+        # ctr images mount, read-only and --rw
+        for flags in ((), ("--rw",)):
+            target = tmp_path / "img"
+            target.mkdir(exist_ok=True)
+            d.ctr("images", "mount", *flags, TWO_LAYERS, str(target), namespace=ns)
+            try:
+                outcomes[f"images mount {flags}"] = _write_through(target)
+            finally:
+                d.ctr("images", "unmount", "--rm", str(target), namespace=ns)
+        # a task's rootfs, from its container's snapshot
+        r = d.ctr("run", "--rm", *run_flags(d.workdir), BUSYBOX, "ro-task", "sh", "-c",
+                  "echo x >> /bin/busybox; rm /bin/ls; chmod 700 /bin; touch /new; echo done",
+                  namespace=ns, check=False, timeout=120)
+        assert (r.returncode, r.stdout) == (0, "done\n"), r.stderr
+        remove_cgroup_dirs(ns)
+        after = _committed_trees(d, ns, committed, tmp_path)
+        for key in committed:
+            assert after[key] == before[key], f"{type(d).__name__} changed committed {key}"
+        seen.append((answers, outcomes))
+    (ours_answers, ours_outcomes), (their_answers, their_outcomes) = seen
+    assert ours_answers == their_answers
+    assert ours_outcomes == their_outcomes
+    assert ours_answers["mounts base"] == (
+        "FAILED_PRECONDITION", f"failed to get active mount: requested snapshot {ns}/N/{base} "
+        "not active or view: failed precondition")
+    assert ours_outcomes["View v-top"][0] == "append: EROFS"
