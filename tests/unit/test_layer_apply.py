@@ -71,36 +71,54 @@ def test_planner_resolves_parents_through_symlinks_inside_the_root():
     assert planner.plan(hdr("a/../b"), fs).name == "b"
 
 
-@pytest.mark.parametrize("name,fs,message", [
-    ("../evil", {}, "climbs out"),
-    ("/etc/passwd", {}, "absolute"),
-    ("a/../../evil", {}, "climbs out"),
-    ("link/pwned", {"link": ("symlink", "../../../../tmp")}, "points outside"),
-    ("link/pwned", {"link": ("symlink", "a/../..")}, "points outside"),
-    ("loop/x", {"loop": ("symlink", "loop")}, "too many levels"),
+@pytest.mark.parametrize("name,fs,parent,base", [
+    ("../evil", {}, (), "evil"),
+    ("/etc/passwd", {}, ("etc",), "passwd"),
+    ("a/../../evil", {}, (), "evil"),
+    ("../../x/../../y/z", {}, ("y",), "z"),
+    ("link/pwned", {"link": ("symlink", "../../../../tmp")}, ("tmp",), "pwned"),
+    ("link/pwned", {"link": ("symlink", "a/../..")}, (), "pwned"),
+    ("link/pwned", {"link": ("symlink", "/../../etc"), "etc": "dir"}, ("etc",), "pwned"),
 ])
-def test_planner_refuses_hostile_names(name, fs, message):
-    with pytest.raises(planner.HostileEntry, match=message):
-        planner.plan(hdr(name), fake_fs(fs))
+def test_planner_confines_names_to_the_root(name, fs, parent, base):
+    """Issue 17: as containerd, absolute names and ".." above the root resolve inside it."""
+    op = planner.plan(hdr(name), fake_fs(fs))
+    assert (op.parent, op.name) == (parent, base)
+
+
+def test_planner_refuses_what_containerd_refuses():
+    with pytest.raises(planner.HostileEntry, match="too many levels"):
+        planner.plan(hdr("loop/x"), fake_fs({"loop": ("symlink", "loop")}))
+    with pytest.raises(planner.HostileEntry, match="unsupported tar entry type"):
+        planner.plan(hdr("x", b"7"), fake_fs({}))
+    for name in ("d/.wh..", "d/.wh...", "/.wh."):
+        with pytest.raises(planner.HostileEntry, match="invalid whiteout"):
+            planner.plan(hdr(name), fake_fs({"d": "dir"}))
+    for target in ("..", "a/..", "/", "d/."):
+        with pytest.raises(planner.HostileEntry, match="is a directory"):
+            planner.plan(hdr("h", b"1", target), fake_fs({"d": "dir"}))
+    assert planner.plan(hdr("../.."), fake_fs({})) == planner.Skip("resolves to the root")
 
 
 def test_planner_whiteouts_hardlinks_and_devices():
-    fs = fake_fs({"d": "dir"})
+    fs = fake_fs({"d": "dir", "ln": ("symlink", "d/e")})
     assert planner.plan(hdr("d/.wh.gone"), fs) == planner.Whiteout(("d",), "gone")
     assert planner.plan(hdr("d/.wh..wh..opq"), fs) == planner.Opaque(("d",))
-    with pytest.raises(planner.HostileEntry, match="invalid whiteout"):
-        planner.plan(hdr("d/.wh.."), fs)
+    assert planner.plan(hdr("/../.wh.gone"), fs) == planner.Whiteout((), "gone")
     op = planner.plan(hdr("d/h", b"1", "d/target"), fs)
     assert (op.link_parent, op.link_name) == (("d",), "target")
-    with pytest.raises(planner.HostileEntry, match="climbs out"):
-        planner.plan(hdr("h", b"1", "../outside"), fs)
-    with pytest.raises(planner.HostileEntry, match="absolute"):
-        planner.plan(hdr("h", b"1", "/etc/shadow"), fs)
-    with pytest.raises(planner.HostileEntry, match="block device"):
-        planner.plan(hdr("sda", b"4", major=8), fs)
-    with pytest.raises(planner.HostileEntry, match="character device 10:200"):
-        planner.plan(hdr("tun", b"3", major=10, minor=200), fs)
-    assert isinstance(planner.plan(hdr("null", b"3", major=1, minor=3), fs), planner.Create)
+    for target, link_parent, link_name in (("../outside", (), "outside"),
+                                           ("/etc/shadow", ("etc",), "shadow"),
+                                           ("ln/../f", ("d",), "f"),   # ".." after the link
+                                           ("ln", (), "ln")):          # the link itself
+        op = planner.plan(hdr("h", b"1", target), fs)
+        assert (op.link_parent, op.link_name) == (link_parent, link_name), target
+    for typ, major, minor in ((b"4", 8, 0), (b"3", 10, 200), (b"3", 1, 1)):
+        op = planner.plan(hdr("/../dev", typ, major=major, minor=minor), fs)
+        assert isinstance(op, planner.Create) and (op.parent, op.name) == ((), "dev")
+        assert isinstance(planner.plan(hdr("x", typ, major=major, minor=minor), fs,
+                                       devices=False), planner.Skip)   # in a user namespace
+    assert isinstance(planner.plan(hdr("fifo", b"6"), fs, devices=False), planner.Create)
 
 
 # --- executor on real directories --------------------------------------------------------
@@ -155,30 +173,48 @@ def test_whiteouts_and_opaque_dirs_plain_and_overlay(tmp_path):
     assert stat.S_IMODE(os.stat(upper / "opq").st_mode) == 0o711  # copied from the lower dir
 
 
-# --- hostile layers: a clear error and nothing outside ------------------------------------
+# --- hostile layers: confined to the root, or a clear error; nothing outside ---------------
 
-HOSTILE = {
-    "dotdot": (layer(entry("../escape", data=b"x")), "climbs out"),
-    "absolute": (layer(entry("/abs-escape", data=b"x")), "absolute"),
+CONFINED = {
+    "dotdot": (layer(entry("../escape", data=b"x")), "escape"),
+    "absolute": (layer(entry("/abs-escape", data=b"x")), "abs-escape"),
     "symlink-then-write": (layer(entry("ln", S, linkname="../../../../../../OUTSIDE"),
-                                 entry("ln/pwned", data=b"x")), "points outside"),
-    "hardlink-outside": (layer(entry("h", L, linkname="../../../../etc/passwd")), "climbs out"),
-    "block-device": (layer(entry("sda", B, devmajor=8, devminor=0)), "block device"),
-    "char-device": (layer(entry("mem", C, devmajor=1, devminor=1)), "character device 1:1"),
+                                 entry("ln/pwned", data=b"x")), "OUTSIDE/pwned"),
+    "absolute-hardlink": (layer(entry("f", data=b"x"), entry("h", L, linkname="/../f")), "h"),
+    "block-device": (layer(entry("sda", B, devmajor=8, devminor=0)), "sda"),
+    "char-device": (layer(entry("mem", C, devmajor=1, devminor=1)), "mem"),
+}
+REFUSED = {
+    "hardlink-outside": (layer(entry("h", L, linkname="../../../../etc/passwd")),
+                         "No such file"),
+    "whiteout-dotdot": (layer(entry(".wh..")), "invalid whiteout"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_layer_fails_and_writes_nothing_outside(tmp_path, case):
-    data, message = HOSTILE[case]
+def _outside(tmp_path, root):
+    return sorted(p for p in tmp_path.rglob("*") if root not in p.parents and p != root)
+
+
+@pytest.mark.parametrize("case", sorted(CONFINED))
+def test_hostile_names_land_inside_the_root(tmp_path, case):
+    data, inside = CONFINED[case]
     root = tmp_path / "a" / "b" / "c" / "root"
     root.mkdir(parents=True)
-    before = sorted(p for p in tmp_path.rglob("*"))
+    before = _outside(tmp_path, root)
+    apply_bytes(root, data)
+    assert os.path.lexists(root / inside)
+    assert _outside(tmp_path, root) == before
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_layer_fails_and_writes_nothing_outside(tmp_path, case):
+    data, message = REFUSED[case]
+    root = tmp_path / "a" / "b" / "c" / "root"
+    root.mkdir(parents=True)
+    before = _outside(tmp_path, root)
     with pytest.raises(ApplyError, match=message):
         apply_bytes(root, data)
-    after = sorted(p for p in tmp_path.rglob("*"))
-    assert [p for p in after if root not in p.parents and p != root] == \
-           [p for p in before if root not in p.parents and p != root]
+    assert _outside(tmp_path, root) == before
 
 
 def test_symlinked_hardlink_target_is_not_followed(tmp_path):

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 
+from ..snapshots.backends import in_user_namespace
 from . import planner
 from .planner import Create, HostileEntry, Opaque, Skip, Whiteout
 from .tarstream import AREG, BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, TarError, TarReader
@@ -40,6 +41,7 @@ def _umask() -> int:
 
 UMASK = _umask()
 ROOT_IDS = os.geteuid() == 0 and os.getegid() == 0
+DEVICES = not in_user_namespace()   # containerd skips device nodes in a user namespace
 
 
 class ApplyError(Exception):
@@ -112,7 +114,7 @@ class Applier:
                 break
             size += hdr.size
             try:
-                op = planner.plan(hdr, self.lookup)
+                op = planner.plan(hdr, self.lookup, DEVICES)
                 self._run(op, reader)
             except HostileEntry as exc:
                 raise ApplyError(f"hostile layer: {exc}") from None
@@ -165,7 +167,7 @@ class Applier:
 
     def _copy_from_lower(self, sub, path) -> None:
         for lower in self.lowers:
-            found = _join(lower, planner.resolve(sub, lambda p: _kind(_join(lower, p)), strict=False))
+            found = _join(lower, planner.resolve(sub, lambda p: _kind(_join(lower, p))))
             try:
                 st = os.lstat(found)
             except FileNotFoundError:

@@ -248,10 +248,14 @@ def overlay_dirs(options: list[str]) -> tuple[str, list[str]]:
 
 def needs_userxattr() -> bool:
     """overlayfs needs `userxattr` only inside a user namespace (rootless), as containerd."""
+    return in_user_namespace()
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the initial one."""
     try:
         with open("/proc/self/uid_map") as f:
             first = f.read().split()
     except OSError:
         return False
-    in_init_userns = first[:3] == ["0", "0", "4294967295"]
-    return not in_init_userns
+    return first[:3] != ["0", "0", "4294967295"]
