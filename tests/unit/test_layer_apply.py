@@ -151,6 +151,16 @@ def test_apply_all_entry_kinds(tmp_path):
     assert t["implicit/parent"][1] == 0o755
 
 
+def test_failed_xattr_write_names_the_key(tmp_path):
+    """Issue 16: not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
+    data = layer(entry("bin/ping", data=b"x", pax={"SCHILY.xattr.security.capability": "bad"}))
+    with pytest.raises(ApplyError) as err:
+        apply_bytes(tmp_path, data)
+    path = str(tmp_path / "bin" / "ping")
+    assert str(err.value) == (f"failed to apply entry 'bin/ping': [Errno 22] failed to setxattr "
+                              f"{path!r} for key 'security.capability': Invalid argument")
+
+
 def test_whiteouts_and_opaque_dirs_plain_and_overlay(tmp_path):
     base = layer(entry("keep/a", data=b"a"), entry("gone", data=b"g"), entry("opq/old", data=b"o"))
     top = layer(entry("gone", data=b""), entry(".wh.gone"), entry("opq/new", data=b"n"),

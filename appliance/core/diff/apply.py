@@ -71,6 +71,15 @@ def _real_dir(root: str, parts, known: dict) -> bool:
     return known[parts]
 
 
+def _setxattr(path: str, key: str, value: bytes) -> None:
+    """os.setxattr (never through a symlink) whose error names the key, as containerd's."""
+    try:
+        os.setxattr(path, key, value, follow_symlinks=False)
+    except OSError as exc:
+        raise OSError(exc.errno, f"failed to setxattr {path!r} for key {key!r}: "
+                                 f"{exc.strerror}") from None
+
+
 def _join(root: str, parts) -> str:
     return os.path.join(root, *parts) if parts else root
 
@@ -181,8 +190,7 @@ class Applier:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
             for name in os.listxattr(found, follow_symlinks=False):
                 if not name.startswith("trusted."):
-                    os.setxattr(path, name, os.getxattr(found, name, follow_symlinks=False),
-                                follow_symlinks=False)
+                    _setxattr(path, name, os.getxattr(found, name, follow_symlinks=False))
             return
 
     # --- operations ------------------------------------------------------------------
@@ -208,7 +216,7 @@ class Applier:
     def _opaque(self, op: Opaque) -> None:
         path = _join(self.root, op.dir)
         if self.overlay:
-            os.setxattr(path, self.opaque_xattr, b"y")
+            _setxattr(path, self.opaque_xattr, b"y")
             return
         for dirpath, dirnames, filenames in os.walk(path, topdown=True):
             rel = tuple(os.path.relpath(dirpath, self.root).split(os.sep)) if dirpath != self.root else ()
@@ -288,7 +296,7 @@ class Applier:
                 log.warning("ignored xattr %s in archive: admin attributes are not supported", key)
                 continue
             try:
-                os.setxattr(path, key, value, follow_symlinks=False)
+                _setxattr(path, key, value)
             except OSError as exc:
                 if exc.errno == errno.ENOTSUP or (exc.errno == errno.EPERM and key.startswith("user.")
                                                   and not is_dir_or_reg):
