@@ -218,7 +218,7 @@ class NativeBackend(Backend):
     def mounts(self, sid, kind, parent_ids):
         flag = "ro" if kind == VIEW else "rw"
         source = self.fs(sid) if kind == ACTIVE or not parent_ids else self.fs(parent_ids[0])
-        return [Mount("bind", source, [flag, "rbind"])]
+        return [Mount("bind", source, ["rbind", flag])]   # containerd's order, unlike overlay's
 
     def apply_target(self, mounts):
         if len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options \
