@@ -416,7 +416,7 @@ def test_mounts_of_committed_native_snapshot_like_containerd(ours, theirs, tmp_p
         r = d.ctr(*native, "mounts", str(tmp_path), BUSYBOX_CHAIN, namespace=ns, check=False)
         view = d.ctr(*native, "view", "--mounts", "look", BUSYBOX_CHAIN, namespace=ns).stdout
         d.ctr(*native, "rm", "look", namespace=ns, check=False)   # no gc.root: GC may take it
-        # README's intended differences: native keeps a snapshot's files in snapshots/<id>/fs
+        # README's intended difference 10: native keeps a snapshot's files in snapshots/<id>/fs
         view = re.sub(r"snapshots/\d+(/fs)?\"", 'snapshots/N"', view.replace(str(d.root), "ROOT"))
         results.append((r.returncode, re.sub(r"/\d+/", "/N/", r.stderr), view))
     assert results[0] == results[1]
