@@ -21,7 +21,7 @@ import tempfile
 import threading
 import uuid
 
-from ..core.snapshots.backends import ACTIVE, VIEW, Mount
+from ..core.snapshots.backends import VIEW, Mount
 from ..core.content.store import LocalStore
 from ..errdefs import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from ..plugin import CONTENT, SNAPSHOT, InitContext, Registration
@@ -79,6 +79,8 @@ class ProxySnapshotBackend:
     remote snapshotter.
     """
 
+    mounts_error = "failed to get active mount"
+
     def __init__(self, name: str, address: str, channel, local_root: str):
         from .._proto.containerd.api.services.snapshots.v1 import snapshots_pb2 as pb
         from .._proto.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
@@ -112,8 +114,9 @@ class ProxySnapshotBackend:
             snapshotter=self.name, name=self.committed_key(sid), key=self.active_key(sid)))
 
     def mounts(self, sid: int, kind: str, parent_ids: list[int]) -> list[Mount]:
-        key = self.active_key(sid) if kind in (ACTIVE, VIEW) else self.committed_key(sid)
-        response = self._call("Mounts", self.pb.MountsRequest(snapshotter=self.name, key=key))
+        """Active snapshots and views only (the store refuses committed ones)."""
+        response = self._call("Mounts", self.pb.MountsRequest(snapshotter=self.name,
+                                                              key=self.active_key(sid)))
         return [Mount(m.type, m.source, list(m.options), m.target) for m in response.mounts]
 
     def _either(self, method: str, make, sid: int):

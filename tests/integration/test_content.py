@@ -119,17 +119,39 @@ def test_ingest_ls_get_label_rm_active(both, payload):
 
 
 def test_wrong_expected_digest_is_failed_precondition(both, payload):
+    """Issue 17: the failed commit keeps the ingest (listed as active, nothing published);
+    a commit with the right digest then succeeds, as in containerd."""
     data, path = payload
     wrong = sha(b"something else")
     results = []
     for d in both:
-        r = ingest_file(d, "ref-wrong", path, "--expected-digest", wrong)
-        results.append((r.returncode, r.stderr.replace(sha(data), "ACTUAL")))
+        ns = "c-wrong"
+
+        def ingest(expected):
+            with open(path, "rb") as f:
+                return subprocess.run([CTR, "--address", d.address, "-n", ns, "content", "ingest",
+                                       "--expected-digest", expected, "ref-wrong"], stdin=f,
+                                      capture_output=True, text=True, timeout=120)
+        r = ingest(wrong)
+        steps = [(r.returncode, r.stderr.replace(sha(data), "ACTUAL"))]
+        active = d.ctr("content", "active", namespace=ns).stdout
+        steps.append(normalise(d, active))
+        steps.append(d.ctr("content", "ls", "-q", namespace=ns).stdout)
+        steps.append(status(d, "ref-wrong", ns))
+        r = ingest(sha(data))
+        steps.append((r.returncode, r.stderr))
+        steps.append(d.ctr("content", "active", namespace=ns).stdout)
+        got = subprocess.run([CTR, "--address", d.address, "-n", ns, "content", "get", sha(data)],
+                             capture_output=True, timeout=60)
+        steps.append(got.stdout == data)
+        d.ctr("content", "rm", sha(data), namespace=ns)
+        results.append(steps)
     assert results[0] == results[1]
-    assert results[0][0] != 0 and "failed precondition" in results[0][1]
-    ours = both[0]
-    assert ours.ctr("content", "ls", "-q").stdout == ""
-    assert not os.path.exists(os.path.join(blobs_dir(ours), sha(data)[7:]))
+    failed, active, listed, offset, right, active_after, same = results[0]
+    assert failed == (1, 'ctr: failed commit on ref "ref-wrong": commit failed: unexpected '
+                         f"commit digest ACTUAL, expected {wrong}: failed precondition\n")
+    assert "ref-wrong" in active and listed == "" and offset == (len(data), 0)
+    assert right == (0, "") and active_after.split() == ["REF", "SIZE", "AGE"] and same
 
 
 def open_writer(channel, ref):

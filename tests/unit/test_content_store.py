@@ -59,14 +59,23 @@ def test_resume_in_process_and_after_restart(tmp_path):
     w.close()
 
 
-def test_bad_digest_discards_the_ingest(tmp_path):
+def test_bad_digest_keeps_the_ingest_for_a_right_commit(tmp_path):
+    """Issue 17: as containerd, a wrong expected digest fails the commit and keeps the data;
+    nothing is published under either digest, and the right digest commits it later."""
     store = LocalStore(str(tmp_path))
     w = store.writer("r")
     w.write(b"abc")
-    with pytest.raises(FailedPrecondition, match="unexpected commit digest"):
+    with pytest.raises(FailedPrecondition, match=f"^unexpected commit digest {sha(b'abc')}, "
+                       f"expected {sha(b'xyz')}: failed precondition$"):
         w.seal(3, sha(b"xyz"))
     w.close()
-    assert os.listdir(store.ingests) == [] and list(store.walk()) == []
+    assert store.status("r").offset == 3 and list(store.walk()) == []
+    w = store.writer("r")
+    assert w.seal(3, sha(b"abc")) == sha(b"abc")
+    assert store.install(w, sha(b"abc")) is True
+    w.committed()
+    w.close()
+    assert list(store.walk()) == [sha(b"abc")] and os.listdir(store.ingests) == []
 
 
 def test_size_mismatch_keeps_the_ingest(tmp_path):

@@ -71,36 +71,54 @@ def test_planner_resolves_parents_through_symlinks_inside_the_root():
     assert planner.plan(hdr("a/../b"), fs).name == "b"
 
 
-@pytest.mark.parametrize("name,fs,message", [
-    ("../evil", {}, "climbs out"),
-    ("/etc/passwd", {}, "absolute"),
-    ("a/../../evil", {}, "climbs out"),
-    ("link/pwned", {"link": ("symlink", "../../../../tmp")}, "points outside"),
-    ("link/pwned", {"link": ("symlink", "a/../..")}, "points outside"),
-    ("loop/x", {"loop": ("symlink", "loop")}, "too many levels"),
+@pytest.mark.parametrize("name,fs,parent,base", [
+    ("../evil", {}, (), "evil"),
+    ("/etc/passwd", {}, ("etc",), "passwd"),
+    ("a/../../evil", {}, (), "evil"),
+    ("../../x/../../y/z", {}, ("y",), "z"),
+    ("link/pwned", {"link": ("symlink", "../../../../tmp")}, ("tmp",), "pwned"),
+    ("link/pwned", {"link": ("symlink", "a/../..")}, (), "pwned"),
+    ("link/pwned", {"link": ("symlink", "/../../etc"), "etc": "dir"}, ("etc",), "pwned"),
 ])
-def test_planner_refuses_hostile_names(name, fs, message):
-    with pytest.raises(planner.HostileEntry, match=message):
-        planner.plan(hdr(name), fake_fs(fs))
+def test_planner_confines_names_to_the_root(name, fs, parent, base):
+    """Issue 17: as containerd, absolute names and ".." above the root resolve inside it."""
+    op = planner.plan(hdr(name), fake_fs(fs))
+    assert (op.parent, op.name) == (parent, base)
+
+
+def test_planner_refuses_what_containerd_refuses():
+    with pytest.raises(planner.HostileEntry, match="too many levels"):
+        planner.plan(hdr("loop/x"), fake_fs({"loop": ("symlink", "loop")}))
+    with pytest.raises(planner.HostileEntry, match="unsupported tar entry type"):
+        planner.plan(hdr("x", b"7"), fake_fs({}))
+    for name in ("d/.wh..", "d/.wh...", "/.wh."):
+        with pytest.raises(planner.HostileEntry, match="invalid whiteout"):
+            planner.plan(hdr(name), fake_fs({"d": "dir"}))
+    for target in ("..", "a/..", "/", "d/."):
+        with pytest.raises(planner.HostileEntry, match="is a directory"):
+            planner.plan(hdr("h", b"1", target), fake_fs({"d": "dir"}))
+    assert planner.plan(hdr("../.."), fake_fs({})) == planner.Skip("resolves to the root")
 
 
 def test_planner_whiteouts_hardlinks_and_devices():
-    fs = fake_fs({"d": "dir"})
+    fs = fake_fs({"d": "dir", "ln": ("symlink", "d/e")})
     assert planner.plan(hdr("d/.wh.gone"), fs) == planner.Whiteout(("d",), "gone")
     assert planner.plan(hdr("d/.wh..wh..opq"), fs) == planner.Opaque(("d",))
-    with pytest.raises(planner.HostileEntry, match="invalid whiteout"):
-        planner.plan(hdr("d/.wh.."), fs)
+    assert planner.plan(hdr("/../.wh.gone"), fs) == planner.Whiteout((), "gone")
     op = planner.plan(hdr("d/h", b"1", "d/target"), fs)
     assert (op.link_parent, op.link_name) == (("d",), "target")
-    with pytest.raises(planner.HostileEntry, match="climbs out"):
-        planner.plan(hdr("h", b"1", "../outside"), fs)
-    with pytest.raises(planner.HostileEntry, match="absolute"):
-        planner.plan(hdr("h", b"1", "/etc/shadow"), fs)
-    with pytest.raises(planner.HostileEntry, match="block device"):
-        planner.plan(hdr("sda", b"4", major=8), fs)
-    with pytest.raises(planner.HostileEntry, match="character device 10:200"):
-        planner.plan(hdr("tun", b"3", major=10, minor=200), fs)
-    assert isinstance(planner.plan(hdr("null", b"3", major=1, minor=3), fs), planner.Create)
+    for target, link_parent, link_name in (("../outside", (), "outside"),
+                                           ("/etc/shadow", ("etc",), "shadow"),
+                                           ("ln/../f", ("d",), "f"),   # ".." after the link
+                                           ("ln", (), "ln")):          # the link itself
+        op = planner.plan(hdr("h", b"1", target), fs)
+        assert (op.link_parent, op.link_name) == (link_parent, link_name), target
+    for typ, major, minor in ((b"4", 8, 0), (b"3", 10, 200), (b"3", 1, 1)):
+        op = planner.plan(hdr("/../dev", typ, major=major, minor=minor), fs)
+        assert isinstance(op, planner.Create) and (op.parent, op.name) == ((), "dev")
+        assert isinstance(planner.plan(hdr("x", typ, major=major, minor=minor), fs,
+                                       devices=False), planner.Skip)   # in a user namespace
+    assert isinstance(planner.plan(hdr("fifo", b"6"), fs, devices=False), planner.Create)
 
 
 # --- executor on real directories --------------------------------------------------------
@@ -133,6 +151,16 @@ def test_apply_all_entry_kinds(tmp_path):
     assert t["implicit/parent"][1] == 0o755
 
 
+def test_failed_xattr_write_names_the_key(tmp_path):
+    """Issue 16: not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
+    data = layer(entry("bin/ping", data=b"x", pax={"SCHILY.xattr.security.capability": "bad"}))
+    with pytest.raises(ApplyError) as err:
+        apply_bytes(tmp_path, data)
+    path = str(tmp_path / "bin" / "ping")
+    assert str(err.value) == (f"failed to apply entry 'bin/ping': [Errno 22] failed to setxattr "
+                              f"{path!r} for key 'security.capability': Invalid argument")
+
+
 def test_whiteouts_and_opaque_dirs_plain_and_overlay(tmp_path):
     base = layer(entry("keep/a", data=b"a"), entry("gone", data=b"g"), entry("opq/old", data=b"o"))
     top = layer(entry("gone", data=b""), entry(".wh.gone"), entry("opq/new", data=b"n"),
@@ -155,30 +183,39 @@ def test_whiteouts_and_opaque_dirs_plain_and_overlay(tmp_path):
     assert stat.S_IMODE(os.stat(upper / "opq").st_mode) == 0o711  # copied from the lower dir
 
 
-# --- hostile layers: a clear error and nothing outside ------------------------------------
+# --- hostile layers: confined to the root, or a clear error; nothing outside ---------------
 
-HOSTILE = {
-    "dotdot": (layer(entry("../escape", data=b"x")), "climbs out"),
-    "absolute": (layer(entry("/abs-escape", data=b"x")), "absolute"),
+HOSTILE = {   # case: (layer, what lands inside the root, or the error containerd gives too)
+    "dotdot": (layer(entry("../escape", data=b"x")), "escape", None),
+    "absolute": (layer(entry("/abs-escape", data=b"x")), "abs-escape", None),
     "symlink-then-write": (layer(entry("ln", S, linkname="../../../../../../OUTSIDE"),
-                                 entry("ln/pwned", data=b"x")), "points outside"),
-    "hardlink-outside": (layer(entry("h", L, linkname="../../../../etc/passwd")), "climbs out"),
-    "block-device": (layer(entry("sda", B, devmajor=8, devminor=0)), "block device"),
-    "char-device": (layer(entry("mem", C, devmajor=1, devminor=1)), "character device 1:1"),
+                                 entry("ln/pwned", data=b"x")), "OUTSIDE/pwned", None),
+    "absolute-hardlink": (layer(entry("f", data=b"x"), entry("h", L, linkname="/../f")), "h", None),
+    "block-device": (layer(entry("sda", B, devmajor=8, devminor=0)), "sda", None),
+    "char-device": (layer(entry("mem", C, devmajor=1, devminor=1)), "mem", None),
+    "hardlink-outside": (layer(entry("h", L, linkname="../../../../etc/passwd")), None,
+                         "No such file"),
+    "whiteout-dotdot": (layer(entry(".wh..")), None, "invalid whiteout"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_layer_fails_and_writes_nothing_outside(tmp_path, case):
-    data, message = HOSTILE[case]
+def test_hostile_layer_lands_inside_the_root_or_fails(tmp_path, case):
+    """Issue 17: confined as containerd confines it, or refused; never anything outside."""
+    data, inside, error = HOSTILE[case]
     root = tmp_path / "a" / "b" / "c" / "root"
     root.mkdir(parents=True)
-    before = sorted(p for p in tmp_path.rglob("*"))
-    with pytest.raises(ApplyError, match=message):
+
+    def outside():
+        return sorted(p for p in tmp_path.rglob("*") if root not in p.parents and p != root)
+    before = outside()
+    if error:
+        with pytest.raises(ApplyError, match=error):
+            apply_bytes(root, data)
+    else:
         apply_bytes(root, data)
-    after = sorted(p for p in tmp_path.rglob("*"))
-    assert [p for p in after if root not in p.parents and p != root] == \
-           [p for p in before if root not in p.parents and p != root]
+        assert os.path.lexists(root / inside)
+    assert outside() == before
 
 
 def test_symlinked_hardlink_target_is_not_followed(tmp_path):

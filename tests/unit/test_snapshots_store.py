@@ -1,5 +1,6 @@
 """Issue 5: namespaced snapshot metadata over the overlay and native backends (real sqlite, real dirs)."""
 import os
+import re
 
 import pytest
 
@@ -66,6 +67,31 @@ def test_view_and_update_labels(sn):
     assert info.labels == {"a": "1", "b": "2"} and info.kind == "view"
     info = sn.update("ns", "v", {"a": ""}, ["labels.a"])
     assert info.labels == {"b": "2"}
+
+
+def test_committed_snapshots_have_no_mounts(sn):
+    """Issue 15: a committed snapshot is shared by its children: Mounts refuses it, as
+    containerd does, and no mount handed out makes committed data writable."""
+    sn.prepare("ns", "k1")
+    sn.commit("ns", "c1", "k1")
+    sn.prepare("ns", "k2", "c1")
+    sn.commit("ns", "c2", "k2")
+    prefix = "active" if isinstance(sn.backend, OverlayBackend) else "snapshot"
+    for key in ("c1", "c2"):
+        with pytest.raises(FailedPrecondition) as err:
+            sn.mounts("ns", key)
+        assert re.fullmatch(rf"failed to get {prefix} mount: requested snapshot ns/\d+/{key} "
+                            "not active or view: failed precondition", err.value.message)
+    committed = {sn.upper_of("ns", key) for key in ("c1", "c2")}
+    handed_out = [sn.prepare("ns", "a0"), sn.prepare("ns", "a1", "c1"), sn.prepare("ns", "a2", "c2"),
+                  sn.view("ns", "v0"), sn.view("ns", "v1", "c1"), sn.view("ns", "v2", "c2")]
+    handed_out += [sn.mounts("ns", key) for key in ("a0", "a1", "a2", "v0", "v1", "v2")]
+    for mounts in handed_out:
+        for m in mounts:
+            if m.type == "bind" and m.source in committed:
+                assert "ro" in m.options and "rw" not in m.options, m
+            upper = [o for o in m.options if o.startswith("upperdir=")]
+            assert not upper or upper[0][len("upperdir="):] not in committed, m
 
 
 def test_cleanup_removes_orphan_directories(sn):

@@ -356,7 +356,8 @@ class Writer:
     def seal(self, size: int, expected: str) -> str:
         """Flush the data to disk and verify it; returns the digest.
 
-        A digest mismatch discards the ingest (it can never commit as `expected`).
+        A size or digest mismatch keeps the ingest, as containerd does: a later writer
+        resumes it and may commit it with the right digest.
         """
         if self._fd < 0:
             raise FailedPrecondition("cannot commit on closed writer: failed precondition")
@@ -366,10 +367,6 @@ class Writer:
                                      "failed precondition")
         actual = self.digest()
         if expected and expected != actual:
-            os.close(self._fd)
-            self._fd = -1
-            self.store._forget(self.ref)
-            shutil.rmtree(self.path, ignore_errors=True)
             raise FailedPrecondition(f"unexpected commit digest {actual}, expected {expected}: "
                                      "failed precondition")
         return actual

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 
+from ..snapshots.backends import in_user_namespace
 from . import planner
 from .planner import Create, HostileEntry, Opaque, Skip, Whiteout
 from .tarstream import AREG, BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, TarError, TarReader
@@ -40,6 +41,7 @@ def _umask() -> int:
 
 UMASK = _umask()
 ROOT_IDS = os.geteuid() == 0 and os.getegid() == 0
+DEVICES = not in_user_namespace()   # containerd skips device nodes in a user namespace
 
 
 class ApplyError(Exception):
@@ -67,6 +69,15 @@ def _real_dir(root: str, parts, known: dict) -> bool:
             except OSError:
                 known[parts] = False
     return known[parts]
+
+
+def _setxattr(path: str, key: str, value: bytes) -> None:
+    """os.setxattr (never through a symlink) whose error names the key, as containerd's."""
+    try:
+        os.setxattr(path, key, value, follow_symlinks=False)
+    except OSError as exc:
+        raise OSError(exc.errno, f"failed to setxattr {path!r} for key {key!r}: "
+                                 f"{exc.strerror}") from None
 
 
 def _join(root: str, parts) -> str:
@@ -112,7 +123,7 @@ class Applier:
                 break
             size += hdr.size
             try:
-                op = planner.plan(hdr, self.lookup)
+                op = planner.plan(hdr, self.lookup, DEVICES)
                 self._run(op, reader)
             except HostileEntry as exc:
                 raise ApplyError(f"hostile layer: {exc}") from None
@@ -165,7 +176,7 @@ class Applier:
 
     def _copy_from_lower(self, sub, path) -> None:
         for lower in self.lowers:
-            found = _join(lower, planner.resolve(sub, lambda p: _kind(_join(lower, p)), strict=False))
+            found = _join(lower, planner.resolve(sub, lambda p: _kind(_join(lower, p))))
             try:
                 st = os.lstat(found)
             except FileNotFoundError:
@@ -179,8 +190,7 @@ class Applier:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
             for name in os.listxattr(found, follow_symlinks=False):
                 if not name.startswith("trusted."):
-                    os.setxattr(path, name, os.getxattr(found, name, follow_symlinks=False),
-                                follow_symlinks=False)
+                    _setxattr(path, name, os.getxattr(found, name, follow_symlinks=False))
             return
 
     # --- operations ------------------------------------------------------------------
@@ -206,7 +216,7 @@ class Applier:
     def _opaque(self, op: Opaque) -> None:
         path = _join(self.root, op.dir)
         if self.overlay:
-            os.setxattr(path, self.opaque_xattr, b"y")
+            _setxattr(path, self.opaque_xattr, b"y")
             return
         for dirpath, dirnames, filenames in os.walk(path, topdown=True):
             rel = tuple(os.path.relpath(dirpath, self.root).split(os.sep)) if dirpath != self.root else ()
@@ -286,7 +296,7 @@ class Applier:
                 log.warning("ignored xattr %s in archive: admin attributes are not supported", key)
                 continue
             try:
-                os.setxattr(path, key, value, follow_symlinks=False)
+                _setxattr(path, key, value)
             except OSError as exc:
                 if exc.errno == errno.ENOTSUP or (exc.errno == errno.EPERM and key.startswith("user.")
                                                   and not is_dir_or_reg):

@@ -4,13 +4,14 @@ No I/O happens here. What the planner needs to know about the tree it writes
 into comes through `lookup(parts) -> (kind, link_target)` with kind one of
 "dir", "symlink", "other" or None (absent), so tests can drive it with a dict.
 
-Semantics follow containerd 1.6's `archive.Apply`: names are cleaned; the
-directory part of a name is resolved through existing symlinks *inside* the
-root (an absolute link target restarts at the root, as in a container); the
-last component is never followed. Stricter than containerd, a hostile entry is
-an error instead of being clamped to the root: an absolute name, a name or
-hardlink target climbing out with "..", a symlink on the way whose target
-climbs above the root, and device nodes other than the harmless character ones.
+Semantics follow containerd 1.6's `archive.Apply`: names are cleaned, and an
+absolute name or one climbing above the root with ".." stays inside it (as if the
+root were "/"); the directory part of a name is resolved through existing symlinks
+*inside* the root (an absolute link target restarts at the root, ".." stops there,
+as in a container); the last component is never followed. So every resolved path
+is below the root. Device nodes are created as containerd does (skipped where it
+skips them: in a user namespace). What containerd refuses is refused: unknown
+entry types, whiteouts naming "." or "..", a hardlink to the root, link loops.
 """
 from __future__ import annotations
 
@@ -21,12 +22,10 @@ from .tarstream import BLK, CHR, DIR, FIFO, LINK, REG, AREG, SYMLINK, CONT, Head
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 MAX_LINKS = 255
-# character devices a layer may carry: the overlay whiteout form and the /dev basics
-SAFE_CHAR_DEVICES = {(0, 0), (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)}
 
 
 class HostileEntry(Exception):
-    """The layer tries to write outside its root or carries something refused."""
+    """The layer carries an entry containerd refuses too."""
 
 
 @dataclass(frozen=True)
@@ -56,29 +55,24 @@ class Skip:
     reason: str
 
 
-def clean(name: str, what: str = "entry") -> tuple[str, ...]:
-    """A tar name as path components; hostile if absolute or climbing above the root."""
-    if name.startswith("/"):
-        raise HostileEntry(f"{what} {name!r}: absolute paths are not allowed in a layer")
+def clean(name: str) -> tuple[str, ...]:
+    """A tar name as path components below the root: a leading "/" and any ".." that
+    would climb above the root are dropped (Go's filepath.Clean of "/" + name)."""
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            if not parts:
-                raise HostileEntry(f"{what} {name!r}: path climbs out of the layer root")
-            parts.pop()
+            if parts:
+                parts.pop()
         else:
             parts.append(part)
     return tuple(parts)
 
 
-def resolve(parts, lookup, strict: bool = True, what: str = "") -> tuple[str, ...]:
-    """Follow symlinks in `parts` inside the root (chroot semantics).
-
-    strict: a symlink whose target climbs above the root is hostile; otherwise
-    ".." stops at the root (containerd's RootPath, used for lower layers).
-    """
+def resolve(parts, lookup, what: str = "") -> tuple[str, ...]:
+    """Follow symlinks in `parts` inside the root (chroot semantics, containerd's RootPath):
+    an absolute target restarts at the root, ".." stops at the root."""
     resolved: list[str] = []
     queue = list(parts)
     links = 0
@@ -89,8 +83,6 @@ def resolve(parts, lookup, strict: bool = True, what: str = "") -> tuple[str, ..
         if part == "..":
             if resolved:
                 resolved.pop()
-            elif strict and links:
-                raise HostileEntry(f"{what}: a symlink on its path points outside the layer root")
             continue
         candidate = (*resolved, part)
         kind, target = lookup(candidate)
@@ -106,14 +98,15 @@ def resolve(parts, lookup, strict: bool = True, what: str = "") -> tuple[str, ..
     return tuple(resolved)
 
 
-def plan(hdr: Header, lookup):
-    """The operation for one entry (raises HostileEntry)."""
+def plan(hdr: Header, lookup, devices: bool = True):
+    """The operation for one entry (raises HostileEntry). devices=False: device nodes
+    are skipped (in a user namespace, where they cannot be created)."""
     what = f"entry {hdr.name!r}"
+    if hdr.type in (CHR, BLK) and not devices:
+        return Skip("device nodes cannot be created in a user namespace")
     parts = clean(hdr.name)
     if not parts:
         return Skip("resolves to the root")
-    if hdr.type == CONT or hdr.type not in (REG, AREG, LINK, SYMLINK, CHR, BLK, DIR, FIFO):
-        raise HostileEntry(f"{what}: unsupported tar entry type {hdr.type!r}")
     base = parts[-1]
     parent = resolve(parts[:-1], lookup, what=what)
     if base.startswith(WHITEOUT):
@@ -123,15 +116,12 @@ def plan(hdr: Header, lookup):
         if original in ("", ".", ".."):
             raise HostileEntry(f"{what}: invalid whiteout name: {base}")
         return Whiteout(parent, original, hdr.uid, hdr.gid)
-    if hdr.type == BLK:
-        raise HostileEntry(f"{what}: block device nodes are refused in layers")
-    if hdr.type == CHR and (hdr.devmajor, hdr.devminor) not in SAFE_CHAR_DEVICES:
-        raise HostileEntry(f"{what}: character device {hdr.devmajor}:{hdr.devminor} "
-                           "is refused in layers")
-    if hdr.type == LINK:
-        target = clean(hdr.linkname, "hardlink target")
-        if not target:
-            raise HostileEntry(f"{what}: hardlink to the layer root")
-        link_parent = resolve(target[:-1], lookup, what=f"hardlink target {hdr.linkname!r}")
-        return Create(hdr, parent, base, link_parent, target[-1])
+    if hdr.type == CONT or hdr.type not in (REG, AREG, LINK, SYMLINK, CHR, BLK, DIR, FIFO):
+        raise HostileEntry(f"{what}: unsupported tar entry type {hdr.type!r}")
+    if hdr.type == LINK:   # as the name's: the directory part resolved, the last part kept
+        head, _, link_name = hdr.linkname.rpartition("/")
+        if link_name in ("", ".", ".."):
+            raise HostileEntry(f"{what}: hardlink target {hdr.linkname!r} is a directory")
+        link_parent = resolve(head.split("/"), lookup, what=f"hardlink target {hdr.linkname!r}")
+        return Create(hdr, parent, base, link_parent, link_name)
     return Create(hdr, parent, base)

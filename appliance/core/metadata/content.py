@@ -17,7 +17,6 @@ collection is pending is never lost.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -283,12 +282,7 @@ class NamespacedWriter:
                 raise FailedPrecondition(f"{q(self.ref)} failed size validation: "
                                          f"{self.local.offset} != {size}: failed precondition")
             size = self.local.offset
-            try:
-                actual = self.local.seal(size, expected)   # fsync + verify, outside the DB lock
-            except FailedPrecondition:
-                if not os.path.isdir(self.local.path):     # a bad digest discarded the ingest
-                    self._forget_ingest()
-                raise
+            actual = self.local.seal(size, expected)   # fsync + verify, outside the DB lock
         return self._publish(actual, size, labels)
 
     def _publish(self, actual: str, size: int, labels: dict[str, str]) -> str:

@@ -94,6 +94,7 @@ def spread_subdirectories(path: str) -> bool:
 class Backend:
     """Directories and mounts by snapshot id; subclasses decide the mount shape."""
     name = ""
+    mounts_error = "failed to get active mount"   # Mounts of a committed snapshot
 
     def __init__(self, root: str):
         self.root = root
@@ -204,6 +205,7 @@ class OverlayBackend(Backend):
 class NativeBackend(Backend):
     """native: every active snapshot is a full copy of its parent."""
     name = "native"
+    mounts_error = "failed to get snapshot mount"
 
     def _populate(self, tmp, kind, parent_ids):
         fs = os.path.join(tmp, "fs")
@@ -216,7 +218,7 @@ class NativeBackend(Backend):
     def mounts(self, sid, kind, parent_ids):
         flag = "ro" if kind == VIEW else "rw"
         source = self.fs(sid) if kind == ACTIVE or not parent_ids else self.fs(parent_ids[0])
-        return [Mount("bind", source, [flag, "rbind"])]
+        return [Mount("bind", source, ["rbind", flag])]   # containerd's order, unlike overlay's
 
     def apply_target(self, mounts):
         if len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options \
@@ -246,10 +248,14 @@ def overlay_dirs(options: list[str]) -> tuple[str, list[str]]:
 
 def needs_userxattr() -> bool:
     """overlayfs needs `userxattr` only inside a user namespace (rootless), as containerd."""
+    return in_user_namespace()
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the initial one."""
     try:
         with open("/proc/self/uid_map") as f:
             first = f.read().split()
     except OSError:
         return False
-    in_init_userns = first[:3] == ["0", "0", "4294967295"]
-    return not in_init_userns
+    return first[:3] != ["0", "0", "4294967295"]

@@ -101,8 +101,14 @@ class Snapshotter:
             return self._info(conn, ns, self._require(conn, ns, key))
 
     def mounts(self, ns: str, key: str) -> list[Mount]:
+        """An active snapshot's or a view's mounts; a committed one is shared by every child,
+        so it has none (containerd's words, with the snapshot's internal name)."""
         with self.db.read() as conn:
             row = self._require(conn, ns, key)
+            if row.kind == COMMITTED:
+                raise FailedPrecondition(f"{self.backend.mounts_error}: requested snapshot "
+                                         f"{ns}/{row.id}/{key} not active or view: "
+                                         "failed precondition")
             parents = self._parent_ids(conn, row.parent_id)
         return self.backend.mounts(row.id, row.kind, parents)
 
