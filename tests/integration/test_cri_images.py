@@ -1,0 +1,160 @@
+"""The CRI ImageService (runtime.v1), driven by a client generated from the same descriptors,
+against ctrappliance and Debian's containerd 1.6.20 with CRI on, each pulling from Debian's
+docker-registry on 127.0.0.1: the same answers where the behaviour is containerd's."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+
+from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
+from daemon import Daemon
+from image_helpers import make_oci
+from reference import Containerd
+from registry import LocalRegistry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry():
+    with tempfile.TemporaryDirectory(prefix="ca-criimg-") as d:
+        image = make_oci(Path(d))
+        r = LocalRegistry().start()
+        try:
+            r.digest = r.push(image, "test/busybox:v1")
+            r.push(image, "test/other:v2")
+            yield r
+        finally:
+            r.stop()
+
+
+@pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
+def cri(request):
+    d = Daemon() if request.param == "ctrappliance" else Containerd(cri=True)
+    d.start()
+    channel = grpc.insecure_channel(f"unix://{d.address}")
+    try:
+        yield request.param, rpc.ImageServiceStub(channel), rpc.RuntimeServiceStub(channel)
+    finally:
+        channel.close()
+        d.cleanup()
+
+
+def _spec(text):
+    return pb.ImageSpec(image=text)
+
+
+def _images(images):
+    return sorted((i.id, sorted(i.repo_tags), sorted(i.repo_digests), i.size)
+                  for i in images.ListImages(pb.ListImagesRequest()).images)
+
+
+ANSWERS = {}   # case -> {daemon: answer}: each case is compared once both daemons ran it
+
+
+def same(case, kind, answer):
+    seen = ANSWERS.setdefault(case, {})
+    seen[kind] = answer
+    if len(seen) == 2:
+        assert seen["ctrappliance"] == seen["containerd"], case
+
+
+def test_pull_list_status_remove(cri, registry):
+    kind, images, _ = cri
+    ref = f"{registry.host}/test/busybox:v1"
+    image_id = images.PullImage(pb.PullImageRequest(image=_spec(ref))).image_ref
+    assert image_id.startswith("sha256:")
+    listed = _images(images)
+    assert (image_id, [ref], [f"{registry.host}/test/busybox@{registry.digest}"]) == listed[0][:3]
+    same("pull", kind, (image_id, listed))
+
+    status = images.ImageStatus(pb.ImageStatusRequest(image=_spec(ref), verbose=True))
+    info = json.loads(status.info["info"])
+    assert status.image.id == image_id and info["imageSpec"]["rootfs"]["type"] == "layers"
+    same("status", kind, (status.image.SerializeToString(deterministic=True), info["chainID"]))
+    by_id = images.ImageStatus(pb.ImageStatusRequest(image=_spec(image_id))).image
+    assert by_id.id == image_id
+
+    # the same image by digest: one image, one more name
+    images.PullImage(pb.PullImageRequest(image=_spec(
+        f"{registry.host}/test/busybox@{registry.digest}")))
+    assert len(_images(images)) == 1
+
+    # a missing image: an empty status; removing it is no error
+    missing = images.ImageStatus(pb.ImageStatusRequest(image=_spec(f"{registry.host}/no/pe:x")))
+    assert not missing.HasField("image")
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(f"{registry.host}/no/pe:x")))
+
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(image_id)))
+    assert _images(images) == []
+
+
+def test_pull_of_a_missing_tag_is_not_found(cri, registry):
+    kind, images, _ = cri
+    with pytest.raises(grpc.RpcError) as err:
+        images.PullImage(pb.PullImageRequest(image=_spec(f"{registry.host}/test/busybox:nope")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "failed to pull and unpack image" in err.value.details()
+    same("missing", kind, err.value.code())
+
+
+def test_image_fs_info_names_the_snapshotter_dir(cri, registry):
+    kind, images, _ = cri
+    [fs] = images.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems
+    assert fs.fs_id.mountpoint.endswith("/io.containerd.snapshotter.v1.overlayfs")
+    assert fs.HasField("used_bytes") and fs.HasField("inodes_used")
+
+
+def test_runtime_version_names_the_runtime(cri):
+    kind, _, runtime = cri
+    v = runtime.Version(pb.VersionRequest())
+    assert v.runtime_api_version == "v1"
+    assert v.runtime_name == ("ctrappliance" if kind == "ctrappliance" else "containerd")
+
+
+def test_mirror_from_hosts_toml(registry, tmp_path):
+    """registry.config_path: a name on a registry that does not exist, served by a mirror."""
+    certs = tmp_path / "certs.d" / "registry.invalid"
+    certs.mkdir(parents=True)
+    (certs / "hosts.toml").write_text(
+        f'server = "https://registry.invalid"\n'
+        f'[host."http://{registry.host}"]\n  capabilities = ["pull", "resolve"]\n')
+    section = (f'[plugins."io.containerd.grpc.v1.cri".registry]\n'
+               f'  config_path = "{tmp_path / "certs.d"}"\n')
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "cri.toml").write_text("version = 2\n" + section)
+    d.config = str(d.workdir / "cri.toml")
+    d.start()
+    try:
+        channel = grpc.insecure_channel(f"unix://{d.address}")
+        images = rpc.ImageServiceStub(channel)
+        images.PullImage(pb.PullImageRequest(image=_spec("registry.invalid/test/busybox:v1")))
+        [(image_id, tags, digests, _)] = _images(images)
+        assert tags == ["registry.invalid/test/busybox:v1"]
+        channel.close()
+    finally:
+        d.cleanup()
+
+
+def test_basic_auth_from_the_request(tmp_path):
+    with tempfile.TemporaryDirectory(prefix="ca-criauth-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry(users={"kube": "let-me-in"}).start()
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            r.push(image, "private/busybox:v1")
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            ref = _spec(f"{r.host}/private/busybox:v1")
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+                    username="kube", password="wrong")))
+            assert r.host in err.value.details() and "401" in err.value.details()
+            images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+                username="kube", password="let-me-in")))
+            assert len(_images(images)) == 1
+        finally:
+            d.cleanup()
+            r.stop()
