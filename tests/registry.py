@@ -19,17 +19,103 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class TokenServer:
+    """The distribution token flow's other half: Basic credentials in, a JWT signed with a
+    self-signed key out (the registry trusts its certificate through `rootcertbundle`)."""
+
+    def __init__(self, workdir: Path, users: dict[str, str], service: str):
+        import datetime
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+        self.users, self.service, self.issued = users, service, 0
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-token-issuer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .sign(self.key, hashes.SHA256()))
+        self.cert_path = workdir / "token.crt"
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        import base64
+        self.x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+
+    def start(self) -> None:
+        import http.server
+        import threading
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                import base64
+                import json
+                from urllib.parse import parse_qs, urlsplit
+                header = self.headers.get("Authorization", "")
+                user = secret = ""
+                if header.startswith("Basic "):
+                    user, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+                if server.users.get(user) != secret:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                scopes = parse_qs(urlsplit(self.path).query).get("scope", [])
+                body = json.dumps({"token": server.token(user, scopes)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def token(self, user: str, scopes: list[str]) -> str:
+        import jwt
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        self.issued += 1
+        return jwt.encode({"iss": "test-issuer", "sub": user, "aud": self.service,
+                           "exp": now + 300, "nbf": now - 10, "iat": now,
+                           "jti": str(self.issued), "access": access},
+                          self.key, algorithm="RS256", headers={"x5c": self.x5c})
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
 class LocalRegistry:
-    def __init__(self, users: dict[str, str] | None = None):
+    def __init__(self, users: dict[str, str] | None = None, token: bool = False):
+        """users: htpasswd (Basic) accounts, or with `token` the token server's accounts."""
         self.workdir = Path(tempfile.mkdtemp(prefix="ca-registry-", dir="/tmp"))
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.users = users or {}
+        self.token_server = TokenServer(self.workdir, self.users, "test-registry") \
+            if token else None
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout=20.0) -> "LocalRegistry":
         auth = ""
-        if self.users:
+        if self.token_server:
+            self.token_server.start()
+            auth = (f"auth:\n  token:\n    realm: {self.token_server.realm}\n"
+                    f"    service: test-registry\n    issuer: test-issuer\n"
+                    f"    rootcertbundle: {self.token_server.cert_path}\n")
+        elif self.users:
             import bcrypt
             lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}"
                      for u, p in self.users.items()]
@@ -37,7 +123,7 @@ class LocalRegistry:
             auth = (f"auth:\n  htpasswd:\n    realm: test-realm\n"
                     f"    path: {self.workdir / 'htpasswd'}\n")
         config = self.workdir / "config.yml"
-        config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        config.write_text(f"version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n"
                           f"    rootdirectory: {self.workdir / 'data'}\n  delete:\n"
                           f"    enabled: true\nhttp:\n  addr: {self.host}\n{auth}")
         self.log = open(self.workdir / "registry.log", "wb")
@@ -66,6 +152,21 @@ class LocalRegistry:
         subprocess.run(argv, check=True, capture_output=True, timeout=120)
         return digest_file.read_text().strip()
 
+    def blob_gets(self, digest: str) -> int:
+        """GETs of that blob the registry served (any repository), from its access log."""
+        text = (self.workdir / "registry.log").read_text(errors="replace")
+        return sum(1 for line in text.splitlines()
+                   if '"GET /v2/' in line and f"/blobs/{digest} " in line)
+
+    def corrupt(self, digest: str) -> None:
+        """Flip the stored blob's first byte: the registry serves it as it is."""
+        hexdigest = digest.split(":", 1)[1]
+        path = (self.workdir / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+                / hexdigest[:2] / hexdigest / "data")
+        data = bytearray(path.read_bytes())
+        data[0] ^= 0xFF
+        path.write_bytes(bytes(data))
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -76,4 +177,6 @@ class LocalRegistry:
                 self.proc.wait(5)
         if self.proc:
             self.log.close()
+        if self.token_server:
+            self.token_server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -158,3 +158,159 @@ def test_basic_auth_from_the_request(tmp_path):
         finally:
             d.cleanup()
             r.stop()
+
+
+def _ours_with(tmp_path, section: str) -> Daemon:
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "cri.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n' + section)
+    d.config = str(d.workdir / "cri.toml")
+    return d.start()
+
+
+def test_bearer_token_flow(tmp_path):
+    with tempfile.TemporaryDirectory(prefix="ca-critoken-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry(users={"kube": "token-pw"}, token=True).start()
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            r.push(image, "private/busybox:v1")
+            issued = r.token_server.issued
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            ref = _spec(f"{r.host}/private/busybox:v1")
+            with pytest.raises(grpc.RpcError) as err:   # anonymous: the token server says no
+                images.PullImage(pb.PullImageRequest(image=ref))
+            assert r.host in err.value.details()
+            images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+                username="kube", password="token-pw")))
+            assert len(_images(images)) == 1 and r.token_server.issued > issued
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def test_corrupted_blob_fails_the_pull_and_leaves_nothing(tmp_path):
+    with tempfile.TemporaryDirectory(prefix="ca-cricorrupt-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry().start()
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            r.push(image, "test/busybox:v1")
+            blobs = _layer_digests(image)
+            r.corrupt(blobs[0])
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{r.host}/test/busybox:v1")))
+            assert "digest" in err.value.details()
+            assert _images(images) == []
+            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+            assert blobs[0] not in d.ctr("content", "ls", "-q", namespace="k8s.io").stdout
+            assert d.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:] == []
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def _layer_digests(oci_tar: Path) -> list[str]:
+    from image_helpers import oci_blobs, oci_manifest_digests
+    blobs = oci_blobs(oci_tar)
+    manifest = json.loads(blobs[oci_manifest_digests(oci_tar)[0]])
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path):
+    """Manifest and config are served, the layer never comes: the pull fails after
+    image_pull_progress_timeout with a message that says so, and leaves no ingest."""
+    import threading
+    import http.server
+    from image_helpers import oci_blobs, oci_manifest_digests
+    with tempfile.TemporaryDirectory(prefix="ca-crihang-") as tmp:
+        image = make_oci(Path(tmp))
+        blobs = oci_blobs(image)
+        manifest_digest = oci_manifest_digests(image)[0]
+        layers = set(_layer_digests(image))
+        release = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                digest = self.path.rsplit("/", 1)[1]
+                data = blobs.get(manifest_digest if digest == "v1" else digest)
+                if data is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                if digest in ("v1", manifest_digest):
+                    self.send_header("Content-Type", json.loads(data)["mediaType"])
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if digest in layers:
+                    self.wfile.write(data[:1000])
+                    self.wfile.flush()
+                    release.wait(60)
+                    return
+                self.wfile.write(data)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        d = _ours_with(tmp_path, '  image_pull_progress_timeout = "1s"\n')
+        try:
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            host = f"127.0.0.1:{server.server_address[1]}"
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{host}/test/busybox:v1")),
+                                 timeout=60)
+            assert "no data for 1s" in err.value.details()
+            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+        finally:
+            release.set()
+            d.cleanup()
+            server.shutdown()
+            server.server_close()
+
+
+def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path):
+    """Two images with the same busybox base, pulled at once: the registry serves the shared
+    layer once, and the daemon extracts it once (its unpack histogram counts extractions)."""
+    import subprocess
+    import sys
+    import urllib.request
+    from registry import free_port
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ca-crishare-") as tmp:
+        small = make_oci(Path(tmp))
+        big = Path(tmp) / "big.tar"
+        subprocess.run([sys.executable, "/work/shared/anchor/make_oci_image.py", "--variant",
+                        "big", "--out", str(big), "--ref", "localhost/big:v1",
+                        "--small-files", "50", "--large-files", "1", "--large-size-mib", "1"],
+                       check=True, capture_output=True, timeout=120)
+        base = _layer_digests(small)[0]
+        assert base == _layer_digests(big)[0]
+        r = LocalRegistry().start()
+        d = Daemon(workdir=str(tmp_path / "w"))
+        (d.workdir / "metrics.toml").write_text(
+            f'version = 2\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+        d.config = str(d.workdir / "metrics.toml")
+        d.start()
+        try:
+            r.push(small, "test/small:v1")
+            r.push(big, "test/big:v1")
+            before = r.blob_gets(base)
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            pulls = [images.PullImage.future(pb.PullImageRequest(image=_spec(f"{r.host}/{n}")))
+                     for n in ("test/small:v1", "test/big:v1")]
+            ids = [p.result(timeout=120).image_ref for p in pulls]
+            assert len(set(ids)) == 2 and len(_images(images)) == 2
+            assert r.blob_gets(base) - before == 1
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=10) as m:
+                text = m.read().decode()
+            [count] = [line.split()[-1] for line in text.splitlines()
+                       if line.startswith("ctrappliance_unpack_duration_seconds_count")]
+            assert float(count) == 3   # base, small files, large files: each once
+        finally:
+            d.cleanup()
+            r.stop()

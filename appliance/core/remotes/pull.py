@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import platform
 import secrets
 import time
@@ -239,7 +238,10 @@ class Puller:
                 self._label(ns, desc.digest, labels)
             except Exception:
                 writer.close()
-                self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
+                try:
+                    self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
+                except NotFound:
+                    pass
                 raise
         finally:
             writer.close()
