@@ -97,8 +97,43 @@ class TokenServer:
         self.thread.join(5)
 
 
+def make_ca_and_server_cert(directory: Path, ip: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """(ca.pem, server.pem, server.key): a test CA and a server certificate for `ip`."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, issuer, key, signer, ca, san=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ctrappliance test CA")])
+    ca_cert = cert(ca_name, ca_name, ca_key, ca_key, True)
+    server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]), ca_name, key,
+                  ca_key, False, [x509.IPAddress(ipaddress.ip_address(ip))])
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
 class LocalRegistry:
-    def __init__(self, users: dict[str, str] | None = None, token: bool = False):
+    def __init__(self, users: dict[str, str] | None = None, token: bool = False,
+                 tls: bool = False):
         """users: htpasswd (Basic) accounts, or with `token` the token server's accounts."""
         self.workdir = Path(tempfile.mkdtemp(prefix="ca-registry-", dir="/tmp"))
         self.port = free_port()
@@ -106,6 +141,9 @@ class LocalRegistry:
         self.users = users or {}
         self.token_server = TokenServer(self.workdir, self.users, "test-registry") \
             if token else None
+        self.ca = None
+        if tls:   # served over HTTPS with a certificate from a test CA (self.ca)
+            self.ca, self.cert, self.key = make_ca_and_server_cert(self.workdir)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout=20.0) -> "LocalRegistry":
@@ -122,10 +160,12 @@ class LocalRegistry:
             (self.workdir / "htpasswd").write_text("\n".join(lines) + "\n")
             auth = (f"auth:\n  htpasswd:\n    realm: test-realm\n"
                     f"    path: {self.workdir / 'htpasswd'}\n")
+        tls = (f"  tls:\n    certificate: {self.cert}\n    key: {self.key}\n"
+               if self.ca else "")
         config = self.workdir / "config.yml"
         config.write_text(f"version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n"
                           f"    rootdirectory: {self.workdir / 'data'}\n  delete:\n"
-                          f"    enabled: true\nhttp:\n  addr: {self.host}\n{auth}")
+                          f"    enabled: true\nhttp:\n  addr: {self.host}\n{tls}{auth}")
         self.log = open(self.workdir / "registry.log", "wb")
         self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -142,7 +182,7 @@ class LocalRegistry:
 
     def push(self, oci_archive: Path, repo_tag: str) -> str:
         """Copy an OCI archive to `<host>/<repo_tag>`; returns the manifest digest."""
-        argv = [SKOPEO, "copy", "--quiet", "--dest-tls-verify=false"]
+        argv = [SKOPEO, "copy", "--quiet", "--dest-tls-verify=false"]   # (the test CA)
         if self.users:
             user, password = next(iter(self.users.items()))
             argv += ["--dest-creds", f"{user}:{password}"]

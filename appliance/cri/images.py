@@ -13,9 +13,11 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..core.metadata.images import Descriptor, Image
-from ..core.remotes import pull as pulllib
+from ..core.remotes import hosts as hostlib, pull as pulllib
+from ..core.remotes.hosts import RegistryHost
 from ..core.remotes.reference import parse as parse_reference
 from ..core.remotes.registry import DOCKER_LIST, OCI_INDEX, Timeouts
 from ..config import parse_duration
@@ -59,7 +61,7 @@ class ImageService:
         progress = parse_duration(self.cfg.image_pull_progress_timeout)
         opts = pulllib.PullOptions(
             snapshotter=self.cfg.containerd.snapshotter,
-            config_path=self.cfg.registry.config_path,
+            hosts=lambda domain: registry_hosts(self.cfg.registry, domain),
             credentials=creds,
             max_concurrent_downloads=self.cfg.max_concurrent_downloads,
             timeouts=Timeouts(read=progress if progress > 0 else 3600.0),
@@ -212,3 +214,36 @@ def _credentials(auth, registry, domain: str):
     if not user and not secret:
         return None
     return lambda host: (user, secret)
+
+
+def registry_hosts(registry, domain: str) -> list[RegistryHost]:
+    """Hosts for `domain`: from `registry.config_path` (certs.d) when set; else containerd
+    1.6's deprecated `registry.mirrors` endpoints, then the registry itself, each with its
+    `registry.configs.<host>.tls`; `registry.headers` go with every request."""
+    if registry.config_path:
+        found = hostlib.registry_hosts(domain, registry.config_path)
+    else:
+        found = []
+        mirror = registry.mirrors.get(domain) or registry.mirrors.get("*")
+        for endpoint in mirror.endpoint if mirror else []:
+            url = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
+            path = url.path.rstrip("/")
+            found.append(RegistryHost(url.scheme, url.netloc,
+                                      path if path.endswith("/v2") else path + "/v2",
+                                      frozenset({hostlib.PULL, hostlib.RESOLVE})))
+        default = hostlib.registry_hosts(domain)[-1]
+        if all(h.host != default.host for h in found):
+            found.append(default)
+        for host in found:
+            tls = registry.configs.get(host.host, None)
+            if tls is not None:
+                tls = tls.tls
+                host.skip_verify = tls.insecure_skip_verify or host.skip_verify
+                if tls.ca_file:
+                    host.ca_certs.append(tls.ca_file)
+                if tls.cert_file:
+                    host.client_pairs.append((tls.cert_file, tls.key_file))
+    for host in found:
+        for key, values in registry.headers.items():
+            host.header.setdefault(key, list(values))
+    return found

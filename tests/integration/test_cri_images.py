@@ -314,3 +314,41 @@ def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path
         finally:
             d.cleanup()
             r.stop()
+
+
+def test_tls_registry_trusted_through_hosts_toml_ca(tmp_path):
+    """HTTPS with a private CA: refused without it, pulled with `ca` in hosts.toml."""
+    with tempfile.TemporaryDirectory(prefix="ca-critls-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry(tls=True).start()
+        name = f"localhost:{r.port}"      # not loopback-by-IP: HTTPS is the default
+        certs = tmp_path / "certs.d"
+        d = _ours_with(tmp_path, f'[plugins."io.containerd.grpc.v1.cri".registry]\n'
+                                 f'  config_path = "{certs}"\n')
+        try:
+            r.push(image, "test/busybox:v1")
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            host_dir = certs / f"localhost_{r.port}_"
+            host_dir.mkdir(parents=True)
+            (host_dir / "hosts.toml").write_text(f'server = "https://{r.host}"\n')
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{name}/test/busybox:v1")))
+            assert "certificate" in err.value.details().lower()
+            (host_dir / "hosts.toml").write_text(f'server = "https://{r.host}"\nca = "{r.ca}"\n')
+            images.PullImage(pb.PullImageRequest(image=_spec(f"{name}/test/busybox:v1")))
+            assert len(_images(images)) == 1
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def test_deprecated_mirrors(registry, tmp_path):
+    """containerd 1.6's registry.mirrors (deprecated, still honoured) without config_path."""
+    d = _ours_with(tmp_path, f'[plugins."io.containerd.grpc.v1.cri".registry.mirrors.'
+                             f'"registry.invalid"]\n  endpoint = ["http://{registry.host}"]\n')
+    try:
+        images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+        images.PullImage(pb.PullImageRequest(image=_spec("registry.invalid/test/other:v2")))
+        assert _images(images)[0][1] == ["registry.invalid/test/other:v2"]
+    finally:
+        d.cleanup()

@@ -26,6 +26,7 @@ import platform
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ...errdefs import AlreadyExists, InvalidArgument, NotFound
 from ..metadata.images import Descriptor as ImageDescriptor, Image
@@ -46,6 +47,7 @@ MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 class PullOptions:
     snapshotter: str = "overlayfs"
     config_path: str = ""                     # certs.d root; "" = default hosts only
+    hosts: Callable[[str], list] | None = None   # domain -> hosts, instead of config_path
     credentials: Credentials | None = None
     max_concurrent_downloads: int = 3
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -94,8 +96,9 @@ class Puller:
         expire = time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                time.gmtime(time.time() + LEASE_EXPIRY_SECONDS))
         self.leases.create(ns, lease, {"containerd.io/gc.expire": expire})
-        registry = Registry(hostlib.registry_hosts(ref.domain, opts.config_path), ref.path,
-                            opts.credentials, opts.timeouts)
+        hosts = opts.hosts(ref.domain) if opts.hosts else \
+            hostlib.registry_hosts(ref.domain, opts.config_path)
+        registry = Registry(hosts, ref.path, opts.credentials, opts.timeouts)
         try:
             return await self._pull(ns, ref, registry, lease, opts)
         finally:
