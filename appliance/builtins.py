@@ -9,13 +9,13 @@ from .plugins import events, health, introspection, leases, metadata, namespaces
 from .plugins import containers, runtime, tasks
 from .plugins import diff, snapshots
 from .plugins import content, gc, images
-from .plugins import opt, restart
+from .plugins import cri, opt, restart
 
 MODULES = [metadata, events, introspection, leases, namespaces, health, version]
 MODULES += [containers, runtime, tasks]
 MODULES += [snapshots, diff]
 MODULES += [content, gc, images]
-MODULES += [restart, opt]
+MODULES += [restart, opt, cri]
 
 TYPE_ORDER = [p.CONTENT, p.SNAPSHOT, p.METADATA, p.DIFF, p.EVENT, p.GC, p.SERVICE,
               p.RUNTIME_V1, p.RUNTIME_V2, p.MONITOR, p.GRPC, p.INTERNAL, p.TTRPC, p.STREAM_PROCESSOR]
@@ -23,7 +23,9 @@ TYPE_ORDER = [p.CONTENT, p.SNAPSHOT, p.METADATA, p.DIFF, p.EVENT, p.GC, p.SERVIC
 
 # containerd lists these internal plugins among the gRPC services, where their Go packages
 # sort: runtime/restart/monitor before services/*, services/opt between namespaces and snapshots.
-LISTED_AS = {(p.INTERNAL, "restart"): (p.GRPC, " restart"), (p.INTERNAL, "opt"): (p.GRPC, "opt")}
+# CRI (pkg/cri) comes last.
+LISTED_AS = {(p.INTERNAL, "restart"): (p.GRPC, " restart"), (p.INTERNAL, "opt"): (p.GRPC, "opt"),
+             (p.GRPC, "cri"): (p.GRPC, "~cri")}
 
 
 def registrations():

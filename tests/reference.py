@@ -20,8 +20,9 @@ CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 
 
 class Containerd:
-    def __init__(self, workdir: str | None = None, extra_config: str = ""):
+    def __init__(self, workdir: str | None = None, extra_config: str = "", cri: bool = False):
         self.extra_config = extra_config   # TOML appended to the private config
+        self.cri = cri                     # CRI on, with private CNI dirs and netns pins
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
@@ -31,9 +32,17 @@ class Containerd:
         self.proc = None
 
     def write_config(self):
-        self.config_path.write_text(
-            containerd_config(self.workdir, self.root, self.state, self.address)
-            + self.extra_config)
+        text = containerd_config(self.workdir, self.root, self.state, self.address)
+        if self.cri:
+            text = text.replace('disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+                                "disabled_plugins = []")
+            text += (f'[plugins."io.containerd.grpc.v1.cri"]\n'
+                     f'  stream_server_port = "0"\n  netns_mounts_under_state_dir = true\n'
+                     f'  restrict_oom_score_adj = true\n'
+                     f'[plugins."io.containerd.grpc.v1.cri".cni]\n'
+                     f'  bin_dir = "{self.workdir}/cni/bin"\n'
+                     f'  conf_dir = "{self.workdir}/cni/net.d"\n')
+        self.config_path.write_text(text + self.extra_config)
 
     def start(self, timeout=30.0):
         self.write_config()

@@ -1,4 +1,7 @@
-"""Generate Python stubs from the containerd .proto files Debian ships.
+"""Generate Python stubs from the containerd .proto files Debian ships, and the Kubernetes
+CRI stubs (runtime.v1, runtime.v1alpha2) from the descriptors in PyPI's
+container-runtime-interface-api wheel (never installed: it pins another protobuf; its
+serialized file descriptors are read out of the wheel and compiled again here).
 
 The gogoproto and fieldpath options only steer Go code generation, so they are
 stripped; imports are relocated from github.com/containerd/containerd/ to
@@ -76,6 +79,36 @@ def _message_end(text, start):
     raise ValueError("unbalanced message")
 
 
+CRI_WHEEL = "container-runtime-interface-api==2.0.1"
+CRI_FILES = {"cri_api/v1/api_pb2.py": "cri/v1/api.proto",
+             "cri_api/v1alpha2/api_pb2.py": "cri/v1alpha2/api.proto"}
+
+
+def cri_descriptor_set(tmp: Path) -> Path:
+    """A FileDescriptorSet of the CRI API files, named under appliance/_proto/cri/."""
+    import ast
+    import subprocess
+    import zipfile
+    from google.protobuf import descriptor_pb2
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                    "--no-deps", "--only-binary=:all:", "-d", str(tmp), CRI_WHEEL],
+                   check=True, stderr=subprocess.DEVNULL)
+    [wheel] = tmp.glob("container_runtime_interface_api-*.whl")
+    files = descriptor_pb2.FileDescriptorSet()
+    with zipfile.ZipFile(wheel) as z:
+        for member, name in CRI_FILES.items():
+            calls = [n for n in ast.walk(ast.parse(z.read(member)))
+                     if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "AddSerializedFile"]
+            fd = descriptor_pb2.FileDescriptorProto.FromString(calls[0].args[0].value)
+            fd.name = f"{OUT_PACKAGE}/{name}"
+            del fd.dependency[:]        # gogo.proto: its options only steer Go code
+            fd.DiscardUnknownFields()
+            files.file.append(fd)
+    out = tmp / "cri.pb"
+    out.write_bytes(files.SerializeToString())
+    return out
+
+
 def main():
     from grpc_tools import protoc
     import grpc_tools
@@ -96,10 +129,16 @@ def main():
                 f"--python_out={gen}", f"--pyi_out={gen}", f"--grpc_python_out={gen}", *staged]
         if protoc.main(args) != 0:
             sys.exit("protoc failed")
-        shutil.rmtree(out / "containerd", ignore_errors=True)
-        shutil.copytree(gen / OUT_PACKAGE / "containerd", out / "containerd")
+        cri = cri_descriptor_set(Path(tmp))
+        if protoc.main(["protoc", f"--descriptor_set_in={cri}", f"--python_out={gen}",
+                        f"--pyi_out={gen}", f"--grpc_python_out={gen}",
+                        *(f"{OUT_PACKAGE}/{name}" for name in CRI_FILES.values())]) != 0:
+            sys.exit("protoc failed for the CRI API")
+        for part in ("containerd", "cri"):
+            shutil.rmtree(out / part, ignore_errors=True)
+            shutil.copytree(gen / OUT_PACKAGE / part, out / part)
     out.mkdir(parents=True, exist_ok=True)
-    for d in [out, *[p for p in (out / "containerd").rglob("*") if p.is_dir()]]:
+    for d in [out, *[p for p in out.rglob("*") if p.is_dir() and p.name != "__pycache__"]]:
         (d / "__init__.py").touch()
     print(f"generated {len(list(out.rglob('*_pb2.py')))} modules under {out}")
 

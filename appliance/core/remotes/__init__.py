@@ -1,0 +1,1 @@
+"""Registries: references, hosts (certs.d), authentication and a v2 client."""

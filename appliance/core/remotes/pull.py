@@ -1,0 +1,304 @@
+"""Pull an image from a registry into the daemon: content, snapshots, the image record.
+
+The steps are containerd's client-side pull with unpack, done in the daemon:
+1. a lease (expiring after a day) holds everything the pull writes until the image exists;
+2. the reference resolves to an index or manifest; an index yields the host's manifest;
+3. the config, then every layer, stream from the registry through the content writer (which
+   hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time;
+   a partial ingest from an earlier attempt is resumed with a range request;
+4. each layer is unpacked as soon as it is fetched and its parent is committed, so
+   decompression and apply overlap the later downloads;
+5. the image record names the reference and points at the manifest (or index).
+
+Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
+`containerd.io/gc.ref.snapshot.<snapshotter>`), `containerd.io/distribution.source.<host>` and
+the layers' `containerd.io/uncompressed`. Two pulls of images that share layers fetch and
+unpack each shared layer once: the second waits for the first's fetch (per digest, here) and
+unpack (per chain id, in the Unpacker).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import platform
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ...errdefs import AlreadyExists, InvalidArgument, NotFound
+from ..metadata.images import Descriptor as ImageDescriptor, Image
+from . import hosts as hostlib
+from .reference import Reference, parse as parse_reference
+from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Credentials,
+                       Descriptor, Registry, RegistryError, Timeouts)
+
+log = logging.getLogger("appliance.pull")
+
+LEASE_EXPIRY_SECONDS = 24 * 3600
+WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash in a worker thread
+INDEXES = (OCI_INDEX, DOCKER_LIST)
+MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
+
+
+@dataclass
+class PullOptions:
+    snapshotter: str = "overlayfs"
+    config_path: str = ""                     # certs.d root; "" = default hosts only
+    hosts: Callable[[str], list] | None = None   # domain -> hosts, instead of config_path
+    credentials: Credentials | None = None
+    max_concurrent_downloads: int = 3
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    labels: dict[str, str] = field(default_factory=dict)   # on the image record
+    name: str = ""                            # image name; default: the normalised ref
+
+
+@dataclass
+class Pulled:
+    image: Image
+    reference: Reference
+    manifest_digest: str
+    config_digest: str
+    chain_id: str
+    size: int                                 # compressed: config + layers, as containerd
+
+
+def host_platform() -> tuple[str, str]:
+    machine = platform.machine()
+    return "linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    chains = []
+    for diff in diff_ids:
+        chains.append(diff if not chains else
+                      "sha256:" + hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest())
+    return chains
+
+
+class Puller:
+    """Pulls into the daemon's own services (the ones the gRPC adapters use)."""
+
+    def __init__(self, content, snapshots, diff, images, leases):
+        self.content = content
+        self.snapshots = snapshots
+        self.diff = diff
+        self.images = images
+        self.leases = leases
+        self._fetching: dict[str, asyncio.Future] = {}   # digest -> fetch in progress
+
+    async def pull(self, ns: str, text: str, opts: PullOptions | None = None) -> Pulled:
+        opts = opts or PullOptions()
+        ref = parse_reference(text)
+        lease = f"pull-{secrets.token_hex(8)}"
+        expire = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                               time.gmtime(time.time() + LEASE_EXPIRY_SECONDS))
+        self.leases.create(ns, lease, {"containerd.io/gc.expire": expire})
+        hosts = opts.hosts(ref.domain) if opts.hosts else \
+            hostlib.registry_hosts(ref.domain, opts.config_path)
+        registry = Registry(hosts, ref.path, opts.credentials, opts.timeouts)
+        try:
+            return await self._pull(ns, ref, registry, lease, opts)
+        finally:
+            await registry.aclose()
+            self.leases.delete(ns, lease)
+
+    async def _pull(self, ns, ref: Reference, registry: Registry, lease: str,
+                    opts: PullOptions) -> Pulled:
+        source = {f"containerd.io/distribution.source.{ref.domain}": ref.path}
+        target, body = await registry.resolve(ref)
+        manifest_desc, manifest_body = target, body
+        if target.media_type in INDEXES:
+            manifest_desc = _pick_manifest(json.loads(body), ref)
+            manifest_body = await self._read_small(registry, manifest_desc)
+            await self._store(ns, target, body, lease, {
+                **source, "containerd.io/gc.ref.content.m.0": manifest_desc.digest})
+        elif target.media_type not in MANIFESTS:
+            raise InvalidArgument(f"{ref}: unsupported media type {target.media_type}")
+        manifest = json.loads(manifest_body)
+        config_desc = _descriptor(manifest["config"])
+        layers = [_descriptor(d) for d in manifest.get("layers", [])]
+        manifest_labels = {**source, "containerd.io/gc.ref.content.config": config_desc.digest}
+        manifest_labels.update({f"containerd.io/gc.ref.content.l.{i}": d.digest
+                                for i, d in enumerate(layers)})
+        await self._store(ns, manifest_desc, manifest_body, lease, manifest_labels)
+
+        sem = asyncio.Semaphore(max(1, opts.max_concurrent_downloads))
+        await self._fetch(ns, registry, config_desc, lease, source, sem)
+        config = json.loads(self._read_blob(ns, config_desc.digest))
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        if len(diff_ids) != len(layers):
+            raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
+                                  f"manifest {len(layers)}")
+        fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, lease, source, sem))
+                   for d in layers]
+        chains = chain_ids(diff_ids)
+        try:
+            for i, layer in enumerate(layers):
+                await fetches[i]
+                await self._unpack(ns, opts.snapshotter, layer, chains[i - 1] if i else "",
+                                   chains[i], diff_ids[i], lease)
+                self.content.update(ns, layer.digest,
+                                    {"containerd.io/uncompressed": diff_ids[i]},
+                                    ["labels.containerd.io/uncompressed"])
+        finally:
+            for f in fetches:
+                f.cancel()
+            await asyncio.gather(*fetches, return_exceptions=True)
+        chain = chains[-1] if chains else ""
+        if chain:
+            key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
+            self.content.update(ns, config_desc.digest, {key: chain}, [f"labels.{key}"])
+
+        image = Image(opts.name or str(ref),
+                      ImageDescriptor(target.media_type, target.digest, target.size),
+                      dict(opts.labels))
+        image = await asyncio.to_thread(self._create_or_update, ns, image)
+        size = config_desc.size + sum(d.size for d in layers)
+        return Pulled(image, ref, manifest_desc.digest, config_desc.digest, chain, size)
+
+    # --- content -------------------------------------------------------------------
+
+    async def _read_small(self, registry: Registry, desc: Descriptor) -> bytes:
+        data = b"".join([chunk async for chunk in await registry.fetch(desc)])
+        if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+            raise RegistryError(f"{desc.digest}: the registry sent other bytes")
+        return data
+
+    async def _store(self, ns, desc: Descriptor, data: bytes, lease, labels) -> None:
+        """A manifest or index we already hold in memory, into the content store."""
+        def write():
+            try:
+                writer = self.content.writer(ns, f"pull-{desc.digest}", desc.digest,
+                                             desc.size, lease)
+            except AlreadyExists:
+                self._label(ns, desc.digest, labels)
+                return
+            try:
+                if writer.offset != desc.size:
+                    writer.truncate()
+                    writer.write(data)
+                writer.commit(desc.size, desc.digest, labels)
+            finally:
+                writer.close()
+        await asyncio.to_thread(write)
+
+    def _label(self, ns, digest, labels) -> None:
+        self.content.update(ns, digest, labels, [f"labels.{k}" for k in labels])
+
+    def _read_blob(self, ns, digest) -> bytes:
+        with self.content.reader(ns, digest) as f:
+            return f.read()
+
+    async def _fetch(self, ns, registry: Registry, desc: Descriptor, lease, labels, sem) -> None:
+        """The blob into this namespace's content: fetched once per daemon at a time."""
+        while (running := self._fetching.get(desc.digest)) is not None:
+            await asyncio.shield(running)   # another pull fetches it: then it is shared
+        done = asyncio.get_running_loop().create_future()
+        self._fetching[desc.digest] = done
+        try:
+            async with sem:
+                await self._download(ns, registry, desc, lease, labels)
+        finally:
+            del self._fetching[desc.digest]
+            done.set_result(None)
+
+    async def _download(self, ns, registry: Registry, desc: Descriptor, lease, labels) -> None:
+        ref = f"pull-{desc.digest}"
+        try:
+            writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
+                                             desc.size, lease)
+        except AlreadyExists:
+            self._label(ns, desc.digest, labels)
+            return
+        try:
+            if writer.offset > desc.size:
+                writer.truncate()
+            if writer.offset < desc.size:
+                offset = writer.offset
+                try:
+                    stream = await registry.fetch(desc, offset)
+                except RegistryError:
+                    if not offset:
+                        raise
+                    writer.truncate()          # no range support there: from the start
+                    stream = await registry.fetch(desc, 0)
+                batch: list[bytes] = []
+                pending = 0
+                async for chunk in stream:
+                    batch.append(chunk)
+                    pending += len(chunk)
+                    if pending >= WRITE_BATCH:
+                        await asyncio.to_thread(writer.write, b"".join(batch))
+                        batch, pending = [], 0
+                if batch:
+                    await asyncio.to_thread(writer.write, b"".join(batch))
+            try:
+                await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
+            except AlreadyExists:
+                self._label(ns, desc.digest, labels)
+            except Exception:
+                writer.close()
+                try:
+                    self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
+                except NotFound:
+                    pass
+                raise
+        finally:
+            writer.close()
+
+    # --- snapshots -----------------------------------------------------------------
+
+    async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
+                      diff_id: str, lease) -> None:
+        sn = self.snapshots.get(snapshotter)
+        try:
+            sn.stat(ns, chain)
+            return                       # unpacked before (this or another image)
+        except NotFound:
+            pass
+        key = f"extract-{secrets.token_hex(6)} {chain}"
+        labels = {"containerd.io/snapshot.ref": chain}
+        mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key, parent,
+                                         labels, lease)
+        try:
+            _, applied, _ = await asyncio.to_thread(
+                self.diff.apply, ns, layer.media_type, layer.digest, mounts)
+            if applied != diff_id:
+                raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
+                                      f"image config says {diff_id}")
+            await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
+                                    labels, lease)
+        except AlreadyExists:           # a concurrent unpack committed it first
+            await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
+        except BaseException:
+            try:
+                await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
+            except Exception as exc:
+                log.warning("removing snapshot %s after a failed unpack: %s", key, exc)
+            raise
+
+    def _create_or_update(self, ns, image: Image) -> Image:
+        try:
+            return self.images.create(ns, image)
+        except AlreadyExists:
+            return self.images.update(ns, image, [])
+
+
+def _descriptor(d: dict) -> Descriptor:
+    try:
+        return Descriptor(d["mediaType"], d["digest"], int(d["size"]))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArgument(f"invalid descriptor in manifest: {d!r}") from None
+
+
+def _pick_manifest(index: dict, ref: Reference) -> Descriptor:
+    want_os, want_arch = host_platform()
+    for m in index.get("manifests", []):
+        p = m.get("platform") or {}
+        if p.get("os") == want_os and p.get("architecture") == want_arch:
+            return _descriptor(m)
+    raise NotFound(f"{ref}: no match for platform {want_os}/{want_arch} in manifest: "
+                   "not found")

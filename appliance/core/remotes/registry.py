@@ -1,0 +1,271 @@
+"""A registry v2 client for one repository: resolve a reference to a manifest, fetch blobs.
+
+Hosts are tried in the order `hosts.registry_hosts` gives (mirrors, then the registry), each
+for what its capabilities allow. A 401 is answered once per host by the challenge's scheme:
+Basic with the credentials, or a Bearer token fetched from the realm for `repository:…:pull`.
+HTTP comes from httpx, imported on the first pull only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from ...errdefs import ApplianceError, InvalidArgument, NotFound
+from . import auth
+from .hosts import PULL, RESOLVE, RegistryHost
+from .reference import Reference
+
+log = logging.getLogger("appliance.remotes")
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
+MANIFEST_ACCEPT = ", ".join([DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"])
+MANIFEST_LIMIT = 4 << 20          # containerd's limit for a manifest or index body
+USER_AGENT = "ctrappliance"
+
+Credentials = Callable[[str], "tuple[str, str] | None"]   # host -> (username, secret)
+
+
+class RegistryError(ApplianceError):
+    """The registry answered with an error, or could not be reached (UNKNOWN, as containerd)."""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclass
+class Timeouts:
+    connect: float = 30.0
+    read: float = 60.0     # no byte for this long fails a request
+
+
+class Registry:
+    """One repository on one registry, through its hosts. Close with `aclose()`."""
+
+    def __init__(self, hosts: list[RegistryHost], repository: str,
+                 credentials: Credentials | None = None, timeouts: Timeouts | None = None):
+        import httpx   # first use only: it brings ssl and a dozen modules
+        self._httpx = httpx
+        self.hosts = hosts
+        self.repository = repository
+        self.credentials = credentials
+        timeouts = timeouts or Timeouts()
+        self._timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect)
+        self._clients: dict[int, object] = {}
+        self._authorization: dict[str, str] = {}   # host -> Authorization header value
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    # --- resolve ---------------------------------------------------------------
+
+    async def resolve(self, ref: Reference) -> tuple[Descriptor, bytes]:
+        """The manifest or index `ref` names, and its bytes (digest verified)."""
+        errors = []
+        for host in self._hosts_for(RESOLVE):
+            url = f"{host.base_url}/{self.repository}/manifests/{ref.object}"
+            try:
+                resp = await self._send(host, "GET", url, {"Accept": MANIFEST_ACCEPT})
+            except RegistryError as exc:
+                errors.append(exc)
+                continue
+            try:
+                if resp.status_code == 404:
+                    errors.append(NotFound(f"{ref}: not found"))
+                    continue
+                _raise_for_status(resp, host, f"manifests {ref.object}")
+                body = await _read_limited(resp, MANIFEST_LIMIT)
+            finally:
+                await resp.aclose()
+            return self._manifest_descriptor(ref, resp, body), body
+        if errors and all(isinstance(e, NotFound) for e in errors):
+            raise NotFound(f"{ref}: not found")
+        raise errors[-1] if errors else RegistryError(f"no host of {ref.domain} can resolve")
+
+    def _manifest_descriptor(self, ref: Reference, resp, body: bytes) -> Descriptor:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if ref.digest and ref.digest != digest:
+            raise RegistryError(f"{ref}: manifest digest {digest} does not match the reference")
+        media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+        if media_type in ("", "application/json", "text/plain"):
+            media_type = _media_type_of(body)
+        if media_type in DOCKER_SCHEMA1:
+            raise InvalidArgument(f"{ref}: Docker schema 1 manifests are not supported "
+                                  f"(re-push the image with a current client)")
+        return Descriptor(media_type, digest, len(body))
+
+    # --- fetch -----------------------------------------------------------------
+
+    async def fetch(self, desc: Descriptor, offset: int = 0) -> AsyncIterator[bytes]:
+        """The blob's bytes from `offset` on, from the first host that has it. The caller
+        checks the digest (it streams into a content writer that hashes as it writes)."""
+        errors = []
+        kind = "manifests" if desc.media_type in (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST,
+                                                  DOCKER_MANIFEST) else "blobs"
+        for host in self._hosts_for(PULL):
+            url = f"{host.base_url}/{self.repository}/{kind}/{desc.digest}"
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            if kind == "manifests":
+                headers["Accept"] = desc.media_type
+            try:
+                resp = await self._send(host, "GET", url, headers)
+            except RegistryError as exc:
+                errors.append(exc)
+                continue
+            if resp.status_code == 404:
+                await resp.aclose()
+                errors.append(NotFound(f"{desc.digest}: not found"))
+                continue
+            try:
+                _raise_for_status(resp, host, f"{kind} {desc.digest}")
+            except RegistryError:
+                await resp.aclose()
+                raise
+            if offset and resp.status_code != 206:   # no range support: start over
+                await resp.aclose()
+                raise RegistryError(f"{host.host} ignored the range request for {desc.digest}")
+            return self._stream(resp)
+        if errors and all(isinstance(e, NotFound) for e in errors):
+            raise NotFound(f"{desc.digest}: not found")
+        raise errors[-1] if errors else RegistryError(f"no host can pull {desc.digest}")
+
+    async def _stream(self, resp) -> AsyncIterator[bytes]:
+        httpx = self._httpx
+        try:
+            async for chunk in resp.aiter_raw():   # as it arrives: progress is visible
+                yield chunk
+        except httpx.TimeoutException:
+            raise RegistryError(f"reading {resp.request.url}: no data for "
+                                f"{self._timeout.read:g}s") from None
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"reading {resp.request.url}: {exc}") from None
+        finally:
+            await resp.aclose()
+
+    # --- requests and authorisation -----------------------------------------------
+
+    def _hosts_for(self, capability: str) -> list[RegistryHost]:
+        return [h for h in self.hosts if capability in h.capabilities]
+
+    def _client(self, host: RegistryHost):
+        key = id(host)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._httpx.AsyncClient(verify=_tls_context(host), timeout=self._timeout,
+                                             follow_redirects=True,
+                                             headers={"User-Agent": USER_AGENT})
+            self._clients[key] = client
+        return client
+
+    async def _send(self, host: RegistryHost, method: str, url: str, headers: dict):
+        """One request (streamed), authorised after at most one 401 challenge."""
+        httpx = self._httpx
+        client = self._client(host)
+        for attempt in (1, 2):
+            h = {k: ", ".join(v) for k, v in host.header.items()}
+            h.update(headers)
+            if host.host in self._authorization:
+                h["Authorization"] = self._authorization[host.host]
+            try:
+                resp = await client.send(client.build_request(method, url, headers=h),
+                                         stream=True)
+            except httpx.TimeoutException:
+                raise RegistryError(f"{method} {url}: timed out") from None
+            except httpx.HTTPError as exc:
+                raise RegistryError(f"{method} {url}: {exc}") from None
+            if resp.status_code != 401 or attempt == 2:
+                return resp
+            challenges = auth.parse_challenges(resp.headers.get("www-authenticate", ""))
+            await resp.aclose()
+            self._authorization[host.host] = await self._authorize(host, client, challenges)
+        raise AssertionError("unreachable")
+
+    async def _authorize(self, host: RegistryHost, client, challenges) -> str:
+        creds = self.credentials(host.host) if self.credentials else None
+        for challenge in challenges:
+            if challenge.scheme == "bearer" and challenge.params.get("realm"):
+                return "Bearer " + await self._token(host, client, challenge, creds)
+            if challenge.scheme == "basic":
+                if creds is None:
+                    raise RegistryError(f"pulling from host {host.host} failed: the registry "
+                                        f"asks for credentials and none are configured")
+                return auth.basic_header(*creds)
+        raise RegistryError(f"pulling from host {host.host} failed: 401 Unauthorized "
+                            f"with no challenge we can answer")
+
+    async def _token(self, host, client, challenge, creds) -> str:
+        url = auth.token_url(challenge, auth.pull_scope(self.repository))
+        headers = {"Authorization": auth.basic_header(*creds)} if creds else {}
+        try:
+            resp = await client.get(url, headers=headers)
+        except self._httpx.HTTPError as exc:
+            raise RegistryError(f"fetching a token for {host.host} from {url}: {exc}") from None
+        if resp.status_code != 200:
+            raise RegistryError(f"failed to authorize with {host.host}: token server "
+                                f"answered {resp.status_code} {resp.reason_phrase}")
+        try:
+            return auth.token_from_response(resp.json())
+        except ValueError as exc:
+            raise RegistryError(f"failed to authorize with {host.host}: {exc}") from None
+
+
+def _raise_for_status(resp, host: RegistryHost, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    message = f"pulling from host {host.host} failed with status code [{what}]: " \
+              f"{resp.status_code} {resp.reason_phrase}"
+    if resp.status_code == 401:
+        message += " (check the credentials for this host)"
+    raise RegistryError(message)
+
+
+async def _read_limited(resp, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in resp.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise RegistryError(f"{resp.request.url}: manifest larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type_of(body: bytes) -> str:
+    """The media type a manifest declares in its body (some registries send JSON as is)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise RegistryError("the registry answered a manifest that is not JSON") from None
+    if doc.get("mediaType"):
+        return doc["mediaType"]
+    if doc.get("schemaVersion") == 1:
+        return DOCKER_SCHEMA1[0]
+    return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+
+
+def _tls_context(host: RegistryHost):
+    """verify= for httpx: the system store plus the host's CAs and client certificates."""
+    import ssl
+    if host.scheme == "http":
+        return False
+    ctx = ssl.create_default_context()
+    for ca in host.ca_certs:
+        ctx.load_verify_locations(cafile=ca)
+    for cert, key in host.client_pairs:
+        ctx.load_cert_chain(cert, key or None)
+    if host.skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

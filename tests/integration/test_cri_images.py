@@ -1,0 +1,354 @@
+"""The CRI ImageService (runtime.v1), driven by a client generated from the same descriptors,
+against ctrappliance and Debian's containerd 1.6.20 with CRI on, each pulling from Debian's
+docker-registry on 127.0.0.1: the same answers where the behaviour is containerd's."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+
+from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
+from daemon import Daemon
+from image_helpers import make_oci
+from reference import Containerd
+from registry import LocalRegistry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry():
+    with tempfile.TemporaryDirectory(prefix="ca-criimg-") as d:
+        image = make_oci(Path(d))
+        r = LocalRegistry().start()
+        try:
+            r.digest = r.push(image, "test/busybox:v1")
+            r.push(image, "test/other:v2")
+            yield r
+        finally:
+            r.stop()
+
+
+@pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
+def cri(request):
+    d = Daemon() if request.param == "ctrappliance" else Containerd(cri=True)
+    d.start()
+    channel = grpc.insecure_channel(f"unix://{d.address}")
+    try:
+        yield request.param, rpc.ImageServiceStub(channel), rpc.RuntimeServiceStub(channel)
+    finally:
+        channel.close()
+        d.cleanup()
+
+
+def _spec(text):
+    return pb.ImageSpec(image=text)
+
+
+def _images(images):
+    return sorted((i.id, sorted(i.repo_tags), sorted(i.repo_digests), i.size)
+                  for i in images.ListImages(pb.ListImagesRequest()).images)
+
+
+ANSWERS = {}   # case -> {daemon: answer}: each case is compared once both daemons ran it
+
+
+def same(case, kind, answer):
+    seen = ANSWERS.setdefault(case, {})
+    seen[kind] = answer
+    if len(seen) == 2:
+        assert seen["ctrappliance"] == seen["containerd"], case
+
+
+def test_pull_list_status_remove(cri, registry):
+    kind, images, _ = cri
+    ref = f"{registry.host}/test/busybox:v1"
+    image_id = images.PullImage(pb.PullImageRequest(image=_spec(ref))).image_ref
+    assert image_id.startswith("sha256:")
+    listed = _images(images)
+    assert (image_id, [ref], [f"{registry.host}/test/busybox@{registry.digest}"]) == listed[0][:3]
+    same("pull", kind, (image_id, listed))
+
+    status = images.ImageStatus(pb.ImageStatusRequest(image=_spec(ref), verbose=True))
+    info = json.loads(status.info["info"])
+    assert status.image.id == image_id and info["imageSpec"]["rootfs"]["type"] == "layers"
+    same("status", kind, (status.image.SerializeToString(deterministic=True), info["chainID"]))
+    by_id = images.ImageStatus(pb.ImageStatusRequest(image=_spec(image_id))).image
+    assert by_id.id == image_id
+
+    # the same image by digest: one image, one more name
+    images.PullImage(pb.PullImageRequest(image=_spec(
+        f"{registry.host}/test/busybox@{registry.digest}")))
+    assert len(_images(images)) == 1
+
+    # a missing image: an empty status; removing it is no error
+    missing = images.ImageStatus(pb.ImageStatusRequest(image=_spec(f"{registry.host}/no/pe:x")))
+    assert not missing.HasField("image")
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(f"{registry.host}/no/pe:x")))
+
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(image_id)))
+    assert _images(images) == []
+
+
+def test_pull_of_a_missing_tag_is_not_found(cri, registry):
+    kind, images, _ = cri
+    with pytest.raises(grpc.RpcError) as err:
+        images.PullImage(pb.PullImageRequest(image=_spec(f"{registry.host}/test/busybox:nope")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "failed to pull and unpack image" in err.value.details()
+    same("missing", kind, err.value.code())
+
+
+def test_image_fs_info_names_the_snapshotter_dir(cri, registry):
+    kind, images, _ = cri
+    [fs] = images.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems
+    assert fs.fs_id.mountpoint.endswith("/io.containerd.snapshotter.v1.overlayfs")
+    assert fs.HasField("used_bytes") and fs.HasField("inodes_used")
+
+
+def test_runtime_version_names_the_runtime(cri):
+    kind, _, runtime = cri
+    v = runtime.Version(pb.VersionRequest())
+    assert v.runtime_api_version == "v1"
+    assert v.runtime_name == ("ctrappliance" if kind == "ctrappliance" else "containerd")
+
+
+def test_mirror_from_hosts_toml(registry, tmp_path):
+    """registry.config_path: a name on a registry that does not exist, served by a mirror."""
+    certs = tmp_path / "certs.d" / "registry.invalid"
+    certs.mkdir(parents=True)
+    (certs / "hosts.toml").write_text(
+        f'server = "https://registry.invalid"\n'
+        f'[host."http://{registry.host}"]\n  capabilities = ["pull", "resolve"]\n')
+    section = (f'[plugins."io.containerd.grpc.v1.cri".registry]\n'
+               f'  config_path = "{tmp_path / "certs.d"}"\n')
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "cri.toml").write_text("version = 2\n" + section)
+    d.config = str(d.workdir / "cri.toml")
+    d.start()
+    try:
+        channel = grpc.insecure_channel(f"unix://{d.address}")
+        images = rpc.ImageServiceStub(channel)
+        images.PullImage(pb.PullImageRequest(image=_spec("registry.invalid/test/busybox:v1")))
+        [(image_id, tags, digests, _)] = _images(images)
+        assert tags == ["registry.invalid/test/busybox:v1"]
+        channel.close()
+    finally:
+        d.cleanup()
+
+
+def test_basic_auth_from_the_request(tmp_path):
+    with tempfile.TemporaryDirectory(prefix="ca-criauth-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry(users={"kube": "let-me-in"}).start()
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            r.push(image, "private/busybox:v1")
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            ref = _spec(f"{r.host}/private/busybox:v1")
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+                    username="kube", password="wrong")))
+            assert r.host in err.value.details() and "401" in err.value.details()
+            images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+                username="kube", password="let-me-in")))
+            assert len(_images(images)) == 1
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def _ours_with(tmp_path, section: str) -> Daemon:
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "cri.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n' + section)
+    d.config = str(d.workdir / "cri.toml")
+    return d.start()
+
+
+def test_bearer_token_flow(tmp_path):
+    with tempfile.TemporaryDirectory(prefix="ca-critoken-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry(users={"kube": "token-pw"}, token=True).start()
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            r.push(image, "private/busybox:v1")
+            issued = r.token_server.issued
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            ref = _spec(f"{r.host}/private/busybox:v1")
+            with pytest.raises(grpc.RpcError) as err:   # anonymous: the token server says no
+                images.PullImage(pb.PullImageRequest(image=ref))
+            assert r.host in err.value.details()
+            images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+                username="kube", password="token-pw")))
+            assert len(_images(images)) == 1 and r.token_server.issued > issued
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def test_corrupted_blob_fails_the_pull_and_leaves_nothing(tmp_path):
+    with tempfile.TemporaryDirectory(prefix="ca-cricorrupt-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry().start()
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            r.push(image, "test/busybox:v1")
+            blobs = _layer_digests(image)
+            r.corrupt(blobs[0])
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{r.host}/test/busybox:v1")))
+            assert "digest" in err.value.details()
+            assert _images(images) == []
+            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+            assert blobs[0] not in d.ctr("content", "ls", "-q", namespace="k8s.io").stdout
+            assert d.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:] == []
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def _layer_digests(oci_tar: Path) -> list[str]:
+    from image_helpers import oci_blobs, oci_manifest_digests
+    blobs = oci_blobs(oci_tar)
+    manifest = json.loads(blobs[oci_manifest_digests(oci_tar)[0]])
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path):
+    """Manifest and config are served, the layer never comes: the pull fails after
+    image_pull_progress_timeout with a message that says so, and leaves no ingest."""
+    import threading
+    import http.server
+    from image_helpers import oci_blobs, oci_manifest_digests
+    with tempfile.TemporaryDirectory(prefix="ca-crihang-") as tmp:
+        image = make_oci(Path(tmp))
+        blobs = oci_blobs(image)
+        manifest_digest = oci_manifest_digests(image)[0]
+        layers = set(_layer_digests(image))
+        release = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                digest = self.path.rsplit("/", 1)[1]
+                data = blobs.get(manifest_digest if digest == "v1" else digest)
+                if data is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                if digest in ("v1", manifest_digest):
+                    self.send_header("Content-Type", json.loads(data)["mediaType"])
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if digest in layers:
+                    self.wfile.write(data[:1000])
+                    self.wfile.flush()
+                    release.wait(60)
+                    return
+                self.wfile.write(data)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        d = _ours_with(tmp_path, '  image_pull_progress_timeout = "1s"\n')
+        try:
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            host = f"127.0.0.1:{server.server_address[1]}"
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{host}/test/busybox:v1")),
+                                 timeout=60)
+            assert "no data for 1s" in err.value.details()
+            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+        finally:
+            release.set()
+            d.cleanup()
+            server.shutdown()
+            server.server_close()
+
+
+def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path):
+    """Two images with the same busybox base, pulled at once: the registry serves the shared
+    layer once, and the daemon extracts it once (its unpack histogram counts extractions)."""
+    import subprocess
+    import sys
+    import urllib.request
+    from registry import free_port
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ca-crishare-") as tmp:
+        small = make_oci(Path(tmp))
+        big = Path(tmp) / "big.tar"
+        subprocess.run([sys.executable, "/work/shared/anchor/make_oci_image.py", "--variant",
+                        "big", "--out", str(big), "--ref", "localhost/big:v1",
+                        "--small-files", "50", "--large-files", "1", "--large-size-mib", "1"],
+                       check=True, capture_output=True, timeout=120)
+        base = _layer_digests(small)[0]
+        assert base == _layer_digests(big)[0]
+        r = LocalRegistry().start()
+        d = Daemon(workdir=str(tmp_path / "w"))
+        (d.workdir / "metrics.toml").write_text(
+            f'version = 2\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+        d.config = str(d.workdir / "metrics.toml")
+        d.start()
+        try:
+            r.push(small, "test/small:v1")
+            r.push(big, "test/big:v1")
+            before = r.blob_gets(base)
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            pulls = [images.PullImage.future(pb.PullImageRequest(image=_spec(f"{r.host}/{n}")))
+                     for n in ("test/small:v1", "test/big:v1")]
+            ids = [p.result(timeout=120).image_ref for p in pulls]
+            assert len(set(ids)) == 2 and len(_images(images)) == 2
+            assert r.blob_gets(base) - before == 1
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=10) as m:
+                text = m.read().decode()
+            [count] = [line.split()[-1] for line in text.splitlines()
+                       if line.startswith("ctrappliance_unpack_duration_seconds_count")]
+            assert float(count) == 3   # base, small files, large files: each once
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def test_tls_registry_trusted_through_hosts_toml_ca(tmp_path):
+    """HTTPS with a private CA: refused without it, pulled with `ca` in hosts.toml."""
+    with tempfile.TemporaryDirectory(prefix="ca-critls-") as tmp:
+        image = make_oci(Path(tmp))
+        r = LocalRegistry(tls=True).start()
+        name = f"localhost:{r.port}"      # not loopback-by-IP: HTTPS is the default
+        certs = tmp_path / "certs.d"
+        d = _ours_with(tmp_path, f'[plugins."io.containerd.grpc.v1.cri".registry]\n'
+                                 f'  config_path = "{certs}"\n')
+        try:
+            r.push(image, "test/busybox:v1")
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            host_dir = certs / f"localhost_{r.port}_"
+            host_dir.mkdir(parents=True)
+            (host_dir / "hosts.toml").write_text(f'server = "https://{r.host}"\n')
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{name}/test/busybox:v1")))
+            assert "certificate" in err.value.details().lower()
+            (host_dir / "hosts.toml").write_text(f'server = "https://{r.host}"\nca = "{r.ca}"\n')
+            images.PullImage(pb.PullImageRequest(image=_spec(f"{name}/test/busybox:v1")))
+            assert len(_images(images)) == 1
+        finally:
+            d.cleanup()
+            r.stop()
+
+
+def test_deprecated_mirrors(registry, tmp_path):
+    """containerd 1.6's registry.mirrors (deprecated, still honoured) without config_path."""
+    d = _ours_with(tmp_path, f'[plugins."io.containerd.grpc.v1.cri".registry.mirrors.'
+                             f'"registry.invalid"]\n  endpoint = ["http://{registry.host}"]\n')
+    try:
+        images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+        images.PullImage(pb.PullImageRequest(image=_spec("registry.invalid/test/other:v2")))
+        assert _images(images)[0][1] == ["registry.invalid/test/other:v2"]
+    finally:
+        d.cleanup()
