@@ -258,7 +258,7 @@ def load_table(path: str, registrations) -> dict:
         if not isinstance(pattern, str):
             raise ConfigError(f"{path}: imports: expected a list of strings")
         pattern = pattern if os.path.isabs(pattern) else os.path.join(os.path.dirname(path), pattern)
-        for name in sorted(glob.glob(pattern)):
+        for name in _resolve_import(pattern):
             if name != path and name not in imported:
                 imported.append(name)
                 data = _merge(data, {k: v for k, v in _load_one(name, registrations).items()
@@ -266,6 +266,17 @@ def load_table(path: str, registrations) -> dict:
     if imported:
         data["imports"] = imported
     return data
+
+
+def _resolve_import(pattern: str) -> list[str]:
+    """As containerd: a pattern with "*" may match nothing; any other name must exist."""
+    if "*" in pattern:
+        return sorted(glob.glob(pattern))
+    pattern = os.path.normpath(pattern)
+    if not os.path.exists(pattern):
+        raise ConfigError(f"failed to load TOML: {pattern}: open {pattern}: "
+                          "no such file or directory")
+    return [pattern]
 
 
 def _load_one(path, registrations) -> dict:
