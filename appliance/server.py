@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -87,6 +88,10 @@ class Daemon:
                     os.chmod(path, 0o711)
                 except OSError as exc:
                     raise OSError(path_error("chmod", path, exc)) from None
+            if cfg.temp:   # containerd's `temp`: the daemon's and its children's TMPDIR
+                mkdir_all(cfg.temp, 0o711)
+                os.environ["TMPDIR"] = cfg.temp
+                tempfile.tempdir = None   # tempfile caches the directory it found first
         except OSError as exc:
             hint = "" if os.geteuid() == 0 else " (ctrappliance must run as root)"
             raise StartupError(f"{exc}{hint}") from None

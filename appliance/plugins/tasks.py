@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from .. import filters, identifiers, stubs
+from ..config import unsupported
 from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import CreateOpts, TaskManager
 from ..core.runtime.shim import Shim, wrap
@@ -277,6 +279,11 @@ class TasksAdapter:
         return pb.WaitResponse(exit_status=resp.exit_status, exited_at=resp.exited_at)
 
 
+@dataclass
+class TasksServiceConfig:
+    rdt_config_file: str = unsupported("", "Intel RDT is not implemented")
+
+
 def _service(ic: InitContext) -> TasksService:
     ic.get(MONITOR)
     runtime = ic.get_by_id(RUNTIME_V2, "task")
@@ -289,7 +296,7 @@ def _service(ic: InitContext) -> TasksService:
 
 REGISTRATIONS = [
     Registration(SERVICE, "tasks-service", _service,
-                 requires=(RUNTIME_V2, MONITOR, METADATA, EVENT)),
+                 requires=(RUNTIME_V2, MONITOR, METADATA, EVENT), config=TasksServiceConfig),
     Registration(GRPC, "tasks", lambda ic: TasksAdapter(ic.get_by_id(SERVICE, "tasks-service")),
                  requires=(SERVICE,)),
 ]
