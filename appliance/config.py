@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -249,8 +250,8 @@ def _read_toml(path: str) -> dict:
 def migrate_v1(data: dict, registrations) -> dict:
     """Rewrite a version 1 table as version 2: plugin sections keyed by URI."""
     by_id = {}
-    for reg in registrations:
-        by_id.setdefault(reg.id, reg.uri)
+    for uri in [reg.uri for reg in registrations] + list(CONTAINERD_ONLY_PLUGINS):
+        by_id.setdefault(uri.rsplit(".", 1)[1], uri)
     out = dict(data)
     out["version"] = 2
     plugins = {}
@@ -386,15 +387,23 @@ def dumps(table: dict) -> str:
     return tomli_w.dumps(table)
 
 
-def migrate_file(path: str, registrations, out_path: str | None = None) -> str:
-    """Rewrite a v1 file as v2 (in place unless `out_path`); returns the path written."""
+def migrate_text(path: str, registrations) -> str:
+    """A version 1 file as version 2 TOML text (plugin sections keyed by URI)."""
     data = _read_toml(path)
     if data.get("version", 1) != 1:
         raise ConfigError(f"{path}: already version {data.get('version')}; nothing to migrate")
     migrated = migrate_v1(data, registrations)
     decode(Config, migrated, path)  # refuse to write something we could not load
-    target = os.fspath(out_path or path)
-    with open(target + ".tmp", "w") as f:
-        f.write(dumps(migrated))
-    os.replace(target + ".tmp", target)
-    return target
+    return dumps(migrated)
+
+
+def write_file(target: str, text: str, backup: bool = False) -> None:
+    """Replace `target` atomically; with `backup`, the old file is kept as `<target>.bak`."""
+    try:
+        if backup:
+            shutil.copy2(target, target + ".bak")
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(target + ".tmp", target)
+    except OSError as exc:
+        raise ConfigError(f"{exc.filename}: {exc.strerror}") from None

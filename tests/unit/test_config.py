@@ -162,13 +162,23 @@ def test_v1_is_migrated(tmp_path):
     assert "io.containerd.metadata.v1.bolt" in cfg.plugins
 
 
-def test_migrate_file_writes_v2(tmp_path):
-    path = write(tmp_path, 'root = "/r"\n[plugins.bolt]\nx = 1\n')
-    config.migrate_file(path, REGS)
-    text = open(path).read()
-    assert "version = 2" in text and 'io.containerd.metadata.v1.bolt' in text
+def test_migrate_text_keys_every_containerd_plugin_by_uri(tmp_path):
+    """The man page's example: [plugins.cri] and [plugins.linux] are containerd's plugins
+    that ctrappliance does not provide; they migrate all the same."""
+    path = write(tmp_path, 'root = "/r"\n[plugins.bolt]\nx = 1\n'
+                           '[plugins.cri]\nsandbox_image = "pause"\n'
+                           '[plugins.cri.containerd]\nsnapshotter = "overlayfs"\n'
+                           '[plugins.linux]\nshim = "containerd-shim"\n')
+    table = tomllib.loads(config.migrate_text(path, REGS))
+    assert table["version"] == 2 and table["root"] == "/r"
+    assert set(table["plugins"]) == {"io.containerd.metadata.v1.bolt",
+                                     "io.containerd.grpc.v1.cri",
+                                     "io.containerd.runtime.v1.linux"}
+    assert table["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["snapshotter"] == \
+        "overlayfs"
+    write(tmp_path, config.dumps(table))
     with pytest.raises(ConfigError, match="already version 2"):
-        config.migrate_file(path, REGS)
+        config.migrate_text(path, REGS)
 
 
 def test_default_round_trips():
