@@ -328,7 +328,7 @@ def load(path: str | None, registrations, required: bool = False) -> Config:
                               f"got {value!r}") from None
     known = {r.uri: r for r in registrations}
     for uri, section in cfg.plugins.items():
-        if uri in CONTAINERD_ONLY_PLUGINS:
+        if uri not in known and uri in CONTAINERD_ONLY_PLUGINS:
             log.warning("config section %r in %s is not supported (ctrappliance does not "
                         "provide this plugin): ignored", f'plugins."{uri}"', path)
         elif uri not in known:
