@@ -44,10 +44,8 @@ class ConfigError(Exception):
 
 
 def unsupported(default, why: str):
-    """A dataclass field for a containerd key we accept but do not implement."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"unsupported": why})
+    """A dataclass field for a containerd key we accept but do not implement: its
+    (immutable) default is what we do; `decode` warns about any other value."""
     return field(default=default, metadata={"unsupported": why})
 
 

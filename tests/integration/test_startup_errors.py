@@ -47,6 +47,14 @@ def test_root_equal_to_state(tmp_path):
     assert not (tmp_path / "same").exists()
 
 
+def test_unknown_content_sharing_policy(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[plugins."io.containerd.metadata.v1.bolt"]\n'
+                      'content_sharing_policy = "bogus"\n')
+    line = fails_with(["--config", str(config), *private(tmp_path)])
+    assert "unknown policy: bogus: invalid argument" in line   # containerd's words
+
+
 def test_missing_imports_file(tmp_path):
     missing = tmp_path / "missing.toml"
     config = tmp_path / "config.toml"
