@@ -41,10 +41,17 @@ def get_parser() -> argparse.ArgumentParser:
     cfg_sub.add_parser("default", help="print the default configuration, every plugin section "
                                        "included")
     cfg_sub.add_parser("dump", help="print the effective configuration: file, imports and flags")
-    migrate = cfg_sub.add_parser("migrate", help="rewrite a version 1 configuration file as "
-                                                 "version 2")
-    migrate.add_argument("--output", "-o", default=None, metavar="PATH",
-                         help="write here instead of replacing the file given by --config")
+    about = ("print the configuration file given by --config, a version 1 file, as version "
+             "2: plugin sections keyed by their full URI ([plugins.cri] becomes "
+             '[plugins."io.containerd.grpc.v1.cri"]); the file itself is left alone unless '
+             "--in-place is given")
+    migrate = cfg_sub.add_parser("migrate", help=about, description=about)
+    where = migrate.add_mutually_exclusive_group()
+    where.add_argument("--output", "-o", default="-", metavar="PATH",
+                       help="write the result to PATH instead of standard output (-)")
+    where.add_argument("--in-place", "-i", action="store_true",
+                       help="replace the file given by --config, keeping the old one as "
+                            "PATH.bak")
 
     publish = sub.add_parser("publish", help="read an event (a protobuf Any) on stdin and "
                                              "publish it to a daemon, as shims do")
@@ -83,8 +90,15 @@ def _config_or_daemon(args) -> int:
             print(config.dumps(config.to_table(config.Config(), registrations)), end="")
             return 0
         if args.command == "config" and args.config_command == "migrate":
-            written = config.migrate_file(path, registrations, args.output)
-            print(f"migrated {path} to version 2: {written}", file=sys.stderr)
+            text = config.migrate_text(path, registrations)
+            target = path if args.in_place else args.output
+            if target == "-":
+                print(text, end="")
+            else:
+                config.write_file(target, text, backup=args.in_place)
+                print(f"migrated {path} to version 2: {target}" +
+                      (f" (the old file is {path}.bak)" if args.in_place else ""),
+                      file=sys.stderr)
             return 0
         cfg = config.load(path, registrations, required=args.config is not None)
         config.apply_flags(cfg, address=args.address, root=args.root, state=args.state,

@@ -1,7 +1,9 @@
 """Daemon configuration: TOML v2 (v1 migrated), `imports` drop-ins, flags on top.
 
 Decoding is strict about types and lenient about unknown keys: a wrong type is a
-`ConfigError` naming the file and key, an unknown key a warning naming both.
+`ConfigError` naming the file and key, an unknown key a warning naming both. A key
+containerd has and we do not implement is declared with `unsupported(default, why)`:
+its default is what we do, any other value is a warning naming the key's full path.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +25,11 @@ DEFAULT_ADDRESS = "/run/ctrappliance/ctrappliance.sock"
 DEFAULT_CONFIG_PATH = "/etc/ctrappliance/config.toml"
 MiB = 1 << 20
 
+# containerd 1.6's plugins that ctrappliance does not provide: their v1 sections migrate
+# to these URIs, and a section for them is ignored with a warning
+CONTAINERD_ONLY_PLUGINS = ("io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt",
+                           "io.containerd.internal.v1.restart", "io.containerd.runtime.v1.linux")
+
 DEFAULT_TIMEOUTS = {
     "io.containerd.timeout.bolt.open": "5s",
     "io.containerd.timeout.shim.cleanup": "5s",
@@ -33,6 +41,12 @@ DEFAULT_TIMEOUTS = {
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message is one line for the user."""
+
+
+def unsupported(default, why: str):
+    """A dataclass field for a containerd key we accept but do not implement: its
+    (immutable) default is what we do; `decode` warns about any other value."""
+    return field(default=default, metadata={"unsupported": why})
 
 
 @dataclass
@@ -97,7 +111,7 @@ class Config:
     root: str = DEFAULT_ROOT
     state: str = DEFAULT_STATE
     temp: str = ""
-    plugin_dir: str = ""
+    plugin_dir: str = unsupported("", "Go plugins (.so) cannot be loaded by ctrappliance")
     disabled_plugins: list[str] = field(default_factory=list)
     required_plugins: list[str] = field(default_factory=list)
     oom_score: int = 0
@@ -153,15 +167,25 @@ def decode(cls, data, where: str, path: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: {path or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else key
-        if key not in names:
+        if key not in fields:
             log.warning("unknown config key %r in %s", key_path, where)
             continue
         kwargs[key] = _convert(hints[key], value, where, key_path)
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    for key in kwargs:
+        why = fields[key].metadata.get("unsupported")
+        if why and kwargs[key] != _default(fields[key]):
+            log.warning("config key %r in %s is not supported (%s): ignored",
+                        f"{path}.{key}" if path else key, where, why)
+    return out
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _convert(hint, value, where, key_path):
@@ -224,8 +248,8 @@ def _read_toml(path: str) -> dict:
 def migrate_v1(data: dict, registrations) -> dict:
     """Rewrite a version 1 table as version 2: plugin sections keyed by URI."""
     by_id = {}
-    for reg in registrations:
-        by_id.setdefault(reg.id, reg.uri)
+    for uri in [reg.uri for reg in registrations] + list(CONTAINERD_ONLY_PLUGINS):
+        by_id.setdefault(uri.rsplit(".", 1)[1], uri)
     out = dict(data)
     out["version"] = 2
     plugins = {}
@@ -258,7 +282,7 @@ def load_table(path: str, registrations) -> dict:
         if not isinstance(pattern, str):
             raise ConfigError(f"{path}: imports: expected a list of strings")
         pattern = pattern if os.path.isabs(pattern) else os.path.join(os.path.dirname(path), pattern)
-        for name in sorted(glob.glob(pattern)):
+        for name in _resolve_import(pattern):
             if name != path and name not in imported:
                 imported.append(name)
                 data = _merge(data, {k: v for k, v in _load_one(name, registrations).items()
@@ -266,6 +290,17 @@ def load_table(path: str, registrations) -> dict:
     if imported:
         data["imports"] = imported
     return data
+
+
+def _resolve_import(pattern: str) -> list[str]:
+    """As containerd: a pattern with "*" may match nothing; any other name must exist."""
+    if "*" in pattern:
+        return sorted(glob.glob(pattern))
+    pattern = os.path.normpath(pattern)
+    if not os.path.exists(pattern):
+        raise ConfigError(f"failed to load TOML: {pattern}: open {pattern}: "
+                          "no such file or directory")
+    return [pattern]
 
 
 def _load_one(path, registrations) -> dict:
@@ -289,12 +324,18 @@ def load(path: str | None, registrations, required: bool = False) -> Config:
         except ValueError:
             raise ConfigError(f"{path}: timeouts.{key}: expected a duration like \"5s\", "
                               f"got {value!r}") from None
-    known = {r.uri for r in registrations}
+    known = {r.uri: r for r in registrations}
     for uri, section in cfg.plugins.items():
-        if uri not in known:
+        if uri not in known and uri in CONTAINERD_ONLY_PLUGINS:
+            log.warning("config section %r in %s is not supported (ctrappliance does not "
+                        "provide this plugin): ignored", f'plugins."{uri}"', path)
+        elif uri not in known:
             log.warning("unknown plugin section %r in %s", f'plugins."{uri}"', path)
         elif not isinstance(section, dict):
             raise ConfigError(f'{path}: plugins."{uri}": expected a table')
+        elif known[uri].config is None:
+            for key in section:
+                log.warning("unknown config key %r in %s", f'plugins."{uri}".{key}', path)
     for reg in registrations:  # type-check every section now, not at plugin init
         plugin_config(cfg, reg, path)
     return cfg
@@ -344,15 +385,23 @@ def dumps(table: dict) -> str:
     return tomli_w.dumps(table)
 
 
-def migrate_file(path: str, registrations, out_path: str | None = None) -> str:
-    """Rewrite a v1 file as v2 (in place unless `out_path`); returns the path written."""
+def migrate_text(path: str, registrations) -> str:
+    """A version 1 file as version 2 TOML text (plugin sections keyed by URI)."""
     data = _read_toml(path)
     if data.get("version", 1) != 1:
         raise ConfigError(f"{path}: already version {data.get('version')}; nothing to migrate")
     migrated = migrate_v1(data, registrations)
     decode(Config, migrated, path)  # refuse to write something we could not load
-    target = os.fspath(out_path or path)
-    with open(target + ".tmp", "w") as f:
-        f.write(dumps(migrated))
-    os.replace(target + ".tmp", target)
-    return target
+    return dumps(migrated)
+
+
+def write_file(target: str, text: str, backup: bool = False) -> None:
+    """Replace `target` atomically; with `backup`, the old file is kept as `<target>.bak`."""
+    try:
+        if backup:
+            shutil.copy2(target, target + ".bak")
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(target + ".tmp", target)
+    except OSError as exc:
+        raise ConfigError(f"{exc.filename}: {exc.strerror}") from None

@@ -3,6 +3,8 @@
 Services raise these; the gRPC and TTRPC adapters turn them into status codes the
 way containerd's errdefs does, so `ctr` prints the same messages.
 """
+import os
+
 from .grpcserver.status import StatusCode
 
 
@@ -69,3 +71,20 @@ def q(text: str) -> str:
     """Go's %q, which containerd uses in the messages ctr prints."""
     import json
     return json.dumps(text, ensure_ascii=False)
+
+
+def path_error(op: str, path: str, exc: OSError) -> str:
+    """An OSError as Go's *PathError prints it (containerd's start-up messages):
+    "mkdir /var/lib/x: permission denied"."""
+    return f"{op} {path}: {(exc.strerror or str(exc)).lower()}"
+
+
+def mkdir_all(path: str, mode: int = 0o711) -> None:
+    """os.makedirs(exist_ok=True); a failure is an OSError whose str() is Go's MkdirAll
+    message ("mkdir PATH: not a directory" for a file in the way)."""
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"mkdir {path}: not a directory") from None
+    except OSError as exc:
+        raise OSError(path_error("mkdir", exc.filename or path, exc)) from None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from .errdefs import mkdir_all
+
 log = logging.getLogger("appliance.listeners")
 HEADER_DEADLINE = 10.0   # seconds a client gets to send its request head
 MAX_HEAD = 64 * 1024
@@ -59,7 +61,10 @@ def bind_tcp(address: str, what: str) -> socket.socket:
 
 def reclaim_unix_path(path: str, what: str) -> None:
     """Remove a socket left by a crash; refuse one another process is still serving."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
+    try:
+        mkdir_all(os.path.dirname(path) or ".", 0o711)
+    except OSError as exc:
+        raise ListenerError(f"failed to get listener for {what}: {exc}") from None
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             return

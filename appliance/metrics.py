@@ -385,6 +385,9 @@ def watch_plugins(plugin_set) -> None:
 
     def cgroup_metrics():
         out: dict[str, dict] = {}
+        monitor = instance("io.containerd.monitor.v1.cgroups")
+        if monitor is None or not monitor.prometheus:   # [plugins.…cgroups] no_prometheus
+            return out
         for (ns, task_id), shim in live_tasks().items():
             pid = getattr(shim, "task_pid", 0)
             if pid:

@@ -67,6 +67,11 @@ class Plugin:
     error: BaseException | None = None
     exports: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
+    platforms: tuple[str, ...] | None = None   # None: the registration's
+
+    def __post_init__(self):
+        if self.platforms is None:
+            self.platforms = self.registration.platforms
 
     @property
     def status(self) -> str:
@@ -86,6 +91,7 @@ class InitContext:
     server_config: Any = None
     exports: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
+    platforms: list[str] | None = None   # set by an init: replaces the registration's
 
     def get(self, plugin_type: str) -> Any:
         return self.plugins.get(plugin_type)
@@ -201,4 +207,6 @@ def initialise(ctx: InitContext, run_async: Callable[[Any], Any] | None = None) 
         result.error = exc
         log.warning("failed to load plugin %s: %s", ctx.registration.uri, exc,
                     exc_info=log.isEnabledFor(logging.DEBUG))
+    if ctx.platforms is not None:
+        result.platforms = tuple(ctx.platforms)
     return result

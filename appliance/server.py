@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 
 from . import listeners, memory, metrics, process_settings, sdnotify
 from .config import Config, plugin_config
+from .errdefs import mkdir_all, path_error
 from .grpcserver import Server as GrpcServer
 from .plugin import (GRPC, InitContext, PluginSet, initialise, order)
 from .stubs import GrpcServices
@@ -74,11 +76,25 @@ class Daemon:
         self.stopping.set()
 
     def _prepare_dirs(self) -> None:
-        for path in (self.cfg.root, self.cfg.state):
-            if not path:
-                raise StartupError("root and state must be set")
-            os.makedirs(path, mode=0o711, exist_ok=True)
-            os.chmod(path, 0o711)
+        cfg = self.cfg
+        if not cfg.root or not cfg.state:
+            raise StartupError("root and state must be set")
+        if os.path.abspath(cfg.root) == os.path.abspath(cfg.state):
+            raise StartupError("root and state must be different paths")
+        try:
+            for path in (cfg.root, cfg.state):
+                mkdir_all(path, 0o711)
+                try:
+                    os.chmod(path, 0o711)
+                except OSError as exc:
+                    raise OSError(path_error("chmod", path, exc)) from None
+            if cfg.temp:   # containerd's `temp`: the daemon's and its children's TMPDIR
+                mkdir_all(cfg.temp, 0o711)
+                os.environ["TMPDIR"] = cfg.temp
+                tempfile.tempdir = None   # tempfile caches the directory it found first
+        except OSError as exc:
+            hint = "" if os.geteuid() == 0 else " (ctrappliance must run as root)"
+            raise StartupError(f"{exc}{hint}") from None
         tmpmounts = os.path.join(self.cfg.root, "tmpmounts")
         if os.path.isdir(tmpmounts):
             from .mount import unmount_all_under

@@ -148,24 +148,53 @@ def roff_escape(text: str) -> str:
 
 
 def toml_value(value) -> str:
+    """One line of TOML: arrays inline."""
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     import tomli_w
     return tomli_w.dumps({"x": value}).split("=", 1)[1].strip()
 
 
+def plugin_descriptions(path: Path = MAN / "plugin-sections.txt") -> dict[str, dict]:
+    """{uri: {"": introduction, key: text}} from plugin-sections.txt (format in its head)."""
+    sections: dict[str, dict] = {}
+    current, key = None, ""
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current, key = sections.setdefault(line[1:-1], {"": ""}), ""
+        elif line.startswith("  ") and key:
+            current[key] += " " + line.strip()
+        elif re.match(r"[a-z_]+: ", line):
+            key, text = line.split(": ", 1)
+            current[key] = text
+        else:
+            current[""] = (current[""] + " " + line).strip()
+    return sections
+
+
 def render_config_page(version: str) -> str:
-    """ctrappliance-config.toml(5): hand-written text, plugin sections generated."""
+    """ctrappliance-config.toml(5): hand-written text; each plugin section's keys with
+    their defaults (generated) and what they do (plugin-sections.txt)."""
     keys, plugins = config_reference()
     text = (MAN / "ctrappliance-config.toml.5.in").read_text()
     missing = [k for k in keys if not re.search(rf'^\.TP\n\\fB{re.escape(k)}\\fR', text, re.M)]
     if missing:
         raise SystemExit(f"packaging/man/ctrappliance-config.toml.5.in lacks keys: {missing}")
+    described = plugin_descriptions()
+    undescribed = [f"{uri}.{key}" for uri in plugins for key in ["", *plugins[uri]]
+                   if not described.get(uri, {}).get(key)]
+    if undescribed:
+        raise SystemExit(f"packaging/man/plugin-sections.txt lacks: {undescribed}")
     rows = []
     for uri in sorted(plugins):
         rows.append(f'.SS [plugins."{roff_escape(uri)}"]')
-        rows.append(".nf")
+        rows.append(roff_escape(described[uri][""]))
         for key, value in plugins[uri].items():
-            rows.append(roff_escape(f"{key} = {toml_value(value)}"))
-        rows.append(".fi")
+            rows.append(".TP")
+            rows.append(rf"\fB{key}\fR = " + roff_escape(toml_value(value)))
+            rows.append(roff_escape(described[uri][key]))
     return (text.replace("@VERSION@", version).replace("@DATE@", man_date())
             .replace("@PLUGIN_SECTIONS@\n", "\n".join(rows) + "\n"))
 
@@ -271,6 +300,10 @@ def stage_deb(version: str, arch: str, dist: Path, manpages: list[Path], stage: 
         install(Path(HELPERS_COPYRIGHT), doc / "copyright.containerd")
     (doc / "copyright").write_text(copyright_text)
     (doc / "changelog.gz").write_bytes(render_changelog(version))
+    # README.md: what the package is for and the intended differences from containerd,
+    # which both man pages point to
+    (doc / "README.md.gz").write_bytes(
+        gzip.compress((REPO / "README.md").read_bytes(), compresslevel=9, mtime=0))
     install(DEB / "lintian-overrides", stage / "usr/share/lintian/overrides/ctrappliance")
 
     debian = stage / "DEBIAN"

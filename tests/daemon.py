@@ -126,10 +126,10 @@ class Daemon:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def run_cli(*args, input=None, timeout=30, env=None):
+def run_cli(*args, input=None, timeout=30, env=None, cwd=None):
     """Run the ctrappliance executable with arguments (not the daemon)."""
     return subprocess.run([BINARY, *args], capture_output=True, text=True, input=input,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, cwd=cwd)
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass, field
 
 from .. import memory, stubs
 from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
 from ..core.snapshots.backends import Mount
 from ..core.snapshots.store import Snapshotter
-from ..errdefs import NotFound
+from ..errdefs import NotFound, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext, Registration
 
@@ -39,15 +40,45 @@ class WalkingDiffer:
                           labels, lease)
 
 
+@dataclass
+class DiffServiceConfig:
+    default: list[str] = field(default_factory=lambda: ["walking"])  # differs, preferred first
+
+
 class DiffService:
+    """The differs in the configured order: the first that does not answer
+    Unimplemented wins (with no differ at all, an empty descriptor, as containerd)."""
+
     def __init__(self, differs: list[WalkingDiffer]):
         self.differs = differs
 
     def apply(self, *args):
-        return self.differs[0].apply(*args)
+        return self._first("apply", *args)
 
     def diff(self, *args, **kwargs):
-        return self.differs[0].diff(*args, **kwargs)
+        return self._first("diff", *args, **kwargs)
+
+    def _first(self, method, *args, **kwargs):
+        for i, differ in enumerate(self.differs):
+            try:
+                return getattr(differ, method)(*args, **kwargs)
+            except Unimplemented:
+                if i == len(self.differs) - 1:
+                    raise
+        return "", "", 0
+
+
+def _service(ic: InitContext) -> DiffService:
+    loaded = {p.registration.id: p for p in ic.plugins.results if p.registration.type == DIFF}
+    differs = []
+    for name in ic.config.default:
+        if name not in loaded:
+            raise RuntimeError(f"needed differ not loaded: {name}")
+        if loaded[name].status != "ok":
+            raise RuntimeError(f"could not load required differ due plugin init error: {name}: "
+                               f"{loaded[name].error}")
+        differs.append(loaded[name].instance)
+    return DiffService(differs)
 
 
 def _mounts(pb_mounts) -> list[Mount]:
@@ -94,8 +125,7 @@ def _walking(ic: InitContext) -> WalkingDiffer:
 
 REGISTRATIONS = [
     Registration(DIFF, "walking", _walking, requires=(METADATA,), platforms=LINUX_AMD64),
-    Registration(SERVICE, "diff-service", lambda ic: DiffService([ic.get_by_id(DIFF, "walking")]),
-                 requires=(DIFF,)),
+    Registration(SERVICE, "diff-service", _service, requires=(DIFF,), config=DiffServiceConfig),
     Registration(GRPC, "diff", lambda ic: DiffAdapter(ic.get_by_id(SERVICE, "diff-service")),
                  requires=(SERVICE,)),
 ]

@@ -54,7 +54,7 @@ def _adaptor(p: Plugin):
         if path and path[0] == "capabilities":
             return ",".join(p.capabilities), bool(p.capabilities)
         if path and path[0] == "platforms":
-            return ",".join(reg.platforms), bool(reg.platforms)
+            return ",".join(p.platforms), bool(p.platforms)
         return "", False
     return field
 
@@ -63,9 +63,10 @@ def plugin_to_pb(p: Plugin) -> pb.Plugin:
     reg = p.registration
     out = pb.Plugin(type=reg.type, id=reg.id, requires=list(reg.requires),
                     exports=p.exports, capabilities=p.capabilities)
-    for platform in reg.platforms:
-        os_name, arch = platform.split("/", 1)
-        out.platforms.append(platform_pb2.Platform(os=os_name, architecture=arch))
+    for platform in p.platforms:
+        os_name, arch, *variant = platform.split("/")
+        out.platforms.append(platform_pb2.Platform(os=os_name, architecture=arch,
+                                                   variant="".join(variant)))
     if p.error is not None:
         message = str(p.error)
         if isinstance(p.error, SkipPlugin):

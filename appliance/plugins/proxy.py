@@ -119,6 +119,9 @@ class ProxySnapshotBackend:
                                                               key=self.active_key(sid)))
         return [Mount(m.type, m.source, list(m.options), m.target) for m in response.mounts]
 
+    def labels(self, sid: int) -> dict[str, str]:
+        return {}
+
     def _either(self, method: str, make, sid: int):
         try:
             return self._call(method, make(self.active_key(sid)))

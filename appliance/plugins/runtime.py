@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import TaskManager, Timeouts
-from ..errdefs import NotFound
+from ..errdefs import InvalidArgument, NotFound
 from ..plugin import (EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V1, RUNTIME_V2, InitContext,
                       Registration, SkipPlugin)
 
@@ -22,6 +22,7 @@ class RuntimeConfig:
 
 
 async def _runtime(ic: InitContext) -> TaskManager:
+    ic.platforms = [parse_platform(p) for p in ic.config.platforms]
     cfg = ic.server_config
     timeouts = Timeouts(load=cfg.timeout("io.containerd.timeout.shim.load") or 5.0,
                         cleanup=cfg.timeout("io.containerd.timeout.shim.cleanup") or 5.0,
@@ -38,14 +39,32 @@ async def _runtime(ic: InitContext) -> TaskManager:
         str(ic.root), str(ic.state), ic.properties["io.containerd.plugin.grpc.address"],
         ic.properties["io.containerd.plugin.ttrpc.address"], ic.get(EVENT), timeouts,
         debug=logging.getLogger().isEnabledFor(logging.DEBUG), runtime_of=runtime_of,
-        prestart_shims=ic.config.prestart_shims)
+        prestart_shims=ic.config.prestart_shims, sched_core=ic.config.sched_core)
     await manager.load_existing()
     return manager
 
 
+def parse_platform(text: str) -> str:
+    """An `os/arch[/variant]` platform, normalised; InvalidArgument otherwise."""
+    parts = text.lower().split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise InvalidArgument(f"{text!r}: unknown operating system or architecture: "
+                              "invalid argument")
+    return "/".join(parts)
+
+
+@dataclass
+class MonitorConfig:
+    no_prometheus: bool = False   # true: no container_* metrics on [metrics] address
+
+
 class CgroupsMonitor:
     """OOM and exit notices come from the shims' own events (/tasks/oom, /tasks/exit);
-    the monitor only has to exist, as the tasks service requires one."""
+    the monitor only has to exist, as the tasks service requires one. Its config says
+    whether the metrics endpoint serves the tasks' cgroup metrics."""
+
+    def __init__(self, prometheus: bool = True):
+        self.prometheus = prometheus
 
     def monitor(self, task) -> None:
         pass
@@ -66,6 +85,6 @@ REGISTRATIONS = [
                  platforms=LINUX_AMD64),
     Registration(RUNTIME_V2, "task", _runtime, requires=(EVENT, METADATA), config=RuntimeConfig,
                  platforms=LINUX_AMD64),
-    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(), requires=(EVENT,),
-                 platforms=LINUX_AMD64),
+    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(not ic.config.no_prometheus),
+                 requires=(EVENT,), platforms=LINUX_AMD64, config=MonitorConfig),
 ]

@@ -6,12 +6,14 @@ import asyncio
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 from google.protobuf import empty_pb2
 
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
 from .. import stubs
+from ..config import unsupported
 from ..errdefs import InvalidArgument
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
@@ -151,16 +153,47 @@ class SnapshotsAdapter:
         return empty_pb2.Empty()
 
 
-# --- plugin inits ---------------------------------------------------------------------
+# --- plugin configs and inits ---------------------------------------------------------
+
+@dataclass
+class SnapshotterConfig:
+    root_path: str = ""     # the snapshotter's directory instead of <root>/<plugin uri>
+
+
+@dataclass
+class OverlayConfig(SnapshotterConfig):
+    # label every snapshot's info with containerd.io/snapshot/overlay.upperdir
+    upperdir_label: bool = False
+
+
+_NO_DEVMAPPER = "the devmapper snapshotter is not implemented"
+
+
+@dataclass
+class DevmapperConfig(SnapshotterConfig):
+    pool_name: str = unsupported("", _NO_DEVMAPPER)
+    base_image_size: str = unsupported("", _NO_DEVMAPPER)
+    async_remove: bool = unsupported(False, _NO_DEVMAPPER)
+    discard_blocks: bool = unsupported(False, _NO_DEVMAPPER)
+    fs_type: str = unsupported("", _NO_DEVMAPPER)
+    fs_options: str = unsupported("", _NO_DEVMAPPER)
+
+
+def _root(ic: InitContext) -> str:
+    root = ic.config.root_path or str(ic.root)
+    if "root" in ic.exports:
+        ic.exports["root"] = root
+    return root
+
 
 def _overlay(ic: InitContext) -> OverlayBackend:
     if "overlay" not in _filesystems():
         raise SkipPlugin("overlayfs is not supported")
-    return OverlayBackend(str(ic.root))
+    return OverlayBackend(_root(ic), upperdir_label=ic.config.upperdir_label)
 
 
 def _native(ic: InitContext) -> NativeBackend:
-    return NativeBackend(str(ic.root))
+    return NativeBackend(_root(ic))
 
 
 def _filesystems() -> set[str]:
@@ -202,23 +235,27 @@ def _aufs(ic: InitContext):
 
 
 def _btrfs(ic: InitContext):
-    os.makedirs(ic.root, mode=0o700, exist_ok=True)
-    fstype = _fstype(str(ic.root))
+    root = _root(ic)
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    fstype = _fstype(root)
     if fstype != "btrfs":
-        raise SkipPlugin(f"path {ic.root} ({fstype}) must be a btrfs filesystem to be used "
+        raise SkipPlugin(f"path {root} ({fstype}) must be a btrfs filesystem to be used "
                          "with the btrfs snapshotter")
     raise SkipPlugin("btrfs snapshotter is not implemented")
 
 
 def _zfs(ic: InitContext):
-    os.makedirs(ic.root, mode=0o700, exist_ok=True)
-    if _fstype(str(ic.root)) != "zfs":
-        raise SkipPlugin(f"path {ic.root} must be a zfs filesystem to be used with the zfs "
+    root = _root(ic)
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    if _fstype(root) != "zfs":
+        raise SkipPlugin(f"path {root} must be a zfs filesystem to be used with the zfs "
                          "snapshotter")
     raise SkipPlugin("zfs snapshotter is not implemented")
 
 
 def _devmapper(ic: InitContext):
+    if ic.config.pool_name:
+        raise RuntimeError(_NO_DEVMAPPER)
     raise RuntimeError("devmapper not configured")
 
 
@@ -241,12 +278,16 @@ def _service(ic: InitContext) -> SnapshotsService:
 
 
 REGISTRATIONS = [
-    Registration(SNAPSHOT, "aufs", _aufs, platforms=LINUX_AMD64, exports_root=True),
-    Registration(SNAPSHOT, "btrfs", _btrfs, platforms=LINUX_AMD64, exports_root=True),
-    Registration(SNAPSHOT, "devmapper", _devmapper, platforms=LINUX_AMD64),
-    Registration(SNAPSHOT, "native", _native, platforms=LINUX_AMD64),
-    Registration(SNAPSHOT, "overlayfs", _overlay, platforms=LINUX_AMD64, exports_root=True),
-    Registration(SNAPSHOT, "zfs", _zfs, platforms=LINUX_AMD64, exports_root=True),
+    Registration(SNAPSHOT, "aufs", _aufs, platforms=LINUX_AMD64, exports_root=True,
+                 config=SnapshotterConfig),
+    Registration(SNAPSHOT, "btrfs", _btrfs, platforms=LINUX_AMD64, exports_root=True,
+                 config=SnapshotterConfig),
+    Registration(SNAPSHOT, "devmapper", _devmapper, platforms=LINUX_AMD64, config=DevmapperConfig),
+    Registration(SNAPSHOT, "native", _native, platforms=LINUX_AMD64, config=SnapshotterConfig),
+    Registration(SNAPSHOT, "overlayfs", _overlay, platforms=LINUX_AMD64, exports_root=True,
+                 config=OverlayConfig),
+    Registration(SNAPSHOT, "zfs", _zfs, platforms=LINUX_AMD64, exports_root=True,
+                 config=SnapshotterConfig),
     Registration(SERVICE, "snapshots-service", _service, requires=(EVENT, METADATA)),
     Registration(GRPC, "snapshots", lambda ic: SnapshotsAdapter(
         ic.get_by_id(SERVICE, "snapshots-service")), requires=(SERVICE,)),

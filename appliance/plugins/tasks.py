@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from .. import filters, identifiers, stubs
+from ..config import unsupported
 from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import CreateOpts, TaskManager
 from ..core.runtime.shim import Shim, wrap
@@ -278,6 +280,11 @@ class TasksAdapter:
         return pb.WaitResponse(exit_status=resp.exit_status, exited_at=resp.exited_at)
 
 
+@dataclass
+class TasksServiceConfig:
+    rdt_config_file: str = unsupported("", "Intel RDT is not implemented")
+
+
 def _service(ic: InitContext) -> TasksService:
     ic.get(MONITOR)
     runtime = ic.get_by_id(RUNTIME_V2, "task")
@@ -290,7 +297,8 @@ def _service(ic: InitContext) -> TasksService:
 
 REGISTRATIONS = [
     Registration(SERVICE, "tasks-service", _service,
-                 requires=(EVENT, RUNTIME_V1, RUNTIME_V2, METADATA, MONITOR)),
+                 requires=(EVENT, RUNTIME_V1, RUNTIME_V2, METADATA, MONITOR),
+                 config=TasksServiceConfig),
     Registration(GRPC, "tasks", lambda ic: TasksAdapter(ic.get_by_id(SERVICE, "tasks-service")),
                  requires=(SERVICE,)),
 ]

@@ -26,16 +26,36 @@ def test_oci_hook_rejects_bad_state():
     assert r.returncode != 0 and "invalid state" in r.stderr
 
 
-def test_config_migrate_writes_version_2(tmp_path):
+V1 = 'root = "/srv/r"\n[plugins.bolt]\ncontent_sharing_policy = "shared"\n[plugins.cri]\n'
+
+
+def test_config_migrate_prints_version_2_and_leaves_the_file(tmp_path):
     path = tmp_path / "v1.toml"
-    path.write_text('root = "/srv/r"\n[plugins.bolt]\ncontent_sharing_policy = "shared"\n')
-    r = run_cli("--config", str(path), "config", "migrate")
-    assert r.returncode == 0, r.stderr
-    table = tomllib.loads(path.read_text())
-    assert table["version"] == 2 and table["root"] == "/srv/r"
-    assert "io.containerd.metadata.v1.bolt" in table["plugins"]
-    again = run_cli("--config", str(path), "config", "migrate")
-    assert again.returncode != 0 and "already version 2" in again.stderr
+    path.write_text(V1)
+    for extra in ((), ("-o", "-")):   # stdout by default and for "-", as containerd 2.x
+        r = run_cli("--config", str(path), "config", "migrate", *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        table = tomllib.loads(r.stdout)
+        assert table["version"] == 2 and table["root"] == "/srv/r"
+        assert set(table["plugins"]) == {"io.containerd.metadata.v1.bolt",
+                                         "io.containerd.grpc.v1.cri"}
+    assert path.read_text() == V1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1.toml"]   # no file named "-"
+
+
+def test_config_migrate_output_and_in_place_with_backup(tmp_path):
+    path, out = tmp_path / "v1.toml", tmp_path / "v2.toml"
+    path.write_text(V1)
+    r = run_cli("--config", str(path), "config", "migrate", "-o", str(out))
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert tomllib.loads(out.read_text())["version"] == 2 and path.read_text() == V1
+    r = run_cli("--config", str(path), "config", "migrate", "--in-place")
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert path.read_text() == out.read_text()
+    assert (tmp_path / "v1.toml.bak").read_text() == V1
+    again = run_cli("--config", str(path), "config", "migrate", "--in-place")
+    assert again.returncode == 1 and "already version 2" in again.stderr
+    assert (tmp_path / "v1.toml.bak").read_text() == V1
 
 
 def test_version_flag():

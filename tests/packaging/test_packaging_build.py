@@ -65,7 +65,8 @@ def test_deb_layout(products):
                  "./usr/share/man/man5/ctrappliance-config.toml.5.gz",
                  "./usr/lib/ctrappliance/bin/containerd-shim-runc-v2",
                  "./usr/lib/ctrappliance/bin/ctr", "./usr/bin/ctrappliance-ctr",
-                 "./usr/share/doc/ctrappliance/copyright"):
+                 "./usr/share/doc/ctrappliance/copyright",
+                 "./usr/share/doc/ctrappliance/README.md.gz"):
         assert re.search(rf" {re.escape(path)}( |$)", listing, re.M), path
     assert "./usr/bin/ctrappliance -> ../lib/ctrappliance/ctrappliance" in listing
     assert "root/root" in listing and not re.search(r" \d+/\d+ ", listing)

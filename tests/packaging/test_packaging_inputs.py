@@ -92,6 +92,8 @@ def test_control_fields():
     assert "containerd" not in depends  # no second container daemon
     summary, *long = fields["Description"].splitlines()
     assert summary and len(long) >= 4 and all(l.startswith(" ") for l in long)
+    for unimplemented in ("CRI", "kubelet", "Kubernetes"):   # it claims only what works
+        assert unimplemented not in fields["Description"], unimplemented
     assert re.match(r"[^<>]+ <[^@\s]+@[^@\s]+\.[a-z]+>$", fields["Maintainer"])
 
 
@@ -156,8 +158,17 @@ def test_manpages_render_cleanly_and_cover_the_config(tmp_path):
     assert f"ctrappliance {version}" in page5 and version in page8.splitlines()[0] + page8
     for key in keys:
         assert f"\\fB{key}\\fR" in page8 and f".TP\n\\fB{key}\\fR" in page5, key
-    for uri in plugins:
+    for uri, section in plugins.items():
         assert f'.SS [plugins."{build.roff_escape(uri)}"]' in page5, uri
+        for key in section:   # each key with its default and what it does
+            entry = re.search(rf"^\.TP\n\\fB{key}\\fR = .+\n(.+)$",
+                              page5.split(f'[plugins."{build.roff_escape(uri)}"]')[1], re.M)
+            assert entry and len(entry.group(1)) > 20, (uri, key)
+    heading = "Intended differences from containerd 1.6.20"
+    assert f"## {heading}" in (REPO / "README.md").read_text()
+    for page in (page5, page8):   # the list of intended differences, as installed
+        flat = " ".join(page.split())
+        assert "/usr/share/doc/ctrappliance/README.md.gz" in flat and heading in flat
     for option in ("\\-\\-root", "\\-\\-state", "\\-\\-address", "\\-\\-config"):
         assert option in page8
     for page in pages:

@@ -1,4 +1,8 @@
+import dataclasses
 import logging
+import shutil
+import subprocess
+import tomllib
 
 import pytest
 
@@ -71,6 +75,76 @@ def test_unknown_key_warns_with_file(tmp_path, caplog):
     assert "'bogus'" in text and "'grpc.nope'" in text and path in text
 
 
+def test_unsupported_and_unknown_plugin_keys_warn_with_their_full_path(tmp_path, caplog):
+    path = write(tmp_path, 'version = 2\nplugin_dir = "/opt/plugins"\n'
+                           '[plugins."io.containerd.snapshotter.v1.devmapper"]\n'
+                           'pool_name = "pool"\nroot_path = "/dm"\n'
+                           '[plugins."io.containerd.service.v1.tasks-service"]\n'
+                           'rdt_config_file = "/rdt.yaml"\n'
+                           '[plugins."io.containerd.grpc.v1.version"]\nfoo = 1\n'
+                           '[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "x"\n')
+    with caplog.at_level(logging.WARNING):
+        config.load(path, REGS)
+    warned = [r.getMessage() for r in caplog.records]
+    for key in ("'plugin_dir'", """'plugins."io.containerd.snapshotter.v1.devmapper".pool_name'""",
+                """'plugins."io.containerd.service.v1.tasks-service".rdt_config_file'""",
+                """'plugins."io.containerd.grpc.v1.version".foo'""",
+                """'plugins."io.containerd.grpc.v1.cri"'"""):
+        assert [w for w in warned if key in w and path in w], (key, warned)
+    assert not [w for w in warned if "root_path" in w]   # implemented (the plugin errors anyway)
+    assert len(warned) == 5, warned
+
+
+def test_unsupported_keys_at_their_default_are_quiet(tmp_path, caplog):
+    path = write(tmp_path, 'version = 2\nplugin_dir = ""\n'
+                           '[plugins."io.containerd.snapshotter.v1.devmapper"]\npool_name = ""\n')
+    with caplog.at_level(logging.WARNING):
+        config.load(path, REGS)
+    assert not caplog.records
+
+
+@pytest.mark.skipif(not shutil.which("containerd"), reason="containerd 1.6.20 not installed")
+def test_every_key_of_containerds_default_config_is_implemented_or_warned(tmp_path, caplog):
+    """containerd 1.6.20's `config default`, loaded as it is: each key is one of ours
+    (our `config default` has it) or a warning names it or its plugin section."""
+    text = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+    path = write(tmp_path, text)
+    with caplog.at_level(logging.WARNING):
+        config.load(path, REGS)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    ours = config.to_table(config.Config(), REGS)
+    named = {"stream_processors": config.StreamProcessor(), "proxy_plugins": config.ProxyPlugin()}
+    for section, entry in named.items():   # tables of entries named by the user
+        ours[section] = {name: dataclasses.asdict(entry)
+                         for name in tomllib.loads(text).get(section, {})}
+    missing = [key for key in _leaf_paths(tomllib.loads(text))
+               if _lookup(ours, key) is None and not any(
+                   f"'{_dotted(key[:n])}'" in warned for n in range(1, len(key) + 1))]
+    assert not missing, missing
+
+
+def _leaf_paths(table, prefix=()):
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            yield from _leaf_paths(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
+def _lookup(table, key):
+    for part in key:
+        if not isinstance(table, dict) or part not in table:
+            return None
+        table = table[part]
+    return table
+
+
+def _dotted(key):
+    """A key path as the warnings print it: plugins."io.containerd.x".key"""
+    return ".".join(f'"{k}"' if "." in k else k for k in key)
+
+
 def test_imports_merge_over_main_file(tmp_path):
     write(tmp_path, 'version = 2\n[grpc]\nuid = 5\n', "drop.toml")
     path = write(tmp_path, 'version = 2\nimports = ["drop*.toml"]\nstate = "/st"\n'
@@ -88,13 +162,23 @@ def test_v1_is_migrated(tmp_path):
     assert "io.containerd.metadata.v1.bolt" in cfg.plugins
 
 
-def test_migrate_file_writes_v2(tmp_path):
-    path = write(tmp_path, 'root = "/r"\n[plugins.bolt]\nx = 1\n')
-    config.migrate_file(path, REGS)
-    text = open(path).read()
-    assert "version = 2" in text and 'io.containerd.metadata.v1.bolt' in text
+def test_migrate_text_keys_every_containerd_plugin_by_uri(tmp_path):
+    """The man page's example: [plugins.cri] and [plugins.linux] are containerd's plugins
+    that ctrappliance does not provide; they migrate all the same."""
+    path = write(tmp_path, 'root = "/r"\n[plugins.bolt]\nx = 1\n'
+                           '[plugins.cri]\nsandbox_image = "pause"\n'
+                           '[plugins.cri.containerd]\nsnapshotter = "overlayfs"\n'
+                           '[plugins.linux]\nshim = "containerd-shim"\n')
+    table = tomllib.loads(config.migrate_text(path, REGS))
+    assert table["version"] == 2 and table["root"] == "/r"
+    assert set(table["plugins"]) == {"io.containerd.metadata.v1.bolt",
+                                     "io.containerd.grpc.v1.cri",
+                                     "io.containerd.runtime.v1.linux"}
+    assert table["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["snapshotter"] == \
+        "overlayfs"
+    write(tmp_path, config.dumps(table))
     with pytest.raises(ConfigError, match="already version 2"):
-        config.migrate_file(path, REGS)
+        config.migrate_text(path, REGS)
 
 
 def test_default_round_trips():

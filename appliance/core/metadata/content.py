@@ -69,10 +69,14 @@ def add_lease_resource(conn, ns: str, lease: str | None, rtype: str, rid: str) -
                      (ns, lease, rtype, rid))
 
 
+SHAREABLE_LABEL = "containerd.io/namespace.shareable"
+
+
 class ContentStore:
-    def __init__(self, db: DB, blobs: LocalStore):
+    def __init__(self, db: DB, blobs: LocalStore, shared: bool = True):
         self.db = db
         self.blobs = blobs
+        self.shared = shared   # content_sharing_policy "shared" (else "isolated")
         self.notify = lambda dirty: None   # the GC scheduler listens to mutations
 
     # --- committed content --------------------------------------------------------
@@ -151,7 +155,8 @@ class ContentStore:
                                        (ns, expected)).fetchone():
                 add_lease_resource(tx, ns, lease, "content", expected)
                 raise AlreadyExists(f"content {expected}: already exists")
-            if expected and self.blobs.exists(expected):
+            if expected and self.blobs.exists(expected) and (
+                    self.shared or self._in_shareable_namespace(tx, expected)):
                 on_disk = self.blobs.size(expected)
                 if size in (0, on_disk):   # another namespace has it: no bytes to move
                     shared, size = True, on_disk
@@ -167,6 +172,15 @@ class ContentStore:
             return NamespacedWriter(self, ns, ref, bref, lease, None, expected, size)
         return NamespacedWriter(self, ns, ref, bref, lease, self.blobs.writer(bref, size),
                                 "", size)
+
+    @staticmethod
+    def _in_shareable_namespace(conn, digest: str) -> bool:
+        """Whether a namespace labelled shareable has the blob (isolated policy only)."""
+        return conn.execute(
+            "SELECT 1 FROM content c JOIN labels l ON l.namespace = '' "
+            "AND l.kind = 'namespace' AND l.object = c.namespace "
+            "WHERE c.digest = ? AND l.key = ? AND l.value = 'true' LIMIT 1",
+            (digest, SHAREABLE_LABEL)).fetchone() is not None
 
     def status(self, ns: str, ref: str) -> Status:
         with self.db.read() as conn:

@@ -54,7 +54,7 @@ class CreateOpts:
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
                  timeouts: Timeouts, debug: bool = False, runtime_of=None,
-                 prestart_shims: bool = True):
+                 prestart_shims: bool = True, sched_core: bool = False):
         self.root, self.state = root, state
         self.address, self.ttrpc_address = address, ttrpc_address
         self.exchange = exchange
@@ -62,6 +62,7 @@ class TaskManager:
         self.debug = debug
         self.runtime_of = runtime_of  # (ns, id) -> the container's runtime name, or None
         self.prestart_shims = prestart_shims
+        self.sched_core = sched_core  # shims start with SCHED_CORE=1 (core scheduling)
         # key -> (start task, runtime, runtime options, idle timer)
         self._prestarted: dict[tuple[str, str], tuple] = {}
         self.tasks: dict[tuple[str, str], shims.Shim] = {}
@@ -150,7 +151,7 @@ class TaskManager:
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
             return await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
-                                     self.debug, self.timeouts.load)
+                                     self.debug, self.timeouts.load, self.sched_core)
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None

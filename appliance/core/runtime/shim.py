@@ -164,16 +164,20 @@ class Shim:
 
 
 async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
-                options: bytes | None, debug: bool, connect_timeout: float) -> Shim:
+                options: bytes | None, debug: bool, connect_timeout: float,
+                sched_core: bool = False) -> Shim:
     """Run `<binary> ... start` in the bundle, read the address, dial and Connect."""
     args = ["-namespace", bundle.namespace, "-address", address,
             "-publish-binary", self_executable(), "-id", bundle.id]
     if debug:
         args.append("-debug")
     shim_log = ShimLog(bundle)
+    env = shim_env(ttrpc_address)
+    if sched_core:
+        env["SCHED_CORE"] = "1"
     try:
         proc = await asyncio.create_subprocess_exec(
-            binary, *args, "start", cwd=bundle.path, env=shim_env(ttrpc_address),
+            binary, *args, "start", cwd=bundle.path, env=env,
             stdin=asyncio.subprocess.PIPE if options is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0)
         try:

@@ -145,6 +145,10 @@ class Backend:
         """(directory, lower dirs, overlay?) when `mounts` are this backend's own, else None."""
         return None
 
+    def labels(self, sid: int) -> dict[str, str]:
+        """Labels the backend adds to a snapshot's info (under the namespace's own)."""
+        return {}
+
     def owns(self, path: str) -> int | None:
         """The snapshot id whose fs directory is `path`, if it is one of ours."""
         parent, leaf = os.path.split(os.path.normpath(path))
@@ -154,15 +158,22 @@ class Backend:
         return None
 
 
+UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"   # overlayfs' upperdir_label
+
+
 class OverlayBackend(Backend):
     """overlayfs: each snapshot's fs is an upper dir; parents are the lower dirs."""
     name = "overlayfs"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, upperdir_label: bool = False):
         super().__init__(root)
+        self.upperdir_label = upperdir_label
         # containerd adds index=off whenever the kernel knows the option
         self.index_off = os.path.exists("/sys/module/overlay/parameters/index")
         self.userxattr = needs_userxattr()
+
+    def labels(self, sid):
+        return {UPPERDIR_LABEL: self.fs(sid)} if self.upperdir_label else {}
 
     def _populate(self, tmp, kind, parent_ids):
         os.mkdir(os.path.join(tmp, "fs"), 0o755)

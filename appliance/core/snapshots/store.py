@@ -93,7 +93,8 @@ class Snapshotter:
         parent = ""
         if row.parent_id is not None:
             parent = conn.execute("SELECT key FROM snapshots WHERE id=?", (row.parent_id,)).fetchone()[0]
-        labels = DB.get_labels(conn, ns, KIND, f"{self.name}/{row.key}")
+        labels = {**self.backend.labels(row.id),
+                  **DB.get_labels(conn, ns, KIND, f"{self.name}/{row.key}")}
         return Info(row.key, parent, row.kind, row.created_at, row.updated_at, labels)
 
     def stat(self, ns: str, key: str) -> Info:
@@ -132,10 +133,11 @@ class Snapshotter:
         with self.db.read() as conn:
             labels = DB.all_labels(conn, ns, KIND)
             rows = conn.execute(
-                "SELECT s.key, COALESCE(p.key, ''), s.kind, s.created_at, s.updated_at "
+                "SELECT s.key, COALESCE(p.key, ''), s.kind, s.created_at, s.updated_at, s.id "
                 "FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id "
                 "WHERE s.snapshotter=? AND s.namespace=? ORDER BY s.key", (self.name, ns)).fetchall()
-        infos = [Info(r[0], r[1], r[2], r[3], r[4], labels.get(f"{self.name}/{r[0]}", {}))
+        infos = [Info(r[0], r[1], r[2], r[3], r[4], {**self.backend.labels(r[5]),
+                                                     **labels.get(f"{self.name}/{r[0]}", {})})
                  for r in rows]
         return [i for i in infos if flt.match(filters.adapt_object(
             {"name": i.name, "parent": i.parent, "kind": i.kind, "labels": i.labels}))]
