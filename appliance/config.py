@@ -25,11 +25,6 @@ DEFAULT_ADDRESS = "/run/ctrappliance/ctrappliance.sock"
 DEFAULT_CONFIG_PATH = "/etc/ctrappliance/config.toml"
 MiB = 1 << 20
 
-# containerd 1.6's plugins that ctrappliance does not provide: their v1 sections migrate
-# to these URIs, and a section for them is ignored with a warning
-CONTAINERD_ONLY_PLUGINS = ("io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt",
-                           "io.containerd.internal.v1.restart", "io.containerd.runtime.v1.linux")
-
 DEFAULT_TIMEOUTS = {
     "io.containerd.timeout.bolt.open": "5s",
     "io.containerd.timeout.shim.cleanup": "5s",
@@ -248,7 +243,7 @@ def _read_toml(path: str) -> dict:
 def migrate_v1(data: dict, registrations) -> dict:
     """Rewrite a version 1 table as version 2: plugin sections keyed by URI."""
     by_id = {}
-    for uri in [reg.uri for reg in registrations] + list(CONTAINERD_ONLY_PLUGINS):
+    for uri in [reg.uri for reg in registrations]:
         by_id.setdefault(uri.rsplit(".", 1)[1], uri)
     out = dict(data)
     out["version"] = 2
@@ -326,10 +321,7 @@ def load(path: str | None, registrations, required: bool = False) -> Config:
                               f"got {value!r}") from None
     known = {r.uri: r for r in registrations}
     for uri, section in cfg.plugins.items():
-        if uri not in known and uri in CONTAINERD_ONLY_PLUGINS:
-            log.warning("config section %r in %s is not supported (ctrappliance does not "
-                        "provide this plugin): ignored", f'plugins."{uri}"', path)
-        elif uri not in known:
+        if uri not in known:
             log.warning("unknown plugin section %r in %s", f'plugins."{uri}"', path)
         elif not isinstance(section, dict):
             raise ConfigError(f'{path}: plugins."{uri}": expected a table')

@@ -82,14 +82,14 @@ def test_unsupported_and_unknown_plugin_keys_warn_with_their_full_path(tmp_path,
                            '[plugins."io.containerd.service.v1.tasks-service"]\n'
                            'rdt_config_file = "/rdt.yaml"\n'
                            '[plugins."io.containerd.grpc.v1.version"]\nfoo = 1\n'
-                           '[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "x"\n')
+                           '[plugins."io.containerd.runtime.v1.linux"]\nshim = "x"\n')
     with caplog.at_level(logging.WARNING):
         config.load(path, REGS)
     warned = [r.getMessage() for r in caplog.records]
     for key in ("'plugin_dir'", """'plugins."io.containerd.snapshotter.v1.devmapper".pool_name'""",
                 """'plugins."io.containerd.service.v1.tasks-service".rdt_config_file'""",
                 """'plugins."io.containerd.grpc.v1.version".foo'""",
-                """'plugins."io.containerd.grpc.v1.cri"'"""):
+                """'plugins."io.containerd.runtime.v1.linux".shim'"""):
         assert [w for w in warned if key in w and path in w], (key, warned)
     assert not [w for w in warned if "root_path" in w]   # implemented (the plugin errors anyway)
     assert len(warned) == 5, warned
@@ -163,8 +163,8 @@ def test_v1_is_migrated(tmp_path):
 
 
 def test_migrate_text_keys_every_containerd_plugin_by_uri(tmp_path):
-    """The man page's example: [plugins.cri] and [plugins.linux] are containerd's plugins
-    that ctrappliance does not provide; they migrate all the same."""
+    """The man page's example: [plugins.cri] and [plugins.linux] (runtime v1, listed but not
+    provided) migrate to their full names."""
     path = write(tmp_path, 'root = "/r"\n[plugins.bolt]\nx = 1\n'
                            '[plugins.cri]\nsandbox_image = "pause"\n'
                            '[plugins.cri.containerd]\nsnapshotter = "overlayfs"\n'
