@@ -148,9 +148,11 @@ def roff_escape(text: str) -> str:
 
 
 def toml_value(value) -> str:
-    """One line of TOML: arrays inline."""
+    """One line of TOML: arrays inline; a table as its keys (`config default` shows it)."""
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "(a table: " + (", ".join(value) or "empty") + ")"
     import tomli_w
     return tomli_w.dumps({"x": value}).split("=", 1)[1].strip()
 
@@ -166,7 +168,7 @@ def plugin_descriptions(path: Path = MAN / "plugin-sections.txt") -> dict[str, d
             current, key = sections.setdefault(line[1:-1], {"": ""}), ""
         elif line.startswith("  ") and key:
             current[key] += " " + line.strip()
-        elif re.match(r"[a-z_]+: ", line):
+        elif re.match(r"[a-z0-9_]+: ", line):
             key, text = line.split(": ", 1)
             current[key] = text
         else:
