@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2, timestamp_pb2
 
 from ... import stubs
-from ...errdefs import AlreadyExists, ApplianceError, NotFound
+from ...errdefs import AlreadyExists, ApplianceError, NotFound, exhausted, no_space
 from . import shim as shims
 from .bundle import Bundle, list_bundles
 
@@ -144,6 +144,10 @@ class TaskManager:
             bundle.create(spec)
         except FileExistsError:
             raise AlreadyExists(f"task {task_id}: already exists") from None
+        except OSError as exc:   # the bundle removed itself
+            if no_space(exc):
+                raise exhausted(exc, exc.filename or bundle.path) from None
+            raise
         try:
             try:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
