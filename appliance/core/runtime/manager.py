@@ -145,8 +145,7 @@ class TaskManager:
         except FileExistsError:
             raise AlreadyExists(f"task {task_id}: already exists") from None
         except OSError as exc:   # the bundle removed itself
-            if no_space(exc):
-                raise exhausted(exc, exc.filename or bundle.path) from None
+            _raise_if_full(exc, bundle)
             raise
         try:
             try:
@@ -158,8 +157,9 @@ class TaskManager:
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
-        except BaseException:
+        except BaseException as exc:
             await self._remove_bundle(bundle)
+            _raise_if_full(exc, bundle)
             raise
 
     # --- shims started ahead, when a container is created ---------------------
@@ -504,3 +504,10 @@ def remove_task_cgroups(bundle: Bundle, spec: dict, parent_too: bool) -> None:
                 os.rmdir(leftover)
             except OSError:
                 pass
+
+
+def _raise_if_full(exc: BaseException, bundle: Bundle) -> None:
+    """A full state dir: RESOURCE_EXHAUSTED, naming the file or at least the bundle."""
+    full = no_space(exc)
+    if full is not None:
+        raise exhausted(full, full.filename or bundle.path) from None
