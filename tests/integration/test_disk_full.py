@@ -160,6 +160,8 @@ def test_full_state_dir(on_tmpfs, images):
     assert not bundles.exists() or os.listdir(bundles) == []
     assert "full-state" not in d.ctr("containers", "ls", "-q").stdout
 
+    d.stop()   # a restart on the full state dir boots, too
+    d.start()
     d.ctr("images", "rm", "--sync", SMALL)
     d.ctr("images", "import", str(images["small"]), timeout=120)
 
