@@ -3,6 +3,7 @@
 Services raise these; the gRPC and TTRPC adapters turn them into status codes the
 way containerd's errdefs does, so `ctr` prints the same messages.
 """
+import errno
 import os
 
 from .grpcserver.status import StatusCode
@@ -48,9 +49,14 @@ class Aborted(ApplianceError):
     code = StatusCode.ABORTED
 
 
+class ResourceExhausted(ApplianceError):
+    """A full disk (containerd answers UNKNOWN; see README's intended differences)."""
+    code = StatusCode.RESOURCE_EXHAUSTED
+
+
 _BY_CODE = {cls.code: cls for cls in (NotFound, AlreadyExists, FailedPrecondition,
                                        InvalidArgument, Unavailable, Unimplemented,
-                                       DeadlineExceeded, Aborted)}
+                                       DeadlineExceeded, Aborted, ResourceExhausted)}
 
 
 def from_status(code, message):
@@ -64,7 +70,37 @@ def status_of(exc):
         return exc.code, exc.message
     if isinstance(exc, TimeoutError):
         return StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
+    full = no_space(exc)
+    if full is not None:
+        return StatusCode.RESOURCE_EXHAUSTED, no_space_message(full)
     return StatusCode.UNKNOWN, str(exc) or type(exc).__name__
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind `exc`: itself or one it was raised from or during."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_space_message(exc: OSError, path: str | None = None, op: str = "") -> str:
+    """Go's PathError text, `write /path: no space left on device`, for a full disk."""
+    path = path or exc.filename
+    reason = os.strerror(exc.errno)
+    reason = reason[:1].lower() + reason[1:]
+    where = " ".join(str(part) for part in (op, path) if part)
+    return f"{where}: {reason}" if where else reason
+
+
+def exhausted(exc: OSError, path: str | None = None, op: str = "") -> ResourceExhausted:
+    return ResourceExhausted(no_space_message(exc, path, op))
 
 
 def q(text: str) -> str:

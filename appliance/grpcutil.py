@@ -6,6 +6,7 @@ import inspect
 import logging
 
 from .errdefs import ApplianceError, FailedPrecondition, status_of
+from .grpcserver.status import StatusCode
 
 log = logging.getLogger("appliance.grpc")
 NAMESPACE_KEY = "containerd-namespace"
@@ -58,7 +59,9 @@ def rpc(fn):
 
 
 async def _abort(context, exc):
-    if not isinstance(exc, (ApplianceError, TimeoutError)):
-        log.exception("unexpected error in RPC")
     code, message = status_of(exc)
+    if code == StatusCode.RESOURCE_EXHAUSTED:
+        log.warning("%s", message)   # a full disk: one line, no traceback
+    elif not isinstance(exc, (ApplianceError, TimeoutError)):
+        log.exception("unexpected error in RPC")
     await context.abort(code, message)

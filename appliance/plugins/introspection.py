@@ -1,6 +1,8 @@
 """Introspection: which plugins loaded (and why not), and the server's identity."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from google.rpc import status_pb2
@@ -12,6 +14,7 @@ from ..plugin import GRPC, SERVICE, InitContext, Plugin, PluginSet, Registration
 pb = stubs.module("appliance._proto.containerd.api.services.introspection.v1.introspection_pb2")
 platform_pb2 = stubs.module("appliance._proto.containerd.api.types.platform_pb2")
 
+log = logging.getLogger("appliance.introspection")
 UNKNOWN = 2  # google.rpc.Code.UNKNOWN, what containerd reports for init errors
 
 
@@ -20,6 +23,7 @@ class IntrospectionService:
         self.plugins = plugins
         self.root = root
         self._uuid = None
+        self._saved = False
 
     def list(self, filter_strings) -> list[Plugin]:
         flt = filters.parse(*filter_strings)
@@ -27,19 +31,27 @@ class IntrospectionService:
 
     def server_uuid(self) -> str:
         """A uuid made at first use and kept in root, so it survives restarts."""
+        path = os.path.join(self.root, "uuid")
         if self._uuid is None:
             import uuid  # imported lazily: start-up cost (it pulls in platform)
-            path = os.path.join(self.root, "uuid")
             try:
                 with open(path) as f:
                     self._uuid = str(uuid.UUID(f.read().strip()))
+                    self._saved = True
             except (FileNotFoundError, ValueError):
-                os.makedirs(self.root, mode=0o711, exist_ok=True)
                 self._uuid = str(uuid.uuid4())
-                tmp = path + ".tmp"
+        if not self._saved:
+            tmp = path + ".tmp"
+            try:
+                os.makedirs(self.root, mode=0o711, exist_ok=True)
                 with open(tmp, "w") as f:
                     f.write(self._uuid)
                 os.replace(tmp, path)
+                self._saved = True
+            except OSError as exc:   # a full disk: answer, and save it at a later call
+                log.warning("server uuid not saved in %s yet: %s", path, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         return self._uuid
 
 

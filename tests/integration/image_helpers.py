@@ -35,3 +35,46 @@ def oci_manifest_digests(tar_path: Path) -> list[str]:
     with tarfile.open(tar_path) as tar:
         index = json.load(tar.extractfile("index.json"))
     return [m["digest"] for m in index["manifests"]]
+
+
+def make_random_image(directory: Path, ref: str, mib: int, file_mib: int = 4) -> Path:
+    """An OCI layout tarball of one uncompressed layer of `mib` MiB of random files: what it
+    takes to ingest and to unpack it is known to the byte (nothing compresses)."""
+    import hashlib
+    import io
+    import os
+    directory = Path(directory)
+    layer = directory / f"layer-{mib}.tar"
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, 1704067200
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(0, mib, file_mib):
+            add(tar, f"random-{i:04d}.bin", os.urandom(min(file_mib, mib - i) << 20))
+    layer_bytes = layer.read_bytes()
+    layer.unlink()
+
+    def blob(data):
+        return {"digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [blob(layer_bytes)["digest"]]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    **blob(layer_bytes)}]}).encode()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **blob(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": ref}}]}).encode()
+    out = directory / f"random-{mib}.tar"
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add(tar, "index.json", index)
+        for data in (config, manifest, layer_bytes):
+            add(tar, "blobs/sha256/" + blob(data)["digest"][7:], data)
+    return out

@@ -27,7 +27,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ...errdefs import q, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from ...errdefs import (q, FailedPrecondition, InvalidArgument, NotFound, Unavailable, exhausted,
+                       no_space)
 
 _DIGEST = re.compile(r"^(sha256):([a-f0-9]{64})$|^(sha384):([a-f0-9]{96})$|^(sha512):([a-f0-9]{128})$")
 CANONICAL = "sha256"
@@ -200,11 +201,17 @@ class LocalStore:
                 os.mkdir(path, 0o755)
         if fresh:
             now = time.time_ns()
-            _write_small(os.path.join(path, "ref"), ref)
-            _write_small(os.path.join(path, "startedat"), str(now))
-            _write_small(os.path.join(path, "updatedat"), str(now))
-            if total > 0:
-                _write_small(os.path.join(path, "total"), str(total))
+            try:
+                _write_small(os.path.join(path, "ref"), ref)
+                _write_small(os.path.join(path, "startedat"), str(now))
+                _write_small(os.path.join(path, "updatedat"), str(now))
+                if total > 0:
+                    _write_small(os.path.join(path, "total"), str(total))
+            except OSError as exc:
+                shutil.rmtree(path, ignore_errors=True)
+                if no_space(exc):
+                    raise exhausted(exc, exc.filename or path, "write") from None
+                raise
         fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             offset = os.fstat(fd).st_size
@@ -340,8 +347,14 @@ class Writer:
             raise FailedPrecondition("cannot write to a closed writer: failed precondition")
         view = memoryview(data)
         done = 0
-        while done < len(view):
-            done += os.write(self._fd, view[done:])
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            if no_space(exc):   # a full disk: give the space back at once
+                self._discard()
+                raise exhausted(exc, os.path.join(self.path, "data"), "write") from None
+            raise
         self._hasher.update(view)
         self.offset += done
         self.updated_at = time.time_ns()
@@ -370,6 +383,13 @@ class Writer:
             raise FailedPrecondition(f"unexpected commit digest {actual}, expected {expected}: "
                                      "failed precondition")
         return actual
+
+    def _discard(self) -> None:
+        """Drop the ingest's data: it can never commit (the writer stays locked until close)."""
+        os.close(self._fd)
+        self._fd = -1
+        self.store._forget(self.ref)
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def committed(self) -> None:
         """The data now lives under blobs/ (or was a duplicate): nothing to resume."""

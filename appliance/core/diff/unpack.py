@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from ... import metrics
 from ... import mount as mountlib
-from ...errdefs import DeadlineExceeded, InvalidArgument, NotFound
+from ...errdefs import (DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted,
+                        exhausted, no_space)
 from .decompress import DecompressError, LayerStream, check_media_type
 
 log = logging.getLogger("appliance.diff")
@@ -122,7 +123,9 @@ class Unpacker:
                                     userxattr=getattr(sn.backend, "userxattr", False),
                                     opener=opener)
             return mine.result
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ResourceExhausted) and sn.backend.name == "overlayfs":
+                _empty(directory)   # the partial layer: an upper dir holds nothing else
             with self._lock:
                 self._inflight.pop(key, None)
             mine.done.set()
@@ -158,8 +161,13 @@ class Unpacker:
         started = time.monotonic()
         try:
             apply_tar(root, stream.read, overlay=overlay, lowers=lowers, userxattr=userxattr)
-        except (ApplyError, DecompressError) as exc:
-            raise InvalidArgument(str(exc)) from None
+        except Exception as exc:
+            full = no_space(exc)
+            if full is not None:
+                raise exhausted(full, full.filename or root, "write") from None
+            if isinstance(exc, (ApplyError, DecompressError)):
+                raise InvalidArgument(str(exc)) from None
+            raise
         finally:
             stream.close()
         elapsed = time.monotonic() - started
@@ -168,6 +176,20 @@ class Unpacker:
         log.debug("applied layer %s: %d bytes in %.3fs (%.0f MiB/s)", stream.digest(), stream.size,
                   elapsed, stream.size / max(elapsed, 1e-9) / 2**20)
         return Applied(stream.digest(), stream.size)
+
+
+def _empty(directory: str) -> None:
+    """Remove everything in `directory` now (a full disk wants the space back at once)."""
+    from ...trash import remove_tree
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    remove_tree(entry.path)
+                else:
+                    os.unlink(entry.path)
+    except OSError as exc:
+        log.warning("failed to empty %s after a full disk: %s", directory, exc)
 
 
 def _overlay_dirs(options):

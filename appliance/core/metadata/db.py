@@ -13,7 +13,8 @@ import sqlite3
 import threading
 import time
 
-from ...errdefs import InvalidArgument, Unavailable, q
+from ...errdefs import InvalidArgument, ResourceExhausted, Unavailable, q
+from .reserve import Reserve
 
 MIGRATIONS = [
     # 1: namespaces, labels, leases
@@ -135,6 +136,8 @@ class DB:
     def __init__(self, path: str, lock_timeout: float = 5.0):
         self.path = path
         self._lock_fd = self._acquire_lock(path + ".lock", lock_timeout)
+        self.reserve = Reserve(path + ".reserve")
+        self.reserve.before_write()   # a full disk: free it before sqlite opens its WAL
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                      timeout=lock_timeout or 5.0)
         self._conn.row_factory = sqlite3.Row
@@ -144,6 +147,7 @@ class DB:
         self._mutex = threading.RLock()
         self._depth = 0
         self.migrate()
+        self.reserve.after_write()
 
     @staticmethod
     def _acquire_lock(path: str, timeout: float) -> int:
@@ -191,17 +195,21 @@ class DB:
                 finally:
                     self._depth -= 1
                 return
+            self.reserve.before_write()
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
                 self._conn.execute("COMMIT")
+            except BaseException as exc:
+                if self._conn.in_transaction:   # SQLITE_FULL rolls back by itself
+                    self._conn.execute("ROLLBACK")
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise ResourceExhausted(f"write {self.path}: database or disk is full") from exc
+                raise
             finally:
                 self._depth = 0
+                self.reserve.after_write()
 
     @contextlib.contextmanager
     def read(self):

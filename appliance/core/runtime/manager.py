@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2, timestamp_pb2
 
 from ... import stubs
-from ...errdefs import AlreadyExists, ApplianceError, NotFound
+from ...errdefs import AlreadyExists, ApplianceError, NotFound, exhausted, no_space
 from . import shim as shims
 from .bundle import Bundle, list_bundles
 
@@ -145,6 +145,9 @@ class TaskManager:
             bundle.create(spec)
         except FileExistsError:
             raise AlreadyExists(f"task {task_id}: already exists") from None
+        except OSError as exc:   # the bundle removed itself
+            _raise_if_full(exc, bundle)
+            raise
         try:
             try:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
@@ -155,8 +158,9 @@ class TaskManager:
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
-        except BaseException:
+        except BaseException as exc:
             await self._remove_bundle(bundle)
+            _raise_if_full(exc, bundle)
             raise
 
     # --- shims started ahead, when a container is created ---------------------
@@ -501,3 +505,10 @@ def remove_task_cgroups(bundle: Bundle, spec: dict, parent_too: bool) -> None:
                 os.rmdir(leftover)
             except OSError:
                 pass
+
+
+def _raise_if_full(exc: BaseException, bundle: Bundle) -> None:
+    """A full state dir: RESOURCE_EXHAUSTED, naming the file or at least the bundle."""
+    full = no_space(exc)
+    if full is not None:
+        raise exhausted(full, full.filename or bundle.path) from None

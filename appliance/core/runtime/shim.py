@@ -176,6 +176,9 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
     if sched_core:
         env["SCHED_CORE"] = "1"
     try:
+        # before the shim runs: failing to write it (a full disk) must not leave a shim behind
+        with open(bundle.file("shim-binary-path"), "w") as f:
+            f.write(binary)
         proc = await asyncio.create_subprocess_exec(
             binary, *args, "start", cwd=bundle.path, env=env,
             stdin=asyncio.subprocess.PIPE if options is not None else asyncio.subprocess.DEVNULL,
@@ -190,8 +193,6 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         text = out.decode(errors="replace").strip()
         if proc.returncode != 0:
             raise ApplianceError(f"start failed: {text}: exit status {proc.returncode}")
-        with open(bundle.file("shim-binary-path"), "w") as f:
-            f.write(binary)
         client = await TTRPCClient.connect(text, timeout=connect_timeout,
                                            namespace=bundle.namespace)
     except BaseException:
