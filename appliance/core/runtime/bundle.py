@@ -9,7 +9,6 @@ from ... import identifiers, trash
 from ...errdefs import InvalidArgument
 
 log = logging.getLogger("appliance.runtime")
-DELETED_MARK = "deleted"
 
 
 class Bundle:
@@ -50,17 +49,12 @@ class Bundle:
         if os.path.isdir(self.rootfs) and _has_mounts_under(self.rootfs):
             unmount_all_under(self.rootfs)
 
-    def mark_deleted(self) -> None:
-        """Its task was deleted while the shim still runs: not to be loaded after a restart."""
-        with open(self.file(DELETED_MARK), "wb"):
-            pass
-
-    @property
-    def marked_deleted(self) -> bool:
-        return os.path.exists(self.file(DELETED_MARK))
-
     def delete(self) -> None:
         """Unmount the rootfs, then remove bundle and work dir (renamed first, as containerd)."""
+        self.remove_rootfs()
+        self.discard()
+
+    def remove_rootfs(self) -> None:
         self.unmount_rootfs()
         try:
             os.rmdir(self.rootfs)
@@ -68,6 +62,8 @@ class Bundle:
             pass
         except OSError as exc:  # still mounted or not empty: keep the data, report it
             raise OSError(f"failed to remove bundle rootfs {self.rootfs}: {exc}") from exc
+
+    def discard(self) -> None:
         for path in (self.path, self.work):
             trash.discard(path)   # renamed at once, removed off the request path
 

@@ -129,8 +129,6 @@ class Shim:
         self.task_pid = 0
         self.shim_pid = 0
         self.deleting = False  # set while the daemon deletes it: a disconnect is then expected
-        self.exited = None     # (pid, exit status, exited_at) from the shim's /tasks/exit
-        self.own_pid_ns = False  # its init's exit ends every process of the task (kernel kill)
 
     @property
     def id(self) -> str:
@@ -161,6 +159,11 @@ class Shim:
     def close(self) -> None:
         self.client.close()
         self.log.close()
+
+    async def aclose(self) -> None:
+        """close(), returning once the connection's socket is really closed."""
+        self.log.close()
+        await self.client.aclose()
 
 
 async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
