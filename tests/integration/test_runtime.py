@@ -386,6 +386,55 @@ def test_100_runs_leave_nothing_behind(ours, rootfs):
     _many_runs(ours, rootfs, "leak100", 100)
 
 
+# --- shims started ahead (prestart_shims) ------------------------------------------
+
+
+def _shims_in(d, ns) -> list[int]:
+    found = []
+    for pid in shim_pids(d.address):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if ns.encode() in f.read().split(b"\0"):
+                found.append(pid)
+    return found
+
+
+def _create_containers(d, ns, rootfs, count):
+    for i in range(count):
+        d.ctr("containers", "create", *PATH_ENV, "--rootfs", rootfs, f"c{i}", "true",
+              namespace=ns)
+
+
+def test_containers_create_starts_no_shim_by_default(ours, rootfs):
+    ns = ns_for("noprestart")
+    _create_containers(ours, ns, rootfs, 20)
+    time.sleep(1.0)  # a shim started ahead would be running by now
+    assert _shims_in(ours, ns) == []
+    ours.ctr("containers", "rm", *[f"c{i}" for i in range(20)], namespace=ns)
+    assert_nothing_left(ours, ns)
+
+
+def test_prestarted_shims_are_bounded(rootfs, tmp_path):
+    """prestart_shims = true: at most 4 shims wait unclaimed; `ctr run` claims one; removing
+    the containers stops the others."""
+    ns = ns_for("prestart")
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
+                      '  prestart_shims = true\n')
+    d = Daemon(config=str(config)).start()
+    try:
+        _create_containers(d, ns, rootfs, 10)
+        wait_for(lambda: len(_shims_in(d, ns)) == 4, what="4 shims started ahead")
+        time.sleep(1.0)
+        assert len(_shims_in(d, ns)) == 4
+        d.ctr("containers", "rm", *[f"c{i}" for i in range(10)], namespace=ns)
+        wait_for(lambda: not _shims_in(d, ns), what="shims started ahead stopped")
+        r = run(d, ns, rootfs, "--rm", "claimed", "echo", "hello")
+        assert (r.returncode, r.stdout) == (0, "hello\n"), r.stderr
+        assert_nothing_left(d, ns)
+    finally:
+        _cleanup(d)
+
+
 # --- bad input ------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 log = logging.getLogger("appliance.runtime")
 CGROUP_ROOT = "/sys/fs/cgroup"
 PRESTART_IDLE = 10.0  # seconds a shim started ahead waits for its task before it is stopped
+PRESTART_MAX = 4      # shims started ahead and not yet claimed, at most (a bulk create waits)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class CreateOpts:
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
                  timeouts: Timeouts, debug: bool = False, runtime_of=None,
-                 prestart_shims: bool = True):
+                 prestart_shims: bool = False):
         self.root, self.state = root, state
         self.address, self.ttrpc_address = address, ttrpc_address
         self.exchange = exchange
@@ -149,15 +150,17 @@ class TaskManager:
             await self._remove_bundle(bundle)
             raise
 
-    # --- shims started ahead, when a container is created ---------------------
+    # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
-    # at Containers.Create takes the shim's start-up off the Tasks.Create path.
+    # at Containers.Create takes the shim's start-up off the Tasks.Create path. Measured, it
+    # gains nothing here (bench/NOTES.md), and a metadata call should not start processes.
 
     def prestart(self, ns: str, task_id: str, runtime: str, spec: bytes,
                  runtime_options: bytes | None) -> None:
         key = (ns, task_id)
-        if (not self.prestart_shims or self._closing or key in self.tasks
-                or key in self._pending or key in self._prestarted or key in self._teardowns):
+        if (not self.prestart_shims or self._closing or len(self._prestarted) >= PRESTART_MAX
+                or key in self.tasks or key in self._pending or key in self._prestarted
+                or key in self._teardowns):
             return
         try:
             asyncio.get_running_loop()
