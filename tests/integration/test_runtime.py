@@ -423,8 +423,8 @@ def test_prestarted_shims_are_bounded(rootfs, tmp_path):
     d = Daemon(config=str(config)).start()
     try:
         _create_containers(d, ns, rootfs, 10)
-        wait_for(lambda: len(_shims_in(d, ns)) == 4, what="4 shims started ahead")
-        time.sleep(1.0)
+        wait_for(lambda: len(_shims_in(d, ns)) >= 4, what="4 shims started ahead")
+        time.sleep(1.0)  # any more would be running by now
         assert len(_shims_in(d, ns)) == 4
         d.ctr("containers", "rm", *[f"c{i}" for i in range(10)], namespace=ns)
         wait_for(lambda: not _shims_in(d, ns), what="shims started ahead stopped")
