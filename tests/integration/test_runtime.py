@@ -767,6 +767,47 @@ def test_run_image_matches_containerd(ours, theirs, busybox_image):
                           "/containers/delete"]
 
 
+USERNS = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]
+
+
+def test_user_namespaces_match_containerd(ours, theirs, busybox_image):
+    """--uidmap/--gidmap (ctr shifts a copy of the image's snapshot to the mapped ids): the
+    bundle goes to the remapped root's group, mode 0710, so runc can reach the rootfs, writable
+    or read-only. --remap-labels only labels the snapshot (overlayfs ignores that): runc then
+    fails on the unshifted rootfs, in both daemons alike."""
+    ns = ns_for("userns")
+    results = []
+    for d, d_ns in ((ours, ns), (theirs, ns + "-cd")):
+        USED_NAMESPACES.add(d_ns)
+        os.chmod(d.workdir, 0o711)  # runc, in the user namespace, walks the state path
+        d.ctr("images", "import", busybox_image, namespace=d_ns)
+        got = {}
+        for name, opts in (("rw", []), ("ro", ["--read-only"]), ("labels", ["--remap-labels"])):
+            r = d.ctr("run", "--rm", *run_flags(d.workdir), *USERNS, *opts,
+                      "localhost/busybox:latest", f"u-{name}", "sh", "-c",
+                      "cat /proc/self/uid_map; ls -nd /bin; touch /x && echo wrote",
+                      namespace=d_ns, check=False)
+            got[name] = (r.returncode, r.stdout.split(),
+                         r.stderr.replace(str(d.state), "STATE").replace(d_ns, "NS"))
+        d.ctr("run", "-d", *run_flags(d.workdir), *USERNS, "localhost/busybox:latest",
+              "u-bundle", "sleep", "1000", namespace=d_ns)
+        st = os.stat(d.state / "io.containerd.runtime.v2.task" / d_ns / "u-bundle")
+        got["bundle"] = (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid)
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "u-bundle", namespace=d_ns)
+        wait_for(lambda: task_status(d, d_ns, "u-bundle") == "STOPPED", what="u-bundle STOPPED")
+        d.ctr("tasks", "rm", "u-bundle", namespace=d_ns)
+        d.ctr("containers", "rm", "u-bundle", namespace=d_ns)
+        _nothing_left_by(d, d_ns)
+        results.append(got)
+    assert results[0] == results[1]
+    rc, out, _ = results[0]["rw"]
+    assert (rc, out[:3], out[5:7], out[-1]) == (0, ["0", "100000", "65536"], ["0", "0"], "wrote")
+    rc, out, err = results[0]["ro"]
+    assert (rc, out[:3], "Read-only file system" in err) == (1, ["0", "100000", "65536"], True)
+    assert results[0]["labels"][0] == 1 and "permission denied" in results[0]["labels"][2]
+    assert results[0]["bundle"] == ("0o710", 0, 100000)
+
+
 def test_shim_without_task_found_at_boot_is_stopped(rootfs):
     """The daemon died between `shim start` and Create: the shim is stopped, bundle removed."""
     ns = ns_for("notask")

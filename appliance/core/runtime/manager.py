@@ -136,6 +136,8 @@ class TaskManager:
             bundle.create(spec)
         except FileExistsError:
             raise AlreadyExists(f"task {task_id}: already exists") from None
+        except ApplianceError as exc:
+            raise shims.wrap(exc, "failed to start shim") from None
         try:
             try:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
