@@ -385,6 +385,30 @@ def test_100_runs_leave_nothing_behind(ours, rootfs):
     _many_runs(ours, rootfs, "leak100", 100)
 
 
+def test_tasks_grouped_in_one_shim(ours, theirs, rootfs):
+    """Two tasks in one shim (runc's group annotation): deleting the first leaves the shim to
+    the second, and Delete does not wait for that shim's exit; the last Delete ends it."""
+    group = ["--annotation", "io.containerd.runc.v2.group=g1"]
+    for d, ns in ((ours, ns_for("group")), (theirs, ns_for("group") + "-cd")):
+        USED_NAMESPACES.add(ns)
+        for cid in ("g-a", "g-b"):
+            assert run(d, ns, rootfs, "-d", cid, "sleep", "1000", opts=group).returncode == 0
+        assert len(_shims_in(d, ns)) == 1
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "g-a", namespace=ns)
+        wait_for(lambda: task_status(d, ns, "g-a") == "STOPPED", what="g-a STOPPED")
+        d.ctr("tasks", "rm", "g-a", namespace=ns)
+        assert task_status(d, ns, "g-b") == "RUNNING" and len(_shims_in(d, ns)) == 1
+        r = d.ctr("tasks", "exec", "--fifo-dir", f"{d.workdir}/fifo", "--exec-id", "x", "g-b",
+                  "echo", "still-here", namespace=ns)
+        assert r.stdout == "still-here\n"
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "g-b", namespace=ns)
+        wait_for(lambda: task_status(d, ns, "g-b") == "STOPPED", what="g-b STOPPED")
+        d.ctr("tasks", "rm", "g-b", namespace=ns)
+        d.ctr("containers", "rm", "g-a", "g-b", namespace=ns)
+        _nothing_left_by(d, ns)
+    assert "did not exit after Shutdown" not in ours.log()
+
+
 # --- shims started ahead (prestart_shims) ------------------------------------------
 
 

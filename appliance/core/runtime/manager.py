@@ -262,16 +262,18 @@ class TaskManager:
         await self._remove_bundle(shim.bundle, asyncio.create_task(self._stop(shim)))
 
     async def _stop(self, shim: shims.Shim) -> None:
-        """Shutdown, then wait until the shim has exited (its end of the connection closes)."""
+        """Shutdown, then wait until the shim has exited (its end of the connection closes),
+        unless it serves other tasks still (then Shutdown is a no-op)."""
         try:
             await shim.call("Shutdown", shim_pb2.ShutdownRequest(id=shim.id),
                             timeout=self.timeouts.shutdown)
         except ApplianceError:
             pass  # the shim exits while answering: a closed connection is normal
-        try:
-            await asyncio.wait_for(shim.client.wait_closed(), self.timeouts.shutdown)
-        except asyncio.TimeoutError:  # Shutdown is a no-op while the shim still serves a task
-            log.warning("shim %s/%s did not exit after Shutdown", shim.namespace, shim.id)
+        if not any(other.address == shim.address for other in self.tasks.values()):
+            try:
+                await asyncio.wait_for(shim.client.wait_closed(), self.timeouts.shutdown)
+            except asyncio.TimeoutError:
+                log.warning("shim %s/%s did not exit after Shutdown", shim.namespace, shim.id)
         await shim.aclose()
 
     async def _remove_bundle(self, bundle: Bundle, shim_stopping: asyncio.Task | None = None):

@@ -121,10 +121,12 @@ class ShimLog:
 class Shim:
     """A connected shim serving one task (and its exec processes)."""
 
-    def __init__(self, bundle: Bundle, binary: str, client: TTRPCClient, shim_log: ShimLog):
+    def __init__(self, bundle: Bundle, binary: str, client: TTRPCClient, shim_log: ShimLog,
+                 address: str):
         self.bundle = bundle
         self.binary = binary
         self.client = client
+        self.address = address  # shared by the tasks of one shim (runc's group annotation)
         self.log = shim_log
         self.task_pid = 0
         self.shim_pid = 0
@@ -197,7 +199,7 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         shim_log.close()
         raise
     # No Connect here: Create (the next call) waits for the shim as well and returns the pid
-    return Shim(bundle, binary, client, shim_log)
+    return Shim(bundle, binary, client, shim_log, text)
 
 
 async def load(bundle: Bundle, binary: str, timeout: float) -> Shim:
@@ -210,7 +212,7 @@ async def load(bundle: Bundle, binary: str, timeout: float) -> Shim:
     except BaseException:
         shim_log.close()
         raise
-    shim = Shim(bundle, binary, client, shim_log)
+    shim = Shim(bundle, binary, client, shim_log, address)
     try:
         await shim.connect(timeout)
     except BaseException:
