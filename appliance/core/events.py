@@ -55,11 +55,6 @@ class Exchange:
     def __init__(self):
         self._subscribers: set[_Subscriber] = set()
         self._lock = threading.Lock()
-        self._forward_filters: list = []
-
-    def add_forward_filter(self, keep) -> None:
-        """`keep(envelope) -> bool` sees every forwarded (shim) event; False drops it."""
-        self._forward_filters.append(keep)
 
     def publish(self, namespace: str, topic: str, event) -> None:
         identifiers.validate(namespace)
@@ -71,8 +66,7 @@ class Exchange:
     def forward(self, envelope) -> None:
         identifiers.validate(envelope.namespace)
         validate_topic(envelope.topic)
-        if all(keep(envelope) for keep in self._forward_filters):
-            self._broadcast(envelope)
+        self._broadcast(envelope)
 
     def _broadcast(self, envelope) -> None:
         log.debug("event %s %s", envelope.namespace, envelope.topic)

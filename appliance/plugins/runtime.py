@@ -18,7 +18,8 @@ class RuntimeConfig:
     platforms: list[str] = field(default_factory=lambda: ["linux/amd64"])
     sched_core: bool = False
     # ours: start a container's shim at Containers.Create, so Tasks.Create finds it ready
-    prestart_shims: bool = True
+    # (at most runtime.manager.PRESTART_MAX unclaimed at a time); off: no measurable gain
+    prestart_shims: bool = False
 
 
 async def _runtime(ic: InitContext) -> TaskManager:

@@ -7,6 +7,7 @@ import os
 import re
 import select
 import signal
+import stat
 import struct
 import subprocess
 import tempfile
@@ -217,10 +218,9 @@ def test_containers_service_labels_filters_update(ours, rootfs):
     assert info["Runtime"]["Name"] == "io.containerd.runc.v2"
     assert ours.ctr("containers", "ls", "-q", "runtime.name~=runc", namespace=ns).stdout \
         == "c1\nc2\n"
-    wait_for(lambda: len(shim_pids(ours.address)) >= 2, what="shims started ahead")
     ours.ctr("containers", "rm", "c1", "c2", namespace=ns)
     assert ours.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
-    assert_nothing_left(ours, ns)  # unclaimed shims are stopped with their containers
+    assert_nothing_left(ours, ns)
 
 
 # --- events ---------------------------------------------------------------------
@@ -251,8 +251,8 @@ def test_event_order_of_one_run_matches_containerd(ours, theirs, rootfs):
 
 
 def test_delete_of_an_exited_task_answers_as_containerd(ours, theirs, rootfs):
-    """Delete after the init's /tasks/exit (ours answers it from that event and runs the
-    shim's Delete afterwards): the same response, one /tasks/delete, nothing left."""
+    """Delete after the init's /tasks/exit: the same response, one /tasks/delete, nothing
+    left."""
     seen = []
     for d, ns in ((theirs, ns_for("exited") + "-cd"), (ours, ns_for("exited"))):
         events = subprocess.Popen([CTR, "--address", d.address, "events"],
@@ -279,6 +279,54 @@ def test_delete_of_an_exited_task_answers_as_containerd(ours, theirs, rootfs):
     assert seen[0] == seen[1]
     assert seen[1][0] == (0, ["task x7 exit with non-zero exit code 7"])
     assert seen[1][2] == [("x7", True, 7)]
+
+
+def _pipes_and_sockets(pid: int) -> dict[str, int]:
+    """The pipes/FIFOs and sockets a daemon holds (containerd's client tests count its pipes)."""
+    counts = {"pipes": 0, "sockets": 0}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            mode = os.stat(f"/proc/{pid}/fd/{fd}").st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode):
+            counts["pipes"] += 1
+        elif stat.S_ISSOCK(mode):
+            counts["sockets"] += 1
+    return counts
+
+
+@pytest.mark.parametrize("which", ["ours", "theirs"])
+def test_task_delete_returns_with_the_shim_gone(which, request, rootfs):
+    """As containerd: when Tasks.Delete returns, the shim has exited, the daemon holds no pipe
+    or socket more than before the task was created, and the bundle is gone (for a task that
+    exited, one deleted right after its exit, and one killed)."""
+    d = request.getfixturevalue(which)
+    ns = ns_for("fds") + ("-cd" if which == "theirs" else "")
+    USED_NAMESPACES.add(ns)
+    api = Grpc(d.address, ns)
+    api.containers.List(api.cpb.ListContainersRequest(), metadata=api.md, timeout=10)
+    for cid, args in (("exited", ["true"]), ("at-once", ["true"]),
+                      ("killed", ["sleep", "1000"])):
+        before = _pipes_and_sockets(d.proc.pid)
+        api.create_container(cid, _spec(ns, cid, args))
+        api.start_task(cid, rootfs)
+        shim = shim_pid_of(d.address, cid)
+        bundle = d.state / "io.containerd.runtime.v2.task" / ns / cid
+        assert bundle.is_dir()
+        if cid == "killed":
+            api.tasks.Kill(api.tpb.KillRequest(container_id=cid, signal=signal.SIGKILL),
+                           metadata=api.md, timeout=10)
+        api.tasks.Wait(api.tpb.WaitRequest(container_id=cid), metadata=api.md, timeout=30)
+        if cid == "exited":
+            time.sleep(0.3)  # the shim's /tasks/exit has reached the daemon
+        api.tasks.Delete(api.tpb.DeleteTaskRequest(container_id=cid), metadata=api.md,
+                         timeout=30)
+        after = _pipes_and_sockets(d.proc.pid)
+        assert (after, bundle.exists(), _alive(shim)) == (before, False, False), cid
+        api.containers.Delete(api.cpb.DeleteContainerRequest(id=cid), metadata=api.md,
+                              timeout=10)
+    _nothing_left_by(d, ns)
 
 
 def test_oom_kill_is_reported(ours, rootfs):
@@ -335,6 +383,79 @@ def test_concurrent_runs_in_one_namespace(ours, rootfs):
 @pytest.mark.slow
 def test_100_runs_leave_nothing_behind(ours, rootfs):
     _many_runs(ours, rootfs, "leak100", 100)
+
+
+def test_tasks_grouped_in_one_shim(ours, theirs, rootfs):
+    """Two tasks in one shim (runc's group annotation): deleting the first leaves the shim to
+    the second, and Delete does not wait for that shim's exit; the last Delete ends it."""
+    group = ["--annotation", "io.containerd.runc.v2.group=g1"]
+    for d, ns in ((ours, ns_for("group")), (theirs, ns_for("group") + "-cd")):
+        USED_NAMESPACES.add(ns)
+        for cid in ("g-a", "g-b"):
+            assert run(d, ns, rootfs, "-d", cid, "sleep", "1000", opts=group).returncode == 0
+        assert len(_shims_in(d, ns)) == 1
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "g-a", namespace=ns)
+        wait_for(lambda: task_status(d, ns, "g-a") == "STOPPED", what="g-a STOPPED")
+        d.ctr("tasks", "rm", "g-a", namespace=ns)
+        assert task_status(d, ns, "g-b") == "RUNNING" and len(_shims_in(d, ns)) == 1
+        r = d.ctr("tasks", "exec", "--fifo-dir", f"{d.workdir}/fifo", "--exec-id", "x", "g-b",
+                  "echo", "still-here", namespace=ns)
+        assert r.stdout == "still-here\n"
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "g-b", namespace=ns)
+        wait_for(lambda: task_status(d, ns, "g-b") == "STOPPED", what="g-b STOPPED")
+        d.ctr("tasks", "rm", "g-b", namespace=ns)
+        d.ctr("containers", "rm", "g-a", "g-b", namespace=ns)
+        _nothing_left_by(d, ns)
+    assert "did not exit after Shutdown" not in ours.log()
+
+
+# --- shims started ahead (prestart_shims) ------------------------------------------
+
+
+def _shims_in(d, ns) -> list[int]:
+    found = []
+    for pid in shim_pids(d.address):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if ns.encode() in f.read().split(b"\0"):
+                found.append(pid)
+    return found
+
+
+def _create_containers(d, ns, rootfs, count):
+    for i in range(count):
+        d.ctr("containers", "create", *PATH_ENV, "--rootfs", rootfs, f"c{i}", "true",
+              namespace=ns)
+
+
+def test_containers_create_starts_no_shim_by_default(ours, rootfs):
+    ns = ns_for("noprestart")
+    _create_containers(ours, ns, rootfs, 20)
+    time.sleep(1.0)  # a shim started ahead would be running by now
+    assert _shims_in(ours, ns) == []
+    ours.ctr("containers", "rm", *[f"c{i}" for i in range(20)], namespace=ns)
+    assert_nothing_left(ours, ns)
+
+
+def test_prestarted_shims_are_bounded(rootfs, tmp_path):
+    """prestart_shims = true: at most 4 shims wait unclaimed; `ctr run` claims one; removing
+    the containers stops the others."""
+    ns = ns_for("prestart")
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
+                      '  prestart_shims = true\n')
+    d = Daemon(config=str(config)).start()
+    try:
+        _create_containers(d, ns, rootfs, 10)
+        wait_for(lambda: len(_shims_in(d, ns)) >= 4, what="4 shims started ahead")
+        time.sleep(1.0)  # any more would be running by now
+        assert len(_shims_in(d, ns)) == 4
+        d.ctr("containers", "rm", *[f"c{i}" for i in range(10)], namespace=ns)
+        wait_for(lambda: not _shims_in(d, ns), what="shims started ahead stopped")
+        r = run(d, ns, rootfs, "--rm", "claimed", "echo", "hello")
+        assert (r.returncode, r.stdout) == (0, "hello\n"), r.stderr
+        assert_nothing_left(d, ns)
+    finally:
+        _cleanup(d)
 
 
 # --- bad input ------------------------------------------------------------------
@@ -436,33 +557,6 @@ def test_restart_after_sigterm_keeps_tasks(rootfs):
 
 def test_restart_after_sigkill_keeps_tasks(rootfs):
     _restart_case(rootfs, "sigkill")
-
-
-def test_task_deleted_just_before_a_crash_stays_deleted(rootfs):
-    """Delete of an exited task answers before its shim's Delete runs; a crash in between (here:
-    the bundle marked as Delete marks it, then SIGKILL) must not bring the task back."""
-    ns = ns_for("crashdel")
-    d = Daemon().start()
-    try:
-        assert run(d, ns, rootfs, "-d", "gone", "sh", "-c", "exit 3").returncode == 0
-        assert run(d, ns, rootfs, "-d", "kept", "sleep", "1000").returncode == 0
-        wait_for(lambda: task_status(d, ns, "gone") == "STOPPED", what="gone STOPPED")
-        gone_shim = shim_pid_of(d.address, "gone")
-        d.kill()
-        (d.state / "io.containerd.runtime.v2.task" / ns / "gone" / "deleted").touch()
-        d.start()
-        assert d.ctr("tasks", "ls", "-q", namespace=ns).stdout == "kept\n"
-        wait_for(lambda: not _alive(gone_shim), what="shim of the deleted task stopped")
-        d.ctr("tasks", "kill", "-s", "SIGKILL", "kept", namespace=ns)
-        wait_for(lambda: task_status(d, ns, "kept") == "STOPPED", what="kept STOPPED")
-        d.ctr("tasks", "rm", "kept", namespace=ns)
-        for cid in ("gone", "kept"):
-            d.ctr("containers", "rm", cid, namespace=ns)
-        for fifo in Path(d.workdir, "fifo").rglob("gone-*"):  # ctr's tasks rm removes them
-            fifo.unlink()
-        assert_nothing_left(d, ns)
-    finally:
-        _cleanup(d)
 
 
 def _alive(pid: int) -> bool:
@@ -694,6 +788,47 @@ def test_run_image_matches_containerd(ours, theirs, busybox_image):
     assert results[0] == ["/snapshot/prepare", "/containers/create", "/tasks/create",
                           "/tasks/start", "/tasks/exit", "/tasks/delete", "/snapshot/remove",
                           "/containers/delete"]
+
+
+USERNS = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]
+
+
+def test_user_namespaces_match_containerd(ours, theirs, busybox_image):
+    """--uidmap/--gidmap (ctr shifts a copy of the image's snapshot to the mapped ids): the
+    bundle goes to the remapped root's group, mode 0710, so runc can reach the rootfs, writable
+    or read-only. --remap-labels only labels the snapshot (overlayfs ignores that): runc then
+    fails on the unshifted rootfs, in both daemons alike."""
+    ns = ns_for("userns")
+    results = []
+    for d, d_ns in ((ours, ns), (theirs, ns + "-cd")):
+        USED_NAMESPACES.add(d_ns)
+        os.chmod(d.workdir, 0o711)  # runc, in the user namespace, walks the state path
+        d.ctr("images", "import", busybox_image, namespace=d_ns)
+        got = {}
+        for name, opts in (("rw", []), ("ro", ["--read-only"]), ("labels", ["--remap-labels"])):
+            r = d.ctr("run", "--rm", *run_flags(d.workdir), *USERNS, *opts,
+                      "localhost/busybox:latest", f"u-{name}", "sh", "-c",
+                      "cat /proc/self/uid_map; ls -nd /bin; touch /x && echo wrote",
+                      namespace=d_ns, check=False)
+            got[name] = (r.returncode, r.stdout.split(),
+                         r.stderr.replace(str(d.state), "STATE").replace(d_ns, "NS"))
+        d.ctr("run", "-d", *run_flags(d.workdir), *USERNS, "localhost/busybox:latest",
+              "u-bundle", "sleep", "1000", namespace=d_ns)
+        st = os.stat(d.state / "io.containerd.runtime.v2.task" / d_ns / "u-bundle")
+        got["bundle"] = (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid)
+        d.ctr("tasks", "kill", "-s", "SIGKILL", "u-bundle", namespace=d_ns)
+        wait_for(lambda: task_status(d, d_ns, "u-bundle") == "STOPPED", what="u-bundle STOPPED")
+        d.ctr("tasks", "rm", "u-bundle", namespace=d_ns)
+        d.ctr("containers", "rm", "u-bundle", namespace=d_ns)
+        _nothing_left_by(d, d_ns)
+        results.append(got)
+    assert results[0] == results[1]
+    rc, out, _ = results[0]["rw"]
+    assert (rc, out[:3], out[5:7], out[-1]) == (0, ["0", "100000", "65536"], ["0", "0"], "wrote")
+    rc, out, err = results[0]["ro"]
+    assert (rc, out[:3], "Read-only file system" in err) == (1, ["0", "100000", "65536"], True)
+    assert results[0]["labels"][0] == 1 and "permission denied" in results[0]["labels"][2]
+    assert results[0]["bundle"] == ("0o710", 0, 100000)
 
 
 def test_shim_without_task_found_at_boot_is_stopped(rootfs):

@@ -1,15 +1,15 @@
 """The OCI bundle a shim runs from: state/<ns>/<id> with config.json, rootfs/ and `work`."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 
 from ... import identifiers, trash
-from ...errdefs import InvalidArgument
+from ...errdefs import ApplianceError, InvalidArgument
 
 log = logging.getLogger("appliance.runtime")
-DELETED_MARK = "deleted"
 
 
 class Bundle:
@@ -34,6 +34,10 @@ class Bundle:
         os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
         os.mkdir(self.path, 0o700)
         try:
+            gid = remapped_gid(spec)
+            if gid:  # runc, as the user namespace's root, must reach the rootfs (as containerd)
+                os.chown(self.path, -1, gid)
+                os.chmod(self.path, 0o710)
             os.mkdir(self.rootfs, 0o711)
             os.makedirs(os.path.dirname(self.work), mode=0o711, exist_ok=True)
             shutil.rmtree(self.work, ignore_errors=True)  # a leftover of a crash
@@ -50,17 +54,12 @@ class Bundle:
         if os.path.isdir(self.rootfs) and _has_mounts_under(self.rootfs):
             unmount_all_under(self.rootfs)
 
-    def mark_deleted(self) -> None:
-        """Its task was deleted while the shim still runs: not to be loaded after a restart."""
-        with open(self.file(DELETED_MARK), "wb"):
-            pass
-
-    @property
-    def marked_deleted(self) -> bool:
-        return os.path.exists(self.file(DELETED_MARK))
-
     def delete(self) -> None:
         """Unmount the rootfs, then remove bundle and work dir (renamed first, as containerd)."""
+        self.remove_rootfs()
+        self.discard()
+
+    def remove_rootfs(self) -> None:
         self.unmount_rootfs()
         try:
             os.rmdir(self.rootfs)
@@ -68,8 +67,30 @@ class Bundle:
             pass
         except OSError as exc:  # still mounted or not empty: keep the data, report it
             raise OSError(f"failed to remove bundle rootfs {self.rootfs}: {exc}") from exc
+
+    def discard(self) -> None:
         for path in (self.path, self.work):
             trash.discard(path)   # renamed at once, removed off the request path
+
+
+def remapped_gid(spec: bytes) -> int:
+    """The host gid that the spec maps the container's gid 0 to; 0 without a mapping."""
+    try:
+        doc = json.loads(spec)
+    except ValueError as exc:
+        raise ApplianceError(f"invalid spec: {exc}") from None
+    linux = (doc.get("linux") if isinstance(doc, dict) else None) or {}
+    mappings = (linux.get("gidMappings") if isinstance(linux, dict) else None) or []
+    if not isinstance(linux, dict) or not isinstance(mappings, list) \
+            or not all(isinstance(m, dict) for m in mappings):
+        raise ApplianceError("invalid spec: linux.gidMappings is not a list of mappings")
+    for mapping in mappings:
+        if mapping.get("containerID", 0) == 0:
+            gid = mapping.get("hostID", 0)
+            if type(gid) is not int or not 0 <= gid < 1 << 32:
+                raise ApplianceError(f"invalid spec: gidMappings hostID {gid!r} is not a uint32")
+            return gid
+    return 0
 
 
 def _has_mounts_under(path: str) -> bool:

@@ -25,10 +25,7 @@ shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 log = logging.getLogger("appliance.runtime")
 CGROUP_ROOT = "/sys/fs/cgroup"
 PRESTART_IDLE = 10.0  # seconds a shim started ahead waits for its task before it is stopped
-# After a Delete answered from the task's exit: clients follow it with a few quick calls
-# (`ctr run --rm`: the container and its snapshot); `runc delete` and the shim's exit start
-# this much later, so that they do not compete with those calls for the CPU.
-TEARDOWN_DELAY = 0.03
+PRESTART_MAX = 4      # shims started ahead and not yet claimed, at most (a bulk create waits)
 
 
 @dataclass
@@ -54,7 +51,7 @@ class CreateOpts:
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
                  timeouts: Timeouts, debug: bool = False, runtime_of=None,
-                 prestart_shims: bool = True, sched_core: bool = False):
+                 prestart_shims: bool = False, sched_core: bool = False):
         self.root, self.state = root, state
         self.address, self.ttrpc_address = address, ttrpc_address
         self.exchange = exchange
@@ -68,12 +65,9 @@ class TaskManager:
         self.tasks: dict[tuple[str, str], shims.Shim] = {}
         self._pending: set[tuple[str, str]] = set()  # being created
         self._watchers: set[asyncio.Task] = set()
-        # shims being shut down after their task was deleted, and their bundles removed:
-        # Delete answers once the task is gone; a new task with the same id waits for this
+        # shims being shut down and their bundles removed (a Delete waits for its own; a new
+        # task with the same id waits for this, and so does close())
         self._teardowns: dict[tuple[str, str], asyncio.Task] = {}
-        # tasks whose /tasks/delete we published before their shim's own (dropped when it comes)
-        self._deleted_early: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        exchange.add_forward_filter(self._keep_forwarded)
         self._closing = False
         for d in (root, state):
             os.makedirs(d, mode=0o711, exist_ok=True)
@@ -104,7 +98,6 @@ class TaskManager:
             if teardown is not None:
                 await asyncio.wait({teardown}, timeout=self.timeouts.shutdown
                                    + 2 * self.timeouts.cleanup)
-            self._forget_early_delete(key)
             return await self._create(ns, task_id, opts)
         finally:
             self._pending.discard(key)
@@ -131,7 +124,6 @@ class TaskManager:
                 raise shims.wrap(exc, "failed to create shim task") from None
             raise
         shim.task_pid = resp.pid
-        shim.own_pid_ns = _has_own_pid_namespace(opts.spec.value)
         log.debug("task %s/%s: shim up in %.1f ms, created in %.1f ms", ns, task_id,
                   1000 * (shim_ready - started), 1000 * (time.monotonic() - shim_ready))
         self._add(shim)
@@ -145,6 +137,8 @@ class TaskManager:
             bundle.create(spec)
         except FileExistsError:
             raise AlreadyExists(f"task {task_id}: already exists") from None
+        except ApplianceError as exc:
+            raise shims.wrap(exc, "failed to start shim") from None
         except OSError as exc:   # the bundle removed itself
             _raise_if_full(exc, bundle)
             raise
@@ -163,15 +157,17 @@ class TaskManager:
             _raise_if_full(exc, bundle)
             raise
 
-    # --- shims started ahead, when a container is created ---------------------
+    # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
-    # at Containers.Create takes the shim's start-up off the Tasks.Create path.
+    # at Containers.Create takes the shim's start-up off the Tasks.Create path. Measured, it
+    # gains nothing here (bench/NOTES.md), and a metadata call should not start processes.
 
     def prestart(self, ns: str, task_id: str, runtime: str, spec: bytes,
                  runtime_options: bytes | None) -> None:
         key = (ns, task_id)
-        if (not self.prestart_shims or self._closing or key in self.tasks
-                or key in self._pending or key in self._prestarted or key in self._teardowns):
+        if (not self.prestart_shims or self._closing or len(self._prestarted) >= PRESTART_MAX
+                or key in self.tasks or key in self._pending or key in self._prestarted
+                or key in self._teardowns):
             return
         try:
             asyncio.get_running_loop()
@@ -221,12 +217,10 @@ class TaskManager:
                 await self._shutdown_and_remove(task.result())
         self._track_teardown((ns, task_id), stop(), f"discard-{task_id}")
 
-    async def _delete_and_stop(self, shim: shims.Shim, delay: float = 0.0) -> None:
+    async def _delete_and_stop(self, shim: shims.Shim) -> None:
         """Delete what the shim's task made (runc delete, mounts), then stop the shim: for a
-        task that could not be created, and after a Delete answered by _delete_exited."""
+        task that could not be created, and for a shim found serving no task at boot."""
         shim.deleting = True
-        if delay:
-            await asyncio.sleep(delay)
         try:
             await shim.call("Delete", shim_pb2.DeleteRequest(id=shim.id),
                             timeout=self.timeouts.cleanup)
@@ -235,10 +229,10 @@ class TaskManager:
         await self._shutdown_and_remove(shim)
 
     async def delete(self, ns: str, task_id: str) -> shim_pb2.DeleteResponse:
+        """As containerd's: the shim's Delete (`runc delete`, its /tasks/delete), then its
+        Shutdown; the answer comes once the shim has exited, the connection and log FIFO are
+        closed and the bundle is gone (clients count the daemon's fds right after)."""
         shim = self.get(ns, task_id)
-        if (shim.exited is not None and shim.own_pid_ns and not shim.deleting
-                and not shim.client.closed):
-            return await self._delete_exited(shim)
         shim.deleting = True
         try:
             resp = await shim.call("Delete", shim_pb2.DeleteRequest(id=task_id))
@@ -249,81 +243,56 @@ class TaskManager:
             resp = None
         key = (ns, task_id)
         self.tasks.pop(key, None)
-        self._track_teardown(key, self._shutdown_and_remove(shim), f"teardown-{task_id}")
+        # shielded: a client giving up does not stop the teardown half-way
+        await asyncio.shield(self._track_teardown(key, self._shutdown_and_remove(shim),
+                                                  f"teardown-{task_id}"))
         if resp is None:
             raise NotFound(f"failed to delete task: task {task_id} not found")
         return resp
 
-    async def _delete_exited(self, shim: shims.Shim) -> shim_pb2.DeleteResponse:
-        """Delete of a task whose init has exited: answered from its known exit, as the shim
-        would; the rootfs is unmounted first (the client removes the snapshot next), and the
-        shim's own Delete (`runc delete`, its /tasks/delete, dropped) runs in the background."""
-        shim.deleting = True
-        key = (shim.namespace, shim.id)
-        self.tasks.pop(key, None)
-        try:
-            await asyncio.to_thread(_prepare_early_delete, shim.bundle)
-        except OSError as exc:  # the teardown's bundle removal unmounts again
-            log.warning("deleting task %s/%s: %s", shim.namespace, shim.id, exc)
-        pid, status, exited_at = shim.exited
-        self._drop_shim_delete_event(key)
-        self.exchange.publish(shim.namespace, "/tasks/delete", events.TaskDelete(
-            container_id=shim.id, pid=pid, exit_status=status, exited_at=exited_at))
-        self._track_teardown(key, self._delete_and_stop(shim, TEARDOWN_DELAY),
-                             f"teardown-{shim.id}")
-        return shim_pb2.DeleteResponse(pid=pid, exit_status=status, exited_at=exited_at)
-
-    def _keep_forwarded(self, envelope) -> bool:
-        """Notes the exit of a task's init (its shim's /tasks/exit: Delete can then answer
-        without the shim, after that event) and drops a shim's /tasks/delete that Delete
-        published already (_delete_exited)."""
-        if envelope.topic == "/tasks/exit":
-            exit_ = events.TaskExit.FromString(envelope.event.value)
-            shim = self.tasks.get((envelope.namespace, exit_.container_id))
-            if shim is not None and exit_.id == exit_.container_id:
-                shim.exited = (exit_.pid, exit_.exit_status, exit_.exited_at)
-            return True
-        if envelope.topic != "/tasks/delete" or not self._deleted_early:
-            return True
-        cid = events.TaskDelete.FromString(envelope.event.value).container_id
-        if (envelope.namespace, cid) not in self._deleted_early:
-            return True
-        self._forget_early_delete((envelope.namespace, cid))
-        return False
-
-    def _drop_shim_delete_event(self, key) -> None:
-        self._deleted_early[key] = asyncio.get_running_loop().call_later(
-            self.timeouts.cleanup + self.timeouts.shutdown, self._forget_early_delete, key)
-
-    def _forget_early_delete(self, key) -> None:
-        timer = self._deleted_early.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _track_teardown(self, key, coro, name: str) -> None:
-        """Run a shim's teardown in the background; a new task with the same id waits for it."""
+    def _track_teardown(self, key, coro, name: str) -> asyncio.Task:
+        """Run a shim's teardown as a task of its own; a new task with the same id waits for it."""
         teardown = asyncio.create_task(coro, name=name)
         self._teardowns[key] = teardown
         teardown.add_done_callback(lambda t: self._teardown_done(key, t))
+        return teardown
 
     def _teardown_done(self, key, task: asyncio.Task) -> None:
         if self._teardowns.get(key) is task:
             del self._teardowns[key]
 
     async def _shutdown_and_remove(self, shim: shims.Shim) -> None:
+        """Stop the shim and remove its bundle meanwhile; done once the shim has exited, our
+        end of its connection and its log FIFO are closed and the bundle is gone."""
+        await self._remove_bundle(shim.bundle, asyncio.create_task(self._stop(shim)))
+
+    async def _stop(self, shim: shims.Shim) -> None:
+        """Shutdown, then wait until the shim has exited (its end of the connection closes),
+        unless it serves other tasks still (then Shutdown is a no-op)."""
         try:
             await shim.call("Shutdown", shim_pb2.ShutdownRequest(id=shim.id),
                             timeout=self.timeouts.shutdown)
         except ApplianceError:
             pass  # the shim exits while answering: a closed connection is normal
-        shim.close()
-        await self._remove_bundle(shim.bundle)
+        if not any(other.address == shim.address for other in self.tasks.values()):
+            try:
+                await asyncio.wait_for(shim.client.wait_closed(), self.timeouts.shutdown)
+            except asyncio.TimeoutError:
+                log.warning("shim %s/%s did not exit after Shutdown", shim.namespace, shim.id)
+        await shim.aclose()
 
-    async def _remove_bundle(self, bundle: Bundle) -> None:
-        """Remove the bundle (unmounting its rootfs) and the cgroups runc left behind."""
-        spec = await asyncio.to_thread(_delete_bundle, bundle)  # rmtree: off the loop
+    async def _remove_bundle(self, bundle: Bundle, shim_stopping: asyncio.Task | None = None):
+        """Remove the bundle (unmounting its rootfs) and the cgroups runc left behind. With
+        `shim_stopping`, the directories go once that task is done: a shim on its way out
+        still reads its `address` file from the bundle."""
+        try:
+            spec = await asyncio.to_thread(_remove_rootfs, bundle)  # mountinfo: off the loop
+        finally:
+            if shim_stopping is not None:
+                await shim_stopping
         if spec is None:
             return
+        bundle.discard()
         # runc recreates the /<ns> parent for every task: removing it while a task of the
         # namespace is being created could pull it from under that runc (checked and done
         # here on the loop, where creates register themselves)
@@ -400,10 +369,8 @@ class TaskManager:
             await self.cleanup_dead(bundle, binary)
             return False
         # the daemon died between shim start and task create, or in a delete
-        if not shim.task_pid or bundle.marked_deleted:
+        if not shim.task_pid:
             log.warning("shim %s/%s serves no task: stopping it", bundle.namespace, bundle.id)
-            if shim.task_pid:  # its /tasks/delete went out before the crash
-                self._drop_shim_delete_event((bundle.namespace, bundle.id))
             await self._delete_and_stop(shim)
             return False
         self._add(shim)
@@ -448,22 +415,6 @@ class TaskManager:
             await asyncio.wait(list(self._watchers), timeout=2.0)
 
 
-def _prepare_early_delete(bundle: Bundle) -> None:
-    """Before a Delete answers ahead of the shim: a crash in between must not bring the task
-    back at the next start, and the client may remove the snapshot under the rootfs next."""
-    bundle.mark_deleted()
-    bundle.unmount_rootfs()
-
-
-def _has_own_pid_namespace(spec: bytes) -> bool:
-    """A new pid namespace (no path): when its init exits, the kernel kills the rest."""
-    try:
-        namespaces = (json.loads(spec).get("linux") or {}).get("namespaces") or []
-    except (ValueError, AttributeError):
-        return False
-    return any(n.get("type") == "pid" and not n.get("path") for n in namespaces)
-
-
 def _read_spec(bundle: Bundle) -> dict:
     try:
         with open(bundle.file("config.json"), "rb") as f:
@@ -472,11 +423,11 @@ def _read_spec(bundle: Bundle) -> dict:
         return {}
 
 
-def _delete_bundle(bundle: Bundle) -> dict | None:
-    """Delete a bundle; its spec (None when the bundle could not be removed)."""
+def _remove_rootfs(bundle: Bundle) -> dict | None:
+    """Unmount and remove the bundle's rootfs; its spec (None when the rootfs stays)."""
     spec = _read_spec(bundle)
     try:
-        bundle.delete()
+        bundle.remove_rootfs()
     except OSError as exc:
         log.error("failed to delete bundle %s: %s", bundle.path, exc)
         return None

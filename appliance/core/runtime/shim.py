@@ -121,16 +121,16 @@ class ShimLog:
 class Shim:
     """A connected shim serving one task (and its exec processes)."""
 
-    def __init__(self, bundle: Bundle, binary: str, client: TTRPCClient, shim_log: ShimLog):
+    def __init__(self, bundle: Bundle, binary: str, client: TTRPCClient, shim_log: ShimLog,
+                 address: str):
         self.bundle = bundle
         self.binary = binary
         self.client = client
+        self.address = address  # shared by the tasks of one shim (runc's group annotation)
         self.log = shim_log
         self.task_pid = 0
         self.shim_pid = 0
         self.deleting = False  # set while the daemon deletes it: a disconnect is then expected
-        self.exited = None     # (pid, exit status, exited_at) from the shim's /tasks/exit
-        self.own_pid_ns = False  # its init's exit ends every process of the task (kernel kill)
 
     @property
     def id(self) -> str:
@@ -161,6 +161,11 @@ class Shim:
     def close(self) -> None:
         self.client.close()
         self.log.close()
+
+    async def aclose(self) -> None:
+        """close(), returning once the connection's socket is really closed."""
+        self.log.close()
+        await self.client.aclose()
 
 
 async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
@@ -199,7 +204,7 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         shim_log.close()
         raise
     # No Connect here: Create (the next call) waits for the shim as well and returns the pid
-    return Shim(bundle, binary, client, shim_log)
+    return Shim(bundle, binary, client, shim_log, text)
 
 
 async def load(bundle: Bundle, binary: str, timeout: float) -> Shim:
@@ -212,7 +217,7 @@ async def load(bundle: Bundle, binary: str, timeout: float) -> Shim:
     except BaseException:
         shim_log.close()
         raise
-    shim = Shim(bundle, binary, client, shim_log)
+    shim = Shim(bundle, binary, client, shim_log, address)
     try:
         await shim.connect(timeout)
     except BaseException:
