@@ -25,7 +25,7 @@ import pytest
 from daemon import Daemon, wait_for
 from image_helpers import make_docker_archive, make_oci
 from reference import Containerd
-from runtime_helpers import remove_cgroup_dirs, shim_pids
+from runtime_helpers import mounts_under, remove_cgroup_dirs, shim_pids
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,8 @@ class Dockerd:
                 self.proc.wait(5)
         if self.proc:
             self.log_file.close()
-        subprocess.run(["umount", "-R", "-l", str(self.workdir)], capture_output=True)
+        for mount in sorted(mounts_under(self.workdir), reverse=True):  # data-root binds itself
+            subprocess.run(["umount", "-l", mount], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
         remove_cgroup_dirs(self.cgroup_parent)
 
