@@ -6,17 +6,13 @@ Everything is private: dockerd's data root, exec root (runc's root too), pid fil
 config file (its key path), cgroup parent and the CLI's config dir. dockerd 20.10 hardcodes
 /run/docker/plugins: it is removed afterwards if the test made it.
 """
-import fcntl
 import json
 import os
 import re
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
-import termios
 import time
 from pathlib import Path
 
@@ -25,7 +21,7 @@ import pytest
 from daemon import Daemon, wait_for
 from image_helpers import make_docker_archive, make_oci
 from reference import Containerd
-from runtime_helpers import mounts_under, remove_cgroup_dirs, shim_pids
+from runtime_helpers import Pty, mounts_under, remove_cgroup_dirs, shim_pids
 
 pytestmark = pytest.mark.integration
 
@@ -156,53 +152,23 @@ def test_run_rm_output_exit_code_and_stdin(docker):
     assert docker.docker("ps", "-aq").stdout == ""
 
 
-def _winsize(rows, cols):
-    return struct.pack("HHHH", rows, cols, 0, 0)
-
-
 def test_run_it_under_script_with_resize(docker):
     """`script` gives docker a pty; resizing the outer pty reaches the container's tty."""
     inner = (f"{DOCKER} run -it --rm {IMAGE} sh -c "
              "'echo ready; read x; busybox stty size; read y; busybox stty size; exit 5'")
-    pid, master = os.forkpty()
-    if pid == 0:  # child: script on a 24x80 pty, as under a terminal
-        try:
-            fcntl.ioctl(0, termios.TIOCSWINSZ, _winsize(24, 80))
-            os.execve("/usr/bin/script", ["script", "-qec", inner, "/dev/null"], docker.env)
-        finally:
-            os._exit(127)
-    output = b""
-
-    def read_until(pattern, timeout=30):
-        nonlocal output
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, output):
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {pattern!r} in {output!r}"
-            if select.select([master], [], [], left)[0]:
-                try:
-                    output += os.read(master, 4096)
-                except OSError:
-                    break
-
+    pty = Pty(["/usr/bin/script", "-qec", inner, "/dev/null"], env=docker.env, rows=24, cols=80)
     try:
-        read_until(rb"ready\r*\n")
+        pty.read_until(rb"ready\r*\n")
         time.sleep(0.5)  # docker sends the initial resize just after start
-        os.write(master, b"one\r")
-        read_until(rb"24 80\r*\n")
-        fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(30, 100))  # SIGWINCH to script
+        pty.write(b"one\r")
+        pty.read_until(rb"24 80\r*\n")
+        pty.resize(30, 100)  # SIGWINCH to script, which resizes docker's pty
         time.sleep(0.5)
-        os.write(master, b"two\r")
-        read_until(rb"30 100\r*\n")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 5, output
+        pty.write(b"two\r")
+        pty.read_until(rb"30 100\r*\n")
+        assert pty.wait() == 5, pty.output
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(master)
+        pty.close()
 
 
 LOOP = "trap 'exit 0' TERM; echo started; while true; do sleep 0.2; done"
