@@ -21,6 +21,7 @@ DIFF = "io.containerd.differ.v1"
 EVENT = "io.containerd.event.v1"
 GC = "io.containerd.gc.v1"
 SERVICE = "io.containerd.service.v1"
+RUNTIME_V1 = "io.containerd.runtime.v1"
 RUNTIME_V2 = "io.containerd.runtime.v2"
 MONITOR = "io.containerd.monitor.v1"
 INTERNAL = "io.containerd.internal.v1"
@@ -49,7 +50,7 @@ class Registration:
     requires: tuple[str, ...] = ()
     config: type | None = None          # a dataclass; its defaults are the defaults
     platforms: tuple[str, ...] = ()     # shown by `ctr plugins ls`
-    exports_root: bool = True           # containerd exports `root` for most plugins
+    exports_root: bool = False          # containerd exports `root` for content and snapshotters
     essential: bool = False             # the daemon cannot run without it: failure is fatal
 
     @property

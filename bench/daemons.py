@@ -64,8 +64,11 @@ class Target:
 
     def _argv(self) -> list[str]:
         if self.kind == "ctrappliance":
+            config = self.workdir / "ctrappliance.toml"   # a private opt dir, as containerd's
+            config.write_text(f'version = 2\n[plugins."io.containerd.internal.v1.opt"]\n'
+                              f'  path = "{self.workdir}/opt"\n')
             return [self.binary, "--root", str(self.root), "--state", str(self.state),
-                    "--address", self.address]
+                    "--address", self.address, "--config", str(config)]
         config = self.workdir / "containerd.toml"
         config.write_text(containerd_config(self.workdir, self.root, self.state, self.address))
         return [self.binary, "--config", str(config)]

@@ -1,6 +1,7 @@
 """Start ctrappliance on private paths and drive it with the real ctr."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,11 +35,20 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
 
     def argv(self):
-        argv = [BINARY, "--root", str(self.root), "--state", str(self.state),
-                "--address", self.address, "--log-level", "debug"]
-        if self.config:
-            argv += ["--config", self.config]
-        return argv + self.extra_args
+        return [BINARY, "--root", str(self.root), "--state", str(self.state),
+                "--address", self.address, "--log-level", "debug",
+                "--config", self.private_config(), *self.extra_args]
+
+    def private_config(self) -> str:
+        """The test's config (imported, so it wins) over a private opt plugin path: the
+        default, /opt/containerd, is the host's."""
+        if self.config and not os.path.exists(self.config):
+            return self.config  # the daemon's own error for a missing file
+        path = self.workdir / "private-config.toml"
+        imports = f"imports = [{json.dumps(str(self.config))}]\n" if self.config else ""
+        path.write_text(f'version = 2\n{imports}[plugins."io.containerd.internal.v1.opt"]\n'
+                        f'  path = {json.dumps(str(self.workdir / "opt"))}\n')
+        return str(path)
 
     def start(self, wait=True) -> "Daemon":
         self.log_file = open(self.log_path, "ab")

@@ -20,18 +20,20 @@ CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 
 
 class Containerd:
-    def __init__(self, workdir: str | None = None):
+    def __init__(self, workdir: str | None = None, extra_config: str = ""):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.address = str(self.workdir / "containerd.sock")
         self.log_path = self.workdir / "containerd.log"
         self.config_path = self.workdir / "containerd.toml"
+        self.extra_config = extra_config  # TOML appended to the private config
         self.proc = None
 
     def write_config(self):
         self.config_path.write_text(
-            containerd_config(self.workdir, self.root, self.state, self.address))
+            containerd_config(self.workdir, self.root, self.state, self.address)
+            + self.extra_config)
 
     def start(self, timeout=30.0):
         self.write_config()

@@ -109,12 +109,12 @@ class ContainersAdapter:
 def _service(ic: InitContext) -> ContainersService:
     md = ic.get(METADATA)
     service = ContainersService(ContainerStore(md.db), md.namespaces, ic.get(EVENT))
-    service.gc = next(iter(ic.get_all(GC).values()), None)
+    service.gc = next(iter(ic.get_all(GC).values()), None)  # initialised before services
     return service
 
 
 REGISTRATIONS = [
-    Registration(SERVICE, "containers-service", _service, requires=(EVENT, METADATA, GC)),
+    Registration(SERVICE, "containers-service", _service, requires=(EVENT, METADATA)),
     Registration(GRPC, "containers", lambda ic: ContainersAdapter(
         ic.get_by_id(SERVICE, "containers-service")), requires=(SERVICE,)),
 ]

@@ -272,9 +272,8 @@ def _service(ic: InitContext) -> ContentService:
 
 
 REGISTRATIONS = [
-    Registration(CONTENT, "content", _store),
-    Registration(SERVICE, "content-service", _service, requires=(EVENT, METADATA),
-                 exports_root=False),
+    Registration(CONTENT, "content", _store, exports_root=True),
+    Registration(SERVICE, "content-service", _service, requires=(EVENT, METADATA)),
     Registration(GRPC, "content", lambda ic: ContentAdapter(
-        ic.get_by_id(SERVICE, "content-service")), requires=(SERVICE,), exports_root=False),
+        ic.get_by_id(SERVICE, "content-service")), requires=(SERVICE,)),
 ]

@@ -93,10 +93,9 @@ def _walking(ic: InitContext) -> WalkingDiffer:
 
 
 REGISTRATIONS = [
-    Registration(DIFF, "walking", _walking, requires=(METADATA,), platforms=LINUX_AMD64,
-                 exports_root=False),
+    Registration(DIFF, "walking", _walking, requires=(METADATA,), platforms=LINUX_AMD64),
     Registration(SERVICE, "diff-service", lambda ic: DiffService([ic.get_by_id(DIFF, "walking")]),
-                 requires=(DIFF,), exports_root=False),
+                 requires=(DIFF,)),
     Registration(GRPC, "diff", lambda ic: DiffAdapter(ic.get_by_id(SERVICE, "diff-service")),
-                 requires=(SERVICE,), exports_root=False),
+                 requires=(SERVICE,)),
 ]

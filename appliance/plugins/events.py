@@ -57,6 +57,6 @@ def _now():
 
 
 REGISTRATIONS = [
-    Registration(EVENT, "exchange", lambda ic: Exchange(), exports_root=False),
+    Registration(EVENT, "exchange", lambda ic: Exchange()),
     Registration(GRPC, "events", lambda ic: EventsAdapter(ic.get(EVENT)), requires=(EVENT,)),
 ]

@@ -190,6 +190,5 @@ def _go_duration_text(seconds: float) -> str:
 
 
 REGISTRATIONS = [
-    Registration(GC, "scheduler", _init, requires=(METADATA,), config=SchedulerConfig,
-                 exports_root=False),
+    Registration(GC, "scheduler", _init, requires=(METADATA,), config=SchedulerConfig),
 ]

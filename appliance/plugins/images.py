@@ -116,8 +116,7 @@ def _service(ic: InitContext) -> ImagesService:
 
 
 REGISTRATIONS = [
-    Registration(SERVICE, "images-service", _service, requires=(METADATA, GC),
-                 exports_root=False),
+    Registration(SERVICE, "images-service", _service, requires=(METADATA, GC)),
     Registration(GRPC, "images", lambda ic: ImagesAdapter(
-        ic.get_by_id(SERVICE, "images-service")), requires=(SERVICE,), exports_root=False),
+        ic.get_by_id(SERVICE, "images-service")), requires=(SERVICE,)),
 ]

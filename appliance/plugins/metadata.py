@@ -35,6 +35,6 @@ def _init(ic: InitContext) -> Metadata:
 
 
 REGISTRATIONS = [
-    Registration(METADATA, "bolt", _init, requires=(CONTENT, SNAPSHOT), exports_root=False,
+    Registration(METADATA, "bolt", _init, requires=(CONTENT, SNAPSHOT),
                  essential=True),
 ]

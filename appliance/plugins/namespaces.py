@@ -91,6 +91,6 @@ def _adapter(ic: InitContext) -> NamespacesAdapter:
 
 
 REGISTRATIONS = [
-    Registration(SERVICE, "namespaces-service", _service, requires=(METADATA, EVENT)),
+    Registration(SERVICE, "namespaces-service", _service, requires=(EVENT, METADATA)),
     Registration(GRPC, "namespaces", _adapter, requires=(SERVICE,)),
 ]

@@ -296,6 +296,5 @@ def registrations(cfg) -> list[Registration]:
             continue
         init = (_snapshot_init if plugin_type == SNAPSHOT else _content_init)(name, pp.address)
         platforms = (pp.platform,) if pp.platform else ()
-        regs.append(Registration(plugin_type, name, init, platforms=platforms,
-                                 exports_root=False))
+        regs.append(Registration(plugin_type, name, init, platforms=platforms))
     return regs

@@ -56,5 +56,6 @@ class CgroupsMonitor:
 REGISTRATIONS = [
     Registration(RUNTIME_V2, "task", _runtime, requires=(EVENT, METADATA), config=RuntimeConfig,
                  platforms=LINUX_AMD64),
-    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(), platforms=LINUX_AMD64),
+    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(), requires=(EVENT,),
+                 platforms=LINUX_AMD64),
 ]

@@ -241,14 +241,13 @@ def _service(ic: InitContext) -> SnapshotsService:
 
 
 REGISTRATIONS = [
-    Registration(SNAPSHOT, "aufs", _aufs, platforms=LINUX_AMD64),
-    Registration(SNAPSHOT, "btrfs", _btrfs, platforms=LINUX_AMD64),
-    Registration(SNAPSHOT, "devmapper", _devmapper, platforms=LINUX_AMD64, exports_root=False),
-    Registration(SNAPSHOT, "native", _native, platforms=LINUX_AMD64, exports_root=False),
-    Registration(SNAPSHOT, "overlayfs", _overlay, platforms=LINUX_AMD64),
-    Registration(SNAPSHOT, "zfs", _zfs, platforms=LINUX_AMD64),
-    Registration(SERVICE, "snapshots-service", _service, requires=(EVENT, METADATA),
-                 exports_root=False),
+    Registration(SNAPSHOT, "aufs", _aufs, platforms=LINUX_AMD64, exports_root=True),
+    Registration(SNAPSHOT, "btrfs", _btrfs, platforms=LINUX_AMD64, exports_root=True),
+    Registration(SNAPSHOT, "devmapper", _devmapper, platforms=LINUX_AMD64),
+    Registration(SNAPSHOT, "native", _native, platforms=LINUX_AMD64),
+    Registration(SNAPSHOT, "overlayfs", _overlay, platforms=LINUX_AMD64, exports_root=True),
+    Registration(SNAPSHOT, "zfs", _zfs, platforms=LINUX_AMD64, exports_root=True),
+    Registration(SERVICE, "snapshots-service", _service, requires=(EVENT, METADATA)),
     Registration(GRPC, "snapshots", lambda ic: SnapshotsAdapter(
-        ic.get_by_id(SERVICE, "snapshots-service")), requires=(SERVICE,), exports_root=False),
+        ic.get_by_id(SERVICE, "snapshots-service")), requires=(SERVICE,)),
 ]

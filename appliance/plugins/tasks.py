@@ -16,7 +16,8 @@ from ..core.runtime.manager import CreateOpts, TaskManager
 from ..core.runtime.shim import Shim, wrap
 from ..errdefs import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from ..grpcutil import namespace_of, rpc
-from ..plugin import EVENT, GRPC, METADATA, MONITOR, RUNTIME_V2, SERVICE, InitContext, Registration
+from ..plugin import (EVENT, GRPC, METADATA, MONITOR, RUNTIME_V1, RUNTIME_V2, SERVICE, InitContext,
+                      Registration)
 
 pb = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2")
 metrics_pb2 = stubs.module("appliance._proto.containerd.api.types.metrics_pb2")
@@ -289,7 +290,7 @@ def _service(ic: InitContext) -> TasksService:
 
 REGISTRATIONS = [
     Registration(SERVICE, "tasks-service", _service,
-                 requires=(RUNTIME_V2, MONITOR, METADATA, EVENT)),
+                 requires=(EVENT, RUNTIME_V1, RUNTIME_V2, METADATA, MONITOR)),
     Registration(GRPC, "tasks", lambda ic: TasksAdapter(ic.get_by_id(SERVICE, "tasks-service")),
                  requires=(SERVICE,)),
 ]

@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from daemon import Daemon, run_cli, socket_accepts
+from daemon import Daemon, run_cli, socket_accepts, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -100,25 +100,60 @@ def test_leases_match_containerd(both):
     assert same_output(both, "leases", "ls", "-q", namespace="lns")[1] == ""
 
 
+ANCHOR = "/work/shared/anchor/anchor-1.6.20"
+# README, intended differences: runtime v1 is not provided (containerd 2.0 removed it)
+RUNTIME_V1 = ("io.containerd.runtime.v1", "linux")
+
+
 def _plugin_rows(text):
-    rows = {}
+    rows = []
     for line in text.splitlines()[1:]:
         cols = line.split()
-        rows[(cols[0], cols[1])] = cols[2:]
+        rows.append(((cols[0], cols[1]), cols[2:]))
     return rows
 
 
-def test_plugins_ls_rows_match_containerd(both):
+def test_plugins_ls_matches_containerd_row_for_row(both):
     ours, theirs = both
-    our_rows = _plugin_rows(ours.ctr("plugins", "ls").stdout)
     their_rows = _plugin_rows(theirs.ctr("plugins", "ls").stdout)
-    assert our_rows, "no plugins listed"
-    common = [k for k in our_rows if k in their_rows]
-    assert len(common) >= 10
-    for key in common:
-        assert our_rows[key] == their_rows[key], key
-    # the listing order of common plugins is containerd's too
-    assert [k for k in our_rows if k in their_rows] == [k for k in their_rows if k in our_rows]
+    with open(f"{ANCHOR}/plugins-ls-cri-disabled.txt") as f:
+        assert their_rows == _plugin_rows(f.read())  # the reference is the anchor's
+    expected = [(key, ["linux/amd64", "skip"] if key == RUNTIME_V1 else cols)
+                for key, cols in their_rows]
+    assert _plugin_rows(ours.ctr("plugins", "ls").stdout) == expected
+
+
+def _plugin_details(d):
+    """(type, id) -> its Requires, Platforms and the names of its Exports, from `-d`."""
+    details, current, section = {}, None, None
+    for line in d.ctr("plugins", "ls", "-d").stdout.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            section, _, value = line.partition(":")
+            value = value.strip()
+            if section == "Type":
+                plugin_type = value
+            elif section == "ID":
+                current = details[(plugin_type, value)] = {
+                    "Requires": [], "Platforms": [], "Exports": set()}
+            elif section == "Platforms":
+                current["Platforms"] = value.split()
+        elif section == "Requires":
+            current["Requires"].append(line.strip())
+        elif section == "Exports":
+            current["Exports"].add(line.split()[0])
+    return details
+
+
+def test_plugins_ls_detailed_requires_and_exports_match_containerd(both):
+    ours, theirs = both
+    our_details, their_details = _plugin_details(ours), _plugin_details(theirs)
+    assert list(our_details) == list(their_details)
+    for key in their_details:
+        assert our_details[key] == their_details[key], key
+    text = ours.ctr("plugins", "ls", "-d", "id==linux").stdout
+    assert "runtime v1 (io.containerd.runtime.v1.linux) was removed in containerd 2.0" in text
 
 
 def test_plugins_ls_detailed_and_filter(both):
@@ -235,7 +270,8 @@ def test_held_root_fails_clearly_within_timeout_and_sigterm_during_init():
 
         # SIGTERM while plugin init is blocked on the held lock: clean, quick exit
         third.start(wait=False)
-        time.sleep(1.0)
+        wait_for(lambda: "loading plugin io.containerd.metadata.v1.bolt" in third.log(),
+                 what="the third daemon to wait for the lock")  # not a fixed sleep: slow hosts
         started = time.monotonic()
         third.signal(signal.SIGTERM)
         assert third.proc.wait(10) == 0
