@@ -1,8 +1,14 @@
 """Helpers for runtime tests: a busybox rootfs, ctr run flags, and leftover checks."""
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import select
 import shutil
+import signal
+import struct
+import termios
 import time
 from pathlib import Path
 
@@ -94,3 +100,47 @@ def assert_nothing_left(daemon, namespace: str, adjust=lambda found: found, time
             break
         time.sleep(0.02)
     assert found == NOTHING_LEFT, found
+
+
+class Pty:
+    """`argv` on a new pty of `rows`x`cols` (its controlling terminal), with its output."""
+
+    def __init__(self, argv: list[str], env=None, rows=24, cols=80):
+        self.pid, self.master = os.forkpty()
+        if self.pid == 0:
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.execve(argv[0], argv, env if env is not None else os.environ)
+            finally:
+                os._exit(127)
+        self.output = b""
+
+    def read_until(self, pattern: bytes, timeout=30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.output):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in {self.output!r}"
+            if select.select([self.master], [], [], left)[0]:
+                try:
+                    self.output += os.read(self.master, 4096)
+                except OSError:  # the child has gone
+                    break
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The kernel sends the child SIGWINCH."""
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.master)

@@ -1,17 +1,13 @@
 """Issue 6: containers and tasks through the real containerd-shim-runc-v2 and runc, driven by
 the real ctr (`ctr run --rootfs`, so no image or snapshot is needed), next to containerd 1.6.20.
 """
-import fcntl
 import json
 import os
 import re
-import select
 import signal
 import stat
-import struct
 import subprocess
 import tempfile
-import termios
 import time
 from pathlib import Path
 
@@ -19,7 +15,7 @@ import pytest
 
 from daemon import CTR, Daemon, wait_for
 from reference import Containerd
-from runtime_helpers import (assert_nothing_left, make_rootfs, remove_cgroup_dirs,
+from runtime_helpers import (Pty, assert_nothing_left, make_rootfs, remove_cgroup_dirs,
                              run_flags, shim_pid_of, shim_pids)
 
 pytestmark = pytest.mark.integration
@@ -108,58 +104,24 @@ def test_run_rm_echo_hello_exit_codes_env_and_stdin(ours, rootfs):
     assert_nothing_left(ours, ns)
 
 
-def _winsize(rows, cols):
-    return struct.pack("HHHH", rows, cols, 0, 0)
-
-
 def test_run_tty_output_and_resize(ours, rootfs):
     ns = ns_for("tty")
     argv = [CTR, "--address", ours.address, "--namespace", ns, "run", *run_flags(ours.workdir),
             *PATH_ENV, "--rootfs", "-t", "--rm", rootfs, "tty1",
             "sh", "-c", "echo ready; read x; stty size; read y; stty size"]
-    pid, master = os.forkpty()
-    if pid == 0:  # child: ctr with the pty as its controlling terminal, 24x80
-        try:
-            fcntl.ioctl(0, termios.TIOCSWINSZ, _winsize(24, 80))
-            os.execv(CTR, argv)
-        finally:
-            os._exit(127)
-    output = b""
-
-    def read_until(pattern, timeout=15):
-        nonlocal output
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, output):
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {pattern!r} in {output!r}"
-            if select.select([master], [], [], left)[0]:
-                try:
-                    output += os.read(master, 4096)
-                except OSError:
-                    break
-
+    pty = Pty(argv, rows=24, cols=80)  # ctr with the pty as its controlling terminal
     try:
-        read_until(rb"ready\r*\n")
+        pty.read_until(rb"ready\r*\n")
         time.sleep(0.3)  # ctr sends the initial ResizePty just after Start
-        os.write(master, b"one\r")
-        read_until(rb"24 80\r*\n")
-        fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(30, 100))  # SIGWINCH → ResizePty
+        pty.write(b"one\r")
+        pty.read_until(rb"24 80\r*\n")
+        pty.resize(30, 100)  # SIGWINCH → ResizePty
         time.sleep(0.3)
-        os.write(master, b"two\r")
-        read_until(rb"30 100\r*\n")
-        _, status = os.waitpid(pid, 0)
-        try:
-            output += os.read(master, 65536)
-        except OSError:
-            pass
-        assert os.waitstatus_to_exitcode(status) == 0, output
+        pty.write(b"two\r")
+        pty.read_until(rb"30 100\r*\n")
+        assert pty.wait() == 0, pty.output
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(master)
+        pty.close()
     assert_nothing_left(ours, ns)
 
 
