@@ -11,7 +11,7 @@ from google.protobuf import empty_pb2
 
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
-from .. import stubs
+from .. import fdlimit, stubs
 from ..errdefs import InvalidArgument
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
@@ -191,7 +191,8 @@ def _aufs(ic: InitContext):
         if modprobe is None:
             detail = 'exec: "modprobe": executable file not found in $PATH ""'
         else:
-            r = subprocess.run([modprobe, "aufs"], capture_output=True, text=True, timeout=10)
+            r = subprocess.run([modprobe, "aufs"], capture_output=True, text=True, timeout=10,
+                               preexec_fn=fdlimit.child_preexec())
             if r.returncode == 0:
                 detail = ""
             else:

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from ... import trash
+from ... import fdlimit, trash
 from ...trash import remove_tree
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
@@ -228,7 +228,8 @@ class NativeBackend(Backend):
 def copy_tree(src: str, dst: str) -> None:
     """A faithful copy (owners, modes, times, xattrs, hardlinks, devices): GNU cp -a."""
     result = subprocess.run(["cp", "-a", "--reflink=auto", "--", src, dst],
-                            capture_output=True, text=True, timeout=3600)
+                            capture_output=True, text=True, timeout=3600,
+                            preexec_fn=fdlimit.child_preexec())
     if result.returncode != 0:
         raise OSError(f"copy {src} to {dst}: {result.stderr.strip()}")
 
