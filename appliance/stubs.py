@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 
+from .errdefs import status_of
 from .grpcserver import MethodHandler, StatusCode
+from .grpcserver.call import Abort
+from .grpcutil import NamespaceRule, namespace_error, namespace_rule
 
 
 class module:
@@ -75,13 +78,31 @@ class GrpcServices:
         for method in descriptor.methods:
             request = message_factory.GetMessageClass(method.input_type)
             response = message_factory.GetMessageClass(method.output_type)
-            behaviour = getattr(servicer, method.name, None) or _unimplemented(method.name)
+            behaviour = getattr(servicer, method.name, None)
+            rule = namespace_rule(service, method.name)
+            if behaviour is None:
+                behaviour = _unimplemented(method.name)
+            elif rule is not None:
+                behaviour = _namespaced(behaviour, rule)
             kind = ("stream" if method.client_streaming else "unary") + "_" + \
                 ("stream" if method.server_streaming else "unary")
             handlers[method.name] = MethodHandler(
                 method.client_streaming, method.server_streaming, request.FromString,
                 response.SerializeToString, **{kind: behaviour})
         return handlers
+
+
+def _namespaced(behaviour, rule: NamespaceRule):
+    """`behaviour` behind containerd's namespace check (grpcutil.NAMESPACED)."""
+    def checked(request, context):
+        error = namespace_error(context)
+        if error is None:
+            return behaviour(request, context)
+        code, message = status_of(error)
+        context.set_code(rule.code or code)
+        context.set_details(rule.prefix.format(request=request) + message)
+        raise Abort()
+    return checked
 
 
 def _unimplemented(name: str):

@@ -71,6 +71,8 @@ class Exchange:
     def forward(self, envelope) -> None:
         identifiers.validate(envelope.namespace)
         validate_topic(envelope.topic)
+        if not envelope.HasField("timestamp"):
+            raise InvalidArgument("timestamp must be set on forwarded event: invalid argument")
         if all(keep(envelope) for keep in self._forward_filters):
             self._broadcast(envelope)
 

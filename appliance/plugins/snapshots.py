@@ -12,7 +12,7 @@ from google.protobuf import empty_pb2
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
 from .. import fdlimit, stubs
-from ..errdefs import InvalidArgument
+from ..errdefs import InvalidArgument, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
@@ -147,7 +147,10 @@ class SnapshotsAdapter:
 
     @rpc
     async def Cleanup(self, request, context):
-        await asyncio.to_thread(self.service.get(request.snapshotter).cleanup)
+        sn = self.service.get(request.snapshotter)
+        if not getattr(sn.backend, "cleaner", True):
+            raise Unimplemented("snapshotter does not implement Cleanup method: not implemented")
+        await asyncio.to_thread(sn.cleanup)
         return empty_pb2.Empty()
 
 

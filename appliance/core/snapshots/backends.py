@@ -94,6 +94,7 @@ def spread_subdirectories(path: str) -> bool:
 class Backend:
     """Directories and mounts by snapshot id; subclasses decide the mount shape."""
     name = ""
+    cleaner = True   # containerd's snapshotter implements Cleanup (native's does not)
 
     def __init__(self, root: str):
         self.root = root
@@ -204,6 +205,7 @@ class OverlayBackend(Backend):
 class NativeBackend(Backend):
     """native: every active snapshot is a full copy of its parent."""
     name = "native"
+    cleaner = False
 
     def _populate(self, tmp, kind, parent_ids):
         fs = os.path.join(tmp, "fs")
