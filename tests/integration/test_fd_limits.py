@@ -9,7 +9,7 @@ import time
 import pytest
 
 from daemon import Daemon, wait_for
-from test_stream_processors import CUSTOM, _tar, make_image
+from test_stream_processors import _tar, configure_processor, make_image
 
 pytestmark = pytest.mark.integration
 SOFT, HARD = 1024, 4096
@@ -71,14 +71,7 @@ def test_idle_connections_beyond_the_inherited_soft_limit_and_children_get_it_ba
     script.write_text(f"#!/bin/sh\nulimit -Sn > {seen}\nexec base64 -d\n")
     script.chmod(0o755)
     d = LimitedDaemon(SOFT, HARD)
-    d.workdir.mkdir(parents=True, exist_ok=True)
-    (d.workdir / "config.toml").write_text(f"""version = 2
-[stream_processors."b64"]
-accepts = ["{CUSTOM}"]
-returns = "application/vnd.oci.image.layer.v1.tar"
-path = "{script}"
-""")
-    d.config = str(d.workdir / "config.toml")
+    configure_processor(d, script)
     try:
         d.start()
         assert nofile_of(d.proc.pid) == (HARD, HARD)
