@@ -9,10 +9,10 @@ listed in a `GrpcServices` table that imports a service's stubs on its first cal
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .errdefs import status_of
 from .grpcserver import MethodHandler, StatusCode
-from .grpcserver.call import Abort
 from .grpcutil import NamespaceRule, namespace_error, namespace_rule
 
 
@@ -93,15 +93,25 @@ class GrpcServices:
 
 
 def _namespaced(behaviour, rule: NamespaceRule):
-    """`behaviour` behind containerd's namespace check (grpcutil.NAMESPACED)."""
-    def checked(request, context):
+    """`behaviour` behind containerd's namespace check (grpcutil.NAMESPACED), of the
+    same kind (async generator or coroutine): grpc.aio serves these handlers too."""
+    async def check(request, context):
         error = namespace_error(context)
-        if error is None:
-            return behaviour(request, context)
-        code, message = status_of(error)
-        context.set_code(rule.code or code)
-        context.set_details(rule.prefix.format(request=request) + message)
-        raise Abort()
+        if error is not None:
+            code, message = status_of(error)
+            await context.abort(rule.code or code, rule.prefix.format(request=request) + message)
+
+    if inspect.isasyncgenfunction(behaviour):
+        async def checked_stream(request, context):
+            await check(request, context)
+            async for item in behaviour(request, context):
+                yield item
+        return checked_stream
+
+    async def checked(request, context):
+        await check(request, context)
+        result = behaviour(request, context)
+        return await result if inspect.isawaitable(result) else result
     return checked
 
 
