@@ -103,3 +103,26 @@ def test_containers_list_refuses_invalid_namespaces(shared_daemon):
             "^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$: invalid argument" in r.stderr
     r = shared_daemon.ctr("containers", "ls", namespace="a" * 80, check=False)
     assert "greater than maximum length (76 characters): invalid argument" in r.stderr
+
+
+def test_event_topics_and_envelopes_answer_as_containerd(both):
+    from appliance._proto.containerd.api.services.events.v1 import events_pb2 as pb
+    publish = "/containerd.services.events.v1.Events/Publish"
+    forward = "/containerd.services.events.v1.Events/Forward"
+    cases = []
+    for topic in ("", "x", "/", "/a b/c", "/x/" + "a" * 80):
+        envelope = pb.Envelope(namespace="default", topic=topic)
+        envelope.timestamp.GetCurrentTime()
+        cases += [(publish, pb.PublishRequest(topic=topic)),
+                  (forward, pb.ForwardRequest(envelope=envelope))]
+    for namespace in ("", "a b"):
+        envelope = pb.Envelope(namespace=namespace, topic="/x")
+        envelope.timestamp.GetCurrentTime()
+        cases.append((forward, pb.ForwardRequest(envelope=envelope)))
+    cases.append((forward, pb.ForwardRequest(envelope=pb.Envelope(namespace="n", topic="/x"))))
+    answers = []
+    for d in both:
+        with grpc.insecure_channel("unix:" + d.address) as channel:
+            answers.append([_answer(channel, path, False, False, request.SerializeToString(),
+                                    "default") for path, request in cases])
+    assert answers[0] == answers[1]
