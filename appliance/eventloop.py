@@ -39,12 +39,16 @@ class EventLoop(asyncio.SelectorEventLoop):
                     raise
                 self._accept_failed(sock, exc)
                 self._remove_reader(sock.fileno())
-                self.call_later(ACCEPT_RETRY, self._start_serving, protocol_factory, sock,
+                self.call_later(ACCEPT_RETRY, self._resume_accepting, protocol_factory, sock,
                                 sslcontext, server, backlog, *timeouts)
                 return
             self.create_task(self._accept_connection2(
                 protocol_factory, conn, {"peername": addr}, sslcontext, server, *timeouts))
         self._accept_recovered(sock)
+
+    def _resume_accepting(self, protocol_factory, sock, sslcontext, server, *args):
+        if sock.fileno() != -1 and (server is None or server.is_serving()):  # not closed since
+            self._start_serving(protocol_factory, sock, sslcontext, server, *args)
 
     def _accept_failed(self, sock, exc: OSError) -> None:
         state = self._accept_failures.setdefault(sock.fileno(), [0, None])
