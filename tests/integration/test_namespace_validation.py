@@ -9,18 +9,21 @@ from google.protobuf import message_factory
 
 pytestmark = pytest.mark.integration
 PROTO = "appliance._proto.containerd.api.services"
-SERVICES = {
-    "containers.v1.Containers": "containers.v1.containers_pb2",
-    "content.v1.Content": "content.v1.content_pb2",
-    "diff.v1.Diff": "diff.v1.diff_pb2",
-    "events.v1.Events": "events.v1.events_pb2",
-    "images.v1.Images": "images.v1.images_pb2",
-    "introspection.v1.Introspection": "introspection.v1.introspection_pb2",
-    "leases.v1.Leases": "leases.v1.leases_pb2",
-    "namespaces.v1.Namespaces": "namespaces.v1.namespace_pb2",
-    "snapshots.v1.Snapshots": "snapshots.v1.snapshots_pb2",
-    "tasks.v1.Tasks": "tasks.v1.tasks_pb2",
-    "version.v1.Version": "version.v1.version_pb2",
+SERVICES = {  # full service name → module of its descriptor
+    **{f"containerd.services.{name}": f"{PROTO}.{module}" for name, module in {
+        "containers.v1.Containers": "containers.v1.containers_pb2",
+        "content.v1.Content": "content.v1.content_pb2",
+        "diff.v1.Diff": "diff.v1.diff_pb2",
+        "events.v1.Events": "events.v1.events_pb2",
+        "images.v1.Images": "images.v1.images_pb2",
+        "introspection.v1.Introspection": "introspection.v1.introspection_pb2",
+        "leases.v1.Leases": "leases.v1.leases_pb2",
+        "namespaces.v1.Namespaces": "namespaces.v1.namespace_pb2",
+        "snapshots.v1.Snapshots": "snapshots.v1.snapshots_pb2",
+        "tasks.v1.Tasks": "tasks.v1.tasks_pb2",
+        "version.v1.Version": "version.v1.version_pb2",
+    }.items()},
+    "grpc.health.v1.Health": "grpc_health.v1.health_pb2",
 }
 BAD = [None, "", "../x", "a b", "-x", "a" * 80, "ns/evil"]
 # Differences README.md names, or another change owns
@@ -46,17 +49,17 @@ def _fill(message, depth=0):
                     "native" if field.name == "snapshotter" else
                     "/probe" if field.name == "topic" else "probe")
         elif field.message_type is not None and depth < 2 and \
-                field.message_type.full_name.startswith("containerd"):
+                field.message_type.full_name.startswith("containerd"):  # not Any, Timestamp
             _fill(value, depth + 1)
     return message
 
 
 def _methods():
     for service, module in SERVICES.items():
-        pb2 = importlib.import_module(f"{PROTO}.{module}")
+        pb2 = importlib.import_module(module)
         for m in pb2.DESCRIPTOR.services_by_name[service.rpartition(".")[2]].methods:
             request = _fill(message_factory.GetMessageClass(m.input_type)())
-            yield (f"/containerd.services.{service}/{m.name}", m.client_streaming,
+            yield (f"/{service}/{m.name}", m.client_streaming,
                    m.server_streaming, request.SerializeToString())
 
 
