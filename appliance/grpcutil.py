@@ -4,8 +4,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from typing import NamedTuple
 
-from .errdefs import ApplianceError, FailedPrecondition, status_of
+from . import identifiers
+from .errdefs import ApplianceError, FailedPrecondition, InvalidArgument, status_of
 from .grpcserver.status import StatusCode
 
 log = logging.getLogger("appliance.grpc")
@@ -13,10 +15,61 @@ NAMESPACE_KEY = "containerd-namespace"
 LEASE_KEY = "containerd-lease"
 
 
-def namespace_of(context, default: str | None = None) -> str:
-    """The namespace a request runs in; containerd requires one for namespaced RPCs."""
+class NamespaceRule(NamedTuple):
+    """A method that needs a valid namespace, and how containerd 1.6 words its absence."""
+    prefix: str = ""   # containerd's wrapping of the error, formatted with the request
+    code: StatusCode | None = None   # UNKNOWN where containerd leaves the error unconverted
+
+
+REQUIRED = NamespaceRule()
+# By service, or "service/Method" where a method differs from its service (None: checked
+# by the handler, after the checks containerd makes first). Services not listed
+# (Version, Introspection, Namespaces, Health) and Events.Subscribe/Forward take none.
+NAMESPACED = {
+    "containerd.services.containers.v1.Containers": REQUIRED,
+    "containerd.services.content.v1.Content": REQUIRED,
+    "containerd.services.content.v1.Content/Status":
+        NamespaceRule('could not get status for ref "{request.ref}": '),
+    "containerd.services.diff.v1.Diff/Diff": None,   # the media type's first
+    "containerd.services.diff.v1.Diff/Apply":
+        NamespaceRule("failed to get reader from content store: "),
+    "containerd.services.events.v1.Events/Publish": NamespaceRule("failed publishing event: "),
+    "containerd.services.images.v1.Images": REQUIRED,
+    "containerd.services.leases.v1.Leases": REQUIRED,
+    "containerd.services.snapshots.v1.Snapshots": REQUIRED,
+    "containerd.services.snapshots.v1.Snapshots/List": NamespaceRule(code=StatusCode.UNKNOWN),
+    "containerd.services.snapshots.v1.Snapshots/Cleanup": None,  # the snapshotter's first
+    "containerd.services.tasks.v1.Tasks": REQUIRED,
+    "containerd.services.tasks.v1.Tasks/Metrics": NamespaceRule(code=StatusCode.UNKNOWN),
+}
+
+
+def namespace_rule(service: str, method: str) -> NamespaceRule | None:
+    key = f"{service}/{method}"
+    return NAMESPACED[key] if key in NAMESPACED else NAMESPACED.get(service)
+
+
+def namespace_error(context) -> ApplianceError | None:
+    """Why the request's namespace is missing or invalid (containerd's words), or None."""
     for key, value in context.invocation_metadata() or ():
         if key == NAMESPACE_KEY and value:
+            try:
+                identifiers.validate(value)
+            except InvalidArgument as exc:
+                return InvalidArgument(f"namespace validation: {exc.message}")
+            return None
+    return FailedPrecondition("namespace is required: failed precondition")
+
+
+def namespace_of(context, default: str | None = None) -> str:
+    """The namespace a request runs in; containerd requires a valid one for namespaced
+    RPCs. With a `default` (Namespaces' events) a missing one is not an error."""
+    for key, value in context.invocation_metadata() or ():
+        if key == NAMESPACE_KEY and value:
+            if default is None:
+                error = namespace_error(context)
+                if error is not None:
+                    raise error
             return value
     if default is not None:
         return default

@@ -10,12 +10,13 @@ _IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
 
 def validate(identifier: str) -> None:
     if not identifier:
-        raise InvalidArgument("identifier must not be empty")
+        raise InvalidArgument("identifier must not be empty: invalid argument")
     if len(identifier) > MAX_IDENTIFIER:
         raise InvalidArgument(f"identifier {q(identifier)} greater than maximum length "
-                              f"({MAX_IDENTIFIER} characters)")
+                              f"({MAX_IDENTIFIER} characters): invalid argument")
     if not _IDENTIFIER.match(identifier):
-        raise InvalidArgument(f"identifier {q(identifier)} must match {_IDENTIFIER.pattern}")
+        raise InvalidArgument(f"identifier {q(identifier)} must match {_IDENTIFIER.pattern}"
+                              ": invalid argument")
 
 
 def validate_labels(labels: dict[str, str]) -> None:

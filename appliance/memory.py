@@ -28,11 +28,15 @@ def trim() -> None:
 
 def release_startup_pages(path: str | None = None) -> int:
     """Page out the read-only data mappings (not the code) of `path`, by default the
-    executable; returns the bytes advised."""
+    executable; returns the bytes advised (0 when /proc cannot be read, e.g. out of fds)."""
     import os
-    path = path or os.readlink("/proc/self/exe")  # sys.executable isn't the Nuitka binary
     released = 0
-    with open("/proc/self/maps") as maps:
+    try:
+        path = path or os.readlink("/proc/self/exe")  # sys.executable isn't the Nuitka binary
+        maps = open("/proc/self/maps")
+    except OSError:
+        return released
+    with maps:
         for line in maps:
             fields = line.split(maxsplit=5)
             if len(fields) < 6 or fields[1] != "r--p" or fields[5].strip() != path:

@@ -102,6 +102,7 @@ def _mount_overlay_compact(data: list[str], target: str, flags: int) -> None:
     as containerd does with a forked helper.
     """
     import subprocess
+    from . import fdlimit
     lowers = next((o[len("lowerdir="):].split(":") for o in data if o.startswith("lowerdir=")), [])
     common = os.path.commonpath(lowers) if lowers else "/"
     if len(lowers) == 1:
@@ -111,7 +112,8 @@ def _mount_overlay_compact(data: list[str], target: str, flags: int) -> None:
     if flags & MS_RDONLY:
         rel.append("ro")
     result = subprocess.run(["mount", "-i", "-n", "-t", "overlay", "overlay", "-o", ",".join(rel),
-                             target], cwd=common, capture_output=True, text=True, timeout=30)
+                             target], cwd=common, capture_output=True, text=True, timeout=30,
+                            preexec_fn=fdlimit.child_preexec())
     if result.returncode != 0:
         raise OSError(f"mount overlay at {target}: {result.stderr.strip()}")
 

@@ -16,7 +16,8 @@ import threading
 import time
 import traceback
 
-from . import listeners, memory, metrics, process_settings, sdnotify
+from . import fdlimit, listeners, memory, metrics, process_settings, sdnotify
+from .eventloop import EventLoop
 from .config import Config, plugin_config
 from .errdefs import mkdir_all, path_error
 from .grpcserver import Server as GrpcServer
@@ -292,8 +293,10 @@ def _settle(future, result, exc):
 
 def run(cfg: Config, registrations) -> int:
     memory.limit_arenas()   # before any worker thread exists
+    fdlimit.raise_soft_limit()
     try:
-        code = asyncio.run(Daemon(cfg, registrations).run())
+        with asyncio.Runner(loop_factory=EventLoop) as runner:
+            code = runner.run(Daemon(cfg, registrations).run())
     except (StartupError, listeners.ListenerError) as exc:
         log.error("%s", exc)
         return 1

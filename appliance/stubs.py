@@ -9,8 +9,11 @@ listed in a `GrpcServices` table that imports a service's stubs on its first cal
 from __future__ import annotations
 
 import importlib
+import inspect
 
+from .errdefs import status_of
 from .grpcserver import MethodHandler, StatusCode
+from .grpcutil import NamespaceRule, namespace_error, namespace_rule
 
 
 class module:
@@ -75,13 +78,41 @@ class GrpcServices:
         for method in descriptor.methods:
             request = message_factory.GetMessageClass(method.input_type)
             response = message_factory.GetMessageClass(method.output_type)
-            behaviour = getattr(servicer, method.name, None) or _unimplemented(method.name)
+            behaviour = getattr(servicer, method.name, None)
+            rule = namespace_rule(service, method.name)
+            if behaviour is None:
+                behaviour = _unimplemented(method.name)
+            elif rule is not None:
+                behaviour = _namespaced(behaviour, rule)
             kind = ("stream" if method.client_streaming else "unary") + "_" + \
                 ("stream" if method.server_streaming else "unary")
             handlers[method.name] = MethodHandler(
                 method.client_streaming, method.server_streaming, request.FromString,
                 response.SerializeToString, **{kind: behaviour})
         return handlers
+
+
+def _namespaced(behaviour, rule: NamespaceRule):
+    """`behaviour` behind containerd's namespace check (grpcutil.NAMESPACED), of the
+    same kind (async generator or coroutine): grpc.aio serves these handlers too."""
+    async def check(request, context):
+        error = namespace_error(context)
+        if error is not None:
+            code, message = status_of(error)
+            await context.abort(rule.code or code, rule.prefix.format(request=request) + message)
+
+    if inspect.isasyncgenfunction(behaviour):
+        async def checked_stream(request, context):
+            await check(request, context)
+            async for item in behaviour(request, context):
+                yield item
+        return checked_stream
+
+    async def checked(request, context):
+        await check(request, context)
+        result = behaviour(request, context)
+        return await result if inspect.isawaitable(result) else result
+    return checked
 
 
 def _unimplemented(name: str):

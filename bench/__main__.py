@@ -110,8 +110,8 @@ def main(argv=None) -> int:
                 for t in bench.targets:
                     t.cleanup()
                 bench.targets = []
-        for name in sections.STANDALONE_ROOTS:
-            if name in args.sections:
+        for name in sections.STANDALONE:
+            if name != "boot" and name in args.sections:
                 profiled(name, sections.STANDALONE[name], make_targets)
     finally:
         for ns in ("bench", "stress"):

@@ -323,6 +323,31 @@ def import_ext4(b: Bench, make_targets):
     _on_fresh_root(b, make_targets, "ext4", workload)
 
 
+def rapid_reset(b: Bench, make_targets):
+    """HTTP/2 rapid reset (HEADERS + RST_STREAM, CVE-2023-44487) on fresh daemons, one at a
+    time, while another client calls Version: its latency and the daemon's CPU."""
+    resets = b.reps(20_000, 100_000)
+    saved, b.targets = b.targets, make_targets("rapid-reset")
+    metrics = ["rr_victim_p99", "rr_victim_max", "rr_cpu"]
+    try:
+        for t in b.targets:
+            t.start()
+        for rep in range(b.reps(1, 3)):
+            def step(t: Target):
+                r = python_tool("bench.rapidreset", "-a", t.address, "-c", str(resets),
+                                "--pid", str(t.pid))
+                b.record("rr_victim_p99", t.kind, r["victim_p99_ms"])
+                b.record("rr_victim_max", t.kind, r["victim_max_ms"])
+                b.record("rr_cpu", t.kind, r["cpu_s"])
+                b.note("rr_cpu", t.kind, f"{r['connections']} connections, GOAWAY codes "
+                       f"{r['goaways'] or 'none'}, victim errors {r['victim_errors']}")
+            b.each(rep, metrics, step)
+    finally:
+        for t in b.targets:
+            t.cleanup()
+        b.targets = saved
+
+
 STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4}
-STANDALONE = {"boot": boot, **STANDALONE_ROOTS}
-ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS]
+STANDALONE = {"boot": boot, **STANDALONE_ROOTS, "rapid_reset": rapid_reset}
+ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS, "rapid_reset"]

@@ -23,14 +23,22 @@ def pack_any(message) -> any_pb2.Any:
 
 
 def validate_topic(topic: str) -> None:
+    """containerd's checks and words (`envelope topic "…": …`)."""
     if not topic:
-        raise InvalidArgument("must not be empty")
-    if not topic.startswith("/"):
-        raise InvalidArgument(f"topic {q(topic)} must start with '/'")
-    if len(topic) == 1:
-        raise InvalidArgument("must contain at least one component")
-    for part in topic[1:].split("/"):
-        identifiers.validate(part)
+        why = "must not be empty: invalid argument"
+    elif not topic.startswith("/"):
+        why = "must start with '/': invalid argument"
+    elif len(topic) == 1:
+        why = "must have at least one component: invalid argument"
+    else:
+        for part in topic[1:].split("/"):
+            try:
+                identifiers.validate(part)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"envelope topic {q(topic)}: failed validation on "
+                                      f"component {q(part)}: {exc.message}") from None
+        return
+    raise InvalidArgument(f"envelope topic {q(topic)}: {why}")
 
 
 class _Subscriber:
@@ -64,8 +72,14 @@ class Exchange:
         self._broadcast(envelope)
 
     def forward(self, envelope) -> None:
-        identifiers.validate(envelope.namespace)
+        try:
+            identifiers.validate(envelope.namespace)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"event envelope has invalid namespace: {exc.message}") \
+                from None
         validate_topic(envelope.topic)
+        if not envelope.HasField("timestamp"):
+            raise InvalidArgument("timestamp must be set on forwarded event: invalid argument")
         self._broadcast(envelope)
 
     def _broadcast(self, envelope) -> None:

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .. import fdlimit
 from ..errdefs import ApplianceError, NotFound
 
 log = logging.getLogger("appliance.streamprocessor")
@@ -146,8 +147,9 @@ class ProcessedStream(io.RawIOBase):
                 give(pay_r, PAYLOAD_FD)
                 threading.Thread(target=_write_payload, args=(data, pay_w), daemon=True,
                                  name=f"payload-{processor.id}").start()
-            self.pid = os.posix_spawnp(executable, [processor.path, *processor.args],
-                                       self._environment(media_type), file_actions=actions)
+            argv = fdlimit.child_argv([executable, *processor.args])
+            self.pid = os.posix_spawnp(argv[0], argv, self._environment(media_type),
+                                       file_actions=actions)
         except BaseException:
             self.close()
             raise

@@ -6,6 +6,7 @@ tracked here; when to send is up to the caller (`sendable`/`sent`, `consumed`).
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 import hpack
@@ -19,6 +20,7 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # error codes
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, _, STREAM_CLOSED, \
     FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = range(10)
+ENHANCE_YOUR_CALM = 0xB
 
 # settings
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, \
@@ -32,7 +34,14 @@ DEFAULT_FRAME_SIZE = 16384
 RECEIVE_WINDOW = 8 << 20
 MAX_HEADER_BLOCK = 1 << 20
 MAX_CONCURRENT = 1000  # streams per connection: each is a task, so bound them
+# Streams a client may reset while we serve them (a token bucket, nghttp2 ≥ 1.57's
+# figures): "rapid reset" (CVE-2023-44487) opens and resets streams without end, each
+# costing us a call set up and torn down; it gets GOAWAY ENHANCE_YOUR_CALM.
+RESET_BURST, RESET_RATE = 1000, 33.0   # resets, resets per second
 
+# HPACK "indexed header field" representations of one byte (indices 1–126)
+_ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
+_DECODED_CACHE = 64      # header blocks remembered with what they decode to
 _U32 = struct.Struct(">I")  # also a frame header's first 4 bytes: length (24 bits), type
 _SETTING = struct.Struct(">HI")
 
@@ -56,7 +65,7 @@ class StreamError(Exception):
 @dataclass(slots=True)
 class Request:
     stream_id: int
-    headers: list  # [(name: bytes, value: bytes)]
+    headers: tuple  # ((name: bytes, value: bytes), …): shared with the cache, read only
     end_stream: bool
 
 
@@ -141,11 +150,12 @@ STATUS_200 = b"\x88"  # ":status: 200", static table entry 8
 class Connection:
     """One server-side HTTP/2 connection's protocol state."""
 
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
         self._buffer = bytearray()
         self._preface_seen = False
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = MAX_HEADER_BLOCK
+        self._decoded: dict[bytes, tuple] = {}   # see _decode
         self._headers_stream = 0  # stream whose header block continues, 0 if none
         self._header_block = bytearray()
         self._header_end_stream = False
@@ -163,6 +173,8 @@ class Connection:
         # buffer without bound.
         self.receive_window = RECEIVE_WINDOW
         self.stream_receive_windows: dict[int, int] = {}
+        self._clock = clock
+        self._reset_tokens, self._reset_time = float(RESET_BURST), clock()
 
     def initial_bytes(self) -> bytes:
         """Our SETTINGS and the connection window opened to RECEIVE_WINDOW."""
@@ -238,6 +250,8 @@ class Connection:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad RST_STREAM")
             if stream_id > self.highest_stream_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            if stream_id in self.stream_send_windows:  # not yet answered in full
+                self._take_reset_token()
             self.close_stream(stream_id)
             events.append(Reset(stream_id, _U32.unpack(payload)[0]))
         elif kind == GOAWAY:
@@ -253,6 +267,13 @@ class Connection:
         elif kind == PUSH_PROMISE:
             raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # unknown frame types are ignored (RFC 9113 §4.1)
+
+    def _take_reset_token(self):
+        now = self._clock()
+        tokens = min(RESET_BURST, self._reset_tokens + (now - self._reset_time) * RESET_RATE)
+        if tokens < 1:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many stream resets")
+        self._reset_tokens, self._reset_time = tokens - 1, now
 
     @staticmethod
     def _strip_padding(flags, payload):
@@ -328,12 +349,7 @@ class Connection:
         stream_id, block = self._headers_stream, bytes(self._header_block)
         self._headers_stream = 0
         self._header_block = bytearray()
-        # Decode even a block we refuse: the decoder's table must stay in step with
-        # the peer's encoder.
-        try:
-            headers = self._decoder.decode(block, raw=True)
-        except Exception as exc:  # hpack raises several types; all are fatal here
-            raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
+        headers = self._decode(block)
         end_stream = self._header_end_stream
         if self._header_kind is None:
             raise StreamError(stream_id, REFUSED_STREAM, "too many concurrent streams")
@@ -347,6 +363,26 @@ class Connection:
         if end_stream:
             self._remote_closed(stream_id)
         events.append(Request(stream_id, headers, end_stream))
+
+    def _decode(self, block: bytes) -> tuple:
+        """Decode even a block we refuse: the decoder's table must stay in step with the
+        peer's encoder. A block of one-byte indexed fields only changes no table, so
+        while the table is unchanged it decodes as before: from the cache."""
+        if not block.translate(None, _ONE_BYTE_INDEXED):
+            headers = self._decoded.get(block)
+            if headers is not None:
+                return headers
+        else:
+            self._decoded.clear()  # the table may change
+        try:
+            headers = tuple(self._decoder.decode(block, raw=True))
+        except Exception as exc:  # hpack raises several types; all are fatal here
+            raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
+        if not block.translate(None, _ONE_BYTE_INDEXED):
+            if len(self._decoded) >= _DECODED_CACHE:
+                self._decoded.clear()
+            self._decoded[block] = headers
+        return headers
 
     def _settings(self, flags, stream_id, payload, events, out):
         if stream_id:

@@ -72,13 +72,17 @@ class _Connection(asyncio.Protocol):
         try:
             events = self.h2.receive(data, out)
         except h2.ConnectionError_ as exc:
-            log.debug("gRPC connection error from %s: %s", self.peer, exc)
+            log.log(logging.WARNING if exc.code == h2.ENHANCE_YOUR_CALM else logging.DEBUG,
+                    "gRPC connection error from %s: %s", self.peer, exc)
             self.transport.write(b"".join(out) + h2.goaway(
                 self.h2.highest_stream_id, exc.code, str(exc).encode()))
             self.transport.close()
             return
         if out:
             self.transport.write(b"".join(out))
+        # A request reset in the same read never starts a call (rapid reset's pattern)
+        reset = {e.stream_id for e in events if type(e) is h2.Reset} if len(events) > 1 \
+            else ()
         for event in events:
             kind = type(event)
             if kind is h2.Data:
@@ -88,7 +92,8 @@ class _Connection(asyncio.Protocol):
                 else:
                     call._received(event.data, event.flow_length, event.end_stream)
             elif kind is h2.Request:
-                self._start(event)
+                if event.stream_id not in reset:
+                    self._start(event)
             elif kind is h2.WindowOpened:
                 self._window_opened(event.stream_id)
             elif kind is h2.Reset:

@@ -103,6 +103,8 @@ class DiffAdapter:
 
     @rpc
     async def Diff(self, request, context):
+        from ..core.diff.compare import check_media_type
+        check_media_type(request.media_type)  # before the namespace, as containerd does
         media_type, digest, size = await asyncio.to_thread(
             self.service.diff, namespace_of(context), _mounts(request.left),
             _mounts(request.right), request.media_type, request.ref, dict(request.labels),

@@ -3,6 +3,7 @@ import asyncio
 
 from .. import stubs
 from ..errdefs import NotFound
+from ..grpcserver import StatusCode
 from ..grpcutil import rpc
 from ..plugin import GRPC, Registration
 
@@ -46,6 +47,11 @@ class HealthAdapter:
                 status = response.SERVICE_UNKNOWN  # Watch reports, never fails (gRPC spec)
             yield response(status=status)
             await self._changed.wait()  # after SERVING: until the client cancels
+
+    async def List(self, request, context):
+        """Newer than containerd 1.6's grpc-go, which does not know the method."""
+        await context.abort(StatusCode.UNIMPLEMENTED,
+                            "unknown method List for service grpc.health.v1.Health")
 
 
 REGISTRATIONS = [Registration(GRPC, "healthcheck", lambda ic: HealthAdapter())]

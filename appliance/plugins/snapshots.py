@@ -12,9 +12,9 @@ from google.protobuf import empty_pb2
 
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
-from .. import stubs
+from .. import fdlimit, stubs
 from ..config import unsupported
-from ..errdefs import InvalidArgument
+from ..errdefs import InvalidArgument, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
@@ -149,7 +149,10 @@ class SnapshotsAdapter:
 
     @rpc
     async def Cleanup(self, request, context):
-        await asyncio.to_thread(self.service.get(request.snapshotter).cleanup)
+        sn = self.service.get(request.snapshotter)
+        if not getattr(sn.backend, "cleaner", True):
+            raise Unimplemented("snapshotter does not implement Cleanup method: not implemented")
+        await asyncio.to_thread(sn.cleanup)
         return empty_pb2.Empty()
 
 
@@ -224,7 +227,8 @@ def _aufs(ic: InitContext):
         if modprobe is None:
             detail = 'exec: "modprobe": executable file not found in $PATH ""'
         else:
-            r = subprocess.run([modprobe, "aufs"], capture_output=True, text=True, timeout=10)
+            r = subprocess.run([modprobe, "aufs"], capture_output=True, text=True, timeout=10,
+                               preexec_fn=fdlimit.child_preexec())
             if r.returncode == 0:
                 detail = ""
             else:

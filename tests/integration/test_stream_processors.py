@@ -54,6 +54,18 @@ def make_image(path: Path, layer_tar: bytes) -> Path:
     return path
 
 
+def configure_processor(d: Daemon, script: Path) -> None:
+    """Give `d` a config with `script` as the processor of CUSTOM layers."""
+    d.workdir.mkdir(parents=True, exist_ok=True)
+    (d.workdir / "config.toml").write_text(f"""version = 2
+[stream_processors."b64"]
+accepts = ["{CUSTOM}"]
+returns = "application/vnd.oci.image.layer.v1.tar"
+path = "{script}"
+""")
+    d.config = str(d.workdir / "config.toml")
+
+
 def test_custom_media_type_layer_applied_by_stream_processor(tmp_path):
     layer_tar = _tar({"hello.txt": b"decoded by the stream processor\n"})
     image = make_image(tmp_path / "image.tar", layer_tar)
@@ -65,14 +77,7 @@ def test_custom_media_type_layer_applied_by_stream_processor(tmp_path):
 
     plain = Daemon()  # without the processor the layer cannot be unpacked
     d = Daemon()
-    d.workdir.mkdir(parents=True, exist_ok=True)
-    (d.workdir / "config.toml").write_text(f"""version = 2
-[stream_processors."b64"]
-accepts = ["{CUSTOM}"]
-returns = "application/vnd.oci.image.layer.v1.tar"
-path = "{script}"
-""")
-    d.config = str(d.workdir / "config.toml")
+    configure_processor(d, script)
     with open(d.config, "a") as f:
         f.write('[metrics]\naddress = "127.0.0.1:0"\n')
     try:

@@ -138,7 +138,7 @@ def test_refused_trailers_still_feed_the_hpack_table():
     assert events == [h2.Reset(1, h2.PROTOCOL_ERROR)]
     events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 3, encoder.encode(
         [(b":path", b"/s.S/N"), (b"x-new-entry", b"v")])), out)
-    assert events[0].headers == [(b":path", b"/s.S/N"), (b"x-new-entry", b"v")]
+    assert events[0].headers == ((b":path", b"/s.S/N"), (b"x-new-entry", b"v"))
 
 
 def test_data_beyond_the_receive_window_is_a_flow_control_error():
@@ -204,7 +204,7 @@ def test_streams_beyond_the_concurrency_limit_are_refused():
     conn.close_stream(1)  # one ends: the next is taken, and decoded with that entry
     events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, last + 2, encoder.encode(
         fields + [(b"x-new-entry", b"v")])), out)
-    assert events == [h2.Request(last + 2, fields + [(b"x-new-entry", b"v")], False)]
+    assert events == [h2.Request(last + 2, tuple(fields + [(b"x-new-entry", b"v")]), False)]
 
 
 def test_header_blocks_larger_than_a_frame_go_out_in_continuations():
@@ -213,3 +213,71 @@ def test_header_blocks_larger_than_a_frame_go_out_in_continuations():
     assert wire[3] == h2.HEADERS and wire.count(bytes([h2.CONTINUATION])) >= 2
     events = connection().receive(wire, [])  # our own parser takes them back
     assert events[0].end_stream and (b"x-long", b"v" * 40000) in events[0].headers
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def open_and_reset(conn, stream_id, out):
+    return conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, stream_id, request_headers()) +
+                        h2.rst_stream(stream_id, h2.CANCEL), out)
+
+
+def test_rapid_reset_is_answered_with_enhance_your_calm():
+    """A token bucket of stream resets (burst 1000, 33/s): the reset beyond it is a
+    connection error ENHANCE_YOUR_CALM (the server sends GOAWAY)."""
+    clock, out = Clock(), []
+    conn = h2.Connection(clock)
+    conn.receive(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0), out)
+    sid = 1
+    for _ in range(h2.RESET_BURST):
+        assert open_and_reset(conn, sid, out)[-1] == h2.Reset(sid, h2.CANCEL)
+        sid += 2
+    with pytest.raises(h2.ConnectionError_) as err:
+        open_and_reset(conn, sid, out)
+    assert err.value.code == h2.ENHANCE_YOUR_CALM
+
+
+def test_resets_at_the_refill_rate_or_of_answered_streams_are_fine():
+    clock, out = Clock(), []
+    conn = h2.Connection(clock)
+    conn.receive(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0), out)
+    sid = 1
+    for _ in range(h2.RESET_BURST):
+        open_and_reset(conn, sid, out)
+        sid += 2
+    for _ in range(3 * h2.RESET_BURST):  # a stream we answered: its reset costs nothing
+        conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid,
+                              request_headers()), out)
+        conn.close_stream(sid)
+        conn.receive(h2.rst_stream(sid, h2.CANCEL), out)
+        sid += 2
+    for _ in range(100):  # the bucket refills at 33 a second
+        clock.now += 1 / h2.RESET_RATE
+        open_and_reset(conn, sid, out)
+        sid += 2
+    with pytest.raises(h2.ConnectionError_):
+        open_and_reset(conn, sid, out)
+
+
+def test_repeated_indexed_header_blocks_follow_the_table():
+    """Blocks of indexed fields are decoded from a cache while the hpack table is
+    unchanged; an insertion shifts the dynamic indices, and the same bytes decode anew."""
+    encoder, conn, out = hpack.Encoder(), connection(), []
+    first = encoder.encode([(b":path", b"/s.S/A"), (b"x-a", b"1")])
+    indexed = encoder.encode([(b":path", b"/s.S/A"), (b"x-a", b"1")])
+    assert indexed == b"\xbf\xbe"  # dynamic entries 63 and 62
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, first), out)
+    for sid in (3, 5):
+        events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid,
+                                       indexed), out)
+        assert events[0].headers == ((b":path", b"/s.S/A"), (b"x-a", b"1"))
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 7,
+                          encoder.encode([(b":path", b"/s.S/B")])), out)
+    events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 9, indexed), out)
+    assert events[0].headers == ((b"x-a", b"1"), (b":path", b"/s.S/B"))

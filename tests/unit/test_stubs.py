@@ -66,7 +66,8 @@ def test_grpc_services_load_on_first_call_and_answer_unimplemented_for_the_rest(
                     call = channel.unary_unary(method, request_serializer=bytes,
                                                response_deserializer=bytes)
                     try:
-                        await call(b"", timeout=10)
+                        await call(b"", timeout=10,
+                                   metadata=(("containerd-namespace", "default"),))
                         codes.append(grpc.StatusCode.OK)
                     except grpc.aio.AioRpcError as exc:
                         codes.append(exc.code())

@@ -16,7 +16,7 @@ import time
 import secrets
 
 from ... import mount as mountlib
-from ...errdefs import AlreadyExists, InvalidArgument
+from ...errdefs import AlreadyExists, Unimplemented
 
 try:
     from isal import isal_zlib as zlib_impl
@@ -170,11 +170,17 @@ def write_tar(lower: str, upper: str, out) -> None:
     tar.close()
 
 
-def write_diff(content, tmpmounts: str, ns: str, lower_mounts, upper_mounts, media_type: str,
-               ref: str, labels: dict, lease=None):
+def check_media_type(media_type: str) -> str:
+    """The diff's media type (gzip by default); others are not implemented."""
     media_type = media_type or GZIP_TYPE
     if media_type not in (GZIP_TYPE, TAR_TYPE):
-        raise InvalidArgument(f"unsupported diff media type: {media_type}: not implemented")
+        raise Unimplemented(f"unsupported diff media type: {media_type}: not implemented")
+    return media_type
+
+
+def write_diff(content, tmpmounts: str, ns: str, lower_mounts, upper_mounts, media_type: str,
+               ref: str, labels: dict, lease=None):
+    media_type = check_media_type(media_type)
     ref = ref or f"diff-{time.time_ns()}-{secrets.token_hex(4)}"
     with contextlib.ExitStack() as stack:
         lower = stack.enter_context(mountlib.TempMount(tmpmounts, _readonly(lower_mounts))) \

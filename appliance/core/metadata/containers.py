@@ -22,7 +22,7 @@ def validate(c: pb.Container) -> None:
     try:
         identifiers.validate(c.id)
     except InvalidArgument as exc:
-        raise InvalidArgument(f"container.ID: {exc.message}: invalid argument") from None
+        raise InvalidArgument(f"container.ID: {exc.message}") from None
     if any(not key for key in c.extensions):
         raise InvalidArgument("container.Extension keys must not be zero-length: invalid argument")
     try:

@@ -12,7 +12,7 @@ import shutil
 
 from google.protobuf import empty_pb2
 
-from ... import program, stubs
+from ... import fdlimit, program, stubs
 from ...errdefs import ApplianceError, DeadlineExceeded, NotFound
 from ...ttrpc import TTRPCClient
 from .bundle import Bundle
@@ -187,7 +187,8 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         proc = await asyncio.create_subprocess_exec(
             binary, *args, "start", cwd=bundle.path, env=env,
             stdin=asyncio.subprocess.PIPE if options is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0,
+            preexec_fn=fdlimit.child_preexec())
         try:
             out, _ = await asyncio.wait_for(proc.communicate(options), START_TIMEOUT)
         except asyncio.TimeoutError:
@@ -235,7 +236,8 @@ async def delete_with_binary(bundle: Bundle, binary: str, address: str, ttrpc_ad
     cwd = bundle.path if os.path.isdir(bundle.path) else "/"
     proc = await asyncio.create_subprocess_exec(
         binary, *args, cwd=cwd, env=shim_env(ttrpc_address), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, process_group=0)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, process_group=0,
+        preexec_fn=fdlimit.child_preexec())
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:

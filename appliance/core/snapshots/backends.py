@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from ... import trash
+from ... import fdlimit, trash
 from ...trash import remove_tree
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
@@ -95,6 +95,7 @@ class Backend:
     """Directories and mounts by snapshot id; subclasses decide the mount shape."""
     name = ""
     mounts_error = "failed to get active mount"   # Mounts of a committed snapshot
+    cleaner = True   # containerd's snapshotter implements Cleanup (native's does not)
 
     def __init__(self, root: str):
         self.root = root
@@ -217,6 +218,7 @@ class NativeBackend(Backend):
     """native: every active snapshot is a full copy of its parent."""
     name = "native"
     mounts_error = "failed to get snapshot mount"
+    cleaner = False
 
     def _populate(self, tmp, kind, parent_ids):
         fs = os.path.join(tmp, "fs")
@@ -241,7 +243,8 @@ class NativeBackend(Backend):
 def copy_tree(src: str, dst: str) -> None:
     """A faithful copy (owners, modes, times, xattrs, hardlinks, devices): GNU cp -a."""
     result = subprocess.run(["cp", "-a", "--reflink=auto", "--", src, dst],
-                            capture_output=True, text=True, timeout=3600)
+                            capture_output=True, text=True, timeout=3600,
+                            preexec_fn=fdlimit.child_preexec())
     if result.returncode != 0:
         raise OSError(f"copy {src} to {dst}: {result.stderr.strip()}")
 

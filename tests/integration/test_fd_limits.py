@@ -1,0 +1,103 @@
+"""Issue 16.1: the open files limit. The daemon raises its soft RLIMIT_NOFILE to the hard
+limit (as Go programs do), children get the original back, and running out of fds
+anyway backs off quietly and recovers."""
+import contextlib
+import resource
+import socket
+import time
+
+import pytest
+
+from daemon import Daemon, wait_for
+from test_stream_processors import _tar, configure_processor, make_image
+
+pytestmark = pytest.mark.integration
+SOFT, HARD = 1024, 4096
+IDLE_CLIENTS = 1100
+
+
+class LimitedDaemon(Daemon):
+    """A daemon started with RLIMIT_NOFILE soft:hard (prlimit execs it: same pid)."""
+
+    def __init__(self, soft: int, hard: int, **kwargs):
+        super().__init__(**kwargs)
+        self.nofile = f"--nofile={soft}:{hard}"
+
+    def argv(self):
+        return ["prlimit", self.nofile, "--", *super().argv()]
+
+
+def nofile_of(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open files limit")
+
+
+@contextlib.contextmanager
+def idle_clients(address: str, count: int):
+    """`count` connections that never send a byte (the test process needs the fds too)."""
+    own = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(own[1], HARD), max(own[1], HARD)))
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_UNIX)
+            socks.append(s)
+            s.setblocking(False)
+            wait_for(lambda: _connected(s, address), what="room in the listen backlog")
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, own)
+
+
+def _connected(s: socket.socket, address: str) -> bool:
+    try:
+        s.connect(address)
+        return True
+    except BlockingIOError:  # a unix socket's listen backlog is full: try again
+        return False
+
+
+def test_idle_connections_beyond_the_inherited_soft_limit_and_children_get_it_back(tmp_path):
+    """1,100 idle clients with an inherited soft limit of 1024 do not lock `ctr` out; a
+    stream processor (a child) runs with the soft limit of 1024 the daemon started with."""
+    seen = tmp_path / "child-limit"
+    script = tmp_path / "b64-decoder"
+    script.write_text(f"#!/bin/sh\nulimit -Sn > {seen}\nexec base64 -d\n")
+    script.chmod(0o755)
+    d = LimitedDaemon(SOFT, HARD)
+    configure_processor(d, script)
+    try:
+        d.start()
+        assert nofile_of(d.proc.pid) == (HARD, HARD)
+        with idle_clients(d.address, IDLE_CLIENTS):
+            assert "Version:" in d.ctr("version", timeout=30).stdout
+        image = make_image(tmp_path / "image.tar", _tar({"a.txt": b"a\n"}))
+        d.ctr("images", "import", "--snapshotter", "native", str(image))
+        assert seen.read_text().strip() == str(SOFT)
+    finally:
+        d.cleanup()
+
+
+def test_out_of_fds_backs_off_logs_once_and_recovers():
+    """soft = hard = 1024: accept fails with EMFILE. One log line (no traceback per
+    attempt), and accepting resumes once the clients close."""
+    d = LimitedDaemon(SOFT, SOFT)
+    try:
+        d.start()
+        with idle_clients(d.address, IDLE_CLIENTS):
+            wait_for(lambda: "Too many open files" in d.log(), what="EMFILE on accept")
+            time.sleep(3)  # three retries of accept(): each one used to log a traceback
+            log = d.log()
+        assert log.count("Too many open files") == 1, log[-3000:]
+        assert "Traceback" not in log[log.index("successfully booted"):]
+        wait_for(lambda: d.ctr("version", check=False, timeout=10).returncode == 0,
+                 what="ctr version after the clients closed")
+        assert "accepting connections on" in d.log()
+    finally:
+        d.cleanup()
