@@ -181,8 +181,9 @@ class LocalRegistry:
         raise TimeoutError("docker-registry did not start")
 
     def push(self, oci_archive: Path, repo_tag: str) -> str:
-        """Copy an OCI archive to `<host>/<repo_tag>`; returns the manifest digest."""
-        argv = [SKOPEO, "copy", "--quiet", "--dest-tls-verify=false"]   # (the test CA)
+        """Copy an OCI archive (every image of an index) to `<host>/<repo_tag>`; returns the
+        manifest (or index) digest."""
+        argv = [SKOPEO, "copy", "--quiet", "--all", "--dest-tls-verify=false"]   # (the test CA)
         if self.users:
             user, password = next(iter(self.users.items()))
             argv += ["--dest-creds", f"{user}:{password}"]

@@ -189,22 +189,21 @@ class Registry:
             if resp.status_code != 401 or attempt == 2:
                 return resp
             challenges = auth.parse_challenges(resp.headers.get("www-authenticate", ""))
+            authorization = await self._authorize(host, client, challenges)
+            if authorization is None:   # nothing to answer with: the 401 is the answer
+                return resp
             await resp.aclose()
-            self._authorization[host.host] = await self._authorize(host, client, challenges)
+            self._authorization[host.host] = authorization
         raise AssertionError("unreachable")
 
-    async def _authorize(self, host: RegistryHost, client, challenges) -> str:
+    async def _authorize(self, host: RegistryHost, client, challenges) -> str | None:
         creds = self.credentials(host.host) if self.credentials else None
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.params.get("realm"):
                 return "Bearer " + await self._token(host, client, challenge, creds)
-            if challenge.scheme == "basic":
-                if creds is None:
-                    raise RegistryError(f"pulling from host {host.host} failed: the registry "
-                                        f"asks for credentials and none are configured")
+            if challenge.scheme == "basic" and creds is not None:
                 return auth.basic_header(*creds)
-        raise RegistryError(f"pulling from host {host.host} failed: 401 Unauthorized "
-                            f"with no challenge we can answer")
+        return None
 
     async def _token(self, host, client, challenge, creds) -> str:
         url = auth.token_url(challenge, auth.pull_scope(self.repository))
@@ -227,8 +226,6 @@ def _raise_for_status(resp, host: RegistryHost, what: str) -> None:
         return
     message = f"pulling from host {host.host} failed with status code [{what}]: " \
               f"{resp.status_code} {resp.reason_phrase}"
-    if resp.status_code == 401:
-        message += " (check the credentials for this host)"
     raise RegistryError(message)
 
 
