@@ -323,6 +323,13 @@ def import_ext4(b: Bench, make_targets):
     _on_fresh_root(b, make_targets, "ext4", workload)
 
 
-STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4}
+def cri_pull(b: Bench, make_targets):
+    """PullImage through each daemon's CRI from a loopback registry (bench/cri_pull.py)."""
+    from .cri_pull import cri_pull as run
+    run(b, make_targets)
+
+
+STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4,
+                    "cri_pull": cri_pull}
 STANDALONE = {"boot": boot, **STANDALONE_ROOTS}
 ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS]
