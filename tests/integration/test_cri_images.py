@@ -33,12 +33,13 @@ def registry():
             r.stop()
 
 
-@pytest.fixture(scope="module")
-def private_registry():
-    """docker-registry with htpasswd (Basic) auth."""
+@pytest.fixture(scope="module", params=["basic", "token"])
+def private_registry(request):
+    """docker-registry with htpasswd (Basic) auth, or the token flow (Bearer)."""
     with tempfile.TemporaryDirectory(prefix="ca-criprivate-") as d:
         image = make_oci(Path(d))
-        r = LocalRegistry(users={"kube": "let-me-in"}).start()
+        r = LocalRegistry(users={"kube": "let-me-in"}, token=request.param == "token").start()
+        r.kind = request.param
         try:
             r.push(image, "private/busybox:v1")
             yield r
@@ -207,10 +208,13 @@ def test_auth_denied(cri, private_registry, password):
     with pytest.raises(grpc.RpcError) as err:
         images.PullImage(pb.PullImageRequest(image=ref, auth=auth))
     assert private_registry.host in err.value.details()
-    same(f"auth-denied-{password}", kind, (err.value.code(), err.value.details()))
+    same(f"auth-denied-{private_registry.kind}-{password}", kind,
+         (err.value.code(), err.value.details()))
     images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
         username="kube", password="let-me-in")))
     assert len(_images(images)) == 1
+    if private_registry.kind == "token":   # credentials go as OAuth2's password grant
+        assert private_registry.token_server.requests[-1] == ("POST", "kube")
     images.RemoveImage(pb.RemoveImageRequest(image=ref))
 
 
