@@ -478,3 +478,26 @@ def test_deprecated_mirrors(registry, tmp_path):
         assert _images(images)[0][1] == ["registry.invalid/test/other:v2"]
     finally:
         d.cleanup()
+
+
+def test_plugin_listed_as_containerds(cri_daemon):
+    kind, d = cri_daemon
+    detail = d.ctr("plugins", "ls", "-d", "id==cri").stdout
+    assert "CRIVersion           v1" in detail
+    same("plugins-ls", kind, sorted(detail.splitlines()))   # Go prints exports in map order
+
+
+def test_disabled_plugin_serves_no_cri(tmp_path):
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "off.toml").write_text(
+        'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    d.config = str(d.workdir / "off.toml")
+    d.start()
+    try:
+        assert " cri " not in d.ctr("plugins", "ls").stdout
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                rpc.ImageServiceStub(channel).ListImages(pb.ListImagesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        d.cleanup()
