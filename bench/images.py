@@ -98,14 +98,19 @@ def _write_multilayer(out: Path, small: dict, layers: int, files: int) -> None:
                    "application/vnd.oci.image.manifest.v1+json")
     index = {"schemaVersion": 2, "manifests": [{**manifest, "annotations": {
         "org.opencontainers.image.ref.name": "localhost/layers:latest"}}]}
+    write_oci_archive(out, index, blobs)
+
+
+def write_oci_archive(out: Path, index: dict, blobs: dict[str, bytes]) -> None:
+    """An OCI image layout tarball: `index` as index.json, every blob (digest -> bytes)."""
+    import io
+    import tarfile
     tmp = out.with_suffix(".tmp")
     with tarfile.open(tmp, "w") as tar:
-        def put(name, data):
+        for name, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+                           ("index.json", json.dumps(index).encode()),
+                           *[("blobs/sha256/" + d.split(":", 1)[1], blobs[d]) for d in sorted(blobs)]]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        put("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        put("index.json", json.dumps(index).encode())
-        for digest, data in sorted(blobs.items()):
-            put("blobs/sha256/" + digest.split(":", 1)[1], data)
     tmp.rename(out)

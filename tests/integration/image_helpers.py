@@ -45,7 +45,7 @@ def make_multiarch(oci: Path, other=("arm64", "v8")) -> Path:
     """An OCI archive whose one entry is an image index: `other`'s manifest first (a config
     that differs only in its platform, the same layers), then the original linux/amd64 one."""
     import hashlib
-    import io
+    from bench.images import write_oci_archive
     blobs = oci_blobs(oci)
     [amd64_digest] = oci_manifest_digests(oci)
     manifest = json.loads(blobs[amd64_digest])
@@ -67,13 +67,5 @@ def make_multiarch(oci: Path, other=("arm64", "v8")) -> Path:
                             "manifests": [other_manifest, amd64]}),
                 "application/vnd.oci.image.index.v1+json")
     out = oci.with_name("multiarch.tar")
-    with tarfile.open(out, "w") as tar:
-        def put(name, data):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        put("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        put("index.json", _canonical({"schemaVersion": 2, "manifests": [index]}))
-        for digest, data in sorted(blobs.items()):
-            put("blobs/sha256/" + digest.split(":", 1)[1], data)
+    write_oci_archive(out, {"schemaVersion": 2, "manifests": [index]}, blobs)
     return out
