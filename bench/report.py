@@ -169,7 +169,8 @@ def render(data: dict, notes: Path | None = NOTES) -> str:
         "(the machine is shared with other engineers' test runs: expect ±10% on CPU-bound rows "
         "and more on disk-bound ones).",
         "",
-        f"containerd: `{info['versions']['containerd']}` (CRI disabled); "
+        f"containerd: `{info['versions']['containerd']}` (CRI disabled, except in section "
+        f"cri_pull); "
         f"ctr: `{info['versions']['ctr']}`; ctrappliance: `{info['ctrappliance_bin']}`. "
         f"Sections: {', '.join(info['sections'])}; {'quick' if info['quick'] else 'full'} run, "
         f"{info['seconds']:.0f} s.",
