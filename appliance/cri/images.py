@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -203,7 +204,20 @@ def verbose_info(image: CRIImage) -> str:
             spec[key] = [pick(item, fields) for item in spec[key]]
         elif isinstance(spec.get(key), dict):
             spec[key] = pick(spec[key], fields)
+    for item in [spec, *(spec.get("history") or [])]:
+        if isinstance(item.get("created"), str):
+            item["created"] = _go_time(item["created"])
     return _go_json({"chainID": image.chain_id, "imageSpec": spec})
+
+
+def _go_time(text: str) -> str:
+    """An RFC 3339 time as Go writes it back: no trailing zeros in the fraction, Z for UTC."""
+    m = re.fullmatch(r"([^.]+?)(?:\.(\d+))?(Z|[+-]00:00|[+-]\d\d:\d\d)", text)
+    if m is None:
+        return text
+    fraction = (m.group(2) or "").rstrip("0")
+    zone = "Z" if m.group(3) in ("+00:00", "-00:00") else m.group(3)
+    return m.group(1) + (f".{fraction}" if fraction else "") + zone
 
 
 def _go_json(obj) -> str:
