@@ -305,6 +305,12 @@ def _load_one(path, registrations) -> dict:
         data = migrate_v1(data, registrations)
     elif version != 2:
         raise ConfigError(f"{path}: version: expected 1 or 2, got {version!r}")
+    else:   # version 2 names plugins by URI only (a v1 id such as "cri" is refused)
+        for key in ("disabled_plugins", "required_plugins"):
+            for uri in data.get(key, []):
+                if not isinstance(uri, str) or len(uri.split(".")) < 4:
+                    raise ConfigError(f"{path}: invalid {key.split('_')[0]} plugin URI "
+                                      f"{uri!r} expect io.containerd.x.vx")
     return data
 
 

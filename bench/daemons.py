@@ -27,13 +27,15 @@ ENV = dict(os.environ, PATH=os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbi
            LC_ALL="C")
 
 
-def containerd_config(workdir: Path, root: Path, state: Path, address: str) -> str:
-    """A private containerd 1.6 config: own root, state and socket; CRI off."""
+def containerd_config(workdir: Path, root: Path, state: Path, address: str,
+                      cri: bool = False) -> str:
+    """A private containerd 1.6 config: own root, state and socket; CRI off, or on with
+    private CNI dirs and network namespaces under the state dir."""
     (Path(workdir) / "opt").mkdir(parents=True, exist_ok=True)
-    return f'''version = 2
+    text = f'''version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{'' if cri else '"io.containerd.grpc.v1.cri"'}]
 [grpc]
   address = "{address}"
 [plugins."io.containerd.internal.v1.opt"]
@@ -41,6 +43,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.runtime.v1.linux"]
   runtime_root = "{state}/runc-v1"
 '''
+    if cri:
+        text += (f'[plugins."io.containerd.grpc.v1.cri"]\n'
+                 f'  stream_server_port = "0"\n  netns_mounts_under_state_dir = true\n'
+                 f'  restrict_oom_score_adj = true\n'
+                 f'[plugins."io.containerd.grpc.v1.cri".cni]\n'
+                 f'  bin_dir = "{workdir}/cni/bin"\n'
+                 f'  conf_dir = "{workdir}/cni/net.d"\n')
+    return text
 
 
 class Target:
@@ -52,6 +62,7 @@ class Target:
         self.workdir = Path(workdir)
         self.binary = binary or (CONTAINERD if kind == "containerd" else OURS)
         self.root_fs = root_fs   # None: the workdir's filesystem; "tmpfs" or "ext4": a fresh one
+        self.cri = False         # containerd: CRI plugin on (ours always serves it)
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.address = str(self.workdir / f"{kind}.sock")
@@ -70,7 +81,8 @@ class Target:
             return [self.binary, "--config", str(config), "--root", str(self.root),
                     "--state", str(self.state), "--address", self.address]
         config = self.workdir / "containerd.toml"
-        config.write_text(containerd_config(self.workdir, self.root, self.state, self.address))
+        config.write_text(containerd_config(self.workdir, self.root, self.state, self.address,
+                                            self.cri))
         return [self.binary, "--config", str(config)]
 
     def start(self) -> dict:

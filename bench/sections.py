@@ -348,6 +348,13 @@ def rapid_reset(b: Bench, make_targets):
         b.targets = saved
 
 
-STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4}
+def cri_pull(b: Bench, make_targets):
+    """PullImage through each daemon's CRI from a loopback registry (bench/cri_pull.py)."""
+    from .cri_pull import cri_pull as run
+    run(b, make_targets)
+
+
+STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4,
+                    "cri_pull": cri_pull}
 STANDALONE = {"boot": boot, **STANDALONE_ROOTS, "rapid_reset": rapid_reset}
 ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS, "rapid_reset"]

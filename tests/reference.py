@@ -32,16 +32,7 @@ class Containerd:
         self.proc = None
 
     def write_config(self):
-        text = containerd_config(self.workdir, self.root, self.state, self.address)
-        if self.cri:
-            text = text.replace('disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-                                "disabled_plugins = []")
-            text += (f'[plugins."io.containerd.grpc.v1.cri"]\n'
-                     f'  stream_server_port = "0"\n  netns_mounts_under_state_dir = true\n'
-                     f'  restrict_oom_score_adj = true\n'
-                     f'[plugins."io.containerd.grpc.v1.cri".cni]\n'
-                     f'  bin_dir = "{self.workdir}/cni/bin"\n'
-                     f'  conf_dir = "{self.workdir}/cni/net.d"\n')
+        text = containerd_config(self.workdir, self.root, self.state, self.address, self.cri)
         self.config_path.write_text(text + self.extra_config)
 
     def start(self, timeout=30.0):

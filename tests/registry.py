@@ -30,6 +30,7 @@ class TokenServer:
         from cryptography.hazmat.primitives.asymmetric import rsa
         from cryptography.x509.oid import NameOID
         self.users, self.service, self.issued = users, service, 0
+        self.requests: list[tuple[str, str]] = []   # (method, user) of each token issued
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-token-issuer")])
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -56,18 +57,33 @@ class TokenServer:
 
             def do_GET(self):
                 import base64
-                import json
                 from urllib.parse import parse_qs, urlsplit
                 header = self.headers.get("Authorization", "")
                 user = secret = ""
                 if header.startswith("Basic "):
                     user, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+                scopes = parse_qs(urlsplit(self.path).query).get("scope", [])
+                self.answer(user, secret, scopes, "token")
+
+            def do_POST(self):   # OAuth2 password grant, as containerd tries first
+                from urllib.parse import parse_qs
+                length = int(self.headers.get("Content-Length", "0"))
+                form = parse_qs(self.rfile.read(length).decode())
+                one = lambda key: form.get(key, [""])[0]   # noqa: E731
+                if one("grant_type") != "password":
+                    self.answer("", None, [], "")
+                    return
+                self.answer(one("username"), one("password"), one("scope").split(),
+                            "access_token")
+
+            def answer(self, user, secret, scopes, key):
+                import json
                 if server.users.get(user) != secret:
                     self.send_response(401)
                     self.end_headers()
                     return
-                scopes = parse_qs(urlsplit(self.path).query).get("scope", [])
-                body = json.dumps({"token": server.token(user, scopes)}).encode()
+                server.requests.append((self.command, user))
+                body = json.dumps({key: server.token(user, scopes)}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -181,8 +197,9 @@ class LocalRegistry:
         raise TimeoutError("docker-registry did not start")
 
     def push(self, oci_archive: Path, repo_tag: str) -> str:
-        """Copy an OCI archive to `<host>/<repo_tag>`; returns the manifest digest."""
-        argv = [SKOPEO, "copy", "--quiet", "--dest-tls-verify=false"]   # (the test CA)
+        """Copy an OCI archive (every image of an index) to `<host>/<repo_tag>`; returns the
+        manifest (or index) digest."""
+        argv = [SKOPEO, "copy", "--quiet", "--all", "--dest-tls-verify=false"]   # (the test CA)
         if self.users:
             user, password = next(iter(self.users.items()))
             argv += ["--dest-creds", f"{user}:{password}"]

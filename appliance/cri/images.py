@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -75,7 +76,7 @@ class ImageService:
         if _same_image(str(ref), self.cfg.sandbox_image):
             labels[PINNED_LABEL] = "pinned"
         target = pulled.image.target
-        for name in (str(ref.with_digest(pulled.manifest_digest)), pulled.config_digest):
+        for name in (str(ref.with_digest(target.digest)), pulled.config_digest):
             self._put(Image(name, Descriptor(target.media_type, target.digest, target.size),
                             labels))
         if labels != pulled.image.labels:
@@ -174,6 +175,54 @@ class ImageService:
                 used += st.st_blocks * 512
                 inodes += 1
         return self.snapshot_root, used, inodes
+
+
+# The fields of the OCI image config in the order of Go's ocispec structs: containerd's
+# verbose ImageStatus marshals the config through them (other keys are dropped).
+_IMAGE_FIELDS = ("created", "author", "architecture", "variant", "os", "os.version",
+                 "os.features", "config", "rootfs", "history")
+_NESTED_FIELDS = {
+    "config": ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
+               "Labels", "StopSignal", "ArgsEscaped"),
+    "rootfs": ("type", "diff_ids"),
+    "history": ("created", "created_by", "author", "comment", "empty_layer"),
+}
+
+
+def verbose_info(image: CRIImage) -> str:
+    """ImageStatus' `info` value: containerd's JSON, byte for byte (compact, Go's order;
+    empty fields omitted except those Go's structs always write)."""
+    always = {"architecture": "", "os": "", "config": {}, "rootfs": {}, "type": "",
+              "diff_ids": None}
+
+    def pick(obj: dict, keys) -> dict:
+        return {k: obj.get(k, always.get(k)) for k in keys
+                if k in always or obj.get(k) not in (None, "", [], {}, False)}
+    spec = pick(image.config, _IMAGE_FIELDS)
+    for key, fields in _NESTED_FIELDS.items():
+        if isinstance(spec.get(key), list):
+            spec[key] = [pick(item, fields) for item in spec[key]]
+        elif isinstance(spec.get(key), dict):
+            spec[key] = pick(spec[key], fields)
+    for item in [spec, *(spec.get("history") or [])]:
+        if isinstance(item.get("created"), str):
+            item["created"] = _go_time(item["created"])
+    return _go_json({"chainID": image.chain_id, "imageSpec": spec})
+
+
+def _go_time(text: str) -> str:
+    """An RFC 3339 time as Go writes it back: no trailing zeros in the fraction, Z for UTC."""
+    m = re.fullmatch(r"([^.]+?)(?:\.(\d+))?(Z|[+-]00:00|[+-]\d\d:\d\d)", text)
+    if m is None:
+        return text
+    fraction = (m.group(2) or "").rstrip("0")
+    zone = "Z" if m.group(3) in ("+00:00", "-00:00") else m.group(3)
+    return m.group(1) + (f".{fraction}" if fraction else "") + zone
+
+
+def _go_json(obj) -> str:
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _add_name(image: CRIImage, name: str) -> None:

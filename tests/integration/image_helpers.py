@@ -78,3 +78,37 @@ def make_random_image(directory: Path, ref: str, mib: int, file_mib: int = 4) ->
         for data in (config, manifest, layer_bytes):
             add(tar, "blobs/sha256/" + blob(data)["digest"][7:], data)
     return out
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def make_multiarch(oci: Path, other=("arm64", "v8")) -> Path:
+    """An OCI archive whose one entry is an image index: `other`'s manifest first (a config
+    that differs only in its platform, the same layers), then the original linux/amd64 one."""
+    import hashlib
+    from bench.images import write_oci_archive
+    blobs = oci_blobs(oci)
+    [amd64_digest] = oci_manifest_digests(oci)
+    manifest = json.loads(blobs[amd64_digest])
+    config = json.loads(blobs[manifest["config"]["digest"]])
+    config.update(architecture=other[0], variant=other[1])
+
+    def add(data: bytes, media_type: str, **extra) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
+
+    other_config = add(_canonical(config), manifest["config"]["mediaType"])
+    other_manifest = add(_canonical({**manifest, "config": other_config}), manifest["mediaType"],
+                         platform={"architecture": other[0], "os": "linux", "variant": other[1]})
+    amd64 = {"mediaType": manifest["mediaType"], "digest": amd64_digest,
+             "size": len(blobs[amd64_digest]),
+             "platform": {"architecture": "amd64", "os": "linux"}}
+    index = add(_canonical({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": [other_manifest, amd64]}),
+                "application/vnd.oci.image.index.v1+json")
+    out = oci.with_name("multiarch.tar")
+    write_oci_archive(out, {"schemaVersion": 2, "manifests": [index]}, blobs)
+    return out

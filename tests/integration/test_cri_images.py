@@ -11,7 +11,7 @@ import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
 from daemon import Daemon
-from image_helpers import make_oci
+from image_helpers import make_multiarch, make_oci, oci_blobs, oci_manifest_digests
 from reference import Containerd
 from registry import LocalRegistry
 
@@ -26,21 +26,55 @@ def registry():
         try:
             r.digest = r.push(image, "test/busybox:v1")
             r.push(image, "test/other:v2")
+            r.multiarch = r.push(make_multiarch(image), "test/multi:v1")
+            r.oci = image
+            yield r
+        finally:
+            r.stop()
+
+
+@pytest.fixture(scope="module", params=["basic", "token"])
+def private_registry(request):
+    """docker-registry with htpasswd (Basic) auth, or the token flow (Bearer)."""
+    with tempfile.TemporaryDirectory(prefix="ca-criprivate-") as d:
+        image = make_oci(Path(d))
+        r = LocalRegistry(users={"kube": "let-me-in"}, token=request.param == "token").start()
+        r.kind = request.param
+        try:
+            r.push(image, "private/busybox:v1")
             yield r
         finally:
             r.stop()
 
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
-def cri(request):
+def cri_daemon(request):
     d = Daemon() if request.param == "ctrappliance" else Containerd(cri=True)
     d.start()
+    try:
+        yield request.param, d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cri(cri_daemon):
+    kind, d = cri_daemon
     channel = grpc.insecure_channel(f"unix://{d.address}")
     try:
-        yield request.param, rpc.ImageServiceStub(channel), rpc.RuntimeServiceStub(channel)
+        yield kind, rpc.ImageServiceStub(channel), rpc.RuntimeServiceStub(channel)
     finally:
         channel.close()
-        d.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _no_images_left(request):
+    """A failed case must not leave images to the next one on the shared daemon."""
+    yield
+    if "cri" in request.fixturenames:
+        images = request.getfixturevalue("cri")[1]
+        for image in images.ListImages(pb.ListImagesRequest()).images:
+            images.RemoveImage(pb.RemoveImageRequest(image=_spec(image.id)))
 
 
 def _spec(text):
@@ -58,6 +92,9 @@ ANSWERS = {}   # case -> {daemon: answer}: each case is compared once both daemo
 def same(case, kind, answer):
     seen = ANSWERS.setdefault(case, {})
     seen[kind] = answer
+    if os.environ.get("CRI_ANSWERS"):   # debugging a difference: both answers, as JSON
+        with open(os.environ["CRI_ANSWERS"], "a") as f:
+            f.write(json.dumps([case, kind, repr(answer)]) + "\n")
     if len(seen) == 2:
         assert seen["ctrappliance"] == seen["containerd"], case
 
@@ -92,13 +129,102 @@ def test_pull_list_status_remove(cri, registry):
     assert _images(images) == []
 
 
+def test_multiarch_index_picks_the_host_platform(cri, registry):
+    """An index listing linux/arm64/v8 first, then linux/amd64: the amd64 image is pulled;
+    its repo digest names the index."""
+    kind, images, _ = cri
+    ref = f"{registry.host}/test/multi:v1"
+    image_id = images.PullImage(pb.PullImageRequest(image=_spec(ref))).image_ref
+    amd64 = json.loads(oci_blobs(registry.oci)[oci_manifest_digests(registry.oci)[0]])
+    assert image_id == amd64["config"]["digest"]
+    listed = _images(images)
+    assert listed[0][:3] == (image_id, [ref], [f"{registry.host}/test/multi@{registry.multiarch}"])
+    status = images.ImageStatus(pb.ImageStatusRequest(image=_spec(ref), verbose=True))
+    same("multiarch", kind, (listed, status.image.SerializeToString(deterministic=True),
+                             json.loads(status.info["info"])["chainID"]))
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(ref)))
+    assert _images(images) == []
+
+
+def test_remove_by_tag_removes_every_name(cri, registry):
+    """Two tags and a repo digest of one image: RemoveImage by one tag removes them all."""
+    kind, images, _ = cri
+    first, second = f"{registry.host}/test/busybox:v1", f"{registry.host}/test/other:v2"
+    ids = {images.PullImage(pb.PullImageRequest(image=_spec(r))).image_ref
+           for r in (first, second)}
+    assert len(ids) == 1
+    before = _images(images)
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(second)))
+    after = _images(images)
+    same("remove-by-tag", kind, (before, after))
+    assert after == []
+
+
+def test_status_verbose_info_and_list_filter(cri, registry):
+    kind, images, _ = cri
+    ref = f"{registry.host}/test/busybox:v1"
+    image_id = images.PullImage(pb.PullImageRequest(image=_spec(ref))).image_ref
+    info = images.ImageStatus(pb.ImageStatusRequest(image=_spec(ref), verbose=True)).info
+    plain = images.ImageStatus(pb.ImageStatusRequest(image=_spec(ref))).info
+    keys = (sorted(info), sorted(json.loads(info["info"])), sorted(plain))
+    filtered = {}
+    for text in (ref, image_id, f"{registry.host}/test/busybox@{registry.digest}",
+                 f"{registry.host}/test/busybox:nope", "busybox", image_id[7:19]):
+        request = pb.ListImagesRequest(filter=pb.ImageFilter(image=_spec(text)))
+        filtered[text] = [i.id for i in images.ListImages(request).images]
+    same("verbose-and-filter", kind, (keys, info["info"], filtered))
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(image_id)))
+    assert _images(images) == []
+
+
+def test_pull_by_digest(cri, registry):
+    kind, images, _ = cri
+    ref = f"{registry.host}/test/busybox@{registry.digest}"
+    image_id = images.PullImage(pb.PullImageRequest(image=_spec(ref))).image_ref
+    listed = _images(images)
+    status = images.ImageStatus(pb.ImageStatusRequest(image=_spec(ref))).image
+    same("by-digest", kind, (image_id, listed, status.SerializeToString(deterministic=True)))
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(ref)))
+    assert _images(images) == []
+
+
+def test_ctr_import_into_k8s_io_is_visible(cri, cri_daemon, registry):
+    kind, images, _ = cri
+    d = cri_daemon[1]
+    d.ctr("images", "import", str(registry.oci), namespace="k8s.io")
+    listed = _images(images)
+    status = images.ImageStatus(pb.ImageStatusRequest(image=_spec("localhost/busybox:latest")))
+    same("ctr-import", kind, (listed, status.image.SerializeToString(deterministic=True)))
+    assert listed and listed[0][1] == ["localhost/busybox:latest"]
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec("localhost/busybox:latest")))
+    assert _images(images) == []
+
+
+@pytest.mark.parametrize("password", ["", "wrong"])
+def test_auth_denied(cri, private_registry, password):
+    kind, images, _ = cri
+    ref = _spec(f"{private_registry.host}/private/busybox:v1")
+    auth = pb.AuthConfig(username="kube", password=password) if password else None
+    with pytest.raises(grpc.RpcError) as err:
+        images.PullImage(pb.PullImageRequest(image=ref, auth=auth))
+    assert private_registry.host in err.value.details()
+    same(f"auth-denied-{private_registry.kind}-{password}", kind,
+         (err.value.code(), err.value.details()))
+    images.PullImage(pb.PullImageRequest(image=ref, auth=pb.AuthConfig(
+        username="kube", password="let-me-in")))
+    assert len(_images(images)) == 1
+    if private_registry.kind == "token":   # credentials go as OAuth2's password grant
+        assert private_registry.token_server.requests[-1] == ("POST", "kube")
+    images.RemoveImage(pb.RemoveImageRequest(image=ref))
+
+
 def test_pull_of_a_missing_tag_is_not_found(cri, registry):
     kind, images, _ = cri
     with pytest.raises(grpc.RpcError) as err:
         images.PullImage(pb.PullImageRequest(image=_spec(f"{registry.host}/test/busybox:nope")))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "failed to pull and unpack image" in err.value.details()
-    same("missing", kind, err.value.code())
+    same("missing", kind, (err.value.code(), err.value.details()))
 
 
 def test_image_fs_info_names_the_snapshotter_dir(cri, registry):
@@ -350,5 +476,28 @@ def test_deprecated_mirrors(registry, tmp_path):
         images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
         images.PullImage(pb.PullImageRequest(image=_spec("registry.invalid/test/other:v2")))
         assert _images(images)[0][1] == ["registry.invalid/test/other:v2"]
+    finally:
+        d.cleanup()
+
+
+def test_plugin_listed_as_containerds(cri_daemon):
+    kind, d = cri_daemon
+    detail = d.ctr("plugins", "ls", "-d", "id==cri").stdout
+    assert "CRIVersion           v1" in detail
+    same("plugins-ls", kind, sorted(detail.splitlines()))   # Go prints exports in map order
+
+
+def test_disabled_plugin_serves_no_cri(tmp_path):
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "off.toml").write_text(
+        'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    d.config = str(d.workdir / "off.toml")
+    d.start()
+    try:
+        assert " cri " not in d.ctr("plugins", "ls").stdout
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                rpc.ImageServiceStub(channel).ListImages(pb.ListImagesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         d.cleanup()

@@ -190,6 +190,23 @@ def test_existing_content_is_already_exists(world):
         content.writer(NS, "again", dgst, 1)
 
 
+def test_already_existing_content_joins_the_writers_lease(world):
+    """As containerd: a pull that finds a blob already there holds it by its lease, so the
+    image it is about to create cannot lose it to a collection meanwhile."""
+    db, blobs, content, images, collector = world
+    leases = LeaseStore(db)
+    leases.create(NS, "pull", {})
+    dgst = ingest(content, b"config")   # unreferenced: the next collection takes it
+    with pytest.raises(AlreadyExists):
+        content.writer(NS, "again", dgst, 6, lease="pull")
+    collector.collect()
+    assert blobs.exists(dgst) and content.info(NS, dgst).size == 6
+    assert content.list_statuses(NS) == []
+    leases.delete(NS, "pull")
+    collector.collect()
+    assert not blobs.exists(dgst)
+
+
 def test_collectibles_registry_lets_other_kinds_join(world):
     db, blobs, content, images, collector = world
     swept = []

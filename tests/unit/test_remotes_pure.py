@@ -94,6 +94,17 @@ def test_token_url_and_response():
     assert auth.basic_header("u", "p") == "Basic dTpw"
 
 
+def test_oauth_form_is_containerds():
+    [c] = auth.parse_challenges('Bearer realm="http://t/token",service="reg",'
+                                'scope="repository:a/b:pull"')
+    assert auth.oauth_form(c, "repository:a/b:pull", "u", "p") == {
+        "scope": "repository:a/b:pull", "service": "reg", "client_id": "containerd-client",
+        "grant_type": "password", "username": "u", "password": "p"}
+    form = auth.oauth_form(c, "repository:x:pull", "", "identity")
+    assert form["grant_type"] == "refresh_token" and form["refresh_token"] == "identity"
+    assert form["scope"] == "repository:a/b:pull repository:x:pull"
+
+
 def test_default_hosts():
     [docker] = hosts.registry_hosts("docker.io")
     assert docker.base_url == "https://registry-1.docker.io/v2"

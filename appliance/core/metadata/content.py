@@ -148,24 +148,29 @@ class ContentStore:
         if expected:
             parse_digest(expected)
         bref = backend_ref(ns, ref)
-        shared = False
+        shared = exists = False
         with self.db.write() as tx:
             check_lease(tx, ns, lease)
             if expected and tx.execute("SELECT 1 FROM content WHERE namespace=? AND digest=?",
                                        (ns, expected)).fetchone():
+                # the lease holds the blob from now on: raised after the commit, which an
+                # exception inside the transaction would roll back
                 add_lease_resource(tx, ns, lease, "content", expected)
-                raise AlreadyExists(f"content {expected}: already exists")
-            if expected and self.blobs.exists(expected) and (
-                    self.shared or self._in_shareable_namespace(tx, expected)):
-                on_disk = self.blobs.size(expected)
-                if size in (0, on_disk):   # another namespace has it: no bytes to move
-                    shared, size = True, on_disk
-            tx.execute(
-                "INSERT INTO ingests VALUES (?,?,?,?,?,?) ON CONFLICT(namespace, ref) DO UPDATE "
-                "SET expected=excluded.expected, size=excluded.size",
-                (ns, ref, bref, expected if shared else "", size,
-                 0 if lease else now_ns() + INGEST_EXPIRY_NS))
-            add_lease_resource(tx, ns, lease, "ingests", ref)
+                exists = True
+            else:
+                if expected and self.blobs.exists(expected) and (
+                        self.shared or self._in_shareable_namespace(tx, expected)):
+                    on_disk = self.blobs.size(expected)
+                    if size in (0, on_disk):   # another namespace has it: no bytes to move
+                        shared, size = True, on_disk
+                tx.execute(
+                    "INSERT INTO ingests VALUES (?,?,?,?,?,?) ON CONFLICT(namespace, ref) DO "
+                    "UPDATE SET expected=excluded.expected, size=excluded.size",
+                    (ns, ref, bref, expected if shared else "", size,
+                     0 if lease else now_ns() + INGEST_EXPIRY_NS))
+                add_lease_resource(tx, ns, lease, "ingests", ref)
+        if exists:
+            raise AlreadyExists(f"content {expected}: already exists")
         self.notify(False)
         if shared:
             self.blobs._lock(bref)

@@ -71,6 +71,19 @@ def token_url(challenge: Challenge, scope: str) -> str:
     return url + ("&" if "?" in url else "?") + urlencode(pairs)
 
 
+def oauth_form(challenge: Challenge, scope: str, username: str, secret: str) -> dict:
+    """The OAuth2 POST containerd tries first when it has credentials: a password grant, or
+    a refresh-token grant for an identity token (no username)."""
+    scopes = [s for s in (challenge.params.get("scope", ""), scope) if s]
+    form = {"scope": " ".join(dict.fromkeys(scopes)), "service": challenge.params.get("service", ""),
+            "client_id": "containerd-client"}
+    if username:
+        form.update(grant_type="password", username=username, password=secret)
+    else:
+        form.update(grant_type="refresh_token", refresh_token=secret)
+    return form
+
+
 def token_from_response(body: dict) -> str:
     """`token`, or OAuth2's `access_token`, of a token server's JSON answer."""
     token = body.get("token") or body.get("access_token")

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...errdefs import AlreadyExists, InvalidArgument, NotFound
+from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound
 from ..metadata.images import Descriptor as ImageDescriptor, Image
 from . import hosts as hostlib
 from .reference import Reference, parse as parse_reference
@@ -108,7 +108,11 @@ class Puller:
     async def _pull(self, ns, ref: Reference, registry: Registry, lease: str,
                     opts: PullOptions) -> Pulled:
         source = {f"containerd.io/distribution.source.{ref.domain}": ref.path}
-        target, body = await registry.resolve(ref)
+        try:
+            target, body = await registry.resolve(ref)
+        except ApplianceError as exc:   # containerd's words, the cause's status code
+            raise type(exc)(f"failed to resolve reference {json.dumps(str(ref))}: "
+                            f"{exc.message}") from None
         manifest_desc, manifest_body = target, body
         if target.media_type in INDEXES:
             manifest_desc = _pick_manifest(json.loads(body), ref)

@@ -189,37 +189,58 @@ class Registry:
             if resp.status_code != 401 or attempt == 2:
                 return resp
             challenges = auth.parse_challenges(resp.headers.get("www-authenticate", ""))
+            authorization = await self._authorize(host, client, challenges)
+            if authorization is None:   # nothing to answer with: the 401 is the answer
+                return resp
             await resp.aclose()
-            self._authorization[host.host] = await self._authorize(host, client, challenges)
+            self._authorization[host.host] = authorization
         raise AssertionError("unreachable")
 
-    async def _authorize(self, host: RegistryHost, client, challenges) -> str:
+    async def _authorize(self, host: RegistryHost, client, challenges) -> str | None:
         creds = self.credentials(host.host) if self.credentials else None
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.params.get("realm"):
                 return "Bearer " + await self._token(host, client, challenge, creds)
-            if challenge.scheme == "basic":
-                if creds is None:
-                    raise RegistryError(f"pulling from host {host.host} failed: the registry "
-                                        f"asks for credentials and none are configured")
+            if challenge.scheme == "basic" and creds is not None:
                 return auth.basic_header(*creds)
-        raise RegistryError(f"pulling from host {host.host} failed: 401 Unauthorized "
-                            f"with no challenge we can answer")
+        return None
 
     async def _token(self, host, client, challenge, creds) -> str:
-        url = auth.token_url(challenge, auth.pull_scope(self.repository))
-        headers = {"Authorization": auth.basic_header(*creds)} if creds else {}
-        try:
-            resp = await client.get(url, headers=headers)
-        except self._httpx.HTTPError as exc:
-            raise RegistryError(f"fetching a token for {host.host} from {url}: {exc}") from None
-        if resp.status_code != 200:
-            raise RegistryError(f"failed to authorize with {host.host}: token server "
-                                f"answered {resp.status_code} {resp.reason_phrase}")
+        """containerd's order and words: with credentials the OAuth2 POST, falling back to
+        the GET with Basic auth where a token server has no POST (405 with a username, 404,
+        401, 400); without credentials an anonymous GET."""
+        scope = auth.pull_scope(self.repository)
+        if creds and creds[1]:
+            resp = await self._token_request(client, "POST", challenge.params["realm"],
+                                             data=auth.oauth_form(challenge, scope, *creds))
+            if resp.status_code != 200 and not (
+                    resp.status_code in (404, 401, 400) or resp.status_code == 405 and creds[0]):
+                raise _token_error("failed to fetch oauth token", resp)
+            if resp.status_code != 200:
+                resp = await self._token_request(client, "GET", auth.token_url(challenge, scope),
+                                                 headers={"Authorization":
+                                                          auth.basic_header(*creds)})
+                if resp.status_code != 200:
+                    raise _token_error("failed to fetch oauth token", resp)
+        else:
+            resp = await self._token_request(client, "GET", auth.token_url(challenge, scope))
+            if resp.status_code != 200:
+                raise _token_error("failed to fetch anonymous token", resp)
         try:
             return auth.token_from_response(resp.json())
         except ValueError as exc:
-            raise RegistryError(f"failed to authorize with {host.host}: {exc}") from None
+            raise RegistryError(f"failed to authorize: {exc}") from None
+
+    async def _token_request(self, client, method: str, url: str, **kwargs):
+        try:
+            return await client.request(method, url, **kwargs)
+        except self._httpx.HTTPError as exc:
+            raise RegistryError(f"failed to authorize: {method} {url}: {exc}") from None
+
+
+def _token_error(what: str, resp) -> RegistryError:
+    return RegistryError(f"failed to authorize: {what}: unexpected status: "
+                         f"{resp.status_code} {resp.reason_phrase}")
 
 
 def _raise_for_status(resp, host: RegistryHost, what: str) -> None:
@@ -227,8 +248,6 @@ def _raise_for_status(resp, host: RegistryHost, what: str) -> None:
         return
     message = f"pulling from host {host.host} failed with status code [{what}]: " \
               f"{resp.status_code} {resp.reason_phrase}"
-    if resp.status_code == 401:
-        message += " (check the credentials for this host)"
     raise RegistryError(message)
 
 
