@@ -1,0 +1,165 @@
+"""Issue 15 items 3 and 4: fail or kill the daemon at an exact step (CTRAPPLIANCE_FAILPOINTS),
+restart it, and check that its lists agree with the disk and that nothing leaked: ingests,
+snapshot directories, bundles, mounts, runc state, runc processes, shims, cgroups."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from daemon import Daemon, wait_for
+from layers import entry, layer, oci_image
+from runtime_helpers import make_rootfs, remove_cgroup_dirs, run_flags, shim_pids
+from store_check import (assert_consistent, collect_garbage, missing_blobs, problems,
+                         runc_processes, task_cgroups)
+
+pytestmark = pytest.mark.integration
+ENV = "CTRAPPLIANCE_FAILPOINTS"
+PATH_ENV = ["--env", "PATH=/bin"]
+
+
+@pytest.fixture(scope="module")
+def rootfs():
+    d = Path(tempfile.mkdtemp(prefix="rootfs-", dir="/tmp"))
+    try:
+        yield str(make_rootfs(d / "rootfs"))
+    finally:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fp") / "image.tar"
+    path.write_bytes(oci_image([layer(entry("a/one", data=b"1" * 5000)),
+                                layer(entry("a/two", data=b"2" * 7000))], ref="localhost/fp:1"))
+    return str(path)
+
+
+class Case:
+    """A daemon on private paths; `ns` is unique to the test (cgroups live host-wide)."""
+
+    def __init__(self, name: str, config: str | None = None):
+        self.ns = f"fp-{name}-{os.getpid()}"
+        self.d = Daemon(config=config)
+        self.runc_root = Path(self.d.workdir) / "runc"
+
+    def start(self, failpoints: str = "") -> Daemon:
+        self.d.env = {ENV: failpoints} if failpoints else None
+        self.d.start()
+        (Path(self.d.workdir) / "daemon.pid").write_text(str(self.d.proc.pid))
+        return self.d
+
+    def ctr(self, *args, check=False, **kw):
+        return self.d.ctr(*args, namespace=self.ns, check=check, **kw)
+
+    def run(self, rootfs, *args, opts=()):
+        return self.ctr("run", *run_flags(self.d.workdir), *PATH_ENV, *opts, "--rootfs", rootfs,
+                        *args, timeout=60)
+
+    def died(self) -> bool:
+        """The daemon killed itself (a `kill` failpoint)."""
+        try:
+            self.d.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            return False
+        self.d.log_file.close()
+        return self.d.proc.returncode == -signal.SIGKILL
+
+    def restart(self, failpoints: str = "") -> Daemon:
+        if self.d.proc.poll() is None:
+            self.d.stop()
+        return self.start(failpoints)
+
+    def check(self):
+        assert_consistent(self.d, self.runc_root)
+
+    def cleanup(self):
+        for pid in shim_pids(self.d.address):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in runc_processes(self.ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.d.cleanup()
+        remove_cgroup_dirs(self.ns)
+
+
+@pytest.fixture
+def case(request):
+    made = []
+
+    def make(name, config=None):
+        made.append(Case(name, config))
+        return made[-1]
+    yield make
+    for c in made:
+        c.cleanup()
+
+
+# --- item 4: a failpoint at each step ---------------------------------------------------------
+
+def _import(c, image):
+    return c.ctr("images", "import", image, timeout=120)
+
+
+def _snapshot_rm(c, image):
+    c.ctr("snapshots", "prepare", "scratch", "", check=True)
+    return c.ctr("snapshots", "rm", "scratch")
+
+
+def _gc(c, image):
+    return c.ctr("images", "rm", "--sync", "localhost/fp:1")
+
+
+def _prepare_image(c, image):
+    _import(c, image).check_returncode()
+
+
+STEPS = {  # failpoint -> (setup before arming it, the operation that hits it)
+    "content.commit": (None, _import),
+    "layer.apply": (None, _import),
+    "snapshot.commit": (None, _import),
+    "snapshot.remove": (None, _snapshot_rm),
+    "gc.sweep": (_prepare_image, _gc),
+}
+
+
+@pytest.mark.parametrize("action", ["kill", "error"])
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_failpoint_in_the_store_leaves_it_consistent(case, image, step, action):
+    # the first GC after a boot runs an hour later: what a crash left is seen as it is
+    config = Path(tempfile.mkdtemp(prefix="fp-conf-", dir="/tmp")) / "config.toml"
+    config.write_text('version = 2\n[plugins."io.containerd.gc.v1.scheduler"]\n'
+                      '  startup_delay = "1h"\n')
+    c = case(step.replace(".", "-") + "-" + action, str(config))
+    setup, operation = STEPS[step]
+    if setup:
+        c.start()
+        setup(c, image)
+        c.d.stop()
+    c.start(f"{step}={action}")
+    result = operation(c, image)
+    assert f"failpoint {step}: {action}" in c.d.log()
+    if action == "kill":
+        assert c.died()
+    else:
+        assert result.returncode != 0
+        assert "Traceback" not in c.d.log().split(f"failpoint {step}")[1]
+        assert missing_blobs(c.d) == []
+    c.restart()
+    assert missing_blobs(c.d) == []   # before any GC: nothing listed has lost its data
+    collect_garbage(c.d, c.ns)        # what a crash left as garbage goes with the next GC
+    c.check()
+    # and the store still works: the image imports (again) and is removed by GC
+    _import(c, image).check_returncode()
+    c.ctr("images", "rm", "--sync", "localhost/fp:1", check=True)
+    c.check()
