@@ -58,6 +58,14 @@ def task_cgroups(ns: str) -> list[str]:
     return sorted(found)
 
 
+def cgroup_processes(ns: str) -> list[int]:
+    """Processes in the namespace's task cgroups (the pids hierarchy): for test cleanup."""
+    base = Path(CGROUP_ROOT, "pids", ns)
+    if not base.is_dir():
+        return []
+    return [int(pid) for procs in base.glob("*/cgroup.procs") for pid in procs.read_text().split()]
+
+
 def tasks(d, ns) -> list[str]:
     return sorted(_lines(d, ns, "tasks", "ls", "-q"))
 

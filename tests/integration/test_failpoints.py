@@ -14,7 +14,7 @@ import pytest
 from daemon import Daemon, wait_for
 from layers import entry, layer, oci_image
 from runtime_helpers import make_rootfs, remove_cgroup_dirs, run_flags, shim_pids
-from store_check import (assert_consistent, collect_garbage, missing_blobs, problems,
+from store_check import (assert_consistent, cgroup_processes, collect_garbage, missing_blobs,
                          runc_processes, task_cgroups)
 
 pytestmark = pytest.mark.integration
@@ -58,6 +58,9 @@ class Case:
         return self.d.ctr(*args, namespace=self.ns, check=check, **kw)
 
     def run(self, rootfs, *args, opts=()):
+        """ctr run [--rm|-d] [opts] --rootfs ROOTFS ID CMD... (flags before positionals)."""
+        while args and args[0] in ("--rm", "-d"):
+            opts, args = [args[0], *opts], args[1:]
         return self.ctr("run", *run_flags(self.d.workdir), *PATH_ENV, *opts, "--rootfs", rootfs,
                         *args, timeout=60)
 
@@ -84,7 +87,7 @@ class Case:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for pid in runc_processes(self.ns):
+        for pid in runc_processes(self.ns) + cgroup_processes(self.ns):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -163,3 +166,109 @@ def test_failpoint_in_the_store_leaves_it_consistent(case, image, step, action):
     _import(c, image).check_returncode()
     c.ctr("images", "rm", "--sync", "localhost/fp:1", check=True)
     c.check()
+
+
+def test_armed_failpoints_are_announced_and_bad_ones_refused(case):
+    c = case("announce")
+    c.start("gc.sweep=error;task.delete=kill")
+    assert "FAILPOINTS ARMED" in c.d.log() and "gc.sweep, task.delete" in c.d.log()
+    c.d.stop()
+    c.d.env = {ENV: "gc.sweep=explode"}
+    r = subprocess.run(c.d.argv(), env=dict(os.environ, **c.d.env), capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    assert "bad failpoint 'gc.sweep=explode' in CTRAPPLIANCE_FAILPOINTS" in r.stdout + r.stderr
+
+
+# --- tasks: a failpoint at each step of create and delete -------------------------------------
+
+TASK_STEPS = [("task.create.after-shim-start", "kill"),
+              ("task.create.before-runc-create", "kill"),
+              ("task.create.before-runc-create", "error"),
+              ("task.delete", "kill")]
+
+
+def _keep_running(c, rootfs):
+    """A task that must come through every crash and cleanup untouched."""
+    assert c.run(rootfs, "-d", "keep", "sleep", "1000").returncode == 0
+    return c.ctr("tasks", "ls", check=True).stdout.split("keep")[1].split()[0]
+
+
+@pytest.mark.parametrize("step,action", TASK_STEPS)
+def test_failpoint_in_a_task_leaves_nothing_behind(case, rootfs, step, action):
+    c = case(step.replace(".", "-") + "-" + action)
+    c.start()
+    keep_pid = _keep_running(c, rootfs)
+    c.d.stop()
+    c.start(f"{step}={action}")
+    r = c.run(rootfs, "--rm", "victim", "echo", "hi")
+    if action == "kill":   # (a Delete's teardown may run after ctr is done)
+        assert c.died()
+    assert f"failpoint {step}: {action}" in c.d.log()
+    if action == "error":
+        assert r.returncode != 0 and "failpoint" in r.stderr
+        c.check()
+    c.restart()
+    c.check()
+    assert c.ctr("tasks", "ls", check=True).stdout.split("keep")[1].split()[:2] == \
+        [keep_pid, "RUNNING"]
+    # the id can be used again, and the store is still whole once everything is gone
+    c.ctr("containers", "rm", "victim")
+    assert c.run(rootfs, "--rm", "victim", "echo", "again").stdout == "again\n"
+    c.ctr("tasks", "kill", "-s", "SIGKILL", "keep", check=True)
+    wait_for(lambda: "STOPPED" in c.ctr("tasks", "ls").stdout, what="keep STOPPED")
+    c.ctr("tasks", "rm", "keep", check=True)
+    c.ctr("containers", "rm", "keep", check=True)
+    c.check()
+    assert task_cgroups(c.ns) == []
+
+
+# --- item 3: a `runc init` left waiting by a crash --------------------------------------------
+
+RUNC_WRAPPER = """#!/bin/sh
+# runc, except that `create` succeeds and then its caller hears of a failure (after {how}):
+# the shim keeps no container, while a `runc init` waiting for `runc start` is left, as a
+# crash in the middle of the shim's Create leaves it
+root=/run/runc
+for arg; do
+    case "$prev" in --root) root="$arg" ;; esac
+    prev="$arg"
+    if [ "$arg" = create ]; then
+        /usr/sbin/runc "$@" || exit $?
+        id=$(eval echo \\${$#})
+        {how}
+        echo "create interrupted" >&2
+        exit 1
+    fi
+done
+exec /usr/sbin/runc "$@"
+"""
+CRASHES = {
+    "daemon-killed": 'kill -9 "$(cat {workdir}/daemon.pid)"',
+    "create-failed": ":",
+    # runc died before writing its state: only the cgroup still knows of the `runc init`
+    "state-lost": 'rm "$root/$id/state.json"; kill -9 "$(cat {workdir}/daemon.pid)"',
+}
+
+
+@pytest.mark.parametrize("crash", sorted(CRASHES))
+def test_interrupted_runc_create_leaves_no_runc_init(case, rootfs, crash):
+    c = case("runcinit-" + crash)
+    wrapper = Path(c.d.workdir) / "runc-wrapper"
+    Path(c.d.workdir).mkdir(parents=True, exist_ok=True)
+    how = CRASHES[crash].replace("{workdir}", str(c.d.workdir))
+    wrapper.write_text(RUNC_WRAPPER.replace("{how}", how))
+    wrapper.chmod(0o755)
+    crash = "kill" in how
+    c.start()
+    keep_pid = _keep_running(c, rootfs)
+    r = c.run(rootfs, "-d", "victim", "sleep", "1000", opts=["--runc-binary", str(wrapper)])
+    assert r.returncode != 0
+    if crash:
+        assert c.died()
+        assert runc_processes(c.ns), "the crash left a `runc init` waiting"
+        c.restart()
+    c.check()   # no runc process, runc state, cgroup, bundle, mount or shim of `victim`
+    assert c.ctr("tasks", "ls", check=True).stdout.split("keep")[1].split()[:2] == \
+        [keep_pid, "RUNNING"]
+    assert "victim" not in str(task_cgroups(c.ns))

@@ -9,12 +9,13 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from ... import stubs
+from ... import failpoint, stubs
 from ...errdefs import AlreadyExists, ApplianceError, NotFound
 from . import shim as shims
 from .bundle import Bundle, list_bundles
@@ -123,6 +124,7 @@ class TaskManager:
         if topts is not None:
             request.options.CopyFrom(topts)
         try:
+            failpoint.hit("task.create.before-runc-create")
             resp = await shim.call("Create", request)
         except BaseException as exc:
             await self._delete_and_stop(shim)
@@ -149,8 +151,10 @@ class TaskManager:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
-            return await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
+            shim = await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
                                      self.debug, self.timeouts.load)
+            failpoint.hit("task.create.after-shim-start")
+            return shim
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
@@ -225,9 +229,11 @@ class TaskManager:
         try:
             await shim.call("Delete", shim_pb2.DeleteRequest(id=shim.id),
                             timeout=self.timeouts.cleanup)
-        except ApplianceError:
-            pass
-        await self._shutdown_and_remove(shim)
+            deleted = True
+        except ApplianceError:  # e.g. no container: its `runc create` may have been cut short
+            deleted = False
+        failpoint.hit("task.delete")
+        await self._shutdown_and_remove(shim, runc_delete=not deleted)
 
     async def delete(self, ns: str, task_id: str) -> shim_pb2.DeleteResponse:
         shim = self.get(ns, task_id)
@@ -242,6 +248,7 @@ class TaskManager:
                 shim.deleting = False
                 raise shims.wrap(exc, "failed to delete task") from None
             resp = None
+        failpoint.hit("task.delete")
         key = (ns, task_id)
         self.tasks.pop(key, None)
         self._track_teardown(key, self._shutdown_and_remove(shim), f"teardown-{task_id}")
@@ -305,13 +312,19 @@ class TaskManager:
         if self._teardowns.get(key) is task:
             del self._teardowns[key]
 
-    async def _shutdown_and_remove(self, shim: shims.Shim) -> None:
+    async def _shutdown_and_remove(self, shim: shims.Shim, runc_delete: bool = False) -> None:
+        """Stop the shim and remove its bundle; with `runc_delete`, first the shim binary's
+        `delete` (runc delete --force, unmount) for a container the shim did not delete:
+        a `runc create` cut short leaves a `runc init` that outlives the shim otherwise."""
         try:
             await shim.call("Shutdown", shim_pb2.ShutdownRequest(id=shim.id),
                             timeout=self.timeouts.shutdown)
         except ApplianceError:
             pass  # the shim exits while answering: a closed connection is normal
         shim.close()
+        if runc_delete and os.path.exists(shim.bundle.file("options.json")):  # Create began
+            await shims.delete_with_binary(shim.bundle, shim.binary, self.address,
+                                           self.ttrpc_address, self.timeouts.cleanup)
         await self._remove_bundle(shim.bundle)
 
     async def _remove_bundle(self, bundle: Bundle) -> None:
@@ -470,6 +483,7 @@ def _read_spec(bundle: Bundle) -> dict:
 def _delete_bundle(bundle: Bundle) -> dict | None:
     """Delete a bundle; its spec (None when the bundle could not be removed)."""
     spec = _read_spec(bundle)
+    kill_task_leftovers(bundle, spec)
     try:
         bundle.delete()
     except OSError as exc:
@@ -500,3 +514,46 @@ def remove_task_cgroups(bundle: Bundle, spec: dict, parent_too: bool) -> None:
                 os.rmdir(leftover)
             except OSError:
                 pass
+
+
+def kill_task_leftovers(bundle: Bundle, spec: dict, timeout: float = 2.0) -> None:
+    """SIGKILL what is still in the task's own /<ns>/<id> cgroup when its bundle goes: what
+    runc could not see (a `runc init` whose `runc create` died before writing its state)."""
+    if (spec.get("linux") or {}).get("cgroupsPath", "") != f"/{bundle.namespace}/{bundle.id}":
+        return
+    path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
+        path = os.path.join(CGROUP_ROOT, bundle.namespace, bundle.id)
+    deadline = time.monotonic() + timeout
+    killed: set[int] = set()
+    while True:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:  # no such cgroup: nothing was left
+            return
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            log.error("processes %s stay in cgroup %s", pids, path)
+            return
+        if not killed:
+            log.warning("killing processes %s left in cgroup %s", pids, path)
+            _thaw(bundle)
+        for pid in set(pids) - killed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed.update(pids)
+        time.sleep(0.02)
+
+
+def _thaw(bundle: Bundle) -> None:
+    """A frozen (paused) process gets no SIGKILL until thawed."""
+    try:
+        with open(os.path.join(CGROUP_ROOT, "freezer", bundle.namespace, bundle.id,
+                               "freezer.state"), "w") as f:
+            f.write("THAWED")
+    except OSError:
+        pass
