@@ -14,6 +14,7 @@ import threading
 import time
 
 from ...errdefs import InvalidArgument, Unavailable, q
+from . import recovery
 
 MIGRATIONS = [
     # 1: namespaces, labels, leases
@@ -135,15 +136,27 @@ class DB:
     def __init__(self, path: str, lock_timeout: float = 5.0):
         self.path = path
         self._lock_fd = self._acquire_lock(path + ".lock", lock_timeout)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                     timeout=lock_timeout or 5.0)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
         self._mutex = threading.RLock()
         self._depth = 0
-        self.migrate()
+        self._conn = None
+        try:
+            crashed = recovery.inspect_files(path)
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                         timeout=lock_timeout or 5.0)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            if crashed:
+                recovery.quick_check(self._conn, path)
+            self.migrate()
+        except BaseException as exc:
+            if self._conn is not None:
+                self._conn.close()
+            os.close(self._lock_fd)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise recovery.damaged(path, str(exc)) from None
+            raise
 
     @staticmethod
     def _acquire_lock(path: str, timeout: float) -> int:
