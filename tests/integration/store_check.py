@@ -34,8 +34,8 @@ def runc_ids(runc_root: Path) -> list[str]:
         f"dir:{p.name}" for p in runc_root.iterdir() if not (p / "state.json").exists())
 
 
-def runc_processes(tag: str) -> list[int]:
-    """`runc init` (or runc) processes whose cgroup path mentions `tag` (a test namespace)."""
+def runc_processes(ns: str, but=()) -> list[int]:
+    """`runc init` (or runc) processes in a /<ns>/<id> cgroup, but those of tasks `but`."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -43,7 +43,10 @@ def runc_processes(tag: str) -> list[int]:
             cgroups = Path(f"/proc/{pid}/cgroup").read_text()
         except OSError:
             continue
-        if argv and os.path.basename(argv[0]) == b"runc" and f"/{tag}/" in cgroups:
+        if not argv or os.path.basename(argv[0]) != b"runc" or f"/{ns}/" not in cgroups:
+            continue
+        task = cgroups.split(f"/{ns}/", 1)[1].split("\n", 1)[0].split("/")[0]
+        if task not in but:
             found.append(int(pid))
     return found
 
@@ -141,7 +144,7 @@ def runtime_problems(d, live_tasks: dict[str, list[str]], runc_root: Path | None
         cgroups = [c for c in task_cgroups(ns) if c.rsplit("/", 1)[1] not in ts]
         if cgroups:
             found.append(f"cgroups of no task: {cgroups}")
-        procs = runc_processes(ns)
+        procs = runc_processes(ns, but=ts)
         if procs:
             found.append(f"runc processes in {ns}: {procs}")
         if runc_root is not None:

@@ -357,3 +357,59 @@ def test_damaged_metadata_files_at_start(case, image, damage):
     assert len(errors) == 1 and expected in errors[0], log
     assert "is damaged" in errors[0] and "move meta.db and its -wal and -shm files aside" \
         in errors[0]
+
+
+# --- random crashes under churn -------------------------------------------------------------
+
+def _churn(c, rootfs, image, stop, worker):
+    """`ctr run --rm` in a loop (worker 0 imports and removes the image instead)."""
+    i = 0
+    while not stop.is_set():
+        i += 1
+        if worker == 0:
+            _import(c, image)
+            c.ctr("images", "rm", "localhost/fp:1")
+        else:
+            c.run(rootfs, "--rm", f"w{worker}-{i}", "true")
+
+
+def _clear_tasks(c):
+    for cid in c.ctr("tasks", "ls", "-q").stdout.split():
+        c.ctr("tasks", "kill", "-s", "SIGKILL", cid)
+    for cid in c.ctr("containers", "ls", "-q").stdout.split():
+        wait_for(lambda: c.ctr("tasks", "rm", "-f", cid).returncode == 0
+                 or cid not in c.ctr("tasks", "ls", "-q").stdout, what=f"{cid} deleted")
+        c.ctr("containers", "rm", cid)
+
+
+@pytest.mark.slow
+def test_random_kills_under_churn_leave_a_consistent_store(case, rootfs, image):
+    """SIGKILL the daemon at a random moment of container and image churn, ten times:
+    each restart finds lists that agree with the disk and no leftovers of dead tasks."""
+    import random
+    import threading
+    c = case("churn")
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for round_ in range(10):
+        c.start()
+        stop = threading.Event()
+        workers = [threading.Thread(target=_churn, args=(c, rootfs, image, stop, w))
+                   for w in range(4)]
+        for w in workers:
+            w.start()
+        stop.wait(rng.uniform(0.5, 4.0))
+        c.d.kill()
+        stop.set()
+        for w in workers:
+            w.join(120)
+        c.start()
+        try:
+            c.check()
+        except AssertionError as exc:
+            raise AssertionError(f"round {round_}, seed {seed}: {exc}") from None
+        _clear_tasks(c)
+        collect_garbage(c.d, c.ns)
+        c.check()
+        assert task_cgroups(c.ns) == [] and runc_processes(c.ns) == []
+        c.d.stop()
