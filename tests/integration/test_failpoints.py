@@ -183,6 +183,7 @@ def test_armed_failpoints_are_announced_and_bad_ones_refused(case):
 # --- tasks: a failpoint at each step of create and delete -------------------------------------
 
 TASK_STEPS = [("task.create.after-shim-start", "kill"),
+              ("task.create.after-shim-start", "error"),
               ("task.create.before-runc-create", "kill"),
               ("task.create.before-runc-create", "error"),
               ("task.delete", "kill")]

@@ -153,14 +153,18 @@ class TaskManager:
                 raise shims.wrap(exc, "failed to resolve runtime path")
             shim = await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
                                      self.debug, self.timeouts.load)
-            failpoint.hit("task.create.after-shim-start")
-            return shim
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
         except BaseException:
             await self._remove_bundle(bundle)
             raise
+        try:
+            failpoint.hit("task.create.after-shim-start")
+        except BaseException:  # from here on, a failure stops the shim too
+            await self._shutdown_and_remove(shim)
+            raise
+        return shim
 
     # --- shims started ahead, when a container is created ---------------------
     # ctr, CRI and most clients create a task right after the container; starting its shim
