@@ -23,13 +23,8 @@ PATH_ENV = ["--env", "PATH=/bin"]
 
 
 @pytest.fixture(scope="module")
-def rootfs():
-    d = Path(tempfile.mkdtemp(prefix="rootfs-", dir="/tmp"))
-    try:
-        yield str(make_rootfs(d / "rootfs"))
-    finally:
-        import shutil
-        shutil.rmtree(d, ignore_errors=True)
+def rootfs(tmp_path_factory):
+    return str(make_rootfs(tmp_path_factory.mktemp("fp-rootfs") / "rootfs"))
 
 
 @pytest.fixture(scope="module")
