@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errdefs import ApplianceError
+
 log = logging.getLogger("appliance.plugin")
 
 # containerd's plugin type URIs.
@@ -206,7 +208,8 @@ def initialise(ctx: InitContext, run_async: Callable[[Any], Any] | None = None) 
     except Exception as exc:  # a plugin failure is recorded, not fatal
         result.error = exc
         log.warning("failed to load plugin %s: %s", ctx.registration.uri, exc,
-                    exc_info=log.isEnabledFor(logging.DEBUG))
+                    exc_info=log.isEnabledFor(logging.DEBUG)
+                    and not isinstance(exc, ApplianceError))  # expected: its message says it
     if ctx.platforms is not None:
         result.platforms = tuple(ctx.platforms)
     return result

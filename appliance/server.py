@@ -209,6 +209,7 @@ class Daemon:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        _arm_failpoints()
         self._apply_process_settings()
         self._prepare_dirs()
 
@@ -260,6 +261,19 @@ class Daemon:
             except FileNotFoundError:
                 pass
         log.info("stopped")
+
+
+def _arm_failpoints() -> None:
+    """Fault injection for tests only: armed from the environment, loudly."""
+    from . import failpoint
+    try:
+        names = failpoint.configure_from_env()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if names:
+        log.warning("!!! FAILPOINTS ARMED (%s=%s): this daemon fails on purpose at %s; "
+                    "never use it for real work !!!", failpoint.ENV,
+                    os.environ.get(failpoint.ENV), ", ".join(names))
 
 
 async def _awaited(awaitable):

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .. import memory, metrics
+from .. import failpoint, memory, metrics
 
 log = logging.getLogger("appliance.gc")
 
@@ -164,6 +164,10 @@ class Collector:
         self.db = db
         self.collectibles: dict[str, Collectible] = {}
         self.after_sweep: list[Callable[[], None]] = []   # work outside the transaction
+        # work once the sweep is committed, before any other write: removing data whose
+        # name a new write may reuse (a blob), so that a crash or a failed commit never
+        # leaves a record without its data
+        self.after_commit: list[Callable[[], None]] = []
 
     def register_collectible(self, kind: str, all_nodes, sweep) -> None:
         self.collectibles[kind] = Collectible(kind, all_nodes, sweep)
@@ -172,14 +176,18 @@ class Collector:
         started = time.monotonic()
         now_ns = time.time_ns() if now_ns is None else now_ns
         removed: dict[str, int] = {}
-        with self.db.write() as tx:
-            graph = Graph()
-            for source in SOURCES:
-                graph.merge(source(tx, now_ns))
-            live = mark(graph)
-            for c in self.collectibles.values():
-                dead = [n for n in c.all(tx) if n not in live]
-                removed[c.kind] = c.sweep(tx, dead)   # also with none dead: orphans go too
+        with self.db.read():   # the lock is held until the after_commit hooks are done
+            with self.db.write() as tx:
+                graph = Graph()
+                for source in SOURCES:
+                    graph.merge(source(tx, now_ns))
+                live = mark(graph)
+                for c in self.collectibles.values():
+                    dead = [n for n in c.all(tx) if n not in live]
+                    removed[c.kind] = c.sweep(tx, dead)   # also with none dead: orphans go too
+                failpoint.hit("gc.sweep")   # swept, not yet committed
+            for hook in self.after_commit:
+                hook()
         for hook in self.after_sweep:
             try:
                 hook()

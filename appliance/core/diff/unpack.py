@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ... import metrics
+from ... import failpoint, metrics
 from ... import mount as mountlib
 from ...errdefs import (DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted,
                         exhausted, no_space)
@@ -170,6 +170,7 @@ class Unpacker:
             raise
         finally:
             stream.close()
+        failpoint.hit("layer.apply")
         elapsed = time.monotonic() - started
         metrics.UNPACK_BYTES.inc(stream.size)
         metrics.UNPACK_DURATION.observe(elapsed)

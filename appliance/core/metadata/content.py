@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ... import filters, identifiers, metrics
+from ... import failpoint, filters, identifiers, metrics
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..content.store import Ingest, LocalStore, Writer, parse_digest
 from . import images as _images  # noqa: F401  registers "images" before "blobs", containerd's order
@@ -315,6 +315,7 @@ class NamespacedWriter:
                 if self.store.blobs.install(self.local, actual):
                     metrics.CONTENT_INGESTED_BYTES.inc(size)
                 self.local.committed()
+            failpoint.hit("content.commit")
             if tx.execute("SELECT 1 FROM content WHERE namespace=? AND digest=?",
                           (ns, actual)).fetchone():
                 duplicate = True
@@ -353,14 +354,22 @@ def register_gc(collector, store: ContentStore) -> None:
     def all_content(conn):
         return [("content", ns, d) for ns, d in conn.execute("SELECT namespace, digest FROM content")]
 
+    doomed: list[str] = []
+
     def sweep_content(conn, dead) -> int:
         for _, ns, digest in dead:
             conn.execute("DELETE FROM content WHERE namespace=? AND digest=?", (ns, digest))
             DB.set_labels(conn, ns, KIND, digest, {})
-        # a blob file goes once no namespace records it and no shared ingest waits for it
+        # a blob file goes once no namespace records it and no shared ingest waits for it:
+        # after the commit (delete_blobs), so that a failed one keeps every listed blob
         keep = {r[0] for r in conn.execute("SELECT DISTINCT digest FROM content")}
         keep |= {r[0] for r in conn.execute("SELECT DISTINCT expected FROM ingests")}
-        return sum(store.blobs.delete(d) for d in list(store.blobs.walk()) if d not in keep)
+        doomed[:] = [d for d in store.blobs.walk() if d not in keep]
+        return len(doomed)
+
+    def delete_blobs():
+        while doomed:
+            store.blobs.delete(doomed.pop())
 
     def all_ingests(conn):
         return [("ingest", ns, ref) for ns, ref in conn.execute("SELECT namespace, ref FROM ingests")]
@@ -392,3 +401,4 @@ def register_gc(collector, store: ContentStore) -> None:
     collector.register_collectible("lease", all_leases, sweep_leases)
     collector.register_collectible("ingest", all_ingests, sweep_ingests)
     collector.register_collectible("content", all_content, sweep_content)
+    collector.after_commit.append(delete_blobs)

@@ -14,6 +14,7 @@ import threading
 import time
 
 from ...errdefs import InvalidArgument, ResourceExhausted, Unavailable, q
+from . import recovery
 from .reserve import Reserve
 
 MIGRATIONS = [
@@ -136,17 +137,29 @@ class DB:
     def __init__(self, path: str, lock_timeout: float = 5.0):
         self.path = path
         self._lock_fd = self._acquire_lock(path + ".lock", lock_timeout)
-        self.reserve = Reserve(path + ".reserve")
-        self.reserve.before_write()   # a full disk: free it before sqlite opens its WAL
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                     timeout=lock_timeout or 5.0)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
         self._mutex = threading.RLock()
         self._depth = 0
-        self.migrate()
+        self._conn = None
+        self.reserve = Reserve(path + ".reserve")
+        self.reserve.before_write()   # a full disk: free it before sqlite opens its WAL
+        try:
+            crashed = recovery.inspect_files(path)
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                         timeout=lock_timeout or 5.0)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            if crashed:
+                recovery.quick_check(self._conn, path)
+            self.migrate()
+        except BaseException as exc:
+            if self._conn is not None:
+                self._conn.close()
+            os.close(self._lock_fd)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise recovery.damaged(path, str(exc)) from None
+            raise
         self.reserve.after_write()
 
     @staticmethod

@@ -9,12 +9,13 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from ... import stubs
+from ... import failpoint, stubs
 from ...errdefs import AlreadyExists, ApplianceError, NotFound, exhausted, no_space
 from . import shim as shims
 from .bundle import Bundle, list_bundles
@@ -117,6 +118,7 @@ class TaskManager:
         if topts is not None:
             request.options.CopyFrom(topts)
         try:
+            failpoint.hit("task.create.before-runc-create")
             resp = await shim.call("Create", request)
         except BaseException as exc:
             await self._delete_and_stop(shim)
@@ -147,7 +149,7 @@ class TaskManager:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
-            return await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
+            shim = await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
                                      self.debug, self.timeouts.load, self.sched_core)
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
@@ -156,6 +158,12 @@ class TaskManager:
             await self._remove_bundle(bundle)
             _raise_if_full(exc, bundle)
             raise
+        try:
+            failpoint.hit("task.create.after-shim-start")
+        except BaseException:  # from here on, a failure stops the shim too
+            await self._shutdown_and_remove(shim)
+            raise
+        return shim
 
     # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
@@ -224,9 +232,11 @@ class TaskManager:
         try:
             await shim.call("Delete", shim_pb2.DeleteRequest(id=shim.id),
                             timeout=self.timeouts.cleanup)
-        except ApplianceError:
-            pass
-        await self._shutdown_and_remove(shim)
+            deleted = True
+        except ApplianceError:  # e.g. no container: its `runc create` may have been cut short
+            deleted = False
+        failpoint.hit("task.delete")
+        await self._shutdown_and_remove(shim, runc_delete=not deleted)
 
     async def delete(self, ns: str, task_id: str) -> shim_pb2.DeleteResponse:
         """As containerd's: the shim's Delete (`runc delete`, its /tasks/delete), then its
@@ -241,6 +251,7 @@ class TaskManager:
                 shim.deleting = False
                 raise shims.wrap(exc, "failed to delete task") from None
             resp = None
+        failpoint.hit("task.delete")
         key = (ns, task_id)
         self.tasks.pop(key, None)
         # shielded: a client giving up does not stop the teardown half-way
@@ -261,10 +272,18 @@ class TaskManager:
         if self._teardowns.get(key) is task:
             del self._teardowns[key]
 
-    async def _shutdown_and_remove(self, shim: shims.Shim) -> None:
+    async def _shutdown_and_remove(self, shim: shims.Shim, runc_delete: bool = False) -> None:
         """Stop the shim and remove its bundle meanwhile; done once the shim has exited, our
-        end of its connection and its log FIFO are closed and the bundle is gone."""
-        await self._remove_bundle(shim.bundle, asyncio.create_task(self._stop(shim)))
+        end of its connection and its log FIFO are closed and the bundle is gone. With
+        `runc_delete`, once the shim is gone, the shim binary's `delete` (runc delete --force,
+        unmount) for a container the shim did not delete: a `runc create` cut short leaves a
+        `runc init` that outlives the shim otherwise."""
+        stopping = asyncio.create_task(self._stop(shim))
+        if runc_delete and os.path.exists(shim.bundle.file("options.json")):  # Create began
+            await stopping
+            await shims.delete_with_binary(shim.bundle, shim.binary, self.address,
+                                           self.ttrpc_address, self.timeouts.cleanup)
+        await self._remove_bundle(shim.bundle, stopping)
 
     async def _stop(self, shim: shims.Shim) -> None:
         """Shutdown, then wait until the shim has exited (its end of the connection closes),
@@ -426,6 +445,7 @@ def _read_spec(bundle: Bundle) -> dict:
 def _remove_rootfs(bundle: Bundle) -> dict | None:
     """Unmount and remove the bundle's rootfs; its spec (None when the rootfs stays)."""
     spec = _read_spec(bundle)
+    kill_task_leftovers(bundle, spec)
     try:
         bundle.remove_rootfs()
     except OSError as exc:
@@ -463,3 +483,46 @@ def _raise_if_full(exc: BaseException, bundle: Bundle) -> None:
     full = no_space(exc)
     if full is not None:
         raise exhausted(full, full.filename or bundle.path) from None
+
+
+def kill_task_leftovers(bundle: Bundle, spec: dict, timeout: float = 2.0) -> None:
+    """SIGKILL what is still in the task's own /<ns>/<id> cgroup when its bundle goes: what
+    runc could not see (a `runc init` whose `runc create` died before writing its state)."""
+    if (spec.get("linux") or {}).get("cgroupsPath", "") != f"/{bundle.namespace}/{bundle.id}":
+        return
+    path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
+        path = os.path.join(CGROUP_ROOT, bundle.namespace, bundle.id)
+    deadline = time.monotonic() + timeout
+    killed: set[int] = set()
+    while True:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:  # no such cgroup: nothing was left
+            return
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            log.error("processes %s stay in cgroup %s", pids, path)
+            return
+        if not killed:
+            log.warning("killing processes %s left in cgroup %s", pids, path)
+            _thaw(bundle)
+        for pid in set(pids) - killed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed.update(pids)
+        time.sleep(0.02)
+
+
+def _thaw(bundle: Bundle) -> None:
+    """A frozen (paused) process gets no SIGKILL until thawed."""
+    try:
+        with open(os.path.join(CGROUP_ROOT, "freezer", bundle.namespace, bundle.id,
+                               "freezer.state"), "w") as f:
+            f.write("THAWED")
+    except OSError:
+        pass

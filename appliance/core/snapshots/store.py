@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from ... import filters, identifiers
+from ... import failpoint, filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..metadata.db import DB, now_ns, register_namespaced_kind
 from ..diff.unpack import forget_adopted, is_adopted
@@ -218,6 +218,7 @@ class Snapshotter:
             backend_commit = getattr(self.backend, "commit", None)
             if backend_commit is not None:  # a proxy snapshotter commits remotely too
                 backend_commit(row.id)
+            failpoint.hit("snapshot.commit")
 
     def remove(self, ns, key) -> None:
         with self.db.write() as tx:
@@ -225,6 +226,7 @@ class Snapshotter:
             if tx.execute("SELECT 1 FROM snapshots WHERE parent_id=? LIMIT 1", (row.id,)).fetchone():
                 raise FailedPrecondition("cannot remove snapshot with child: failed precondition")
             self._delete_row(tx, ns, row)
+        failpoint.hit("snapshot.remove")  # the record is gone, not yet the directory
         self.backend.remove(row.id)
         forget_adopted(self.backend.fs(row.id))
 
