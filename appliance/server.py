@@ -229,6 +229,9 @@ class Daemon:
             raise
         sdnotify.notify("READY=1")
         log.info("successfully booted in %.3fs", time.monotonic() - started)
+        # asyncio.to_thread's executor module, read now rather than at its first use, which
+        # may come at a moment with no file descriptor free (EMFILE)
+        import concurrent.futures.thread  # noqa: F401
         # once the first clients' lazy imports have read their part of it too
         loop.call_later(RELEASE_STARTUP_PAGES_AFTER, memory.release_startup_pages)
         await stop_wait

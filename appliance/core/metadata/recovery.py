@@ -35,14 +35,17 @@ def damaged(path: str, what: str) -> DamagedDatabase:
 
 def inspect_files(path: str) -> bool:
     """Check the files before sqlite opens them; True when a crash left a WAL to replay."""
-    _check_size(path)
     wal = path + "-wal"
     try:
         size = os.path.getsize(wal)
     except FileNotFoundError:
+        _check_size(path)
         return False
-    if size == 0:
+    if size <= WAL_HEADER:
+        _check_size(path)
         return True
+    # With frames in the WAL, a database file shorter than its header says is a checkpoint
+    # cut short (a full disk): the pages are still in the WAL, and sqlite copies them again.
     with open(wal, "rb") as f:
         header = f.read(WAL_HEADER)
     magic, _, page_size = struct.unpack(">III", header[:12].ljust(12, b"\0"))
