@@ -36,7 +36,11 @@ def test_root_that_is_a_file(tmp_path):
 
 def test_socket_directory_that_cannot_be_created(tmp_path):
     (tmp_path / "file").write_text("")
-    line = fails_with(private(tmp_path, address=tmp_path / "file" / "ca.sock"))
+    config = tmp_path / "config.toml"   # the plugins load first: the opt dir stays private
+    config.write_text(f'version = 2\n[plugins."io.containerd.internal.v1.opt"]\n'
+                      f'path = "{tmp_path}/opt"\n')
+    line = fails_with(["--config", str(config),
+                       *private(tmp_path, address=tmp_path / "file" / "ca.sock")])
     assert f"mkdir {tmp_path}/file: not a directory" in line
     assert "failed to get listener" in line
 
