@@ -41,6 +41,8 @@ METRICS = [
     ("import_big_ext4j", "`ctr images import` big, root on a fresh ext4 (journal, loop)", "s", ("≤", 0.6)),
     ("import_nounpack_ext4j", "`ctr images import --no-unpack` big, fresh ext4", "s", None),
     ("unpack_ext4j", "`ctr snapshots unpack` big, fresh ext4", "MiB/s", ("≥", 1.7)),
+    ("many_peak", "peak RSS importing a 300,000-entry layer (VmHWM)", "MiB", None),
+    ("many_settled", "RSS 10 s after that import", "MiB", ("≤", 1.0)),
     ("run", "`ctr run --rm busybox /bin/true`", "ms", ("≤", 0.9)),
     ("churn", "churn: stress c=4 (create→start→wait→delete)", "containers/s", ("≥", 1.0)),
     ("density_pss", "density: shim PSS per running container", "MiB", None),
