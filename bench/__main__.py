@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     images.image("small")
     if {"import", "unpack", *sections.STANDALONE_ROOTS} & set(args.sections):
         images.image("big")
+    if "many_entries" in args.sections:
+        images.image("many")
 
     def profiled(name, fn, *fn_args):
         print(f"bench: section {name}", file=sys.stderr)

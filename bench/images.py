@@ -12,17 +12,22 @@ MAKER = Path(os.environ.get("BENCH_IMAGE_MAKER", "/work/shared/anchor/make_oci_i
 CACHE = Path(os.environ.get("BENCH_CACHE", "/tmp/ctrappliance-bench"))
 SMALL_REF = "localhost/busybox:latest"
 BIG_REF = "localhost/bigimage:latest"
+MANY_REF = "localhost/many:latest"
+# a layer of 300,000 tiny files (1-64 bytes, 200 a directory) over busybox
+MANY_ARGS = ["--variant", "big", "--ref", MANY_REF, "--small-files", "300000", "--small-min", "1",
+             "--small-max", "64", "--large-files", "0"]
 INGEST_MIB = 512
 
 
 def image(variant: str) -> dict:
-    """Path and digests of the `small` or `big` image, building it if missing."""
-    out = CACHE / "images" / ("busybox.tar" if variant == "small" else "big.tar")
+    """Path and digests of the `small`, `big` or `many` image, building it if missing."""
+    out = CACHE / "images" / {"small": "busybox.tar", "big": "big.tar", "many": "many.tar"}[variant]
     info = Path(str(out) + ".json")
     if not info.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(MAKER), "--variant", variant, "--out", str(out)],
-                       check=True, stdout=subprocess.DEVNULL, timeout=600)
+        args = MANY_ARGS if variant == "many" else ["--variant", variant]
+        subprocess.run([sys.executable, str(MAKER), *args, "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL, timeout=1200)
     meta = json.loads(info.read_text())
     meta["path"] = str(out)
     meta["uncompressed_mib"] = sum(l["uncompressed_size"] for l in meta["layers"]) / 2**20

@@ -51,6 +51,8 @@ METRICS = [
      "s", ("≤", 0.5)),
     ("cri_pull_shared", "2 CRI PullImage at once (big + 6 layers, shared base)", "s",
      ("≤", 0.6)),
+    ("many_peak", "peak RSS importing a 300,000-entry layer (VmHWM)", "MiB", None),
+    ("many_settled", "RSS 10 s after that import", "MiB", ("≤", 1.0)),
     ("run", "`ctr run --rm busybox /bin/true`", "ms", ("≤", 0.9)),
     ("churn", "churn: stress c=4 (create→start→wait→delete)", "containers/s", ("≥", 1.0)),
     ("density_pss", "density: shim PSS per running container", "MiB", None),

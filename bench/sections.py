@@ -348,6 +348,32 @@ def rapid_reset(b: Bench, make_targets):
         b.targets = saved
 
 
+SETTLE_SECONDS = 10.0
+
+
+def many_entries(b: Bench, make_targets):
+    """Memory for a layer of 300,000 entries: fresh daemons, one import each (in turn, so
+    they do not share the disk), peak RSS (VmHWM) and RSS 10 s after the import."""
+    many = images.image("many")
+
+    def step(t: Target):
+        t.ctr("images", "import", many["path"], timeout=1800)
+        peak = t.memory()["hwm_mib"]
+        time.sleep(SETTLE_SECONDS)
+        b.record("many_peak", t.kind, peak)
+        b.record("many_settled", t.kind, t.memory()["rss_mib"])
+
+    saved, b.targets = b.targets, make_targets("many")
+    try:
+        for t in b.targets:
+            t.start()
+        b.each(0, ["many_peak", "many_settled"], step)
+    finally:
+        for t in b.targets:
+            t.cleanup()
+        b.targets = saved
+
+
 def cri_pull(b: Bench, make_targets):
     """PullImage through each daemon's CRI from a loopback registry (bench/cri_pull.py)."""
     from .cri_pull import cri_pull as run
@@ -355,6 +381,6 @@ def cri_pull(b: Bench, make_targets):
 
 
 STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4,
-                    "cri_pull": cri_pull}
+                    "many_entries": many_entries, "cri_pull": cri_pull}
 STANDALONE = {"boot": boot, **STANDALONE_ROOTS, "rapid_reset": rapid_reset}
 ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS, "rapid_reset"]

@@ -36,6 +36,9 @@ HELPERS = {  # bundled from the build host: Debian's Apache-2.0 shim and client
 }
 HELPERS_COPYRIGHT = "/usr/share/doc/containerd/copyright"
 NICE = ["nice", "-n", "10"]
+# Calls routed to packaging/nuitka_libc.py's wrappers (Nuitka's start-up aborted without
+# locale files or /proc).
+WRAP_LDFLAGS = "-Wl,--wrap=newlocale,--wrap=readlink"
 
 
 def log(msg: str) -> None:
@@ -110,7 +113,8 @@ def check_extensions() -> None:
 
 
 def nuitka(mode: str, build: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO))  # the tree, not an installed copy
+    env = dict(os.environ, PYTHONPATH=str(REPO),  # the tree, not an installed copy
+               LDFLAGS=" ".join(filter(None, [os.environ.get("LDFLAGS"), WRAP_LDFLAGS])))
     started = time.monotonic()
     run(NICE + [PYTHON, "-m", "nuitka", *nuitka_options(mode, build),
                 HERE / "ctrappliance.py"], cwd=REPO, env=env)

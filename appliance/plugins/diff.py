@@ -5,7 +5,7 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from .. import memory, stubs
+from .. import stubs
 from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
 from ..core.snapshots.backends import Mount
 from ..core.snapshots.store import Snapshotter
@@ -28,10 +28,7 @@ class WalkingDiffer:
     def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
               payloads=None) -> tuple[str, str, int]:
         path = self.content.blob_path(ns, digest)
-        try:
-            applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
-        finally:
-            memory.trim()   # the unpack's worker threads leave freed buffers in their arenas
+        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
         return LAYER_MEDIA_TYPE, applied.digest, applied.size
 
     def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):

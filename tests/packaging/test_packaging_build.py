@@ -183,8 +183,14 @@ def glibc_files() -> set[str]:
     return set(out.split())
 
 
-def test_onefile_runs_in_a_glibc_only_rootfs(products, tmp_path):
-    """Only the dynamic loader and glibc's libraries, static busybox, and the binary."""
+# Minimal images have no locale files, yet often LANG or LC_ALL (Nuitka's start-up aborted
+# there: packaging/nuitka_libc.py).
+LOCALES = [{}, {"LANG": "C.UTF-8"}, {"LC_ALL": "en_US.UTF-8"}]
+
+
+def glibc_only_rootfs(products, tmp_path) -> Path:
+    """Only the dynamic loader and glibc's libraries (no locale files), static busybox,
+    /dev's basics and the onefile binary as /ctrappliance."""
     # What the bootstrap needs, and what the payload it unpacks needs.
     needed = host_files_needed_of(products["onefile"]) | host_files_needed(products["onefile_dist"])
     print("host files needed:", sorted(needed))
@@ -207,15 +213,26 @@ def test_onefile_runs_in_a_glibc_only_rootfs(products, tmp_path):
     shutil.copy(products["onefile"], root / "ctrappliance")
     listing = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert not [f for f in listing if "python" in f.lower()], listing
+    assert not [f for f in listing if "locale" in f], listing
+    return root
 
+
+def in_bare_chroot(root: Path, script: str, env: dict, **popen) -> subprocess.Popen:
+    return subprocess.Popen([shutil.which("unshare"), "--mount", "--propagation", "private",
+                             shutil.which("chroot"), str(root), "/bin/busybox", "sh", "-c", script],
+                            env={"PATH": "/bin", **env}, **popen)
+
+
+@pytest.mark.parametrize("locale", LOCALES, ids=lambda env: ",".join(env) or "no-locale")
+def test_onefile_runs_in_a_glibc_only_rootfs(products, tmp_path, locale):
+    root = glibc_only_rootfs(products, tmp_path)
     address = root / "run" / "ca" / "ca.sock"
     log = open(tmp_path / "daemon.log", "wb")
-    script = ("/bin/busybox mount -t proc proc /proc && exec /ctrappliance --root /var/lib/ca "
-              "--state /run/ca --address /run/ca/ca.sock --log-level debug")
-    proc = subprocess.Popen([shutil.which("unshare"), "--mount", "--propagation", "private",
-                             shutil.which("chroot"), str(root), "/bin/busybox", "sh", "-c", script],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={"PATH": "/bin"})
+    script = ("/bin/busybox mount -t proc proc /proc && /ctrappliance --version && "
+              "exec /ctrappliance --root /var/lib/ca --state /run/ca --address /run/ca/ca.sock "
+              "--log-level debug")
+    proc = in_bare_chroot(root, script, locale, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
     try:
         deadline = time.monotonic() + SOCKET_WAIT
         while "successfully booted" not in (tmp_path / "daemon.log").read_text(errors="replace"):
@@ -234,9 +251,22 @@ def test_onefile_runs_in_a_glibc_only_rootfs(products, tmp_path):
             proc.wait(10)
         log.close()
     text = (tmp_path / "daemon.log").read_text()
+    assert text.startswith(f"ctrappliance {products['version']}\n"), text
     assert "stopped" in text and "KeyboardInterrupt" not in text, text
     assert not address.exists()
     assert os.listdir(root / "tmp") == []  # the unpacked payload is removed
+
+
+NO_PROC = ("ctrappliance: cannot find its own executable: readlink /proc/self/exe: "
+           "No such file or directory (is /proc mounted?)\n")
+
+
+def test_onefile_without_proc_says_so(products, tmp_path):
+    root = glibc_only_rootfs(products, tmp_path)
+    proc = in_bare_chroot(root, "/ctrappliance --version", {}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (1, "", NO_PROC)
 
 
 def host_files_needed_of(binary: Path) -> set[str]:
@@ -315,12 +345,17 @@ def test_install_into_clean_debian_12_and_purge(products):
     shutil.copy(products["deb"], root / "tmp" / products["deb"].name)
     from runtime_helpers import make_rootfs
     make_rootfs(root / "tmp" / "rootfs")
+    # Without locale files, as minimal images are (bookworm's libc-bin has C.utf8), with
+    # each locale setting; the daemon runs with LANG=C.UTF-8; last, without /proc.
+    versions = "\n".join(f"env -u LC_ALL {' '.join(f'{k}={v}' for k, v in env.items())} "
+                          "ctrappliance --version" for env in LOCALES)
     script = f"""
 apt-get install -y -qq --no-install-recommends /tmp/{products['deb'].name} >/dev/null
 dpkg -i /tmp/{products['deb'].name} >/dev/null  # the upgrade path of the maintainer scripts
-ctrappliance --version
-ctrappliance --root /tmp/ca/root --state /tmp/ca/state --address /tmp/ca/ca.sock \
-    >/tmp/ca.log 2>&1 &
+mount -t tmpfs no-locales /usr/lib/locale
+{versions}
+env -u LC_ALL LANG=C.UTF-8 ctrappliance --root /tmp/ca/root --state /tmp/ca/state \
+    --address /tmp/ca/ca.sock >/tmp/ca.log 2>&1 &
 pid=$!
 i=0; until grep -q "successfully booted" /tmp/ca.log; do
     i=$((i+1)); [ $i -lt 300 ] || {{ cat /tmp/ca.log; exit 1; }}; sleep 0.1; done
@@ -329,12 +364,17 @@ ctrappliance-ctr --address /tmp/ca/ca.sock run --rm --env PATH=/bin \
     --runc-root /tmp/ca/runc --fifo-dir /tmp/ca/fifo --rootfs /tmp/rootfs chroot-run \
     echo hello from bookworm
 kill -TERM $pid; wait $pid || true
+umount /proc
+ctrappliance --version 2>&1 || echo "exit $?"
+mount -t proc proc /proc
 dpkg --purge ctrappliance >/dev/null
 """
     try:
         result = in_chroot(root, script)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert f"ctrappliance {products['version']}\n" in result.stdout
+        assert result.stdout.count(f"ctrappliance {products['version']}\n") == len(LOCALES), \
+            result.stdout
+        assert NO_PROC + "exit 1\n" in result.stdout
         assert re.search(rf"Server:\n\s+Version:\s+{re.escape(products['version'])}", result.stdout)
         assert "hello from bookworm\n" in result.stdout
     finally:

@@ -333,6 +333,30 @@ def test_unpacker_applies_through_a_temp_mount_for_foreign_mounts(tmp_path):
         u.apply(str(blob), "application/x-unknown", "sha256:x", [])
 
 
+def test_an_unpack_gives_memory_back(tmp_path, monkeypatch):
+    """After every unpack, malloc_trim; after a big one, a full collection first (CPython's
+    free lists otherwise pin the pymalloc arenas its per-entry objects used)."""
+    import gc
+    from appliance import memory
+    from appliance.core.diff import unpack
+    from appliance.core.snapshots.backends import Mount
+    calls, real_trim = [], memory.trim
+    monkeypatch.setattr(memory, "trim", lambda collect=False: (calls.append(collect),
+                                                               real_trim(collect))[1])
+    u = unpack.Unpacker({}, str(tmp_path / "tmpmounts"))
+    for name, size in (("small", 4096), ("big", unpack.COLLECT_AFTER_BYTES)):
+        target = tmp_path / name
+        target.mkdir()
+        blob = tmp_path / f"{name}.gz"
+        blob.write_bytes(gzip.compress(layer(entry("zeros", data=bytes(size)))))
+        collections = gc.get_stats()[2]["collections"]
+        u.apply(str(blob), "application/vnd.oci.image.layer.v1.tar+gzip", "sha256:x",
+                [Mount("bind", str(target), ["rw", "rbind"])])
+        full = gc.get_stats()[2]["collections"] - collections
+        assert (calls, full >= 1) == ([name == "big"], name == "big"), name
+        calls.clear()
+
+
 def test_entries_out_of_order_and_replaced(tmp_path):
     """A directory entry after its children, a file replaced twice, a dir replaced by a file."""
     apply_bytes(tmp_path, layer(

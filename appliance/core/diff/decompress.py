@@ -15,9 +15,12 @@ import threading
 from ...errdefs import NotFound
 from ..content.store import sha256
 
-READ_SIZE = 1 << 20
-OUT_SIZE = 4 << 20
-QUEUE_DEPTH = 8
+# Inflated bytes in flight: at most QUEUE_DEPTH + 2 chunks of OUT_SIZE (queued, being
+# made, being parsed). A layer of tiny files inflates far faster than it is written, so the
+# queue is full all along: this is memory held for the whole unpack.
+READ_SIZE = 256 << 10
+OUT_SIZE = 1 << 20
+QUEUE_DEPTH = 4
 PUT_TIMEOUT = 0.2
 
 LAYER_TYPES = {

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ... import failpoint, metrics
+from ... import failpoint, memory, metrics
 from ... import mount as mountlib
 from ...errdefs import (DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted,
                         exhausted, no_space)
@@ -25,6 +25,9 @@ from .decompress import DecompressError, LayerStream, check_media_type
 log = logging.getLogger("appliance.diff")
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 DEDUPE_WAIT_SECONDS = 600.0
+# Unpacks of this many uncompressed bytes or more (up to ~1 entry per KiB) are followed by
+# a full collection: see memory.py. Below, the objects they free pin little.
+COLLECT_AFTER_BYTES = 16 << 20
 POLL_SECONDS = 0.05
 
 # upper dirs whose layer was adopted from a concurrent unpack (left empty on purpose)
@@ -170,6 +173,9 @@ class Unpacker:
             raise
         finally:
             stream.close()
+            # the worker threads' freed buffers sit in their malloc arenas; a big layer's
+            # per-entry objects in pymalloc's
+            memory.trim(collect=stream.size >= COLLECT_AFTER_BYTES)
         failpoint.hit("layer.apply")
         elapsed = time.monotonic() - started
         metrics.UNPACK_BYTES.inc(stream.size)
