@@ -13,8 +13,8 @@ The steps are containerd's client-side pull with unpack, done in the daemon:
 Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
 `containerd.io/gc.ref.snapshot.<snapshotter>`), `containerd.io/distribution.source.<host>` and
 the layers' `containerd.io/uncompressed`. Two pulls of images that share layers fetch and
-unpack each shared layer once: the second waits for the first's fetch (per digest, here) and
-unpack (per chain id, in the Unpacker).
+unpack each shared layer once: the second waits for the first's fetch (per digest) and unpack
+(per chain id), then finds the blob or snapshot in place.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class Puller:
         self.diff = diff
         self.images = images
         self.leases = leases
-        self._fetching: dict[str, asyncio.Future] = {}   # digest -> fetch in progress
+        self._running: dict[tuple, asyncio.Future] = {}   # a fetch or unpack in progress
 
     async def pull(self, ns: str, text: str, opts: PullOptions | None = None) -> Pulled:
         opts = opts or PullOptions()
@@ -196,18 +196,25 @@ class Puller:
         with self.content.reader(ns, digest) as f:
             return f.read()
 
+    async def _one_at_a_time(self, key, work) -> None:
+        """Run `work()` while no other pull runs it for `key`: a second pull waits for the
+        first, then runs its own, which finds the blob or snapshot in place."""
+        while (running := self._running.get(key)) is not None:
+            await asyncio.shield(running)
+        done = asyncio.get_running_loop().create_future()
+        self._running[key] = done
+        try:
+            await work()
+        finally:
+            del self._running[key]
+            done.set_result(None)
+
     async def _fetch(self, ns, registry: Registry, desc: Descriptor, lease, labels, sem) -> None:
         """The blob into this namespace's content: fetched once per daemon at a time."""
-        while (running := self._fetching.get(desc.digest)) is not None:
-            await asyncio.shield(running)   # another pull fetches it: then it is shared
-        done = asyncio.get_running_loop().create_future()
-        self._fetching[desc.digest] = done
-        try:
+        async def work():
             async with sem:
                 await self._download(ns, registry, desc, lease, labels)
-        finally:
-            del self._fetching[desc.digest]
-            done.set_result(None)
+        await self._one_at_a_time(("fetch", desc.digest), work)
 
     async def _download(self, ns, registry: Registry, desc: Descriptor, lease, labels) -> None:
         ref = f"pull-{desc.digest}"
@@ -257,6 +264,11 @@ class Puller:
 
     async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
                       diff_id: str, lease) -> None:
+        await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
+            ns, snapshotter, layer, parent, chain, diff_id, lease))
+
+    async def _extract(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
+                       diff_id: str, lease) -> None:
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
