@@ -7,7 +7,7 @@ from .. import filters, stubs
 from ..core.metadata.containers import ContainerStore
 from ..errdefs import InvalidArgument
 from ..grpcutil import namespace_of, rpc
-from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
+from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.container_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
@@ -25,8 +25,6 @@ class ContainersService:
         self.store = store
         self.namespaces = namespaces
         self.exchange = exchange
-        self.gc = None  # the GC scheduler, when loaded: a deletion may free a snapshot
-        self.runtime = None  # the v2 task manager attaches itself: it starts shims ahead
 
     def get(self, ns: str, cid: str) -> pb.Container:
         return self.store.get(ns, cid)
@@ -43,10 +41,6 @@ class ContainersService:
             runtime.options.CopyFrom(created.runtime.options)
         self.exchange.publish(ns, "/containers/create", events.ContainerCreate(
             id=created.id, image=created.image, runtime=runtime))
-        if self.runtime is not None:
-            self.runtime.prestart(ns, created.id, created.runtime.name, created.spec.value,
-                                  created.runtime.options.SerializeToString()
-                                  if created.runtime.HasField("options") else None)
         return created
 
     def update(self, ns: str, container: pb.Container, paths: list[str]) -> pb.Container:
@@ -60,10 +54,6 @@ class ContainersService:
 
     def delete(self, ns: str, cid: str) -> None:
         self.store.delete(ns, cid)
-        if self.runtime is not None:
-            self.runtime.discard_prestarted(ns, cid)
-        if self.gc is not None:
-            self.gc.mutated(True)
         self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))
 
 
@@ -108,9 +98,7 @@ class ContainersAdapter:
 
 def _service(ic: InitContext) -> ContainersService:
     md = ic.get(METADATA)
-    service = ContainersService(ContainerStore(md.db), md.namespaces, ic.get(EVENT))
-    service.gc = next(iter(ic.get_all(GC).values()), None)  # GC's type loads before services
-    return service
+    return ContainersService(md.containers, md.namespaces, ic.get(EVENT))
 
 
 REGISTRATIONS = [

@@ -5,8 +5,9 @@ containerd's policy and config keys: a collection follows a deletion (or
 request (`schedule(wait=True)`: `images rm --sync`, `leases rm --sync`), after
 `schedule_delay`; the first runs `startup_delay` after the daemon serves; between
 collections the scheduler keeps the time spent collecting under `pause_threshold`.
-Other plugins join with `scheduler.collector.register_collectible(...)` and tell it
-about mutations with `scheduler.mutated(dirty)` (thread-safe).
+It hears about mutations through the metadata plugin's `changed` hook
+(`scheduler.mutated(dirty)`, thread-safe); what it collects is the metadata plugin's
+sources, content and snapshotters.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from ..config import parse_duration
 from ..core.gc import Collector
 from ..core.metadata.content import register_gc as register_content_gc
+from ..core.snapshots.store import register_gc as register_snapshot_gc
 from ..errdefs import DeadlineExceeded
 from ..plugin import GC, METADATA, InitContext, Registration
 
@@ -171,12 +173,13 @@ class Scheduler:
 
 def _init(ic: InitContext) -> Scheduler:
     md = ic.get(METADATA)
-    collector = Collector(md.db)
+    collector = Collector(md.db, md.gc_sources)
     if md.content is not None:
         register_content_gc(collector, md.content)
+    if md.snapshotters:
+        register_snapshot_gc(collector, md.snapshotters)
     scheduler = Scheduler(collector, ic.config)
-    if md.content is not None:
-        md.content.notify = scheduler.mutated
+    md.changed.subscribe(scheduler.mutated)
     ic.exports.update(PauseThreshold=f"{scheduler.pause_threshold:g}",
                       DeletionThreshold=str(scheduler.deletion_threshold),
                       MutationThreshold=str(scheduler.mutation_threshold),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import TaskManager, Timeouts
 from ..errdefs import InvalidArgument, NotFound
 from ..plugin import (EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V1, RUNTIME_V2, InitContext,
@@ -28,7 +27,7 @@ async def _runtime(ic: InitContext) -> TaskManager:
     timeouts = Timeouts(load=cfg.timeout("io.containerd.timeout.shim.load") or 5.0,
                         cleanup=cfg.timeout("io.containerd.timeout.shim.cleanup") or 5.0,
                         shutdown=cfg.timeout("io.containerd.timeout.shim.shutdown") or 3.0)
-    containers = ContainerStore(ic.get(METADATA).db)
+    containers = ic.get(METADATA).containers
 
     def runtime_of(ns: str, cid: str) -> str | None:
         try:
@@ -41,6 +40,11 @@ async def _runtime(ic: InitContext) -> TaskManager:
         ic.properties["io.containerd.plugin.ttrpc.address"], ic.get(EVENT), timeouts,
         debug=logging.getLogger().isEnabledFor(logging.DEBUG), runtime_of=runtime_of,
         prestart_shims=ic.config.prestart_shims, sched_core=ic.config.sched_core)
+    if ic.config.prestart_shims:   # a container's shim starts at Containers.Create
+        containers.created.subscribe(lambda ns, c: manager.prestart(
+            ns, c.id, c.runtime.name, c.spec.value,
+            c.runtime.options.SerializeToString() if c.runtime.HasField("options") else None))
+        containers.deleted.subscribe(manager.discard_prestarted)
     await manager.load_existing()
     return manager
 

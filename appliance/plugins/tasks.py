@@ -287,11 +287,7 @@ class TasksServiceConfig:
 
 def _service(ic: InitContext) -> TasksService:
     ic.get(MONITOR)
-    runtime = ic.get_by_id(RUNTIME_V2, "task")
-    containers = ic.get_all(SERVICE).get("containers-service")
-    if containers is not None:  # loaded before us: let it start shims ahead
-        containers.runtime = runtime
-    return TasksService(ContainerStore(ic.get(METADATA).db), runtime,
+    return TasksService(ic.get(METADATA).containers, ic.get_by_id(RUNTIME_V2, "task"),
                         ic.server_config.timeout("io.containerd.timeout.task.state"))
 
 

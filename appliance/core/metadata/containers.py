@@ -8,6 +8,7 @@ from __future__ import annotations
 from ... import identifiers, stubs
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
 from .db import DB, now_ns, register_namespaced_kind
+from .hook import Hook, no_hook
 
 pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
 
@@ -48,8 +49,13 @@ def _blob(c: pb.Container) -> bytes:
 
 
 class ContainerStore:
-    def __init__(self, db: DB):
+    def __init__(self, db: DB, changed=no_hook):
         self.db = db
+        self.changed = changed   # (dirty: bool) after a deletion; the metadata plugin's hook
+        # (ns, container) after a create, (ns, id) after a delete: the runtime starts
+        # shims ahead on these
+        self.created = Hook("container created")
+        self.deleted = Hook("container deleted")
 
     def _row_to_pb(self, conn, ns, row) -> pb.Container:
         c = pb.Container.FromString(row["data"])
@@ -91,7 +97,8 @@ class ContainerStore:
             out.CopyFrom(c)
             out.created_at.FromNanoseconds(ts)
             out.updated_at.FromNanoseconds(ts)
-            return out
+        self.created(ns, out)
+        return out
 
     def update(self, ns: str, c: pb.Container, paths: list[str]) -> pb.Container:
         if not c.id:
@@ -157,3 +164,5 @@ class ContainerStore:
             if cur.rowcount == 0:
                 raise NotFound(f"container {cid}: not found")
             DB.set_labels(tx, ns, KIND, cid, {})
+        self.deleted(ns, cid)
+        self.changed(True)   # its snapshot may be garbage now

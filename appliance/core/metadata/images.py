@@ -8,6 +8,7 @@ from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
 from ..content.store import digest_error
 from .db import DB, now_ns, register_namespaced_kind
+from .hook import no_hook
 
 KIND = "image"
 
@@ -57,9 +58,9 @@ def adaptor(image: Image):
 
 
 class ImageStore:
-    def __init__(self, db: DB):
+    def __init__(self, db: DB, changed=no_hook):
         self.db = db
-        self.notify = lambda dirty: None   # the GC scheduler listens to mutations
+        self.changed = changed   # (dirty: bool) after a change; the metadata plugin's hook
 
     def get(self, ns: str, name: str) -> Image:
         with self.db.read() as conn:
@@ -96,7 +97,7 @@ class ImageStore:
             ts = now_ns()
             image.created_at = image.updated_at = ts
             self._write(tx, ns, image, insert=True)
-        self.notify(False)
+        self.changed(False)
         return image
 
     def update(self, ns: str, image: Image, paths) -> Image:
@@ -130,7 +131,7 @@ class ImageStore:
             updated.created_at = current.created_at
             updated.updated_at = now_ns()
             self._write(tx, ns, updated, insert=False)
-        self.notify(False)
+        self.changed(False)
         return updated
 
     @staticmethod
@@ -153,4 +154,4 @@ class ImageStore:
                               (ns, name)).rowcount:
                 raise NotFound(f"image {q(name)}: not found")
             DB.set_labels(tx, ns, KIND, name, {})
-        self.notify(True)
+        self.changed(True)
