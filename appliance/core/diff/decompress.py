@@ -12,13 +12,16 @@ import functools
 import queue
 import threading
 
-from ...errdefs import NotFound
+from ...errdefs import DeadlineExceeded, NotFound
 from ..content.store import sha256
 
 READ_SIZE = 1 << 20
 OUT_SIZE = 4 << 20
 QUEUE_DEPTH = 8
 PUT_TIMEOUT = 0.2
+# the longest the reader waits for the next chunk: a stream processor that hangs (or a
+# blob on a stalled filesystem) fails the unpack instead of blocking its thread for ever
+STALL_TIMEOUT = 300.0
 
 LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar",
@@ -168,7 +171,12 @@ class LayerStream:
     def read(self, n: int = -1) -> bytes:
         if self._done:
             return b""
-        item = self._queue.get()
+        try:
+            item = self._queue.get(timeout=STALL_TIMEOUT)
+        except queue.Empty:
+            self._done = True
+            raise DeadlineExceeded(f"layer {self._path}: no data for {STALL_TIMEOUT:g}s "
+                                   "(a stalled stream processor?): deadline exceeded") from None
         if isinstance(item, BaseException):
             self._done = True
             if isinstance(item, (DecompressError, _zlib().error)):
