@@ -36,8 +36,9 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, collector: Collector, cfg: SchedulerConfig):
+    def __init__(self, collector: Collector, cfg: SchedulerConfig, supervisor):
         self.collector = collector
+        self.supervisor = supervisor   # owns the scheduling task
         self.pause_threshold = min(max(cfg.pause_threshold, 0.0), 0.5)
         self.deletion_threshold = cfg.deletion_threshold
         self.mutation_threshold = max(cfg.mutation_threshold, 0)
@@ -48,7 +49,6 @@ class Scheduler:
         self._early: list[tuple[float, bool, bool]] = []   # mutations before serving
         self._early_lock = threading.Lock()
         self._waiters: list[asyncio.Future] = []
-        self._task: asyncio.Task | None = None
 
     # --- what other plugins call ----------------------------------------------------
 
@@ -99,15 +99,7 @@ class Scheduler:
             for event in self._early:
                 self._events.put_nowait(event)
             self._early.clear()
-        self._task = asyncio.create_task(self._run(), name="gc-scheduler")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self.supervisor.task(self._run(), "gc-scheduler")
 
     async def _run(self) -> None:
         """containerd's policy (core/gc_policy.py), event-driven: no timer runs while
@@ -152,7 +144,7 @@ def _init(ic: InitContext) -> Scheduler:
         register_content_gc(collector, md.content)
     if md.snapshotters:
         register_snapshot_gc(collector, md.snapshotters)
-    scheduler = Scheduler(collector, ic.config)
+    scheduler = Scheduler(collector, ic.config, ic.supervisor)
     md.changed.subscribe(scheduler.mutated)
     ic.exports.update(PauseThreshold=f"{scheduler.pause_threshold:g}",
                       DeletionThreshold=str(scheduler.deletion_threshold),
