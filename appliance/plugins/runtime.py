@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .. import metrics
+from ..core.runtime.cgroup_metrics import TASK_CGROUP_DOCS, task_cgroup_values
 from ..core.runtime.manager import TaskManager, Timeouts
 from ..errdefs import InvalidArgument, NotFound
 from ..plugin import (EVENT, LINUX_AMD64, METADATA, MONITOR, RUNTIME_V1, RUNTIME_V2, InitContext,
@@ -46,7 +48,16 @@ async def _runtime(ic: InitContext) -> TaskManager:
             c.runtime.options.SerializeToString() if c.runtime.HasField("options") else None))
         containers.deleted.subscribe(manager.discard_prestarted)
     await manager.load_existing()
+    metrics.gauge_callback("ctrappliance_tasks", "Tasks with a live shim, by namespace",
+                           ("namespace",), lambda: _tasks_by_namespace(manager))
     return manager
+
+
+def _tasks_by_namespace(manager: TaskManager) -> dict[tuple[str], int]:
+    out: dict[tuple[str], int] = {}
+    for ns, _ in list(manager.tasks):
+        out[(ns,)] = out.get((ns,), 0) + 1
+    return out
 
 
 def parse_platform(text: str) -> str:
@@ -78,6 +89,25 @@ class CgroupsMonitor:
         pass
 
 
+def _monitor(ic: InitContext) -> CgroupsMonitor:
+    monitor = CgroupsMonitor(not ic.config.no_prometheus)
+    manager = ic.get_all(RUNTIME_V2).get("task")   # its type loads first
+    if monitor.prometheus and manager is not None:
+        metrics.gauges_callback(TASK_CGROUP_DOCS, ("container_id", "namespace"),
+                                lambda: _task_cgroup_metrics(manager))
+    return monitor
+
+
+def _task_cgroup_metrics(manager: TaskManager) -> dict[str, dict]:
+    """containerd's container_*{container_id,namespace} figures of every live task."""
+    out: dict[str, dict] = {}
+    for (ns, task_id), shim in list(manager.tasks.items()):
+        if shim.task_pid:
+            for name, value in task_cgroup_values(shim.task_pid).items():
+                out.setdefault(name, {})[(task_id, ns)] = value
+    return out
+
+
 def _runtime_v1(ic: InitContext):
     raise SkipPlugin(RUNTIME_V1_SKIPPED)
 
@@ -90,6 +120,6 @@ REGISTRATIONS = [
                  platforms=LINUX_AMD64),
     Registration(RUNTIME_V2, "task", _runtime, requires=(EVENT, METADATA), config=RuntimeConfig,
                  platforms=LINUX_AMD64),
-    Registration(MONITOR, "cgroups", lambda ic: CgroupsMonitor(not ic.config.no_prometheus),
+    Registration(MONITOR, "cgroups", _monitor,
                  requires=(EVENT,), platforms=LINUX_AMD64, config=MonitorConfig),
 ]

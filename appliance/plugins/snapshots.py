@@ -12,7 +12,7 @@ from google.protobuf import empty_pb2
 
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter
-from .. import fdlimit, stubs
+from .. import fdlimit, metrics, stubs
 from ..config import unsupported
 from ..errdefs import InvalidArgument, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
@@ -59,6 +59,11 @@ class SnapshotsService:
     def remove(self, ns, snapshotter, key) -> None:
         self.get(snapshotter).remove(ns, key)
         self.exchange.publish(ns, "/snapshot/remove", events.SnapshotRemove(key=key))
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Snapshots by (snapshotter, namespace): the ctrappliance_snapshots gauge."""
+        return {(name, ns): count for name, sn in self.snapshotters.items()
+                for ns, count in sn.count_by_namespace().items()}
 
     def close(self):
         pass
@@ -260,7 +265,10 @@ def _service(ic: InitContext) -> SnapshotsService:
     md = ic.get(METADATA)
     for sn in md.snapshotters.values():  # directories a crash left without a record
         sn.cleanup()
-    return SnapshotsService(md.snapshotters, ic.get(EVENT), md.namespaces)
+    service = SnapshotsService(md.snapshotters, ic.get(EVENT), md.namespaces)
+    metrics.gauge_callback("ctrappliance_snapshots", "Snapshots by snapshotter and namespace",
+                           ("snapshotter", "namespace"), service.counts)
+    return service
 
 
 REGISTRATIONS = [

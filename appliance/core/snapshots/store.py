@@ -173,6 +173,11 @@ class Snapshotter:
         return [i for i in infos if flt.match(filters.adapt_object(
             {"name": i.name, "parent": i.parent, "kind": i.kind, "labels": i.labels}))]
 
+    def count_by_namespace(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            return dict(conn.execute("SELECT namespace, COUNT(*) FROM snapshots "
+                                     "WHERE snapshotter=? GROUP BY namespace", (self.name,)))
+
     def upper_of(self, ns: str, key: str) -> str:
         with self.db.read() as conn:
             return self.backend.fs(self._require(conn, ns, key).id)
