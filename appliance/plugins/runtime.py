@@ -45,7 +45,7 @@ async def _runtime(ic: InitContext) -> TaskManager:
     if ic.config.prestart_shims:   # a container's shim starts at Containers.Create
         containers.created.subscribe(lambda ns, c: manager.prestart(
             ns, c.id, c.runtime.name, c.spec.value,
-            c.runtime.options.SerializeToString() if c.runtime.HasField("options") else None))
+            c.runtime.options.SerializeToString() if c.runtime.options is not None else None))
         containers.deleted.subscribe(manager.discard_prestarted)
     await manager.load_existing()
     metrics.gauge_callback("ctrappliance_tasks", "Tasks with a live shim, by namespace",

@@ -50,8 +50,7 @@ class TasksService:
             raise AlreadyExists(f"task {req.container_id}: already exists")
         opts = CreateOpts(
             spec=container.spec, runtime=req.runtime_path or container.runtime.name,
-            runtime_options=container.runtime.options
-            if container.runtime.HasField("options") else None,
+            runtime_options=container.runtime.options,
             task_options=req.options if req.HasField("options") else None,
             rootfs=list(req.rootfs), stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
             terminal=req.terminal)

@@ -7,10 +7,12 @@ import tarfile
 import threading
 
 import pytest
+from google.protobuf import any_pb2
 
 from appliance.core import gc
 from appliance.core.content.store import LocalStore
 from appliance.core.diff.unpack import Unpacker
+from appliance.core.metadata.containers import Container, Runtime
 from appliance.core.metadata.db import DB
 from appliance.core.metadata.images import Descriptor, Image
 from appliance.core.snapshots.backends import NativeBackend
@@ -44,10 +46,7 @@ def test_every_store_calls_the_one_hook(md):
     sn.commit(NS, "c", "k")
     sn.remove(NS, "c")
     assert md.heard[2:] == [False, True]
-    from appliance import stubs
-    pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
-    c = pb.Container(id="c1", runtime=pb.Container.Runtime(name="io.containerd.runc.v2"))
-    c.spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+    c = Container("c1", runtime=Runtime("io.containerd.runc.v2"), spec=any_pb2.Any())
     created, deleted = [], []
     md.containers.created.subscribe(lambda ns, c: created.append((ns, c.id)))
     md.containers.deleted.subscribe(lambda ns, cid: deleted.append((ns, cid)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
 from ..content.store import digest_error
-from .db import DB, now_ns, register_namespaced_kind
+from .db import DB, apply_mask, now_ns, register_namespaced_kind
 from .hook import no_hook
 
 KIND = "image"
@@ -109,22 +109,14 @@ class ImageStore:
                 updated = image
             else:
                 updated = current
-                for path in paths:
-                    if path.startswith("labels."):
-                        key = path[len("labels."):]
-                        updated.labels[key] = image.labels.get(key, "")
-                    elif path.startswith("annotations."):
-                        key = path[len("annotations."):]
-                        updated.target.annotations[key] = image.target.annotations.get(key, "")
-                    elif path == "labels":
-                        updated.labels = dict(image.labels)
-                    elif path == "target":
-                        updated.target = image.target
-                    elif path == "annotations":
-                        updated.target.annotations = dict(image.target.annotations)
-                    else:
-                        raise InvalidArgument(f"cannot update {q(path)} field on image "
-                                              f"{q(image.name)}: invalid argument")
+
+                def set_target():
+                    updated.target = image.target
+                apply_mask(paths, f"image {q(image.name)}",
+                           maps={"labels": (updated.labels, image.labels, False),
+                                 "annotations": (updated.target.annotations,
+                                                 image.target.annotations, False)},
+                           fields={"target": set_target})
             # an emptied label is removed (containerd stores none with an empty value)
             updated.labels = {k: v for k, v in updated.labels.items() if v}
             validate(updated)
