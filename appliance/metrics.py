@@ -9,7 +9,7 @@ may declare and update metrics unconditionally:
     INGESTED.inc(len(chunk))
     with metrics.UNPACK_DURATION.time(): ...
     metrics.gauge_callback("ctrappliance_snapshots", "…", ("snapshotter",),
-                           lambda: {("overlayfs",): 12})
+                           lambda: {("overlayfs",): 12})   # at a plugin's init
 
 Callbacks run at scrape time in a worker thread: they must be thread-safe and quick.
 The gRPC names and labels are go-grpc-prometheus's, as containerd exposes them.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from typing import Callable, Iterable
@@ -339,8 +338,8 @@ def asyncio_cancelled():
 # --- wiring ----------------------------------------------------------------------
 
 def watch_plugins(plugin_set) -> None:
-    """Scrape-time gauges over the loaded plugins: plugin counts, snapshots, tasks and
-    containerd's per-task cgroup metrics (container_*{container_id,namespace})."""
+    """The plugin counts, a scrape-time gauge over the loaded plugins. (Each plugin
+    declares its own gauges at its init: snapshots, tasks, per-task cgroup figures.)"""
     def counts():
         out: dict[tuple[str, str], int] = {}
         for p in list(plugin_set.results):
@@ -349,102 +348,6 @@ def watch_plugins(plugin_set) -> None:
         return out
     gauge_callback("ctrappliance_plugins", "Plugins by type and load status (ok, skip, error)",
                    ("type", "status"), counts)
-
-    def instance(uri):
-        for p in list(plugin_set.results):
-            if p.registration.uri == uri and p.status == "ok":
-                return p.instance
-        return None
-
-    def snapshots():
-        service = instance("io.containerd.service.v1.snapshots-service")
-        if service is None:
-            return {}
-        out = {}
-        for name, sn in dict(service.snapshotters).items():
-            with sn.db.read() as conn:
-                for ns, count in conn.execute(
-                        "SELECT namespace, COUNT(*) FROM snapshots WHERE snapshotter=? "
-                        "GROUP BY namespace", (sn.name,)):
-                    out[(name, ns)] = count
-        return out
-    gauge_callback("ctrappliance_snapshots", "Snapshots by snapshotter and namespace",
-                   ("snapshotter", "namespace"), snapshots)
-
-    def live_tasks():
-        manager = instance("io.containerd.runtime.v2.task")
-        return dict(getattr(manager, "tasks", {}))
-
-    def tasks():
-        out: dict[tuple[str], int] = {}
-        for ns, _ in live_tasks():
-            out[(ns,)] = out.get((ns,), 0) + 1
-        return out
-    gauge_callback("ctrappliance_tasks", "Tasks with a live shim, by namespace",
-                   ("namespace",), tasks)
-
-    def cgroup_metrics():
-        out: dict[str, dict] = {}
-        monitor = instance("io.containerd.monitor.v1.cgroups")
-        if monitor is None or not monitor.prometheus:   # [plugins.…cgroups] no_prometheus
-            return out
-        for (ns, task_id), shim in live_tasks().items():
-            pid = getattr(shim, "task_pid", 0)
-            if pid:
-                for name, value in task_cgroup_values(pid).items():
-                    out.setdefault(name, {})[(task_id, ns)] = value
-        return out
-    gauges_callback(TASK_CGROUP_DOCS, ("container_id", "namespace"), cgroup_metrics)
-
-
-# containerd's metrics/cgroups/v1 names: (controller, file) per metric
-TASK_CGROUP_FILES = {
-    "container_cpu_total_nanoseconds": ("cpuacct", "cpuacct.usage"),
-    "container_cpu_user_nanoseconds": ("cpuacct", "cpuacct.usage_user"),
-    "container_cpu_kernel_nanoseconds": ("cpuacct", "cpuacct.usage_sys"),
-    "container_memory_usage_usage_bytes": ("memory", "memory.usage_in_bytes"),
-    "container_memory_usage_limit_bytes": ("memory", "memory.limit_in_bytes"),
-    "container_memory_usage_max_bytes": ("memory", "memory.max_usage_in_bytes"),
-    "container_pids_current": ("pids", "pids.current"),
-    "container_pids_limit": ("pids", "pids.max"),
-}
-TASK_CGROUP_DOCS = {
-    "container_cpu_total_nanoseconds": "The total cpu time",
-    "container_cpu_user_nanoseconds": "The total user cpu time",
-    "container_cpu_kernel_nanoseconds": "The total kernel cpu time",
-    "container_memory_usage_usage_bytes": "The memory usage",
-    "container_memory_usage_limit_bytes": "The memory limit",
-    "container_memory_usage_max_bytes": "The memory maximum usage",
-    "container_pids_current": "The current number of pids",
-    "container_pids_limit": "The limit to the number of pids allowed",
-}
-
-
-def task_cgroup_values(pid: int, cgroup_root: str = "/sys/fs/cgroup") -> dict[str, float]:
-    """The v1 cgroup figures of a task's init process (empty when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            paths = {}
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                for c in controllers.split(","):
-                    paths[c] = path
-    except OSError:
-        return {}
-    values = {}
-    for name, (controller, filename) in TASK_CGROUP_FILES.items():
-        if controller not in paths:
-            continue
-        mount = "cpu,cpuacct" if controller == "cpuacct" and not os.path.isdir(
-            os.path.join(cgroup_root, "cpuacct")) else controller
-        try:
-            with open(os.path.join(cgroup_root, mount, paths[controller].lstrip("/"),
-                                   filename)) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        values[name] = 0.0 if text == "max" else float(text)
-    return values
 
 
 async def handle(request):

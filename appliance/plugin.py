@@ -91,6 +91,7 @@ class InitContext:
     properties: dict[str, str]
     plugins: "PluginSet"
     server_config: Any = None
+    supervisor: Any = None   # supervisor.Supervisor: the owner of long-lived background work
     exports: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
     platforms: list[str] | None = None   # set by an init: replaces the registration's

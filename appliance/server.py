@@ -23,6 +23,7 @@ from .errdefs import mkdir_all, path_error
 from .grpcserver import Server as GrpcServer
 from .plugin import (GRPC, InitContext, PluginSet, initialise, order)
 from .stubs import GrpcServices
+from .supervisor import Supervisor
 from .ttrpc import TTRPCServer
 
 log = logging.getLogger("appliance.server")
@@ -63,6 +64,7 @@ class Daemon:
         self.sockets: list[str] = []
         self.endpoints: list[listeners.HTTPEndpoint] = []  # debug and metrics
         self.stopping = asyncio.Event()
+        self.supervisor = Supervisor()   # plugins' background tasks and threads
 
     # --- boot ---------------------------------------------------------------
 
@@ -122,7 +124,7 @@ class Daemon:
                               state=os.path.join(self.cfg.state, reg.uri),
                               config=plugin_config(self.cfg, reg),
                               properties=properties, plugins=self.plugins,
-                              server_config=self.cfg)
+                              server_config=self.cfg, supervisor=self.supervisor)
             if reg.exports_root:
                 ctx.exports["root"] = ctx.root
             log.debug("loading plugin %s", reg.uri)
@@ -248,6 +250,7 @@ class Daemon:
             await self.ttrpc_server.close()
         for endpoint in self.endpoints:
             await endpoint.close()
+        await self.supervisor.close(GRACE_SECONDS)   # before the plugins whose state it uses
         for p in reversed(self.plugins.results):
             close = getattr(p.instance, "close", None) if p.status == "ok" else None
             if close is None:

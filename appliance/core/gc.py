@@ -4,13 +4,13 @@ Nodes are `(kind, namespace, id)` tuples: ("content", ns, digest), ("snapshot", 
 "<snapshotter>/<key>"), ("ingest", ns, ref), ("image", ns, name), ("lease", ns, id),
 ("container", ns, id).
 
-Two registries let each object kind join without editing this module:
+Two lists on each collector let each object kind join without editing this module:
 
-- *reference sources* (`register_source`, static, at import time): a function
-  `(conn, now_ns) -> Graph` reading the metadata tables and returning roots (what must
-  live), labels (whose `containerd.io/gc.ref.*` entries are edges) and explicit edges
-  (e.g. a snapshot's parent). Images, leases, content and ingests are sources here;
-  containers and snapshots add theirs.
+- *reference sources* (`Collector(db, sources)`; the metadata plugin owns the list): a
+  function `(conn, now_ns) -> Graph` reading the metadata tables and returning roots (what
+  must live), labels (whose `containerd.io/gc.ref.*` entries are edges) and explicit edges
+  (e.g. a snapshot's parent). Images, leases, content, ingests and containers are
+  `BUILTIN_SOURCES` here; snapshots add theirs.
 - *collectibles* (`Collector.register_collectible`, on the running collector): a kind
   whose objects die when unmarked: `all(conn) -> iterable of nodes` and
   `sweep(conn, dead_nodes)`. Content registers one; snapshotters add theirs.
@@ -130,17 +130,9 @@ def mark(graph: Graph) -> set[Node]:
     return live
 
 
-# --- registries ---------------------------------------------------------------------
+# --- the collector ----------------------------------------------------------------------
 
 Source = Callable[[object, int], Graph]
-SOURCES: list[Source] = []
-
-
-def register_source(source: Source) -> Source:
-    """Add a reference source (usable as a decorator); called at import time."""
-    if source not in SOURCES:
-        SOURCES.append(source)
-    return source
 
 
 @dataclass
@@ -160,8 +152,9 @@ class Stats:
 class Collector:
     """Runs one mark-and-sweep over the metadata database."""
 
-    def __init__(self, db):
+    def __init__(self, db, sources: Iterable[Source] | None = None):
         self.db = db
+        self.sources = list(BUILTIN_SOURCES if sources is None else sources)
         self.collectibles: dict[str, Collectible] = {}
         self.after_sweep: list[Callable[[], None]] = []   # work outside the transaction
         # work once the sweep is committed, before any other write: removing data whose
@@ -179,7 +172,7 @@ class Collector:
         with self.db.read():   # the lock is held until the after_commit hooks are done
             with self.db.write() as tx:
                 graph = Graph()
-                for source in SOURCES:
+                for source in self.sources:
                     graph.merge(source(tx, now_ns))
                 live = mark(graph)
                 for c in self.collectibles.values():
@@ -203,7 +196,6 @@ class Collector:
 
 # --- the sources this module knows: images, leases, content and ingest labels ----------
 
-@register_source
 def _images(conn, now_ns) -> Graph:
     graph = Graph()
     labels = {}
@@ -218,7 +210,6 @@ def _images(conn, now_ns) -> Graph:
     return graph
 
 
-@register_source
 def _leases(conn, now_ns) -> Graph:
     labels: dict[tuple[str, str], dict[str, str]] = {}
     for ns, lease, key, value in conn.execute(
@@ -235,7 +226,6 @@ def _leases(conn, now_ns) -> Graph:
     return graph
 
 
-@register_source
 def _content(conn, now_ns) -> Graph:
     graph = Graph()
     for ns, digest, key, value in conn.execute(
@@ -247,7 +237,6 @@ def _content(conn, now_ns) -> Graph:
     return graph
 
 
-@register_source
 def _ingests(conn, now_ns) -> Graph:
     """An unleased ingest lives until it expires (a leased one, as long as its lease);
     it keeps the blob it shares."""
@@ -262,7 +251,6 @@ def _ingests(conn, now_ns) -> Graph:
     return graph
 
 
-@register_source
 def _containers(conn, now_ns) -> Graph:
     """A container keeps its snapshot and whatever its gc.ref labels name."""
     graph = Graph()
@@ -280,3 +268,6 @@ def _containers(conn, now_ns) -> Graph:
         if snapshotter and key:
             graph.edges[node] = [("snapshot", ns, f"{snapshotter}/{key}")]
     return graph
+
+
+BUILTIN_SOURCES: tuple[Source, ...] = (_images, _leases, _content, _ingests, _containers)

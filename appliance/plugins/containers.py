@@ -4,20 +4,19 @@ from __future__ import annotations
 from google.protobuf import empty_pb2
 
 from .. import filters, stubs
-from ..core.metadata.containers import ContainerStore
+from ..core.metadata.containers import Container, ContainerStore, from_pb, to_pb
 from ..errdefs import InvalidArgument
 from ..grpcutil import namespace_of, rpc
-from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
+from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.container_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
 
 
-def _adaptor(c: pb.Container):
+def _adaptor(c: Container):
     """containerd's container filter fields: id, image, runtime.name, labels.*."""
     return filters.adapt_object({"id": c.id, "image": c.image,
-                                 "runtime": {"name": c.runtime.name},
-                                 "labels": dict(c.labels)})
+                                 "runtime": {"name": c.runtime.name}, "labels": c.labels})
 
 
 class ContainersService:
@@ -25,45 +24,35 @@ class ContainersService:
         self.store = store
         self.namespaces = namespaces
         self.exchange = exchange
-        self.gc = None  # the GC scheduler, when loaded: a deletion may free a snapshot
-        self.runtime = None  # the v2 task manager attaches itself: it starts shims ahead
 
-    def get(self, ns: str, cid: str) -> pb.Container:
+    def get(self, ns: str, cid: str) -> Container:
         return self.store.get(ns, cid)
 
-    def list(self, ns: str, filter_strings) -> list[pb.Container]:
+    def list(self, ns: str, filter_strings) -> list[Container]:
         flt = filters.parse(*filter_strings)
         return [c for c in self.store.list(ns) if flt.match(_adaptor(c))]
 
-    def create(self, ns: str, container: pb.Container) -> pb.Container:
+    def create(self, ns: str, container: Container) -> Container:
         self.namespaces.ensure(ns)
         created = self.store.create(ns, container)
         runtime = events.ContainerCreate.Runtime(name=created.runtime.name)
-        if created.runtime.HasField("options"):
+        if created.runtime.options is not None:
             runtime.options.CopyFrom(created.runtime.options)
         self.exchange.publish(ns, "/containers/create", events.ContainerCreate(
             id=created.id, image=created.image, runtime=runtime))
-        if self.runtime is not None:
-            self.runtime.prestart(ns, created.id, created.runtime.name, created.spec.value,
-                                  created.runtime.options.SerializeToString()
-                                  if created.runtime.HasField("options") else None)
         return created
 
-    def update(self, ns: str, container: pb.Container, paths: list[str]) -> pb.Container:
+    def update(self, ns: str, container: Container, paths: list[str]) -> Container:
         if not container.id:
             raise InvalidArgument("Container.ID required")
         updated = self.store.update(ns, container, paths)
         self.exchange.publish(ns, "/containers/update", events.ContainerUpdate(
-            id=updated.id, image=updated.image, labels=dict(updated.labels),
+            id=updated.id, image=updated.image, labels=updated.labels,
             snapshot_key=updated.snapshot_key))
         return updated
 
     def delete(self, ns: str, cid: str) -> None:
         self.store.delete(ns, cid)
-        if self.runtime is not None:
-            self.runtime.discard_prestarted(ns, cid)
-        if self.gc is not None:
-            self.gc.mutated(True)
         self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))
 
 
@@ -77,28 +66,28 @@ class ContainersAdapter:
     @rpc
     def Get(self, request, context):
         return pb.GetContainerResponse(
-            container=self.service.get(namespace_of(context), request.id))
+            container=to_pb(self.service.get(namespace_of(context), request.id)))
 
     @rpc
     def List(self, request, context):
-        return pb.ListContainersResponse(
-            containers=self.service.list(namespace_of(context), request.filters))
+        return pb.ListContainersResponse(containers=[
+            to_pb(c) for c in self.service.list(namespace_of(context), request.filters)])
 
     @rpc
     async def ListStream(self, request, context):
         for c in self.service.list(namespace_of(context), request.filters):
-            yield pb.ListContainerMessage(container=c)
+            yield pb.ListContainerMessage(container=to_pb(c))
 
     @rpc
     def Create(self, request, context):
-        return pb.CreateContainerResponse(
-            container=self.service.create(namespace_of(context), request.container))
+        created = self.service.create(namespace_of(context), from_pb(request.container))
+        return pb.CreateContainerResponse(container=to_pb(created))
 
     @rpc
     def Update(self, request, context):
-        updated = self.service.update(namespace_of(context), request.container,
+        updated = self.service.update(namespace_of(context), from_pb(request.container),
                                       list(request.update_mask.paths))
-        return pb.UpdateContainerResponse(container=updated)
+        return pb.UpdateContainerResponse(container=to_pb(updated))
 
     @rpc
     def Delete(self, request, context):
@@ -108,9 +97,7 @@ class ContainersAdapter:
 
 def _service(ic: InitContext) -> ContainersService:
     md = ic.get(METADATA)
-    service = ContainersService(ContainerStore(md.db), md.namespaces, ic.get(EVENT))
-    service.gc = next(iter(ic.get_all(GC).values()), None)  # GC's type loads before services
-    return service
+    return ContainersService(md.containers, md.namespaces, ic.get(EVENT))
 
 
 REGISTRATIONS = [

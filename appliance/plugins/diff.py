@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from .. import stubs
 from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
 from ..core.snapshots.backends import Mount
-from ..core.snapshots.store import Snapshotter
 from ..errdefs import NotFound, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
-from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext, Registration
+from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2")
 descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")
@@ -114,12 +113,10 @@ def _walking(ic: InitContext) -> WalkingDiffer:
     md = ic.get(METADATA)
     if md.content is None:
         raise NotFound("no content store: walking differ needs io.containerd.content.v1")
-    snapshotters = {name: Snapshotter(md.db, backend)
-                    for name, backend in ic.get_all(SNAPSHOT).items()}
     tmpmounts = os.path.join(ic.server_config.root, "tmpmounts")
     from ..core import streamprocessor
     processors = streamprocessor.from_config(ic.server_config)
-    return WalkingDiffer(md.content, Unpacker(snapshotters, tmpmounts, processors), tmpmounts)
+    return WalkingDiffer(md.content, Unpacker(md.snapshotters, tmpmounts, processors), tmpmounts)
 
 
 REGISTRATIONS = [

@@ -1,12 +1,10 @@
-"""io.containerd.gc.v1.scheduler: when to collect garbage (the collection is core/gc.py).
+"""io.containerd.gc.v1.scheduler: when to collect garbage (the collection is core/gc.py,
+the policy core/gc_policy.py, with containerd's config keys).
 
-containerd's policy and config keys: a collection follows a deletion (or
-`deletion_threshold` of them), `mutation_threshold` mutations, or an explicit
-request (`schedule(wait=True)`: `images rm --sync`, `leases rm --sync`), after
-`schedule_delay`; the first runs `startup_delay` after the daemon serves; between
-collections the scheduler keeps the time spent collecting under `pause_threshold`.
-Other plugins join with `scheduler.collector.register_collectible(...)` and tell it
-about mutations with `scheduler.mutated(dirty)` (thread-safe).
+An explicit request is `schedule(wait=True)` (`images rm --sync`, `leases rm --sync`);
+the first collection runs `startup_delay` after the daemon serves. It hears about mutations through the metadata plugin's `changed` hook
+(`scheduler.mutated(dirty)`, thread-safe); what it collects is the metadata plugin's
+sources, content and snapshotters.
 """
 from __future__ import annotations
 
@@ -18,7 +16,9 @@ from dataclasses import dataclass
 
 from ..config import parse_duration
 from ..core.gc import Collector
+from ..core.gc_policy import Policy
 from ..core.metadata.content import register_gc as register_content_gc
+from ..core.snapshots.store import register_gc as register_snapshot_gc
 from ..errdefs import DeadlineExceeded
 from ..plugin import GC, METADATA, InitContext, Registration
 
@@ -36,8 +36,9 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, collector: Collector, cfg: SchedulerConfig):
+    def __init__(self, collector: Collector, cfg: SchedulerConfig, supervisor):
         self.collector = collector
+        self.supervisor = supervisor   # owns the scheduling task
         self.pause_threshold = min(max(cfg.pause_threshold, 0.0), 0.5)
         self.deletion_threshold = cfg.deletion_threshold
         self.mutation_threshold = max(cfg.mutation_threshold, 0)
@@ -48,7 +49,6 @@ class Scheduler:
         self._early: list[tuple[float, bool, bool]] = []   # mutations before serving
         self._early_lock = threading.Lock()
         self._waiters: list[asyncio.Future] = []
-        self._task: asyncio.Task | None = None
 
     # --- what other plugins call ----------------------------------------------------
 
@@ -99,71 +99,39 @@ class Scheduler:
             for event in self._early:
                 self._events.put_nowait(event)
             self._early.clear()
-        self._task = asyncio.create_task(self._run(), name="gc-scheduler")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self.supervisor.task(self._run(), "gc-scheduler")
 
     async def _run(self) -> None:
-        """containerd's policy, but event-driven: no timer runs while nothing is pending."""
-        interval = 1.0            # the least time between collections (pause_threshold)
-        gc_time, collections = 0.0, 0
-        triggered, deletions, mutations = False, 0, 0
-        last_start = last_end = None
-        next_at = time.monotonic() + self.startup_delay if self.startup_delay > 0 else None
+        """containerd's policy (core/gc_policy.py), event-driven: no timer runs while
+        nothing is pending."""
+        policy = Policy(time.monotonic(), pause_threshold=self.pause_threshold,
+                        deletion_threshold=self.deletion_threshold,
+                        mutation_threshold=self.mutation_threshold,
+                        schedule_delay=self.schedule_delay, startup_delay=self.startup_delay)
         while True:
-            timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
             try:
-                ts, mutation, dirty = await asyncio.wait_for(self._events.get(), timeout)
+                ts, mutation, dirty = await asyncio.wait_for(
+                    self._events.get(), policy.timeout(time.monotonic()))
             except asyncio.TimeoutError:
                 pass
             else:
-                if last_start is not None and ts < last_start:
-                    continue   # the last collection already saw it
-                deletions += dirty
                 if mutation:
-                    mutations += 1
+                    policy.mutated(ts, dirty, time.monotonic())
                 else:
-                    triggered = True
-                now = time.monotonic()
-                if triggered or (self.deletion_threshold > 0
-                                 and deletions >= self.deletion_threshold):
-                    want = now + self.schedule_delay
-                elif ((self.deletion_threshold == 0 and deletions > 0)
-                      or (self.mutation_threshold > 0 and mutations >= self.mutation_threshold)):
-                    want = now + self.schedule_delay
-                    if last_end is not None:
-                        want = max(want, last_end + interval)
-                else:
-                    continue
-                if next_at is None or want < next_at:
-                    next_at = want
+                    policy.requested(ts, time.monotonic())
                 continue
             waiters, self._waiters = self._waiters, []
-            last_start = time.monotonic()
-            triggered, deletions, mutations = False, 0, 0
-            next_at = None
+            policy.started(time.monotonic())
             try:
                 stats = await asyncio.to_thread(self.collector.collect)
             except Exception as exc:
                 log.error("garbage collection failed: %s", exc)
-                last_end = time.monotonic()
-                next_at = last_end + interval + 1.0   # try again
+                policy.failed(time.monotonic())
                 for w in waiters:
                     if not w.done():
                         w.set_exception(exc)
                 continue
-            last_end = time.monotonic()
-            gc_time += stats.elapsed
-            collections += 1
-            if self.pause_threshold > 0:
-                avg = gc_time / collections
-                interval = avg / self.pause_threshold - avg
+            policy.finished(time.monotonic(), stats.elapsed)
             for w in waiters:
                 if not w.done():
                     w.set_result(stats)
@@ -171,12 +139,13 @@ class Scheduler:
 
 def _init(ic: InitContext) -> Scheduler:
     md = ic.get(METADATA)
-    collector = Collector(md.db)
+    collector = Collector(md.db, md.gc_sources)
     if md.content is not None:
         register_content_gc(collector, md.content)
-    scheduler = Scheduler(collector, ic.config)
-    if md.content is not None:
-        md.content.notify = scheduler.mutated
+    if md.snapshotters:
+        register_snapshot_gc(collector, md.snapshotters)
+    scheduler = Scheduler(collector, ic.config, ic.supervisor)
+    md.changed.subscribe(scheduler.mutated)
     ic.exports.update(PauseThreshold=f"{scheduler.pause_threshold:g}",
                       DeletionThreshold=str(scheduler.deletion_threshold),
                       MutationThreshold=str(scheduler.mutation_threshold),

@@ -21,9 +21,7 @@ class ImagesService:
         self.store = store
         self.namespaces = namespaces
         self.exchange = exchange
-        self.gc = gc
-        if gc is not None:
-            store.notify = gc.mutated
+        self.gc = gc   # the GC scheduler (None when disabled): `images rm --sync` waits for it
 
     def get(self, ns: str, name: str) -> Image:
         return self.store.get(ns, name)
@@ -112,7 +110,7 @@ def _service(ic: InitContext) -> ImagesService:
         gc = ic.get(GC)
     except Exception:  # the scheduler is disabled: no collection
         gc = None
-    return ImagesService(ImageStore(md.db), md.namespaces, ic.get(EVENT), gc)
+    return ImagesService(md.images, md.namespaces, ic.get(EVENT), gc)
 
 
 REGISTRATIONS = [

@@ -14,10 +14,10 @@ pb = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2
 
 
 class LeasesService:
-    def __init__(self, store: LeaseStore, namespaces):
+    def __init__(self, store: LeaseStore, namespaces, gc=None):
         self.store = store
         self.namespaces = namespaces
-        self.gc = None  # the GC scheduler attaches itself when it loads
+        self.gc = gc   # the GC scheduler (None when disabled): a deletion schedules a collection
 
     def create(self, ns: str, lease_id: str, labels: dict[str, str]) -> Lease:
         self.namespaces.ensure(ns)
@@ -99,10 +99,8 @@ class LeasesAdapter:
 
 def _service(ic: InitContext) -> LeasesService:
     md = ic.get(METADATA)
-    service = LeasesService(LeaseStore(md.db), md.namespaces)
     gcs = ic.get_all(GC)  # loaded before the services when enabled (type order)
-    service.gc = next(iter(gcs.values()), None)
-    return service
+    return LeasesService(md.leases, md.namespaces, next(iter(gcs.values()), None))
 
 
 REGISTRATIONS = [

@@ -1,13 +1,25 @@
-"""io.containerd.metadata.v1.bolt: the sqlite metadata store (named as containerd's)."""
+"""io.containerd.metadata.v1.bolt: the sqlite metadata store (named as containerd's).
+
+The spine of the daemon, as containerd's metadata DB: it builds every store once, on one
+database, and owns the hook they call after a change (`changed(dirty)`: the GC scheduler
+subscribes), the GC's reference sources and the namespaced snapshotters. Other plugins
+take what they need from `ic.get(METADATA)` at their init.
+"""
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
 
-from ..core.metadata.db import DB
+from ..core import gc
+from ..core.metadata.containers import ContainerStore
 from ..core.metadata.content import ContentStore
+from ..core.metadata.db import DB
+from ..core.metadata.hook import Hook
+from ..core.metadata.images import ImageStore
+from ..core.metadata.leases import LeaseStore
 from ..core.metadata.namespaces import NamespaceStore
+from ..core.snapshots.store import Snapshotter, gc_graph
 from ..errdefs import InvalidArgument
 from ..plugin import CONTENT, METADATA, SNAPSHOT, InitContext, Registration
 
@@ -26,11 +38,20 @@ class BoltConfig:
 class Metadata:
     """The database and the per-kind stores on top of it."""
 
-    def __init__(self, db: DB, blobs=None, shared: bool = True):
+    def __init__(self, db: DB, blobs=None, shared: bool = True, backends=None):
         self.db = db
+        self.changed = Hook("metadata changed")   # (dirty: bool); dirty: something deleted
         self.namespaces = NamespaceStore(db)
         # namespaced content (containerd's DB.ContentStore()); None without a content plugin
-        self.content = ContentStore(db, blobs, shared) if blobs is not None else None
+        self.content = (ContentStore(db, blobs, shared, self.changed)
+                        if blobs is not None else None)
+        self.images = ImageStore(db, self.changed)
+        self.leases = LeaseStore(db)
+        self.containers = ContainerStore(db, self.changed)
+        # snapshotter name -> its namespaced store over the backend the snapshot plugin made
+        self.snapshotters = {name: Snapshotter(db, backend, self.changed)
+                             for name, backend in (backends or {}).items()}
+        self.gc_sources = [*gc.BUILTIN_SOURCES, gc_graph]   # what the GC marks from
 
     def close(self):
         self.db.close()
@@ -51,7 +72,8 @@ def _init(ic: InitContext) -> Metadata:
         blobs = ic.get(CONTENT)
     except Exception:  # the content plugin is disabled
         blobs = None
-    return Metadata(DB(path, lock_timeout=timeout), blobs, shared=policy == "shared")
+    return Metadata(DB(path, lock_timeout=timeout), blobs, shared=policy == "shared",
+                    backends=ic.get_all(SNAPSHOT))
 
 
 REGISTRATIONS = [

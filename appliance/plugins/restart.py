@@ -54,21 +54,16 @@ def log_uri(labels: dict[str, str]) -> str:
 
 
 class RestartMonitor:
-    def __init__(self, namespaces, containers, tasks, snapshots, interval: float):
+    def __init__(self, namespaces, containers, tasks, snapshots, interval: float, supervisor):
         self.namespaces = namespaces
         self.containers = containers
         self.tasks = tasks
         self.snapshots = snapshots
         self.interval = interval or 10.0
-        self._task: asyncio.Task | None = None
+        self.supervisor = supervisor   # owns the monitor's task
 
     async def serving(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="restart-monitor")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
+        self.supervisor.task(self._run(), "restart-monitor")
 
     async def _run(self) -> None:
         while True:
@@ -161,7 +156,7 @@ def _init(ic: InitContext) -> RestartMonitor:
                           ic.get_by_id(SERVICE, "containers-service"),
                           ic.get_by_id(SERVICE, "tasks-service"),
                           ic.get_by_id(SERVICE, "snapshots-service"),
-                          parse_duration(ic.config.interval))
+                          parse_duration(ic.config.interval), ic.supervisor)
 
 
 REGISTRATIONS = [

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from google.protobuf import empty_pb2
 
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
-from ..core.snapshots.store import Info, Snapshotter, gc_graph, register_gc
-from .. import fdlimit, stubs
+from ..core.snapshots.store import Info, Snapshotter
+from .. import fdlimit, metrics, stubs
 from ..config import unsupported
 from ..errdefs import InvalidArgument, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
-from ..plugin import (EVENT, GC, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
+from ..plugin import (EVENT, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
 
 events = stubs.module("appliance._proto.containerd.api.events.snapshot_pb2")
@@ -29,11 +29,10 @@ DEFAULT_SNAPSHOTTER = "overlayfs"
 class SnapshotsService:
     """Namespaced snapshotters by name; what the gRPC adapter and other plugins call."""
 
-    def __init__(self, snapshotters: dict[str, Snapshotter], exchange, namespaces, gc=None):
+    def __init__(self, snapshotters: dict[str, Snapshotter], exchange, namespaces):
         self.snapshotters = snapshotters
         self.exchange = exchange
         self.namespaces = namespaces
-        self.gc = gc
 
     def get(self, name: str) -> Snapshotter:
         if not name:
@@ -56,16 +55,15 @@ class SnapshotsService:
     def commit(self, ns, snapshotter, name, key, labels=None, lease=None) -> None:
         self.get(snapshotter).commit(ns, name, key, labels, lease)
         self.exchange.publish(ns, "/snapshot/commit", events.SnapshotCommit(key=key, name=name))
-        self._mutated(False)
 
     def remove(self, ns, snapshotter, key) -> None:
         self.get(snapshotter).remove(ns, key)
         self.exchange.publish(ns, "/snapshot/remove", events.SnapshotRemove(key=key))
-        self._mutated(True)
 
-    def _mutated(self, dirty: bool) -> None:
-        if self.gc is not None:
-            self.gc.mutated(dirty)
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Snapshots by (snapshotter, namespace): the ctrappliance_snapshots gauge."""
+        return {(name, ns): count for name, sn in self.snapshotters.items()
+                for ns, count in sn.count_by_namespace().items()}
 
     def close(self):
         pass
@@ -265,20 +263,12 @@ def _devmapper(ic: InitContext):
 
 def _service(ic: InitContext) -> SnapshotsService:
     md = ic.get(METADATA)
-    snapshotters = {name: Snapshotter(md.db, backend)
-                    for name, backend in ic.get_all(SNAPSHOT).items()}
-    for sn in snapshotters.values():  # directories a crash left without a record
+    for sn in md.snapshotters.values():  # directories a crash left without a record
         sn.cleanup()
-    scheduler = None
-    try:
-        scheduler = ic.get(GC)
-    except Exception:  # no garbage collector configured
-        pass
-    if scheduler is not None:
-        from ..core import gc
-        gc.register_source(gc_graph)
-        register_gc(scheduler.collector, snapshotters)
-    return SnapshotsService(snapshotters, ic.get(EVENT), md.namespaces, scheduler)
+    service = SnapshotsService(md.snapshotters, ic.get(EVENT), md.namespaces)
+    metrics.gauge_callback("ctrappliance_snapshots", "Snapshots by snapshotter and namespace",
+                           ("snapshotter", "namespace"), service.counts)
+    return service
 
 
 REGISTRATIONS = [

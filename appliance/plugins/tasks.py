@@ -50,8 +50,7 @@ class TasksService:
             raise AlreadyExists(f"task {req.container_id}: already exists")
         opts = CreateOpts(
             spec=container.spec, runtime=req.runtime_path or container.runtime.name,
-            runtime_options=container.runtime.options
-            if container.runtime.HasField("options") else None,
+            runtime_options=container.runtime.options,
             task_options=req.options if req.HasField("options") else None,
             rootfs=list(req.rootfs), stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
             terminal=req.terminal)
@@ -287,11 +286,7 @@ class TasksServiceConfig:
 
 def _service(ic: InitContext) -> TasksService:
     ic.get(MONITOR)
-    runtime = ic.get_by_id(RUNTIME_V2, "task")
-    containers = ic.get_all(SERVICE).get("containers-service")
-    if containers is not None:  # loaded before us: let it start shims ahead
-        containers.runtime = runtime
-    return TasksService(ContainerStore(ic.get(METADATA).db), runtime,
+    return TasksService(ic.get(METADATA).containers, ic.get_by_id(RUNTIME_V2, "task"),
                         ic.server_config.timeout("io.containerd.timeout.task.state"))
 
 

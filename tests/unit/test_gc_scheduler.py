@@ -4,6 +4,7 @@ import time
 
 from appliance.core.gc import Stats
 from appliance.plugins.gc import Scheduler, SchedulerConfig
+from appliance.supervisor import Supervisor
 
 
 class CountingCollector:
@@ -25,12 +26,13 @@ async def until(predicate, timeout=3.0):
 def run(cfg, scenario):
     async def main():
         collector = CountingCollector()
-        scheduler = Scheduler(collector, cfg)
+        supervisor = Supervisor()
+        scheduler = Scheduler(collector, cfg, supervisor)
         await scheduler.serving()
         try:
             await scenario(scheduler, collector)
         finally:
-            await scheduler.close()
+            assert await supervisor.close() == []
     asyncio.run(asyncio.wait_for(main(), 20))
 
 

@@ -371,3 +371,27 @@ def test_entries_out_of_order_and_replaced(tmp_path):
     t = tree(tmp_path)
     assert t["a/b"][1] == 0o700 and t["a/b/file"][1:] == (0o600, 0, 0, b"2")
     assert t["x"][4] == b"now a file" and "x/y" not in t and "n" not in t
+
+
+def test_a_stalled_layer_stream_fails_the_read_after_its_deadline(monkeypatch):
+    """A stream processor that writes nothing: the reader gets DEADLINE_EXCEEDED, not a hang."""
+    import threading
+    from appliance.core.diff import decompress
+    from appliance.errdefs import DeadlineExceeded
+    monkeypatch.setattr(decompress, "STALL_TIMEOUT", 0.2)
+    r, w = os.pipe()
+    stream = LayerStream("stalled", opener=lambda: os.fdopen(r, "rb", buffering=0))
+    outcome = []
+
+    def read():
+        try:
+            stream.read(1)
+        except BaseException as exc:
+            outcome.append(exc)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    os.close(w)   # the processor ends: the inflate thread sees EOF
+    stream.close()
+    assert outcome and isinstance(outcome[0], DeadlineExceeded), outcome
+    assert "no data for 0.2s" in str(outcome[0])

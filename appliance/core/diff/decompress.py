@@ -12,7 +12,7 @@ import functools
 import queue
 import threading
 
-from ...errdefs import NotFound
+from ...errdefs import DeadlineExceeded, NotFound
 from ..content.store import sha256
 
 # Inflated bytes in flight: at most QUEUE_DEPTH + 2 chunks of OUT_SIZE (queued, being
@@ -22,6 +22,9 @@ READ_SIZE = 256 << 10
 OUT_SIZE = 1 << 20
 QUEUE_DEPTH = 4
 PUT_TIMEOUT = 0.2
+# the longest the reader waits for the next chunk: a stream processor that hangs (or a
+# blob on a stalled filesystem) fails the unpack instead of blocking its thread for ever
+STALL_TIMEOUT = 300.0
 
 LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar",
@@ -171,7 +174,12 @@ class LayerStream:
     def read(self, n: int = -1) -> bytes:
         if self._done:
             return b""
-        item = self._queue.get()
+        try:
+            item = self._queue.get(timeout=STALL_TIMEOUT)
+        except queue.Empty:
+            self._done = True
+            raise DeadlineExceeded(f"layer {self._path}: no data for {STALL_TIMEOUT:g}s "
+                                   "(a stalled stream processor?): deadline exceeded") from None
         if isinstance(item, BaseException):
             self._done = True
             if isinstance(item, (DecompressError, _zlib().error)):

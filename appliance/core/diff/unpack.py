@@ -6,7 +6,8 @@ same image at once. Here the second Apply of the same layer onto the same
 parents waits for the first extraction's snapshot: once that is committed the
 second returns the same descriptor without writing (the client's Commit then
 finds the chain id taken, which every containerd client treats as done); if
-the first fails or is removed, the second does the work itself.
+the first fails or is removed, the second does the work itself. The snapshot store
+tells us when the first one's snapshot is committed or removed (`when_settled`).
 """
 from __future__ import annotations
 
@@ -24,25 +25,10 @@ from .decompress import DecompressError, LayerStream, check_media_type
 
 log = logging.getLogger("appliance.diff")
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
-DEDUPE_WAIT_SECONDS = 600.0
+DEDUPE_WAIT_SECONDS = 600.0   # the longest a second unpack waits for the first's snapshot
 # Unpacks of this many uncompressed bytes or more (up to ~1 entry per KiB) are followed by
 # a full collection: see memory.py. Below, the objects they free pin little.
 COLLECT_AFTER_BYTES = 16 << 20
-POLL_SECONDS = 0.05
-
-# upper dirs whose layer was adopted from a concurrent unpack (left empty on purpose)
-ADOPTED: set[str] = set()
-_ADOPTED_LOCK = threading.Lock()
-
-
-def is_adopted(upper: str) -> bool:
-    with _ADOPTED_LOCK:
-        return upper in ADOPTED
-
-
-def forget_adopted(upper: str) -> None:
-    with _ADOPTED_LOCK:
-        ADOPTED.discard(upper)
 
 
 @dataclass
@@ -115,10 +101,9 @@ class Unpacker:
                     mine = _InFlight(sn, sid, threading.Event())
                     self._inflight[key] = mine
                     break
-            adopted = self._wait_for(first)
+            adopted = self._wait_for(key, first)
             if adopted is not None:
-                with _ADOPTED_LOCK:
-                    ADOPTED.add(directory)
+                sn.adopt(directory)
                 log.info("layer %s already unpacked by a concurrent unpack", digest)
                 return adopted
         try:
@@ -134,24 +119,22 @@ class Unpacker:
             mine.done.set()
             raise
         finally:
-            if mine.result is not None:
-                threading.Thread(target=self._release, args=(key, mine), daemon=True).start()
+            if mine.result is not None:   # the entry stays until its snapshot is settled
+                sn.when_settled(sid, lambda: self._release(key, mine))
 
     def _release(self, key, mine: _InFlight) -> None:
-        """Keep the entry until the first extraction is committed or removed."""
-        deadline = time.monotonic() + DEDUPE_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            state = mine.snapshotter.key_of(mine.sid)
-            if state is None or state[2] != "active":
-                break
-            time.sleep(POLL_SECONDS)
         with self._lock:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is mine:
+                del self._inflight[key]
         mine.done.set()
 
-    def _wait_for(self, first: _InFlight) -> Applied | None:
+    def _wait_for(self, key, first: _InFlight) -> Applied | None:
         if not first.done.wait(DEDUPE_WAIT_SECONDS):
-            raise DeadlineExceeded("timed out waiting for a concurrent unpack of the same layer")
+            if first.result is None:
+                raise DeadlineExceeded("timed out waiting for a concurrent unpack of the same "
+                                       "layer")
+            self._release(key, first)   # its snapshot stays active: stop waiting for it
+            return None
         state = first.snapshotter.key_of(first.sid)
         if first.result is not None and state is not None and state[2] == "committed":
             return first.result

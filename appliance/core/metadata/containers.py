@@ -1,13 +1,19 @@
 """Containers: metadata records (spec, runtime, snapshot, image) that tasks run from.
 
-A row keeps the fields GC and filters need as columns and the rest of the
-Container message (spec, runtime options, extensions) as one protobuf blob.
+The store keeps `Container` objects. A row keeps the fields GC and filters need as
+columns and the rest (spec, runtime options, extensions) as one protobuf blob of
+containerd's Container message, the same bytes as before this store had its own type.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from google.protobuf import any_pb2
+
 from ... import identifiers, stubs
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
-from .db import DB, now_ns, register_namespaced_kind
+from .db import DB, apply_mask, now_ns, register_namespaced_kind
+from .hook import Hook, no_hook
 
 pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
 
@@ -18,7 +24,60 @@ register_namespaced_kind("containers", "containers")
 DEFAULT_UPDATE_PATHS = ("labels", "spec", "extensions", "image", "snapshotkey")
 
 
-def validate(c: pb.Container) -> None:
+@dataclass
+class Runtime:
+    name: str = ""
+    options: any_pb2.Any | None = None     # typed runtime options (runc's, e.g.)
+
+
+@dataclass
+class Container:
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+    runtime: Runtime = field(default_factory=Runtime)
+    spec: any_pb2.Any | None = None        # the OCI runtime spec, typed
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    extensions: dict[str, any_pb2.Any] = field(default_factory=dict)
+    sandbox: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+
+
+def from_pb(msg: pb.Container) -> Container:
+    return Container(
+        msg.id, dict(msg.labels), msg.image,
+        Runtime(msg.runtime.name, _copy(msg.runtime.options)
+                if msg.runtime.HasField("options") else None),
+        _copy(msg.spec) if msg.HasField("spec") else None, msg.snapshotter, msg.snapshot_key,
+        {k: _copy(v) for k, v in msg.extensions.items()}, msg.sandbox,
+        msg.created_at.ToNanoseconds(), msg.updated_at.ToNanoseconds())
+
+
+def to_pb(c: Container, with_times: bool = True) -> pb.Container:
+    msg = pb.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
+                       snapshot_key=c.snapshot_key, sandbox=c.sandbox)
+    msg.runtime.name = c.runtime.name
+    if c.runtime.options is not None:
+        msg.runtime.options.CopyFrom(c.runtime.options)
+    if c.spec is not None:
+        msg.spec.CopyFrom(c.spec)
+    for key, value in c.extensions.items():
+        msg.extensions[key].CopyFrom(value)
+    if with_times:
+        msg.created_at.FromNanoseconds(c.created_at)
+        msg.updated_at.FromNanoseconds(c.updated_at)
+    return msg
+
+
+def _copy(msg: any_pb2.Any) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.CopyFrom(msg)
+    return out
+
+
+def validate(c: Container) -> None:
     try:
         identifiers.validate(c.id)
     except InvalidArgument as exc:
@@ -26,54 +85,56 @@ def validate(c: pb.Container) -> None:
     if any(not key for key in c.extensions):
         raise InvalidArgument("container.Extension keys must not be zero-length: invalid argument")
     try:
-        identifiers.validate_labels(dict(c.labels))
+        identifiers.validate_labels(c.labels)
     except InvalidArgument as exc:
         raise InvalidArgument(f"containers.Labels: {exc.message}: invalid argument") from None
     if not c.runtime.name:
         raise InvalidArgument("container.Runtime.Name must be set: invalid argument")
-    if not c.HasField("spec"):
+    if c.spec is None:
         raise InvalidArgument("container.Spec must be set: invalid argument")
     if c.snapshot_key and not c.snapshotter:
         raise InvalidArgument("container.Snapshotter must be set if container.SnapshotKey is set: "
                               "invalid argument")
 
 
-def _blob(c: pb.Container) -> bytes:
-    body = pb.Container()
-    body.CopyFrom(c)
+def _blob(c: Container) -> bytes:
+    body = to_pb(c, with_times=False)
     body.labels.clear()
-    body.ClearField("created_at")
-    body.ClearField("updated_at")
     return body.SerializeToString(deterministic=True)
 
 
 class ContainerStore:
-    def __init__(self, db: DB):
+    def __init__(self, db: DB, changed=no_hook):
         self.db = db
+        self.changed = changed   # (dirty: bool) after a deletion; the metadata plugin's hook
+        # (ns, container) after a create, (ns, id) after a delete: the runtime starts
+        # shims ahead on these
+        self.created = Hook("container created")
+        self.deleted = Hook("container deleted")
 
-    def _row_to_pb(self, conn, ns, row) -> pb.Container:
-        c = pb.Container.FromString(row["data"])
+    @staticmethod
+    def _row_to_container(conn, ns, row) -> Container:
+        c = from_pb(pb.Container.FromString(row["data"]))
         c.id = row["id"]
-        c.labels.update(DB.get_labels(conn, ns, KIND, row["id"]))
-        c.created_at.FromNanoseconds(row["created_at"])
-        c.updated_at.FromNanoseconds(row["updated_at"])
+        c.labels = DB.get_labels(conn, ns, KIND, row["id"])
+        c.created_at, c.updated_at = row["created_at"], row["updated_at"]
         return c
 
-    def get(self, ns: str, cid: str) -> pb.Container:
+    def get(self, ns: str, cid: str) -> Container:
         with self.db.read() as conn:
             row = conn.execute("SELECT * FROM containers WHERE namespace=? AND id=?",
                                (ns, cid)).fetchone()
             if row is None:
                 raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
-            return self._row_to_pb(conn, ns, row)
+            return self._row_to_container(conn, ns, row)
 
-    def list(self, ns: str) -> list[pb.Container]:
+    def list(self, ns: str) -> list[Container]:
         with self.db.read() as conn:
             rows = conn.execute("SELECT * FROM containers WHERE namespace=? ORDER BY id",
                                 (ns,)).fetchall()
-            return [self._row_to_pb(conn, ns, row) for row in rows]
+            return [self._row_to_container(conn, ns, row) for row in rows]
 
-    def create(self, ns: str, c: pb.Container) -> pb.Container:
+    def create(self, ns: str, c: Container) -> Container:
         try:
             validate(c)
         except InvalidArgument as exc:
@@ -86,14 +147,12 @@ class ContainerStore:
             tx.execute("INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?)",
                        (ns, c.id, c.image, c.runtime.name, c.snapshotter, c.snapshot_key,
                         _blob(c), ts, ts))
-            DB.set_labels(tx, ns, KIND, c.id, dict(c.labels))
-            out = pb.Container()
-            out.CopyFrom(c)
-            out.created_at.FromNanoseconds(ts)
-            out.updated_at.FromNanoseconds(ts)
-            return out
+            DB.set_labels(tx, ns, KIND, c.id, c.labels)
+            c.created_at = c.updated_at = ts
+        self.created(ns, c)
+        return c
 
-    def update(self, ns: str, c: pb.Container, paths: list[str]) -> pb.Container:
+    def update(self, ns: str, c: Container, paths: list[str]) -> Container:
         if not c.id:
             raise InvalidArgument("must specify a container id: invalid argument")
         with self.db.write() as tx:
@@ -101,7 +160,7 @@ class ContainerStore:
                              (ns, c.id)).fetchone()
             if row is None:
                 raise NotFound(f"container {q(c.id)}: not found")
-            updated = self._row_to_pb(tx, ns, row)
+            updated = self._row_to_container(tx, ns, row)
             if not paths:
                 paths = list(DEFAULT_UPDATE_PATHS)
                 if updated.snapshotter != c.snapshotter:
@@ -110,35 +169,14 @@ class ContainerStore:
                 if updated.runtime.name != c.runtime.name:
                     raise InvalidArgument("container.Runtime.Name field is immutable: "
                                           "invalid argument")
-            for path in paths:
-                if path.startswith("labels."):
-                    key = path[len("labels."):]
-                    updated.labels[key] = c.labels.get(key, "")
-                elif path.startswith("extensions."):
-                    key = path[len("extensions."):]
-                    if key in c.extensions:
-                        updated.extensions[key].CopyFrom(c.extensions[key])
-                    else:
-                        updated.extensions.pop(key, None)
-                elif path == "labels":
-                    updated.labels.clear()
-                    updated.labels.update(c.labels)
-                elif path == "spec":
-                    if c.HasField("spec"):
-                        updated.spec.CopyFrom(c.spec)
-                    else:
-                        updated.ClearField("spec")
-                elif path == "extensions":
-                    updated.extensions.clear()
-                    for key, value in c.extensions.items():
-                        updated.extensions[key].CopyFrom(value)
-                elif path == "image":
-                    updated.image = c.image
-                elif path == "snapshotkey":
-                    updated.snapshot_key = c.snapshot_key
-                else:
-                    raise InvalidArgument(f"cannot update {q(path)} field on {q(c.id)}: "
-                                          "invalid argument")
+
+            def copy(name):
+                return lambda: setattr(updated, name, getattr(c, name))
+            apply_mask(paths, q(c.id),
+                       maps={"labels": (updated.labels, c.labels, False),
+                             "extensions": (updated.extensions, c.extensions, True)},
+                       fields={"spec": copy("spec"), "image": copy("image"),
+                               "snapshotkey": copy("snapshot_key")})
             try:
                 validate(updated)
             except InvalidArgument as exc:
@@ -147,8 +185,8 @@ class ContainerStore:
             tx.execute("UPDATE containers SET image=?, snapshot_key=?, data=?, updated_at=? "
                        "WHERE namespace=? AND id=?",
                        (updated.image, updated.snapshot_key, _blob(updated), ts, ns, c.id))
-            DB.set_labels(tx, ns, KIND, c.id, dict(updated.labels))
-            updated.updated_at.FromNanoseconds(ts)
+            DB.set_labels(tx, ns, KIND, c.id, updated.labels)
+            updated.updated_at = ts
             return updated
 
     def delete(self, ns: str, cid: str) -> None:
@@ -157,3 +195,5 @@ class ContainerStore:
             if cur.rowcount == 0:
                 raise NotFound(f"container {cid}: not found")
             DB.set_labels(tx, ns, KIND, cid, {})
+        self.deleted(ns, cid)
+        self.changed(True)   # its snapshot may be garbage now

@@ -25,6 +25,7 @@ from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, No
 from ..content.store import Ingest, LocalStore, Writer, parse_digest
 from . import images as _images  # noqa: F401  registers "images" before "blobs", containerd's order
 from .db import DB, now_ns, register_namespaced_kind
+from .hook import no_hook
 
 KIND = "content"
 INGEST_EXPIRY_NS = 24 * 3600 * 10**9   # an ingest outside any lease expires after 24 h
@@ -73,11 +74,11 @@ SHAREABLE_LABEL = "containerd.io/namespace.shareable"
 
 
 class ContentStore:
-    def __init__(self, db: DB, blobs: LocalStore, shared: bool = True):
+    def __init__(self, db: DB, blobs: LocalStore, shared: bool = True, changed=no_hook):
         self.db = db
         self.blobs = blobs
         self.shared = shared   # content_sharing_policy "shared" (else "isolated")
-        self.notify = lambda dirty: None   # the GC scheduler listens to mutations
+        self.changed = changed   # (dirty: bool) after a change; the metadata plugin's hook
 
     # --- committed content --------------------------------------------------------
 
@@ -114,7 +115,7 @@ class ContentStore:
             updated = now_ns()
             tx.execute("UPDATE content SET updated_at=? WHERE namespace=? AND digest=?",
                        (updated, ns, digest))
-        self.notify(False)
+        self.changed(False)
         return Info(digest, info.size, info.created_at, updated, current)
 
     def delete(self, ns: str, digest: str) -> None:
@@ -124,7 +125,7 @@ class ContentStore:
                               (ns, digest)).rowcount:
                 raise NotFound(f"content digest {digest}: not found")
             DB.set_labels(tx, ns, KIND, digest, {})
-        self.notify(True)
+        self.changed(True)
 
     def blob_path(self, ns: str, digest: str) -> str:
         self.info(ns, digest)
@@ -171,7 +172,7 @@ class ContentStore:
                 add_lease_resource(tx, ns, lease, "ingests", ref)
         if exists:
             raise AlreadyExists(f"content {expected}: already exists")
-        self.notify(False)
+        self.changed(False)
         if shared:
             self.blobs._lock(bref)
             return NamespacedWriter(self, ns, ref, bref, lease, None, expected, size)
@@ -225,7 +226,7 @@ class ContentStore:
             tx.execute("DELETE FROM ingests WHERE namespace=? AND ref=?", (ns, ref))
             tx.execute("DELETE FROM lease_resources WHERE namespace=? AND type='ingests' AND id=?",
                        (ns, ref))
-        self.notify(True)
+        self.changed(True)
 
 
 class NamespacedWriter:
@@ -325,7 +326,7 @@ class NamespacedWriter:
                 DB.set_labels(tx, ns, KIND, actual, labels)
             self._forget_ingest(tx)
             add_lease_resource(tx, ns, self.lease, "content", actual)
-        self.store.notify(False)
+        self.store.changed(False)
         if duplicate:
             raise AlreadyExists(f"content {actual}: already exists")
         return actual

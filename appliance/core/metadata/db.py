@@ -123,6 +123,34 @@ def register_namespaced_kind(table: str, word: str) -> None:
         NAMESPACED_KINDS.append((table, word))
 
 
+def apply_mask(paths, what: str, maps=None, fields=None) -> None:
+    """containerd's update mask (fieldpaths) over one object, shared by the stores.
+
+    `maps`: name -> (current, new, drop_empty) for map fields: "<name>" replaces the map,
+    "<name>.<key>" copies that key from `new` (a missing key copies as "", which
+    `drop_empty` turns into removing the key). `fields`: name -> a function that copies
+    that plain field. Any other path is InvalidArgument naming `what`.
+    """
+    maps, fields = maps or {}, fields or {}
+    for path in paths:
+        name, dot, key = path.partition(".")
+        if dot and name in maps:
+            current, new, drop_empty = maps[name]
+            value = new.get(key, "")
+            if drop_empty and not value:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        elif path in maps:
+            current, new, _ = maps[path]
+            current.clear()
+            current.update(new)
+        elif path in fields:
+            fields[path]()
+        else:
+            raise InvalidArgument(f"cannot update {q(path)} field on {what}: invalid argument")
+
+
 def now_ns() -> int:
     return time.time_ns()
 
@@ -259,20 +287,10 @@ class DB:
         key, or drop it when the new value is empty. Anything else names a field
         this object does not let you update (`what` says which object, for the error).
         """
-        updated = dict(current)
         if not paths:
             return dict(labels)
-        for path in paths:
-            if path == "labels":
-                updated = dict(labels)
-            elif path.startswith("labels."):
-                key = path[len("labels."):]
-                if labels.get(key):
-                    updated[key] = labels[key]
-                else:
-                    updated.pop(key, None)
-            else:
-                raise InvalidArgument(f"cannot update {q(path)} field on {what}: invalid argument")
+        updated = dict(current)
+        apply_mask(paths, what, maps={"labels": (updated, labels, True)})
         return updated
 
     @staticmethod

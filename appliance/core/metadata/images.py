@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
 from ..content.store import digest_error
-from .db import DB, now_ns, register_namespaced_kind
+from .db import DB, apply_mask, now_ns, register_namespaced_kind
+from .hook import no_hook
 
 KIND = "image"
 
@@ -57,9 +58,9 @@ def adaptor(image: Image):
 
 
 class ImageStore:
-    def __init__(self, db: DB):
+    def __init__(self, db: DB, changed=no_hook):
         self.db = db
-        self.notify = lambda dirty: None   # the GC scheduler listens to mutations
+        self.changed = changed   # (dirty: bool) after a change; the metadata plugin's hook
 
     def get(self, ns: str, name: str) -> Image:
         with self.db.read() as conn:
@@ -96,7 +97,7 @@ class ImageStore:
             ts = now_ns()
             image.created_at = image.updated_at = ts
             self._write(tx, ns, image, insert=True)
-        self.notify(False)
+        self.changed(False)
         return image
 
     def update(self, ns: str, image: Image, paths) -> Image:
@@ -108,29 +109,21 @@ class ImageStore:
                 updated = image
             else:
                 updated = current
-                for path in paths:
-                    if path.startswith("labels."):
-                        key = path[len("labels."):]
-                        updated.labels[key] = image.labels.get(key, "")
-                    elif path.startswith("annotations."):
-                        key = path[len("annotations."):]
-                        updated.target.annotations[key] = image.target.annotations.get(key, "")
-                    elif path == "labels":
-                        updated.labels = dict(image.labels)
-                    elif path == "target":
-                        updated.target = image.target
-                    elif path == "annotations":
-                        updated.target.annotations = dict(image.target.annotations)
-                    else:
-                        raise InvalidArgument(f"cannot update {q(path)} field on image "
-                                              f"{q(image.name)}: invalid argument")
+
+                def set_target():
+                    updated.target = image.target
+                apply_mask(paths, f"image {q(image.name)}",
+                           maps={"labels": (updated.labels, image.labels, False),
+                                 "annotations": (updated.target.annotations,
+                                                 image.target.annotations, False)},
+                           fields={"target": set_target})
             # an emptied label is removed (containerd stores none with an empty value)
             updated.labels = {k: v for k, v in updated.labels.items() if v}
             validate(updated)
             updated.created_at = current.created_at
             updated.updated_at = now_ns()
             self._write(tx, ns, updated, insert=False)
-        self.notify(False)
+        self.changed(False)
         return updated
 
     @staticmethod
@@ -153,4 +146,4 @@ class ImageStore:
                               (ns, name)).rowcount:
                 raise NotFound(f"image {q(name)}: not found")
             DB.set_labels(tx, ns, KIND, name, {})
-        self.notify(True)
+        self.changed(True)

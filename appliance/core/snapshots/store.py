@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ... import failpoint, filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..metadata.db import DB, now_ns, register_namespaced_kind
-from ..diff.unpack import forget_adopted, is_adopted
+from ..metadata.hook import no_hook
 from .backends import ACTIVE, COMMITTED, VIEW, Backend, Mount
 
 KIND = "snapshot"
@@ -59,12 +59,43 @@ def _lease_remove(tx, ns: str, rtype: str, key: str) -> None:
 class Snapshotter:
     """One snapshotter (overlayfs, native) as a namespace sees it."""
 
-    def __init__(self, db: DB, backend: Backend):
+    def __init__(self, db: DB, backend: Backend, changed=no_hook):
         self.db = db
         self.backend = backend
         self.name = backend.name
         self.rtype = f"snapshots/{self.name}"
+        self.changed = changed   # (dirty: bool) after a commit or remove; the metadata hook
         self._remove_lock = threading.Lock()
+        self._lock = threading.Lock()
+        # upper dirs whose layer was adopted from a concurrent unpack (left empty on purpose)
+        self._adopted: set[str] = set()
+        self._on_settled: dict[int, list] = {}   # backend id -> callbacks (when_settled)
+
+    # --- what the unpacker shares with the store -------------------------------------
+
+    def adopt(self, upper: str) -> None:
+        """`upper` stays empty: its layer is another active snapshot's (see diff/unpack.py)."""
+        with self._lock:
+            self._adopted.add(upper)
+
+    def _is_adopted(self, upper: str) -> bool:
+        with self._lock:
+            return upper in self._adopted
+
+    def when_settled(self, sid: int, callback) -> None:
+        """Call `callback()` once the snapshot with backend id `sid` is no longer active
+        (committed, removed or collected): at once if it is not active now."""
+        with self._lock:
+            self._on_settled.setdefault(sid, []).append(callback)
+        state = self.key_of(sid)
+        if state is None or state[2] != ACTIVE:
+            self._settled(sid)
+
+    def _settled(self, sid: int) -> None:
+        with self._lock:
+            callbacks = self._on_settled.pop(sid, [])
+        for callback in callbacks:
+            callback()
 
     # --- reading -------------------------------------------------------------------
 
@@ -142,6 +173,11 @@ class Snapshotter:
         return [i for i in infos if flt.match(filters.adapt_object(
             {"name": i.name, "parent": i.parent, "kind": i.kind, "labels": i.labels}))]
 
+    def count_by_namespace(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            return dict(conn.execute("SELECT namespace, COUNT(*) FROM snapshots "
+                                     "WHERE snapshotter=? GROUP BY namespace", (self.name,)))
+
     def upper_of(self, ns: str, key: str) -> str:
         with self.db.read() as conn:
             return self.backend.fs(self._require(conn, ns, key).id)
@@ -202,7 +238,7 @@ class Snapshotter:
             if row.kind != ACTIVE:
                 raise FailedPrecondition(f"failed to commit snapshot: snapshot {q(key)} "
                                          "is not active: failed precondition")
-            if is_adopted(self.backend.fs(row.id)):
+            if self._is_adopted(self.backend.fs(row.id)):
                 # its layer was left to a concurrent unpack whose snapshot is gone
                 raise FailedPrecondition(f"snapshot {q(key)} was not unpacked (a concurrent "
                                          "unpack of the same layer was removed): retry the unpack")
@@ -219,6 +255,8 @@ class Snapshotter:
             if backend_commit is not None:  # a proxy snapshotter commits remotely too
                 backend_commit(row.id)
             failpoint.hit("snapshot.commit")
+        self._settled(row.id)
+        self.changed(False)
 
     def remove(self, ns, key) -> None:
         with self.db.write() as tx:
@@ -228,7 +266,10 @@ class Snapshotter:
             self._delete_row(tx, ns, row)
         failpoint.hit("snapshot.remove")  # the record is gone, not yet the directory
         self.backend.remove(row.id)
-        forget_adopted(self.backend.fs(row.id))
+        with self._lock:
+            self._adopted.discard(self.backend.fs(row.id))
+        self._settled(row.id)
+        self.changed(True)
 
     def _delete_row(self, tx, ns, row: Row) -> None:
         tx.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
@@ -314,6 +355,7 @@ def register_gc(collector, snapshotters: dict[str, Snapshotter]) -> None:
         while doomed:
             sn, sid = doomed.pop()
             sn.backend.remove(sid)
+            sn._settled(sid)
 
     collector.register_collectible("snapshot", all_nodes, sweep)
     collector.after_sweep.append(remove_dirs)

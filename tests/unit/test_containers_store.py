@@ -1,0 +1,66 @@
+"""The container store keeps Container objects (not API messages) over the same row format;
+the update mask is the helper every store shares."""
+import pytest
+from google.protobuf import any_pb2
+
+from appliance.core.metadata.containers import Container, ContainerStore, Runtime, pb, to_pb
+from appliance.core.metadata.db import DB, apply_mask
+from appliance.errdefs import InvalidArgument
+
+NS = "default"
+
+
+@pytest.fixture
+def store(tmp_path):
+    db = DB(str(tmp_path / "meta.db"))
+    yield ContainerStore(db)
+    db.close()
+
+
+def spec(value=b"{}"):
+    return any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Spec",
+                       value=value)
+
+
+def test_create_get_and_the_row_is_containerds_message(store):
+    c = Container("c1", {"a": "1"}, "img", Runtime("io.containerd.runc.v2", any_pb2.Any(
+        type_url="opts", value=b"o")), spec(), "native", "key",
+        {"x": any_pb2.Any(type_url="ext", value=b"v")})
+    created = store.create(NS, c)
+    assert isinstance(created, Container) and created.created_at > 0
+    got = store.get(NS, "c1")
+    assert got == created and got.runtime.options.value == b"o"
+    with store.db.read() as conn:
+        blob = conn.execute("SELECT data FROM containers").fetchone()[0]
+    expected = to_pb(got, with_times=False)
+    expected.labels.clear()
+    assert pb.Container.FromString(blob) == expected
+    assert store.list(NS) == [got]
+
+
+def test_update_mask_over_domain_objects(store):
+    store.create(NS, Container("c1", {"a": "1", "b": "2"}, "img", Runtime("rt"), spec(),
+                               extensions={"x": any_pb2.Any(value=b"v"),
+                                           "y": any_pb2.Any(value=b"w")}))
+    change = Container("c1", {"b": ""}, "new-img", Runtime("rt"), spec(b"[]"))
+    updated = store.update(NS, change, ["labels.b", "extensions.x", "image"])
+    assert updated.labels == {"a": "1", "b": ""}        # the answer keeps the emptied label
+    assert store.get(NS, "c1").labels == {"a": "1"}     # the record does not
+    assert set(updated.extensions) == {"y"} and updated.image == "new-img"
+    assert updated.spec.value == b"{}"                   # not in the mask
+    with pytest.raises(InvalidArgument, match="cannot update \"runtime\" field on \"c1\""):
+        store.update(NS, change, ["runtime"])
+
+
+def test_apply_mask_maps_fields_and_errors():
+    labels, fields = {"a": "1", "b": "2"}, {}
+    apply_mask(["labels.a", "labels.c", "labels.b"], "thing",
+               maps={"labels": (labels, {"a": "", "c": "3"}, True)})
+    assert labels == {"c": "3"}     # emptied and missing keys go (drop_empty)
+    apply_mask(["labels"], "thing", maps={"labels": (labels, {"z": ""}, True)},
+               fields={"name": lambda: fields.setdefault("name", "x")})
+    assert labels == {"z": ""}
+    apply_mask(["name"], "thing", fields={"name": lambda: fields.setdefault("name", "x")})
+    assert fields == {"name": "x"}
+    with pytest.raises(InvalidArgument, match='cannot update "other" field on thing'):
+        apply_mask(["other"], "thing", maps={"labels": (labels, {}, True)})
