@@ -1,7 +1,8 @@
 """The daemon's gRPC server: asyncio + our own HTTP/2 (see server.py for why).
 
-h2.py: HTTP/2 framing, sans I/O; call.py: one call (the handlers' context);
-server.py: connections, dispatch, listeners and graceful stop; status.py: codes.
+h2.py: HTTP/2 framing and flow control both ways, sans I/O; call.py: one call (the
+handlers' context); server.py: connections, dispatch, listeners and graceful stop;
+status.py: EOF, and StatusCode (which lives in errdefs, beside the error kinds).
 """
 from .call import Call
 from .server import MethodHandler, Server

@@ -59,13 +59,19 @@ def _parse_timeout(value: bytes) -> float | None:
 
 
 class Call:
-    """One RPC: the servicer context its handler sees, and the stream's state."""
+    """One RPC: the servicer context its handler sees, and the stream's state.
+
+    Besides the servicer context, what the server uses: `stream_id`, `method`,
+    `deadline` and `task`; for the connection `received`, `stream_reset` and
+    `window_opened`; for dispatch `run` (the handler), `respond` (a unary
+    answer), `finish` (a status), and `stop`/`stopped` when the server stops.
+    """
 
     def __init__(self, conn: "_Connection", stream_id: int, method: str, metadata: tuple,
                  deadline: float | None, request_open: bool):
-        self._conn, self._stream_id, self._method = conn, stream_id, method
+        self._conn, self.stream_id, self.method = conn, stream_id, method
         self._metadata = metadata
-        self._deadline = deadline
+        self.deadline = deadline             # time.monotonic(), or None
         self._request_open = request_open   # the client may still send messages
         self._buffer = bytearray()
         self._messages: collections.deque = collections.deque()
@@ -73,12 +79,13 @@ class Call:
         self._readable: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None
         self._deserialize = None
+        self._serialize = None
         self._headers_sent = False
         self._done = False                   # trailers sent or stream reset
         self._reset = False
         self._failed = False                 # the request stream broke (see _fail)
         self._server_stream = False          # one request, a stream of responses
-        self._stopping = False               # cancelled by Server.stop
+        self.stopped = False                 # cancelled by Server.stop
         self._code: StatusCode | None = None
         self._details = ""
         self._trailing: list = []            # encoded now: bad metadata fails the handler
@@ -93,7 +100,7 @@ class Call:
         return self._conn.peer
 
     def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def cancelled(self) -> bool:
         return self._reset
@@ -117,7 +124,8 @@ class Call:
         self._trailing = _metadata_fields(metadata)
 
     async def send_initial_metadata(self, metadata) -> None:
-        self._send_headers()
+        if not self._headers_sent and not self._done:
+            self._conn.write(self._response_headers())
 
     async def abort(self, code: StatusCode, details: str = "", trailing_metadata=()):
         if code == StatusCode.OK:
@@ -139,17 +147,21 @@ class Call:
             await self._wait_for_data()
         data = self._messages.popleft()
         if self._unacked and len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
-            self._conn.acknowledge(self._stream_id, self._unacked)
+            self._conn.acknowledge(self.stream_id, self._unacked)
             self._unacked = 0
         if self._deserialize is None:
             return data
         try:
             return self._deserialize(data)
         except Exception as exc:  # the client's fault, not the handler's (grpc-go's words)
-            raise internal_error(self, f"grpc: error unmarshalling request: {exc}") from None
+            raise self._internal(f"grpc: error unmarshalling request: {exc}") from None
 
     async def write(self, message) -> None:
-        await self._send_message(message)
+        if self._done:
+            raise Finished()
+        data = self._message(self._serialize(message))
+        await self._send_data(memoryview(data), [] if self._headers_sent else
+                              [self._response_headers()])
 
     def __aiter__(self):
         return self
@@ -162,15 +174,16 @@ class Call:
 
     # --- from the connection ------------------------------------------------------
 
-    def _received(self, data: bytes, flow_length: int, end_stream: bool) -> None:
+    def received(self, data: bytes, flow_length: int, end_stream: bool) -> None:
+        """DATA (or the end of the request) for this stream."""
         if self._failed:  # the rest of a broken request: only return its window
-            self._conn.acknowledge(self._stream_id, flow_length)
+            self._conn.acknowledge(self.stream_id, flow_length)
             return
         if data:
             self._buffer += data
             self._split_messages()
         if len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
-            self._conn.acknowledge(self._stream_id, flow_length + self._unacked)
+            self._conn.acknowledge(self.stream_id, flow_length + self._unacked)
             self._unacked = 0
         else:
             self._unacked += flow_length
@@ -179,6 +192,22 @@ class Call:
             if self._buffer:
                 self._fail(StatusCode.INTERNAL, "grpc: truncated message")
         self._wake_reader()
+
+    def stream_reset(self) -> None:
+        """The stream is gone (reset by the client, or the connection closed): the
+        handler is cancelled and nothing more is sent."""
+        self._reset = True
+        self._done = True
+        self._request_open = False
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._wake_reader()
+        self.window_opened()
+
+    def window_opened(self) -> None:
+        """A flow-control window this call may be waiting for has grown."""
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
 
     def _split_messages(self) -> None:
         buf = self._buffer
@@ -228,45 +257,103 @@ class Call:
         if self._readable is not None and not self._readable.done():
             self._readable.set_result(None)
 
-    def _wake_writer(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+    # --- from dispatch ----------------------------------------------------------------
 
-    def _on_reset(self) -> None:
-        self._reset = True
-        self._done = True
-        self._request_open = False
-        if self.task is not None and not self.task.done():
+    async def run(self, handler) -> bytes | None:
+        """Run the method's handler (a MethodHandler) with this call as its context;
+        returns its unary response serialized (None for streaming handlers, for no
+        response or for a status other than OK set by the handler)."""
+        self._deserialize = handler.request_deserializer
+        self._serialize = handler.response_serializer or _identity
+        self._server_stream = handler.response_streaming and not handler.request_streaming
+        if handler.request_streaming:
+            request = self
+        else:
+            request = await self.read()
+            if request is EOF:
+                raise self._internal("grpc: no request message for a unary method")
+            while self._request_open and not self._messages:
+                await self._wait_for_data()
+            if self._messages:
+                raise self._internal("grpc: too many request messages for a unary method")
+        if handler.response_streaming:
+            behaviour = handler.unary_stream or handler.stream_stream
+            result = behaviour(request, self)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    await self.write(item)
+            elif hasattr(result, "__await__"):
+                await result
+            elif result is not None:
+                for item in result:
+                    await self.write(item)
+            return None
+        behaviour = handler.unary_unary or handler.stream_unary
+        response = behaviour(request, self)
+        if hasattr(response, "__await__"):
+            response = await response
+        if response is None or self._code not in (None, StatusCode.OK):
+            return None
+        return self._serialize(response)  # a response of the wrong type fails here
+
+    async def respond(self, data: bytes) -> None:
+        """A unary call's serialized response and the OK status: one write where the
+        windows allow, else the rest as they open."""
+        limit = self._conn.server.max_send
+        if len(data) > limit:
+            return self.finish(StatusCode.RESOURCE_EXHAUSTED, str(SendTooLarge(len(data), limit)))
+        if self._done:
+            return
+        message = len(data).to_bytes(5, "big") + data
+        h2_conn, out = self._conn.h2, []
+        if not self._headers_sent:
+            self._headers_sent = True
+            out.append(h2_conn.send_headers(self.stream_id, _RESPONSE_HEADERS))
+        wire, n = h2_conn.send_data(self.stream_id, message, _WRITE_CHUNK)
+        out.append(wire)
+        if n < len(message):  # the rest as the windows open
+            self._conn.write(b"".join(out))
+            try:
+                out = await self._send_data(memoryview(message)[n:], [], keep_last=True)
+            except Finished:
+                return
+        self._end(StatusCode.OK, "", out)
+
+    def finish(self, code: StatusCode, details: str) -> None:
+        """Send the status (and the trailing metadata) and end the stream."""
+        self._end(code, details, [])
+
+    def stop(self) -> None:
+        """The server stops: a server stream (a subscription never ends by itself) is
+        cancelled, to end with UNAVAILABLE."""
+        if self._server_stream and self.task is not None and not self.task.done():
+            self.stopped = True
             self.task.cancel()
-        self._wake_reader()
-        self._wake_writer()
 
     # --- to the connection ----------------------------------------------------------
 
-    def _send_headers(self) -> None:
-        if not self._headers_sent and not self._done:
-            self._headers_sent = True
-            self._conn.write(h2.frame(h2.HEADERS, h2.END_HEADERS, self._stream_id,
-                                      _RESPONSE_HEADERS))
+    def _response_headers(self) -> bytes:
+        self._headers_sent = True
+        return self._conn.h2.send_headers(self.stream_id, _RESPONSE_HEADERS)
 
-    async def _send_message(self, message) -> None:
-        if self._done:
-            raise Finished()
-        await self._send_serialized(self._serialize(message))
-
-    async def _send_serialized(self, data: bytes) -> None:
+    def _message(self, data: bytes) -> bytes:
+        """A serialized message with gRPC's length prefix (uncompressed)."""
         limit = self._conn.server.max_send
         if len(data) > limit:
             raise SendTooLarge(len(data), limit)
-        self._send_headers()
-        await self._send_data(len(data).to_bytes(5, "big") + data)
+        return len(data).to_bytes(5, "big") + data
 
-    async def _send_data(self, data: bytes) -> None:
-        conn, sid = self._conn, self._stream_id
-        view = memoryview(data)
+    async def _send_data(self, view: memoryview, out: list, keep_last: bool = False) -> list:
+        """Send `view` as DATA frames as the windows allow, after the frames in `out`.
+        With `keep_last`, the last piece is returned unwritten, for the status to join
+        it in one write."""
+        conn, sid = self._conn, self.stream_id
         while view:
-            n = conn.h2.sendable(sid, len(view))
+            wire, n = conn.h2.send_data(sid, view, _WRITE_CHUNK)
             if n == 0:
+                if out:
+                    conn.write(b"".join(out))
+                    out = []
                 if self._done:
                     raise Finished()
                 self._writable = asyncio.get_running_loop().create_future()
@@ -277,47 +364,40 @@ class Call:
                     self._writable = None
                     conn.blocked.discard(self)
                 continue
-            n = min(n, _WRITE_CHUNK)
-            chunk, step = view[:n], conn.h2.peer_frame_size
-            frames = [h2.frame(h2.DATA, 0, sid, bytes(chunk[offset:offset + step]))
-                      for offset in range(0, n, step)]
-            conn.h2.sent(sid, n)
+            out.append(wire)
             view = view[n:]
-            conn.write(b"".join(frames))
+            if keep_last and not view:
+                break
+            conn.write(b"".join(out))
+            out = []
             if conn.paused:
                 await conn.drained()
                 if self._done:
                     raise Finished()
+        return out
 
-    def _finish(self, code: StatusCode, details: str, response: bytes | None = None):
-        """Send the response (if any) and the status, in one write where the window allows."""
+    def _end(self, code: StatusCode, details: str, out: list) -> None:
         if self._done:
             return
         status = _OK_TRAILERS if code == StatusCode.OK and not details \
             else _status_bytes(code, details)
         if self._trailing:
             status += h2.encode_headers(self._trailing)
-        out = []
-        if not self._headers_sent:
+        if not self._headers_sent:  # trailers-only
             self._headers_sent = True
-            if response is None:  # trailers-only
-                out.append(h2.headers(self._stream_id, _RESPONSE_HEADERS + status, True,
-                                      self._conn.h2.peer_frame_size))
-                return self._close(out)
-            out.append(h2.frame(h2.HEADERS, h2.END_HEADERS, self._stream_id, _RESPONSE_HEADERS))
-        if response is not None:
-            out.append(h2.frame(h2.DATA, 0, self._stream_id, response))
-            self._conn.h2.sent(self._stream_id, len(response))
-        # a long message or trailing metadata may need more than one frame
-        out.append(h2.headers(self._stream_id, status, True, self._conn.h2.peer_frame_size))
-        self._close(out)
-
-    def _close(self, out: list) -> None:
+            status = _RESPONSE_HEADERS + status
         self._done = True
-        if self._request_open:  # the client need not send the rest
-            out.append(h2.rst_stream(self._stream_id, h2.NO_ERROR))
+        out.append(self._conn.h2.end_stream(self.stream_id, status, self._request_open))
         self._conn.write(b"".join(out))
         self._conn.end_call(self)
+
+    def _internal(self, details: str) -> Abort:
+        self._code, self._details = StatusCode.INTERNAL, details
+        return Abort()
+
+
+def _identity(message):
+    return message
 
 
 class SendTooLarge(Exception):
@@ -362,15 +442,3 @@ def request_metadata(headers) -> tuple[str, tuple, float | None]:
             metadata.append((key, value.decode("utf-8", "replace")))
     deadline = None if timeout is None else time.monotonic() + timeout
     return path, tuple(metadata), deadline
-
-
-def internal_error(call: Call, details: str) -> Abort:
-    call._code, call._details = StatusCode.INTERNAL, details
-    return Abort()
-
-
-async def more_than_one(call: Call) -> bool:
-    """A unary method's request must end after its one message."""
-    while call._request_open and not call._messages:
-        await call._wait_for_data()
-    return bool(call._messages)

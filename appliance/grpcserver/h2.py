@@ -1,7 +1,11 @@
 """HTTP/2 for a gRPC server, sans I/O: bytes in → events out, frames out as bytes.
 
-Only what gRPC needs (RFC 9113): no push, no priorities, no upgrade. Flow control is
-tracked here; when to send is up to the caller (`sendable`/`sent`, `consumed`).
+Only what gRPC needs (RFC 9113): no push, no priorities, no upgrade. Both directions'
+flow control is kept here. Input: `receive` gives events; the caller says when the
+application took data (`consumed`, which returns the WINDOW_UPDATEs owed). Output:
+`send_headers`, `send_data` and `end_stream` return the frames to write, split to the
+peer's frame size, and `send_data` takes only what the windows allow; when they are
+shut, the caller waits for a `WindowOpened` event.
 """
 from __future__ import annotations
 
@@ -436,15 +440,46 @@ class Connection:
             return  # a late update for a finished stream
         events.append(WindowOpened(stream_id))
 
-    # --- output bookkeeping ----------------------------------------------------------
+    # --- output ----------------------------------------------------------------------
 
-    def sendable(self, stream_id: int, wanted: int) -> int:
-        """How many DATA bytes may go out on `stream_id` now."""
-        return max(0, min(wanted, self.send_window, self.stream_send_windows.get(stream_id, 0)))
+    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> bytes:
+        """HEADERS carrying an encoded header block (CONTINUATIONs if it is larger than
+        the peer's frames)."""
+        if not end_stream and len(block) <= self.peer_frame_size:
+            return frame(HEADERS, END_HEADERS, stream_id, block)
+        return headers(stream_id, block, end_stream, self.peer_frame_size)
 
-    def sent(self, stream_id: int, n: int) -> None:
+    def send_data(self, stream_id: int, data, limit: int = MAX_WINDOW) -> tuple[bytes, int]:
+        """DATA frames for as much of `data` (bytes or memoryview) as the windows allow,
+        at most `limit` bytes, and that count; 0 while a window is shut (or the stream
+        is closed). The windows are debited."""
+        n = min(len(data), limit, self.send_window, self.stream_send_windows.get(stream_id, 0))
+        if n <= 0:
+            return b"", 0
         self.send_window -= n
         self.stream_send_windows[stream_id] -= n
+        step = self.peer_frame_size
+        if n <= step:
+            return frame(DATA, 0, stream_id, data[:n]), n
+        return b"".join([frame(DATA, 0, stream_id, data[offset:min(offset + step, n)])
+                         for offset in range(0, n, step)]), n
+
+    def end_stream(self, stream_id: int, block: bytes, stop_peer: bool) -> bytes:
+        """The last HEADERS (END_STREAM: trailers, or a whole trailers-only answer) and,
+        with `stop_peer`, RST_STREAM(NO_ERROR): the client need not send the rest of
+        its request (RFC 9113 §8.1). The stream is forgotten."""
+        if len(block) <= self.peer_frame_size:
+            out = frame(HEADERS, END_STREAM | END_HEADERS, stream_id, block)
+        else:
+            out = headers(stream_id, block, True, self.peer_frame_size)
+        if stop_peer:
+            out += rst_stream(stream_id, NO_ERROR)
+        self.close_stream(stream_id)
+        return out
+
+    def goaway(self, code: int, message: bytes = b"") -> bytes:
+        """GOAWAY naming the last stream we took."""
+        return goaway(self.highest_stream_id, code, message)
 
     def consumed(self, stream_id: int, n: int) -> bytes:
         """The application took `n` flow-controlled bytes; returns WINDOW_UPDATEs owed

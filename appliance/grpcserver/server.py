@@ -20,9 +20,8 @@ import time
 from typing import NamedTuple
 
 from . import h2
-from .call import (Abort, Call, Finished, SendTooLarge, internal_error, more_than_one,
-                   request_metadata)
-from .status import EOF, StatusCode
+from .call import Abort, Call, Finished, SendTooLarge, request_metadata
+from .status import StatusCode
 
 log = logging.getLogger("appliance.grpc")
 
@@ -74,8 +73,7 @@ class _Connection(asyncio.Protocol):
         except h2.ConnectionError_ as exc:
             log.log(logging.WARNING if exc.code == h2.ENHANCE_YOUR_CALM else logging.DEBUG,
                     "gRPC connection error from %s: %s", self.peer, exc)
-            self.transport.write(b"".join(out) + h2.goaway(
-                self.h2.highest_stream_id, exc.code, str(exc).encode()))
+            self.transport.write(b"".join(out) + self.h2.goaway(exc.code, str(exc).encode()))
             self.transport.close()
             return
         if out:
@@ -90,7 +88,7 @@ class _Connection(asyncio.Protocol):
                 if call is None:  # already answered: return the window anyway
                     self.acknowledge(event.stream_id, event.flow_length)
                 else:
-                    call._received(event.data, event.flow_length, event.end_stream)
+                    call.received(event.data, event.flow_length, event.end_stream)
             elif kind is h2.Request:
                 if event.stream_id not in reset:
                     self._start(event)
@@ -100,14 +98,14 @@ class _Connection(asyncio.Protocol):
                 call = self.calls.pop(event.stream_id, None)
                 self.h2.close_stream(event.stream_id)
                 if call is not None:
-                    call._on_reset()
+                    call.stream_reset()
             elif kind is h2.GoAway:
                 self._going_away = True
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
         for call in list(self.calls.values()):
-            call._on_reset()
+            call.stream_reset()
         self.calls.clear()
         self._resumed.set()
 
@@ -140,19 +138,19 @@ class _Connection(asyncio.Protocol):
                 self.write(updates)
 
     def end_call(self, call: Call) -> None:
-        self.calls.pop(call._stream_id, None)
-        self.h2.close_stream(call._stream_id)
+        """The call sent its last frame (h2 forgot the stream then)."""
+        self.calls.pop(call.stream_id, None)
         if self._going_away and not self.calls:
             self.transport.close()
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id == 0:
             for call in list(self.blocked):
-                call._wake_writer()
+                call.window_opened()
         else:
             call = self.calls.get(stream_id)
             if call is not None:
-                call._wake_writer()
+                call.window_opened()
 
     def _start(self, event: h2.Request) -> None:
         stream_id = event.stream_id
@@ -160,13 +158,13 @@ class _Connection(asyncio.Protocol):
         call = Call(self, stream_id, path, metadata, deadline, not event.end_stream)
         self.calls[stream_id] = call
         if self.server.draining:
-            call._finish(StatusCode.UNAVAILABLE, "the server is stopping")
+            call.finish(StatusCode.UNAVAILABLE, "the server is stopping")
             return
         call.task = asyncio.get_running_loop().create_task(self.server.handle(call))
 
     def go_away(self) -> None:
         self._going_away = True
-        self.write(h2.goaway(self.h2.highest_stream_id, h2.NO_ERROR))
+        self.write(self.h2.goaway(h2.NO_ERROR))
         if not self.calls:
             self.transport.close()
 
@@ -206,9 +204,7 @@ class Server:
         for conn in list(self.connections):
             conn.go_away()
             for call in list(conn.calls.values()):
-                if call._server_stream and call.task is not None and not call.task.done():
-                    call._stopping = True
-                    call.task.cancel()
+                call.stop()
         tasks = [c.task for conn in self.connections for c in conn.calls.values()
                  if c.task is not None and not c.task.done()]
         if tasks:
@@ -238,66 +234,49 @@ class Server:
         return await continuation(details)
 
     async def handle(self, call: Call) -> None:
-        details = _Details(call._method, call._metadata)
+        details = _Details(call.method, call.invocation_metadata())
         try:
             handler = await self._intercepted(details) if self._interceptors \
                 else self._lookup(details)
             if handler is None:
-                call._finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call._method))
+                call.finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call.method))
                 return
-            call._deserialize = handler.request_deserializer
-            call._server_stream = handler.response_streaming and not handler.request_streaming
-            call._serialize = handler.response_serializer or (lambda m: m)
-            if call._deadline is None:
-                response = await self._run(call, handler)
+            if call.deadline is None:
+                data = await call.run(handler)
             else:
-                async with asyncio.timeout_at(_loop_time(call._deadline)):
-                    response = await self._run(call, handler)
-            # serialized inside the try: a response of the wrong type fails like a handler
-            data = call._serialize(response) \
-                if response is not None and call._code in (None, StatusCode.OK) else None
+                async with asyncio.timeout_at(_loop_time(call.deadline)):
+                    data = await call.run(handler)
         except Abort:
-            call._finish(call._code, call._details)
+            call.finish(call.code(), call.details())
         except (asyncio.CancelledError, TimeoutError) as exc:
-            if call._done:
+            if call.done():
                 return   # reset by the client or the connection is gone
-            if isinstance(exc, TimeoutError) and call._deadline is not None \
-                    and time.monotonic() >= call._deadline:
-                call._finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            if isinstance(exc, TimeoutError) and call.deadline is not None \
+                    and time.monotonic() >= call.deadline:
+                call.finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             elif isinstance(exc, TimeoutError):
-                call._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
-            elif call._stopping:
-                call._finish(StatusCode.UNAVAILABLE, "the server is stopping")
+                call.finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+            elif call.stopped:
+                call.finish(StatusCode.UNAVAILABLE, "the server is stopping")
             else:
-                call._finish(StatusCode.CANCELLED, "Cancelled")
+                call.finish(StatusCode.CANCELLED, "Cancelled")
                 raise
         except Finished:
             pass
         except SendTooLarge as exc:
-            call._finish(StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            call.finish(StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except NotImplementedError as exc:
-            call._finish(call._code or StatusCode.UNIMPLEMENTED,
-                         call._details or str(exc))
+            call.finish(call.code() or StatusCode.UNIMPLEMENTED, call.details() or str(exc))
         except Exception as exc:
-            log.exception("unexpected error in %s", call._method)
-            call._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+            log.exception("unexpected error in %s", call.method)
+            call.finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
         else:
-            if call._code not in (None, StatusCode.OK):
-                call._finish(call._code, call._details)
-            elif data is None:
-                call._finish(StatusCode.OK, "")
-            elif len(data) > self.max_send:
-                call._finish(StatusCode.RESOURCE_EXHAUSTED,
-                             str(SendTooLarge(len(data), self.max_send)))
-            elif call._conn.h2.sendable(call._stream_id, len(data) + 5) == len(data) + 5 \
-                    and len(data) + 5 <= call._conn.h2.peer_frame_size:
-                call._finish(StatusCode.OK, "", len(data).to_bytes(5, "big") + data)
+            if data is not None:  # (run gives none when the handler set another status)
+                await call.respond(data)
+            elif call.code() not in (None, StatusCode.OK):
+                call.finish(call.code(), call.details())
             else:
-                try:
-                    await call._send_serialized(data)
-                except Finished:
-                    return
-                call._finish(StatusCode.OK, "")
+                call.finish(StatusCode.OK, "")
 
     def _unimplemented(self, path: str) -> str:
         """grpc-go's words for an unknown method or service."""
@@ -308,35 +287,6 @@ class Server:
                     if hasattr(generic, "handlers"))
         return f"unknown method {method} for service {service}" if known \
             else f"unknown service {service}"
-
-    @staticmethod
-    async def _run(call: Call, handler):
-        """Run the handler; returns a unary response (None for streaming handlers)."""
-        if handler.request_streaming:
-            request = call
-        else:
-            request = await call.read()
-            if request is EOF:
-                raise internal_error(call, "grpc: no request message for a unary method")
-            if call._messages or call._request_open and await more_than_one(call):
-                raise internal_error(call, "grpc: too many request messages for a unary method")
-        if handler.response_streaming:
-            behaviour = handler.unary_stream or handler.stream_stream
-            result = behaviour(request, call)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    await call._send_message(item)
-            elif hasattr(result, "__await__"):
-                await result
-            elif result is not None:
-                for item in result:
-                    await call._send_message(item)
-            return None
-        behaviour = handler.unary_unary or handler.stream_unary
-        response = behaviour(request, call)
-        if hasattr(response, "__await__"):
-            response = await response
-        return response
 
 
 def _loop_time(deadline: float) -> float:

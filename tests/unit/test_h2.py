@@ -85,17 +85,23 @@ def test_ping_is_acknowledged():
     assert out == [h2.frame(h2.PING, h2.ACK, 0, b"12345678")]
 
 
+def sendable(conn, stream_id):
+    """What send_data would take on `stream_id` now, without taking it."""
+    return max(0, min(conn.send_window, conn.stream_send_windows.get(stream_id, 0)))
+
+
 def test_send_windows_follow_settings_and_updates():
     conn, out = connection(), []
     conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
-    assert conn.sendable(1, 10 ** 6) == h2.DEFAULT_WINDOW
-    conn.sent(1, 65000)
-    assert conn.sendable(1, 10 ** 6) == 535
+    assert sendable(conn, 1) == h2.DEFAULT_WINDOW
+    assert conn.send_data(1, b"x" * 65000)[1] == 65000
+    assert conn.send_data(1, b"y" * 10 ** 6)[1] == 535
+    assert conn.send_data(1, b"z")[1] == 0
     conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, 100535)), out)
-    assert conn.sendable(1, 10 ** 6) == 535  # the connection window still limits
+    assert conn.send_data(1, b"z")[1] == 0  # the connection window still limits
     events = conn.receive(h2.window_update(0, 1 << 20), out)
     assert events == [h2.WindowOpened(0)]
-    assert conn.sendable(1, 10 ** 6) == 35535
+    assert conn.send_data(1, b"y" * 10 ** 6)[1] == 35000
     with pytest.raises(h2.ConnectionError_):
         conn.receive(h2.window_update(0, h2.MAX_WINDOW), out)
 
@@ -171,12 +177,12 @@ def test_data_in_flight_to_a_stream_we_closed_gives_back_the_window():
 def test_a_larger_initial_window_wakes_writers():
     conn, out = connection(), []
     conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
-    conn.sent(1, h2.DEFAULT_WINDOW)
+    conn.send_data(1, b"x" * h2.DEFAULT_WINDOW)
     events = conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(
         ">HI", h2.INITIAL_WINDOW_SIZE, h2.DEFAULT_WINDOW + 100)), out)
     assert events == [h2.WindowOpened(0)]
     conn.receive(h2.window_update(0, 1000), out)
-    assert conn.sendable(1, 1000) == 100
+    assert conn.send_data(1, b"y" * 1000)[1] == 100
     with pytest.raises(h2.ConnectionError_) as err:  # pushes a stream window past 2^31-1
         conn.receive(h2.window_update(1, h2.MAX_WINDOW - 200) + h2.frame(
             h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, h2.MAX_WINDOW)), out)
@@ -281,3 +287,98 @@ def test_repeated_indexed_header_blocks_follow_the_table():
                           encoder.encode([(b":path", b"/s.S/B")])), out)
     events = conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 9, indexed), out)
     assert events[0].headers == ((b"x-a", b"1"), (b":path", b"/s.S/B"))
+
+
+# --- the output side: frames and windows --------------------------------------------
+
+def parse(wire: bytes) -> list:
+    """Frames as (type, flags, stream id, payload), checking each one's length field."""
+    frames, pos = [], 0
+    while pos < len(wire):
+        length = int.from_bytes(wire[pos:pos + 3], "big")
+        kind, flags = wire[pos + 3], wire[pos + 4]
+        stream_id = struct.unpack(">I", wire[pos + 5:pos + 9])[0]
+        frames.append((kind, flags, stream_id, wire[pos + 9:pos + 9 + length]))
+        pos += 9 + length
+    assert pos == len(wire)
+    return frames
+
+
+def open_stream(conn, stream_id=1):
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, stream_id, request_headers()), [])
+
+
+def test_data_is_split_at_the_peers_frame_size_and_debits_both_windows():
+    conn = connection()
+    open_stream(conn)
+    data = bytes(range(256)) * 160  # 40960 bytes: 16384 + 16384 + 8192
+    wire, n = conn.send_data(1, data)
+    assert n == len(data)
+    frames = parse(wire)
+    assert [(k, f, s, len(p)) for k, f, s, p in frames] == [
+        (h2.DATA, 0, 1, 16384), (h2.DATA, 0, 1, 16384), (h2.DATA, 0, 1, 8192)]
+    assert b"".join(p for *_, p in frames) == data
+    assert conn.send_window == conn.stream_send_windows[1] == h2.DEFAULT_WINDOW - len(data)
+    # a peer taking larger frames gets fewer of them; a memoryview is taken as bytes are
+    conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.MAX_FRAME_SIZE, 20000)), [])
+    wire, n = conn.send_data(1, memoryview(data)[:24000])
+    assert n == 24000 and [len(p) for *_, p in parse(wire)] == [20000, 4000]
+    assert b"".join(p for *_, p in parse(wire)) == data[:24000]
+
+
+def test_data_stops_at_the_smallest_window_and_the_limit():
+    conn = connection()
+    open_stream(conn, 1)
+    open_stream(conn, 3)
+    conn.receive(h2.window_update(0, 10000), [])  # the connection: 75535
+    wire, n = conn.send_data(1, b"a" * 50000, limit=1000)
+    assert n == 1000 and parse(wire) == [(h2.DATA, 0, 1, b"a" * 1000)]
+    assert conn.send_data(1, b"b" * 70000)[1] == h2.DEFAULT_WINDOW - 1000  # stream window
+    assert conn.send_data(1, b"c") == (b"", 0)
+    assert conn.send_data(3, b"d" * 70000)[1] == 10000  # what the connection has left
+    conn.receive(h2.window_update(3, 5000), [])
+    assert conn.send_data(3, b"e") == (b"", 0)  # the connection window is shut
+    conn.receive(h2.window_update(0, 3000), [])
+    assert conn.send_data(3, b"f" * 9000)[1] == 3000
+    assert conn.send_data(5, b"g") == (b"", 0)  # no such stream
+
+
+def test_a_smaller_initial_window_holds_data_until_the_stream_is_back_in_credit():
+    conn = connection()
+    open_stream(conn)
+    conn.send_data(1, b"x" * 60000)
+    conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, 1000)), [])
+    assert conn.stream_send_windows[1] == 1000 - 60000  # in debt (RFC 9113 §6.9.2)
+    assert conn.send_data(1, b"y") == (b"", 0)
+    conn.receive(h2.window_update(0, 1 << 20) + h2.window_update(1, 59500), [])
+    assert conn.send_data(1, b"y" * 1000)[1] == 500
+
+
+def test_end_stream_sends_the_last_headers_resets_an_open_request_and_forgets_the_stream():
+    conn = connection()
+    open_stream(conn)
+    conn.receive(h2.frame(h2.SETTINGS, 0, 0), [])
+    trailers = h2.encode_headers([(b"grpc-status", b"0"), (b"x-big", b"v" * 40000)])
+    frames = parse(conn.end_stream(1, trailers, stop_peer=True))
+    assert [(k, f) for k, f, *_ in frames] == [
+        (h2.HEADERS, h2.END_STREAM), (h2.CONTINUATION, 0), (h2.CONTINUATION, h2.END_HEADERS),
+        (h2.RST_STREAM, 0)]
+    assert b"".join(p for k, f, s, p in frames[:3]) == trailers
+    assert frames[3][2:] == (1, struct.pack(">I", h2.NO_ERROR))
+    assert conn.send_data(1, b"late") == (b"", 0)
+    assert 1 not in conn.open_streams and 1 not in conn.stream_send_windows
+    # the client's data still in flight is dropped, its window returned later
+    assert conn.receive(h2.frame(h2.DATA, 0, 1, b"x" * 100), []) == []
+    open_stream(conn, 3)
+    conn.receive(h2.frame(h2.DATA, h2.END_STREAM, 3, b"x"), [])  # the request is complete
+    assert parse(conn.end_stream(3, b"\x88", stop_peer=False)) == [
+        (h2.HEADERS, h2.END_STREAM | h2.END_HEADERS, 3, b"\x88")]
+
+
+def test_headers_follow_the_peers_frame_size():
+    conn = connection()
+    block = h2.encode_headers([(b"x-long", b"v" * 20000)])
+    assert [k for k, *_ in parse(conn.send_headers(1, block))] == [h2.HEADERS, h2.CONTINUATION]
+    conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.MAX_FRAME_SIZE, 30000)), [])
+    assert parse(conn.send_headers(1, block)) == [(h2.HEADERS, h2.END_HEADERS, 1, block)]
+    assert parse(conn.goaway(h2.ENHANCE_YOUR_CALM, b"calm"))[0][:3] == (h2.GOAWAY, 0, 0)

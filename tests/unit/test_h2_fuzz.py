@@ -87,6 +87,68 @@ def test_random_frame_sequences(frame_list, cuts):
     feed(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0) + b"".join(frame_list), cuts)
 
 
+# --- the output side: whatever the peer's settings and updates, DATA never exceeds a
+# window or the peer's frame size, and carries exactly the bytes asked for, in order
+
+output_actions = st.lists(st.one_of(
+    st.tuples(st.just("send"), st.sampled_from([1, 3]), st.integers(0, 100000),
+              st.integers(1, 300000)),
+    st.tuples(st.just("update"), st.sampled_from([0, 1, 3]), st.integers(1, 50000)),
+    st.tuples(st.just("initial_window"), st.integers(0, 200000)),
+    st.tuples(st.just("frame_size"), st.integers(h2.DEFAULT_FRAME_SIZE, 70000)),
+), max_size=25)
+
+
+@FAST
+@given(output_actions)
+def test_data_out_respects_windows_and_frame_sizes(actions):
+    conn = h2.Connection()
+    conn.receive(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0), [])
+    for sid in (1, 3):
+        conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, hpack.Encoder().encode(
+            [(b":method", b"POST"), (b":path", b"/s.S/M")])), [])
+    credit = {0: h2.DEFAULT_WINDOW, 1: h2.DEFAULT_WINDOW, 3: h2.DEFAULT_WINDOW}  # the peer's
+    initial, frame_size, counter = h2.DEFAULT_WINDOW, h2.DEFAULT_FRAME_SIZE, 0
+    for action in actions:
+        if action[0] == "send":
+            _, sid, size, limit = action
+            data = bytes((counter + i) % 251 for i in range(size))
+            counter += 1
+            wire, n = conn.send_data(sid, data, limit)
+            assert n == max(0, min(size, limit, credit[0], credit[sid]))
+            pos, sent = 0, bytearray()
+            while pos < len(wire):
+                length = int.from_bytes(wire[pos:pos + 3], "big")
+                assert wire[pos + 3:pos + 5] == bytes((h2.DATA, 0))
+                assert int.from_bytes(wire[pos + 5:pos + 9], "big") == sid
+                assert 0 < length <= frame_size
+                sent += wire[pos + 9:pos + 9 + length]
+                pos += 9 + length
+            assert sent == data[:n]
+            credit[0] -= n
+            credit[sid] -= n
+        elif action[0] == "update":
+            _, sid, increment = action
+            try:
+                conn.receive(h2.window_update(sid, increment), [])
+            except h2.ConnectionError_:
+                return
+            credit[sid] += increment
+        elif action[0] == "initial_window":
+            try:
+                conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(
+                    ">HI", h2.INITIAL_WINDOW_SIZE, action[1])), [])
+            except h2.ConnectionError_:
+                return
+            for sid in (1, 3):
+                credit[sid] += action[1] - initial
+            initial = action[1]
+        else:
+            conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(
+                ">HI", h2.MAX_FRAME_SIZE, action[1])), [])
+            frame_size = action[1]
+
+
 # --- the server's handling of those events, over a transport that records writes ------
 
 class _Transport:
