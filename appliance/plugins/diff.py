@@ -5,13 +5,14 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 
-from .. import memory, stubs
+from .. import stubs
 from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
 from ..core.snapshots.backends import Mount
 from ..core.snapshots.store import Snapshotter
 from ..errdefs import NotFound, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext, Registration
+from ..process import memory
 
 pb = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2")
 descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")

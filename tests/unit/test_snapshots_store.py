@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from appliance import trash
+from appliance.process import trash
 from appliance.core.metadata.db import DB
 from appliance.core.snapshots.backends import NativeBackend, OverlayBackend
 from appliance.core.snapshots.store import Snapshotter

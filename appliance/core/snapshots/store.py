@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from ... import failpoint, filters, identifiers
+from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ...process import failpoint
 from ..metadata.db import DB, now_ns, register_namespaced_kind
 from ..diff.unpack import forget_adopted, is_adopted
 from .backends import ACTIVE, COMMITTED, VIEW, Backend, Mount

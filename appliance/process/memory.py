@@ -11,7 +11,7 @@ used again later fault back in.
 """
 from __future__ import annotations
 
-from ._mountcall import ffi, lib
+from .._mountcall import ffi, lib
 
 ARENA_MAX = 2
 
