@@ -21,8 +21,8 @@ import tempfile
 import threading
 import uuid
 
-from ..core.snapshots.backends import VIEW, Mount
-from ..core.content.store import LocalStore
+from .snapshots.backends import VIEW, Mount
+from .content.store import LocalStore
 from ..errdefs import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from ..plugin import CONTENT, SNAPSHOT, InitContext, Registration
 
