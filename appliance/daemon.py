@@ -88,7 +88,7 @@ class Daemon:
         disabled = set(self.cfg.disabled_plugins)
         regs = self.registrations
         if self.cfg.proxy_plugins:
-            from .core import proxy
+            from .plugins import proxy
             regs = regs + proxy.registrations(self.cfg)
         regs = [r for r in regs if r.uri not in disabled]
         properties = {"io.containerd.plugin.root": self.cfg.root,

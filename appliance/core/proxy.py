@@ -1,55 +1,27 @@
-"""`proxy_plugins`: snapshotters (and content stores) served by another process over gRPC.
+"""Backends served by another process over gRPC, for `proxy_plugins` (plugins/proxy.py
+registers them): a snapshot backend and a content store.
 
-Each `[proxy_plugins.NAME]` with `type = "snapshot"` becomes the plugin
-io.containerd.snapshotter.v1.NAME: a snapshot backend whose directories live in
-the external service, reached with containerd's Snapshots API on `address`. Our
-sqlite metadata still owns keys, parents, labels and namespaces, exactly as for
-overlayfs and native; the remote side only sees one snapshot per backend id.
-`type = "content"` becomes io.containerd.content.v1.NAME: blobs live in the external
-content service (containerd's Content API); ingests are staged locally (resumable,
-as for the built-in store) and uploaded when committed; reads go through a local
-cache. To use it, disable io.containerd.content.v1.content, as with containerd.
-Other types are warned about and ignored.
+A proxy snapshotter's directories live in the external service, reached with containerd's
+Snapshots API. Our sqlite metadata still owns keys, parents, labels and namespaces, exactly
+as for overlayfs and native; the remote side only sees one snapshot per backend id.
+A proxy content store keeps its blobs in the external content service (containerd's
+Content API); ingests are staged locally (resumable, as for the built-in store) and
+uploaded when committed; reads go through a local cache.
 """
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
-import threading
 import uuid
 
-from .snapshots.backends import VIEW, Mount
-from .content.store import LocalStore
 from ..errdefs import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from ..plugin import CONTENT, SNAPSHOT, InitContext, Registration
+from .content.store import LocalStore
+from .snapshots.backends import VIEW, Mount
 
-log = logging.getLogger("appliance.proxy")
 NAMESPACE = "default"           # the namespace our calls carry on the remote side
 CALL_TIMEOUT = 60.0             # seconds per remote call (a prepare may copy a tree)
-_TYPES = {"snapshot": SNAPSHOT, SNAPSHOT: SNAPSHOT, "content": CONTENT, CONTENT: CONTENT}
-
-
-class _Channels:
-    """One gRPC channel per address, shared by every proxy plugin using it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._channels = {}
-
-    def get(self, address: str):
-        import grpc
-        with self._lock:
-            if address not in self._channels:
-                target = address if ":" in address and not address.startswith("/") \
-                    else "unix:" + address
-                self._channels[address] = grpc.insecure_channel(target)
-            return self._channels[address]
-
-
-CHANNELS = _Channels()
 
 
 def _call(what: str, stub, method: str, request, stream: bool = False):
@@ -273,34 +245,3 @@ class ProxyContentStore(LocalStore):
         os.replace(data, target)
         shutil.rmtree(writer.path, ignore_errors=True)
         return installed
-
-
-def _snapshot_init(name: str, address: str):
-    def init(ic: InitContext):
-        ic.exports["address"] = address
-        channel = CHANNELS.get(address)
-        return ProxySnapshotBackend(name, address, channel, str(ic.properties.get(
-            "io.containerd.plugin.root", "")))
-    return init
-
-
-def _content_init(name: str, address: str):
-    def init(ic: InitContext):
-        ic.exports["address"] = address
-        os.makedirs(ic.root, mode=0o711, exist_ok=True)  # staged ingests and the read cache
-        return ProxyContentStore(name, address, CHANNELS.get(address), str(ic.root))
-    return init
-
-
-def registrations(cfg) -> list[Registration]:
-    """The registrations for `cfg.proxy_plugins` (unknown types are warned about)."""
-    regs = []
-    for name, pp in sorted(cfg.proxy_plugins.items()):
-        plugin_type = _TYPES.get(pp.type)
-        if plugin_type is None:
-            log.warning("unknown proxy plugin type %r for %s", pp.type, name)
-            continue
-        init = (_snapshot_init if plugin_type == SNAPSHOT else _content_init)(name, pp.address)
-        platforms = (pp.platform,) if pp.platform else ()
-        regs.append(Registration(plugin_type, name, init, platforms=platforms))
-    return regs

@@ -26,6 +26,10 @@ FLAG_REMOTE_CLOSED = 0x1
 FLAG_REMOTE_OPEN = 0x2
 FLAG_NO_DATA = 0x4
 
+# The request metadata key that carries the containerd namespace (gRPC's is
+# "containerd-namespace").
+NAMESPACE_KEY = "containerd-namespace-ttrpc"
+
 
 @dataclass(frozen=True)
 class Frame:
