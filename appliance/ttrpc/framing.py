@@ -1,8 +1,10 @@
 """TTRPC wire format, sans I/O: frame header codec, incremental decoder, messages.
 
 A frame is a 10-byte header -- big-endian uint32 payload length, uint32 stream
-id, uint8 type, uint8 flags -- followed by the payload (a protobuf message).
-See DESIGN.md B3 and containerd/ttrpc PROTOCOL.md.
+id, uint8 type, uint8 flags -- followed by the payload (a protobuf message): a Request
+(service, method, payload, timeout_nano, metadata) or a Response (google.rpc.Status,
+payload). Client stream ids are odd; there is no handshake on the wire (containerd/ttrpc
+1.1's channel.go and types.go, PROTOCOL.md upstream).
 """
 from __future__ import annotations
 

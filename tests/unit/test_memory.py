@@ -1,4 +1,4 @@
-"""appliance.process.memory: what the daemon hands back to the kernel."""
+"""Memory: what the daemon hands back to the kernel."""
 import mmap
 import os
 

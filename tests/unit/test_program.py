@@ -1,4 +1,4 @@
-"""appliance.process.program: what shims get as -publish-binary, where bundled helpers are looked up."""
+"""The program path: what shims get as -publish-binary, where bundled helpers are looked up."""
 import os
 import sys
 

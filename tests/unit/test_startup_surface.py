@@ -1,4 +1,5 @@
-"""Pure parts of issue 9: timeouts, listener helpers, metric names, cgroup mount parsing."""
+"""Daemon surroundings, the pure parts: timeouts, listener helpers, metric names, cgroup mount
+parsing."""
 import grpc
 import pytest
 

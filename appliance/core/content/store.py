@@ -284,15 +284,6 @@ class LocalStore:
             raise NotFound(f"reference {ref}: not found")
         return status
 
-    def list_ingests(self) -> list[Ingest]:
-        out = []
-        for name in os.listdir(self.ingests):
-            try:
-                out.append(self._read_status(os.path.join(self.ingests, name)))
-            except (OSError, ValueError):
-                continue  # being created or removed right now
-        return out
-
     def abort(self, ref: str) -> None:
         path = self.ingest_path(ref)
         if not os.path.isdir(path):

@@ -8,7 +8,6 @@ a half-committed snapshot; directories without a row are removed by `cleanup`.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 from ... import filters, identifiers
@@ -65,7 +64,6 @@ class Snapshotter:
         self.backend = backend
         self.name = backend.name
         self.rtype = f"snapshots/{self.name}"
-        self._remove_lock = threading.Lock()
 
     # --- reading -------------------------------------------------------------------
 
@@ -142,10 +140,6 @@ class Snapshotter:
                  for r in rows]
         return [i for i in infos if flt.match(filters.adapt_object(
             {"name": i.name, "parent": i.parent, "kind": i.kind, "labels": i.labels}))]
-
-    def upper_of(self, ns: str, key: str) -> str:
-        with self.db.read() as conn:
-            return self.backend.fs(self._require(conn, ns, key).id)
 
     def key_of(self, sid: int) -> tuple[str, str, str] | None:
         """(namespace, key, kind) of the snapshot with backend id `sid`."""
