@@ -16,7 +16,7 @@ LAYERS = [
     ("plugin registry", ["appliance.plugin"]),
     ("cri", ["appliance.cri"]),
     ("core", ["appliance.core"]),
-    ("process", ["appliance.process", "appliance.mount"]),
+    ("process", ["appliance.process", "appliance.mount", "appliance.supervisor"]),
     ("protocols", ["appliance.stubs", "appliance.grpcutil", "appliance.ttrpc",
                    "appliance.grpcserver"]),
     ("base", ["appliance.config", "appliance.errdefs", "appliance.identifiers",
