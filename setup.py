@@ -20,7 +20,7 @@ def write_version():
 
 
 def generate_stubs():
-    subprocess.run([sys.executable, str(HERE / "tools" / "genproto.py")], check=True)
+    subprocess.run([sys.executable, str(HERE / "scripts" / "genproto.py")], check=True)
 
 
 class BuildPyWithStubs(build_py):

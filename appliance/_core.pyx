@@ -2,22 +2,6 @@
 """Compiled hot loops of the layer-apply path; `appliance._core_py` is the pure twin."""
 
 
-cpdef object clean_entry_name(str name):
-    """A tar entry name as a clean relative path, or None if it would leave the root."""
-    cdef list parts = []
-    cdef str part
-    for part in name.split("/"):
-        if part == "" or part == ".":
-            continue
-        if part == "..":
-            if not parts:
-                return None
-            parts.pop()
-        else:
-            parts.append(part)
-    return "/".join(parts)
-
-
 cdef object _octal_or_256(const unsigned char[:] f):
     cdef Py_ssize_t i = 0, n = f.shape[0]
     cdef long long value = 0

@@ -1,5 +1,5 @@
 """cffi API-mode (out-of-line) builder for the mount syscalls Python lacks (and glibc's
-mallopt/malloc_trim, used by `appliance.memory`).
+mallopt/malloc_trim, used by `appliance.process.memory`).
 
 Built at build time into `appliance._mountcall`; constants come from the system
 headers, so nothing is hard-coded per architecture. Use `appliance.mount`.

@@ -79,9 +79,10 @@ def main(argv=None) -> int:
 
 
 def _config_or_daemon(args) -> int:
-    from .process_settings import asyncio_without_ssl
+    from .process.settings import asyncio_without_ssl
     with asyncio_without_ssl():
-        from . import builtins, config, log
+        from . import builtins, config
+        from .process import log
     registrations = builtins.registrations()
     try:
         log.setup(args.log_level or "info", args.log_format or "text")
@@ -111,8 +112,8 @@ def _config_or_daemon(args) -> int:
     except (config.ConfigError, ValueError) as exc:
         print(f"ctrappliance: {exc}", file=sys.stderr)
         return 1
-    from . import server
-    return server.run(cfg, registrations)
+    from . import daemon
+    return daemon.run(cfg, registrations)
 
 
 if __name__ == "__main__":

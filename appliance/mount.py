@@ -102,7 +102,7 @@ def _mount_overlay_compact(data: list[str], target: str, flags: int) -> None:
     as containerd does with a forked helper.
     """
     import subprocess
-    from . import fdlimit
+    from .process import fdlimit
     lowers = next((o[len("lowerdir="):].split(":") for o in data if o.startswith("lowerdir=")), [])
     common = os.path.commonpath(lowers) if lowers else "/"
     if len(lowers) == 1:

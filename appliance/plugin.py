@@ -138,9 +138,6 @@ class PluginSet:
     def get_all(self, plugin_type: str) -> dict[str, Any]:
         return {p.registration.id: p.instance for p in self._ok(plugin_type)}
 
-    def instances(self) -> list[Any]:
-        return [p.instance for p in self.results if p.status == "ok"]
-
 
 def order(registrations: list[Registration]) -> list[Registration]:
     """Registrations sorted so each comes after the types it requires.

@@ -89,7 +89,7 @@ def import_times(python: str, out: Path, top: int = 40) -> Path:
     """Boot is mostly imports before the daemon's clock starts: `-X importtime` of its modules."""
     import subprocess
     r = subprocess.run([python, "-X", "importtime", "-c",
-                        "import appliance.cli, appliance.server, appliance.builtins"],
+                        "import appliance.cli, appliance.daemon, appliance.builtins"],
                        capture_output=True, text=True, timeout=120)
     rows = []
     for line in r.stderr.splitlines():

@@ -143,7 +143,8 @@ def ingest(b: Bench):
     for rep in range(b.reps(1, 3)):
         def step(t: Target):
             # a different blob every time: re-ingesting a digest right after `content rm`
-            # races containerd's asynchronous GC (see ../shared/anchor/README.md)
+            # races containerd's asynchronous GC (its writer answers "already exists", then
+            # GC deletes the blob)
             trailer = f"{t.kind} {rep} {time.time_ns()}".ljust(32)[:32]
             digest = base.copy()
             digest.update(trailer.encode())

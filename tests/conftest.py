@@ -1,3 +1,5 @@
+"""Fixtures shared by every test: a private ctrappliance daemon (`daemon`, `shared_daemon`) and
+Debian's containerd 1.6.20 beside it for differential tests."""
 import sys
 from pathlib import Path
 

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .. import failpoint, memory, metrics
+from ..process import failpoint, memory, metrics
 
 log = logging.getLogger("appliance.gc")
 

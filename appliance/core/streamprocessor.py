@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import fdlimit
+from ..process import fdlimit
 from ..errdefs import ApplianceError, NotFound
 
 log = logging.getLogger("appliance.streamprocessor")

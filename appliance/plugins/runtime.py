@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .. import metrics
+from ..process import metrics
 from ..core.runtime.cgroup_metrics import TASK_CGROUP_DOCS, task_cgroup_values
 from ..core.runtime.manager import TaskManager, Timeouts
 from ..errdefs import InvalidArgument, NotFound

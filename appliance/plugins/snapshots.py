@@ -12,12 +12,13 @@ from google.protobuf import empty_pb2
 
 from ..core.snapshots.backends import Mount, NativeBackend, OverlayBackend
 from ..core.snapshots.store import Info, Snapshotter
-from .. import fdlimit, metrics, stubs
+from .. import stubs
 from ..config import unsupported
 from ..errdefs import InvalidArgument, Unimplemented
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
+from ..process import fdlimit, metrics
 
 events = stubs.module("appliance._proto.containerd.api.events.snapshot_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.snapshots.v1.snapshots_pb2")

@@ -8,9 +8,8 @@ from google.protobuf.message import DecodeError
 
 from .. import errdefs
 from ..grpcserver.status import StatusCode
-from .framing import (REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, KeyValue, Request, Response,
-                      encode_frame)
-from .server import NAMESPACE_KEY
+from .framing import (NAMESPACE_KEY, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, KeyValue,
+                      Request, Response, encode_frame)
 
 log = logging.getLogger("appliance.ttrpc")
 

@@ -1,8 +1,10 @@
 """TTRPC wire format, sans I/O: frame header codec, incremental decoder, messages.
 
 A frame is a 10-byte header -- big-endian uint32 payload length, uint32 stream
-id, uint8 type, uint8 flags -- followed by the payload (a protobuf message).
-See DESIGN.md B3 and containerd/ttrpc PROTOCOL.md.
+id, uint8 type, uint8 flags -- followed by the payload (a protobuf message): a Request
+(service, method, payload, timeout_nano, metadata) or a Response (google.rpc.Status,
+payload). Client stream ids are odd; there is no handshake on the wire (containerd/ttrpc
+1.1's channel.go and types.go, PROTOCOL.md upstream).
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ DATA = 0x3
 FLAG_REMOTE_CLOSED = 0x1
 FLAG_REMOTE_OPEN = 0x2
 FLAG_NO_DATA = 0x4
+
+# The request metadata key that carries the containerd namespace (gRPC's is
+# "containerd-namespace").
+NAMESPACE_KEY = "containerd-namespace-ttrpc"
 
 
 @dataclass(frozen=True)

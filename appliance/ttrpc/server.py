@@ -15,12 +15,10 @@ from google.protobuf.message import DecodeError
 
 from ..errdefs import ApplianceError, status_of
 from ..grpcserver.status import StatusCode
-from .framing import (DATA, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, Request,
-                      Response, Status, encode_frame)
+from .framing import (DATA, NAMESPACE_KEY, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge,
+                      Request, Response, Status, encode_frame)
 
 log = logging.getLogger("appliance.ttrpc")
-
-NAMESPACE_KEY = "containerd-namespace-ttrpc"
 
 
 @dataclass

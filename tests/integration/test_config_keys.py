@@ -1,4 +1,4 @@
-"""Plugin config keys containerd 1.6.20 honours, honoured here too (issue 17 item 3).
+"""Plugin config keys containerd 1.6.20 honours, honoured here too.
 
 Where both daemons can run the same config, they are compared side by side.
 """

@@ -1,4 +1,4 @@
-"""Issue 4: the content store driven by the real ctr, next to containerd 1.6.20, and its faults."""
+"""The content store driven by the real ctr, next to containerd 1.6.20, and its faults."""
 import hashlib
 import os
 import re
@@ -119,7 +119,7 @@ def test_ingest_ls_get_label_rm_active(both, payload):
 
 
 def test_wrong_expected_digest_is_failed_precondition(both, payload):
-    """Issue 17: the failed commit keeps the ingest (listed as active, nothing published);
+    """The failed commit keeps the ingest (listed as active, nothing published);
     a commit with the right digest then succeeds, as in containerd."""
     data, path = payload
     wrong = sha(b"something else")
@@ -263,8 +263,9 @@ def test_sigkill_daemon_mid_ingest_512mib(tmp_path):
 
 
 def test_reingest_while_collection_pending_is_kept(tmp_path):
-    """containerd 1.6 can lose a blob re-ingested right after `content rm` (DESIGN.md C):
-    the write answers "already exists", then the pending collection deletes the file."""
+    """containerd 1.6 can lose a blob re-ingested right after `content rm` (seen with its
+    asynchronous GC): the write answers "already exists", then the pending collection
+    deletes the file."""
     oci = make_oci(tmp_path)
     blobs = oci_blobs(oci)
     layer = max(blobs, key=lambda k: len(blobs[k]))

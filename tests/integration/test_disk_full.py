@@ -1,4 +1,4 @@
-"""A full disk never wedges the daemon (issue 15, item 1).
+"""A full disk never wedges the daemon.
 
 Root or state on a small tmpfs of the test's own. A failed ingest or layer apply gives
 its space back at once; deletes, garbage collection and `ctr version` work on a disk

@@ -1,4 +1,4 @@
-"""Issue 14: Debian's docker.io (dockerd 20.10) on a fresh ctrappliance, and the same test on
+"""Debian's docker.io (dockerd 20.10) on a fresh ctrappliance, and the same test on
 Debian's containerd 1.6.20. dockerd keeps images in its own graph driver and drives containers
 through containerd's API (containers, tasks with exec/pause/resize/metrics, events).
 

@@ -1,4 +1,4 @@
-"""Issue 15 items 3 and 4: fail or kill the daemon at an exact step (CTRAPPLIANCE_FAILPOINTS),
+"""Crash consistency: fail or kill the daemon at an exact step (CTRAPPLIANCE_FAILPOINTS),
 restart it, and check that its lists agree with the disk and that nothing leaked: ingests,
 snapshot directories, bundles, mounts, runc state, runc processes, shims, cgroups."""
 from __future__ import annotations

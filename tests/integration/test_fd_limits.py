@@ -1,4 +1,4 @@
-"""Issue 16.1: the open files limit. The daemon raises its soft RLIMIT_NOFILE to the hard
+"""The open files limit. The daemon raises its soft RLIMIT_NOFILE to the hard
 limit (as Go programs do), children get the original back, and running out of fds
 anyway backs off quietly and recovers."""
 import contextlib

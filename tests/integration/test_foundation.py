@@ -1,4 +1,4 @@
-"""Issue 3: the daemon foundation, driven by the real ctr, compared with containerd 1.6.20."""
+"""The daemon foundation, driven by the real ctr, compared with containerd 1.6.20."""
 import os
 import re
 import select

@@ -1,4 +1,4 @@
-"""Issue 4: images imported, listed, labelled, exported, collected, pushed to and fetched from a
+"""Images imported, listed, labelled, exported, collected, pushed to and fetched from a
 real registry, with the real ctr (and next to containerd 1.6.20 where output must match)."""
 import re
 import signal

@@ -1,4 +1,4 @@
-"""Issue 9: TCP gRPC with TLS/mTLS, metrics, debug endpoint, oom_score, cgroup.path,
+"""Listeners: TCP gRPC with TLS/mTLS, metrics, debug endpoint, oom_score, cgroup.path,
 and one-line start-up errors for listeners."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Issue 16.3: every gRPC method answers a missing or invalid `containerd-namespace` as
+"""Every gRPC method answers a missing or invalid `containerd-namespace` as
 containerd 1.6.20 does (grpcutil.NAMESPACED). Each method gets a request that is valid
 but for the namespace (every string field set), so the namespace check is what answers."""
 import importlib

@@ -1,4 +1,4 @@
-"""Issue 9: proxy_plugins — an external snapshotter (our native one on its own socket)."""
+"""proxy_plugins: an external snapshotter (our native one on its own socket)."""
 import hashlib
 import os
 import subprocess

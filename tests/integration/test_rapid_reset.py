@@ -1,4 +1,4 @@
-"""Issue 16.2: HTTP/2 rapid reset (CVE-2023-44487). A client resetting streams beyond
+"""HTTP/2 rapid reset (CVE-2023-44487). A client resetting streams beyond
 the token bucket (burst 1000, 33/s) gets GOAWAY ENHANCE_YOUR_CALM; a client that
 cancels many streams the way ctr does (event subscriptions, waits) does not."""
 import grpc

@@ -1,4 +1,4 @@
-"""Issue 14 item 2: the restart monitor (io.containerd.internal.v1.restart) and the opt
+"""The restart monitor (io.containerd.internal.v1.restart) and the opt
 directory (io.containerd.internal.v1.opt), driven by the real ctr on ctrappliance and on
 containerd 1.6.20 side by side, each with a 1 s reconcile interval and a private opt path.
 """

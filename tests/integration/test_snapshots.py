@@ -1,4 +1,4 @@
-"""Issue 5: snapshotters and the walking differ with the real ctr: import with unpack, every
+"""Snapshotters and the walking differ with the real ctr: import with unpack, every
 `ctr snapshots` command, images mount, hostile and odd layers, a crash mid-unpack, and the unpacked
 trees compared with containerd 1.6.20's."""
 import json
@@ -132,7 +132,7 @@ def test_events_for_prepare_commit_remove(ours):
     assert topics == ["/snapshot/prepare", "/snapshot/commit", "/snapshot/remove"], out
 
 
-ESCAPES = {   # issue 17: containerd confines the first two to the root, and so do we
+ESCAPES = {   # containerd confines the first two to the root, and so do we
     "dotdot": layer(entry("../../../../../../../tmp/ca-escape-dotdot", data=b"x")),
     "symlink-then-write": layer(entry("ln", tarfile.SYMTYPE, linkname="../../../../../../../../tmp"),
                                 entry("ln/ca-escape-symlink", data=b"x")),
@@ -164,7 +164,7 @@ def test_escaping_layer_stays_inside_like_containerd(ours, theirs, tmp_path, cas
 
 
 def test_odd_layer_entries_unpack_like_containerd(ours, theirs, tmp_path):
-    """Issue 17: absolute names, ".." above the root, links through them, and device nodes
+    """Absolute names, ".." above the root, links through them, and device nodes
     unpack (onto a lower layer too) into the tree containerd 1.6.20 makes."""
     T = tarfile
     base = layer(
@@ -333,7 +333,7 @@ def test_image_removal_collects_its_snapshots(ours):
     assert snapshot_keys(ours, ns) == []
 
 
-from test_images import registry  # noqa: E402,F401  (issue 4's loopback docker-registry fixture)
+from test_images import registry  # noqa: E402,F401  (the loopback docker-registry fixture)
 
 
 def test_pull_plain_http_unpacks(registry, tmp_path):
@@ -356,7 +356,7 @@ def test_pull_plain_http_unpacks(registry, tmp_path):
         d.cleanup()
 
 
-# --- issue 15: committed layers are never writable through a mount the daemon hands out ----
+# --- committed layers are never writable through a mount the daemon hands out ----
 
 TWO_LAYERS = "localhost/two-layers:1"
 GC_ROOT = {"containerd.io/gc.root": "1"}

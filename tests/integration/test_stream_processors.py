@@ -1,4 +1,4 @@
-"""Issue 9: stream_processors — a layer of a custom media type applied through an external
+"""stream_processors: a layer of a custom media type applied through an external
 binary (a shell script decoding base64) when `ctr images import` unpacks it."""
 import base64
 import hashlib

@@ -24,7 +24,7 @@ from test_packaging_inputs import REPO, build
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))  # runtime_helpers, image_helpers
 
-# Part of the default run (issue 8: packaging is re-checked by CI as capabilities land);
+# Part of the default run (packaging is re-checked by CI as capabilities land);
 # `-m 'not packaging'` skips the Nuitka build (4-8 min) when iterating.
 pytestmark = pytest.mark.packaging
 SOCKET_WAIT = 60.0

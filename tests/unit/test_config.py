@@ -1,3 +1,5 @@
+"""The configuration file: TOML v2 (v1 migrated), durations, flags on top, imports, strict
+types, and warnings for the keys containerd knows that we do not."""
 import dataclasses
 import logging
 import shutil

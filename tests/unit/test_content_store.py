@@ -60,7 +60,7 @@ def test_resume_in_process_and_after_restart(tmp_path):
 
 
 def test_bad_digest_keeps_the_ingest_for_a_right_commit(tmp_path):
-    """Issue 17: as containerd, a wrong expected digest fails the commit and keeps the data;
+    """As containerd, a wrong expected digest fails the commit and keeps the data;
     nothing is published under either digest, and the right digest commits it later."""
     store = LocalStore(str(tmp_path))
     w = store.writer("r")

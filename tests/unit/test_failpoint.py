@@ -1,9 +1,9 @@
-"""The failpoint hook (appliance/failpoint.py): parsing, counts, actions; off by default."""
+"""The failpoint hook (appliance/process/failpoint.py): parsing, counts, actions; off by default."""
 import errno
 
 import pytest
 
-from appliance import failpoint
+from appliance.process import failpoint
 from appliance.errdefs import ApplianceError
 
 

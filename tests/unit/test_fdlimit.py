@@ -6,7 +6,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os, resource, subprocess
-    from appliance import fdlimit
+    from appliance.process import fdlimit
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
     fdlimit.raise_soft_limit()

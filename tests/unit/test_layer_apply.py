@@ -1,4 +1,4 @@
-"""Issue 5: layer apply — the pure planner, the executor on real directories, hostile layers."""
+"""Layer apply: the pure planner, the executor on real directories, hostile layers."""
 import gzip
 import io
 import os
@@ -81,7 +81,7 @@ def test_planner_resolves_parents_through_symlinks_inside_the_root():
     ("link/pwned", {"link": ("symlink", "/../../etc"), "etc": "dir"}, ("etc",), "pwned"),
 ])
 def test_planner_confines_names_to_the_root(name, fs, parent, base):
-    """Issue 17: as containerd, absolute names and ".." above the root resolve inside it."""
+    """As containerd, absolute names and ".." above the root resolve inside it."""
     op = planner.plan(hdr(name), fake_fs(fs))
     assert (op.parent, op.name) == (parent, base)
 
@@ -152,7 +152,7 @@ def test_apply_all_entry_kinds(tmp_path):
 
 
 def test_failed_xattr_write_names_the_key(tmp_path):
-    """Issue 16: not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
+    """Not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
     data = layer(entry("bin/ping", data=b"x", pax={"SCHILY.xattr.security.capability": "bad"}))
     with pytest.raises(ApplyError) as err:
         apply_bytes(tmp_path, data)
@@ -201,7 +201,7 @@ HOSTILE = {   # case: (layer, what lands inside the root, or the error container
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_layer_lands_inside_the_root_or_fails(tmp_path, case):
-    """Issue 17: confined as containerd confines it, or refused; never anything outside."""
+    """Confined as containerd confines it, or refused; never anything outside."""
     data, inside, error = HOSTILE[case]
     root = tmp_path / "a" / "b" / "c" / "root"
     root.mkdir(parents=True)
@@ -337,7 +337,7 @@ def test_an_unpack_gives_memory_back(tmp_path, monkeypatch):
     """After every unpack, malloc_trim; after a big one, a full collection first (CPython's
     free lists otherwise pin the pymalloc arenas its per-entry objects used)."""
     import gc
-    from appliance import memory
+    from appliance.process import memory
     from appliance.core.diff import unpack
     from appliance.core.snapshots.backends import Mount
     calls, real_trim = [], memory.trim

@@ -4,7 +4,7 @@ import logging
 
 import hpack
 
-from appliance import log
+from appliance.process import log
 
 
 def test_debug_log_leaves_out_hpack_header_decoding():

@@ -1,8 +1,8 @@
-"""appliance.memory: what the daemon hands back to the kernel."""
+"""Memory: what the daemon hands back to the kernel."""
 import mmap
 import os
 
-from appliance import memory
+from appliance.process import memory
 
 
 def _rss_kib(path: str) -> int:

@@ -1,3 +1,5 @@
+"""The plugin graph: dependency order (as containerd sorts it), skipped and failed plugins,
+and the built-in list in containerd's order."""
 import pytest
 
 from appliance import plugin as p

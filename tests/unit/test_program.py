@@ -1,8 +1,8 @@
-"""appliance.program: what shims get as -publish-binary, where bundled helpers are looked up."""
+"""The program path: what shims get as -publish-binary, where bundled helpers are looked up."""
 import os
 import sys
 
-from appliance import program
+from appliance.process import program
 
 
 def test_interpreted_path_is_the_running_script_or_interpreter(monkeypatch, tmp_path):

@@ -1,10 +1,10 @@
-"""Issue 5: namespaced snapshot metadata over the overlay and native backends (real sqlite, real dirs)."""
+"""Namespaced snapshot metadata over the overlay and native backends (real sqlite, real dirs)."""
 import os
 import re
 
 import pytest
 
-from appliance import trash
+from appliance.process import trash
 from appliance.core.metadata.db import DB
 from appliance.core.snapshots.backends import NativeBackend, OverlayBackend
 from appliance.core.snapshots.store import Snapshotter
@@ -69,8 +69,16 @@ def test_view_and_update_labels(sn):
     assert info.labels == {"b": "2"}
 
 
+def _directory(sn, ns, key) -> str:
+    """The backend directory of snapshot `key`."""
+    with sn.db.read() as conn:
+        sid, = conn.execute("SELECT id FROM snapshots WHERE snapshotter=? AND namespace=? "
+                            "AND key=?", (sn.name, ns, key)).fetchone()
+    return sn.backend.fs(sid)
+
+
 def test_committed_snapshots_have_no_mounts(sn):
-    """Issue 15: a committed snapshot is shared by its children: Mounts refuses it, as
+    """A committed snapshot is shared by its children: Mounts refuses it, as
     containerd does, and no mount handed out makes committed data writable."""
     sn.prepare("ns", "k1")
     sn.commit("ns", "c1", "k1")
@@ -82,7 +90,7 @@ def test_committed_snapshots_have_no_mounts(sn):
             sn.mounts("ns", key)
         assert re.fullmatch(rf"failed to get {prefix} mount: requested snapshot ns/\d+/{key} "
                             "not active or view: failed precondition", err.value.message)
-    committed = {sn.upper_of("ns", key) for key in ("c1", "c2")}
+    committed = {_directory(sn, "ns", key) for key in ("c1", "c2")}
     handed_out = [sn.prepare("ns", "a0"), sn.prepare("ns", "a1", "c1"), sn.prepare("ns", "a2", "c2"),
                   sn.view("ns", "v0"), sn.view("ns", "v1", "c1"), sn.view("ns", "v2", "c2")]
     handed_out += [sn.mounts("ns", key) for key in ("a0", "a1", "a2", "v0", "v1", "v2")]

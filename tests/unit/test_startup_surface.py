@@ -1,8 +1,9 @@
-"""Pure parts of issue 9: timeouts, listener helpers, metric names, cgroup mount parsing."""
+"""Daemon surroundings, the pure parts: timeouts, listener helpers, metric names, cgroup mount
+parsing."""
 import grpc
 import pytest
 
-from appliance import listeners, metrics, process_settings
+from appliance.process import listeners, metrics, settings
 from appliance.config import Config
 
 
@@ -52,5 +53,5 @@ def test_v1_hierarchies_from_mountinfo(tmp_path):
         "31 30 0:27 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n"
         "32 30 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
         "33 30 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n")
-    assert process_settings._v1_hierarchies(str(info)) == [
+    assert settings._v1_hierarchies(str(info)) == [
         ("/sys/fs/cgroup/cpuset", "rw,cpuset"), ("/sys/fs/cgroup/systemd", "rw,xattr,name=systemd")]

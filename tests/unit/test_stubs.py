@@ -24,9 +24,10 @@ def _python(code: str) -> str:
 def test_boot_imports_load_no_generated_stubs_no_openssl_and_no_grpcio():
     out = _python(
         "import sys\n"
-        "from appliance import cli, process_settings\n"
-        "with process_settings.asyncio_without_ssl():\n"
-        "    from appliance import builtins, config, server\n"
+        "from appliance import cli\n"
+        "from appliance.process import settings\n"
+        "with settings.asyncio_without_ssl():\n"
+        "    from appliance import builtins, config, daemon\n"
         "stubs = [m for m in sys.modules if m.startswith('appliance._proto') and 'pb2' in m]\n"
         "print(len(stubs), 'libcrypto' in open('/proc/self/maps').read(), 'grpc' in sys.modules)\n"
         "import ssl, hashlib\n"  # both still importable afterwards

@@ -42,7 +42,7 @@ _GENERIC_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 
 def sha256(data: bytes = b""):
     """hashlib.sha256, imported on first use: hashlib loads OpenSSL (≈ 4 MiB RSS, see
-    process_settings.asyncio_without_ssl), which an idle daemon does without."""
+    process.settings.asyncio_without_ssl), which an idle daemon does without."""
     import hashlib
     return hashlib.sha256(data)
 
@@ -283,15 +283,6 @@ class LocalStore:
         if status.ref != ref:
             raise NotFound(f"reference {ref}: not found")
         return status
-
-    def list_ingests(self) -> list[Ingest]:
-        out = []
-        for name in os.listdir(self.ingests):
-            try:
-                out.append(self._read_status(os.path.join(self.ingests, name)))
-            except (OSError, ValueError):
-                continue  # being created or removed right now
-        return out
 
     def abort(self, ref: str) -> None:
         path = self.ingest_path(ref)

@@ -17,10 +17,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ... import failpoint, memory, metrics
 from ... import mount as mountlib
 from ...errdefs import (DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted,
                         exhausted, no_space)
+from ...process import failpoint, memory, metrics
 from .decompress import DecompressError, LayerStream, check_media_type
 
 log = logging.getLogger("appliance.diff")
@@ -170,7 +170,7 @@ class Unpacker:
 
 def _empty(directory: str) -> None:
     """Remove everything in `directory` now (a full disk wants the space back at once)."""
-    from ...trash import remove_tree
+    from ...process.trash import remove_tree
     try:
         with os.scandir(directory) as entries:
             for entry in entries:

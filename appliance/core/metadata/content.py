@@ -20,8 +20,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ... import failpoint, filters, identifiers, metrics
+from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ...process import failpoint, metrics
 from ..content.store import Ingest, LocalStore, Writer, parse_digest
 from . import images as _images  # noqa: F401  registers "images" before "blobs", containerd's order
 from .db import DB, now_ns, register_namespaced_kind

@@ -47,7 +47,7 @@ MIGRATIONS = [
         PRIMARY KEY (namespace, lease, type, id)
     ) WITHOUT ROWID;
     """,
-    # containers (issue 6): GC/filter fields as columns, the rest of the message in `data`
+    # containers: GC/filter fields as columns, the rest of the message in `data`
     """
     CREATE TABLE containers (
         namespace TEXT NOT NULL,
@@ -62,7 +62,7 @@ MIGRATIONS = [
         PRIMARY KEY (namespace, id)
     ) WITHOUT ROWID;
     """,
-    # content, ingests and images (issue 4); labels in `labels` (kinds content, image)
+    # content, ingests and images; labels in `labels` (kinds content, image)
     """
     CREATE TABLE content (
         namespace TEXT NOT NULL,
@@ -93,7 +93,7 @@ MIGRATIONS = [
         PRIMARY KEY (namespace, name)
     ) WITHOUT ROWID;
     """,
-    # snapshots (issue 5): one row per snapshot of every snapshotter; `id` names its directory
+    # snapshots: one row per snapshot of every snapshotter; `id` names its directory
     """
     CREATE TABLE snapshots (
         id INTEGER PRIMARY KEY AUTOINCREMENT,

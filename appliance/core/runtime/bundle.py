@@ -6,8 +6,9 @@ import logging
 import os
 import shutil
 
-from ... import identifiers, trash
+from ... import identifiers
 from ...errdefs import ApplianceError, InvalidArgument
+from ...process import trash
 
 log = logging.getLogger("appliance.runtime")
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from ... import failpoint, stubs
+from ... import stubs
 from ...errdefs import AlreadyExists, ApplianceError, NotFound, exhausted, no_space
+from ...process import failpoint
 from . import shim as shims
 from .bundle import Bundle, list_bundles
 

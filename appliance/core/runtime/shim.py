@@ -12,8 +12,9 @@ import shutil
 
 from google.protobuf import empty_pb2
 
-from ... import fdlimit, program, stubs
+from ... import stubs
 from ...errdefs import ApplianceError, DeadlineExceeded, NotFound
+from ...process import fdlimit, program
 from ...ttrpc import TTRPCClient
 from .bundle import Bundle
 

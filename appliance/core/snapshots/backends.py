@@ -19,8 +19,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from ... import fdlimit, trash
-from ...trash import remove_tree
+from ...process import fdlimit, trash
+from ...process.trash import remove_tree
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
 

@@ -8,11 +8,11 @@ a half-committed snapshot; directories without a row are removed by `cleanup`.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
-from ... import failpoint, filters, identifiers
+from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ...process import failpoint
 from ..metadata.db import DB, now_ns, register_namespaced_kind
 from ..metadata.hook import no_hook
 from .backends import ACTIVE, COMMITTED, VIEW, Backend, Mount
@@ -65,7 +65,6 @@ class Snapshotter:
         self.name = backend.name
         self.rtype = f"snapshots/{self.name}"
         self.changed = changed   # (dirty: bool) after a commit or remove; the metadata hook
-        self._remove_lock = threading.Lock()
         self._lock = threading.Lock()
         # upper dirs whose layer was adopted from a concurrent unpack (left empty on purpose)
         self._adopted: set[str] = set()
@@ -177,10 +176,6 @@ class Snapshotter:
         with self.db.read() as conn:
             return dict(conn.execute("SELECT namespace, COUNT(*) FROM snapshots "
                                      "WHERE snapshotter=? GROUP BY namespace", (self.name,)))
-
-    def upper_of(self, ns: str, key: str) -> str:
-        with self.db.read() as conn:
-            return self.backend.fs(self._require(conn, ns, key).id)
 
     def key_of(self, sid: int) -> tuple[str, str, str] | None:
         """(namespace, key, kind) of the snapshot with backend id `sid`."""

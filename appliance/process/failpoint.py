@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .errdefs import ApplianceError
+from ..errdefs import ApplianceError
 
 ENV = "CTRAPPLIANCE_FAILPOINTS"
 log = logging.getLogger("appliance.failpoint")

@@ -14,10 +14,10 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
-from . import fdlimit, listeners, memory, metrics, process_settings, sdnotify
-from .eventloop import EventLoop
+from .process import fdlimit, listeners, memory, metrics, sdnotify, settings
+from .process.eventloop import EventLoop
+from .process.stacks import dump_stacks
 from .config import Config, plugin_config
 from .errdefs import mkdir_all, path_error
 from .grpcserver import Server as GrpcServer
@@ -26,32 +26,13 @@ from .stubs import GrpcServices
 from .supervisor import Supervisor
 from .ttrpc import TTRPCServer
 
-log = logging.getLogger("appliance.server")
+log = logging.getLogger("appliance.daemon")
 GRACE_SECONDS = 2.0
 RELEASE_STARTUP_PAGES_AFTER = 1.0  # s after boot; see memory.release_startup_pages
 
 
 class StartupError(Exception):
     """Start-up cannot go on; the message is one line for the user."""
-
-
-def dump_stacks() -> str:
-    """Every thread's stack and every asyncio task's stack, for SIGUSR1."""
-    lines = ["=== thread stacks ==="]
-    names = {t.ident: t.name for t in threading.enumerate()}
-    for ident, frame in sys._current_frames().items():
-        lines.append(f"--- thread {names.get(ident, ident)} ---")
-        lines.extend(l.rstrip() for l in traceback.format_stack(frame))
-    lines.append("=== asyncio tasks ===")
-    try:
-        tasks = asyncio.all_tasks()
-    except RuntimeError:
-        tasks = set()
-    for task in tasks:
-        lines.append(f"--- {task.get_name()}: {task.get_coro()!r} ---")
-        for frame in task.get_stack():
-            lines.extend(l.rstrip() for l in traceback.format_stack(frame, limit=1))
-    return "\n".join(lines)
 
 
 class Daemon:
@@ -185,7 +166,7 @@ class Daemon:
         """debug.address and metrics.address, as containerd starts them before gRPC."""
         debug, metrics_cfg = self.cfg.debug, self.cfg.metrics
         if debug.address:
-            from . import debug as debug_endpoint
+            from .process import debug as debug_endpoint
             self.endpoints.append(listeners.http_endpoint(
                 debug.address, debug_endpoint.handle, "debug endpoint", debug.uid, debug.gid))
         if metrics_cfg.address:
@@ -197,11 +178,11 @@ class Daemon:
 
     def _apply_process_settings(self) -> None:
         """oom_score, cgroup.path and metrics registry, before any plugin runs."""
-        process_settings.set_oom_score(self.cfg.oom_score)
+        settings.set_oom_score(self.cfg.oom_score)
         if self.cfg.cgroup.path:
             try:
-                process_settings.join_cgroup(self.cfg.cgroup.path)
-            except process_settings.CgroupError as exc:
+                settings.join_cgroup(self.cfg.cgroup.path)
+            except settings.CgroupError as exc:
                 raise StartupError(str(exc)) from None
         if self.cfg.metrics.address:
             metrics.enable(self.cfg.metrics.grpc_histogram)
@@ -271,7 +252,7 @@ class Daemon:
 
 def _arm_failpoints() -> None:
     """Fault injection for tests only: armed from the environment, loudly."""
-    from . import failpoint
+    from .process import failpoint
     try:
         names = failpoint.configure_from_env()
     except ValueError as exc:

@@ -85,7 +85,7 @@ async def handle(request: Request) -> Response:
     if path in ("/debug/pprof", "/debug/pprof/"):
         return Response(body=INDEX.encode())
     if path == "/debug/pprof/goroutine":
-        from .server import dump_stacks
+        from .stacks import dump_stacks
         return Response(body=dump_stacks().encode() + b"\n")
     if path == "/debug/pprof/cmdline":
         return Response(body="\x00".join(sys.argv).encode())

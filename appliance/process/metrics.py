@@ -4,7 +4,7 @@ prometheus_client is imported only when `metrics.address` is set (idle memory an
 boot time matter). Until then every metric below is a cheap no-op, so any module
 may declare and update metrics unconditionally:
 
-    from appliance import metrics
+    from appliance.process import metrics
     INGESTED = metrics.counter("ctrappliance_content_ingested_bytes_total", "…")
     INGESTED.inc(len(chunk))
     with metrics.UNPACK_DURATION.time(): ...
@@ -226,7 +226,7 @@ def record_methods(services) -> None:
     """Give every method of `services` (a stubs.GrpcServices) zero-valued series from the
     start, as go-grpc-prometheus's Register does (rate() then works from the first call).
     This loads every service's stubs at start-up: the price of metrics."""
-    from .grpcserver import StatusCode
+    from ..grpcserver import StatusCode
     for service in services.names():
         for name, handler in services.handlers(service).items():
             labels = (_grpc_type(handler), service, name)
@@ -239,7 +239,7 @@ def record_methods(services) -> None:
 
 def grpc_interceptor():
     """A gRPC server interceptor (appliance.grpcserver) counting calls per method and code."""
-    from .grpcserver import StatusCode
+    from ..grpcserver import StatusCode
 
     def split(method: str) -> tuple[str, str]:
         service, _, name = method.lstrip("/").rpartition("/")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 
-from ._mountcall import ffi, lib
+from .._mountcall import ffi, lib
 
 ARENA_MAX = 2
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from .errdefs import mkdir_all
+from ..errdefs import mkdir_all
 
 log = logging.getLogger("appliance.listeners")
 HEADER_DEADLINE = 10.0   # seconds a client gets to send its request head
@@ -120,10 +120,10 @@ def server_tls_context(cert: str, key: str, ca: str = ""):
 
     A bad file is named in one line here instead of failing later in a handshake.
     """
-    from .process_settings import asyncio_with_ssl
+    from .settings import asyncio_with_ssl
     if not cert or not key:
         raise ListenerError("tcp_tls_cert and tcp_tls_key must be set together")
-    ssl = asyncio_with_ssl()  # not at the top: see process_settings.asyncio_without_ssl
+    ssl = asyncio_with_ssl()  # not at the top: see settings.asyncio_without_ssl
     _read(cert, "TLS certificate")  # an unreadable file: one line naming it
     _read(key, "TLS key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
