@@ -8,6 +8,7 @@ a half-committed snapshot; directories without a row are removed by `cleanup`.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ... import filters, identifiers
