@@ -2,6 +2,7 @@
 hook they all call, the GC's sources and the snapshot stores owned there; the unpacker hears
 from the snapshot store when a layer's snapshot is settled (no polling)."""
 import gzip
+import os
 import io
 import tarfile
 import threading
@@ -104,9 +105,27 @@ def test_second_unpack_of_a_layer_adopts_the_first_once_committed(md, tmp_path):
         unpacker.apply(blob, GZ, "sha256:l", second)))
     waiter.start()
     sn.commit(NS, "c1", "k1")
-    assert unpacker._inflight == {}        # released by the commit itself, not a poller
+    # released by the commit itself, not a poller; kept a while for a late twin's Apply
+    assert [(e.done.is_set(), e.settled_at > 0) for e in unpacker._inflight.values()] == \
+        [(True, True)]
     waiter.join(30)
     assert results == [applied]
     with pytest.raises(Exception, match="was not unpacked"):   # k2 adopted k1's layer
         md.snapshotters["native"].remove(NS, "c1")
         sn.commit(NS, "c2", "k2")
+
+
+def test_a_late_apply_adopts_a_committed_extraction_only_in_its_namespace(md, tmp_path):
+    """A client that looked for the layer's snapshot just before the first commit applies
+    it again: the committed extraction is adopted in the same namespace, not in another."""
+    sn = md.snapshotters["native"]
+    unpacker = Unpacker(md.snapshotters, str(tmp_path / "tmpmounts"))
+    blob = _layer_blob(tmp_path)
+    applied = unpacker.apply(blob, GZ, "sha256:l", sn.prepare(NS, "k1"))
+    sn.commit(NS, "c1", "k1")
+    late = sn.prepare(NS, "k2")
+    assert unpacker.apply(blob, GZ, "sha256:l", late) == applied
+    assert not any(os.scandir(late[0].source))          # adopted: nothing written again
+    other = sn.prepare("other-ns", "k3")
+    assert unpacker.apply(blob, GZ, "sha256:l", other) == applied
+    assert any(os.scandir(other[0].source))             # another namespace: extracted

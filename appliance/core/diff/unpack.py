@@ -26,6 +26,10 @@ from .decompress import DecompressError, LayerStream, check_media_type
 log = logging.getLogger("appliance.diff")
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 DEDUPE_WAIT_SECONDS = 600.0   # the longest a second unpack waits for the first's snapshot
+# A client that looked for the layer's snapshot just before the first unpack committed it
+# applies the same layer again a moment later: a committed extraction stays adoptable this
+# long (each adoption checks that its snapshot is still committed).
+KEEP_COMMITTED_SECONDS = 60.0
 # Unpacks of this many uncompressed bytes or more (up to ~1 entry per KiB) are followed by
 # a full collection: see memory.py. Below, the objects they free pin little.
 COLLECT_AFTER_BYTES = 16 << 20
@@ -43,6 +47,7 @@ class _InFlight:
     sid: int
     done: threading.Event
     result: Applied | None = None
+    settled_at: float = 0.0   # when its snapshot was committed (it stays adoptable a while)
 
 
 class Unpacker:
@@ -96,16 +101,20 @@ class Unpacker:
         sid = sn.backend.owns(directory)
         while True:
             with self._lock:
+                self._forget_expired()
                 first = self._inflight.get(key)
                 if first is None:
                     mine = _InFlight(sn, sid, threading.Event())
                     self._inflight[key] = mine
                     break
-            adopted = self._wait_for(key, first)
+            adopted = self._wait_for(key, first, sid)
             if adopted is not None:
                 sn.adopt(directory)
                 log.info("layer %s already unpacked by a concurrent unpack", digest)
                 return adopted
+            with self._lock:   # the first failed, went, or is another namespace's: ours now
+                if self._inflight.get(key) is first:
+                    del self._inflight[key]
         try:
             mine.result = self._run(blob_path, directory, lowers, overlay,
                                     userxattr=getattr(sn.backend, "userxattr", False),
@@ -123,12 +132,24 @@ class Unpacker:
                 sn.when_settled(sid, lambda: self._release(key, mine))
 
     def _release(self, key, mine: _InFlight) -> None:
+        """The first unpack's snapshot settled: committed, the entry stays adoptable for
+        KEEP_COMMITTED_SECONDS; removed, it goes."""
+        state = mine.snapshotter.key_of(mine.sid)
         with self._lock:
-            if self._inflight.get(key) is mine:
+            if state is not None and state[2] == "committed" and mine.result is not None:
+                mine.settled_at = time.monotonic()
+            elif self._inflight.get(key) is mine:
                 del self._inflight[key]
         mine.done.set()
 
-    def _wait_for(self, key, first: _InFlight) -> Applied | None:
+    def _forget_expired(self) -> None:
+        """Drop committed extractions kept longer than KEEP_COMMITTED_SECONDS (under _lock)."""
+        now = time.monotonic()
+        for key in [k for k, e in self._inflight.items()
+                    if e.settled_at and now - e.settled_at > KEEP_COMMITTED_SECONDS]:
+            del self._inflight[key]
+
+    def _wait_for(self, key, first: _InFlight, sid: int) -> Applied | None:
         if not first.done.wait(DEDUPE_WAIT_SECONDS):
             if first.result is None:
                 raise DeadlineExceeded("timed out waiting for a concurrent unpack of the same "
@@ -136,9 +157,13 @@ class Unpacker:
             self._release(key, first)   # its snapshot stays active: stop waiting for it
             return None
         state = first.snapshotter.key_of(first.sid)
-        if first.result is not None and state is not None and state[2] == "committed":
-            return first.result
-        return None   # the first one failed or went away: do it ourselves
+        if first.result is None or state is None or state[2] != "committed":
+            return None   # the first one failed or went away: do it ourselves
+        if first.settled_at:   # committed before we came: only a late twin in its namespace
+            mine = first.snapshotter.key_of(sid)
+            if mine is None or mine[0] != state[0]:
+                return None
+        return first.result
 
     @staticmethod
     def _run(blob_path, root, lowers, overlay, userxattr=False, opener=None) -> Applied:
