@@ -4,7 +4,6 @@ import ast
 import functools
 import pathlib
 
-import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "appliance"
 
