@@ -22,7 +22,7 @@ from ..core.remotes.hosts import RegistryHost
 from ..core.remotes.reference import parse as parse_reference
 from ..core.remotes.registry import DOCKER_LIST, OCI_INDEX, Timeouts
 from ..config import parse_duration
-from ..errdefs import ApplianceError, InvalidArgument, NotFound
+from ..errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound
 from .config import CRIConfig
 
 log = logging.getLogger("appliance.cri")
@@ -86,7 +86,7 @@ class ImageService:
     def _put(self, image: Image) -> None:
         try:
             self.images.create(NAMESPACE, image)
-        except Exception:
+        except AlreadyExists:
             self.images.update(NAMESPACE, image, [])
 
     # --- lookups ---------------------------------------------------------------------
