@@ -1,13 +1,16 @@
 """io.containerd.grpc.v1.cri: Kubernetes' CRI on the daemon's socket (runtime.v1, and
 runtime.v1alpha2 as containerd 1.6 also serves it).
 
-Built so far: the ImageService and RuntimeService.Version. Every other RuntimeService method
-answers UNIMPLEMENTED naming itself (pods and containers come next).
+Built so far: the ImageService; RuntimeService Version, Status, RuntimeConfig and
+UpdateRuntimeConfig (CNI: `plugin.network`). Every other RuntimeService method answers
+UNIMPLEMENTED naming itself (pods and containers come next).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
 import time
 
 from .. import __version__, stubs
@@ -88,7 +91,8 @@ class CRIImageAdapter:
 
 
 class CRIRuntimeAdapter:
-    def __init__(self, pb, package: str):
+    def __init__(self, plugin: "CRIPlugin", pb, package: str):
+        self.plugin = plugin
         self.pb = pb
         self.package = package
 
@@ -100,6 +104,36 @@ class CRIRuntimeAdapter:
                                        runtime_version=__version__,
                                        runtime_api_version=self.package.rpartition(".")[2])
 
+    @rpc
+    def Status(self, request, context):
+        network = self.plugin.network
+        ready, reason, message = network.status()
+        conditions = [self.pb.RuntimeCondition(type="RuntimeReady", status=True),
+                      self.pb.RuntimeCondition(type="NetworkReady", status=ready, reason=reason,
+                                               message=message)]
+        resp = self.pb.StatusResponse(status=self.pb.RuntimeStatus(conditions=conditions))
+        if request.verbose:
+            resp.info["config"] = json.dumps(self.plugin.config_info(), separators=(",", ":"))
+            # containerd's key: the toolchain's version ("go1.19.8" there)
+            resp.info["golang"] = json.dumps(f"python{platform.python_version()}")
+            resp.info.update(network.verbose_status())
+        return resp
+
+    @rpc
+    def UpdateRuntimeConfig(self, request, context):
+        self.plugin.network.update_pod_cidr(request.runtime_config.network_config.pod_cidr)
+        return self.pb.UpdateRuntimeConfigResponse()
+
+    @rpc
+    def RuntimeConfig(self, request, context):
+        """The cgroup driver of the default runtime (containerd 1.6: UNIMPLEMENTED)."""
+        c = self.plugin.cfg.containerd
+        runtime = c.runtimes.get(c.default_runtime_name) or c.default_runtime
+        systemd = bool((runtime.options or {}).get("SystemdCgroup"))
+        driver = self.pb.CgroupDriver.SYSTEMD if systemd else self.pb.CgroupDriver.CGROUPFS
+        return self.pb.RuntimeConfigResponse(
+            linux=self.pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
 
 class CRIPlugin:
     """The CRI's services are built on the first CRI call: a node without kubelet never
@@ -108,14 +142,45 @@ class CRIPlugin:
     NEEDED = ("content-service", "snapshots-service", "diff-service", "images-service",
               "leases-service")
 
-    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str):
+    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str, *,
+                 root_dir: str = "", state_dir: str = "", server_config=None):
         self.cfg = cfg
         self.services = services
         self.snapshot_root = snapshot_root
+        self.root_dir = root_dir        # <root>/io.containerd.grpc.v1.cri
+        self.state_dir = state_dir      # <state>/io.containerd.grpc.v1.cri
+        self.server_config = server_config
         self.adapters = [CRIImageAdapter(self, v1, "runtime.v1"),
                          CRIImageAdapter(self, v1alpha2, "runtime.v1alpha2"),
-                         CRIRuntimeAdapter(v1, "runtime.v1"),
-                         CRIRuntimeAdapter(v1alpha2, "runtime.v1alpha2")]
+                         CRIRuntimeAdapter(self, v1, "runtime.v1"),
+                         CRIRuntimeAdapter(self, v1alpha2, "runtime.v1alpha2")]
+
+    @property
+    def netns_dir(self) -> str:
+        """Where pods' network namespaces are pinned (containerd's two choices)."""
+        if self.cfg.netns_mounts_under_state_dir:
+            return os.path.join(self.state_dir, "netns")
+        from ..cri.netns import DEFAULT_BASE_DIR
+        return DEFAULT_BASE_DIR
+
+    @functools.cached_property
+    def network(self):
+        """The pods' CNI. Its ADD cache is kept under the root, not the state dir: like
+        host-local's allocations (and libcni's /var/lib/cni cache) it must survive a reboot
+        for DEL to release them."""
+        from ..cri.cni import CNIManager
+        return CNIManager(self.cfg, os.path.join(self.root_dir, "cni"))
+
+    def config_info(self) -> dict:
+        from ..cri.info import config_json
+        server = self.server_config
+        return config_json(self.cfg, root=server.root if server else "",
+                           endpoint=server.grpc.address if server else "",
+                           cri_root=self.root_dir, cri_state=self.state_dir)
+
+    async def close(self) -> None:
+        if "network" in self.__dict__:
+            await self.network.close()
 
     @functools.cached_property
     def images(self):
@@ -141,7 +206,8 @@ def _init(ic: InitContext) -> CRIPlugin:
     cfg: CRIConfig = ic.config
     ic.exports.update(CRIVersion="v1", CRIVersionAlpha="v1alpha2")
     root = os.path.join(ic.server_config.root, f"{SNAPSHOT}.{cfg.containerd.snapshotter}")
-    return CRIPlugin(cfg, services, root)
+    return CRIPlugin(cfg, services, root, root_dir=ic.root, state_dir=ic.state,
+                     server_config=ic.server_config)
 
 
 REGISTRATIONS = [
