@@ -373,7 +373,8 @@ class CNIManager:
     async def setup(self, sandbox_id: str, netns_path: str, *, pod_name: str,
                     pod_namespace: str, pod_uid: str, port_mappings: list[PortMapping],
                     annotations: dict | None = None, dns: dict | None = None) -> PodNetwork:
-        """ADD every network; on a failure, DEL what was added (nothing stays) and raise."""
+        """ADD every network; on a failure, DEL what was attempted (nothing stays), forget
+        the sandbox and raise."""
         if not self.ready():
             raise CNIError(NOT_INITIALIZED)
         args = [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", pod_namespace],
@@ -407,6 +408,8 @@ class CNIManager:
                 await self.teardown(sandbox_id, netns_path)
             except Exception as exc:
                 log.warning("cleaning up the network of sandbox %s: %s", sandbox_id, exc)
+            # no sandbox will exist to retry the DEL: it was all there is to do
+            self._forget(sandbox_id)
             raise
         ip, additional = select_ips(ips, self.cfg.cni.ip_pref)
         return PodNetwork(ip=ip, additional_ips=additional, result=combined)

@@ -68,7 +68,6 @@ def config_json(cfg: CRIConfig, *, root: str, endpoint: str, cri_root: str,
         "netnsMountsUnderStateDir": cfg.netns_mounts_under_state_dir,
         "enableUnprivilegedPorts": cfg.enable_unprivileged_ports,
         "enableUnprivilegedICMP": cfg.enable_unprivileged_icmp,
-        "imagePullProgressTimeout": cfg.image_pull_progress_timeout,   # containerd 1.7
         "containerdRootDir": root,
         "containerdEndpoint": endpoint,
         "rootDir": cri_root,
