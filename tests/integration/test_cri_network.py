@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
+from appliance._proto.cri.v1alpha2 import api_pb2 as pb_alpha, api_pb2_grpc as rpc_alpha
 from appliance.cri.cni import CNIError, CNIManager, PortMapping
 from appliance.cri.config import CRIConfig
 from appliance.cri.netns import NetNS
@@ -134,6 +135,11 @@ def test_add_gives_a_reachable_ip_and_del_leaves_nothing(tmp_path, net, pins):
         assert connect(network.ip, 8080) == "hello from the pod"
 
     asyncio.run(manager.check(sid, ns.path))
+    subprocess.run(["nsenter", f"--net={ns.path}", "ip", "route", "del", "default"],
+                   check=True)                    # CHECK compares the routes ADD returned
+    with pytest.raises(CNIError) as err:
+        asyncio.run(manager.check(sid, ns.path))
+    assert err.value.message.startswith('plugin type="bridge" failed (check): ')
     asyncio.run(manager.teardown(sid, ns.path))
     assert leftovers(net, [sid], chains, veths) == []
     assert manager.cached(sid) is None
@@ -185,6 +191,44 @@ def test_host_port_mapping_and_its_chains_go_on_del(tmp_path, net, pins):
         asyncio.run(manager.teardown(sid, ns.path))
     assert leftovers(net, [sid], chains) == []
     assert connect(net.gateway, host_port, timeout=1).startswith("failed")
+
+
+def test_plugins_get_the_spec_environment_and_stdin(tmp_path, net, pins):
+    """A wrapper records what the real portmap plugin is given: the CNI_* environment and its
+    conf with name, cniVersion, prevResult and only the capabilities it declares; DEL gets
+    what ADD returned as prevResult."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    wrapper = bin_dir / "portmap"
+    wrapper.write_text(f"#!/bin/sh\ncat > {record}/$CNI_COMMAND.json\n"
+                       f"env | grep ^CNI_ | sort > {record}/$CNI_COMMAND.env\n"
+                       f"exec {PLUGINS}/portmap < {record}/$CNI_COMMAND.json\n")
+    wrapper.chmod(0o755)
+    net.write()
+    manager = CNIManager(_config(net, bin_dir=f"{bin_dir}:{PLUGINS}"), str(tmp_path / "state"))
+    ns, sid = pins(), _sandbox_id()
+    mapping = {"hostPort": 33000, "containerPort": 80, "protocol": "udp", "hostIP": "127.0.0.1"}
+    network = asyncio.run(manager.setup(
+        sid, ns.path, pod_name="web", pod_namespace="prod", pod_uid="u-1",
+        port_mappings=[PortMapping("UDP", 80, 33000, "127.0.0.1")], annotations={"a": "b"}))
+    env = dict(line.split("=", 1) for line in (record / "ADD.env").read_text().splitlines())
+    assert env == {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": sid, "CNI_NETNS": ns.path,
+                   "CNI_IFNAME": "eth0", "CNI_PATH": f"{bin_dir}:{PLUGINS}",
+                   "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web;"
+                               f"K8S_POD_INFRA_CONTAINER_ID={sid};K8S_POD_UID=u-1"}
+    add = json.loads((record / "ADD.json").read_text())
+    assert (add["name"], add["cniVersion"], add["type"]) == (net.name, "1.0.0", "portmap")
+    assert add["runtimeConfig"] == {"portMappings": [mapping]}
+    assert add["prevResult"]["ips"][0]["address"] == f"{network.ip}/24"   # bridge's result
+
+    asyncio.run(manager.teardown(sid, ns.path))
+    delete = json.loads((record / "DEL.json").read_text())
+    # the list's result is portmap's, which passes bridge's on unchanged
+    assert delete["prevResult"] == add["prevResult"]
+    assert delete["runtimeConfig"] == {"portMappings": [mapping]}
+    assert "CNI_COMMAND=DEL" in (record / "DEL.env").read_text()
+    assert leftovers(net, [sid]) == []
 
 
 def test_del_after_a_restart_uses_the_cache(tmp_path, net, pins):
@@ -426,6 +470,9 @@ def test_status_before_and_after_a_conf_appears(kind):
             assert config["cni"]["confDir"] == str(d.cni_conf)
             assert config["netnsMountsUnderStateDir"] is True
             cniconfig = json.loads(info["cniconfig"])
+            alpha = rpc_alpha.RuntimeServiceStub(channel).Status(pb_alpha.StatusRequest())
+            assert [(c.type, c.status, c.reason, c.message) for c in alpha.status.conditions] \
+                == [("RuntimeReady", True, "", ""), ("NetworkReady", *before)]
             same("before", kind, (before, sorted(info), cniconfig["Networks"],
                                   sorted(config), sorted(config["containerd"])))
 
