@@ -26,6 +26,7 @@ from ..errdefs import ApplianceError
 from ..process import fdlimit
 from . import gotemplate
 from .config import CRIConfig
+from .netns import is_netns
 
 log = logging.getLogger("appliance.cri.cni")
 
@@ -422,7 +423,7 @@ class CNIManager:
         record = self.cached(sandbox_id)
         if record is None:
             return
-        if netns_path and not os.path.exists(netns_path):
+        if netns_path and not is_netns(netns_path):
             netns_path = ""      # the spec's "namespace gone": plugins clean what they can
         first: CNIError | None = None
         for entry in reversed(record["networks"]):

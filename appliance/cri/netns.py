@@ -21,8 +21,12 @@ DEFAULT_BASE_DIR = "/var/run/netns"
 CREATE_SECONDS = 10.0
 
 
-def _nsfs_dev() -> int:
-    return os.stat("/proc/self/ns/net").st_dev
+def is_netns(path: str) -> bool:
+    """True when `path` is a namespace file (a live pin), not a plain or missing file."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev   # nsfs's one sb
+    except FileNotFoundError:
+        return False
 
 
 def _pin_new_netns(pin: str) -> None:
@@ -77,11 +81,7 @@ class NetNS:
     def closed(self) -> bool:
         """True when the namespace is gone: no pin, or a pin that is not a namespace any more
         (an unmounted leftover file, which is removed as containerd does)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        if st.st_dev == _nsfs_dev():
+        if is_netns(self.path):
             return False
         self._unlink()
         return True

@@ -258,6 +258,7 @@ def test_del_after_a_restart_uses_the_cache(tmp_path, net, pins):
     chains2 = chains_of([sid2])
     assert chains2
     ns2.remove()
+    open(ns2.path, "w").close()          # a stale pin: the file without its mount
     asyncio.run(CNIManager(_config(net), state).teardown(sid2, ns2.path))
     assert leftovers(net, [sid2], chains2) == []
 
