@@ -16,9 +16,9 @@ from appliance._proto.cri.v1alpha2 import api_pb2 as pb_alpha, api_pb2_grpc as r
 from appliance.cri.cni import CNIError, CNIManager, PortMapping
 from appliance.cri.config import CRIConfig
 from appliance.cri.netns import NetNS
-from cni_helpers import (PLUGINS, Listener, TestNetwork, chains_of, connect, host_veths,
-                         leftovers, wait_until)
-from daemon import Daemon
+from cni_helpers import (CONF_TEMPLATE, PLUGINS, Listener, TestNetwork, chains_of, connect,
+                         host_veths, leftovers)
+from daemon import Daemon, wait_for
 from reference import Containerd
 
 pytestmark = [pytest.mark.integration,
@@ -355,32 +355,6 @@ def test_max_conf_num_and_single_conf_files(tmp_path, net, pins):
 # --- RuntimeService: Status, UpdateRuntimeConfig, RuntimeConfig ----------------------------
 
 
-TEMPLATE = """{
-  "cniVersion": "1.0.0",
-  "name": "containerd-net",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "BRIDGE",
-      "isGateway": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [
-        {{- range $i, $range := .PodCIDRRanges}}{{if $i}},
-            {{end}}[{"subnet": "{{$range}}"}]
-        {{- end}}
-        ],
-        "routes": [
-        {{- range $i, $route := .Routes}}{{if $i}},
-            {{end}}{"dst": "{{$route}}"}
-        {{- end}}
-        ]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}, "cidr": "{{.PodCIDR}}"}
-  ]
-}
-"""
 
 
 def _with_template(text: str, template: str) -> str:
@@ -479,7 +453,7 @@ def test_status_before_and_after_a_conf_appears(kind):
 
             # written in place, as containerd's inotify watch sees it
             (d.cni_conf / "10-net.conflist").write_text(json.dumps(STATUS_CONF))
-            wait_until(lambda: _network_condition(runtime)[0][0], what="NetworkReady")
+            wait_for(lambda: _network_condition(runtime)[0][0], what="NetworkReady")
             after, info = _network_condition(runtime)
             assert after == (True, "", "")
             networks = json.loads(info["cniconfig"])["Networks"]
@@ -491,7 +465,7 @@ def test_status_before_and_after_a_conf_appears(kind):
 
 def test_update_runtime_config(kind, tmp_path):
     template = tmp_path / "template.json"
-    template.write_text(TEMPLATE.replace("BRIDGE", "ctnunused0"))
+    template.write_text(CONF_TEMPLATE.replace("BRIDGE", "ctnunused0"))
     d = _start(kind, str(template))
     try:
         with grpc.insecure_channel(f"unix://{d.address}") as channel:
@@ -517,7 +491,7 @@ def test_update_runtime_config(kind, tmp_path):
             assert rendered["plugins"][0]["ipam"]["routes"] == [{"dst": "0.0.0.0/0"},
                                                                 {"dst": "::/0"}]
             assert rendered["plugins"][1]["cidr"] == "10.244.1.0/24"
-            wait_until(lambda: _network_condition(runtime)[0][0], what="NetworkReady")
+            wait_for(lambda: _network_condition(runtime)[0][0], what="NetworkReady")
 
             # ready: a new CIDR is not rendered over the loaded config
             update("10.99.0.0/24")

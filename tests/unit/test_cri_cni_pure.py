@@ -7,41 +7,18 @@ import pytest
 from appliance.cri import gotemplate
 from appliance.cri.cni import (CNIError, combined_result, load_conf_file, routes_for,
                                select_ips)
-
-# containerd's documented template (docs/cri/config.md), as kubeadm-era nodes use it
-CONTAINERD_TEMPLATE = """{
-  "cniVersion": "0.4.0",
-  "name": "containerd-net",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "cni0",
-      "ipam": {
-        "type": "host-local",
-        "ranges": [
-        {{- range $i, $range := .PodCIDRRanges}}{{if $i}},
-            {{end}}[{"subnet": "{{$range}}"}]
-        {{- end}}
-        ],
-        "routes": [
-        {{- range $i, $route := .Routes}}{{if $i}},
-            {{end}}{"dst": "{{$route}}"}
-        {{- end}}
-        ]
-      }
-    }
-  ]
-}"""
+from cni_helpers import CONF_TEMPLATE
 
 DATA = {"PodCIDR": "10.1.0.0/24", "PodCIDRRanges": ["10.1.0.0/24", "fd00::/64"],
         "Routes": ["0.0.0.0/0", "::/0"]}
 
 
 def test_containerd_template_renders_valid_json():
-    conf = json.loads(gotemplate.render(CONTAINERD_TEMPLATE, DATA))
+    conf = json.loads(gotemplate.render(CONF_TEMPLATE, DATA))
     ipam = conf["plugins"][0]["ipam"]
     assert ipam["ranges"] == [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]]
     assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    assert conf["plugins"][1]["cidr"] == "10.1.0.0/24"
 
 
 @pytest.mark.parametrize("text,expected", [

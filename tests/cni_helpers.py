@@ -10,7 +10,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -170,11 +169,31 @@ def connect(ip: str, port: int, netns: str | None = None, timeout: float = 20.0)
     return out.stdout.strip()
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+# containerd's documented `conf_template` (docs/cri/config.md) with a portmap that shows
+# .PodCIDR too; BRIDGE is replaced by a test's bridge name
+CONF_TEMPLATE = """{
+  "cniVersion": "1.0.0",
+  "name": "containerd-net",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "BRIDGE",
+      "isGateway": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [
+        {{- range $i, $range := .PodCIDRRanges}}{{if $i}},
+            {{end}}[{"subnet": "{{$range}}"}]
+        {{- end}}
+        ],
+        "routes": [
+        {{- range $i, $route := .Routes}}{{if $i}},
+            {{end}}{"dst": "{{$route}}"}
+        {{- end}}
+        ]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}, "cidr": "{{.PodCIDR}}"}
+  ]
+}
+"""
