@@ -211,11 +211,14 @@ def routes_for(cidrs: list[str]) -> list[str]:
 class CNIManager:
     """The CRI plugin's CNI: config loading, ADD/DEL/CHECK, the per-sandbox cache."""
 
-    def __init__(self, cfg: CRIConfig, state_dir: str):
+    def __init__(self, cfg: CRIConfig, state_dir: str, *, conf_dir: str = "",
+                 max_conf_num: int = 0):
+        """`conf_dir`/`max_conf_num`: a runtime handler's own (`cni_conf_dir`,
+        `cni_max_conf_num`) instead of `cni.conf_dir`/`cni.max_conf_num`."""
         self.cfg = cfg
-        self.conf_dir = cfg.cni.conf_dir
+        self.conf_dir = conf_dir or cfg.cni.conf_dir
         self.bin_dirs = [d for d in cfg.cni.bin_dir.split(":") if d]
-        self.max_conf_num = cfg.cni.max_conf_num
+        self.max_conf_num = max_conf_num or cfg.cni.max_conf_num
         self.cache_dir = os.path.join(state_dir, "results")
         self.networks: list[Network] = []
         self.last_error: str | None = None
@@ -306,9 +309,14 @@ class CNIManager:
         config = {"PluginDirs": self.bin_dirs, "PluginConfDir": self.conf_dir,
                   "PluginMaxConfNum": self.max_conf_num, "Prefix": IF_PREFIX,
                   "Networks": networks}
-        last = self.last_error or "OK"
-        return {"cniconfig": json.dumps(config, separators=(",", ":")), "lastCNILoadStatus": last,
-                "lastCNILoadStatus.default": last}
+        return {"cniconfig": json.dumps(config, separators=(",", ":")),
+                "lastCNILoadStatus": self.last_status(),
+                "lastCNILoadStatus.default": self.last_status()}
+
+    def last_status(self) -> str:
+        """The last load's error, or "OK" (Status verbose: `lastCNILoadStatus.<name>`)."""
+        self._refresh()
+        return self.last_error or "OK"
 
     def update_pod_cidr(self, cidr: str) -> None:
         """UpdateRuntimeConfig: write `conf_template` rendered with the pod CIDR(s) into the

@@ -117,6 +117,8 @@ class CRIRuntimeAdapter:
             # containerd's key: the toolchain's version ("go1.19.8" there)
             resp.info["golang"] = json.dumps(f"python{platform.python_version()}")
             resp.info.update(network.verbose_status())
+            for name, handler_network in self.plugin.handler_networks().items():
+                resp.info[f"lastCNILoadStatus.{name}"] = handler_network.last_status()
         return resp
 
     @rpc
@@ -150,6 +152,7 @@ class CRIPlugin:
         self.root_dir = root_dir        # <root>/io.containerd.grpc.v1.cri
         self.state_dir = state_dir      # <state>/io.containerd.grpc.v1.cri
         self.server_config = server_config
+        self._handler_networks: dict = {}   # runtime handler -> its own CNI (cni_conf_dir)
         self.adapters = [CRIImageAdapter(self, v1, "runtime.v1"),
                          CRIImageAdapter(self, v1alpha2, "runtime.v1alpha2"),
                          CRIRuntimeAdapter(self, v1, "runtime.v1"),
@@ -171,6 +174,21 @@ class CRIPlugin:
         from ..cri.cni import CNIManager
         return CNIManager(self.cfg, os.path.join(self.root_dir, "cni"))
 
+    def network_for(self, handler: str):
+        """The CNI of pods of a runtime handler: its own when it sets `cni_conf_dir`."""
+        return self.handler_networks().get(handler) or self.network
+
+    def handler_networks(self) -> dict:
+        """The runtime handlers with a `cni_conf_dir` of their own, each with its CNI."""
+        from ..cri.cni import CNIManager
+        networks = self._handler_networks
+        for name, runtime in self.cfg.containerd.runtimes.items():
+            if runtime.cni_conf_dir and name not in networks:
+                networks[name] = CNIManager(self.cfg, os.path.join(self.root_dir, "cni"),
+                                            conf_dir=runtime.cni_conf_dir,
+                                            max_conf_num=runtime.cni_max_conf_num)
+        return networks
+
     def config_info(self) -> dict:
         from ..cri.info import config_json
         server = self.server_config
@@ -179,8 +197,11 @@ class CRIPlugin:
                            cri_root=self.root_dir, cri_state=self.state_dir)
 
     async def close(self) -> None:
+        managers = list(self._handler_networks.values())
         if "network" in self.__dict__:
-            await self.network.close()
+            managers.append(self.network)
+        for manager in managers:
+            await manager.close()
 
     @functools.cached_property
     def images(self):

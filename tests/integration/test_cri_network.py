@@ -366,21 +366,21 @@ def _with_template(text: str, template: str) -> str:
 class OurCRI(Daemon):
     """ctrappliance configured as tests/reference.py configures containerd's CRI."""
 
-    def __init__(self, template: str = ""):
+    def __init__(self, template: str = "", extra: str = ""):
         super().__init__()
         self.cni_conf = self.workdir / "cni" / "net.d"
         text = (f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
                 f'  netns_mounts_under_state_dir = true\n'
                 f'[plugins."io.containerd.grpc.v1.cri".cni]\n'
                 f'  bin_dir = "{self.workdir}/cni/bin"\n  conf_dir = "{self.cni_conf}"\n')
-        (self.workdir / "cri.toml").write_text(_with_template(text, template) if template
-                                               else text)
+        (self.workdir / "cri.toml").write_text((_with_template(text, template) if template
+                                                else text) + extra)
         self.config = str(self.workdir / "cri.toml")
 
 
 class TheirCRI(Containerd):
-    def __init__(self, template: str = ""):
-        super().__init__(cri=True)
+    def __init__(self, template: str = "", extra: str = ""):
+        super().__init__(cri=True, extra_config=extra)
         self.template = template
         self.cni_conf = self.workdir / "cni" / "net.d"
 
@@ -396,8 +396,8 @@ def kind(request):
     return request.param
 
 
-def _start(kind, template=""):
-    d = OurCRI(template) if kind == "ctrappliance" else TheirCRI(template)
+def _start(kind, template="", extra=""):
+    d = (OurCRI if kind == "ctrappliance" else TheirCRI)(template, extra)
     d.start()
     return d
 
@@ -459,6 +459,31 @@ def test_status_before_and_after_a_conf_appears(kind):
             networks = json.loads(info["cniconfig"])["Networks"]
             assert [n["IFName"] for n in networks] == ["lo", "eth0"]
             same("after", kind, (after, info["lastCNILoadStatus"], networks))
+    finally:
+        d.cleanup()
+
+
+def test_runtime_handler_with_its_own_cni_conf_dir(kind, tmp_path):
+    """`containerd.runtimes.<name>.cni_conf_dir`: its own networks, its own load status."""
+    own = tmp_path / "own.d"
+    runtimes = '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes'
+    # runc again: containerd replaces the default runtimes when the config names any
+    d = _start(kind, extra=f'{runtimes}.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
+                           f'{runtimes}.other]\n  runtime_type = "io.containerd.runc.v2"\n'
+                           f'  cni_conf_dir = "{own}"\n')
+    try:
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            runtime = rpc.RuntimeServiceStub(channel)
+            _, info = _network_condition(runtime)
+            assert info["lastCNILoadStatus.other"] == (
+                f"cni config load failed: no network config found in {own}: cni plugin not "
+                f"initialized: failed to load cni config")
+            (own / "10-net.conflist").write_text(json.dumps(STATUS_CONF))
+            wait_for(lambda: _network_condition(runtime)[1]["lastCNILoadStatus.other"] == "OK",
+                     what="the handler's conf loaded")
+            condition, info = _network_condition(runtime)
+            assert not condition[0]                     # the default network is not ready
+            same("handler", kind, (condition, sorted(info)))
     finally:
         d.cleanup()
 
