@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from . import identifiers
 from .errdefs import ApplianceError, FailedPrecondition, InvalidArgument, status_of
-from .grpcserver.status import StatusCode
+from .errdefs import StatusCode
 
 log = logging.getLogger("appliance.grpc")
 NAMESPACE_KEY = "containerd-namespace"

@@ -21,8 +21,8 @@ from google.protobuf import empty_pb2
 from ..core.content.store import LocalStore
 from ..core.metadata.content import ContentStore, Info, Status
 from .. import stubs
-from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound
-from ..grpcserver.status import EOF, StatusCode
+from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound, StatusCode
+from ..grpcserver.status import EOF
 from ..grpcutil import lease_of, namespace_of, rpc
 from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
