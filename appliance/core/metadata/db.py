@@ -112,17 +112,6 @@ MIGRATIONS = [
     """,
 ]
 
-# Tables whose rows keep a namespace from being deleted, with containerd's words for them
-# (leases do not: as in containerd, they go with the namespace).
-NAMESPACED_KINDS: list[tuple[str, str]] = []
-
-
-def register_namespaced_kind(table: str, word: str) -> None:
-    """Called by stores of namespaced objects (images, content, ...)."""
-    if (table, word) not in NAMESPACED_KINDS:
-        NAMESPACED_KINDS.append((table, word))
-
-
 def apply_mask(paths, what: str, maps=None, fields=None) -> None:
     """containerd's update mask (fieldpaths) over one object, shared by the stores.
 
