@@ -191,11 +191,12 @@ def _root(ic: InitContext) -> str:
 def _overlay(ic: InitContext) -> OverlayBackend:
     if "overlay" not in _filesystems():
         raise SkipPlugin("overlayfs is not supported")
-    return OverlayBackend(_root(ic), upperdir_label=ic.config.upperdir_label)
+    return OverlayBackend(_root(ic), upperdir_label=ic.config.upperdir_label,
+                          trash=ic.trash)
 
 
 def _native(ic: InitContext) -> NativeBackend:
-    return NativeBackend(_root(ic))
+    return NativeBackend(_root(ic), trash=ic.trash)
 
 
 def _filesystems() -> set[str]:

@@ -8,7 +8,7 @@ import shutil
 
 from ... import identifiers
 from ...errdefs import ApplianceError, InvalidArgument
-from ...process import trash
+from ...process.trash import Trash
 
 log = logging.getLogger("appliance.runtime")
 
@@ -69,7 +69,7 @@ class Bundle:
         except OSError as exc:  # still mounted or not empty: keep the data, report it
             raise OSError(f"failed to remove bundle rootfs {self.rootfs}: {exc}") from exc
 
-    def discard(self) -> None:
+    def discard(self, trash: Trash) -> None:
         for path in (self.path, self.work):
             trash.discard(path)   # renamed at once, removed off the request path
 
