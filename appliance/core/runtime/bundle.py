@@ -14,7 +14,8 @@ log = logging.getLogger("appliance.runtime")
 
 
 class Bundle:
-    def __init__(self, state: str, root: str, namespace: str, task_id: str):
+    def __init__(self, state: str, root: str, namespace: str, task_id: str, trash: Trash):
+        self.trash = trash   # where its directories go when it is deleted
         self.namespace = namespace
         self.id = task_id
         self.path = os.path.join(state, namespace, task_id)
@@ -69,9 +70,9 @@ class Bundle:
         except OSError as exc:  # still mounted or not empty: keep the data, report it
             raise OSError(f"failed to remove bundle rootfs {self.rootfs}: {exc}") from exc
 
-    def discard(self, trash: Trash) -> None:
+    def discard(self) -> None:
         for path in (self.path, self.work):
-            trash.discard(path)   # renamed at once, removed off the request path
+            self.trash.discard(path)   # renamed at once, removed off the request path
 
 
 def remapped_gid(spec: bytes) -> int:
@@ -100,7 +101,7 @@ def _has_mounts_under(path: str) -> bool:
         return any((line.split()[4] + b"/").startswith(prefix) for line in f)
 
 
-def list_bundles(state: str, root: str) -> list[Bundle]:
+def list_bundles(state: str, root: str, trash: Trash) -> list[Bundle]:
     """Every bundle left in state (skipping hidden half-deleted ones)."""
     found = []
     try:
@@ -116,5 +117,5 @@ def list_bundles(state: str, root: str) -> list[Bundle]:
                 shutil.rmtree(os.path.join(ns_dir, task_id), ignore_errors=True)
                 continue
             if os.path.isdir(os.path.join(ns_dir, task_id)):
-                found.append(Bundle(state, root, ns, task_id))
+                found.append(Bundle(state, root, ns, task_id, trash))
     return found

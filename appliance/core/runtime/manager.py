@@ -139,7 +139,7 @@ class TaskManager:
     async def _start_shim(self, ns, task_id, runtime: str, spec: bytes,
                           options: bytes | None) -> shims.Shim:
         """A new bundle and a shim started in it (both removed again on failure)."""
-        bundle = Bundle(self.state, self.root, ns, task_id)
+        bundle = Bundle(self.state, self.root, ns, task_id, self.trash)
         try:
             bundle.create(spec)
         except FileExistsError:
@@ -316,7 +316,7 @@ class TaskManager:
                 await shim_stopping
         if spec is None:
             return
-        bundle.discard(self.trash)
+        bundle.discard()
         # runc recreates the /<ns> parent for every task: removing it while a task of the
         # namespace is being created could pull it from under that runc (checked and done
         # here on the loop, where creates register themselves)
@@ -363,7 +363,7 @@ class TaskManager:
 
     async def load_existing(self) -> None:
         """Reconnect every shim left in state, in parallel; clean the dead ones."""
-        bundles = list_bundles(self.state, self.root)
+        bundles = list_bundles(self.state, self.root, self.trash)
         if not bundles:
             return
         started = time.monotonic()
