@@ -14,6 +14,7 @@ from typing import Callable
 log = logging.getLogger("appliance.trash")
 PREFIX = ".trash-"
 _WAKE = ""   # queued by stop(): the drain looks at its stop flag
+_names = itertools.count()   # hidden names unique in the process, whichever Trash renames
 
 
 def remove_tree(path: str) -> None:
@@ -41,7 +42,6 @@ class Trash:
     def __init__(self, start_thread=_daemon_thread):
         self._start_thread = start_thread   # (target, name, stop) -> threading.Thread
         self._queue: queue.Queue[str] = queue.Queue()
-        self._names = itertools.count()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
@@ -49,7 +49,7 @@ class Trash:
     def discard(self, path: str) -> None:
         """Remove `path` soon; once this returns the path no longer exists under its name."""
         parent, name = os.path.split(os.path.normpath(path))
-        hidden = os.path.join(parent, f"{PREFIX}{os.getpid()}-{next(self._names)}-{name}")
+        hidden = os.path.join(parent, f"{PREFIX}{os.getpid()}-{next(_names)}-{name}")
         try:
             os.rename(path, hidden)
         except FileNotFoundError:
