@@ -18,6 +18,7 @@ import time
 from .process import fdlimit, listeners, memory, metrics, sdnotify, settings
 from .process.eventloop import EventLoop
 from .process.stacks import dump_stacks
+from .process.trash import Trash
 from .config import Config, plugin_config
 from .errdefs import mkdir_all, path_error
 from .grpcserver import Server as GrpcServer
@@ -46,6 +47,7 @@ class Daemon:
         self.endpoints: list[listeners.HTTPEndpoint] = []  # debug and metrics
         self.stopping = asyncio.Event()
         self.supervisor = Supervisor()   # plugins' background tasks and threads
+        self.trash = Trash(self.supervisor.thread)   # one drain thread, the supervisor's
 
     # --- boot ---------------------------------------------------------------
 
@@ -105,7 +107,8 @@ class Daemon:
                               state=os.path.join(self.cfg.state, reg.uri),
                               config=plugin_config(self.cfg, reg),
                               properties=properties, plugins=self.plugins,
-                              server_config=self.cfg, supervisor=self.supervisor)
+                              server_config=self.cfg, supervisor=self.supervisor,
+                              trash=self.trash)
             if reg.exports_root:
                 ctx.exports["root"] = ctx.root
             log.debug("loading plugin %s", reg.uri)

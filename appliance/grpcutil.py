@@ -4,15 +4,27 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import identifiers
-from .errdefs import ApplianceError, FailedPrecondition, InvalidArgument, status_of
-from .grpcserver.status import StatusCode
+from .errdefs import ApplianceError, FailedPrecondition, InvalidArgument, StatusCode, status_of
 
 log = logging.getLogger("appliance.grpc")
 NAMESPACE_KEY = "containerd-namespace"
 LEASE_KEY = "containerd-lease"
+
+
+class Adapter:
+    """A gRPC service over one local service: NAME is the service's full gRPC name, PB the
+    stubs module that defines it (a stubs.module); the subclass's methods are its RPCs."""
+    NAME: str
+    PB: Any
+
+    def __init__(self, service):
+        self.service = service
+
+    def register(self, services) -> None:
+        services.add(self.NAME, self.PB, self)
 
 
 class NamespaceRule(NamedTuple):

@@ -92,6 +92,7 @@ class InitContext:
     plugins: "PluginSet"
     server_config: Any = None
     supervisor: Any = None   # supervisor.Supervisor: the owner of long-lived background work
+    trash: Any = None   # process.trash.Trash: removes directories off the request path
     exports: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
     platforms: list[str] | None = None   # set by an init: replaces the registration's

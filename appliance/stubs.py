@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from .errdefs import status_of
-from .grpcserver import MethodHandler, StatusCode
+from .errdefs import StatusCode, status_of
+from .grpcserver import MethodHandler
 from .grpcutil import NamespaceRule, namespace_error, namespace_rule
 
 

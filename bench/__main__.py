@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import images, report, sections
-from .daemons import OURS, Target, remove_empty_cgroups
+from .daemons import OURS, Target, checkout_binary, remove_empty_cgroups
 from .profile import Sampler, import_times, smaps_breakdown
 
 HERE = Path(__file__).resolve().parent
@@ -29,7 +29,9 @@ def parse_args(argv):
     parser.add_argument("--sections", default=",".join(sections.ALL_SECTIONS),
                         help=f"comma-separated subset of: {SECTION_HELP}")
     parser.add_argument("--targets", default="containerd,ctrappliance",
-                        help="comma-separated: containerd, ctrappliance")
+                        help="comma-separated: containerd, ctrappliance, NAME=DIR (another "
+                             "ctrappliance checkout, e.g. main's: old=/work/wt/old); ratios "
+                             "are the last target over the first")
     parser.add_argument("--profile", metavar="SECTION[,SECTION]", default="",
                         help="sample our daemon with py-spy during these sections (reports in bench/out/)")
     parser.add_argument("--ours-bin", default=OURS,
@@ -40,9 +42,18 @@ def parse_args(argv):
                              "for a full run of both targets, else bench/out/results-<time>)")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.checkouts = {}   # name -> directory of another ctrappliance checkout
+    targets = []
+    for spec in (t.strip() for t in args.targets.split(",") if t.strip()):
+        name, eq, path = spec.partition("=")
+        if eq:
+            args.checkouts[name] = Path(path).resolve()
+        targets.append(name)
+    args.targets = targets
     unknown = set(args.sections) - set(sections.ALL_SECTIONS)
-    if unknown or not set(args.targets) <= set(report.KINDS) or not args.targets:
+    known = set(report.KINDS) | set(args.checkouts)
+    if (unknown or not set(args.targets) <= known or not args.targets
+            or len(set(args.targets)) != len(args.targets)):
         parser.error(f"unknown section/target: {sorted(unknown) or args.targets}")
     args.profile = [s.strip() for s in args.profile.split(",") if s.strip()]
     if set(args.profile) - set(args.sections):
@@ -59,9 +70,14 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir) / time.strftime("%Y%m%dT%H%M%S")
 
-    def make_targets(name, root_fs=None):
-        return [Target(kind, workdir / name / kind, binary=args.ours_bin if kind == "ctrappliance" else None,
-                       root_fs=root_fs) for kind in args.targets]
+    binaries = {"containerd": None, "ctrappliance": args.ours_bin}
+    for name, checkout in args.checkouts.items():
+        binaries[name] = checkout_binary(checkout, out_dir / f"ctrappliance-{name}")
+
+    def make_targets(section, root_fs=None):
+        return [Target("containerd" if name == "containerd" else "ctrappliance",
+                       workdir / section / name, binary=binaries[name], root_fs=root_fs,
+                       name=name) for name in args.targets]
 
     bench = sections.Bench([], args.quick, out_dir)
     profiles: dict[str, str] = {}
@@ -80,7 +96,7 @@ def main(argv=None) -> int:
             python = ours.parent / "python" if ours.parent.joinpath("python").exists() else sys.executable
             profiles[name] = str(import_times(str(python), out_dir / "profile-boot-imports.txt"))
         elif name in args.profile:
-            ours = [t for t in bench.targets if t.kind == "ctrappliance" and t.running()]
+            ours = [t for t in bench.targets if t.name == "ctrappliance" and t.running()]
             if ours:
                 sampler = Sampler(ours[0].pid, out_dir / f"profile-{name}.txt")
         try:
@@ -98,16 +114,16 @@ def main(argv=None) -> int:
             before = {}
             for t in bench.targets:
                 t.start()
-                before[t.kind] = t.memory()
+                before[t.name] = t.memory()
             try:
                 for name in workload:
                     profiled(name, sections.WORKLOAD[name])
                 for t in bench.targets:
                     after = t.memory()
-                    bench.record("rss_after", t.kind, after["rss_mib"])
-                    bench.record("hwm_after", t.kind, after["hwm_mib"])
-                    bench.record("cpu_workload", t.kind, after["cpu_s"] - before[t.kind]["cpu_s"])
-                    (out_dir / f"memory-{t.kind}.txt").write_text(smaps_breakdown(t.pid))
+                    bench.record("rss_after", t.name, after["rss_mib"])
+                    bench.record("hwm_after", t.name, after["hwm_mib"])
+                    bench.record("cpu_workload", t.name, after["cpu_s"] - before[t.name]["cpu_s"])
+                    (out_dir / f"memory-{t.name}.txt").write_text(smaps_breakdown(t.pid))
             finally:
                 for t in bench.targets:
                     t.cleanup()
@@ -131,13 +147,14 @@ def main(argv=None) -> int:
             "revision": report.revision(), "machine": report.machine(),
             "versions": report.versions(), "ctrappliance_bin": args.ours_bin,
             "sections": args.sections, "quick": args.quick, "targets": args.targets,
+            "checkouts": {name: binaries[name] for name in args.checkouts},
             "load_start": load_start, "load_end": _load(), "seconds": time.time() - started}
     table = report.write(bench, info, json_path, md_path, profiles)
     print(f"bench: wrote {md_path} and {json_path}", file=sys.stderr)
     for row in table:
-        if row["containerd"] or row["ctrappliance"] or row["ctrappliance_status"]:
-            print(f"  {row['label']:<55} {report._cell(row, 'containerd'):>28} | "
-                  f"{report._cell(row, 'ctrappliance'):>28} | "
+        if any(row.get(name) or row.get(name + "_status") for name in args.targets):
+            cells = " | ".join(f"{report._cell(row, name):>28}" for name in args.targets)
+            print(f"  {row['label']:<55} {cells} | "
                   f"{'%.2f×' % row['ratio'] if row['ratio'] else '—'}")
     return 0
 

@@ -51,7 +51,7 @@ class Client:
             if not content and len(snaps) <= 1 and not self._snapshot_dirs():
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.target.kind}: {len(content)} blobs and "
+                raise TimeoutError(f"{self.target.name}: {len(content)} blobs and "
                                    f"{len(snaps) - 1} snapshots left after removing all images")
             time.sleep(0.2)
 
@@ -79,17 +79,17 @@ def cri_pull(b, make_targets):
         for t in b.targets:
             t.cri = True
             t.start()
-            clients[t.kind] = Client(t)
-            clients[t.kind].pull(small)          # warm-up: first-pull imports, connections
-            clients[t.kind].remove_all()
+            clients[t.name] = Client(t)
+            clients[t.name].pull(small)          # warm-up: first-pull imports, connections
+            clients[t.name].remove_all()
 
         def measure(metric, refs):
             def step(t):
-                client = clients[t.kind]
+                client = clients[t.name]
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(len(refs)) as pool:
                     list(pool.map(client.pull, refs))
-                b.record(metric, t.kind, time.perf_counter() - t0)
+                b.record(metric, t.name, time.perf_counter() - t0)
                 client.remove_all()
             return step
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,11 +55,13 @@ disabled_plugins = [{'' if cri else '"io.containerd.grpc.v1.cri"'}]
 
 
 class Target:
-    """One daemon under test. `kind` is "containerd" or "ctrappliance"."""
+    """One daemon under test. `kind` is "containerd" or "ctrappliance"; `name` labels its
+    figures (the kind, or another ctrappliance checkout's name: `--targets old=DIR`)."""
 
     def __init__(self, kind: str, workdir: Path, binary: str | None = None,
-                 root_fs: str | None = None):
+                 root_fs: str | None = None, name: str | None = None):
         self.kind = kind
+        self.name = name or kind
         self.workdir = Path(workdir)
         self.binary = binary or (CONTAINERD if kind == "containerd" else OURS)
         self.root_fs = root_fs   # None: the workdir's filesystem; "tmpfs" or "ext4": a fresh one
@@ -128,10 +131,10 @@ class Target:
 
     def _check_alive(self, deadline):
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
         if time.perf_counter() > deadline:
             self.stop()
-            raise TimeoutError(f"{self.kind} did not boot in {BOOT_TIMEOUT}s")
+            raise TimeoutError(f"{self.name} did not boot in {BOOT_TIMEOUT}s")
 
     def log(self) -> str:
         try:
@@ -186,6 +189,25 @@ class CtrError(Exception):
             out = out.decode(errors="replace")
         self.output = out.strip()
         super().__init__(f"{' '.join(argv[3:])}: exit {result.returncode}: {self.output[-500:]}")
+
+
+def checkout_binary(checkout: Path, wrapper: Path) -> str:
+    """How to run another ctrappliance checkout: its own `.venv/bin/ctrappliance`, or a script
+    (written at `wrapper`) that runs this venv's Python on that checkout's sources. The
+    checkout needs its generated files then (`appliance/_proto`, the compiled extensions:
+    `./scripts/dev setup` there, or a copy of this tree's when they are the same)."""
+    own = checkout / ".venv" / "bin" / "ctrappliance"
+    if own.exists():
+        return str(own)
+    if not (checkout / "appliance" / "cli.py").exists():
+        raise ValueError(f"{checkout}: not a ctrappliance checkout")
+    # a script, not a shell wrapper: the daemon gives its own path to shims as -publish-binary
+    wrapper.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(checkout)!r})\n"
+                       "from appliance.cli import main\nsys.exit(main())\n")
+    wrapper.chmod(0o755)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "appliance")],
+                   capture_output=True, timeout=300)   # the bench runs without writing bytecode
+    return str(wrapper)
 
 
 def process_memory(pid: int) -> dict:

@@ -94,9 +94,9 @@ def python_tool(module: str, *args, timeout=900) -> dict:
 def version(b: Bench):
     for rep in range(b.reps(10, 20)):
         def step(t: Target):
-            b.record("ctr_version", t.kind, 1000 * timed(t.ctr, "version"))
-            b.record("ctr_containers_ls", t.kind, 1000 * timed(t.ctr, "containers", "ls"))
-            b.record("ctr_client_only", t.kind,
+            b.record("ctr_version", t.name, 1000 * timed(t.ctr, "version"))
+            b.record("ctr_containers_ls", t.name, 1000 * timed(t.ctr, "containers", "ls"))
+            b.record("ctr_client_only", t.name,
                      1000 * timed(subprocess.run, [CTR, "--version"], capture_output=True, check=True))
         b.each(rep, ["ctr_version", "ctr_containers_ls", "ctr_client_only"], step)
 
@@ -112,8 +112,8 @@ def parallel(b: Bench, calls=200, jobs=8):
                     took = time.perf_counter() - t0
                 failures = sum(1 for rc in results if rc)
                 if failures:
-                    b.note(metric, t.kind, f"{failures} failed calls")
-                b.record(metric, t.kind, calls / took)
+                    b.note(metric, t.name, f"{failures} failed calls")
+                b.record(metric, t.name, calls / took)
             b.each(rep, [metric], step)
 
 
@@ -126,13 +126,13 @@ def grpc(b: Bench):
                                 "-c", str(count))
                 if "error" in r:
                     raise RuntimeError(r["error"])
-                b.record(f"grpc_{rpc}_p50", t.kind, r["p50_ms"])
-                b.record(f"grpc_{rpc}_p99", t.kind, r["p99_ms"])
+                b.record(f"grpc_{rpc}_p50", t.name, r["p50_ms"])
+                b.record(f"grpc_{rpc}_p99", t.name, r["p99_ms"])
             r = python_tool("bench.grpcprobe", "-a", t.address, "throughput", "--rpc", "version",
                             "-c", str(count * 2), "-j", "8")
             if "error" in r:
                 raise RuntimeError(r["error"])
-            b.record("grpc_version_tput", t.kind, r["calls_per_s"])
+            b.record("grpc_version_tput", t.name, r["calls_per_s"])
         b.each(rep, ["grpc_version_p50", "grpc_version_p99", "grpc_containers_p50",
                      "grpc_containers_p99", "grpc_version_tput"], step)
 
@@ -145,7 +145,7 @@ def ingest(b: Bench):
             # a different blob every time: re-ingesting a digest right after `content rm`
             # races containerd's asynchronous GC (its writer answers "already exists", then
             # GC deletes the blob)
-            trailer = f"{t.kind} {rep} {time.time_ns()}".ljust(32)[:32]
+            trailer = f"{t.name} {rep} {time.time_ns()}".ljust(32)[:32]
             digest = base.copy()
             digest.update(trailer.encode())
             digest = "sha256:" + digest.hexdigest()
@@ -159,8 +159,8 @@ def ingest(b: Bench):
                 raise RuntimeError(r.stderr.strip() or r.stdout.strip())
             if digest not in t.ctr("content", "ls", "-q").stdout.split():
                 raise RuntimeError("ingested blob is not listed by content ls")
-            b.record("ingest", t.kind, size / 2**20 / took)
-            b.record("content_rm", t.kind, 1000 * timed(t.ctr, "content", "rm", digest))
+            b.record("ingest", t.name, size / 2**20 / took)
+            b.record("content_rm", t.name, 1000 * timed(t.ctr, "content", "rm", digest))
         b.each(rep, ["ingest", "content_rm"], step)
 
 
@@ -172,9 +172,9 @@ def _import_big(b: Bench, metric: str, rm_metric: str | None, reps: int):
     big = images.image("big")
     for rep in range(reps):
         def step(t: Target):
-            b.record(metric, t.kind, timed(t.ctr, "images", "import", big["path"]))
+            b.record(metric, t.name, timed(t.ctr, "images", "import", big["path"]))
             if rm_metric:
-                b.record(rm_metric, t.kind, 1000 * timed(t.ctr, "images", "rm", "--sync", images.BIG_REF))
+                b.record(rm_metric, t.name, 1000 * timed(t.ctr, "images", "rm", "--sync", images.BIG_REF))
             else:
                 t.ctr("images", "rm", "--sync", images.BIG_REF)
         b.each(rep, [metric] + ([rm_metric] if rm_metric else []), step)
@@ -184,25 +184,25 @@ def import_(b: Bench):
     small = images.image("small")
     for rep in range(b.reps(2, 5)):
         def step(t: Target):
-            b.record("import_small", t.kind, timed(t.ctr, "images", "import", small["path"]))
-            b.record("rm_small", t.kind, 1000 * timed(t.ctr, "images", "rm", "--sync", images.SMALL_REF))
+            b.record("import_small", t.name, timed(t.ctr, "images", "import", small["path"]))
+            b.record("rm_small", t.name, 1000 * timed(t.ctr, "images", "rm", "--sync", images.SMALL_REF))
         b.each(rep, ["import_small", "rm_small"], step)
     _import_big(b, "import_big", "rm_big", b.reps(1, 3))
     for t in b.targets:  # nothing may be left after rm --sync
-        if b.values.get("import_big", {}).get(t.kind):
+        if b.values.get("import_big", {}).get(t.name):
             left = _count(t, "snapshots", "ls"), len(t.ctr("content", "ls", "-q").stdout.split())
             if left != (0, 0):
-                b.note("rm_big", t.kind, f"left after rm --sync: {left[0]} snapshots, {left[1]} blobs")
+                b.note("rm_big", t.name, f"left after rm --sync: {left[0]} snapshots, {left[1]} blobs")
 
 
 def unpack(b: Bench, nounpack_metric="import_nounpack", metric="unpack"):
     big = images.image("big")
     for rep in range(b.reps(1, 3)):
         def step(t: Target):
-            b.record(nounpack_metric, t.kind,
+            b.record(nounpack_metric, t.name,
                      timed(t.ctr, "images", "import", "--no-unpack", big["path"]))
             took = timed(t.ctr, "snapshots", "unpack", big["manifest_digest"])
-            b.record(metric, t.kind, big["uncompressed_mib"] / took)
+            b.record(metric, t.name, big["uncompressed_mib"] / took)
             t.ctr("images", "rm", "--sync", images.BIG_REF)
         b.each(rep, [nounpack_metric, metric], step)
 
@@ -226,8 +226,8 @@ def run(b: Bench):
             ensure_small_image(t)
             # one id per target: runc's cgroup /bench/<id> is shared by both daemons, and a
             # daemon still deleting its task's cgroup must not remove the other's new one
-            b.record("run", t.kind, 1000 * timed(
-                t.ctr, "run", "--rm", *run_opts(t), images.SMALL_REF, f"bench-true-{t.kind}-{rep}",
+            b.record("run", t.name, 1000 * timed(
+                t.ctr, "run", "--rm", *run_opts(t), images.SMALL_REF, f"bench-true-{t.name}-{rep}",
                 "/bin/true"))
         b.each(rep, ["run"], step)
 
@@ -238,17 +238,18 @@ def stress_args(t: Target) -> list[str]:
 
 
 def churn(b: Bench):
-    seconds = b.reps(10, 60)
+    seconds = b.reps(10, 30)
 
     def step(t: Target):
         ensure_small_image(t)
         r = python_tool("appliance.tools.stress", *stress_args(t), "-c", "4", "-d", str(seconds))
         if r["containers"] == 0 and r["failures"]:
             raise RuntimeError(next(iter(r["errors"])))
-        b.record("churn", t.kind, r["containers_per_s"])
+        b.record("churn", t.name, r["containers_per_s"])
         if r["failures"]:
-            b.note("churn", t.kind, f"{r['failures']} failures: {next(iter(r['errors']))[:120]}")
-    b.each(0, ["churn"], step)
+            b.note("churn", t.name, f"{r['failures']} failures: {next(iter(r['errors']))[:120]}")
+    for rep in range(b.reps(1, 3)):
+        b.each(rep, ["churn"], step)
 
 
 def density(b: Bench):
@@ -259,8 +260,8 @@ def density(b: Bench):
         r = python_tool("appliance.tools.stress", *stress_args(t), "density", "--count", str(count))
         if r["running"] == 0:
             raise RuntimeError(next(iter(r["errors"]), "no container started"))
-        b.record("density_pss", t.kind, r["shim_pss_mib_per_container"])
-        b.record("density_rss", t.kind, r["shim_rss_mib_per_container"])
+        b.record("density_pss", t.name, r["shim_pss_mib_per_container"])
+        b.record("density_rss", t.name, r["shim_rss_mib_per_container"])
     b.each(0, ["density_pss", "density_rss"], step)
 
 
@@ -280,14 +281,14 @@ def boot(b: Bench, make_targets):
                 memory = t.memory()
             finally:
                 stopped = t.stop()
-            b.record("boot_socket", t.kind, 1000 * timings["spawn_to_socket"])
-            b.record("boot_version", t.kind, 1000 * timings["spawn_to_version"])
+            b.record("boot_socket", t.name, 1000 * timings["spawn_to_socket"])
+            b.record("boot_version", t.name, 1000 * timings["spawn_to_version"])
             if timings["booted_in"] is not None:
-                b.record("boot_logged", t.kind, 1000 * timings["booted_in"])
-            b.record("idle_rss", t.kind, memory["rss_mib"])
-            b.record("idle_threads", t.kind, memory["threads"])
+                b.record("boot_logged", t.name, 1000 * timings["booted_in"])
+            b.record("idle_rss", t.name, memory["rss_mib"])
+            b.record("idle_threads", t.name, memory["threads"])
             if stopped is not None:
-                b.record("stop", t.kind, 1000 * stopped)
+                b.record("stop", t.name, 1000 * stopped)
         saved, b.targets = b.targets, make_targets(f"boot-{rep}")
         try:
             b.each(rep, ["boot_version", "boot_socket", "idle_rss"], step)
@@ -337,10 +338,10 @@ def rapid_reset(b: Bench, make_targets):
             def step(t: Target):
                 r = python_tool("bench.rapidreset", "-a", t.address, "-c", str(resets),
                                 "--pid", str(t.pid))
-                b.record("rr_victim_p99", t.kind, r["victim_p99_ms"])
-                b.record("rr_victim_max", t.kind, r["victim_max_ms"])
-                b.record("rr_cpu", t.kind, r["cpu_s"])
-                b.note("rr_cpu", t.kind, f"{r['connections']} connections, GOAWAY codes "
+                b.record("rr_victim_p99", t.name, r["victim_p99_ms"])
+                b.record("rr_victim_max", t.name, r["victim_max_ms"])
+                b.record("rr_cpu", t.name, r["cpu_s"])
+                b.note("rr_cpu", t.name, f"{r['connections']} connections, GOAWAY codes "
                        f"{r['goaways'] or 'none'}, victim errors {r['victim_errors']}")
             b.each(rep, metrics, step)
     finally:
@@ -361,8 +362,8 @@ def many_entries(b: Bench, make_targets):
         t.ctr("images", "import", many["path"], timeout=1800)
         peak = t.memory()["hwm_mib"]
         time.sleep(SETTLE_SECONDS)
-        b.record("many_peak", t.kind, peak)
-        b.record("many_settled", t.kind, t.memory()["rss_mib"])
+        b.record("many_peak", t.name, peak)
+        b.record("many_settled", t.name, t.memory()["rss_mib"])
 
     saved, b.targets = b.targets, make_targets("many")
     try:

@@ -169,7 +169,7 @@ class Collector:
         started = time.monotonic()
         now_ns = time.time_ns() if now_ns is None else now_ns
         removed: dict[str, int] = {}
-        with self.db.read():   # the lock is held until the after_commit hooks are done
+        with self.db.exclusive():   # no other write until the after_commit hooks are done
             with self.db.write() as tx:
                 graph = Graph()
                 for source in self.sources:

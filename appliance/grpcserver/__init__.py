@@ -2,10 +2,10 @@
 
 h2.py: HTTP/2 framing and flow control both ways, sans I/O; call.py: one call (the
 handlers' context); server.py: connections, dispatch, listeners and graceful stop;
-status.py: EOF, and StatusCode (which lives in errdefs, beside the error kinds).
+status.py: EOF. Status codes live in errdefs, beside the error kinds: import them from there.
 """
 from .call import Call
 from .server import MethodHandler, Server
-from .status import EOF, StatusCode
+from .status import EOF
 
-__all__ = ["Call", "EOF", "MethodHandler", "Server", "StatusCode"]
+__all__ = ["Call", "EOF", "MethodHandler", "Server"]

@@ -8,8 +8,9 @@ import time
 import zlib
 from typing import TYPE_CHECKING
 
+from ..errdefs import StatusCode
 from . import h2
-from .status import EOF, StatusCode
+from .status import EOF
 
 if TYPE_CHECKING:
     from .server import _Connection

@@ -19,9 +19,9 @@ import socket
 import time
 from typing import NamedTuple
 
+from ..errdefs import StatusCode
 from . import h2
 from .call import Abort, Call, Finished, SendTooLarge, request_metadata
-from .status import StatusCode
 
 log = logging.getLogger("appliance.grpc")
 

@@ -1,7 +1,6 @@
-"""gRPC status codes (kept beside the error kinds, in errdefs) and the end of a request stream."""
-from ..errdefs import StatusCode
+"""The end of a request stream. (gRPC status codes live beside the error kinds, in errdefs.)"""
 
-__all__ = ["EOF", "StatusCode"]
+__all__ = ["EOF"]
 
 
 class _EndOfStream:

@@ -6,7 +6,7 @@ from google.protobuf import empty_pb2
 from .. import filters, stubs
 from ..core.metadata.containers import Container, ContainerStore, from_pb, to_pb
 from ..errdefs import InvalidArgument
-from ..grpcutil import namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc
 from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.container_pb2")
@@ -56,12 +56,9 @@ class ContainersService:
         self.exchange.publish(ns, "/containers/delete", events.ContainerDelete(id=cid))
 
 
-class ContainersAdapter:
-    def __init__(self, service: ContainersService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.containers.v1.Containers", pb, self)
+class ContainersAdapter(Adapter):
+    NAME, PB = "containerd.services.containers.v1.Containers", pb
+    service: ContainersService
 
     @rpc
     def Get(self, request, context):

@@ -21,9 +21,9 @@ from google.protobuf import empty_pb2
 from ..core.content.store import LocalStore
 from ..core.metadata.content import ContentStore, Info, Status
 from .. import stubs
-from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound
-from ..grpcserver.status import EOF, StatusCode
-from ..grpcutil import lease_of, namespace_of, rpc
+from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound, StatusCode
+from ..grpcserver.status import EOF
+from ..grpcutil import Adapter, lease_of, namespace_of, rpc
 from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.content_pb2")
@@ -94,12 +94,9 @@ def status_to_pb(st: Status) -> pb.Status:
     return out
 
 
-class ContentAdapter:
-    def __init__(self, service: ContentService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.content.v1.Content", pb, self)
+class ContentAdapter(Adapter):
+    NAME, PB = "containerd.services.content.v1.Content", pb
+    service: ContentService
 
     @rpc
     def Info(self, request, context):

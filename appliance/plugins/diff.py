@@ -9,7 +9,7 @@ from .. import stubs
 from ..core.diff.unpack import LAYER_MEDIA_TYPE, Unpacker
 from ..core.snapshots.backends import Mount
 from ..errdefs import NotFound, Unimplemented
-from ..grpcutil import lease_of, namespace_of, rpc
+from ..grpcutil import Adapter, lease_of, namespace_of, rpc
 from ..plugin import DIFF, GRPC, LINUX_AMD64, METADATA, SERVICE, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.diff.v1.diff_pb2")
@@ -81,12 +81,9 @@ def _mounts(pb_mounts) -> list[Mount]:
     return [Mount(m.type, m.source, list(m.options), m.target) for m in pb_mounts]
 
 
-class DiffAdapter:
-    def __init__(self, service: DiffService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.diff.v1.Diff", pb, self)
+class DiffAdapter(Adapter):
+    NAME, PB = "containerd.services.diff.v1.Diff", pb
+    service: DiffService
 
     @rpc
     async def Apply(self, request, context):

@@ -3,7 +3,7 @@ import asyncio
 
 from .. import stubs
 from ..errdefs import NotFound
-from ..grpcserver import StatusCode
+from ..errdefs import StatusCode
 from ..grpcutil import rpc
 from ..plugin import GRPC, Registration
 

@@ -8,7 +8,7 @@ from google.protobuf import empty_pb2
 from ..core.metadata.images import Descriptor, Image, ImageStore
 from .. import stubs
 from ..errdefs import InvalidArgument
-from ..grpcutil import namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc
 from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.image_pb2")
@@ -66,12 +66,9 @@ def image_from_pb(msg: pb.Image) -> Image:
                  dict(msg.labels))
 
 
-class ImagesAdapter:
-    def __init__(self, service: ImagesService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.images.v1.Images", pb, self)
+class ImagesAdapter(Adapter):
+    NAME, PB = "containerd.services.images.v1.Images", pb
+    service: ImagesService
 
     @rpc
     def Get(self, request, context):

@@ -8,7 +8,7 @@ import os
 from google.rpc import status_pb2
 
 from .. import filters, stubs
-from ..grpcutil import rpc
+from ..grpcutil import Adapter, rpc
 from ..plugin import GRPC, SERVICE, InitContext, Plugin, PluginSet, Registration, SkipPlugin
 
 pb = stubs.module("appliance._proto.containerd.api.services.introspection.v1.introspection_pb2")
@@ -87,12 +87,9 @@ def plugin_to_pb(p: Plugin) -> pb.Plugin:
     return out
 
 
-class IntrospectionAdapter:
-    def __init__(self, service: IntrospectionService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.introspection.v1.Introspection", pb, self)
+class IntrospectionAdapter(Adapter):
+    NAME, PB = "containerd.services.introspection.v1.Introspection", pb
+    service: IntrospectionService
 
     @rpc
     def Plugins(self, request, context):

@@ -7,7 +7,7 @@ from google.protobuf import empty_pb2
 
 from .. import filters, stubs
 from ..core.metadata.leases import Lease, LeaseStore
-from ..grpcutil import namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc
 from ..plugin import GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2")
@@ -54,12 +54,9 @@ def lease_to_pb(lease: Lease) -> pb.Lease:
     return out
 
 
-class LeasesAdapter:
-    def __init__(self, service: LeasesService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.leases.v1.Leases", pb, self)
+class LeasesAdapter(Adapter):
+    NAME, PB = "containerd.services.leases.v1.Leases", pb
+    service: LeasesService
 
     @rpc
     def Create(self, request, context):

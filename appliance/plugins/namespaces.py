@@ -4,7 +4,7 @@ from __future__ import annotations
 from google.protobuf import empty_pb2
 
 from .. import stubs
-from ..grpcutil import namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc
 from ..plugin import EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.namespace_pb2")
@@ -46,12 +46,9 @@ class NamespacesService:
                               events.NamespaceDelete(name=name))
 
 
-class NamespacesAdapter:
-    def __init__(self, service: NamespacesService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.namespaces.v1.Namespaces", pb, self)
+class NamespacesAdapter(Adapter):
+    NAME, PB = "containerd.services.namespaces.v1.Namespaces", pb
+    service: NamespacesService
 
     @rpc
     def Get(self, request, context):

@@ -41,7 +41,8 @@ async def _runtime(ic: InitContext) -> TaskManager:
         str(ic.root), str(ic.state), ic.properties["io.containerd.plugin.grpc.address"],
         ic.properties["io.containerd.plugin.ttrpc.address"], ic.get(EVENT), timeouts,
         debug=logging.getLogger().isEnabledFor(logging.DEBUG), runtime_of=runtime_of,
-        prestart_shims=ic.config.prestart_shims, sched_core=ic.config.sched_core)
+        prestart_shims=ic.config.prestart_shims, sched_core=ic.config.sched_core,
+        supervisor=ic.supervisor, trash=ic.trash)
     if ic.config.prestart_shims:   # a container's shim starts at Containers.Create
         containers.created.subscribe(lambda ns, c: manager.prestart(
             ns, c.id, c.runtime.name, c.spec.value,

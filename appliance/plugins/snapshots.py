@@ -15,7 +15,7 @@ from ..core.snapshots.store import Info, Snapshotter
 from .. import stubs
 from ..config import unsupported
 from ..errdefs import InvalidArgument, Unimplemented
-from ..grpcutil import lease_of, namespace_of, rpc
+from ..grpcutil import Adapter, lease_of, namespace_of, rpc
 from ..plugin import (EVENT, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
 from ..process import fdlimit, metrics
@@ -82,14 +82,11 @@ def info_to_pb(info: Info) -> pb.Info:
     return out
 
 
-class SnapshotsAdapter:
+class SnapshotsAdapter(Adapter):
     """Thin: decode, call the service (blocking disk work in a thread), encode."""
 
-    def __init__(self, service: SnapshotsService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.snapshots.v1.Snapshots", pb, self)
+    NAME, PB = "containerd.services.snapshots.v1.Snapshots", pb
+    service: SnapshotsService
 
     @rpc
     async def Prepare(self, request, context):
@@ -191,11 +188,12 @@ def _root(ic: InitContext) -> str:
 def _overlay(ic: InitContext) -> OverlayBackend:
     if "overlay" not in _filesystems():
         raise SkipPlugin("overlayfs is not supported")
-    return OverlayBackend(_root(ic), upperdir_label=ic.config.upperdir_label)
+    return OverlayBackend(_root(ic), upperdir_label=ic.config.upperdir_label,
+                          trash=ic.trash)
 
 
 def _native(ic: InitContext) -> NativeBackend:
-    return NativeBackend(_root(ic))
+    return NativeBackend(_root(ic), trash=ic.trash)
 
 
 def _filesystems() -> set[str]:

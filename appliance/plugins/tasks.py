@@ -17,7 +17,7 @@ from ..core.metadata.containers import ContainerStore
 from ..core.runtime.manager import CreateOpts, TaskManager
 from ..core.runtime.shim import Shim, wrap
 from ..errdefs import AlreadyExists, InvalidArgument, NotFound, Unimplemented
-from ..grpcutil import namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc
 from ..plugin import (EVENT, GRPC, METADATA, MONITOR, RUNTIME_V1, RUNTIME_V2, SERVICE, InitContext,
                       Registration)
 
@@ -185,12 +185,9 @@ class TasksService:
         raise Unimplemented(CHECKPOINT_UNSUPPORTED)
 
 
-class TasksAdapter:
-    def __init__(self, service: TasksService):
-        self.service = service
-
-    def register(self, services):
-        services.add("containerd.services.tasks.v1.Tasks", pb, self)
+class TasksAdapter(Adapter):
+    NAME, PB = "containerd.services.tasks.v1.Tasks", pb
+    service: TasksService
 
     @rpc
     async def Create(self, request, context):

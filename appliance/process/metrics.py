@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable, Iterable
 
+from ..errdefs import StatusCode
+
 log = logging.getLogger("appliance.metrics")
 
 GO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)  # prometheus.DefBuckets
@@ -226,7 +228,6 @@ def record_methods(services) -> None:
     """Give every method of `services` (a stubs.GrpcServices) zero-valued series from the
     start, as go-grpc-prometheus's Register does (rate() then works from the first call).
     This loads every service's stubs at start-up: the price of metrics."""
-    from ..grpcserver import StatusCode
     for service in services.names():
         for name, handler in services.handlers(service).items():
             labels = (_grpc_type(handler), service, name)
@@ -239,7 +240,6 @@ def record_methods(services) -> None:
 
 def grpc_interceptor():
     """A gRPC server interceptor (appliance.grpcserver) counting calls per method and code."""
-    from ..grpcserver import StatusCode
 
     def split(method: str) -> tuple[str, str]:
         service, _, name = method.lstrip("/").rpartition("/")

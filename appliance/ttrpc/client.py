@@ -7,7 +7,7 @@ import logging
 from google.protobuf.message import DecodeError
 
 from .. import errdefs
-from ..grpcserver.status import StatusCode
+from ..errdefs import StatusCode
 from .framing import (NAMESPACE_KEY, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge, KeyValue,
                       Request, Response, encode_frame)
 

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 from google.protobuf.message import DecodeError
 
 from ..errdefs import ApplianceError, status_of
-from ..grpcserver.status import StatusCode
+from ..errdefs import StatusCode
 from .framing import (DATA, NAMESPACE_KEY, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge,
                       Request, Response, Status, encode_frame)
 

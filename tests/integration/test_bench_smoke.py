@@ -43,6 +43,30 @@ def test_bench_quick_version_section_against_ctrappliance(short_tmp):
     assert not list((tmp_path / "work").glob("*/workload/*/*.sock"))  # daemon stopped, cleaned
 
 
+def test_bench_runs_another_checkout_as_a_target(short_tmp):
+    """`--targets NAME=DIR`: a second ctrappliance tree without a venv of its own (here this
+    one's package again, through the wrapper the bench writes) is a column of its own, and
+    ratios are last over first."""
+    other = short_tmp / "checkout"
+    other.mkdir()
+    (other / "appliance").symlink_to(REPO / "appliance")
+    out = short_tmp / "results"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--sections", "version",
+                        "--targets", f"ctrappliance,other={other}", "--workdir",
+                        str(short_tmp / "work"), "--output", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["info"]["targets"] == ["ctrappliance", "other"]
+    assert data["info"]["checkouts"]["other"] == str(out.parent / "ctrappliance-other")
+    row = {row["metric"]: row for row in data["rows"]}["ctr_version"]
+    assert row["other"]["n"] == row["ctrappliance"]["n"] == 10
+    assert row["ratio"] == row["other"]["median"] / row["ctrappliance"]["median"]
+    assert "| measurement | unit | ctrappliance | other | ratio | target |" in \
+        out.with_suffix(".md").read_text()
+    assert not list((short_tmp / "work").glob("*/workload/*/*.sock"))
+
+
 def stress(daemon, *args, timeout=60):
     r = subprocess.run([STRESS, "-a", daemon.address, "-n", NS, "--json",
                         "--runc-root", str(daemon.workdir / "runc"), *args],

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
-from daemon import Daemon
+from daemon import Daemon, wait_for
 from image_helpers import make_multiarch, make_oci, oci_blobs, oci_manifest_digests
 from reference import Containerd
 from registry import LocalRegistry
@@ -391,7 +391,10 @@ def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path
                 images.PullImage(pb.PullImageRequest(image=_spec(f"{host}/test/busybox:v1")),
                                  timeout=60)
             assert "no data for 1s" in err.value.details()
-            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+            # the pull's lease is gone; the GC it schedules (not waited for, as containerd's)
+            # removes the ingest
+            wait_for(lambda: d.ctr("content", "active", namespace="k8s.io")
+                     .stdout.splitlines()[1:] == [], 20, "the unfinished ingest to go")
         finally:
             release.set()
             d.cleanup()

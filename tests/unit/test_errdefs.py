@@ -2,7 +2,8 @@
 import subprocess
 import sys
 
-from appliance import errdefs, grpcserver
+from appliance import errdefs
+from appliance.grpcserver import call
 from appliance.errdefs import StatusCode
 
 
@@ -15,7 +16,7 @@ def test_errdefs_imports_no_other_module_of_ours():
 
 
 def test_the_grpc_server_uses_the_status_codes_of_errdefs():
-    assert grpcserver.StatusCode is StatusCode
+    assert call.StatusCode is StatusCode
     assert errdefs.status_of(errdefs.NotFound("x")) == (StatusCode.NOT_FOUND, "x")
     assert errdefs.status_of(TimeoutError()) == (StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     assert type(errdefs.from_status(StatusCode.ALREADY_EXISTS, "y")) is errdefs.AlreadyExists

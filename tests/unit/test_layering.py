@@ -40,19 +40,23 @@ def _modules() -> dict[str, pathlib.Path]:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py") if "_proto" not in p.parts}
 
 
+def _from_module(name: str, path: pathlib.Path, node: ast.ImportFrom) -> str:
+    """The module a `from … import` in module `name` reads from, made absolute."""
+    if not node.level:
+        return node.module
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
     """The appliance modules `name` imports, anywhere in its text."""
     found = set()
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(base + ([node.module] if node.module else []))
-            else:
-                base = node.module
+            base = _from_module(name, path, node)
             # `from . import x` imports the module x when there is one
             submodules = {f"{base}.{a.name}" for a in node.names} & known
             found.update(submodules or {base})
@@ -180,3 +184,68 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
                     "appliance.core.b.y": {"appliance.core.a.x"}},
                    {"appliance.core.a", "appliance.core.b"}) == [
         ["appliance.core.a", "appliance.core.b"]]
+
+
+def _top_level_names(name: str, path: pathlib.Path) -> dict[str, tuple[str, str]]:
+    """Names module `name` binds at its top level with `from M import n`: name -> (M, n)."""
+    bound = {}
+    for node in ast.parse(path.read_text()).body:
+        body = [node]
+        if isinstance(node, ast.Try):   # try: from ._core import … except ImportError: …
+            body = node.body + [n for handler in node.handlers for n in handler.body]
+        for stmt in body:
+            if isinstance(stmt, ast.ImportFrom):
+                for alias in stmt.names:
+                    bound[alias.asname or alias.name] = (_from_module(name, path, stmt),
+                                                         alias.name)
+    return bound
+
+
+def _passed_through(modules) -> list[str]:
+    """`from X import n` where X only passes on n from another package: import it from there
+    (status codes through the gRPC server package, when they live in errdefs)."""
+    names = set(modules)
+    bound = {m: _top_level_names(m, p) for m, p in modules.items()}
+
+    def home(module, name):
+        source = bound[module].get(name)
+        if source is None or source[0] not in names or ".".join(source) in names:
+            return module
+        return home(*source)
+
+    found = []
+    for importer, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = _from_module(importer, path, node)
+            if base not in names or base == "appliance":   # the package's own face: __version__
+                continue
+            for alias in node.names:
+                if f"{base}.{alias.name}" in names:
+                    continue   # a submodule
+                where = home(base, alias.name)
+                if _package(where, names) != _package(base, names):
+                    found.append(f"{importer}: {alias.name} from {base}, not from {where}")
+    return found
+
+
+def test_names_are_imported_from_their_own_package_not_through_another():
+    assert _passed_through(_modules()) == []
+
+
+def test_the_pass_through_check_can_fail(tmp_path):
+    (tmp_path / "low.py").write_text("class Code: pass\n")
+    (tmp_path / "mid.py").write_text("from .low import Code\n")
+    (tmp_path / "top.py").write_text("from .mid import Code\n")
+    modules = {f"appliance.{n}": tmp_path / f"{n}.py" for n in ("low", "mid", "top")}
+    assert _passed_through(modules) == [
+        "appliance.top: Code from appliance.mid, not from appliance.low"]
+
+
+def test_the_grpc_server_and_ttrpc_do_not_import_each_other():
+    graph = _graph()
+    for name, targets in graph.items():
+        for a, b in (("ttrpc", "grpcserver"), ("grpcserver", "ttrpc")):
+            if name.startswith(f"appliance.{a}"):
+                assert not {t for t in targets if t.startswith(f"appliance.{b}")}, name

@@ -129,3 +129,15 @@ def test_a_late_apply_adopts_a_committed_extraction_only_in_its_namespace(md, tm
     other = sn.prepare("other-ns", "k3")
     assert unpacker.apply(blob, GZ, "sha256:l", other) == applied
     assert any(os.scandir(other[0].source))             # another namespace: extracted
+
+
+def test_a_namespace_in_use_names_what_it_still_has_in_containerds_order(md):
+    """The tables that keep a namespace are the namespace store's own list (no registry that
+    other modules fill as they are imported), in containerd's order."""
+    from appliance.errdefs import FailedPrecondition
+    md.snapshotters["native"].prepare(NS, "k")
+    md.containers.create(NS, Container("c1", runtime=Runtime("io.containerd.runc.v2"),
+                                       spec=any_pb2.Any()))
+    md.images.create(NS, Image("img", Descriptor("application/json", "sha256:" + "a" * 64, 1)))
+    with pytest.raises(FailedPrecondition, match="still has images, containers, snapshots$"):
+        md.namespaces.delete(NS)

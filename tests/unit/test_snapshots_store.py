@@ -4,7 +4,6 @@ import re
 
 import pytest
 
-from appliance.process import trash
 from appliance.core.metadata.db import DB
 from appliance.core.snapshots.backends import NativeBackend, OverlayBackend
 from appliance.core.snapshots.store import Snapshotter
@@ -54,7 +53,7 @@ def test_prepare_commit_chain_and_mounts(sn):
     sn.remove("ns", "k2")
     sn.remove("ns", "c1")
     assert sn.list("ns") == []
-    assert trash.settle()   # directories are removed in the background
+    assert sn.backend.trash.settle()   # directories are removed in the background
     assert os.listdir(sn.backend.snapshots) == []
 
 

@@ -1,6 +1,7 @@
 """The owner of background work: close() cancels tasks, stops threads, waits under a
 deadline and names what did not end; a failing task is logged, not lost."""
 import asyncio
+import os
 import logging
 import threading
 
@@ -61,4 +62,21 @@ def test_a_failing_task_is_logged(caplog):
             await asyncio.sleep(0.05)
         assert "background task broken failed" in caplog.text
         assert await s.close() == []
+    asyncio.run(main())
+
+
+def test_the_trash_drain_is_a_supervised_thread_that_close_ends(tmp_path):
+    from appliance.process.trash import Trash
+
+    async def main():
+        s = Supervisor()
+        trash = Trash(s.thread)
+        (tmp_path / "d" / "sub").mkdir(parents=True)
+        trash.discard(str(tmp_path / "d"))
+        assert not (tmp_path / "d").exists()   # renamed at once
+        assert trash.settle(10)
+        assert os.listdir(tmp_path) == []
+        assert [t.name for t in s._threads] == ["trash"]
+        assert await s.close(5.0) == []
+        assert s._threads == {}
     asyncio.run(main())

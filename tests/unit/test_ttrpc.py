@@ -9,7 +9,7 @@ from google.rpc import status_pb2
 from hypothesis import given, settings, strategies as st
 
 from appliance import errdefs
-from appliance.grpcserver import StatusCode
+from appliance.errdefs import StatusCode
 from appliance.ttrpc import (DATA, MAX_PAYLOAD, NAMESPACE_KEY, REQUEST, RESPONSE, Frame,
                              FrameDecoder, FrameTooLarge, KeyValue, Request, Response,
                              TTRPCClient, TTRPCServer, encode_frame, require_same_user)

@@ -12,13 +12,12 @@ from google.protobuf import any_pb2
 
 from ... import identifiers, stubs
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
-from .db import DB, apply_mask, now_ns, register_namespaced_kind
+from .db import DB, apply_mask, now_ns
 from .hook import Hook, no_hook
 
 pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.containers_pb2")
 
 KIND = "container"
-register_namespaced_kind("containers", "containers")
 
 # Fields a blank update mask replaces, as containerd's store.
 DEFAULT_UPDATE_PATHS = ("labels", "spec", "extensions", "image", "snapshotkey")

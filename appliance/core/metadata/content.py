@@ -24,14 +24,11 @@ from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ...process import failpoint, metrics
 from ..content.store import Ingest, LocalStore, Writer, parse_digest
-from . import images as _images  # noqa: F401  registers "images" before "blobs", containerd's order
-from .db import DB, now_ns, register_namespaced_kind
+from .db import DB, now_ns
 from .hook import no_hook
 
 KIND = "content"
 INGEST_EXPIRY_NS = 24 * 3600 * 10**9   # an ingest outside any lease expires after 24 h
-
-register_namespaced_kind("content", "blobs")
 
 
 @dataclass

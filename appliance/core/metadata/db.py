@@ -1,5 +1,9 @@
 """The metadata database: sqlite3 in WAL mode, one writer, versioned schema.
 
+Writes go through one connection behind a lock; reads through a connection of the reading
+thread's own, each `read()` one consistent snapshot that never waits on the writer (WAL), so
+the event loop does not wait while a GC sweep or a snapshot commit holds the write lock.
+
 bbolt's `v1/<namespace>/<kind>` buckets become tables keyed by (namespace, id);
 labels live in one table so List filters can use them. Schema changes are
 appended to MIGRATIONS and applied in place at open (PRAGMA user_version).
@@ -112,17 +116,6 @@ MIGRATIONS = [
     """,
 ]
 
-# Tables whose rows keep a namespace from being deleted, with containerd's words for them
-# (leases do not: as in containerd, they go with the namespace).
-NAMESPACED_KINDS: list[tuple[str, str]] = []
-
-
-def register_namespaced_kind(table: str, word: str) -> None:
-    """Called by stores of namespaced objects (images, content, ...)."""
-    if (table, word) not in NAMESPACED_KINDS:
-        NAMESPACED_KINDS.append((table, word))
-
-
 def apply_mask(paths, what: str, maps=None, fields=None) -> None:
     """containerd's update mask (fieldpaths) over one object, shared by the stores.
 
@@ -156,7 +149,7 @@ def now_ns() -> int:
 
 
 class DB:
-    """One sqlite connection shared by the daemon, guarded by a lock.
+    """One writing sqlite connection, guarded by a lock, and a reading one per thread.
 
     Reads are microseconds; writes commit with synchronous=FULL so an
     acknowledged change survives a crash.
@@ -165,8 +158,13 @@ class DB:
     def __init__(self, path: str, lock_timeout: float = 5.0):
         self.path = path
         self._lock_fd = self._acquire_lock(path + ".lock", lock_timeout)
+        self._timeout = lock_timeout or 5.0
         self._mutex = threading.RLock()
         self._depth = 0
+        self._writer: int | None = None   # the thread inside write(), which reads its own writes
+        self._local = threading.local()   # .conn: this thread's reading connection
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._conn = None
         self.reserve = Reserve(path + ".reserve")
         self.reserve.before_write()   # a full disk: free it before sqlite opens its WAL
@@ -239,6 +237,7 @@ class DB:
             self.reserve.before_write()
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._writer = threading.get_ident()
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
@@ -250,15 +249,48 @@ class DB:
                 raise
             finally:
                 self._depth = 0
+                self._writer = None
                 self.reserve.after_write()
 
     @contextlib.contextmanager
     def read(self):
-        with self._mutex:
+        """One consistent snapshot of the committed data (nested reads join it); inside this
+        thread's own write(), that transaction (it sees its uncommitted writes)."""
+        if self._writer == threading.get_ident():
             yield self._conn
+            return
+        conn = self._reader()
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN")   # deferred: a read snapshot from the first SELECT to COMMIT
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._timeout)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:   # not the write lock: a writer may hold that
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """No other thread writes meanwhile (GC: until its after-commit work is done)."""
+        with self._mutex:
+            yield
 
     def close(self) -> None:
-        with self._mutex:
+        with self._mutex, self._readers_lock:
+            for conn in self._readers:
+                conn.close()
             self._conn.close()
         os.close(self._lock_fd)
 

@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
 from ..content.store import digest_error
-from .db import DB, apply_mask, now_ns, register_namespaced_kind
+from .db import DB, apply_mask, now_ns
 from .hook import no_hook
 
 KIND = "image"
-
-register_namespaced_kind("images", "images")
 
 
 @dataclass

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from ... import identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, NotFound
-from .db import DB, NAMESPACED_KINDS, now_ns
+from .db import DB, now_ns
 
 KIND = "namespace"
+
+# Tables whose rows keep a namespace from being deleted, with containerd's words for them, in
+# the order its error lists them (leases do not: as in containerd, they go with the namespace).
+NAMESPACED_KINDS = (("images", "images"), ("content", "blobs"), ("containers", "containers"),
+                    ("snapshots", "snapshots"))
 
 
 class NamespaceStore:

@@ -8,13 +8,14 @@ import shutil
 
 from ... import identifiers
 from ...errdefs import ApplianceError, InvalidArgument
-from ...process import trash
+from ...process.trash import Trash
 
 log = logging.getLogger("appliance.runtime")
 
 
 class Bundle:
-    def __init__(self, state: str, root: str, namespace: str, task_id: str):
+    def __init__(self, state: str, root: str, namespace: str, task_id: str, trash: Trash):
+        self.trash = trash   # where its directories go when it is deleted
         self.namespace = namespace
         self.id = task_id
         self.path = os.path.join(state, namespace, task_id)
@@ -71,7 +72,7 @@ class Bundle:
 
     def discard(self) -> None:
         for path in (self.path, self.work):
-            trash.discard(path)   # renamed at once, removed off the request path
+            self.trash.discard(path)   # renamed at once, removed off the request path
 
 
 def remapped_gid(spec: bytes) -> int:
@@ -100,7 +101,7 @@ def _has_mounts_under(path: str) -> bool:
         return any((line.split()[4] + b"/").startswith(prefix) for line in f)
 
 
-def list_bundles(state: str, root: str) -> list[Bundle]:
+def list_bundles(state: str, root: str, trash: Trash) -> list[Bundle]:
     """Every bundle left in state (skipping hidden half-deleted ones)."""
     found = []
     try:
@@ -116,5 +117,5 @@ def list_bundles(state: str, root: str) -> list[Bundle]:
                 shutil.rmtree(os.path.join(ns_dir, task_id), ignore_errors=True)
                 continue
             if os.path.isdir(os.path.join(ns_dir, task_id)):
-                found.append(Bundle(state, root, ns, task_id))
+                found.append(Bundle(state, root, ns, task_id, trash))
     return found

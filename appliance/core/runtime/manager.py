@@ -18,6 +18,8 @@ from google.protobuf import any_pb2, timestamp_pb2
 from ... import stubs
 from ...errdefs import AlreadyExists, ApplianceError, NotFound, exhausted, no_space
 from ...process import failpoint
+from ...process.trash import Trash
+from ...supervisor import Supervisor
 from . import shim as shims
 from .bundle import Bundle, list_bundles
 
@@ -53,7 +55,8 @@ class CreateOpts:
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, exchange,
                  timeouts: Timeouts, debug: bool = False, runtime_of=None,
-                 prestart_shims: bool = False, sched_core: bool = False):
+                 prestart_shims: bool = False, sched_core: bool = False,
+                 supervisor: Supervisor | None = None, trash: Trash | None = None):
         self.root, self.state = root, state
         self.address, self.ttrpc_address = address, ttrpc_address
         self.exchange = exchange
@@ -66,7 +69,8 @@ class TaskManager:
         self._prestarted: dict[tuple[str, str], tuple] = {}
         self.tasks: dict[tuple[str, str], shims.Shim] = {}
         self._pending: set[tuple[str, str]] = set()  # being created
-        self._watchers: set[asyncio.Task] = set()
+        self.supervisor = supervisor or Supervisor()   # owns the shim watchers
+        self.trash = trash or Trash()   # removed bundles go there
         # shims being shut down and their bundles removed (a Delete waits for its own; a new
         # task with the same id waits for this, and so does close())
         self._teardowns: dict[tuple[str, str], asyncio.Task] = {}
@@ -135,7 +139,7 @@ class TaskManager:
     async def _start_shim(self, ns, task_id, runtime: str, spec: bytes,
                           options: bytes | None) -> shims.Shim:
         """A new bundle and a shim started in it (both removed again on failure)."""
-        bundle = Bundle(self.state, self.root, ns, task_id)
+        bundle = Bundle(self.state, self.root, ns, task_id, self.trash)
         try:
             bundle.create(spec)
         except FileExistsError:
@@ -325,9 +329,7 @@ class TaskManager:
 
     def _add(self, shim: shims.Shim) -> None:
         self.tasks[(shim.namespace, shim.id)] = shim
-        watcher = asyncio.create_task(self._watch(shim), name=f"shim-{shim.id}")
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self.supervisor.task(self._watch(shim), f"shim-{shim.namespace}/{shim.id}")
 
     async def _watch(self, shim: shims.Shim) -> None:
         await shim.client.wait_closed()
@@ -361,7 +363,7 @@ class TaskManager:
 
     async def load_existing(self) -> None:
         """Reconnect every shim left in state, in parallel; clean the dead ones."""
-        bundles = list_bundles(self.state, self.root)
+        bundles = list_bundles(self.state, self.root, self.trash)
         if not bundles:
             return
         started = time.monotonic()
@@ -430,9 +432,7 @@ class TaskManager:
             await asyncio.wait(list(self._teardowns.values()),
                                timeout=self.timeouts.shutdown + self.timeouts.cleanup)
         for shim in list(self.tasks.values()):
-            shim.close()
-        if self._watchers:
-            await asyncio.wait(list(self._watchers), timeout=2.0)
+            shim.close()   # the watchers are the supervisor's: it has ended them already
 
 
 def _read_spec(bundle: Bundle) -> dict:

@@ -19,8 +19,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from ...process import fdlimit, trash
-from ...process.trash import remove_tree
+from ...process import fdlimit
+from ...process.trash import Trash, remove_tree
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
 
@@ -97,8 +97,9 @@ class Backend:
     mounts_error = "failed to get active mount"   # Mounts of a committed snapshot
     cleaner = True   # containerd's snapshotter implements Cleanup (native's does not)
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, trash: Trash | None = None):
         self.root = root
+        self.trash = trash or Trash()   # removed snapshots' directories go there
         self.snapshots = os.path.join(root, "snapshots")
         os.makedirs(self.snapshots, mode=0o700, exist_ok=True)
         spread_subdirectories(self.snapshots)
@@ -123,7 +124,7 @@ class Backend:
         raise NotImplementedError
 
     def remove(self, sid: int) -> None:
-        trash.discard(self.dir(sid))   # the rmtree runs off the request path
+        self.trash.discard(self.dir(sid))   # the rmtree runs off the request path
 
     def usage(self, sid: int) -> tuple[int, int]:
         return disk_usage(self.fs(sid))
@@ -166,8 +167,8 @@ class OverlayBackend(Backend):
     """overlayfs: each snapshot's fs is an upper dir; parents are the lower dirs."""
     name = "overlayfs"
 
-    def __init__(self, root: str, upperdir_label: bool = False):
-        super().__init__(root)
+    def __init__(self, root: str, upperdir_label: bool = False, trash: Trash | None = None):
+        super().__init__(root, trash)
         self.upperdir_label = upperdir_label
         # containerd adds index=off whenever the kernel knows the option
         self.index_off = os.path.exists("/sys/module/overlay/parameters/index")

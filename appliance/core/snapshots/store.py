@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from ... import filters, identifiers
 from ...errdefs import q, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ...process import failpoint
-from ..metadata.db import DB, now_ns, register_namespaced_kind
+from ..metadata.db import DB, now_ns
 from ..metadata.hook import no_hook
 from .backends import ACTIVE, COMMITTED, VIEW, Backend, Mount
 
 KIND = "snapshot"
 NOT_MEASURED = -1   # size/inodes of a committed snapshot whose usage nobody asked for yet
-register_namespaced_kind("snapshots", "snapshots")
 
 
 @dataclass

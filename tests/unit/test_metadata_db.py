@@ -1,0 +1,66 @@
+"""The metadata database's one writer and per-thread readers: a read never waits for a write
+transaction held by another thread (the event loop while a GC sweep or a commit runs), sees
+only committed data as one snapshot, and a thread inside its own write sees that write."""
+import threading
+
+import pytest
+
+from appliance.core.metadata.db import DB
+
+
+@pytest.fixture
+def db(tmp_path):
+    db = DB(str(tmp_path / "meta.db"))
+    yield db
+    db.close()
+
+
+def names(conn):
+    return [r[0] for r in conn.execute("SELECT name FROM namespaces ORDER BY name")]
+
+
+def test_a_read_does_not_wait_for_another_threads_write(db):
+    with db.write() as tx:
+        tx.execute("INSERT INTO namespaces VALUES ('a', 1, 1)")
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def writer():
+        with db.write() as tx:
+            tx.execute("INSERT INTO namespaces VALUES ('b', 1, 1)")
+            inside.set()
+            release.wait(30)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        def read():
+            with db.read() as conn:
+                seen.append(names(conn))
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "the read waited for the writer"
+        assert seen == [["a"]]   # the uncommitted row is not seen
+    finally:
+        release.set()
+        thread.join(10)
+    with db.read() as conn:
+        assert names(conn) == ["a", "b"]
+
+
+def test_a_thread_reads_its_own_write_and_a_read_is_one_snapshot(db):
+    with db.write() as tx:
+        tx.execute("INSERT INTO namespaces VALUES ('a', 1, 1)")
+        with db.read() as conn:
+            assert names(conn) == ["a"]
+    with db.read() as conn:
+        first = names(conn)
+        def write():
+            with db.write() as tx:
+                tx.execute("INSERT INTO namespaces VALUES ('z', 1, 1)")
+        t = threading.Thread(target=write)
+        t.start()
+        t.join(10)
+        assert names(conn) == first == ["a"]   # committed meanwhile, not in this snapshot
+    with db.read() as conn:
+        assert names(conn) == ["a", "z"]
