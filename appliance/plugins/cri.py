@@ -1,8 +1,10 @@
 """io.containerd.grpc.v1.cri: Kubernetes' CRI on the daemon's socket (runtime.v1, and
 runtime.v1alpha2 as containerd 1.6 also serves it).
 
-Built so far: the ImageService and RuntimeService.Version. Every other RuntimeService method
-answers UNIMPLEMENTED naming itself (pods and containers come next).
+Built: the ImageService; RuntimeService's Version, pods (cri/sandbox.py) and containers
+(cri/container.py). Every other RuntimeService method answers UNIMPLEMENTED naming itself.
+The pod and container services start with the plugin (an async init): the event monitor,
+then recovery of what a previous run left; the ImageService is built on first use.
 """
 from __future__ import annotations
 

@@ -180,6 +180,15 @@ def mounts_under(path) -> list[str]:
         return [line.split()[4] for line in f if (line.split()[4] + "/").startswith(prefix)]
 
 
+def leftovers(daemon) -> dict:
+    """What a daemon's pods could leave: shims (their -address is the daemon's socket),
+    mounts under its work dir, pinned netns, containerd containers in k8s.io."""
+    netns = Path(daemon.state) / "netns"
+    return {"shims": shims_of([daemon.address]), "mounts": mounts_under(daemon.workdir),
+            "netns": sorted(os.listdir(netns)) if netns.is_dir() else [],
+            "containers": containers(daemon)}
+
+
 def snapshots(daemon) -> list[str]:
     out = daemon.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:]
     return sorted(line.split()[0] for line in out if line.strip())

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cri_helpers import (Client, Registry, containers, make_daemon, mounts_under, parse_log,
-                         shims_of, snapshots, wait_for)
+from cri_helpers import (Client, Registry, containers, leftovers, make_daemon, parse_log,
+                         pod_config, shims_of, snapshots, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -362,16 +362,23 @@ def test_missing_ids(cri):
 
 
 def _nothing_left(cri, before_snapshots):
-    assert containers(cri.daemon) == []
+    assert leftovers(cri.daemon) == {"shims": [], "mounts": [], "netns": [], "containers": []}
     assert snapshots(cri.daemon) == before_snapshots
-    assert mounts_under(cri.daemon.workdir) == [] or all(
-        "io.containerd.snapshotter" not in m and "sandboxes" not in m
-        for m in mounts_under(cri.daemon.workdir))
+
+
+def test_nothing_left_after_pods_are_removed(cri, registry, logdir):
+    before = snapshots(cri.daemon)
+    pod_id, config = cri.run_pod("tidy", logdir)
+    cid = cri.create(pod_id, config, "c", registry.busybox, ["sleep", "600"])
+    cri.start(cid)
+    assert leftovers(cri.daemon)["shims"] and leftovers(cri.daemon)["mounts"]
+    cri.remove_all()
+    wait_for(lambda: not shims_of([pod_id]), what="the pod's shim to exit")
+    _nothing_left(cri, before)
 
 
 def test_unknown_runtime_handler(cri):
     before = snapshots(cri.daemon)
-    from cri_helpers import pod_config
     code, message = _code(lambda: cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(
         config=pod_config("handler"), runtime_handler="nope")))
     assert code == grpc.StatusCode.UNKNOWN
@@ -385,7 +392,6 @@ def test_unknown_runtime_handler(cri):
 
 def test_container_in_missing_pod(cri, registry):
     before = snapshots(cri.daemon)
-    from cri_helpers import pod_config
     code, message = _code(lambda: cri.create("0" * 64, pod_config("ghost"), "c",
                                              registry.busybox, ["true"]))
     assert code == grpc.StatusCode.NOT_FOUND
@@ -423,11 +429,12 @@ def test_missing_sandbox_image(registry):
         daemon.start()
         client = Client(kind, daemon)
         try:
-            from cri_helpers import pod_config
             code, message = _code(lambda: client.runtime.RunPodSandbox(
                 pb.RunPodSandboxRequest(config=pod_config("nopause")), timeout=60))
             assert f'failed to get sandbox image "{registry.host}/no/pause:v1"' in message
-            assert containers(daemon) == [] and snapshots(daemon) == []
+            assert leftovers(daemon) == {"shims": [], "mounts": [], "netns": [],
+                                         "containers": []}
+            assert snapshots(daemon) == []
             answers[kind] = code
         finally:
             client.close()
