@@ -88,7 +88,8 @@ class ContainerService:
         volumes = await asyncio.to_thread(self._make_volumes, c, image.config)
         runtime_spec = specs.container_spec(
             cid, sandbox, config, image.config, c.image_name, volumes,
-            {**handler.options, "container_annotations": handler.runtime.container_annotations})
+            {**handler.options, "container_annotations": handler.runtime.container_annotations},
+            rt.cfg)
         labels = dict(config.labels)
         rt.create_record(cid, "container", labels, c.image_name, runtime_spec, handler,
                          CONTAINER_METADATA, c.metadata())

@@ -2,15 +2,13 @@
 containerd's default Unix spec (mounts, capabilities, masked and read-only paths), then the
 image config, then the CRI config.
 
-Security contexts and resources (part 3) mutate the spec dict at the call points marked
-`SECURITY HOOK`: `build_sandbox_spec` and `build_container_spec` call `spec_hooks` with the
-spec, the CRI config and the sandbox, after the base spec is complete.
+Security contexts and resources (part 3) mutate the finished base spec dict at the two call
+points, `sandbox_security` and `container_security` (no-ops until part 3 fills them in).
 """
 from __future__ import annotations
 
 import os
 import socket
-from typing import Callable
 
 from ..errdefs import InvalidArgument
 
@@ -45,10 +43,15 @@ IMAGE_NAME = "io.kubernetes.cri.image-name"
 POD, CONTAINER, NODE, TARGET = 0, 1, 2, 3
 PROPAGATION = {0: "rprivate", 1: "rslave", 2: "rshared"}
 
-# Part 3 registers functions here: fn(spec, config, sandbox_or_None) mutates the spec dict.
-SpecHook = Callable[[dict, object, object], None]
-sandbox_spec_hooks: list[SpecHook] = []
-container_spec_hooks: list[SpecHook] = []
+
+def sandbox_security(spec: dict, config, sandbox, cfg) -> None:
+    """Part 3: the pod's security context, sysctls and overhead into the pause container's
+    spec (`config`: PodSandboxConfig)."""
+
+
+def container_security(spec: dict, config, sandbox, cfg) -> None:
+    """Part 3: the container's security context and resources into its spec (`config`:
+    ContainerConfig; `sandbox`: cri.store.Sandbox)."""
 
 
 def default_mounts() -> list[dict]:
@@ -209,13 +212,12 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
         SANDBOX_NAME: config.metadata.name, SANDBOX_NAMESPACE: config.metadata.namespace,
         SANDBOX_UID: config.metadata.uid, SANDBOX_LOG_DIR: config.log_directory,
     }
-    for hook in sandbox_spec_hooks:     # SECURITY HOOK (part 3): sandbox security, resources
-        hook(spec, config, sandbox)
+    sandbox_security(spec, config, sandbox, cfg)
     return spec
 
 
 def container_spec(cid: str, sandbox, config, image_config: dict, image_name: str,
-                   volumes: dict[str, str], runtime_opts: dict) -> dict:
+                   volumes: dict[str, str], runtime_opts: dict, cfg) -> dict:
     """An application container's spec; `volumes` maps image volume paths to host dirs."""
     spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid,
                                      bool(runtime_opts.get("SystemdCgroup"))))
@@ -267,8 +269,7 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
         SANDBOX_UID: sandbox.config.metadata.uid,
         CONTAINER_NAME: config.metadata.name, IMAGE_NAME: image_name,
     }
-    for hook in container_spec_hooks:   # SECURITY HOOK (part 3): container security, resources
-        hook(spec, config, sandbox)
+    container_security(spec, config, sandbox, cfg)
     return spec
 
 
