@@ -94,8 +94,10 @@ class ContainerService:
         rt.create_record(cid, "container", labels, c.image_name, runtime_spec, handler,
                          CONTAINER_METADATA, c.metadata())
         undo.append(lambda: rt.delete_record(cid))
-        await rt.prepare_snapshot(cid, image.chain_id)
+        mounts = await rt.prepare_snapshot(cid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(cid))
+        if volumes:
+            await asyncio.to_thread(_copy_up, mounts, volumes, c.state_dir)
         c.status = Status(created_at=time.time_ns())
         await asyncio.to_thread(c.save_status)
         rt.containers.add(c)
@@ -317,6 +319,26 @@ class ContainerService:
                 c.status.exit_code = UNKNOWN_EXIT_CODE
                 c.status.reason = "Unknown"
                 await asyncio.to_thread(c.save_status)
+
+
+def _copy_up(mounts, volumes: dict[str, str], scratch: str) -> None:
+    """What the image has at each volume path, copied into the new volume (containerd's
+    WithVolumes): the container's rootfs mounted read-only for the copy."""
+    import subprocess
+    from ..mount import mount_one, unmount
+    target = ensure_dir(os.path.join(scratch, "copy-up"), 0o700)
+    for m in mounts:
+        mount_one(m.type, m.source, [*m.options, "ro"] if m.type == "bind" else list(m.options),
+                  target)
+    try:
+        for path, volume in volumes.items():
+            source = os.path.join(target, path.lstrip("/"))
+            if os.path.isdir(source) and not os.path.islink(source):
+                subprocess.run(["cp", "-a", f"{source}/.", volume], check=True,
+                               capture_output=True, timeout=300)
+    finally:
+        unmount(target)
+        os.rmdir(target)
 
 
 def _state_name(state: int) -> str:

@@ -139,24 +139,35 @@ class SandboxService:
         remove_tree(sandbox.state_dir)
 
     async def _setup_network(self, sandbox: Sandbox, undo) -> None:
-        """A pinned netns and CNI ADD (cri.netns / cri.cni, when networking is set up)."""
+        """A pinned netns, then CNI ADD (containerd's order); both undone on a failure."""
         from .netns import NetNS
-        base = (os.path.join(self.rt.state, "netns") if self.rt.cfg.netns_mounts_under_state_dir
-                else "/var/run/netns")
-        netns = await asyncio.to_thread(NetNS.create, base)
+        netns = await asyncio.to_thread(NetNS.create, self.netns_dir())
         sandbox.netns_path = netns.path
         undo.append(lambda: asyncio.to_thread(netns.remove))
         config = sandbox.config
-        mappings = list(config.port_mappings)
-        result = await self.rt.network.setup(
-            sandbox.id, netns.path, pod_name=config.metadata.name,
-            pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
-            port_mappings=mappings)
+        mappings = port_mappings(config)
+        dns = config.dns_config
+        try:
+            result = await self.rt.network.setup(
+                sandbox.id, netns.path, pod_name=config.metadata.name,
+                pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
+                port_mappings=mappings, annotations=dict(config.annotations),
+                dns={"servers": list(dns.servers), "searches": list(dns.searches),
+                     "options": list(dns.options)} if dns.ByteSize() else None)
+        except ApplianceError as exc:
+            raise type(exc)(f'failed to setup network for sandbox "{sandbox.id}": '
+                            f"{exc.message}") from None
         undo.append(lambda: self.rt.network.teardown(sandbox.id, netns.path,
                                                      port_mappings=mappings))
         sandbox.ip = result.ip
         sandbox.additional_ips = list(result.additional_ips)
         sandbox.cni_result = result.result
+
+    def netns_dir(self) -> str:
+        """Where pods' network namespaces are pinned (containerd's two choices)."""
+        if self.rt.cfg.netns_mounts_under_state_dir:
+            return os.path.join(self.rt.state, "netns")
+        return "/var/run/netns"
 
     # --- StopPodSandbox / RemovePodSandbox ----------------------------------------------
 
@@ -197,7 +208,7 @@ class SandboxService:
         netns = NetNS.at(sandbox.netns_path)
         if self.rt.network is not None:
             await self.rt.network.teardown(sandbox.id, sandbox.netns_path,
-                                           port_mappings=list(sandbox.config.port_mappings))
+                                           port_mappings=port_mappings(sandbox.config))
         await asyncio.to_thread(netns.remove)
 
     def _unmount_shm(self, sandbox: Sandbox) -> None:
@@ -297,6 +308,14 @@ class SandboxService:
                 await self.rt.delete_task(record.id)
             self.rt.sandboxes.add(sandbox)
             self.rt.sandbox_names.reserve(sandbox.name, sandbox.id)
+
+
+def port_mappings(config) -> list:
+    """The pod's port mappings as cri.cni takes them."""
+    from .cni import PortMapping
+    protocols = {0: "tcp", 1: "udp", 2: "sctp"}
+    return [PortMapping(protocols.get(m.protocol, "tcp"), m.container_port, m.host_port,
+                        m.host_ip) for m in config.port_mappings]
 
 
 def _runtime_options_json(handler) -> dict | None:

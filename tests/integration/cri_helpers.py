@@ -24,13 +24,14 @@ LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z) (stdout|
 
 class Registry:
     """docker-registry on 127.0.0.1 with test/busybox:v1, test/pause:v1 (sleeps) and
-    test/volume:v1 (declares a volume)."""
+    test/volume:v1 (declares volumes /data and /bin)."""
 
     def __init__(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="ca-cripods-")
         busybox = make_oci(Path(self.tmp.name))
         pause = with_config(busybox, "pause", Cmd=["sleep", "2147483647"])
-        volume = with_config(busybox, "volume", Volumes={"/data": {}})
+        # /bin as a volume too: its files must be copied into the volume to run anything
+        volume = with_config(busybox, "volume", Volumes={"/data": {}, "/bin": {}})
         self.registry = LocalRegistry().start()
         self.host = self.registry.host
         self.busybox_digest = self.registry.push(busybox, "test/busybox:v1")

@@ -498,3 +498,25 @@ def test_restart_recovery(registry, logdir):
             client.close()
             daemon.cleanup()
     assert answers["ctrappliance"] == answers["containerd"]
+
+
+def test_v1alpha2_pod_and_container(cri, registry):
+    """runtime.v1alpha2 (containerd 1.6 serves it too): the same pods and containers."""
+    from appliance._proto.cri.v1alpha2 import api_pb2 as a2, api_pb2_grpc as a2rpc
+    runtime = a2rpc.RuntimeServiceStub(cri.channel)
+    config = a2.PodSandboxConfig.FromString(pod_config("alpha").SerializeToString())
+    pod_id = runtime.RunPodSandbox(a2.RunPodSandboxRequest(config=config),
+                                   timeout=120).pod_sandbox_id
+    cconfig = a2.ContainerConfig(metadata=a2.ContainerMetadata(name="alpha"),
+                                 image=a2.ImageSpec(image=registry.busybox),
+                                 command=["sh", "-c", "exit 5"])
+    cid = runtime.CreateContainer(a2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=cconfig, sandbox_config=config)).container_id
+    runtime.StartContainer(a2.StartContainerRequest(container_id=cid))
+    status = cri.wait_exited(cid)
+    alpha = runtime.ContainerStatus(a2.ContainerStatusRequest(container_id=cid)).status
+    assert (alpha.state, alpha.exit_code, alpha.reason) == (a2.CONTAINER_EXITED, 5, "Error")
+    assert alpha.started_at == status.started_at
+    pods = runtime.ListPodSandbox(a2.ListPodSandboxRequest()).items
+    assert [(p.id, p.metadata.name) for p in pods] == [(pod_id, "alpha")]
+    same("v1alpha2", cri.kind, (alpha.exit_code, alpha.reason))
