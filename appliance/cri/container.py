@@ -18,7 +18,7 @@ import time
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from . import logs, spec as specs
 from .images import NAMESPACE
-from .runtime import EXIT_WAIT, CRIRuntime, ensure_dir, remove_tree
+from .runtime import EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json, remove_tree
 from .sandbox import new_id
 from .store import (CONTAINER_METADATA, CREATED, EXITED, RUNNING, SANDBOX_READY,
                     UNKNOWN_EXIT_CODE, Container, Status, container_from_metadata)
@@ -247,7 +247,6 @@ class ContainerService:
         return status, info
 
     def _verbose(self, c: Container) -> str:
-        from google.protobuf import json_format
         record = self.rt.containers_service.get(NAMESPACE, c.id)
         sandbox = self.rt.sandboxes.find(c.sandbox_id)
         handler = self.rt.cfg.containerd.runtimes.get(
@@ -257,9 +256,8 @@ class ContainerService:
             "sandboxID": c.sandbox_id, "pid": c.status.pid, "removing": c.status.removing,
             "snapshotKey": c.id, "snapshotter": self.rt.cfg.containerd.snapshotter,
             "runtimeType": handler.runtime_type if handler else "",
-            "runtimeOptions": {k: v for k, v in (handler.options if handler else {}).items()
-                               if v not in ("", 0, False)},
-            "config": json_format.MessageToDict(c.config),
+            "runtimeOptions": options_json(handler),
+            "config": config_json(c.config),
             "runtimeSpec": json.loads(record.spec.value) if record.spec else None,
         })
 

@@ -146,8 +146,11 @@ class CRIRuntime:
 
     async def create_task(self, cid: str, stdout: str = "", stderr: str = "") -> int:
         rootfs = await self.snapshot_mounts(cid)
-        return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
-            container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
+        try:
+            return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
+                container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
+        except ApplianceError as exc:
+            raise type(exc)(f"failed to create containerd task: {exc.message}") from None
 
     async def start_task(self, cid: str) -> int:
         return await self.tasks.start(NAMESPACE, cid, "")
@@ -190,6 +193,23 @@ class CRIRuntime:
                     reader.close()
                 if c.io.sink is not None:
                     c.io.sink.close()
+
+
+def options_json(runtime: Runtime | None) -> dict | None:
+    """The runtime's runc options as verbose statuses show them (the Options message's JSON
+    names, empty ones left out)."""
+    if runtime is None:
+        return None
+    return {RUNC_OPTION_FIELDS.get(k, k): v for k, v in (runtime.options or {}).items()
+            if v not in ("", 0, False, None)}
+
+
+def config_json(message) -> dict:
+    """A CRI config as containerd's verbose info shows it (Go's JSON of the message:
+    proto field names, enums as numbers)."""
+    from google.protobuf import json_format
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     use_integers_for_enums=True)
 
 
 def remove_tree(path: str) -> None:

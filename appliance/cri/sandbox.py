@@ -21,7 +21,7 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
 from . import spec as specs
 from .images import NAMESPACE
-from .runtime import CRIRuntime, ensure_dir, remove_tree
+from .runtime import CRIRuntime, config_json, ensure_dir, options_json, remove_tree
 from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox,
                     sandbox_from_metadata)
 
@@ -73,9 +73,7 @@ class SandboxService:
                           os.path.join(rt.state, "sandboxes", sid), image=rt.cfg.sandbox_image,
                           created_at=time.time_ns())
         host_net = config.linux.security_context.namespace_options.network == specs.NODE
-        sandbox.hostname = config.hostname or (specs.host_hostname() if host_net else "")
-        if not sandbox.hostname:
-            sandbox.hostname = specs.host_hostname()
+        sandbox.hostname = config.hostname or specs.host_hostname()
 
         undo.append(lambda: remove_tree(sandbox.root))
         undo.append(lambda: self._remove_state_dir(sandbox))
@@ -253,7 +251,6 @@ class SandboxService:
         return status, info
 
     def _verbose(self, sandbox: Sandbox) -> str:
-        from google.protobuf import json_format
         record = self.rt.containers_service.get(NAMESPACE, sandbox.id)
         runtime_spec = json.loads(record.spec.value) if record.spec else None
         handler = self.rt.cfg.containerd.runtimes.get(
@@ -261,14 +258,14 @@ class SandboxService:
         return json.dumps({
             "pid": sandbox.pid,
             "processStatus": "running" if sandbox.state == SANDBOX_READY else "deleted",
-            "netNamespaceClosed": not sandbox.netns_path or not os.path.exists(
+            "netNamespaceClosed": bool(sandbox.netns_path) and not os.path.exists(
                 sandbox.netns_path),
             "image": sandbox.image, "snapshotKey": sandbox.id,
             "snapshotter": self.rt.cfg.containerd.snapshotter,
             "runtimeHandler": sandbox.runtime_handler,
             "runtimeType": handler.runtime_type if handler else "",
-            "runtimeOptions": _runtime_options_json(handler),
-            "config": json_format.MessageToDict(sandbox.config),
+            "runtimeOptions": options_json(handler),
+            "config": config_json(sandbox.config),
             "runtimeSpec": runtime_spec, "cniResult": sandbox.cni_result,
         })
 
@@ -316,9 +313,3 @@ def port_mappings(config) -> list:
     protocols = {0: "tcp", 1: "udp", 2: "sctp"}
     return [PortMapping(protocols.get(m.protocol, "tcp"), m.container_port, m.host_port,
                         m.host_ip) for m in config.port_mappings]
-
-
-def _runtime_options_json(handler) -> dict | None:
-    if handler is None:
-        return None
-    return {k: v for k, v in (handler.options or {}).items() if v not in ("", 0, False)}

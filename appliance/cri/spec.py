@@ -73,15 +73,14 @@ def default_mounts() -> list[dict]:
 
 
 def default_spec(cgroups_path: str) -> dict:
-    """containerd's populateDefaultUnixSpec."""
+    """containerd's populateDefaultUnixSpec, less the default rlimits (the CRI drops them)."""
     return {
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
         "process": {
-            "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": False,
+            "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": True,
             "capabilities": {k: list(DEFAULT_CAPS)
                              for k in ("bounding", "permitted", "effective")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         },
         "mounts": default_mounts(),
         "linux": {
@@ -148,19 +147,19 @@ def _user(image_config: dict) -> dict:
 
 
 def _set_namespace(spec: dict, ns_type: str, path: str | None) -> None:
-    """path None: drop the namespace (host's); "" a new one; else join `path`."""
-    namespaces = [n for n in spec["linux"]["namespaces"] if n["type"] != ns_type]
+    """path None: drop the namespace (the host's); "" a new one; else join `path`. In place,
+    as containerd's WithLinuxNamespace (a new type goes last)."""
+    namespaces = spec["linux"]["namespaces"]
+    entry = {"type": ns_type, **({"path": path} if path else {})}
+    for i, ns in enumerate(namespaces):
+        if ns["type"] == ns_type:
+            if path is None:
+                del namespaces[i]
+            else:
+                namespaces[i] = entry
+            return
     if path is not None:
-        entry = {"type": ns_type}
-        if path:
-            entry["path"] = path
         namespaces.append(entry)
-    spec["linux"]["namespaces"] = namespaces
-
-
-def _replace_mount(spec: dict, mount: dict) -> None:
-    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != mount["destination"]]
-    spec["mounts"].append(mount)
 
 
 def _bind(source: str, destination: str, readonly: bool, propagation: str = "rprivate"):
@@ -190,8 +189,8 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     process["oomScoreAdj"] = restrict_oom_score_adj(SANDBOX_OOM_SCORE_ADJ, cfg)
     spec["root"]["readonly"] = True
     net, pid, ipc = _ns_modes(config.linux)
-    if net != NODE:     # the host's UTS namespace keeps the host's name
-        spec["hostname"] = sandbox.hostname
+    if config.hostname:   # as containerd, even with the host's network (runc refuses that)
+        spec["hostname"] = config.hostname
     if net == NODE:
         _set_namespace(spec, "network", None)
         _set_namespace(spec, "uts", None)
@@ -201,11 +200,15 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
         _set_namespace(spec, "pid", None)
     if ipc == NODE:
         _set_namespace(spec, "ipc", None)
-        _replace_mount(spec, _bind("/dev/shm", "/dev/shm", False))
-    else:
-        _replace_mount(spec, _bind(sandbox.shm_path, "/dev/shm", False))
+    # after the default /dev/shm tmpfs, as containerd's (the later mount wins)
+    spec["mounts"] += [
+        {"destination": "/dev/shm", "type": "bind", "options": ["rbind", "ro"],
+         "source": "/dev/shm" if ipc == NODE else sandbox.shm_path},
+        {"destination": "/etc/resolv.conf", "type": "bind", "options": ["rbind", "ro"],
+         "source": sandbox.resolv_path}]
     spec["linux"]["resources"]["cpu"] = {"shares": SANDBOX_CPU_SHARES}
-    spec["linux"]["sysctls"] = dict(config.linux.sysctls)
+    if config.linux.sysctls:
+        spec["linux"]["sysctls"] = dict(config.linux.sysctls)
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("pod_annotations", [])),
         CONTAINER_TYPE: "sandbox", SANDBOX_ID: sandbox.id,
@@ -234,7 +237,10 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
     process["args"] = args
     process["cwd"] = config.working_dir or image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    process["terminal"] = config.tty
+    process["user"]["additionalGids"] = [process["user"]["gid"]]
+    del process["noNewPrivileges"]          # the CRI's WithoutNoNewPrivileges
+    if config.tty:
+        process["terminal"] = True
     env = _merge_env(_image_env(image_config), [f"HOSTNAME={sandbox.hostname}"])
     process["env"] = _merge_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
     spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup",
@@ -251,15 +257,14 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
         else:
             spec["linux"].pop(key, None)
 
-    net, pid, ipc = _ns_modes(sandbox.config.linux)
+    # the pod's namespaces, by path, as containerd's WithPodNamespaces (with the host's
+    # network, /proc/<pause>/ns/net is the host's); a PID namespace of its own on request
     sandbox_ns = f"/proc/{sandbox.pid}/ns"
-    _set_namespace(spec, "network", None if net == NODE else f"{sandbox_ns}/net")
-    _set_namespace(spec, "uts", None if net == NODE else f"{sandbox_ns}/uts")
-    _set_namespace(spec, "ipc", None if ipc == NODE else f"{sandbox_ns}/ipc")
-    cpid = config.linux.security_context.namespace_options.pid
-    if pid == NODE or cpid == NODE:
-        _set_namespace(spec, "pid", None)
-    elif cpid == POD:
+    for ns_type, name in (("network", "net"), ("ipc", "ipc"), ("uts", "uts")):
+        _set_namespace(spec, ns_type, f"{sandbox_ns}/{name}")
+    if config.linux.security_context.namespace_options.pid == CONTAINER:
+        _set_namespace(spec, "pid", "")
+    else:
         _set_namespace(spec, "pid", f"{sandbox_ns}/pid")
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("container_annotations", [])),
