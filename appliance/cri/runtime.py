@@ -81,10 +81,13 @@ class CRIRuntime:
         """cri.images.ImageService (built on first use: it loads the pull engine)."""
         return self.plugin.images
 
+    def network_for(self, handler: str):
+        """The CNI (cri.cni.CNIManager) of a runtime handler's pods."""
+        return self.plugin.network_for(handler)
+
     @property
-    def network(self):
-        """cri.cni.CNIManager, or None while the CRI has no networking."""
-        return self.plugin.network
+    def netns_dir(self) -> str:
+        return self.plugin.netns_dir
 
     # --- runtime handlers -----------------------------------------------------------
 

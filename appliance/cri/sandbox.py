@@ -79,7 +79,7 @@ class SandboxService:
         undo.append(lambda: self._remove_state_dir(sandbox))
         await asyncio.to_thread(self._make_files, sandbox)
 
-        if not host_net and rt.network is not None:
+        if not host_net:
             await self._setup_network(sandbox, undo)
 
         runtime_spec = specs.sandbox_spec(sandbox, image.config, rt.cfg, {
@@ -139,14 +139,15 @@ class SandboxService:
     async def _setup_network(self, sandbox: Sandbox, undo) -> None:
         """A pinned netns, then CNI ADD (containerd's order); both undone on a failure."""
         from .netns import NetNS
-        netns = await asyncio.to_thread(NetNS.create, self.netns_dir())
+        netns = await asyncio.to_thread(NetNS.create, self.rt.netns_dir)
         sandbox.netns_path = netns.path
         undo.append(lambda: asyncio.to_thread(netns.remove))
         config = sandbox.config
         mappings = port_mappings(config)
         dns = config.dns_config
         try:
-            result = await self.rt.network.setup(
+            network = self.rt.network_for(sandbox.runtime_handler)
+            result = await network.setup(
                 sandbox.id, netns.path, pod_name=config.metadata.name,
                 pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
                 port_mappings=mappings, annotations=dict(config.annotations),
@@ -155,17 +156,10 @@ class SandboxService:
         except ApplianceError as exc:
             raise type(exc)(f'failed to setup network for sandbox "{sandbox.id}": '
                             f"{exc.message}") from None
-        undo.append(lambda: self.rt.network.teardown(sandbox.id, netns.path,
-                                                     port_mappings=mappings))
+        undo.append(lambda: network.teardown(sandbox.id, netns.path, port_mappings=mappings))
         sandbox.ip = result.ip
         sandbox.additional_ips = list(result.additional_ips)
         sandbox.cni_result = result.result
-
-    def netns_dir(self) -> str:
-        """Where pods' network namespaces are pinned (containerd's two choices)."""
-        if self.rt.cfg.netns_mounts_under_state_dir:
-            return os.path.join(self.rt.state, "netns")
-        return "/var/run/netns"
 
     # --- StopPodSandbox / RemovePodSandbox ----------------------------------------------
 
@@ -204,9 +198,8 @@ class SandboxService:
             return
         from .netns import NetNS
         netns = NetNS.at(sandbox.netns_path)
-        if self.rt.network is not None:
-            await self.rt.network.teardown(sandbox.id, sandbox.netns_path,
-                                           port_mappings=port_mappings(sandbox.config))
+        await self.rt.network_for(sandbox.runtime_handler).teardown(
+            sandbox.id, sandbox.netns_path, port_mappings=port_mappings(sandbox.config))
         await asyncio.to_thread(netns.remove)
 
     def _unmount_shm(self, sandbox: Sandbox) -> None:
