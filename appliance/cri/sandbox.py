@@ -210,8 +210,7 @@ class SandboxService:
         sandbox = self.rt.sandboxes.find(sid)
         if sandbox is None:
             return                       # containerd: removing a missing sandbox is OK
-        if sandbox.state == SANDBOX_READY:
-            await self._stop(sandbox, containers)
+        await self._stop(sandbox, containers)    # a READY pod is force-stopped first
         for c in self.rt.containers.list():
             if c.sandbox_id == sandbox.id:
                 await containers.remove(c.id)

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import grpc
@@ -235,3 +234,22 @@ def _answers(client) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_host_port_already_taken(cri, registry, net):
+    """A second pod asking for a host port another pod maps: containerd 1.6 (portmap) does
+    not refuse it; either way nothing stays once both pods are gone."""
+    host_port = 32000 + os.getpid() % 20000
+    mapping = pb.PortMapping(protocol=pb.TCP, container_port=8080, host_port=host_port)
+    first, _ = _pod(cri, "port-first", port_mappings=[mapping])
+    try:
+        second, _ = _pod(cri, "port-second", port_mappings=[mapping])
+        answer = ("ok", cri.pod_status(second).status.state)
+    except grpc.RpcError as exc:
+        answer = ("refused", exc.code())
+    chains = chains_of([first])
+    ids = [p.id for p in cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items]
+    cri.remove_all()
+    wait_for(lambda: not shims_of(ids), what="the pods' shims to exit")
+    _clean(cri, net, ids, chains)
+    same("host-port-taken", cri.kind, answer)

@@ -255,7 +255,7 @@ def test_container_name_is_reserved(cri, registry):
     cri.create(pod_id, config, "twin", registry.busybox, ["sleep", "600"])
     code, message = _code(lambda: cri.create(pod_id, config, "twin", registry.busybox,
                                              ["sleep", "600"]))
-    name = f"twin_reserve_critest_uid-reserve_0"
+    name = "twin_reserve_critest_uid-reserve_0"
     assert re.fullmatch(f'failed to reserve container name "{name}": name "{name}" is '
                         'reserved for "[0-9a-f]{64}"', message), message
     # containerd 1.6 answers UNKNOWN (1.7: ALREADY_EXISTS): README's intended differences
