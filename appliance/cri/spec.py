@@ -54,26 +54,8 @@ def container_security(spec: dict, config, sandbox, cfg) -> None:
     ContainerConfig; `sandbox`: cri.store.Sandbox)."""
 
 
-def default_mounts() -> list[dict]:
-    """containerd's oci.defaultMounts, less /run (the CRI drops it: WithoutRunMount)."""
-    return [
-        {"destination": "/proc", "type": "proc", "source": "proc",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
-    ]
-
-
-def default_spec(cgroups_path: str) -> dict:
-    """containerd's populateDefaultUnixSpec, less the default rlimits (the CRI drops them)."""
+def oci_default_spec(cgroups_path: str) -> dict:
+    """containerd's populateDefaultUnixSpec (oci.defaultMounts included)."""
     return {
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
@@ -81,8 +63,25 @@ def default_spec(cgroups_path: str) -> dict:
             "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": True,
             "capabilities": {k: list(DEFAULT_CAPS)
                              for k in ("bounding", "permitted", "effective")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         },
-        "mounts": default_mounts(),
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                         "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        ],
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
             "cgroupsPath": cgroups_path,
@@ -91,6 +90,15 @@ def default_spec(cgroups_path: str) -> dict:
             "readonlyPaths": list(DEFAULT_READONLY_PATHS),
         },
     }
+
+
+def default_spec(cgroups_path: str) -> dict:
+    """The CRI's base: containerd's default spec without /run (WithoutRunMount) and without
+    the default rlimits."""
+    spec = oci_default_spec(cgroups_path)
+    del spec["process"]["rlimits"]
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/run"]
+    return spec
 
 
 def restrict_oom_score_adj(value: int, cfg) -> int:
