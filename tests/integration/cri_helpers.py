@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
-from daemon import Daemon
+from daemon import Daemon, wait_for
 from image_helpers import make_oci, with_config
 from reference import Containerd
 from registry import LocalRegistry
@@ -113,6 +113,8 @@ class Client:
         self.connect()
 
     def connect(self):
+        if getattr(self, "channel", None) is not None:
+            self.channel.close()
         self.channel = grpc.insecure_channel(f"unix://{self.daemon.address}")
         self.runtime = rpc.RuntimeServiceStub(self.channel)
         self.images = rpc.ImageServiceStub(self.channel)
@@ -167,11 +169,39 @@ class Client:
                                           timeout=60)
 
 
+CGROUP_PARENT = f"/critest-{os.getpid()}"      # one per test process: helpers run at once
+
+
+def remove_cgroup_parent() -> None:
+    """runc leaves the pods' parent cgroup (containerd's too): remove it once it is empty."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        try:
+            (hierarchy / CGROUP_PARENT.lstrip("/")).rmdir()
+        except OSError:
+            pass
+
+
+def stop_daemon(client: "Client") -> None:
+    """End of a test's daemon: its pods removed first (a failed test may leave some; the
+    CRI may still be starting after a restart), then the daemon stopped and its dirs gone."""
+    daemon = client.daemon
+    try:
+        if daemon.proc is not None and daemon.proc.poll() is not None:  # stopped by the test
+            daemon.start()
+            client.connect()
+        wait_for(lambda: cri_answers(client), what="the CRI")
+        client.remove_all()
+    finally:
+        client.close()
+        daemon.cleanup()
+        remove_cgroup_parent()
+
+
 def pod_config(name: str, log_dir: str = "", host_network: bool = True, **fields):
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace="critest", uid=f"uid-{name}"),
         log_directory=log_dir, **fields)
-    config.linux.cgroup_parent = "/critest-pods"
+    config.linux.cgroup_parent = CGROUP_PARENT
     if host_network:
         config.linux.security_context.namespace_options.network = pb.NODE
     return config

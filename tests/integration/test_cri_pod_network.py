@@ -15,7 +15,7 @@ import pytest
 from appliance._proto.cri.v1 import api_pb2 as pb
 from cni_helpers import PLUGINS, TestNetwork, chains_of, leftovers as net_leftovers
 from cri_helpers import (Answers, Client, Registry, cri_answers, make_daemon, netns_dir,
-                         parse_log, shims_of)
+                         parse_log, shims_of, stop_daemon)
 from daemon import wait_for
 
 pytestmark = [pytest.mark.integration,
@@ -54,11 +54,7 @@ def cri(request, registry, net):
         wait_for(lambda: _network_ready(client), what="NetworkReady")
         yield client
     finally:
-        try:
-            client.remove_all()
-        finally:
-            client.close()
-            daemon.cleanup()
+        stop_daemon(client)
 
 
 @pytest.fixture(autouse=True)
@@ -215,8 +211,7 @@ def test_restart_keeps_the_ip_and_stop_releases_it(registry, net, logdir):
             answers[kind] = status.state
             client.remove_all()
         finally:
-            client.close()
-            daemon.cleanup()
+            stop_daemon(client)
     assert answers["ctrappliance"] == answers["containerd"]
 
 

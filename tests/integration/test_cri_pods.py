@@ -14,8 +14,9 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cri_helpers import (Answers, Client, Registry, containers, cri_answers, leftovers,
-                         make_daemon, parse_log, pod_config, shims_of, snapshots)
+from cri_helpers import (CGROUP_PARENT, Answers, Client, Registry, containers, cri_answers,
+                         leftovers, make_daemon, parse_log, pod_config, shims_of, snapshots,
+                         stop_daemon)
 from daemon import wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,11 +39,7 @@ def cri(request, registry):
         client.pull(registry.busybox)
         yield client
     finally:
-        try:
-            client.remove_all()
-        finally:
-            client.close()
-            daemon.cleanup()
+        stop_daemon(client)
 
 
 @pytest.fixture
@@ -57,6 +54,11 @@ def _clean_pods(request):
     yield
     if "cri" in request.fixturenames:
         request.getfixturevalue("cri").remove_all()
+
+
+def _cgroup(path: str) -> Path:
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    return Path("/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/pids") / path.lstrip("/")
 
 
 def _code(call):
@@ -85,6 +87,7 @@ def test_pod_lifecycle(cri, registry):
     # the pod is a containerd container in k8s.io, its pause task in its own shim
     assert pod_id in containers(cri.daemon)
     assert len(shims_of([pod_id])) == 1
+    assert _cgroup(f"{CGROUP_PARENT}/{pod_id}").is_dir()     # cgroup_parent/<pod id>
     items = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [i.id for i in items] == [pod_id] and items[0].state == pb.SANDBOX_READY
 
@@ -111,7 +114,7 @@ def test_pod_verbose_status(cri):
     annotations = spec["annotations"]
     assert annotations["io.kubernetes.cri.container-type"] == "sandbox"
     assert annotations["io.kubernetes.cri.sandbox-id"] == pod_id
-    assert spec["linux"]["cgroupsPath"] == f"/critest-pods/{pod_id}"
+    assert spec["linux"]["cgroupsPath"] == f"{CGROUP_PARENT}/{pod_id}"
     same("pod-verbose", cri.kind, (sorted(expected & set(info)), info["processStatus"],
                                    info["snapshotKey"] == pod_id, info["runtimeType"],
                                    sorted(annotations)))
@@ -231,7 +234,7 @@ def test_container_verbose_status_and_spec(cri, registry):
     spec = info["runtimeSpec"]
     assert spec["process"]["args"] == ["sleep", "600"] and spec["process"]["cwd"] == "/tmp"
     assert "FOO=bar" in spec["process"]["env"]
-    assert spec["linux"]["cgroupsPath"] == f"/critest-pods/{cid}"
+    assert spec["linux"]["cgroupsPath"] == f"{CGROUP_PARENT}/{cid}"
     a = spec["annotations"]
     assert a["io.kubernetes.cri.container-type"] == "container"
     assert a["io.kubernetes.cri.sandbox-id"] == pod_id
@@ -453,8 +456,7 @@ def test_missing_sandbox_image(registry):
             assert snapshots(daemon) == []
             answers[kind] = code
         finally:
-            client.close()
-            daemon.cleanup()
+            stop_daemon(client)
     assert answers["ctrappliance"] == answers["containerd"]
 
 
@@ -503,8 +505,7 @@ def test_restart_recovery(registry, logdir):
             client.remove_all()
             wait_for(lambda: not shims_of([pod_id]), what="the pod's shim to exit")
         finally:
-            client.close()
-            daemon.cleanup()
+            stop_daemon(client)
     assert answers["ctrappliance"] == answers["containerd"]
 
 
