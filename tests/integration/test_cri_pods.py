@@ -529,3 +529,22 @@ def test_v1alpha2_pod_and_container(cri, registry):
     pods = runtime.ListPodSandbox(a2.ListPodSandboxRequest()).items
     assert [(p.id, p.metadata.name) for p in pods] == [(pod_id, "alpha")]
     same("v1alpha2", cri.kind, (alpha.exit_code, alpha.reason))
+
+
+def test_oom_killed_reason(cri, registry):
+    """A container the kernel kills for memory reports reason OOMKilled (the limit is set on
+    its cgroup by hand here: resources are part 3)."""
+    pod_id, config = cri.run_pod("oom")
+    cid = cri.create(pod_id, config, "hog", registry.busybox, ["sh", "-c",
+                     "while [ ! -e /tmp/go ]; do sleep 0.1; done; "
+                     "busybox head -c 400m /dev/zero | busybox tail"])
+    cri.start(cid)
+    memory = Path("/sys/fs/cgroup/memory") / CGROUP_PARENT.lstrip("/") / cid
+    if not memory.is_dir():
+        pytest.skip("no cgroup v1 memory controller")
+    (memory / "memory.limit_in_bytes").write_text(str(32 << 20))
+    pid = json.loads(cri.status(cid, verbose=True).info["info"])["pid"]
+    Path(f"/proc/{pid}/root/tmp/go").write_text("")
+    status = cri.wait_exited(cid, timeout=60)
+    assert (status.exit_code, status.reason) == (137, "OOMKilled")
+    same("oom", cri.kind, (status.exit_code, status.reason))
