@@ -62,17 +62,20 @@ def cri_keys(workdir: Path, sandbox_image: str, extra: str = "") -> str:
             f'  restrict_oom_score_adj = true\n{extra}')
 
 
-def runc_root_table(workdir: Path) -> str:
-    return (f'[{CRI}.containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
-            f'[{CRI}.containerd.runtimes.runc.options]\n  Root = "{workdir}/runc"\n')
+def runc_root_table(workdir: Path, name: str = "runc", root: str = "runc") -> str:
+    """A runc runtime handler whose runc state is under `<workdir>/<root>`."""
+    return (f'[{CRI}.containerd.runtimes.{name}]\n  runtime_type = "io.containerd.runc.v2"\n'
+            f'[{CRI}.containerd.runtimes.{name}.options]\n  Root = "{workdir}/{root}"\n')
 
 
 class CRIContainerd(Containerd):
     """containerd 1.6.20 with CRI on, our keys inserted into its CRI table."""
 
-    def __init__(self, sandbox_image: str, extra: str = "", cni_conf_dir: str = ""):
+    def __init__(self, sandbox_image: str, extra: str = "", cni_conf_dir: str = "",
+                 handlers=()):
         super().__init__(cri=True)
         self.sandbox_image, self.extra, self.cni_conf_dir = sandbox_image, extra, cni_conf_dir
+        self.handlers = handlers
 
     def write_config(self):
         super().write_config()
@@ -85,25 +88,30 @@ class CRIContainerd(Containerd):
             text = text.replace(f'bin_dir = "{self.workdir}/cni/bin"', f'bin_dir = "{CNI_BIN}"')
             text = text.replace(f'conf_dir = "{self.workdir}/cni/net.d"',
                                 f'conf_dir = "{self.cni_conf_dir}"')
-        self.config_path.write_text(text + runc_root_table(self.workdir))
+        self.config_path.write_text(text + runc_root_table(self.workdir) + "".join(
+            runc_root_table(self.workdir, name, f"runc-{name}") for name in self.handlers))
 
 
-def ctrappliance(sandbox_image: str, extra: str = "", cni_conf_dir: str = "") -> Daemon:
+def ctrappliance(sandbox_image: str, extra: str = "", cni_conf_dir: str = "",
+                 handlers=()) -> Daemon:
     workdir = Path(tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
     config = workdir / "config.toml"
     bin_dir = CNI_BIN if cni_conf_dir else f"{workdir}/cni/bin"
     config.write_text(f"version = 2\n[{CRI}]\n" + cri_keys(workdir, sandbox_image, extra)
                       + f"[{CRI}.cni]\n  bin_dir = \"{bin_dir}\"\n"
                       f"  conf_dir = \"{cni_conf_dir or f'{workdir}/cni/net.d'}\"\n"
-                      + runc_root_table(workdir))
+                      + runc_root_table(workdir) + "".join(
+                          runc_root_table(workdir, name, f"runc-{name}") for name in handlers))
     return Daemon(workdir=str(workdir), config=str(config))
 
 
-def make_daemon(kind: str, sandbox_image: str, extra: str = "", cni_conf_dir: str = ""):
-    """Either daemon with CRI on; with `cni_conf_dir`, Debian's CNI plugins and that conf."""
+def make_daemon(kind: str, sandbox_image: str, extra: str = "", cni_conf_dir: str = "",
+                handlers=()):
+    """Either daemon with CRI on; with `cni_conf_dir`, Debian's CNI plugins and that conf;
+    `handlers`: more runc runtime handlers, each with its runc root `<workdir>/runc-<name>`."""
     if kind == "ctrappliance":
-        return ctrappliance(sandbox_image, extra, cni_conf_dir)
-    return CRIContainerd(sandbox_image, extra, cni_conf_dir)
+        return ctrappliance(sandbox_image, extra, cni_conf_dir, handlers)
+    return CRIContainerd(sandbox_image, extra, cni_conf_dir, handlers)
 
 
 class Client:

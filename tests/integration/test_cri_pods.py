@@ -32,7 +32,7 @@ def registry():
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
 def cri(request, registry):
-    daemon = make_daemon(request.param, registry.pause)
+    daemon = make_daemon(request.param, registry.pause, handlers=["other"])
     daemon.start()
     client = Client(request.param, daemon)
     try:
@@ -407,6 +407,22 @@ def test_unknown_runtime_handler(cri):
     pod_id, _ = cri.run_pod("handler")
     assert cri.pod_status(pod_id).status.state == pb.SANDBOX_READY
     same("unknown-handler", cri.kind, code)
+
+
+def test_runtime_handler_options(cri, registry):
+    """A pod of runtime handler "other" runs with that handler's options (its runc Root),
+    its containers too; the status names the handler."""
+    config = pod_config("handled")
+    pod_id = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(
+        config=config, runtime_handler="other"), timeout=120).pod_sandbox_id
+    cid = cri.create(pod_id, config, "c", registry.busybox, ["sleep", "600"])
+    cri.start(cid)
+    runc_root = Path(cri.daemon.workdir) / "runc-other" / "k8s.io"
+    assert sorted(os.listdir(runc_root)) == sorted([pod_id, cid])
+    status = cri.pod_status(pod_id).status
+    assert status.runtime_handler == "other"
+    items = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    same("handler", cri.kind, (status.runtime_handler, [i.runtime_handler for i in items]))
 
 
 def test_container_in_missing_pod(cri, registry):
