@@ -35,11 +35,12 @@ class TestNetwork:
     __test__ = False
 
     def __init__(self, workdir: Path, name: str = "ctrtest", cni_version: str = "1.0.0",
-                 portmap: bool = True):
+                 portmap: bool = True, bandwidth: bool = False):
         self.workdir = Path(workdir)
         self.name = name
         self.cni_version = cni_version
         self.portmap = portmap
+        self.bandwidth = bandwidth
         self.bridge = f"ctn{uuid.uuid4().hex[:10]}"     # at most 15 characters
         self.subnet = free_subnet()
         self.gateway = self.subnet.rsplit(".", 1)[0] + ".1"
@@ -56,6 +57,8 @@ class TestNetwork:
         plugins = [bridge]
         if self.portmap:
             plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+        if self.bandwidth:
+            plugins.append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
         return {"cniVersion": self.cni_version, "name": self.name, "plugins": plugins}
 
     def write(self, conf: dict | None = None, filename: str = "10-ctrtest.conflist") -> Path:

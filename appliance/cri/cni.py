@@ -8,7 +8,8 @@ inotify.
 
 Each plugin runs per the CNI spec: CNI_* environment, the plugin's conf on stdin with `name`,
 `cniVersion`, `prevResult` (the previous plugin's result) and `runtimeConfig` (only the
-capabilities the plugin declares: portMappings, dns, io.kubernetes.cri.pod-annotations).
+capabilities the plugin declares: portMappings, dns, bandwidth from the pod's
+kubernetes.io/{ingress,egress}-bandwidth annotations, io.kubernetes.cri.pod-annotations).
 What ADD was given and returned is cached per sandbox under the manager's directory before and
 after each network, so DEL runs the same plugins with the same arguments and prevResult after
 a conf change or a daemon restart.
@@ -19,8 +20,11 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from ..errdefs import ApplianceError
 from ..process import fdlimit
@@ -195,6 +199,56 @@ def select_ips(ips: list[str], preference: str) -> tuple[str, list[str]]:
         if ipaddress.ip_address(ip).version == want:
             return ip, ips[:i] + ips[i + 1:]
     return ips[0], ips[1:]
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+_SUFFIXES = {"": 1, "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000),
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+MAX_BURST = 2**32 - 1        # containerd: math.MaxUint32
+
+
+def parse_quantity(text: str) -> int:
+    """A Kubernetes resource quantity ("10M", "1.5Gi", "2e6") as a whole number, rounded up."""
+    m = _QUANTITY.match(text.strip())
+    if not m:
+        raise ValueError("quantities must match the regular expression "
+                         "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    number, suffix = m.groups()
+    try:
+        value = Fraction(number)
+    except ValueError:
+        raise ValueError("quantities must match the regular expression "
+                         "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'") from None
+    if suffix in _SUFFIXES:
+        value *= _SUFFIXES[suffix]
+    elif re.fullmatch(r"[eE][-+]?[0-9]+", suffix):
+        value *= Fraction(10) ** int(suffix[1:])
+    else:
+        raise ValueError("unable to parse quantity's suffix")
+    return math.ceil(value)
+
+
+def bandwidth_of(annotations: dict) -> dict | None:
+    """The `bandwidth` capability from kubernetes.io/{ingress,egress}-bandwidth (bits/s), as
+    containerd derives it; None without either annotation."""
+    out = {}
+    for direction in ("ingress", "egress"):
+        text = annotations.get(f"kubernetes.io/{direction}-bandwidth")
+        if text is None:
+            continue
+        try:
+            rate = parse_quantity(text)
+            if rate < 1000:
+                raise ValueError("resource is unreasonably small (< 1kbit)")
+            if rate > 10**15:
+                raise ValueError("resource is unreasonably large (> 1Pbit)")
+        except ValueError as exc:
+            raise CNIError(f"get cni namespace options: reading pod bandwidth annotations: "
+                           f"{exc}") from None
+        out[f"{direction}Rate"] = rate
+        out[f"{direction}Burst"] = MAX_BURST
+    return out or None
 
 
 def routes_for(cidrs: list[str]) -> list[str]:
@@ -390,6 +444,9 @@ class CNIManager:
                 ["K8S_POD_NAME", pod_name], ["K8S_POD_INFRA_CONTAINER_ID", sandbox_id],
                 ["K8S_POD_UID", pod_uid]]
         caps: dict = {POD_ANNOTATIONS: dict(annotations or {})}
+        bandwidth = bandwidth_of(annotations or {})
+        if bandwidth:
+            caps["bandwidth"] = bandwidth
         mappings = [{"hostPort": m.host_port, "containerPort": m.container_port,
                      "protocol": m.protocol.lower(), "hostIP": m.host_ip}
                     for m in port_mappings if m.host_port > 0]

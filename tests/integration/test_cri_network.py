@@ -231,6 +231,44 @@ def test_plugins_get_the_spec_environment_and_stdin(tmp_path, net, pins):
     assert leftovers(net, [sid]) == []
 
 
+def test_bandwidth_annotations_shape_the_pod(tmp_path, pins):
+    """kubernetes.io/{ingress,egress}-bandwidth reach the bandwidth plugin: a tbf qdisc on the
+    host veth and an ifb device for egress, both gone after DEL; a bad value is refused
+    before any plugin runs."""
+    net = TestNetwork(tmp_path, bandwidth=True)
+    try:
+        net.write()
+        manager = CNIManager(_config(net), str(tmp_path / "state"))
+        ns, sid = pins(), _sandbox_id()
+        links_before = set(os.listdir("/sys/class/net"))
+        network = asyncio.run(manager.setup(
+            sid, ns.path, pod_name="web", pod_namespace="default", pod_uid="u", port_mappings=[],
+            annotations={"kubernetes.io/ingress-bandwidth": "10M",
+                         "kubernetes.io/egress-bandwidth": "1Mi"}))
+        caps = manager.cached(sid)["networks"][1]["capabilityArgs"]
+        assert caps["bandwidth"] == {"ingressRate": 10_000_000, "ingressBurst": 2**32 - 1,
+                                     "egressRate": 1_048_576, "egressBurst": 2**32 - 1}
+        (veth,) = host_veths(network.result)
+        qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", veth], capture_output=True,
+                                text=True, check=True).stdout
+        assert "tbf" in qdiscs and "rate 10Mbit" in qdiscs
+        ifbs = [n for n in set(os.listdir("/sys/class/net")) - links_before
+                if n.startswith("bwp")]
+        assert len(ifbs) == 1
+        asyncio.run(manager.teardown(sid, ns.path))
+        assert leftovers(net, [sid], veths=[veth, *ifbs]) == []
+
+        with pytest.raises(CNIError) as err:
+            asyncio.run(manager.setup(
+                sid, ns.path, pod_name="web", pod_namespace="default", pod_uid="u",
+                port_mappings=[], annotations={"kubernetes.io/ingress-bandwidth": "10"}))
+        assert err.value.message == ("get cni namespace options: reading pod bandwidth "
+                                     "annotations: resource is unreasonably small (< 1kbit)")
+        assert net.ports() == [] and manager.cached(sid) is None
+    finally:
+        net.cleanup()
+
+
 def test_del_after_a_restart_uses_the_cache(tmp_path, net, pins):
     """A fresh manager (the daemon restarted) releases what the first one added, even with
     the conf file gone from the conf dir, and with the netns gone (CNI_NETNS empty)."""

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from appliance.cri import gotemplate
-from appliance.cri.cni import (CNIError, combined_result, load_conf_file, routes_for,
-                               select_ips)
+from appliance.cri.cni import (CNIError, bandwidth_of, combined_result, load_conf_file,
+                               parse_quantity, routes_for, select_ips)
 from cni_helpers import CONF_TEMPLATE
 
 DATA = {"PodCIDR": "10.1.0.0/24", "PodCIDRRanges": ["10.1.0.0/24", "fd00::/64"],
@@ -99,3 +99,26 @@ def test_conf_files(tmp_path):
         bad.write_text(json.dumps(body))
         with pytest.raises(ValueError, match=message):
             load_conf_file(str(bad))
+
+
+@pytest.mark.parametrize("text,value", [("10M", 10**7), ("1Mi", 2**20), ("1.5k", 1500),
+                                        ("2e3", 2000), ("1500m", 2), ("100", 100),
+                                        ("1P", 10**15)])
+def test_parse_quantity(text, value):
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize("text,message", [("ten", "must match the regular expression"),
+                                          ("10Q", "must match the regular expression"),
+                                          ("10mi", "unable to parse quantity's suffix"),
+                                          ("999", "unreasonably small (< 1kbit)"),
+                                          ("2P", "unreasonably large (> 1Pbit)")])
+def test_bandwidth_refusals(text, message):
+    with pytest.raises(CNIError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bandwidth_of({"kubernetes.io/egress-bandwidth": text})
+
+
+def test_bandwidth_of():
+    assert bandwidth_of({}) is None
+    assert bandwidth_of({"kubernetes.io/ingress-bandwidth": "1k"}) == {
+        "ingressRate": 1000, "ingressBurst": 2**32 - 1}
