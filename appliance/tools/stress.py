@@ -36,9 +36,6 @@ SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
-CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
 RPC_TIMEOUT = 60.0
 
 
@@ -173,42 +170,13 @@ def _expiry(seconds: int) -> str:
 
 
 def oci_spec(cid: str, namespace: str, image: dict, args: list[str]) -> dict:
-    """A runtime spec close to what containerd's default unix spec gives runc."""
+    """What containerd's default unix spec gives runc, with the image's env and cwd."""
+    from ..cri.spec import DEFAULT_PATH, oci_default_spec
     config = image["config"]
-    env = config.get("Env") or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-    masked = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-              "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-              "/proc/scsi"]
-    readonly = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-    return {
-        "ociVersion": "1.0.2-dev",
-        "process": {"user": {"uid": 0, "gid": 0}, "args": args, "env": env,
-                    "cwd": config.get("WorkingDir") or "/",
-                    "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
-                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-                    "noNewPrivileges": True},
-        "root": {"path": "rootfs"},
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        ],
-        "linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]},
-                  "cgroupsPath": f"/{namespace}/{cid}",
-                  "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
-                  "maskedPaths": masked, "readonlyPaths": readonly},
-    }
+    spec = oci_default_spec(f"/{namespace}/{cid}")
+    spec["process"].update(args=args, env=config.get("Env") or [f"PATH={DEFAULT_PATH}"],
+                           cwd=config.get("WorkingDir") or "/")
+    return spec
 
 
 # --- churn -----------------------------------------------------------------------
