@@ -94,14 +94,15 @@ def stop_all(procs: list[subprocess.Popen]):
         p.wait(10)
 
 
-def _record(b: Bench, prefix: str, variant: str | None, containerd_value, ours_value):
-    """containerd's figure of a round goes into the rows of both builds."""
-    for v in ([variant] if variant else VARIANTS):
-        metric = f"{prefix}_{v}"
-        if containerd_value is not None:
-            b.record(metric, "containerd", containerd_value)
-        if ours_value is not None:
-            b.record(metric, "ctrappliance", ours_value)
+def _record(b: Bench, name: str, values):
+    """(metric prefix, value) pairs of one loop of target `name`; containerd's figures go
+    into the rows of both builds."""
+    for prefix, value in values:
+        if name == "containerd":
+            for variant in VARIANTS:
+                b.record(f"{prefix}_{variant}", "containerd", value)
+        else:
+            b.record(f"{prefix}_{name}", "ctrappliance", value)
 
 
 def _rounds(b: Bench, targets: dict[str, Target], rounds: int, seconds: float, phase: str,
@@ -149,22 +150,13 @@ def lifecycle(b: Bench, make_targets):
             run_loop(t, 0.1, f"warm-{name}", workers=1)
 
         def idle(name, r):
-            per = 1000 * r["cpu_s"] / r["containers"]
-            faults = r["faults"] / r["containers"]
-            for prefix, value in (("lifecycle_cpu", per), ("lifecycle_rate", r["rate"]),
-                                  ("lifecycle_faults", faults)):
-                if name == "containerd":
-                    _record(b, prefix, None, value, None)
-                else:
-                    _record(b, prefix, name, None, value)
+            _record(b, name, (("lifecycle_cpu", 1000 * r["cpu_s"] / r["containers"]),
+                              ("lifecycle_rate", r["rate"]),
+                              ("lifecycle_faults", r["faults"] / r["containers"])))
 
         def loaded(name, r):
-            per = 1000 * r["cpu_s"] / r["containers"]
-            for prefix, value in (("churn_loaded", r["rate"]), ("churn_loaded_cpu", per)):
-                if name == "containerd":
-                    _record(b, prefix, None, value, None)
-                else:
-                    _record(b, prefix, name, None, value)
+            _record(b, name, (("churn_loaded", r["rate"]),
+                              ("churn_loaded_cpu", 1000 * r["cpu_s"] / r["containers"])))
 
         _rounds(b, targets, rounds, seconds, "lifecycle", idle)
         loads = busy_cpus(2)
