@@ -36,6 +36,9 @@ def parse_args(argv):
                         help="sample our daemon with py-spy during these sections (reports in bench/out/)")
     parser.add_argument("--ours-bin", default=OURS,
                         help="ctrappliance executable (e.g. the Nuitka build)")
+    parser.add_argument("--nuitka-bin", default=None,
+                        help="the Nuitka standalone build for section lifecycle (default: "
+                             "build/nuitka-standalone/ctrappliance.dist/ctrappliance)")
     parser.add_argument("--workdir", default=str(images.CACHE / "run"))
     parser.add_argument("--output", default=None,
                         help="results file stem (default bench/RESULTS.md + bench/results.json "
@@ -80,6 +83,7 @@ def main(argv=None) -> int:
                        name=name) for name in args.targets]
 
     bench = sections.Bench([], args.quick, out_dir)
+    bench.nuitka_bin = args.nuitka_bin
     profiles: dict[str, str] = {}
     print(f"bench: images → {images.CACHE}/images", file=sys.stderr)
     images.image("small")

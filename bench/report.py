@@ -60,6 +60,23 @@ METRICS = [
     ("rss_after", "RSS after the workload (VmRSS)", "MiB", ("≤", 1.0)),
     ("hwm_after", "peak RSS over the workload (VmHWM)", "MiB", None),
     ("cpu_workload", "daemon CPU seconds over the workload", "s", None),
+    # section lifecycle (bench/lifecycle.py): 4 workers looping `ctr run --rm`
+    ("lifecycle_cpu_venv", "daemon CPU per container lifecycle (`ctr run --rm`, 4 workers), venv",
+     "ms", ("≤", 0.9)),
+    ("lifecycle_cpu_nuitka", "daemon CPU per container lifecycle, Nuitka standalone", "ms",
+     ("≤", 0.9)),
+    ("lifecycle_rate_venv", "`ctr run --rm`, 4 workers, venv", "containers/s", None),
+    ("lifecycle_rate_nuitka", "`ctr run --rm`, 4 workers, Nuitka standalone", "containers/s",
+     None),
+    ("lifecycle_faults_venv", "daemon page faults per lifecycle, venv", "", None),
+    ("lifecycle_faults_nuitka", "daemon page faults per lifecycle, Nuitka standalone", "", None),
+    ("churn_loaded_venv", "churn, both CPUs busy (2× `sha256sum /dev/zero`), venv",
+     "containers/s", ("≥", 1.1)),
+    ("churn_loaded_nuitka", "churn, both CPUs busy, Nuitka standalone", "containers/s",
+     ("≥", 1.1)),
+    ("churn_loaded_cpu_venv", "daemon CPU per lifecycle, both CPUs busy, venv", "ms", None),
+    ("churn_loaded_cpu_nuitka", "daemon CPU per lifecycle, both CPUs busy, Nuitka standalone",
+     "ms", None),
 ]
 OPS = {"≤": operator.le, "≥": operator.ge}
 KINDS = ("containerd", "ctrappliance")

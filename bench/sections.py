@@ -382,7 +382,13 @@ def cri_pull(b: Bench, make_targets):
     run(b, make_targets)
 
 
+def lifecycle(b: Bench, make_targets):
+    """Daemon CPU per `ctr run --rm`, idle and with both CPUs busy (bench/lifecycle.py)."""
+    from .lifecycle import lifecycle as run
+    run(b, make_targets)
+
+
 STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4,
                     "many_entries": many_entries, "cri_pull": cri_pull}
-STANDALONE = {"boot": boot, **STANDALONE_ROOTS, "rapid_reset": rapid_reset}
-ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS, "rapid_reset"]
+STANDALONE = {"boot": boot, **STANDALONE_ROOTS, "rapid_reset": rapid_reset, "lifecycle": lifecycle}
+ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS, "rapid_reset", "lifecycle"]

@@ -10,7 +10,9 @@ import sys
 
 
 def path() -> str:
-    compiled = globals().get("__compiled__")  # set by Nuitka in compiled modules
+    # Nuitka sets __compiled__ in the modules it compiles; the entry point always is, while
+    # our modules ship as bytecode (packaging/nuitka_bytecode.py) and lack it
+    compiled = getattr(sys.modules.get("__main__"), "__compiled__", None)
     if compiled is None:
         argv0 = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
         return argv0 if os.path.isfile(argv0) else sys.executable

@@ -1,6 +1,7 @@
 """A few seconds of the benchmark harness and the stress tool, so they cannot rot."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,29 @@ def test_bench_runs_another_checkout_as_a_target(short_tmp):
     assert "| measurement | unit | ctrappliance | other | ratio | target |" in \
         out.with_suffix(".md").read_text()
     assert not list((short_tmp / "work").glob("*/workload/*/*.sock"))
+
+
+def test_bench_quick_lifecycle_section_against_ctrappliance(short_tmp):
+    """Daemon CPU per `ctr run --rm` lifecycle, idle and with both CPUs busy; without a
+    Nuitka build its rows say so."""
+    out = short_tmp / "results"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--sections", "lifecycle",
+                        "--targets", "ctrappliance", "--nuitka-bin", str(short_tmp / "none"),
+                        "--workdir", str(short_tmp / "work"), "--output", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {row["metric"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for metric in ("lifecycle_cpu_venv", "lifecycle_rate_venv", "churn_loaded_venv"):
+        ours = rows[metric]["ctrappliance"]
+        assert ours["n"] == 2 and ours["min"] > 0, (metric, ours)
+    assert rows["lifecycle_cpu_venv"]["ctrappliance"]["median"] < 1000  # ms per lifecycle
+    assert "no Nuitka build" in rows["lifecycle_cpu_nuitka"]["ctrappliance_status"]
+    pids = json.loads(re.search(r"load pids (\[[0-9, ]+\])", r.stderr)[1])
+    assert len(pids) == 2
+    for pid in pids:  # the load was stopped (or its pid reused by something else)
+        assert not os.path.exists(f"/proc/{pid}") or "sha256sum" not in \
+            Path(f"/proc/{pid}/cmdline").read_text()
+    assert not list((short_tmp / "work").glob("*/lifecycle/*/*.sock"))
 
 
 def stress(daemon, *args, timeout=60):

@@ -117,6 +117,21 @@ def test_collection_keeps_what_an_image_reaches(world):
     assert list(blobs.walk()) == [] and content.list(NS) == []
 
 
+def test_collections_trim_the_heap_at_most_once_per_interval(world, monkeypatch):
+    """malloc_trim after every collection (nearly every container deleted) cost page faults
+    for the next container; one trim per gc.TRIM_INTERVAL is enough."""
+    from appliance.process import memory
+    collector = world[-1]
+    trims = []
+    monkeypatch.setattr(memory, "trim", lambda collect=False: trims.append(collect))
+    for _ in range(3):
+        collector.collect()
+    assert trims == [False]
+    monkeypatch.setattr(gc, "TRIM_INTERVAL", 0.0)
+    collector.collect()
+    assert trims == [False, False]
+
+
 def test_blob_shared_by_namespaces_stays_until_the_last_goes(world):
     db, blobs, content, images, collector = world
     dgst = ingest(content, b"shared")
