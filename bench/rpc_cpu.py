@@ -1,0 +1,121 @@
+"""Daemon CPU per container lifecycle and per-RPC latency, containerd 1.6.20 and ours side by side.
+
+  python -m bench.rpc_cpu [--seconds 15] [--rounds 2] [--workers 4] [--grpc 2000]
+                          [--profile out.folded] [--ours-bin PATH]
+
+Starts both daemons on private paths, imports the small image, then per round (order
+alternating): `--workers` threads loop the real `ctr run --rm busybox /bin/true` for
+`--seconds`, and the daemon's own CPU time (/proc) is divided by the containers run.
+`--grpc N`: in-process Version / Containers.List p50 and p99 (bench.grpcprobe) per round.
+`--profile`: py-spy --native on our daemon during our first round (collapsed stacks).
+Prints one JSON object; ratios are ours / containerd's medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import images
+from .daemons import Target, remove_empty_cgroups
+from .profile import py_spy, summarise
+from .sections import ensure_small_image, python_tool, run_opts
+
+
+def lifecycles(t: Target, seconds: float, workers: int, tag: str) -> tuple[int, int]:
+    """(containers run, failures) in `seconds` with `workers` loops of `ctr run --rm`."""
+    stop = time.monotonic() + seconds
+    done, failed = [0], [0]
+    lock = threading.Lock()
+
+    def loop(w):
+        i = 0
+        while time.monotonic() < stop:
+            r = t.ctr("run", "--rm", *run_opts(t), images.SMALL_REF, f"cpu-{tag}-{w}-{i}",
+                      "/bin/true", check=False)
+            with lock:
+                if r.returncode == 0:
+                    done[0] += 1
+                else:
+                    failed[0] += 1
+            i += 1
+    threads = [threading.Thread(target=loop, args=(w,)) for w in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return done[0], failed[0]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.rpc_cpu")
+    p.add_argument("--seconds", type=float, default=15)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--grpc", type=int, default=2000, help="calls per latency probe (0: none)")
+    p.add_argument("--profile", default="", help="collapsed py-spy --native stacks of ours")
+    p.add_argument("--ours-bin", default=None)
+    p.add_argument("--targets", default="containerd,ctrappliance")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="rpc_cpu-", dir="/var/tmp"))
+    targets = [Target(kind, work / kind, binary=args.ours_bin if kind == "ctrappliance" else None)
+               for kind in args.targets.split(",")]
+    res: dict = {t.kind: {"cpu_ms_per_container": [], "containers_per_s": [], "failures": 0,
+                          "version_p50": [], "version_p99": [], "containers_p50": [],
+                          "containers_p99": []} for t in targets}
+    try:
+        for t in targets:
+            t.start()
+            ensure_small_image(t)
+        for rnd in range(args.rounds):
+            order = targets if rnd % 2 == 0 else targets[::-1]
+            for t in order:
+                r = res[t.kind]
+                if args.grpc:
+                    for rpc in ("version", "containers"):
+                        g = python_tool("bench.grpcprobe", "-a", t.address, "latency", "--rpc", rpc,
+                                        "-c", str(args.grpc))
+                        r[f"{rpc}_p50"].append(g["p50_ms"])
+                        r[f"{rpc}_p99"].append(g["p99_ms"])
+                spy = None
+                if args.profile and t.kind == "ctrappliance" and rnd == 0:
+                    spy = subprocess.Popen([py_spy(), "record", "--pid", str(t.pid), "--rate", "200",
+                                            "--native", "--format", "raw",
+                                            "-o", args.profile],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
+                cpu0, t0 = t.memory()["cpu_s"], time.monotonic()
+                n, failed = lifecycles(t, args.seconds, args.workers, f"{t.kind}-{rnd}")
+                took, cpu = time.monotonic() - t0, t.memory()["cpu_s"] - cpu0
+                if spy:
+                    spy.send_signal(2)
+                    spy.wait(60)
+                    Path(args.profile).with_suffix(".txt").write_text(summarise(Path(args.profile), 40))
+                r["failures"] += failed
+                if n:
+                    r["cpu_ms_per_container"].append(1000 * cpu / n)
+                    r["containers_per_s"].append(n / took)
+                print(f"round {rnd} {t.kind}: {n} containers ({failed} failed) in {took:.1f}s, "
+                      f"cpu {cpu:.2f}s", file=sys.stderr)
+    finally:
+        for t in targets:
+            t.cleanup()
+        remove_empty_cgroups("bench")
+    summary = {kind: {k: (statistics.median(v) if isinstance(v, list) and v else v)
+                      for k, v in r.items()} for kind, r in res.items()}
+    if len(targets) == 2:
+        a, b = summary["containerd"], summary["ctrappliance"]
+        summary["ratio"] = {k: b[k] / a[k] for k in a if isinstance(a[k], float) and a[k]}
+    summary["rounds"] = res
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
