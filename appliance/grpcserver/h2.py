@@ -13,7 +13,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-import hpack
+try:
+    from .._hpack import Decoder, HPACKError
+except ImportError:   # not built (a source checkout): the pure twin, same results
+    from .._hpack_py import Decoder, HPACKError
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -157,8 +160,7 @@ class Connection:
     def __init__(self, clock=time.monotonic):
         self._buffer = bytearray()
         self._preface_seen = False
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = MAX_HEADER_BLOCK
+        self._decoder = Decoder(MAX_HEADER_BLOCK)
         self._decoded: dict[bytes, tuple] = {}   # see _decode
         self._headers_stream = 0  # stream whose header block continues, 0 if none
         self._header_block = bytearray()
@@ -379,8 +381,8 @@ class Connection:
         else:
             self._decoded.clear()  # the table may change
         try:
-            headers = tuple(self._decoder.decode(block, raw=True))
-        except Exception as exc:  # hpack raises several types; all are fatal here
+            headers = self._decoder.decode(block)
+        except HPACKError as exc:
             raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
         if not block.translate(None, _ONE_BYTE_INDEXED):
             if len(self._decoded) >= _DECODED_CACHE:
