@@ -2,8 +2,13 @@
 """Compiled HPACK decoding; `appliance._hpack_py` is the pure twin (the docs, the
 tables' source, the same algorithm: four bits of Huffman code at a time)."""
 
-from ._hpack_py import (EOS, ENTRY_OVERHEAD, HUFFMAN_LENGTHS, MAX_INTEGER_BYTES,
-                        MAX_TABLE_SIZE, STATIC, HPACKError, huffman_tree)
+from ._hpack_py import EOS, STATIC, HPACKError, huffman_tree
+from . import _hpack_py
+
+# the twin's constants as C values
+cdef Py_ssize_t ENTRY_OVERHEAD = _hpack_py.ENTRY_OVERHEAD
+cdef int MAX_INTEGER_BYTES = _hpack_py.MAX_INTEGER_BYTES
+cdef long long MAX_TABLE_SIZE = _hpack_py.MAX_TABLE_SIZE
 
 # (node << 4 | nibble) → next node, symbol emitted (−1: none; −2: EOS, an error)
 cdef short _next[256 * 16]

@@ -7,7 +7,8 @@ Starts both daemons on private paths, imports the small image, then per round (o
 alternating): `--workers` threads loop the real `ctr run --rm busybox /bin/true` for
 `--seconds`, and the daemon's own CPU time (/proc) is divided by the containers run.
 `--grpc N`: in-process Version / Containers.List p50 and p99 (bench.grpcprobe) per round.
-`--profile`: py-spy --native on our daemon during our first round (collapsed stacks).
+`--profile`: py-spy --native on our daemon during an extra first round of ours, not
+counted (py-spy stops the process to sample); collapsed stacks + a summary beside them.
 Prints one JSON object; ratios are ours / containerd's medians.
 """
 from __future__ import annotations
@@ -73,25 +74,27 @@ def main(argv=None) -> int:
         for t in targets:
             t.start()
             ensure_small_image(t)
-        for rnd in range(args.rounds):
+        for rnd in range(-1 if args.profile else 0, args.rounds):
             order = targets if rnd % 2 == 0 else targets[::-1]
             for t in order:
-                r = res[t.kind]
-                if args.grpc:
+                if rnd < 0 and t.kind != "ctrappliance":
+                    continue
+                r = res[t.kind] if rnd >= 0 else {k: [] for k in res[t.kind]} | {"failures": 0}
+                if args.grpc and rnd >= 0:
                     for rpc in ("version", "containers"):
                         g = python_tool("bench.grpcprobe", "-a", t.address, "latency", "--rpc", rpc,
                                         "-c", str(args.grpc))
                         r[f"{rpc}_p50"].append(g["p50_ms"])
                         r[f"{rpc}_p99"].append(g["p99_ms"])
                 spy = None
-                if args.profile and t.kind == "ctrappliance" and rnd == 0:
+                if rnd < 0:
                     spy = subprocess.Popen([py_spy(), "record", "--pid", str(t.pid), "--rate", "200",
                                             "--native", "--format", "raw",
                                             "-o", args.profile],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
                 cpu0, t0 = t.memory()["cpu_s"], time.monotonic()
-                n, failed = lifecycles(t, args.seconds, args.workers, f"{t.kind}-{rnd}")
+                n, failed = lifecycles(t, args.seconds, args.workers, f"{t.kind}-{rnd + 1}")
                 took, cpu = time.monotonic() - t0, t.memory()["cpu_s"] - cpu0
                 if spy:
                     spy.send_signal(2)

@@ -175,6 +175,10 @@ class DB:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                          timeout=lock_timeout or 5.0)
             self._conn.row_factory = sqlite3.Row
+            # Only this connection uses the file (the flock above keeps other daemons
+            # out): set before the first WAL access, the WAL index lives in our heap and
+            # a transaction takes no file locks (a read query: ≈ 3 µs instead of ≈ 13).
+            self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
