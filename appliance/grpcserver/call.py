@@ -64,7 +64,8 @@ class Call:
     Besides the servicer context, what the server uses: `stream_id`, `method`,
     `deadline` and `task`; for the connection `received`, `stream_reset` and
     `window_opened`; for dispatch `run` (the handler), `respond` (a unary
-    answer), `finish` (a status), and `stop`/`stopped` when the server stops.
+    answer), `finish` (a status), `expire`/`expired` when its deadline passes,
+    and `stop`/`stopped` when the server stops.
     """
 
     def __init__(self, conn: "_Connection", stream_id: int, method: str, metadata: tuple,
@@ -86,6 +87,7 @@ class Call:
         self._failed = False                 # the request stream broke (see _fail)
         self._server_stream = False          # one request, a stream of responses
         self.stopped = False                 # cancelled by Server.stop
+        self.expired = False                 # cancelled by its deadline
         self._code: StatusCode | None = None
         self._details = ""
         self._trailing: list = []            # encoded now: bad metadata fails the handler
@@ -322,6 +324,12 @@ class Call:
     def finish(self, code: StatusCode, details: str) -> None:
         """Send the status (and the trailing metadata) and end the stream."""
         self._end(code, details, [])
+
+    def expire(self) -> None:
+        """The deadline passed: the handler is cancelled, to end with DEADLINE_EXCEEDED."""
+        if self.task is not None and not self.task.done() and not self._done:
+            self.expired = True
+            self.task.cancel()
 
     def stop(self) -> None:
         """The server stops: a server stream (a subscription never ends by itself) is
