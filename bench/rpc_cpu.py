@@ -6,7 +6,8 @@
 Starts both daemons on private paths, imports the small image, then per round (order
 alternating): `--workers` threads loop the real `ctr run --rm busybox /bin/true` for
 `--seconds`, and the daemon's own CPU time (/proc) is divided by the containers run.
-`--grpc N`: in-process Version / Containers.List p50 and p99 (bench.grpcprobe) per round.
+`--grpc N`: in-process Version / Containers.List p50 and p99 (bench.grpcprobe) per round,
+once the daemon is idle.
 `--profile`: py-spy --native on our daemon during an extra first round of ours, not
 counted (py-spy stops the process to sample); collapsed stacks + a summary beside them.
 Prints one JSON object; ratios are ours / containerd's medians.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,27 @@ from . import images
 from .daemons import Target, remove_empty_cgroups
 from .profile import py_spy, summarise
 from .sections import ensure_small_image, python_tool, run_opts
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (its threads, not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def settle(pid: int, timeout: float = 30.0) -> None:
+    """Until the daemon is idle (< 10 ms CPU in 0.5 s): work left over from the previous
+    loop (our deferred directory removals, GC) must not fall into a latency probe."""
+    stop = time.monotonic() + timeout
+    before = sum(cpu_times(pid))
+    while time.monotonic() < stop:
+        time.sleep(0.5)
+        now = sum(cpu_times(pid))
+        if now - before < 0.01:
+            return
+        before = now
 
 
 def lifecycles(t: Target, seconds: float, workers: int, tag: str) -> tuple[int, int]:
@@ -67,7 +90,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rpc_cpu-", dir="/var/tmp"))
     targets = [Target(kind, work / kind, binary=args.ours_bin if kind == "ctrappliance" else None)
                for kind in args.targets.split(",")]
-    res: dict = {t.kind: {"cpu_ms_per_container": [], "containers_per_s": [], "failures": 0,
+    res: dict = {t.kind: {"cpu_ms_per_container": [], "user_ms_per_container": [],
+                          "sys_ms_per_container": [], "containers_per_s": [], "failures": 0,
                           "version_p50": [], "version_p99": [], "containers_p50": [],
                           "containers_p99": []} for t in targets}
     try:
@@ -81,6 +105,7 @@ def main(argv=None) -> int:
                     continue
                 r = res[t.kind] if rnd >= 0 else {k: [] for k in res[t.kind]} | {"failures": 0}
                 if args.grpc and rnd >= 0:
+                    settle(t.pid)
                     for rpc in ("version", "containers"):
                         g = python_tool("bench.grpcprobe", "-a", t.address, "latency", "--rpc", rpc,
                                         "-c", str(args.grpc))
@@ -93,9 +118,10 @@ def main(argv=None) -> int:
                                             "-o", args.profile],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
-                cpu0, t0 = t.memory()["cpu_s"], time.monotonic()
+                (u0, s0), t0 = cpu_times(t.pid), time.monotonic()
                 n, failed = lifecycles(t, args.seconds, args.workers, f"{t.kind}-{rnd + 1}")
-                took, cpu = time.monotonic() - t0, t.memory()["cpu_s"] - cpu0
+                took, (u1, s1) = time.monotonic() - t0, cpu_times(t.pid)
+                cpu = (u1 - u0) + (s1 - s0)
                 if spy:
                     spy.send_signal(2)
                     spy.wait(60)
@@ -103,6 +129,8 @@ def main(argv=None) -> int:
                 r["failures"] += failed
                 if n:
                     r["cpu_ms_per_container"].append(1000 * cpu / n)
+                    r["user_ms_per_container"].append(1000 * (u1 - u0) / n)
+                    r["sys_ms_per_container"].append(1000 * (s1 - s0) / n)
                     r["containers_per_s"].append(n / took)
                 print(f"round {rnd} {t.kind}: {n} containers ({failed} failed) in {took:.1f}s, "
                       f"cpu {cpu:.2f}s", file=sys.stderr)
