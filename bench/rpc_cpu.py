@@ -8,6 +8,8 @@ alternating): `--workers` threads loop the real `ctr run --rm busybox /bin/true`
 `--seconds`, and the daemon's own CPU time (/proc) is divided by the containers run.
 `--grpc N`: in-process Version / Containers.List p50 and p99 (bench.grpcprobe) per round,
 once the daemon is idle.
+`--base-tree DIR`: a third daemon, ours run from another source tree (e.g. `git archive`
+of an earlier commit plus appliance/_proto and the built extensions), as "before".
 `--profile`: py-spy --native on our daemon during an extra first round of ours, not
 counted (py-spy stops the process to sample); collapsed stacks + a summary beside them.
 Prints one JSON object; ratios are ours / containerd's medians.
@@ -25,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import images
+from . import daemons, images
 from .daemons import Target, remove_empty_cgroups
 from .profile import py_spy, summarise
 from .sections import ensure_small_image, python_tool, run_opts
@@ -37,6 +39,25 @@ def cpu_times(pid: int) -> tuple[float, float]:
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+class TreeTarget(Target):
+    """Our daemon importing `appliance` from another source tree."""
+
+    def __init__(self, tree: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tree = tree
+
+    def start(self) -> dict:
+        saved = daemons.ENV.get("PYTHONPATH")
+        daemons.ENV["PYTHONPATH"] = self.tree
+        try:
+            return super().start()
+        finally:
+            if saved is None:
+                daemons.ENV.pop("PYTHONPATH")
+            else:
+                daemons.ENV["PYTHONPATH"] = saved
 
 
 def settle(pid: int, timeout: float = 30.0) -> None:
@@ -86,11 +107,18 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="", help="collapsed py-spy --native stacks of ours")
     p.add_argument("--ours-bin", default=None)
     p.add_argument("--targets", default="containerd,ctrappliance")
+    p.add_argument("--base-tree", default=None)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rpc_cpu-", dir="/var/tmp"))
     targets = [Target(kind, work / kind, binary=args.ours_bin if kind == "ctrappliance" else None)
                for kind in args.targets.split(",")]
-    res: dict = {t.kind: {"cpu_ms_per_container": [], "user_ms_per_container": [],
+    for t in targets:
+        t.label = t.kind
+    if args.base_tree:
+        base = TreeTarget(args.base_tree, "ctrappliance", work / "base")
+        base.label = "base"
+        targets.append(base)
+    res: dict = {t.label: {"cpu_ms_per_container": [], "user_ms_per_container": [],
                           "sys_ms_per_container": [], "containers_per_s": [], "failures": 0,
                           "version_p50": [], "version_p99": [], "containers_p50": [],
                           "containers_p99": []} for t in targets}
@@ -101,9 +129,9 @@ def main(argv=None) -> int:
         for rnd in range(-1 if args.profile else 0, args.rounds):
             order = targets if rnd % 2 == 0 else targets[::-1]
             for t in order:
-                if rnd < 0 and t.kind != "ctrappliance":
+                if rnd < 0 and t.label != "ctrappliance":
                     continue
-                r = res[t.kind] if rnd >= 0 else {k: [] for k in res[t.kind]} | {"failures": 0}
+                r = res[t.label] if rnd >= 0 else {k: [] for k in res[t.label]} | {"failures": 0}
                 if args.grpc and rnd >= 0:
                     settle(t.pid)
                     for rpc in ("version", "containers"):
@@ -119,7 +147,7 @@ def main(argv=None) -> int:
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
                 (u0, s0), t0 = cpu_times(t.pid), time.monotonic()
-                n, failed = lifecycles(t, args.seconds, args.workers, f"{t.kind}-{rnd + 1}")
+                n, failed = lifecycles(t, args.seconds, args.workers, f"{t.label}-{rnd + 1}")
                 took, (u1, s1) = time.monotonic() - t0, cpu_times(t.pid)
                 cpu = (u1 - u0) + (s1 - s0)
                 if spy:
@@ -132,7 +160,7 @@ def main(argv=None) -> int:
                     r["user_ms_per_container"].append(1000 * (u1 - u0) / n)
                     r["sys_ms_per_container"].append(1000 * (s1 - s0) / n)
                     r["containers_per_s"].append(n / took)
-                print(f"round {rnd} {t.kind}: {n} containers ({failed} failed) in {took:.1f}s, "
+                print(f"round {rnd} {t.label}: {n} containers ({failed} failed) in {took:.1f}s, "
                       f"cpu {cpu:.2f}s", file=sys.stderr)
     finally:
         for t in targets:
@@ -140,9 +168,13 @@ def main(argv=None) -> int:
         remove_empty_cgroups("bench")
     summary = {kind: {k: (statistics.median(v) if isinstance(v, list) and v else v)
                       for k, v in r.items()} for kind, r in res.items()}
-    if len(targets) == 2:
-        a, b = summary["containerd"], summary["ctrappliance"]
-        summary["ratio"] = {k: b[k] / a[k] for k in a if isinstance(a[k], float) and a[k]}
+    if "containerd" in summary:
+        a = summary["containerd"]
+        for label in ("ctrappliance", "base"):
+            if label in summary:
+                b = summary[label]
+                summary[f"ratio_{label}"] = {k: b[k] / a[k] for k in a
+                                             if isinstance(a[k], float) and a[k]}
     summary["rounds"] = res
     print(json.dumps(summary, indent=1))
     return 0
