@@ -48,17 +48,10 @@ cdef bytes _huffman(const unsigned char[:] data, Py_ssize_t start, Py_ssize_t en
     cdef bytearray out = bytearray((end - start) * 8 // 5)   # codes are ≥ 5 bits
     cdef unsigned char *o = out
     cdef Py_ssize_t n = 0, i
-    cdef int node = 0, step, byte
-    for i in range(start, end):
-        byte = data[i]
-        step = node << 4 | (byte >> 4)
-        if _emit[step] == -2:
-            raise HPACKError("EOS in a Huffman-coded string")
-        if _emit[step] >= 0:
-            o[n] = <unsigned char> _emit[step]
-            n += 1
-        node = _next[step]
-        step = node << 4 | (byte & 15)
+    cdef int node = 0, step, nibble
+    for i in range(2 * start, 2 * end):
+        nibble = data[i >> 1] >> 4 if not i & 1 else data[i >> 1] & 15
+        step = node << 4 | nibble
         if _emit[step] == -2:
             raise HPACKError("EOS in a Huffman-coded string")
         if _emit[step] >= 0:
