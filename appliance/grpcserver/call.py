@@ -308,6 +308,14 @@ class Call:
             return
         message = len(data).to_bytes(5, "big") + data
         h2_conn, out = self._conn.h2, []
+        if not self._headers_sent and not self._trailing:   # the usual case: one piece
+            wire = h2_conn.unary_answer(self.stream_id, _RESPONSE_HEADERS, message,
+                                        _OK_TRAILERS, self._request_open)
+            if wire is not None:
+                self._headers_sent = self._done = True
+                self._conn.write(wire)
+                self._conn.end_call(self)
+                return
         if not self._headers_sent:
             self._headers_sent = True
             out.append(h2_conn.send_headers(self.stream_id, _RESPONSE_HEADERS))

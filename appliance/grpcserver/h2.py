@@ -152,6 +152,8 @@ def encode_headers(fields) -> bytes:
 
 
 STATUS_200 = b"\x88"  # ":status: 200", static table entry 8
+_HEADERS_END_HEADERS = bytes((HEADERS, END_HEADERS))             # a frame's type and flags
+_HEADERS_END_STREAM = bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
 class Connection:
@@ -465,6 +467,26 @@ class Connection:
             return frame(DATA, 0, stream_id, data[:n]), n
         return b"".join([frame(DATA, 0, stream_id, data[offset:min(offset + step, n)])
                          for offset in range(0, n, step)]), n
+
+    def unary_answer(self, stream_id: int, head: bytes, message: bytes, trailers: bytes,
+                     stop_peer: bool) -> bytes | None:
+        """A whole answer in one piece: HEADERS (`head`), one DATA frame, the last
+        HEADERS (`trailers`) and, with `stop_peer`, RST_STREAM(NO_ERROR); the stream is
+        forgotten. None where that does not fit (windows, the peer's frame size): the
+        caller then goes frame by frame (send_headers, send_data, end_stream)."""
+        n = len(message)
+        if n > self.send_window or n > self.stream_send_windows.get(stream_id, 0) or \
+                max(n, len(head), len(trailers)) > self.peer_frame_size:
+            return None
+        self.send_window -= n
+        sid = _U32.pack(stream_id)
+        out = b"".join((_U32.pack(len(head))[1:], _HEADERS_END_HEADERS, sid, head,
+                        _U32.pack(n)[1:], b"\0\0", sid, message,
+                        _U32.pack(len(trailers))[1:], _HEADERS_END_STREAM, sid, trailers))
+        if stop_peer:
+            out += rst_stream(stream_id, NO_ERROR)
+        self.close_stream(stream_id)
+        return out
 
     def end_stream(self, stream_id: int, block: bytes, stop_peer: bool) -> bytes:
         """The last HEADERS (END_STREAM: trailers, or a whole trailers-only answer) and,
