@@ -15,7 +15,7 @@ PYTHONPATH=$TREE valgrind --tool=callgrind --instr-atstart=no --callgrind-out-fi
     "$REPO/.venv/bin/python" "$REPO/.venv/bin/ctrappliance" --config "$W/c.toml" \
     --root "$W/root" --state "$W/state" --address "$W/s.sock" > "$W/log" 2>&1 &
 VP=$!
-trap 'kill $VP 2>/dev/null; wait $VP 2>/dev/null; umount -R "$W/state" 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $VP 2>/dev/null || true; wait $VP 2>/dev/null || true; rm -rf "$W"' EXIT
 for _ in $(seq 1 900); do ctr --address "$W/s.sock" version >/dev/null 2>&1 && break; sleep 0.2; done
 measure() {  # name, command...
     local name=$1; shift
