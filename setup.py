@@ -1,4 +1,5 @@
-"""Build steps beyond pyproject: generated gRPC stubs, the Cython core, the cffi mount module."""
+"""Build steps beyond pyproject: generated gRPC stubs, the Cython modules (_core, _hpack),
+the cffi mount module."""
 import re
 import subprocess
 import sys
@@ -37,7 +38,8 @@ if not (HERE / "appliance" / "_proto" / "containerd").is_dir():
 setup(
     cmdclass={"build_py": BuildPyWithStubs},
     ext_modules=cythonize(
-        [Extension("appliance._core", ["appliance/_core.pyx"])],
+        [Extension("appliance._core", ["appliance/_core.pyx"]),
+         Extension("appliance._hpack", ["appliance/_hpack.pyx"])],
         compiler_directives={"language_level": "3"}, quiet=True),
     cffi_modules=["appliance/_mount_cffi.py:ffibuilder"],
 )

@@ -61,14 +61,22 @@ def namespace_rule(service: str, method: str) -> NamespaceRule | None:
     return NAMESPACED[key] if key in NAMESPACED else NAMESPACED.get(service)
 
 
+_VALID_NAMESPACES: set[str] = set()   # names that passed validation (a few per node)
+
+
 def namespace_error(context) -> ApplianceError | None:
     """Why the request's namespace is missing or invalid (containerd's words), or None."""
     for key, value in context.invocation_metadata() or ():
         if key == NAMESPACE_KEY and value:
+            if value in _VALID_NAMESPACES:
+                return None
             try:
                 identifiers.validate(value)
             except InvalidArgument as exc:
                 return InvalidArgument(f"namespace validation: {exc.message}")
+            if len(_VALID_NAMESPACES) >= 1024:
+                _VALID_NAMESPACES.clear()
+            _VALID_NAMESPACES.add(value)
             return None
     return FailedPrecondition("namespace is required: failed precondition")
 
@@ -111,16 +119,22 @@ def rpc(fn):
                 await _abort(context, exc)
         return stream
 
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def unary(self, request, context):
+            try:
+                return await fn(self, request, context)
+            except Exception as exc:
+                await _abort(context, exc)
+        return unary
+
     @functools.wraps(fn)
-    async def unary(self, request, context):
+    async def unary_sync(self, request, context):
         try:
-            result = fn(self, request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            return fn(self, request, context)
         except Exception as exc:
             await _abort(context, exc)
-    return unary
+    return unary_sync
 
 
 async def _abort(context, exc):

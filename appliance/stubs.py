@@ -108,11 +108,17 @@ def _namespaced(behaviour, rule: NamespaceRule):
                 yield item
         return checked_stream
 
-    async def checked(request, context):
+    if inspect.iscoroutinefunction(behaviour):
+        async def checked(request, context):
+            await check(request, context)
+            return await behaviour(request, context)
+        return checked
+
+    async def checked_sync(request, context):
         await check(request, context)
         result = behaviour(request, context)
         return await result if inspect.isawaitable(result) else result
-    return checked
+    return checked_sync
 
 
 def _unimplemented(name: str):

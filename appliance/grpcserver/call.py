@@ -65,7 +65,8 @@ class Call:
     Besides the servicer context, what the server uses: `stream_id`, `method`,
     `deadline` and `task`; for the connection `received`, `stream_reset` and
     `window_opened`; for dispatch `run` (the handler), `respond` (a unary
-    answer), `finish` (a status), and `stop`/`stopped` when the server stops.
+    answer), `finish` (a status), `expire`/`expired` when its deadline passes,
+    and `stop`/`stopped` when the server stops.
     """
 
     def __init__(self, conn: "_Connection", stream_id: int, method: str, metadata: tuple,
@@ -87,6 +88,7 @@ class Call:
         self._failed = False                 # the request stream broke (see _fail)
         self._server_stream = False          # one request, a stream of responses
         self.stopped = False                 # cancelled by Server.stop
+        self.expired = False                 # cancelled by its deadline
         self._code: StatusCode | None = None
         self._details = ""
         self._trailing: list = []            # encoded now: bad metadata fails the handler
@@ -307,6 +309,14 @@ class Call:
             return
         message = len(data).to_bytes(5, "big") + data
         h2_conn, out = self._conn.h2, []
+        if not self._headers_sent and not self._trailing:   # the usual case: one piece
+            wire = h2_conn.unary_answer(self.stream_id, _RESPONSE_HEADERS, message,
+                                        _OK_TRAILERS, self._request_open)
+            if wire is not None:
+                self._headers_sent = self._done = True
+                self._conn.write(wire)
+                self._conn.end_call(self)
+                return
         if not self._headers_sent:
             self._headers_sent = True
             out.append(h2_conn.send_headers(self.stream_id, _RESPONSE_HEADERS))
@@ -323,6 +333,12 @@ class Call:
     def finish(self, code: StatusCode, details: str) -> None:
         """Send the status (and the trailing metadata) and end the stream."""
         self._end(code, details, [])
+
+    def expire(self) -> None:
+        """The deadline passed: the handler is cancelled, to end with DEADLINE_EXCEEDED."""
+        if self.task is not None and not self.task.done() and not self._done:
+            self.expired = True
+            self.task.cancel()
 
     def stop(self) -> None:
         """The server stops: a server stream (a subscription never ends by itself) is

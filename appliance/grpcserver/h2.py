@@ -13,7 +13,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-import hpack
+try:
+    from .._hpack import Decoder, HPACKError
+except ImportError:   # not built (a source checkout): the pure twin, same results
+    from .._hpack_py import Decoder, HPACKError
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -149,6 +152,8 @@ def encode_headers(fields) -> bytes:
 
 
 STATUS_200 = b"\x88"  # ":status: 200", static table entry 8
+_HEADERS_END_HEADERS = bytes((HEADERS, END_HEADERS))             # a frame's type and flags
+_HEADERS_END_STREAM = bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
 class Connection:
@@ -157,8 +162,7 @@ class Connection:
     def __init__(self, clock=time.monotonic):
         self._buffer = bytearray()
         self._preface_seen = False
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = MAX_HEADER_BLOCK
+        self._decoder = Decoder(MAX_HEADER_BLOCK)
         self._decoded: dict[bytes, tuple] = {}   # see _decode
         self._headers_stream = 0  # stream whose header block continues, 0 if none
         self._header_block = bytearray()
@@ -379,8 +383,8 @@ class Connection:
         else:
             self._decoded.clear()  # the table may change
         try:
-            headers = tuple(self._decoder.decode(block, raw=True))
-        except Exception as exc:  # hpack raises several types; all are fatal here
+            headers = self._decoder.decode(block)
+        except HPACKError as exc:
             raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
         if not block.translate(None, _ONE_BYTE_INDEXED):
             if len(self._decoded) >= _DECODED_CACHE:
@@ -463,6 +467,26 @@ class Connection:
             return frame(DATA, 0, stream_id, data[:n]), n
         return b"".join([frame(DATA, 0, stream_id, data[offset:min(offset + step, n)])
                          for offset in range(0, n, step)]), n
+
+    def unary_answer(self, stream_id: int, head: bytes, message: bytes, trailers: bytes,
+                     stop_peer: bool) -> bytes | None:
+        """A whole answer in one piece: HEADERS (`head`), one DATA frame, the last
+        HEADERS (`trailers`) and, with `stop_peer`, RST_STREAM(NO_ERROR); the stream is
+        forgotten. None where that does not fit (windows, the peer's frame size): the
+        caller then goes frame by frame (send_headers, send_data, end_stream)."""
+        n = len(message)
+        if n > self.send_window or n > self.stream_send_windows.get(stream_id, 0) or \
+                max(n, len(head), len(trailers)) > self.peer_frame_size:
+            return None
+        self.send_window -= n
+        sid = _U32.pack(stream_id)
+        out = b"".join((_U32.pack(len(head))[1:], _HEADERS_END_HEADERS, sid, head,
+                        _U32.pack(n)[1:], b"\0\0", sid, message,
+                        _U32.pack(len(trailers))[1:], _HEADERS_END_STREAM, sid, trailers))
+        if stop_peer:
+            out += rst_stream(stream_id, NO_ERROR)
+        self.close_stream(stream_id)
+        return out
 
     def end_stream(self, stream_id: int, block: bytes, stop_peer: bool) -> bytes:
         """The last HEADERS (END_STREAM: trailers, or a whole trailers-only answer) and,

@@ -30,6 +30,8 @@ class ContainersService:
 
     def list(self, ns: str, filter_strings) -> list[Container]:
         flt = filters.parse(*filter_strings)
+        if not filter_strings:
+            return self.store.list(ns)
         return [c for c in self.store.list(ns) if flt.match(_adaptor(c))]
 
     def create(self, ns: str, container: Container) -> Container:

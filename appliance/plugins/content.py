@@ -62,6 +62,9 @@ class ContentService:
     def reader(self, ns: str, digest: str):
         return self.store.reader(ns, digest)
 
+    def small_blob(self, ns: str, digest: str) -> bytes | None:
+        return self.store.small_blob(ns, digest)
+
     def blob_path(self, ns: str, digest: str) -> str:
         return self.store.blob_path(ns, digest)
 
@@ -124,7 +127,17 @@ class ContentAdapter(Adapter):
     async def Read(self, request, context):
         # as containerd: a negative offset reads from 0, and each chunk's offset counts
         # from the requested offset (not from the start of the blob)
-        f = self.service.reader(namespace_of(context), request.digest)
+        ns = namespace_of(context)
+        data = self.service.small_blob(ns, request.digest)
+        if data is not None:   # (≤ 64 KiB: one chunk)
+            offset = max(request.offset, 0)
+            if offset > len(data):
+                raise OutOfRange(f"read past object length {len(data)} bytes")
+            end = len(data) if request.size <= 0 else min(len(data), offset + request.size)
+            if offset < end:
+                yield pb.ReadContentResponse(offset=0, data=data[offset:end])
+            return
+        f = self.service.reader(ns, request.digest)
         try:
             size = os.fstat(f.fileno()).st_size
             offset = max(request.offset, 0)

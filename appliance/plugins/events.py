@@ -1,10 +1,13 @@
 """The event exchange plugin and the Events service (gRPC, and TTRPC Forward for shims)."""
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import empty_pb2
 
 from .. import stubs
 from ..core.events import Exchange
+from ..errdefs import ApplianceError
 from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, InitContext, Registration
 
@@ -39,8 +42,14 @@ class EventsAdapter:
 
     @rpc
     async def Subscribe(self, request, context):
-        async for envelope in self.exchange.subscribe(*request.filters):
-            yield envelope
+        try:
+            async for envelope in self.exchange.subscribe(*request.filters):
+                yield envelope
+        except asyncio.CancelledError:
+            if getattr(context, "expired", False):   # the call's deadline passed
+                # containerd's words: its subscription ends with the call's context
+                raise ApplianceError("subscription error: context deadline exceeded") from None
+            raise
 
     async def _ttrpc_forward(self, payload: bytes, ctx) -> bytes:
         request = ttrpc_events_pb2.ForwardRequest.FromString(payload)

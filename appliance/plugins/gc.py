@@ -110,8 +110,8 @@ class Scheduler:
                         schedule_delay=self.schedule_delay, startup_delay=self.startup_delay)
         while True:
             try:
-                ts, mutation, dirty = await asyncio.wait_for(
-                    self._events.get(), policy.timeout(time.monotonic()))
+                async with asyncio.timeout(policy.timeout(time.monotonic())):
+                    ts, mutation, dirty = await self._events.get()
             except asyncio.TimeoutError:
                 pass
             else:

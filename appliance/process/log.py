@@ -54,5 +54,3 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     logging.getLogger("grpc").setLevel(max(LEVELS[level], logging.WARNING))
-    # hpack logs every header it decodes at debug: 95% of a debug log under dockerd
-    logging.getLogger("hpack").setLevel(max(LEVELS[level], logging.INFO))

@@ -105,7 +105,8 @@ class TTRPCClient:
                 raise errdefs.Unavailable(self._closed.message)
             self._writer.write(frame)
             try:
-                await asyncio.wait_for(self._writer.drain(), self._write_timeout)
+                async with asyncio.timeout(self._write_timeout):  # (no task, unlike wait_for)
+                    await self._writer.drain()
             except (ConnectionError, asyncio.TimeoutError) as exc:
                 self._shutdown(f"ttrpc: write failed: {exc!r}")
                 raise errdefs.Unavailable(f"ttrpc: write failed: {exc!r}") from exc

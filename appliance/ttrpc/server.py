@@ -213,7 +213,8 @@ class _Connection:
         timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else self.server._default_timeout
         ctx = CallContext(req.service, req.method, md, pairs, timeout, self.peer)
         try:
-            result = await asyncio.wait_for(handler(req.payload, ctx), timeout)
+            async with asyncio.timeout(timeout):   # (no extra task, unlike wait_for)
+                result = await handler(req.payload, ctx)
             if hasattr(result, "SerializeToString"):  # allow returning a message
                 result = result.SerializeToString()
             resp = Response(status=Status(code=0), payload=bytes(result or b""))
@@ -242,7 +243,8 @@ class _Connection:
                 return
             self.writer.write(frame)
             try:
-                await asyncio.wait_for(self.writer.drain(), self.server._write_timeout)
+                async with asyncio.timeout(self.server._write_timeout):
+                    await self.writer.drain()
             except (asyncio.TimeoutError, ConnectionError) as exc:
                 log.warning("ttrpc: dropping connection, cannot write: %r", exc)
                 self.writer.close()

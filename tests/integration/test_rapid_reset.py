@@ -40,6 +40,9 @@ def test_cancelling_many_streams_is_not_abuse(shared_daemon):
         stream = events.Subscribe(events_pb2.SubscribeRequest(), timeout=0.5)
         with pytest.raises(grpc.RpcError) as err:  # a subscription is still served …
             next(stream)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the client's own deadline, or the server's first: containerd's subscription error
+        assert (err.value.code(), err.value.details()) in (
+            (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+            (grpc.StatusCode.UNKNOWN, "subscription error: context deadline exceeded"))
         assert version.Version(empty_pb2.Empty(), timeout=10).version  # … and a call
     assert shared_daemon.log().count("too many stream resets") == before

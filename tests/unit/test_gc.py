@@ -250,3 +250,34 @@ def test_containers_keep_their_snapshot_and_labelled_content(world):
     collector.collect()
     assert blobs.exists(kept) and not blobs.exists(junk)
     assert swept == [("snapshot", NS, "overlayfs/old")]
+
+
+def test_cached_records_and_small_blobs_follow_every_change(world):
+    """Info and small blobs are answered from memory after the first read (issue 24);
+    updates, deletes, collections and re-ingests are seen at once all the same."""
+    from appliance.errdefs import NotFound
+    db, blobs, content, images, collector = world
+    dgst = ingest(content, b"manifest", labels={gc.LABEL_ROOT: "x"})
+    assert content.info(NS, dgst).labels == {gc.LABEL_ROOT: "x"}
+    assert content.small_blob(NS, dgst) == b"manifest"
+    content.info(NS, dgst).labels["mutated"] = "by a caller"   # a copy each time
+    assert content.info(NS, dgst).labels == {gc.LABEL_ROOT: "x"}
+    updated = content.update(NS, dgst, {gc.LABEL_ROOT: "y", "a": "b"}, [])
+    assert content.info(NS, dgst) == updated and updated.labels["a"] == "b"
+    with pytest.raises(NotFound):
+        content.info("other", dgst)            # another namespace does not see it
+    with pytest.raises(NotFound):
+        content.small_blob("other", dgst)
+    content.delete(NS, dgst)
+    with pytest.raises(NotFound):
+        content.info(NS, dgst)
+    with pytest.raises(NotFound):
+        content.small_blob(NS, dgst)
+    again = ingest(content, b"manifest")       # unreferenced: the next collection takes it
+    assert content.info(NS, again).labels == {} and content.small_blob(NS, again) == b"manifest"
+    collector.collect()
+    assert not blobs.exists(dgst)
+    with pytest.raises(NotFound):
+        content.info(NS, dgst)
+    big = ingest(content, os.urandom(100_000))
+    assert content.small_blob(NS, big) is None and content.info(NS, big).size == 100_000

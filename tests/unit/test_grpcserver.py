@@ -484,6 +484,25 @@ def test_grpc_timeout_in_every_unit_and_malformed_ones_ignored():
     serve(test)
 
 
+def test_the_server_itself_ends_an_expired_call_with_deadline_exceeded():
+    """Not the client's own timer: the trailers say DEADLINE_EXCEEDED (status 4), the
+    handler was cancelled, and a call answered in time is not affected."""
+    async def test(channel, handlers, server):
+        client = await RawClient.connect(handlers.path)
+        client.send(client.headers(1, b"/t.T/Sleep", extra=[(b"grpc-timeout", b"200m")]) +
+                    client.message(1, b"30") +
+                    client.headers(3, b"/t.T/Sleep", extra=[(b"grpc-timeout", b"20S")]) +
+                    client.message(3, b"0"))
+        results = await client.responses([1, 3])
+        assert results[1][1][b"grpc-status"] == b"4"
+        assert results[1][1][b"grpc-message"] == b"Deadline Exceeded"
+        assert results[3][1][b"grpc-status"] == b"0" and results[3][0][5:] == b"woke"
+        await asyncio.wait_for(handlers.cancelled.wait(), 5)
+        assert await settled(server) == []
+        client.close()
+    serve(test)
+
+
 def test_binary_metadata_round_trip():
     async def test(channel, handlers, server):
         value = bytes(range(256))

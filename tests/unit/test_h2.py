@@ -382,3 +382,24 @@ def test_headers_follow_the_peers_frame_size():
     conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.MAX_FRAME_SIZE, 30000)), [])
     assert parse(conn.send_headers(1, block)) == [(h2.HEADERS, h2.END_HEADERS, 1, block)]
     assert parse(conn.goaway(h2.ENHANCE_YOUR_CALM, b"calm"))[0][:3] == (h2.GOAWAY, 0, 0)
+
+
+def test_a_unary_answer_in_one_piece_or_none_when_it_does_not_fit():
+    conn = connection()
+    open_stream(conn, 1)
+    message = b"\0\0\0\0\3abc"
+    wire = conn.unary_answer(1, b"\x88", message, b"trailers", stop_peer=True)
+    assert parse(wire) == [(h2.HEADERS, h2.END_HEADERS, 1, b"\x88"), (h2.DATA, 0, 1, message),
+                           (h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, b"trailers"),
+                           (h2.RST_STREAM, 0, 1, struct.pack(">I", h2.NO_ERROR))]
+    assert conn.send_window == h2.DEFAULT_WINDOW - len(message)
+    assert 1 not in conn.stream_send_windows and 1 not in conn.open_streams
+    assert conn.unary_answer(1, b"\x88", message, b"t", False) is None   # stream gone
+    open_stream(conn, 3)
+    conn.receive(h2.frame(h2.DATA, h2.END_STREAM, 3, b"x"), [])
+    assert conn.unary_answer(3, b"\x88", b"m" * 20000, b"t", False) is None  # > frame size
+    conn.send_data(3, b"z" * (h2.DEFAULT_WINDOW - 100))
+    assert conn.unary_answer(3, b"\x88", b"m" * 200, b"t", False) is None    # > window
+    assert 3 in conn.stream_send_windows   # untouched: the caller goes frame by frame
+    assert [f[:2] for f in parse(conn.unary_answer(3, b"\x88", b"m" * 50, b"t", False))] == [
+        (h2.HEADERS, h2.END_HEADERS), (h2.DATA, 0), (h2.HEADERS, h2.END_HEADERS | h2.END_STREAM)]

@@ -20,6 +20,7 @@ LAYERS = [
                    "appliance.grpcserver"]),
     ("base", ["appliance.config", "appliance.errdefs", "appliance.identifiers",
               "appliance.filters", "appliance._core", "appliance._core_py",
+              "appliance._hpack", "appliance._hpack_py",
               "appliance._mount_cffi", "appliance._mountcall", "appliance._version",
               "appliance._proto", "appliance"]),
 ]

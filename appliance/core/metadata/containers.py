@@ -112,10 +112,11 @@ class ContainerStore:
         self.deleted = Hook("container deleted")
 
     @staticmethod
-    def _row_to_container(conn, ns, row) -> Container:
+    def _row_to_container(conn, ns, row, labels=None) -> Container:
         c = from_pb(pb.Container.FromString(row["data"]))
         c.id = row["id"]
-        c.labels = DB.get_labels(conn, ns, KIND, row["id"])
+        c.labels = DB.get_labels(conn, ns, KIND, row["id"]) if labels is None \
+            else labels.get(row["id"], {})
         c.created_at, c.updated_at = row["created_at"], row["updated_at"]
         return c
 
@@ -131,7 +132,10 @@ class ContainerStore:
         with self.db.read() as conn:
             rows = conn.execute("SELECT * FROM containers WHERE namespace=? ORDER BY id",
                                 (ns,)).fetchall()
-            return [self._row_to_container(conn, ns, row) for row in rows]
+            if not rows:
+                return []
+            labels = DB.all_labels(conn, ns, KIND)   # one query, not one per container
+            return [self._row_to_container(conn, ns, row, labels) for row in rows]
 
     def create(self, ns: str, c: Container) -> Container:
         try:

@@ -28,6 +28,13 @@ from .db import DB, now_ns
 from .hook import no_hook
 
 KIND = "content"
+# Small committed blobs (indexes, manifests, configs: `ctr run` reads each of them a few
+# times) are answered from memory: their bytes never change, being named by digest. The
+# namespace's record (size, times, labels) is remembered too, and forgotten by every
+# write to it, inside the transaction, under the database lock that reads hold as well.
+SMALL_BLOB = 64 << 10
+SMALL_BLOBS_BUDGET = 2 << 20     # bytes of small blobs kept; past it, the cache starts over
+INFO_CACHE = 4096                # namespace records kept; past it, the cache starts over
 INGEST_EXPIRY_NS = 24 * 3600 * 10**9   # an ingest outside any lease expires after 24 h
 
 
@@ -77,13 +84,29 @@ class ContentStore:
         self.blobs = blobs
         self.shared = shared   # content_sharing_policy "shared" (else "isolated")
         self.changed = changed   # (dirty: bool) after a change; the metadata plugin's hook
+        self._infos: dict[tuple[str, str], Info] = {}   # (ns, digest) → record (see SMALL_BLOB)
+        self._small: dict[str, bytes] = {}              # digest → bytes of a small blob
+        self._small_bytes = 0
 
     # --- committed content --------------------------------------------------------
 
     def info(self, ns: str, digest: str) -> Info:
-        parse_digest(digest)
-        with self.db.read() as conn:
-            return self._info(conn, ns, digest)
+        got = self._infos.get((ns, digest))
+        if got is None:
+            parse_digest(digest)
+            with self.db.read() as conn:
+                got = self._infos.get((ns, digest))
+                if got is None:
+                    got = self._info(conn, ns, digest)
+                    if not conn.in_transaction:   # (not what a write may yet roll back)
+                        if len(self._infos) >= INFO_CACHE:
+                            self._infos.clear()
+                        self._infos[(ns, digest)] = got
+        return Info(got.digest, got.size, got.created_at, got.updated_at, dict(got.labels))
+
+    def forget(self, ns: str, digest: str) -> None:
+        """Drop a cached record; called inside the write transaction that changes it."""
+        self._infos.pop((ns, digest), None)
 
     @staticmethod
     def _info(conn, ns, digest) -> Info:
@@ -111,6 +134,7 @@ class ContentStore:
             current = DB.update_labels(info.labels, labels, paths, f"content info {q(digest)}")
             DB.set_labels(tx, ns, KIND, digest, current)
             updated = now_ns()
+            self.forget(ns, digest)
             tx.execute("UPDATE content SET updated_at=? WHERE namespace=? AND digest=?",
                        (updated, ns, digest))
         self.changed(False)
@@ -119,6 +143,7 @@ class ContentStore:
     def delete(self, ns: str, digest: str) -> None:
         parse_digest(digest)
         with self.db.write() as tx:
+            self.forget(ns, digest)
             if not tx.execute("DELETE FROM content WHERE namespace=? AND digest=?",
                               (ns, digest)).rowcount:
                 raise NotFound(f"content digest {digest}: not found")
@@ -132,6 +157,29 @@ class ContentStore:
     def reader(self, ns: str, digest: str):
         self.info(ns, digest)
         return self.blobs.open(digest)
+
+    def forget_bytes(self, digest: str) -> None:
+        data = self._small.pop(digest, None)
+        if data is not None:
+            self._small_bytes -= len(data)
+
+    def small_blob(self, ns: str, digest: str) -> bytes | None:
+        """The bytes of a blob of at most SMALL_BLOB bytes that the namespace has, from
+        memory after the first read; None for a larger blob."""
+        if self.info(ns, digest).size > SMALL_BLOB:
+            return None
+        data = self._small.get(digest)
+        if data is None:
+            with self.blobs.open(digest) as f:
+                data = f.read(SMALL_BLOB + 1)
+            if len(data) > SMALL_BLOB:
+                return None
+            if self._small_bytes + len(data) > SMALL_BLOBS_BUDGET:
+                self._small.clear()
+                self._small_bytes = 0
+            self._small[digest] = data
+            self._small_bytes += len(data)
+        return data
 
     # --- ingests --------------------------------------------------------------------
 
@@ -320,6 +368,7 @@ class NamespacedWriter:
                 duplicate = True
             else:
                 ts = now_ns()
+                self.store.forget(ns, actual)
                 tx.execute("INSERT INTO content VALUES (?,?,?,?,?)", (ns, actual, size, ts, ts))
                 DB.set_labels(tx, ns, KIND, actual, labels)
             self._forget_ingest(tx)
@@ -357,6 +406,7 @@ def register_gc(collector, store: ContentStore) -> None:
 
     def sweep_content(conn, dead) -> int:
         for _, ns, digest in dead:
+            store.forget(ns, digest)
             conn.execute("DELETE FROM content WHERE namespace=? AND digest=?", (ns, digest))
             DB.set_labels(conn, ns, KIND, digest, {})
         # a blob file goes once no namespace records it and no shared ingest waits for it:
@@ -364,6 +414,8 @@ def register_gc(collector, store: ContentStore) -> None:
         keep = {r[0] for r in conn.execute("SELECT DISTINCT digest FROM content")}
         keep |= {r[0] for r in conn.execute("SELECT DISTINCT expected FROM ingests")}
         doomed[:] = [d for d in store.blobs.walk() if d not in keep]
+        for digest in doomed:
+            store.forget_bytes(digest)
         return len(doomed)
 
     def delete_blobs():
