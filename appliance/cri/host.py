@@ -68,7 +68,6 @@ class Host:
     cgroup_v2: bool = False
     hugetlb: bool = False
     swap: bool = True            # memory.memsw (v1) / memory.swap.max (v2) exists
-    hugepage_sizes: list[str] = field(default_factory=list)
     machine: str = "x86_64"
     kernel: str = "6.1.0"
 
@@ -82,14 +81,10 @@ class Host:
         else:
             hugetlb = os.path.isdir("/sys/fs/cgroup/hugetlb")
             swap = os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
-        try:
-            sizes = sorted(os.listdir("/sys/kernel/mm/hugepages"))
-        except OSError:
-            sizes = []
         oom = _read("/proc/self/oom_score_adj").strip()
         return cls(capabilities=capabilities_from_mask(int(_status_field("CapEff") or "0", 16)),
                    apparmor=_apparmor(), selinux=_selinux(),
                    seccomp=_status_field("Seccomp") is not None,
                    oom_score_adj=int(oom) if oom.lstrip("-").isdigit() else 0,
-                   cgroup_v2=v2, hugetlb=hugetlb, swap=swap, hugepage_sizes=sizes,
+                   cgroup_v2=v2, hugetlb=hugetlb, swap=swap,
                    machine=platform.machine(), kernel=platform.release())
