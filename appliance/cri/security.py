@@ -534,21 +534,22 @@ IPC_SYSCTLS = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
 
 def check_sysctl(name: str, pod) -> None:
     """A sysctl must belong to a namespace the pod has of its own: IPC ones (kernel.shm*,
-    kernel.msg*, kernel.sem, fs.mqueue.*) need a private IPC namespace, net.* a private
-    network namespace; the others act on the whole host and are refused."""
+    kernel.msg*, kernel.sem, fs.mqueue.*) need a private IPC namespace, net.* and
+    kernel.domainname a private network (and so UTS) namespace; the others act on the whole
+    host and are refused. runc's words, said before anything is created."""
     ns = pod.linux.security_context.namespace_options
     if name in IPC_SYSCTLS or name.startswith("fs.mqueue."):
         if ns.ipc == NODE:
-            raise InvalidArgument(f'sysctl "{name}" is not allowed in the host\'s IPC namespace')
+            raise InvalidArgument(f'sysctl "{name}" not allowed in host IPC namespace')
         return
-    if name.startswith("net."):
+    if name.startswith("net.") or name == "kernel.domainname":
         if ns.network == NODE:
-            raise InvalidArgument(f'sysctl "{name}" is not allowed in the host\'s network '
-                                  f'namespace')
+            kind = "network" if name.startswith("net.") else "UTS"
+            raise InvalidArgument(f'sysctl "{name}" not allowed in host {kind} namespace')
         return
     raise InvalidArgument(f'sysctl "{name}" is not in a separate kernel namespace: only '
-                          f'net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* can be '
-                          f'set for a pod')
+                          f'net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* and '
+                          f'kernel.domainname can be set for a pod')
 
 
 def apply_sysctls(spec: dict, sysctls: dict, pod, cfg=None) -> None:

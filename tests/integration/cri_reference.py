@@ -1,7 +1,7 @@
-"""containerd 1.6.20 with CRI on, set up to run pods of the security test image: the image as
-the sandbox image, runc state under a private root, pods in a private cgroup parent. Used to
-obtain containerd's own OCI spec for a request (ContainerStatus/PodSandboxStatus verbose
-`runtimeSpec`) and its refusals."""
+"""A CRI daemon set up to run pods of the security test image: containerd 1.6.20 with CRI on, or
+ctrappliance, each with the image as the sandbox image, runc state under a private root, pods in
+a private cgroup parent. Used to obtain a daemon's OCI spec for a request (ContainerStatus /
+PodSandboxStatus verbose `runtimeSpec`), its refusals, and what a container sees."""
 import gzip
 import io
 import json
@@ -16,7 +16,7 @@ import grpc
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
 from cri_security_image import make_security_image
-from daemon import wait_for
+from daemon import Daemon, wait_for
 from reference import Containerd
 
 IMAGE = "localhost/cri-sec:v1"
@@ -38,17 +38,21 @@ def extract_rootfs(image_tar: Path, into: Path) -> dict:
 
 
 class CRIReference:
-    def __init__(self):
+    def __init__(self, kind: str = "containerd"):
+        self.kind = kind
         self.work = Path(tempfile.mkdtemp(prefix="cri-sec-", dir="/tmp"))
         self.cgroup_parent = f"/cri-sec-{uuid.uuid4().hex[:8]}"
-        self.containerd = Containerd(cri=True)
+        self.daemon = Containerd(cri=True) if kind == "containerd" else None
         self.pods: list[str] = []
 
-    def start(self):
-        image = make_security_image(self.work)
-        self.image_config = extract_rootfs(image, self.work / "rootfs")
-        self.rootfs = str(self.work / "rootfs")
-        d = self.containerd
+    def _cri_config(self) -> str:
+        return (f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+                f'  runtime_type = "io.containerd.runc.v2"\n'
+                f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+                f'  Root = "{self.work}/runc"\n')
+
+    def _start_containerd(self):
+        d = self.daemon
         write = d.write_config
 
         def write_config():
@@ -56,13 +60,28 @@ class CRIReference:
             text = d.config_path.read_text().replace(
                 '[plugins."io.containerd.grpc.v1.cri"]\n',
                 f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{IMAGE}"\n', 1)
-            text += (f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
-                     f'  runtime_type = "io.containerd.runc.v2"\n'
-                     f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
-                     f'  Root = "{self.work}/runc"\n')
-            d.config_path.write_text(text)
+            d.config_path.write_text(text + self._cri_config())
         d.write_config = write_config
         d.start()
+        return d
+
+    def _start_ours(self):
+        config = self.work / "ctrappliance.toml"
+        config.write_text(
+            f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
+            f'  sandbox_image = "{IMAGE}"\n  stream_server_port = "0"\n'
+            f'  netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n'
+            f'[plugins."io.containerd.grpc.v1.cri".cni]\n'
+            f'  bin_dir = "{self.work}/cni/bin"\n  conf_dir = "{self.work}/cni/net.d"\n'
+            + self._cri_config())
+        self.daemon = Daemon(workdir=str(self.work / "daemon"), config=str(config))
+        return self.daemon.start()
+
+    def start(self):
+        image = make_security_image(self.work)
+        self.image_config = extract_rootfs(image, self.work / "rootfs")
+        self.rootfs = str(self.work / "rootfs")
+        d = self._start_containerd() if self.kind == "containerd" else self._start_ours()
         d.ctr("images", "import", str(image), namespace="k8s.io")
         self.channel = grpc.insecure_channel(f"unix://{d.address}")
         self.rt = rpc.RuntimeServiceStub(self.channel)
@@ -98,6 +117,32 @@ class CRIReference:
                                                                    verbose=True))
         return json.loads(status.info["info"])["runtimeSpec"]
 
+    def exec(self, cid: str, *argv: str, timeout: int = 20) -> tuple[int, str]:
+        """(exit code, stdout+stderr) of a command in the container: ExecSync, or ctr's task
+        exec where the daemon does not serve ExecSync."""
+        try:
+            resp = self.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=list(argv),
+                                                       timeout=timeout), timeout=timeout + 10)
+            return resp.exit_code, (resp.stdout + resp.stderr).decode()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        result = self.daemon.ctr("task", "exec", "--exec-id", uuid.uuid4().hex[:12], cid,
+                                 *argv, namespace="k8s.io", check=False, timeout=timeout + 10)
+        return result.returncode, result.stdout + result.stderr
+
+    def start_container(self, sid, pod, config) -> str:
+        cid = self.create(sid, pod, config)
+        self.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+        return cid
+
+    def serves_pods(self) -> bool:
+        try:
+            self.rt.ListPodSandbox(pb.ListPodSandboxRequest())
+            return True
+        except grpc.RpcError as exc:
+            return exc.code() != grpc.StatusCode.UNIMPLEMENTED
+
     def cleanup(self):
         try:
             for sid in self.pods:
@@ -108,7 +153,8 @@ class CRIReference:
                     pass
             self.channel.close()
         finally:
-            self.containerd.cleanup()
+            if self.daemon is not None:
+                self.daemon.cleanup()
             for controller in os.listdir("/sys/fs/cgroup"):
                 path = f"/sys/fs/cgroup/{controller}{self.cgroup_parent}"
                 if os.path.isdir(path):

@@ -296,3 +296,30 @@ def test_sandbox_specs_match_containerd(ref, name):
                                 rootfs=ref.rootfs)
     security.apply_sysctls(ours, dict(pod.linux.sysctls), pod, CFG)
     assert sections(ours, 0) == sections(theirs, 0)
+
+
+@pytest.mark.parametrize("sysctl", ["kernel.panic", "net.ipv4.ip_forward"])
+def test_sysctl_refusals_say_what_runc_says(ref, sysctl):
+    """containerd refuses these when runc creates the sandbox task (UNKNOWN); we refuse them
+    before anything is made (INVALID_ARGUMENT, README's intended differences), in runc's words."""
+    pod = ref.pod_config("sysctl-" + sysctl.replace(".", "-"))
+    pod.linux.sysctls[sysctl] = "1"
+    with pytest.raises(grpc.RpcError) as theirs:
+        ref.run_pod(pod)
+    assert theirs.value.code() == grpc.StatusCode.UNKNOWN
+    with pytest.raises(Exception) as ours:
+        security.apply_sysctls(copy.deepcopy(ref.pod_base), {sysctl: "1"}, pod, CFG)
+    assert ours.value.code.name == "INVALID_ARGUMENT"
+    assert str(ours.value).split(":")[0] in theirs.value.details()
+
+
+def test_unknown_capability_is_ignored_by_containerd(ref):
+    """containerd passes an unknown capability to runc, which drops it: the container starts
+    with the default set. We refuse it instead (README's intended differences)."""
+    config = container_config("unknown-cap", security_context=SC(
+        capabilities=CAPS(add_capabilities=["NET_WIZARD"])))
+    theirs = ref.container_spec(ref.create(ref.privileged_sid, ref.privileged_pod, config))
+    assert "CAP_NET_WIZARD" in theirs["process"]["capabilities"]["bounding"]
+    with pytest.raises(Exception) as ours:
+        ours_for_container(ref, ref.privileged_pod, config)
+    assert ours.value.code.name == "INVALID_ARGUMENT"

@@ -359,11 +359,17 @@ def test_host_wide_sysctls_are_refused(name):
 
 def test_sysctls_of_host_namespaces_are_refused():
     host_net = pod(namespace_options=pb.NamespaceOption(network=pb.NODE))
-    with pytest.raises(InvalidArgument, match="host's network namespace"):
+    with pytest.raises(InvalidArgument, match='"net.ipv4.ip_forward" not allowed in host network '
+                                              'namespace'):
         security.apply_sysctls(base_spec(), {"net.ipv4.ip_forward": "1"}, host_net)
     host_ipc = pod(namespace_options=pb.NamespaceOption(ipc=pb.NODE))
-    with pytest.raises(InvalidArgument, match="host's IPC namespace"):
+    with pytest.raises(InvalidArgument, match="not allowed in host IPC namespace"):
         security.apply_sysctls(base_spec(), {"kernel.shmmax": "1"}, host_ipc)
+    with pytest.raises(InvalidArgument, match="not allowed in host UTS namespace"):
+        security.apply_sysctls(base_spec(), {"kernel.domainname": "x"}, host_net)
+    spec = base_spec()
+    security.apply_sysctls(spec, {"kernel.domainname": "x"}, pod())
+    assert spec["linux"]["sysctl"] == {"kernel.domainname": "x"}
 
 
 def test_unprivileged_ports_and_icmp():
