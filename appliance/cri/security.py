@@ -385,6 +385,18 @@ def apply_pod_security(spec: dict, pod, cfg, *, host: Host | None = None,
                                  f"failed on {rootfs}: {exc}") from None
 
 
+def pod_needs_rootfs(pod, image_config: dict | None) -> bool:
+    """Whether the sandbox's user needs the pause image's passwd/group files: a uid alone
+    (its primary group) or a name; "uid:gid" and no user at all do not."""
+    sc = pod.linux.security_context
+    user = str(sc.run_as_user.value) if sc.HasField("run_as_user") else ""
+    if user and sc.HasField("run_as_group"):
+        return False
+    user = user or (image_config or {}).get("User", "")
+    parts = user.split(":")
+    return bool(user) and not (len(parts) == 2 and all(p.isdigit() for p in parts))
+
+
 def _set_labels(spec: dict, process_label: str, mount_label: str) -> None:
     process, linux = spec.setdefault("process", {}), spec.setdefault("linux", {})
     process.pop("selinuxLabel", None)

@@ -13,6 +13,7 @@ import socket
 from typing import Callable
 
 from ..errdefs import InvalidArgument
+from . import resources
 
 # containerd's oci.defaultUnixCaps (0xa80425fb).
 DEFAULT_CAPS = [
@@ -104,10 +105,10 @@ def restrict_oom_score_adj(value: int, cfg) -> int:
     return max(value, current)
 
 
-def cgroups_path(parent: str, cid: str, systemd: bool) -> str:
-    if systemd:   # containerd: "<slice>:cri-containerd:<id>"
-        return f"{os.path.basename(parent) or 'system.slice'}:cri-containerd:{cid}"
-    return os.path.join(parent, cid) if parent else cid
+def cgroups_path(parent: str, cid: str) -> str:
+    """containerd's getCgroupsPath (the systemd form follows from a parent ending in
+    .slice); no parent: the id alone."""
+    return resources.cgroups_path(parent, cid) if parent else cid
 
 
 def _merge_env(base: list[str], extra: list[str]) -> list[str]:
@@ -173,8 +174,7 @@ def _ns_modes(linux_config) -> tuple[int, int, int]:
 def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     """The pause container's spec. `sandbox` is a cri.store.Sandbox with its files made."""
     config = sandbox.config
-    spec = default_spec(cgroups_path(config.linux.cgroup_parent, sandbox.id,
-                                     bool(runtime_opts.get("SystemdCgroup"))))
+    spec = default_spec(cgroups_path(config.linux.cgroup_parent, sandbox.id))
     image = image_config.get("config") or {}
     args = list(image.get("Entrypoint") or []) + list(image.get("Cmd") or [])
     if not args:
@@ -202,7 +202,6 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     else:
         _replace_mount(spec, _bind(sandbox.shm_path, "/dev/shm", False))
     spec["linux"]["resources"]["cpu"] = {"shares": SANDBOX_CPU_SHARES}
-    spec["linux"]["sysctls"] = dict(config.linux.sysctls)
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("pod_annotations", [])),
         CONTAINER_TYPE: "sandbox", SANDBOX_ID: sandbox.id,
@@ -217,8 +216,7 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
 def container_spec(cid: str, sandbox, config, image_config: dict, image_name: str,
                    volumes: dict[str, str], runtime_opts: dict) -> dict:
     """An application container's spec; `volumes` maps image volume paths to host dirs."""
-    spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid,
-                                     bool(runtime_opts.get("SystemdCgroup"))))
+    spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid))
     image = image_config.get("config") or {}
     process = spec["process"]
     if config.command:
