@@ -76,7 +76,7 @@ def default_spec(cgroups_path: str) -> dict:
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
         "process": {
-            "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": False,
+            "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": True,
             "capabilities": {k: list(DEFAULT_CAPS)
                              for k in ("bounding", "permitted", "effective")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
@@ -146,14 +146,18 @@ def _user(image_config: dict) -> dict:
 
 
 def _set_namespace(spec: dict, ns_type: str, path: str | None) -> None:
-    """path None: drop the namespace (host's); "" a new one; else join `path`."""
-    namespaces = [n for n in spec["linux"]["namespaces"] if n["type"] != ns_type]
-    if path is not None:
-        entry = {"type": ns_type}
-        if path:
-            entry["path"] = path
-        namespaces.append(entry)
-    spec["linux"]["namespaces"] = namespaces
+    """path None: drop the namespace (host's); "" a new one; else join `path`. A namespace
+    already listed keeps its place (containerd's WithLinuxNamespace)."""
+    namespaces = spec["linux"]["namespaces"]
+    if path is None:
+        spec["linux"]["namespaces"] = [n for n in namespaces if n["type"] != ns_type]
+        return
+    entry = {"type": ns_type, **({"path": path} if path else {})}
+    for i, n in enumerate(namespaces):
+        if n["type"] == ns_type:
+            namespaces[i] = entry
+            return
+    namespaces.append(entry)
 
 
 def _replace_mount(spec: dict, mount: dict) -> None:
@@ -247,16 +251,8 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
         else:
             spec["linux"].pop(key, None)
 
-    net, pid, ipc = _ns_modes(sandbox.config.linux)
-    sandbox_ns = f"/proc/{sandbox.pid}/ns"
-    _set_namespace(spec, "network", None if net == NODE else f"{sandbox_ns}/net")
-    _set_namespace(spec, "uts", None if net == NODE else f"{sandbox_ns}/uts")
-    _set_namespace(spec, "ipc", None if ipc == NODE else f"{sandbox_ns}/ipc")
-    cpid = config.linux.security_context.namespace_options.pid
-    if pid == NODE or cpid == NODE:
-        _set_namespace(spec, "pid", None)
-    elif cpid == POD:
-        _set_namespace(spec, "pid", f"{sandbox_ns}/pid")
+    # The pod's namespaces (joined through the sandbox's pid) come with the security
+    # context: cri.security.apply_container_security.
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("container_annotations", [])),
         CONTAINER_TYPE: "container", SANDBOX_ID: sandbox.id,

@@ -323,3 +323,52 @@ def test_unknown_capability_is_ignored_by_containerd(ref):
     with pytest.raises(Exception) as ours:
         ours_for_container(ref, ref.privileged_pod, config)
     assert ours.value.code.name == "INVALID_ARGUMENT"
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    r = CRIReference("ctrappliance")
+    try:
+        r.start()
+        if not r.serves_pods():
+            pytest.skip("ctrappliance does not serve pods yet (issue #20)")
+        r.privileged_pod = r.pod_config("privileged", privileged=True)
+        r.privileged_sid = r.run_pod(r.privileged_pod)
+        r.sandbox_pid = r.pod_info(r.privileged_sid)["pid"]
+        r.profile_dir = tmp_path_factory.mktemp("our-profiles")
+        yield r
+    finally:
+        r.cleanup()
+
+
+def _name(case):
+    return "e2e-" + case.replace(" ", "-").replace(",", "").replace("/", "")[:40]
+
+
+def test_our_daemon_records_containerds_spec(ref, ours):
+    """End to end: the spec ctrappliance records for each request (ContainerStatus verbose)
+    against containerd's, section by section."""
+    mismatches = {}
+    their_cases, our_cases = _cases(ref), _cases(ours)
+    for name in their_cases:
+        theirs = ref.container_spec(ref.create(ref.privileged_sid, ref.privileged_pod,
+                                               container_config(_name(name),
+                                                                **their_cases[name])))
+        mine = ours.container_spec(ours.create(ours.privileged_sid, ours.privileged_pod,
+                                               container_config(_name(name), **our_cases[name])))
+        a, b = sections(mine, ours.sandbox_pid), sections(theirs, ref.sandbox_pid)
+        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        if diff:
+            mismatches[name] = diff
+    assert not mismatches, json.dumps(mismatches, indent=1, default=sorted)[:6000]
+
+
+@pytest.mark.parametrize("name", list(POD_CASES))
+def test_our_sandbox_spec_is_containerds(ref, ours, name):
+    specs = []
+    for daemon in (ours, ref):
+        pod = daemon.pod_config("e2e-pod-" + name.replace(" ", "-"), **POD_CASES[name])
+        if name == "default":
+            pod.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+        specs.append(daemon.pod_info(daemon.run_pod(pod))["runtimeSpec"])
+    assert sections(specs[0], 0) == sections(specs[1], 0)
