@@ -21,14 +21,14 @@ import re
 from ..errdefs import ApplianceError, InvalidArgument
 from . import devices, seccomp
 from .host import CAPABILITIES, Host
+from .spec import CONTAINER, NODE, TARGET
 
 log = logging.getLogger(__name__)
 
 # runtime.v1 enums (kept numeric so that this module needs no generated stubs).
-POD, CONTAINER, NODE, TARGET = 0, 1, 2, 3
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = 0, 1, 2
 
-DEFAULT_SANDBOX_OOM_SCORE_ADJ = -998
+DEFAULT_SANDBOX_OOM_SCORE_ADJ = -998    # kubelet's PodInfraOOMAdj
 APPARMOR_DEFAULT_PROFILE = "cri-containerd.apparmor.d"
 LOCALHOST_PREFIX = "localhost/"
 SELINUX_LEVEL = re.compile(r"^s\d(-s\d)??(:c\d{1,4}(\.c\d{1,4})?(,c\d{1,4}(\.c\d{1,4})?)*)?$")

@@ -29,7 +29,6 @@ DEFAULT_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                           "/proc/sysrq-trigger"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_CPU_SHARES = 2          # containerd's DefaultSandboxCPUshares
-SANDBOX_OOM_SCORE_ADJ = -998    # kubelet's PodInfraOOMAdj
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
 # annotations (containerd's pkg/cri/annotations)
@@ -90,19 +89,6 @@ def default_spec(cgroups_path: str) -> dict:
             "readonlyPaths": list(DEFAULT_READONLY_PATHS),
         },
     }
-
-
-def restrict_oom_score_adj(value: int, cfg) -> int:
-    """With `restrict_oom_score_adj`, never below the daemon's own (lowering it needs
-    CAP_SYS_RESOURCE), as containerd's restrictOOMScoreAdj."""
-    if not cfg.restrict_oom_score_adj:
-        return value
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            current = int(f.read())
-    except (OSError, ValueError):
-        return value
-    return max(value, current)
 
 
 def cgroups_path(parent: str, cid: str) -> str:
@@ -188,7 +174,6 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     process["env"] = _image_env(image_config)
     process["cwd"] = image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    process["oomScoreAdj"] = restrict_oom_score_adj(SANDBOX_OOM_SCORE_ADJ, cfg)
     spec["root"]["readonly"] = True
     net, pid, ipc = _ns_modes(config.linux)
     if net != NODE:     # the host's UTS namespace keeps the host's name
@@ -241,15 +226,7 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
                            "source": "cgroup",
                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
     _add_mounts(spec, sandbox, config, volumes)
-    # containerd's CRI takes masked and read-only paths from the config alone (kubelet sends
-    # its defaults, which are these constants): none given, none set
-    security = config.linux.security_context
-    for key, paths in (("maskedPaths", security.masked_paths),
-                       ("readonlyPaths", security.readonly_paths)):
-        if paths:
-            spec["linux"][key] = list(paths)
-        else:
-            spec["linux"].pop(key, None)
+    # Masked and read-only paths, user, capabilities, namespaces, seccomp...: cri.security.
 
     # The pod's namespaces (joined through the sandbox's pid) come with the security
     # context: cri.security.apply_container_security.

@@ -136,6 +136,22 @@ class CRIReference:
         self.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
         return cid
 
+    def restart(self):
+        """Stop the daemon (its containers keep running) and start it again."""
+        self.channel.close()
+        self.daemon.stop()
+        self.daemon.start()
+        self.channel = grpc.insecure_channel(f"unix://{self.daemon.address}")
+        self.rt = rpc.RuntimeServiceStub(self.channel)
+
+        def ready():   # containerd's CRI answers "server is not initialized yet" for a while
+            try:
+                self.rt.ListPodSandbox(pb.ListPodSandboxRequest())
+                return True
+            except grpc.RpcError:
+                return False
+        wait_for(ready, what="the CRI after a restart")
+
     def serves_pods(self) -> bool:
         try:
             self.rt.ListPodSandbox(pb.ListPodSandboxRequest())

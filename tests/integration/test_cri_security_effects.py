@@ -196,3 +196,26 @@ def test_bad_container_leaves_nothing_behind(cri):
     assert {c.id for c in cri.rt.ListContainers(pb.ListContainersRequest()).containers} == before
     config.linux.security_context.ClearField("seccomp")
     cri.create(cri.sid, cri.pod, config)     # the name was released
+
+
+def test_request_device_inside(cri):
+    config = container_config(f"c{next(_names)}")
+    config.devices.add(container_path="/dev/mynull", host_path="/dev/null", permissions="rwm")
+    cid = cri.start_container(cri.sid, cri.pod, config)
+    assert cri.exec(cid, "sh", "-c", "echo x > /dev/mynull && stat -c %t,%T /dev/mynull") == (
+        0, "1,3\n")
+
+
+def test_updated_resources_survive_a_restart(cri):
+    """Last in the module: restarts the daemon. The update was recorded, so ContainerStatus
+    after the restart shows it, and the running container kept its cgroup limits."""
+    cid = run(cri, resources=pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20))
+    cri.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+        container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=80 << 20)))
+    cri.restart()
+    got = cri.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
+    assert got.state == pb.CONTAINER_RUNNING
+    assert got.resources.linux.memory_limit_in_bytes == 80 << 20
+    assert _cgroup_files(cri, cid, ["memory/memory.limit_in_bytes"]) == {
+        "memory/memory.limit_in_bytes": str(80 << 20)}
+    assert cri.exec(cid, "true") == (0, "")
