@@ -5,7 +5,6 @@ PodSandboxStatus verbose `runtimeSpec`), its refusals, and what a container sees
 import gzip
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
@@ -16,8 +15,9 @@ import grpc
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
 from cri_security_image import make_security_image
-from daemon import Daemon, wait_for
-from reference import Containerd
+from cri_helpers import make_daemon
+from daemon import wait_for
+from runtime_helpers import remove_cgroup_dirs
 
 IMAGE = "localhost/cri-sec:v1"
 
@@ -42,46 +42,15 @@ class CRIReference:
         self.kind = kind
         self.work = Path(tempfile.mkdtemp(prefix="cri-sec-", dir="/tmp"))
         self.cgroup_parent = f"/cri-sec-{uuid.uuid4().hex[:8]}"
-        self.daemon = Containerd(cri=True) if kind == "containerd" else None
+        self.daemon = None
         self.pods: list[str] = []
-
-    def _cri_config(self) -> str:
-        return (f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
-                f'  runtime_type = "io.containerd.runc.v2"\n'
-                f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
-                f'  Root = "{self.work}/runc"\n')
-
-    def _start_containerd(self):
-        d = self.daemon
-        write = d.write_config
-
-        def write_config():
-            write()
-            text = d.config_path.read_text().replace(
-                '[plugins."io.containerd.grpc.v1.cri"]\n',
-                f'[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "{IMAGE}"\n', 1)
-            d.config_path.write_text(text + self._cri_config())
-        d.write_config = write_config
-        d.start()
-        return d
-
-    def _start_ours(self):
-        config = self.work / "ctrappliance.toml"
-        config.write_text(
-            f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
-            f'  sandbox_image = "{IMAGE}"\n  stream_server_port = "0"\n'
-            f'  netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n'
-            f'[plugins."io.containerd.grpc.v1.cri".cni]\n'
-            f'  bin_dir = "{self.work}/cni/bin"\n  conf_dir = "{self.work}/cni/net.d"\n'
-            + self._cri_config())
-        self.daemon = Daemon(workdir=str(self.work / "daemon"), config=str(config))
-        return self.daemon.start()
 
     def start(self):
         image = make_security_image(self.work)
         self.image_config = extract_rootfs(image, self.work / "rootfs")
         self.rootfs = str(self.work / "rootfs")
-        d = self._start_containerd() if self.kind == "containerd" else self._start_ours()
+        self.daemon = d = make_daemon(self.kind, IMAGE)
+        d.start()
         d.ctr("images", "import", str(image), namespace="k8s.io")
         self.channel = grpc.insecure_channel(f"unix://{d.address}")
         self.rt = rpc.RuntimeServiceStub(self.channel)
@@ -171,19 +140,7 @@ class CRIReference:
         finally:
             if self.daemon is not None:
                 self.daemon.cleanup()
-            for controller in os.listdir("/sys/fs/cgroup"):
-                path = f"/sys/fs/cgroup/{controller}{self.cgroup_parent}"
-                if os.path.isdir(path):
-                    for sub in os.listdir(path):
-                        if os.path.isdir(f"{path}/{sub}"):
-                            try:
-                                os.rmdir(f"{path}/{sub}")
-                            except OSError:
-                                pass
-                    try:
-                        os.rmdir(path)
-                    except OSError:
-                        pass
+            remove_cgroup_dirs(self.cgroup_parent.lstrip("/"))
             shutil.rmtree(self.work, ignore_errors=True)
 
 

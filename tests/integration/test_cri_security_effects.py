@@ -5,7 +5,7 @@ or read-only paths, sysctls, OOM score, and the container's cgroup files read fr
 skipped while it does not serve pods (RunPodSandbox, issue #20).
 """
 import json
-import subprocess
+import os
 
 import grpc
 import pytest
@@ -13,6 +13,7 @@ import pytest
 from appliance._proto.cri.v1 import api_pb2 as pb
 from appliance.cri import resources, seccomp
 from appliance.cri.host import Host, capability_mask
+from cri_helpers import leftovers
 from cri_reference import CRIReference, container_config
 
 pytestmark = pytest.mark.integration
@@ -162,15 +163,9 @@ def test_resources_in_cgroup_files_and_update(cri):
     assert got.resources.linux.cpu_shares == 256 and got.resources.linux.cpu_quota == 25000
 
 
-def _shims(cri) -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in out.splitlines()[1:]
-            if "containerd-shim" in line and cri.daemon.address in line}
-
-
 def test_bad_pod_leaves_nothing_behind(cri):
     before_pods = {p.id for p in cri.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items}
-    before_shims = _shims(cri)
+    before = leftovers(cri.daemon)
     pod = cri.pod_config("bad-seccomp", seccomp=PROFILE(profile_type=PROFILE.Localhost,
                                                         localhost_ref="/nonexistent/p.json"))
     with pytest.raises(grpc.RpcError) as info:
@@ -179,7 +174,7 @@ def test_bad_pod_leaves_nothing_behind(cri):
     assert ('cannot load seccomp profile "/nonexistent/p.json": open /nonexistent/p.json: '
             'no such file or directory') in info.value.details()
     assert {p.id for p in cri.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items} == before_pods
-    assert _shims(cri) <= before_shims
+    assert leftovers(cri.daemon) == before    # shims, mounts, netns pins, containers
     # The name is free again.
     pod.linux.security_context.ClearField("seccomp")
     cri.run_pod(pod)
@@ -187,6 +182,7 @@ def test_bad_pod_leaves_nothing_behind(cri):
 
 def test_bad_container_leaves_nothing_behind(cri):
     before = {c.id for c in cri.rt.ListContainers(pb.ListContainersRequest()).containers}
+    before_leftovers = leftovers(cri.daemon)
     config = container_config("bad-profile", security_context=SC(seccomp=PROFILE(
         profile_type=PROFILE.Localhost, localhost_ref="/nonexistent/c.json")))
     with pytest.raises(grpc.RpcError) as info:
@@ -194,8 +190,41 @@ def test_bad_container_leaves_nothing_behind(cri):
     assert info.value.code() == grpc.StatusCode.UNKNOWN
     assert 'cannot load seccomp profile "/nonexistent/c.json"' in info.value.details()
     assert {c.id for c in cri.rt.ListContainers(pb.ListContainersRequest()).containers} == before
+    assert leftovers(cri.daemon) == before_leftovers
     config.linux.security_context.ClearField("seccomp")
     cri.create(cri.sid, cri.pod, config)     # the name was released
+
+
+def test_bad_sysctl_leaves_nothing_behind(cri):
+    """containerd refuses it when runc creates the task (UNKNOWN), we before anything is
+    made (INVALID_ARGUMENT, README's intended differences); both leave nothing."""
+    before = leftovers(cri.daemon)
+    pod = cri.pod_config("bad-sysctl")
+    pod.linux.sysctls["kernel.panic"] = "1"
+    with pytest.raises(grpc.RpcError) as info:
+        cri.run_pod(pod)
+    expected = grpc.StatusCode.UNKNOWN if cri.kind == "containerd" else \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == expected
+    assert 'sysctl "kernel.panic" is not in a separate kernel namespace' in info.value.details()
+    assert leftovers(cri.daemon) == before
+    del pod.linux.sysctls["kernel.panic"]
+    cri.run_pod(pod)
+
+
+def test_impossible_cpuset_fails_at_start_and_leaves_no_task(cri):
+    cpus = len(os.sched_getaffinity(0)) + 64
+    config = container_config(f"c{next(_names)}", resources=pb.LinuxContainerResources(
+        cpuset_cpus=str(cpus)))
+    cid = cri.create(cri.sid, cri.pod, config)
+    before = leftovers(cri.daemon)
+    with pytest.raises(grpc.RpcError) as info:
+        cri.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    assert info.value.code() == grpc.StatusCode.UNKNOWN
+    assert "cpuset" in info.value.details()
+    assert leftovers(cri.daemon) == before
+    status = cri.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
+    assert status.state == pb.CONTAINER_EXITED and status.reason == "StartError"
 
 
 def test_request_device_inside(cri):
