@@ -19,7 +19,7 @@ import os
 import re
 
 from ..errdefs import ApplianceError, InvalidArgument
-from . import devices, seccomp
+from . import apparmor, devices, seccomp
 from .host import CAPABILITIES, Host
 from .spec import CONTAINER, NODE, TARGET
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = 0, 1, 2
 
 DEFAULT_SANDBOX_OOM_SCORE_ADJ = -998    # kubelet's PodInfraOOMAdj
-APPARMOR_DEFAULT_PROFILE = "cri-containerd.apparmor.d"
 LOCALHOST_PREFIX = "localhost/"
 SELINUX_LEVEL = re.compile(r"^s\d(-s\d)??(:c\d{1,4}(\.c\d{1,4})?(,c\d{1,4}(\.c\d{1,4})?)*)?$")
 
@@ -287,14 +286,6 @@ def _apply_seccomp(spec: dict, profile: _Profile | None, privileged: bool, host:
         raise ValueError("seccomp unknown ProfileType")
 
 
-def _apparmor_loaded(name: str) -> bool:
-    try:
-        with open("/sys/kernel/security/apparmor/profiles") as f:
-            return any(line.startswith(name + " (") for line in f)
-    except OSError:
-        return False
-
-
 def _apply_apparmor(spec: dict, profile: _Profile | None, privileged: bool, host: Host) -> None:
     process = spec.setdefault("process", {})
     process.pop("apparmorProfile", None)
@@ -310,9 +301,8 @@ def _apply_apparmor(spec: dict, profile: _Profile | None, privileged: bool, host
     if profile.kind == UNCONFINED or (profile.kind == RUNTIME_DEFAULT and privileged):
         return
     if profile.kind == RUNTIME_DEFAULT:
-        if not _apparmor_loaded(APPARMOR_DEFAULT_PROFILE):
-            raise ValueError(f"apparmor profile {APPARMOR_DEFAULT_PROFILE} is not loaded")
-        process["apparmorProfile"] = APPARMOR_DEFAULT_PROFILE
+        apparmor.ensure_default()       # our own profile, loaded on first use
+        process["apparmorProfile"] = apparmor.NAME
         return
     if profile.kind != LOCALHOST:
         raise ValueError("apparmor unknown ProfileType")
@@ -320,7 +310,7 @@ def _apply_apparmor(spec: dict, profile: _Profile | None, privileged: bool, host
     if not name:
         raise ValueError("failed to generate apparmor spec opts: nil apparmor profile is not "
                          "supported")
-    if not _apparmor_loaded(name):
+    if not apparmor.loaded(name):
         raise ValueError(f"apparmor profile not found {name}")
     process["apparmorProfile"] = name
 

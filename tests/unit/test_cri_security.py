@@ -4,11 +4,12 @@ compared with containerd 1.6.20's own specs in tests/integration/test_cri_securi
 the hosts this machine is not (AppArmor, SELinux, cgroup v2, no seccomp) are given as Host
 values here."""
 import os
+import subprocess
 
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from appliance.cri import seccomp, security
+from appliance.cri import apparmor, seccomp, security
 from appliance.cri.config import CRIConfig
 from appliance.cri.host import Host, capabilities_from_mask, capability_mask
 from appliance.errdefs import ApplianceError, InvalidArgument, StatusCode
@@ -294,10 +295,12 @@ def test_apparmor_without_apparmor_refuses_a_profile_only():
 
 def test_apparmor_on_a_host_with_apparmor(monkeypatch):
     host = Host(capabilities=HOST.capabilities, apparmor=True)
-    monkeypatch.setattr(security, "_apparmor_loaded", lambda name: name in (
-        "mine", security.APPARMOR_DEFAULT_PROFILE))
+    loads = []
+    monkeypatch.setattr(apparmor, "loaded", lambda name: name == "mine")
+    monkeypatch.setattr(apparmor, "load_default", lambda: loads.append(apparmor.NAME))
     assert apply(container(), host=host)["process"]["apparmorProfile"] == \
-        security.APPARMOR_DEFAULT_PROFILE
+        "cri-containerd.apparmor.d"
+    assert loads == ["cri-containerd.apparmor.d"]      # loaded when missing
     local = apply(container(apparmor=PROFILE(profile_type=PROFILE.Localhost,
                                              localhost_ref="localhost/mine")), host=host)
     assert local["process"]["apparmorProfile"] == "mine"
@@ -305,6 +308,24 @@ def test_apparmor_on_a_host_with_apparmor(monkeypatch):
         apply(container(apparmor_profile="localhost/other"), host=host)
     privileged = apply(container(privileged=True), pod(privileged=True), host=host)
     assert "apparmorProfile" not in privileged["process"]
+
+
+@pytest.mark.skipif(apparmor.parser() is None, reason="no apparmor_parser on this host")
+def test_default_apparmor_profile_compiles(tmp_path):
+    """apparmor_parser compiles our default profile without loading it (checked by hand with
+    Debian's apparmor 3.0.8 on this machine, which has no AppArmor)."""
+    result = subprocess.run([apparmor.parser(), "-Q", "-S"], input=apparmor.PROFILE,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_apparmor_load_failure_is_reported(monkeypatch):
+    host = Host(capabilities=HOST.capabilities, apparmor=True)
+    monkeypatch.setattr(apparmor, "loaded", lambda name: False)
+    monkeypatch.setattr(apparmor, "PARSERS", ("/nonexistent/apparmor_parser",))
+    with pytest.raises(ApplianceError, match="generate apparmor spec opts: apparmor_parser not "
+                                             "found"):
+        apply(container(), host=host)
 
 
 def test_selinux_labels_only_where_the_host_has_selinux():
