@@ -408,7 +408,7 @@ def apply_container_security(spec: dict, container, pod, image_config: dict, roo
     sc = container.linux.security_context
     pod_sc = pod.linux.security_context
     process = spec.setdefault("process", {})
-    linux = spec.setdefault("linux", {})
+    spec.setdefault("linux", {})
     process.pop("noNewPrivileges", None)
     try:
         _apply_spec_settings(spec, container, pod_sc, sc, cfg, host, sandbox_pid, target_pid,
@@ -448,12 +448,7 @@ def apply_container_security(spec: dict, container, pod, image_config: dict, roo
         raise ApplianceError(f"failed to get container spec opts: failed to generate apparmor "
                              f"spec opts: {exc}") from None
     try:
-        profile = _seccomp_request(sc, cfg)
-    except ValueError as exc:
-        raise ApplianceError(f"failed to get container spec opts: failed to generate seccomp "
-                             f"spec opts: {exc}") from None
-    try:
-        _apply_seccomp(spec, profile, sc.privileged, host)
+        _apply_seccomp(spec, _seccomp_request(sc, cfg), sc.privileged, host)
     except ValueError as exc:
         raise ApplianceError(f"failed to get container spec opts: failed to generate seccomp "
                              f"spec opts: {exc}") from None
@@ -469,7 +464,8 @@ def _apply_spec_settings(spec, container, pod_sc, sc, cfg, host, sandbox_pid, ta
                              else None), host, cfg)
     if not cfg.disable_proc_mount:
         # The request's paths replace the defaults; none asked for, none set (containerd #5029).
-        for key, paths in (("maskedPaths", sc.masked_paths), ("readonlyPaths", sc.readonly_paths)):
+        for key, paths in (("maskedPaths", sc.masked_paths),
+                           ("readonlyPaths", sc.readonly_paths)):
             linux.pop(key, None)
             if paths:
                 linux[key] = list(paths)
@@ -505,8 +501,6 @@ def _apply_spec_settings(spec, container, pod_sc, sc, cfg, host, sandbox_pid, ta
         _set_namespace(spec, "pid", f"/proc/{pid}/ns/pid")
     if host.cgroup_v2 and not sc.privileged:
         _set_namespace(spec, "cgroup")
-    if sc.supplemental_groups:
-        _merge_gids(process.setdefault("user", {"uid": 0, "gid": 0}), sc.supplemental_groups)
 
 
 _NS_FILE = {"network": "net", "ipc": "ipc", "uts": "uts"}
