@@ -96,7 +96,7 @@ class ContainerService:
         undo.append(lambda: rt.delete_record(cid))
         mounts = await rt.prepare_snapshot(cid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(cid))
-        target_pid = self._target_pid(sandbox, config)
+        target_pid = self._target_pid(cid, sandbox, config)
         await asyncio.to_thread(self._secure, c, sandbox, runtime_spec, image.config, mounts,
                                 target_pid, handler.runtime.privileged_without_host_devices)
         c.status = Status(created_at=time.time_ns())
@@ -104,14 +104,14 @@ class ContainerService:
         rt.containers.add(c)
         return cid
 
-    def _target_pid(self, sandbox, config) -> int | None:
+    def _target_pid(self, cid: str, sandbox, config) -> int | None:
         """The pid whose namespace a TARGET pid namespace names (containerd's
         validateTargetContainer: a running container of the same pod)."""
         ns = config.linux.security_context.namespace_options
         if ns.pid != security.TARGET:
             return None
         target = self.rt.containers.find(ns.target_id)
-        prefix = "invalid target container: "
+        prefix = f'failed to generate container "{cid}" spec: invalid target container: '
         if target is None or target.id != ns.target_id:
             raise NotFound(f'{prefix}container "{ns.target_id}" does not exist: not found')
         if target.sandbox_id != sandbox.id:

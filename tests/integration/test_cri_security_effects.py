@@ -6,6 +6,7 @@ skipped while it does not serve pods (RunPodSandbox, issue #20).
 """
 import json
 import os
+import re
 
 import grpc
 import pytest
@@ -225,6 +226,23 @@ def test_impossible_cpuset_fails_at_start_and_leaves_no_task(cri):
     assert leftovers(cri.daemon) == before
     status = cri.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
     assert status.state == pb.CONTAINER_EXITED and status.reason == "StartError"
+
+
+def test_target_pid_namespace(cri):
+    own = container_config(f"c{next(_names)}", security_context=SC(
+        namespace_options=pb.NamespaceOption(pid=pb.CONTAINER)))
+    own.command.extend(["sleep", "1234"])
+    target = cri.start_container(cri.sid, cri.pod, own)
+    joined = run(cri, SC(namespace_options=pb.NamespaceOption(pid=pb.TARGET,
+                                                              target_id=target)))
+    assert cri.exec(joined, "cat", "/proc/1/cmdline") == (0, "sleep\x001234\x00")
+    with pytest.raises(grpc.RpcError) as info:
+        run(cri, SC(namespace_options=pb.NamespaceOption(pid=pb.TARGET, target_id="nope")))
+    assert 'invalid target container: container "nope" does not exist' in info.value.details()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+    assert re.fullmatch(r'failed to generate container "[0-9a-f]{64}" spec: invalid target '
+                        r'container: container "nope" does not exist: not found',
+                        info.value.details()), info.value.details()
 
 
 def test_request_device_inside(cri):
