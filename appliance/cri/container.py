@@ -127,11 +127,12 @@ class ContainerService:
         """Security context and resources on the spec (cri.security, cri.resources), with
         the container's rootfs mounted read-only for its users and groups; recorded."""
         rt, config = self.rt, c.config
+        pod_label = rt.spec(sandbox.id).get("process", {}).get("selinuxLabel", "")
         with rt.mounted_rootfs(mounts) as rootfs:
             security.apply_container_security(
                 runtime_spec, config, sandbox.config, image_config.get("config") or {}, rootfs,
                 rt.cfg, host=rt.host, container_id=c.id, sandbox_pid=sandbox.pid,
-                target_pid=target_pid,
+                target_pid=target_pid, pod_label=pod_label,
                 privileged_without_host_devices=privileged_without_host_devices)
         if rt.cfg.disable_cgroup:
             runtime_spec["linux"].pop("cgroupsPath", None)

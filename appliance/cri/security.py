@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 
 from ..errdefs import ApplianceError, InvalidArgument
 from . import apparmor, devices, seccomp
@@ -246,17 +247,30 @@ def _drop_namespace(spec: dict, kind: str) -> None:
 
 # --- SELinux, AppArmor, seccomp ---
 
-def selinux_labels(options, host: Host, cfg) -> tuple[str, str]:
-    """(process label, mount label). The level is checked whatever the host; labels are
-    passed through only where the host runs SELinux and enable_selinux is set."""
-    if options is None:
-        return "", ""
-    if options.level and not SELINUX_LEVEL.match(options.level):
+def _mcs_level(categories: int) -> str:
+    """A level of two distinct random categories below selinux_category_range, which keeps
+    one pod's files from another's."""
+    first, second = sorted(secrets.SystemRandom().sample(range(max(categories, 2)), 2))
+    return f"s0:c{first},c{second}"
+
+
+def selinux_labels(options, host: Host, cfg, inherited: str = "") -> tuple[str, str]:
+    """(process label, mount label). The level's format is checked whatever the host. Only
+    where the host runs SELinux and enable_selinux is set: the options over the container
+    defaults (system_u:system_r:container_t), the level given or a new MCS level; without
+    options a container takes `inherited` (its pod's process label)."""
+    if options is not None and options.level and not SELINUX_LEVEL.match(options.level):
         raise ValueError(f"the format of 'level' \"{options.level}\" is not correct")
     if not (host.selinux and cfg.enable_selinux):
         return "", ""
-    user, role = options.user or "system_u", options.role or "system_r"
-    kind, level = options.type or "container_t", options.level or "s0"
+    if options is None and inherited:
+        user, role, kind, level = inherited.split(":", 3)
+    else:
+        user = options.user if options is not None and options.user else "system_u"
+        role = options.role if options is not None and options.role else "system_r"
+        kind = options.type if options is not None and options.type else "container_t"
+        level = (options.level if options is not None and options.level
+                 else _mcs_level(cfg.selinux_category_range))
     return f"{user}:{role}:{kind}:{level}", f"{user}:object_r:container_file_t:{level}"
 
 
@@ -400,10 +414,12 @@ def _set_labels(spec: dict, process_label: str, mount_label: str) -> None:
 def apply_container_security(spec: dict, container, pod, image_config: dict, rootfs: str,
                              cfg, *, host: Host | None = None, container_id: str = "",
                              sandbox_pid: int = 0, target_pid: int | None = None,
-                             privileged_without_host_devices: bool = False) -> None:
+                             privileged_without_host_devices: bool = False,
+                             pod_label: str = "") -> None:
     """An app container's security context on the base spec. `rootfs`: the mounted rootfs,
     for users and groups; `target_pid`: the pid of the container a TARGET pid namespace
-    names (the caller looks it up and refuses an unknown one)."""
+    names (the caller looks it up and refuses an unknown one); `pod_label`: the sandbox's
+    SELinux process label, for a container that asks for none."""
     host = host or Host.probe()
     sc = container.linux.security_context
     pod_sc = pod.linux.security_context
@@ -412,7 +428,7 @@ def apply_container_security(spec: dict, container, pod, image_config: dict, roo
     process.pop("noNewPrivileges", None)
     try:
         _apply_spec_settings(spec, container, pod_sc, sc, cfg, host, sandbox_pid, target_pid,
-                             privileged_without_host_devices)
+                             privileged_without_host_devices, pod_label)
     except ValueError as exc:
         raise ApplianceError(f'failed to generate container "{container_id}" spec: '
                              f'{exc}') from None
@@ -457,11 +473,10 @@ def apply_container_security(spec: dict, container, pod, image_config: dict, roo
 
 
 def _apply_spec_settings(spec, container, pod_sc, sc, cfg, host, sandbox_pid, target_pid,
-                         privileged_without_host_devices) -> None:
+                         privileged_without_host_devices, pod_label) -> None:
     process, linux = spec["process"], spec["linux"]
-    labels = selinux_labels(sc.selinux_options if sc.HasField("selinux_options") else
-                            (pod_sc.selinux_options if pod_sc.HasField("selinux_options")
-                             else None), host, cfg)
+    labels = selinux_labels(sc.selinux_options if sc.HasField("selinux_options") else None,
+                            host, cfg, pod_label)
     if not cfg.disable_proc_mount:
         # The request's paths replace the defaults; none asked for, none set (containerd #5029).
         for key, paths in (("maskedPaths", sc.masked_paths),

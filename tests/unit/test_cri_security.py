@@ -4,6 +4,7 @@ compared with containerd 1.6.20's own specs in tests/integration/test_cri_securi
 the hosts this machine is not (AppArmor, SELinux, cgroup v2, no seccomp) are given as Host
 values here."""
 import os
+import re
 import subprocess
 
 import pytest
@@ -338,6 +339,19 @@ def test_selinux_labels_only_where_the_host_has_selinux():
     assert spec["linux"]["mountLabel"] == "u:object_r:container_file_t:s0:c1,c2"
     with pytest.raises(ApplianceError, match="the format of 'level' \"s0:bad\" is not correct"):
         apply(container(selinux_options=pb.SELinuxOption(level="s0:bad")))
+    # No options: the pod's label; options without a level: a new MCS level.
+    on = CRIConfig(enable_selinux=True, selinux_category_range=8)
+    inherited = apply(container(), host=host, cfg=on, pod_label="a:b:c:s0:c1,c5")
+    assert inherited["process"]["selinuxLabel"] == "a:b:c:s0:c1,c5"
+    fresh = apply(container(selinux_options=pb.SELinuxOption(type="spc_t")), host=host, cfg=on)
+    label = fresh["process"]["selinuxLabel"]
+    assert re.fullmatch(r"system_u:system_r:spc_t:s0:c[0-7],c[0-7]", label), label
+    pod_spec = base_spec()
+    security.apply_pod_security(pod_spec, pod(), on, host=host)
+    assert pod_spec["process"]["selinuxLabel"].startswith("system_u:system_r:container_t:s0:c")
+    privileged = base_spec()
+    security.apply_pod_security(privileged, pod(privileged=True), on, host=host)
+    assert "selinuxLabel" not in privileged["process"]
 
 
 # --- the sandbox container ---
