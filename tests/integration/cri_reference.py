@@ -38,8 +38,9 @@ def extract_rootfs(image_tar: Path, into: Path) -> dict:
 
 
 class CRIReference:
-    def __init__(self, kind: str = "containerd"):
+    def __init__(self, kind: str = "containerd", extra: str = ""):
         self.kind = kind
+        self.extra = extra           # more keys for the CRI table
         self.work = Path(tempfile.mkdtemp(prefix="cri-sec-", dir="/tmp"))
         self.cgroup_parent = f"/cri-sec-{uuid.uuid4().hex[:8]}"
         self.daemon = None
@@ -49,7 +50,7 @@ class CRIReference:
         image = make_security_image(self.work)
         self.image_config = extract_rootfs(image, self.work / "rootfs")
         self.rootfs = str(self.work / "rootfs")
-        self.daemon = d = make_daemon(self.kind, IMAGE)
+        self.daemon = d = make_daemon(self.kind, IMAGE, self.extra)
         d.start()
         d.ctr("images", "import", str(image), namespace="k8s.io")
         self.channel = grpc.insecure_channel(f"unix://{d.address}")

@@ -372,3 +372,24 @@ def test_our_sandbox_spec_is_containerds(ref, ours, name):
             pod.linux.sysctls["kernel.shm_rmid_forced"] = "1"
         specs.append(daemon.pod_info(daemon.run_pod(pod))["runtimeSpec"])
     assert sections(specs[0], 0) == sections(specs[1], 0)
+
+
+@pytest.mark.parametrize("kind", ["containerd", "ctrappliance"])
+def test_disable_cgroup(kind):
+    """disable_cgroup: no cgroupsPath and no resources in the container's spec, no cgroupsPath
+    and no CPU shares in the sandbox's, on both daemons."""
+    r = CRIReference(kind, extra="  disable_cgroup = true\n")
+    try:
+        r.start()
+        if not r.serves_pods():
+            pytest.skip("ctrappliance does not serve pods yet (issue #20)")
+        pod = r.pod_config("nocgroup")
+        sid = r.run_pod(pod)
+        sandbox = r.pod_info(sid)["runtimeSpec"]["linux"]
+        assert "cgroupsPath" not in sandbox and "cpu" not in sandbox["resources"]
+        spec = r.container_spec(r.create(sid, pod, container_config("c", resources=RES(
+            cpu_shares=512, memory_limit_in_bytes=64 << 20))))
+        assert "cgroupsPath" not in spec["linux"]
+        assert spec["linux"]["resources"] == {"devices": [{"allow": False, "access": "rwm"}]}
+    finally:
+        r.cleanup()
