@@ -65,7 +65,7 @@ def default_mounts() -> list[dict]:
 
 
 def default_spec(cgroups_path: str) -> dict:
-    """containerd's populateDefaultUnixSpec."""
+    """containerd's populateDefaultUnixSpec, less the default rlimits (the CRI drops them)."""
     return {
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
@@ -73,7 +73,6 @@ def default_spec(cgroups_path: str) -> dict:
             "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": True,
             "capabilities": {k: list(DEFAULT_CAPS)
                              for k in ("bounding", "permitted", "effective")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         },
         "mounts": default_mounts(),
         "linux": {
@@ -126,9 +125,6 @@ def _user(image_config: dict) -> dict:
     return out
 
 
-def _replace_mount(spec: dict, mount: dict) -> None:
-    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != mount["destination"]]
-    spec["mounts"].append(mount)
 
 
 def _bind(source: str, destination: str, readonly: bool, propagation: str = "rprivate"):
@@ -154,13 +150,15 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     process["env"] = _image_env(image_config)
     process["cwd"] = image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    net, _, ipc = _ns_modes(config.linux)
-    if net != NODE:     # the host's UTS namespace keeps the host's name
-        spec["hostname"] = sandbox.hostname
-    if ipc == NODE:
-        _replace_mount(spec, _bind("/dev/shm", "/dev/shm", False))
-    else:
-        _replace_mount(spec, _bind(sandbox.shm_path, "/dev/shm", False))
+    _, _, ipc = _ns_modes(config.linux)
+    if config.hostname:   # as containerd, even with the host's network (runc refuses that)
+        spec["hostname"] = config.hostname
+    # after the default /dev/shm tmpfs, as containerd's (the later mount wins)
+    spec["mounts"] += [
+        {"destination": "/dev/shm", "type": "bind", "options": ["rbind", "ro"],
+         "source": "/dev/shm" if ipc == NODE else sandbox.shm_path},
+        {"destination": "/etc/resolv.conf", "type": "bind", "options": ["rbind", "ro"],
+         "source": sandbox.resolv_path}]
     spec["linux"]["resources"]["cpu"] = {"shares": SANDBOX_CPU_SHARES}
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("pod_annotations", [])),
@@ -172,7 +170,7 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
 
 
 def container_spec(cid: str, sandbox, config, image_config: dict, image_name: str,
-                   volumes: dict[str, str], runtime_opts: dict) -> dict:
+                   volumes: dict[str, str], runtime_opts: dict, cfg) -> dict:
     """An application container's spec; `volumes` maps image volume paths to host dirs."""
     spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid))
     image = image_config.get("config") or {}
@@ -188,17 +186,18 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
     process["args"] = args
     process["cwd"] = config.working_dir or image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    process["terminal"] = config.tty
+    process["user"]["additionalGids"] = [process["user"]["gid"]]
+    del process["noNewPrivileges"]          # the CRI's WithoutNoNewPrivileges
+    if config.tty:
+        process["terminal"] = True
     env = _merge_env(_image_env(image_config), [f"HOSTNAME={sandbox.hostname}"])
     process["env"] = _merge_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
     spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup",
                            "source": "cgroup",
                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
     _add_mounts(spec, sandbox, config, volumes)
-    # Masked and read-only paths, user, capabilities, namespaces, seccomp...: cri.security.
-
-    # The pod's namespaces (joined through the sandbox's pid) come with the security
-    # context: cri.security.apply_container_security.
+    # The pod's namespaces, masked and read-only paths, user and groups, capabilities,
+    # seccomp...: cri.security, once the snapshot is there.
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("container_annotations", [])),
         CONTAINER_TYPE: "container", SANDBOX_ID: sandbox.id,

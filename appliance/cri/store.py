@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
 
-from ..errdefs import AlreadyExists, NotFound
+from ..errdefs import AlreadyExists
 
 KIND_LABEL = "io.cri-containerd.kind"
 SANDBOX_METADATA = "io.cri-containerd.sandbox.metadata"
@@ -211,13 +211,6 @@ class Store:
             return item
         matches = [v for k, v in self.items.items() if k.startswith(id_or_prefix)]
         return matches[0] if len(matches) == 1 else None
-
-    def get(self, id_or_prefix: str):
-        item = self.find(id_or_prefix)
-        if item is None:
-            raise NotFound(f"an error occurred when try to find {self.what} "
-                           f"{id_or_prefix!r}: not found")
-        return item
 
     def list(self) -> list:
         return list(self.items.values())
