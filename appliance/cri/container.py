@@ -18,7 +18,8 @@ import time
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from . import logs, resources, security, spec as specs
 from .images import NAMESPACE
-from .runtime import EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json, remove_tree
+from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json,
+                      remove_tree, undo_all)
 from .sandbox import new_id
 from .store import (CONTAINER_METADATA, CREATED, EXITED, RUNNING, SANDBOX_READY,
                     UNKNOWN_EXIT_CODE, Container, Status, container_from_metadata)
@@ -60,13 +61,7 @@ class ContainerService:
         try:
             return await self._create(cid, name, sandbox, config, undo)
         except BaseException:
-            for step in reversed(undo):
-                try:
-                    result = step()
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception as exc:
-                    log.error("undoing container %s: %s", cid, exc)
+            await undo_all(undo, f"container {cid}")
             raise
 
     async def _create(self, cid, name, sandbox, config, undo) -> str:
@@ -83,7 +78,8 @@ class ContainerService:
                       image.repo_digests[0] if image.repo_digests else image.id,
                       image.repo_tags[0] if image.repo_tags else ref, log_path,
                       os.path.join(rt.root, "containers", cid),
-                      os.path.join(rt.state, "containers", cid))
+                      os.path.join(rt.state, "containers", cid),
+                      (image.config.get("config") or {}).get("StopSignal") or "")
         undo.append(lambda: remove_tree(c.root))
         undo.append(lambda: remove_tree(c.state_dir))
         volumes = await asyncio.to_thread(self._make_volumes, c, image.config)
@@ -230,11 +226,11 @@ class ContainerService:
         await self.stop_container(self.get(cid), timeout)
 
     async def stop_container(self, c: Container, timeout: int) -> None:
-        """containerd's stopContainer: the stop signal, `timeout` s, then SIGKILL."""
+        """containerd's stopContainer: the image's stop signal, `timeout` s, then SIGKILL."""
         if c.status.state != RUNNING:
             return
         if timeout > 0:
-            await self.rt.kill(c.id, signals.SIGTERM)
+            await self.rt.kill(c.id, stop_signal(c.stop_signal))
             if await self._wait_exit(c, timeout):
                 return
         await self.rt.kill(c.id, signals.SIGKILL)
@@ -374,16 +370,10 @@ class ContainerService:
     async def recover(self) -> None:
         """Every container in the store; a task that ended while the daemon was down gives
         its exit code and time, one that is gone gives containerd's unknown exit (255)."""
-        for record in self.rt.records("container"):
-            ext = record.extensions.get(CONTAINER_METADATA)
-            if ext is None:
-                continue
-            try:
-                c = container_from_metadata(ext, self.pb.ContainerConfig, self.rt.root,
-                                            self.rt.state)
-            except (ValueError, KeyError) as exc:
-                log.error("container %s: unreadable metadata: %s", record.id, exc)
-                continue
+        def parse(ext):
+            return container_from_metadata(ext, self.pb.ContainerConfig, self.rt.root,
+                                           self.rt.state)
+        for _, c in self.rt.stored("container", CONTAINER_METADATA, parse):
             self.rt.containers.add(c)
             self.rt.container_names.reserve(c.name, c.id)
             if c.status.state != RUNNING:
@@ -402,6 +392,18 @@ class ContainerService:
                 c.status.exit_code = UNKNOWN_EXIT_CODE
                 c.status.reason = "Unknown"
                 await asyncio.to_thread(c.save_status)
+
+
+def stop_signal(name: str) -> int:
+    """The image's StopSignal ("SIGQUIT", "QUIT" or a number); SIGTERM when unset or
+    unknown."""
+    name = name.strip().upper()
+    if name.isdigit():
+        return int(name)
+    try:
+        return signals.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        return signals.SIGTERM
 
 
 def _copy_up(rootfs: str, volumes: dict[str, str]) -> None:

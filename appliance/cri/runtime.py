@@ -143,6 +143,20 @@ class CRIRuntime:
         return [c for c in self.containers_service.list(NAMESPACE, [])
                 if c.labels.get(KIND_LABEL) == kind]
 
+    def stored(self, kind: str, key: str, parse):
+        """(record, parse(metadata extension)) of each CRI record of `kind`, at recovery;
+        one without readable metadata is logged and skipped."""
+        for record in self.records(kind):
+            ext = record.extensions.get(key)
+            if ext is None:
+                continue
+            try:
+                item = parse(ext)
+            except (ValueError, KeyError) as exc:
+                log.error("%s %s: unreadable metadata: %s", kind, record.id, exc)
+                continue
+            yield record, item
+
     async def prepare_snapshot(self, cid: str, parent: str) -> list:
         mounts = await asyncio.to_thread(self.snapshots.prepare, NAMESPACE,
                                          self.cfg.containerd.snapshotter, cid, parent)
@@ -231,6 +245,18 @@ class CRIRuntime:
                     reader.close()
                 if c.io.sink is not None:
                     c.io.sink.close()
+
+
+async def undo_all(steps: list, what: str) -> None:
+    """Run a failed create's undo steps, last first (a step may be a coroutine function's
+    result); each failure is logged and the rest still run."""
+    for step in reversed(steps):
+        try:
+            result = step()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception as exc:
+            log.error("undoing %s: %s", what, exc)
 
 
 def options_json(runtime: Runtime | None) -> dict | None:

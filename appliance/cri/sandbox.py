@@ -22,7 +22,8 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
 from . import security, spec as specs
 from .images import NAMESPACE
-from .runtime import CRIRuntime, config_json, ensure_dir, options_json, remove_tree
+from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
+                      undo_all)
 from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox,
                     sandbox_from_metadata)
 
@@ -58,13 +59,7 @@ class SandboxService:
         try:
             return await self._run(sid, name, config, handler_name, undo)
         except BaseException:
-            for step in reversed(undo):
-                try:
-                    result = step()
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception as exc:   # keep undoing; the first error is the answer
-                    log.error("undoing sandbox %s: %s", sid, exc)
+            await undo_all(undo, f"sandbox {sid}")
             raise
 
     async def _run(self, sid, name, config, handler_name, undo) -> str:
@@ -302,16 +297,10 @@ class SandboxService:
 
     async def recover(self) -> None:
         """Every sandbox in the container store, with its task's state."""
-        for record in self.rt.records("sandbox"):
-            ext = record.extensions.get(SANDBOX_METADATA)
-            if ext is None:
-                continue
-            try:
-                sandbox = sandbox_from_metadata(ext, self.pb.PodSandboxConfig, self.rt.root,
-                                                self.rt.state)
-            except (ValueError, KeyError) as exc:
-                log.error("sandbox %s: unreadable metadata: %s", record.id, exc)
-                continue
+        def parse(ext):
+            return sandbox_from_metadata(ext, self.pb.PodSandboxConfig, self.rt.root,
+                                         self.rt.state)
+        for record, sandbox in self.rt.stored("sandbox", SANDBOX_METADATA, parse):
             sandbox.image = record.image
             state = await self.rt.task_state(record.id)
             if state is not None and state.status == 2:       # RUNNING

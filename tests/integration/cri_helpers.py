@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z) (stdout|
 
 class Registry:
     """docker-registry on 127.0.0.1 with test/busybox:v1, test/pause:v1 (sleeps) and
-    test/volume:v1 (declares volumes /data and /bin)."""
+    test/volume:v1 (declares volumes /data and /bin), test/stopsig:v1 (StopSignal SIGUSR1)."""
 
     def __init__(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="ca-cripods-")
@@ -33,18 +32,27 @@ class Registry:
         pause = with_config(busybox, "pause", Cmd=["sleep", "2147483647"])
         # /bin as a volume too: its files must be copied into the volume to run anything
         volume = with_config(busybox, "volume", Volumes={"/data": {}, "/bin": {}})
+        stopsig = with_config(busybox, "stopsig", StopSignal="SIGUSR1")
         self.registry = LocalRegistry().start()
         self.host = self.registry.host
         self.busybox_digest = self.registry.push(busybox, "test/busybox:v1")
         self.registry.push(pause, "test/pause:v1")
         self.registry.push(volume, "test/volume:v1")
+        self.registry.push(stopsig, "test/stopsig:v1")
         self.busybox = f"{self.host}/test/busybox:v1"
         self.pause = f"{self.host}/test/pause:v1"
         self.volume = f"{self.host}/test/volume:v1"
+        self.stopsig = f"{self.host}/test/stopsig:v1"
 
     def stop(self):
         self.registry.stop()
         self.tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 def cri_keys(workdir: Path, sandbox_image: str, extra: str = "") -> str:
@@ -221,16 +229,24 @@ def parse_log(path) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+class Answers:
+    """Differential answers: `same(case, kind, answer)` asserts once both daemons gave one."""
+
+    def __init__(self):
+        self.seen: dict = {}
+
+    def same(self, case, kind, answer):
+        seen = self.seen.setdefault(case, {})
+        seen[kind] = answer
+        if len(seen) == 2:
+            assert seen["ctrappliance"] == seen["containerd"], case
 
 
-def kill_leftovers(ids) -> None:
-    for pid in shims_of(ids):
-        subprocess.run(["kill", "-9", str(pid)], check=False)
+def cri_answers(client) -> bool:
+    """The CRI answers (containerd says "server is not initialized yet" for a moment after
+    a start)."""
+    try:
+        client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
+        return True
+    except grpc.RpcError:
+        return False

@@ -14,31 +14,23 @@ import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
 from cni_helpers import PLUGINS, TestNetwork, chains_of, leftovers as net_leftovers
-from cri_helpers import (Client, Registry, make_daemon, netns_dir, parse_log, shims_of,
-                         wait_for)
+from cri_helpers import (Answers, Client, Registry, cri_answers, make_daemon, netns_dir,
+                         parse_log, shims_of)
+from daemon import wait_for
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not os.path.exists(f"{PLUGINS}/bridge"),
                                  reason="containernetworking-plugins is not installed")]
 
-ANSWERS: dict = {}
-SERVE = "mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && exec busybox httpd -f -p 8080 -h /tmp/www"
-
-
-def same(case, kind, answer):
-    seen = ANSWERS.setdefault(case, {})
-    seen[kind] = answer
-    if len(seen) == 2:
-        assert seen["ctrappliance"] == seen["containerd"], case
+same = Answers().same
+SERVE = ("mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && "
+         "exec busybox httpd -f -p 8080 -h /tmp/www")
 
 
 @pytest.fixture(scope="module")
 def registry():
-    r = Registry()
-    try:
+    with Registry() as r:
         yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +203,7 @@ def test_restart_keeps_the_ip_and_stop_releases_it(registry, net, logdir):
             daemon.stop()
             daemon.start()
             client.connect()
-            wait_for(lambda: _answers(client), what="the CRI after the restart")
+            wait_for(lambda: cri_answers(client), what="the CRI after the restart")
             status = client.pod_status(pod_id).status
             assert (status.state, status.network.ip) == (pb.SANDBOX_READY, ip)
             assert _fetch(f"http://{ip}:8080/") == "still"
@@ -226,14 +218,6 @@ def test_restart_keeps_the_ip_and_stop_releases_it(registry, net, logdir):
             client.close()
             daemon.cleanup()
     assert answers["ctrappliance"] == answers["containerd"]
-
-
-def _answers(client) -> bool:
-    try:
-        client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
-        return True
-    except grpc.RpcError:
-        return False
 
 
 def test_host_port_already_taken(cri, registry, net):

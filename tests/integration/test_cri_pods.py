@@ -14,28 +14,19 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cri_helpers import (Client, Registry, containers, leftovers, make_daemon, parse_log,
-                         pod_config, shims_of, snapshots, wait_for)
+from cri_helpers import (Answers, Client, Registry, containers, cri_answers, leftovers,
+                         make_daemon, parse_log, pod_config, shims_of, snapshots)
+from daemon import wait_for
 
 pytestmark = pytest.mark.integration
 
-ANSWERS = {}   # case -> {daemon: answer}, compared once both daemons ran it
-
-
-def same(case, kind, answer):
-    seen = ANSWERS.setdefault(case, {})
-    seen[kind] = answer
-    if len(seen) == 2:
-        assert seen["ctrappliance"] == seen["containerd"], case
+same = Answers().same
 
 
 @pytest.fixture(scope="module")
 def registry():
-    r = Registry()
-    try:
+    with Registry() as r:
         yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
@@ -195,6 +186,20 @@ def test_container_exit_codes(cri, registry):
         answers.append((s.exit_code, s.reason))
     assert answers == [(0, "Completed"), (3, "Error"), (137, "Error")]
     same("exit-codes", cri.kind, answers)
+
+
+def test_stop_uses_the_image_stop_signal(cri, registry):
+    """StopContainer sends the image's StopSignal (SIGUSR1 here) before the timeout."""
+    cri.pull(registry.stopsig)
+    pod_id, config = cri.run_pod("stopsig")
+    cid = cri.create(pod_id, config, "c", registry.stopsig,
+                     ["sh", "-c", "trap 'exit 10' USR1; while true; do sleep 0.1; done"])
+    cri.start(cid)
+    time.sleep(0.5)                          # the trap is set
+    cri.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=20))
+    status = cri.status(cid).status
+    assert (status.exit_code, status.reason) == (10, "Error")
+    same("stop-signal", cri.kind, status.exit_code)
 
 
 def test_list_containers_with_filters(cri, registry):
@@ -453,14 +458,6 @@ def test_missing_sandbox_image(registry):
     assert answers["ctrappliance"] == answers["containerd"]
 
 
-def _answers(client) -> bool:
-    try:
-        client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
-        return True
-    except grpc.RpcError:      # containerd: "server is not initialized yet" for a moment
-        return False
-
-
 # --- restart recovery -----------------------------------------------------------------------
 
 def test_restart_recovery(registry, logdir):
@@ -489,7 +486,7 @@ def test_restart_recovery(registry, logdir):
             down_at = time.time_ns()
             daemon.start()
             client.connect()
-            wait_for(lambda: _answers(client), what="the CRI after the restart")
+            wait_for(lambda: cri_answers(client), what="the CRI after the restart")
             pod = client.pod_status(pod_id).status
             after = client.status(runner).status
             quit_status = client.status(quitter).status
