@@ -16,7 +16,7 @@ import signal as signals
 import time
 
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
-from . import logs, spec as specs
+from . import logs, resources, security, spec as specs
 from .images import NAMESPACE
 from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json,
                       remove_tree, undo_all)
@@ -37,6 +37,7 @@ class ContainerService:
     def __init__(self, rt: CRIRuntime, pb):
         self.rt = rt
         self.pb = pb
+        self._update_lock = asyncio.Lock()   # UpdateContainerResources, one at a time
 
     def get(self, cid: str) -> Container:
         c = self.rt.containers.find(cid)
@@ -92,12 +93,60 @@ class ContainerService:
         undo.append(lambda: rt.delete_record(cid))
         mounts = await rt.prepare_snapshot(cid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(cid))
-        if volumes:
-            await asyncio.to_thread(_copy_up, mounts, volumes, c.state_dir)
+        target_pid = self._target_pid(cid, sandbox, config)
+
+        def from_rootfs():   # the snapshot mounted read-only once, as containerd's opts do
+            with rt.mounted_rootfs(mounts) as rootfs:
+                if volumes:
+                    _copy_up(rootfs, volumes)
+                self._secure(c, sandbox, runtime_spec, image.config, rootfs, target_pid,
+                             handler.runtime.privileged_without_host_devices)
+        await asyncio.to_thread(from_rootfs)
         c.status = Status(created_at=time.time_ns())
         await asyncio.to_thread(c.save_status)
         rt.containers.add(c)
         return cid
+
+    def _target_pid(self, cid: str, sandbox, config) -> int | None:
+        """The pid whose namespace a TARGET pid namespace names (containerd's
+        validateTargetContainer: a running container of the same pod)."""
+        ns = config.linux.security_context.namespace_options
+        if ns.pid != security.TARGET:
+            return None
+        target = self.rt.containers.find(ns.target_id)
+        prefix = f'failed to generate container "{cid}" spec: invalid target container: '
+        if target is None or target.id != ns.target_id:
+            raise NotFound(f'{prefix}container "{ns.target_id}" does not exist: not found')
+        if target.sandbox_id != sandbox.id:
+            raise ApplianceError(f'{prefix}container "{target.id}" (sandbox '
+                                 f'{target.sandbox_id}) does not belong to sandbox {sandbox.id}')
+        if target.status.state != RUNNING:
+            raise ApplianceError(f'{prefix}container "{target.id}" is not running - in state '
+                                 f'{_state_name(target.status.state)}')
+        return target.status.pid
+
+    def _secure(self, c: Container, sandbox, runtime_spec: dict, image_config: dict,
+                rootfs: str, target_pid, privileged_without_host_devices: bool) -> None:
+        """Security context and resources on the spec (cri.security, cri.resources); `rootfs`:
+        the container's, mounted read-only, for its users and groups. Recorded."""
+        rt, config = self.rt, c.config
+        pod_label = rt.spec(sandbox.id).get("process", {}).get("selinuxLabel", "")
+        security.apply_container_security(
+            runtime_spec, config, sandbox.config, image_config.get("config") or {}, rootfs,
+            rt.cfg, host=rt.host, container_id=c.id, sandbox_pid=sandbox.pid,
+            target_pid=target_pid, pod_label=pod_label,
+            privileged_without_host_devices=privileged_without_host_devices)
+        if rt.cfg.disable_cgroup:
+            runtime_spec["linux"].pop("cgroupsPath", None)
+        elif config.linux.HasField("resources"):
+            try:
+                resources.apply_resources(runtime_spec, config.linux.resources, rt.cfg,
+                                          host=rt.host)
+            except ApplianceError as exc:
+                raise ApplianceError(f'failed to generate container "{c.id}" spec: '
+                                     f'{exc.message}') from None
+        rt.update_spec(c.id, runtime_spec)
+        c.resources = resources.status_resources(runtime_spec)
 
     def _make_volumes(self, c: Container, image_config: dict) -> dict[str, str]:
         """A host dir per image volume (`ignore_image_defined_volumes` off), bound in."""
@@ -142,6 +191,34 @@ class ContainerService:
             raise
         c.status.started_at = time.time_ns()
         await asyncio.to_thread(c.save_status)
+
+    # --- UpdateContainerResources -----------------------------------------------------
+
+    async def update_resources(self, cid: str, linux) -> None:
+        """The new resources go into the recorded spec first (a container not running yet
+        starts with them), then to the running task (runc update); on failure the old spec
+        is put back. ContainerStatus and a restart see what was recorded."""
+        c = self.rt.containers.find(cid)
+        if c is None:
+            raise NotFound(f'failed to find container: an error occurred when try to find '
+                           f'container "{cid}": not found')
+        async with self._update_lock:
+            if c.status.removing:
+                raise ApplianceError(f'failed to update resources: container "{cid}" is in '
+                                     f'removing state')
+            old = await asyncio.to_thread(self.rt.spec, cid)
+            new, sent = resources.update_resources(old, linux, self.rt.cfg, host=self.rt.host)
+            await asyncio.to_thread(self.rt.update_spec, cid, new)
+            if c.status.state == RUNNING:
+                try:
+                    await self.rt.update_task(cid, sent)
+                except NotFound:
+                    pass              # the task exited meanwhile
+                except Exception as exc:
+                    await asyncio.to_thread(self.rt.update_spec, cid, old)
+                    raise ApplianceError(f"failed to update resources: failed to update "
+                                         f"resources: {getattr(exc, 'message', exc)}") from None
+            c.resources = resources.status_resources(new)
 
     # --- StopContainer ----------------------------------------------------------------
 
@@ -237,6 +314,14 @@ class ContainerService:
         for m in c.config.mounts:
             out = status.mounts.add()
             out.MergeFromString(m.SerializeToString())
+        if c.resources is None:     # found again after a restart: from the recorded spec
+            c.resources = resources.status_resources(self.rt.spec(c.id))
+        if c.resources:
+            linux = dict(c.resources)
+            hugepages = linux.pop("hugepage_limits", [])
+            status.resources.linux.CopyFrom(pb.LinuxContainerResources(**linux))
+            for size, limit in hugepages:
+                status.resources.linux.hugepage_limits.add(page_size=size, limit=limit)
         info = {}
         if verbose:
             info["info"] = self._verbose(c)
@@ -321,24 +406,15 @@ def stop_signal(name: str) -> int:
         return signals.SIGTERM
 
 
-def _copy_up(mounts, volumes: dict[str, str], scratch: str) -> None:
+def _copy_up(rootfs: str, volumes: dict[str, str]) -> None:
     """What the image has at each volume path, copied into the new volume (containerd's
-    WithVolumes): the container's rootfs mounted read-only for the copy."""
+    WithVolumes); `rootfs`: the container's, mounted read-only."""
     import subprocess
-    from ..mount import mount_one, unmount
-    target = ensure_dir(os.path.join(scratch, "copy-up"), 0o700)
-    for m in mounts:
-        mount_one(m.type, m.source, [*m.options, "ro"] if m.type == "bind" else list(m.options),
-                  target)
-    try:
-        for path, volume in volumes.items():
-            source = os.path.join(target, path.lstrip("/"))
-            if os.path.isdir(source) and not os.path.islink(source):
-                subprocess.run(["cp", "-a", f"{source}/.", volume], check=True,
-                               capture_output=True, timeout=300)
-    finally:
-        unmount(target)
-        os.rmdir(target)
+    for path, volume in volumes.items():
+        source = security.in_root(rootfs, path)    # symlinks stay inside the rootfs
+        if os.path.isdir(source):
+            subprocess.run(["cp", "-a", f"{source}/.", volume], check=True,
+                           capture_output=True, timeout=300)
 
 
 def _state_name(state: int) -> str:

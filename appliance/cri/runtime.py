@@ -8,6 +8,8 @@ events) in namespace `k8s.io`, never through its gRPC API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ from .. import stubs
 from ..core.metadata.containers import Container as Record, Runtime as RecordRuntime
 from ..errdefs import ApplianceError, NotFound
 from .config import CRIConfig, Runtime
+from .host import Host
 from .images import NAMESPACE
 from .spec import SPEC_TYPE_URL
 from .store import KIND_LABEL, Names, Store
@@ -76,6 +79,11 @@ class CRIRuntime:
         self.container_names = Names("container")
         self.background: set[asyncio.Task] = set()
 
+    @functools.cached_property
+    def host(self) -> Host:
+        """What the host offers security contexts and resources (read once)."""
+        return Host.probe()
+
     @property
     def images(self):
         """cri.images.ImageService (built on first use: it loads the pull engine)."""
@@ -110,6 +118,15 @@ class CRIRuntime:
             snapshotter=self.cfg.containerd.snapshotter, snapshot_key=cid,
             extensions={extension_key: extension})
         self.containers_service.create(NAMESPACE, record)
+
+    def update_spec(self, cid: str, spec: dict) -> None:
+        record = self.containers_service.get(NAMESPACE, cid)
+        record.spec = any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode())
+        self.containers_service.update(NAMESPACE, record, ["spec"])
+
+    def spec(self, cid: str) -> dict:
+        record = self.containers_service.get(NAMESPACE, cid)
+        return json.loads(record.spec.value) if record.spec else {}
 
     def update_extension(self, cid: str, key: str, extension: any_pb2.Any) -> None:
         record = self.containers_service.get(NAMESPACE, cid)
@@ -159,6 +176,18 @@ class CRIRuntime:
         return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
                                 options=m.options) for m in mounts]
 
+    @contextlib.contextmanager
+    def mounted_rootfs(self, mounts):
+        """A snapshot's mounts mounted read-only on a temporary directory under the daemon's
+        tmpmounts (unmounted on exit), for reading the image's /etc/passwd and /etc/group."""
+        from ..core.diff.compare import readonly_mounts
+        from ..core.snapshots.backends import Mount
+        from ..mount import TempMount
+        tmpmounts = os.path.join(os.path.dirname(self.root), "tmpmounts")
+        plain = [Mount(m.type, m.source, list(m.options), m.target) for m in mounts]
+        with TempMount(tmpmounts, readonly_mounts(plain)) as path:
+            yield path
+
     # --- tasks ----------------------------------------------------------------------
 
     async def create_task(self, cid: str, stdout: str = "", stderr: str = "") -> int:
@@ -171,6 +200,12 @@ class CRIRuntime:
 
     async def start_task(self, cid: str) -> int:
         return await self.tasks.start(NAMESPACE, cid, "")
+
+    async def update_task(self, cid: str, resources: tuple[str, bytes]) -> None:
+        """A running task's new OCI LinuxResources (runc update in the shim)."""
+        type_url, value = resources
+        await self.tasks.update(NAMESPACE, tasks_pb2.UpdateTaskRequest(
+            container_id=cid, resources=any_pb2.Any(type_url=type_url, value=value)))
 
     async def kill(self, cid: str, signal: int) -> None:
         try:

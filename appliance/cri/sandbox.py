@@ -9,6 +9,7 @@ tmpfs in `<state>/sandboxes/<id>/shm`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import time
 
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
-from . import spec as specs
+from . import security, spec as specs
 from .images import NAMESPACE
 from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
                       undo_all)
@@ -49,6 +50,8 @@ class SandboxService:
         meta = config.metadata
         if not config.HasField("metadata") or not meta.name:
             raise InvalidArgument("sandbox config must include metadata")
+        for key in config.linux.sysctls:    # refused before anything is made
+            security.check_sysctl(key, config)
         name = sandbox_name(meta)
         sid = new_id()
         self.rt.sandbox_names.reserve(name, sid)
@@ -82,8 +85,9 @@ class SandboxService:
         rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
                          runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
         undo.append(lambda: rt.delete_record(sid))
-        await rt.prepare_snapshot(sid, image.chain_id)
+        mounts = await rt.prepare_snapshot(sid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(sid))
+        await asyncio.to_thread(self._secure, sandbox, runtime_spec, image.config, mounts)
 
         sandbox.pid = await rt.create_task(sid)
         undo.append(lambda: rt.delete_task(sid))
@@ -91,6 +95,25 @@ class SandboxService:
         sandbox.state = SANDBOX_READY
         rt.sandboxes.add(sandbox)
         return sid
+
+    def _secure(self, sandbox: Sandbox, runtime_spec: dict, image_config: dict, mounts) -> None:
+        """The pod's security context and sysctls on the spec (cri.security), with the pause
+        image's rootfs mounted read-only when its user must be looked up; recorded."""
+        rt, config = self.rt, sandbox.config
+        image_config = image_config.get("config") or {}
+        security.apply_sysctls(runtime_spec, dict(config.linux.sysctls), config, rt.cfg)
+        apply = functools.partial(security.apply_pod_security, runtime_spec, config, rt.cfg,
+                                  host=rt.host, netns_path=sandbox.netns_path or "",
+                                  image_config=image_config)
+        if security.pod_needs_rootfs(config, image_config):
+            with rt.mounted_rootfs(mounts) as rootfs:
+                apply(rootfs=rootfs)
+        else:
+            apply()
+        if rt.cfg.disable_cgroup:
+            runtime_spec["linux"].pop("cgroupsPath", None)
+            runtime_spec["linux"]["resources"].pop("cpu", None)
+        rt.update_spec(sandbox.id, runtime_spec)
 
     async def _ensure_image(self, ref: str):
         images = self.rt.images

@@ -2,8 +2,9 @@
 containerd's default Unix spec (mounts, capabilities, masked and read-only paths), then the
 image config, then the CRI config.
 
-Security contexts and resources (part 3) mutate the finished base spec dict at the two call
-points, `sandbox_security` and `container_security` (no-ops until part 3 fills them in).
+The request's security context, sysctls and resources (namespaces, user and groups,
+capabilities, paths, seccomp...) are applied to this base by cri.security and cri.resources,
+which the sandbox and container services call once the snapshot is there.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import socket
 
 from ..errdefs import InvalidArgument
+from . import resources
 
 # containerd's oci.defaultUnixCaps (0xa80425fb).
 DEFAULT_CAPS = [
@@ -26,7 +28,6 @@ DEFAULT_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                           "/proc/sysrq-trigger"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_CPU_SHARES = 2          # containerd's DefaultSandboxCPUshares
-SANDBOX_OOM_SCORE_ADJ = -998    # kubelet's PodInfraOOMAdj
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
 # annotations (containerd's pkg/cri/annotations)
@@ -43,15 +44,6 @@ IMAGE_NAME = "io.kubernetes.cri.image-name"
 POD, CONTAINER, NODE, TARGET = 0, 1, 2, 3
 PROPAGATION = {0: "rprivate", 1: "rslave", 2: "rshared"}
 
-
-def sandbox_security(spec: dict, config, sandbox, cfg) -> None:
-    """Part 3: the pod's security context, sysctls and overhead into the pause container's
-    spec (`config`: PodSandboxConfig)."""
-
-
-def container_security(spec: dict, config, sandbox, cfg) -> None:
-    """Part 3: the container's security context and resources into its spec (`config`:
-    ContainerConfig; `sandbox`: cri.store.Sandbox)."""
 
 
 def oci_default_spec(cgroups_path: str) -> dict:
@@ -101,23 +93,10 @@ def default_spec(cgroups_path: str) -> dict:
     return spec
 
 
-def restrict_oom_score_adj(value: int, cfg) -> int:
-    """With `restrict_oom_score_adj`, never below the daemon's own (lowering it needs
-    CAP_SYS_RESOURCE), as containerd's restrictOOMScoreAdj."""
-    if not cfg.restrict_oom_score_adj:
-        return value
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            current = int(f.read())
-    except (OSError, ValueError):
-        return value
-    return max(value, current)
-
-
-def cgroups_path(parent: str, cid: str, systemd: bool) -> str:
-    if systemd:   # containerd: "<slice>:cri-containerd:<id>"
-        return f"{os.path.basename(parent) or 'system.slice'}:cri-containerd:{cid}"
-    return os.path.join(parent, cid) if parent else cid
+def cgroups_path(parent: str, cid: str) -> str:
+    """containerd's getCgroupsPath (the systemd form follows from a parent ending in
+    .slice); no parent: the id alone."""
+    return resources.cgroups_path(parent, cid) if parent else cid
 
 
 def _merge_env(base: list[str], extra: list[str]) -> list[str]:
@@ -143,7 +122,7 @@ def _image_env(image_config: dict) -> list[str]:
 
 
 def _user(image_config: dict) -> dict:
-    """The image's numeric User ("uid[:gid]"); names are left to the security hooks."""
+    """The image's numeric User ("uid[:gid]"); names are resolved by cri.security."""
     text = (image_config.get("config") or {}).get("User") or ""
     uid, _, gid = text.partition(":")
     out = {"uid": 0, "gid": 0}
@@ -154,20 +133,6 @@ def _user(image_config: dict) -> dict:
     return out
 
 
-def _set_namespace(spec: dict, ns_type: str, path: str | None) -> None:
-    """path None: drop the namespace (the host's); "" a new one; else join `path`. In place,
-    as containerd's WithLinuxNamespace (a new type goes last)."""
-    namespaces = spec["linux"]["namespaces"]
-    entry = {"type": ns_type, **({"path": path} if path else {})}
-    for i, ns in enumerate(namespaces):
-        if ns["type"] == ns_type:
-            if path is None:
-                del namespaces[i]
-            else:
-                namespaces[i] = entry
-            return
-    if path is not None:
-        namespaces.append(entry)
 
 
 def _bind(source: str, destination: str, readonly: bool, propagation: str = "rprivate"):
@@ -183,8 +148,7 @@ def _ns_modes(linux_config) -> tuple[int, int, int]:
 def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     """The pause container's spec. `sandbox` is a cri.store.Sandbox with its files made."""
     config = sandbox.config
-    spec = default_spec(cgroups_path(config.linux.cgroup_parent, sandbox.id,
-                                     bool(runtime_opts.get("SystemdCgroup"))))
+    spec = default_spec(cgroups_path(config.linux.cgroup_parent, sandbox.id))
     image = image_config.get("config") or {}
     args = list(image.get("Entrypoint") or []) + list(image.get("Cmd") or [])
     if not args:
@@ -194,20 +158,9 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     process["env"] = _image_env(image_config)
     process["cwd"] = image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    process["oomScoreAdj"] = restrict_oom_score_adj(SANDBOX_OOM_SCORE_ADJ, cfg)
-    spec["root"]["readonly"] = True
-    net, pid, ipc = _ns_modes(config.linux)
+    _, _, ipc = _ns_modes(config.linux)
     if config.hostname:   # as containerd, even with the host's network (runc refuses that)
         spec["hostname"] = config.hostname
-    if net == NODE:
-        _set_namespace(spec, "network", None)
-        _set_namespace(spec, "uts", None)
-    else:
-        _set_namespace(spec, "network", sandbox.netns_path or "")
-    if pid == NODE:
-        _set_namespace(spec, "pid", None)
-    if ipc == NODE:
-        _set_namespace(spec, "ipc", None)
     # after the default /dev/shm tmpfs, as containerd's (the later mount wins)
     spec["mounts"] += [
         {"destination": "/dev/shm", "type": "bind", "options": ["rbind", "ro"],
@@ -215,23 +168,19 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
         {"destination": "/etc/resolv.conf", "type": "bind", "options": ["rbind", "ro"],
          "source": sandbox.resolv_path}]
     spec["linux"]["resources"]["cpu"] = {"shares": SANDBOX_CPU_SHARES}
-    if config.linux.sysctls:
-        spec["linux"]["sysctls"] = dict(config.linux.sysctls)
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("pod_annotations", [])),
         CONTAINER_TYPE: "sandbox", SANDBOX_ID: sandbox.id,
         SANDBOX_NAME: config.metadata.name, SANDBOX_NAMESPACE: config.metadata.namespace,
         SANDBOX_UID: config.metadata.uid, SANDBOX_LOG_DIR: config.log_directory,
     }
-    sandbox_security(spec, config, sandbox, cfg)
     return spec
 
 
 def container_spec(cid: str, sandbox, config, image_config: dict, image_name: str,
                    volumes: dict[str, str], runtime_opts: dict, cfg) -> dict:
     """An application container's spec; `volumes` maps image volume paths to host dirs."""
-    spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid,
-                                     bool(runtime_opts.get("SystemdCgroup"))))
+    spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid))
     image = image_config.get("config") or {}
     process = spec["process"]
     if config.command:
@@ -255,25 +204,8 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
                            "source": "cgroup",
                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
     _add_mounts(spec, sandbox, config, volumes)
-    # containerd's CRI takes masked and read-only paths from the config alone (kubelet sends
-    # its defaults, which are these constants): none given, none set
-    security = config.linux.security_context
-    for key, paths in (("maskedPaths", security.masked_paths),
-                       ("readonlyPaths", security.readonly_paths)):
-        if paths:
-            spec["linux"][key] = list(paths)
-        else:
-            spec["linux"].pop(key, None)
-
-    # the pod's namespaces, by path, as containerd's WithPodNamespaces (with the host's
-    # network, /proc/<pause>/ns/net is the host's); a PID namespace of its own on request
-    sandbox_ns = f"/proc/{sandbox.pid}/ns"
-    for ns_type, name in (("network", "net"), ("ipc", "ipc"), ("uts", "uts")):
-        _set_namespace(spec, ns_type, f"{sandbox_ns}/{name}")
-    if config.linux.security_context.namespace_options.pid == CONTAINER:
-        _set_namespace(spec, "pid", "")
-    else:
-        _set_namespace(spec, "pid", f"{sandbox_ns}/pid")
+    # The pod's namespaces, masked and read-only paths, user and groups, capabilities,
+    # seccomp...: cri.security, once the snapshot is there.
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("container_annotations", [])),
         CONTAINER_TYPE: "container", SANDBOX_ID: sandbox.id,
@@ -282,7 +214,6 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
         SANDBOX_UID: sandbox.config.metadata.uid,
         CONTAINER_NAME: config.metadata.name, IMAGE_NAME: image_name,
     }
-    container_security(spec, config, sandbox, cfg)
     return spec
 
 

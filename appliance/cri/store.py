@@ -122,6 +122,7 @@ class Container:
     status: Status = field(default_factory=Status)
     io: object = None                   # logs.ContainerIO while the task runs
     stopped: object = None              # asyncio.Event set when the exit is handled
+    resources: dict | None = None       # ContainerStatus.resources (cri.resources), from the spec
 
     def metadata(self) -> any_pb2.Any:
         doc = {"Version": "v1", "Metadata": {

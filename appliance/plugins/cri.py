@@ -3,7 +3,8 @@ runtime.v1alpha2 as containerd 1.6 also serves it).
 
 Built: the ImageService; RuntimeService's Version, Status, RuntimeConfig and
 UpdateRuntimeConfig (CNI: `plugin.network`), pods (cri/sandbox.py) and containers
-(cri/container.py). Every other RuntimeService method answers UNIMPLEMENTED naming itself.
+(cri/container.py, UpdateContainerResources included). Every other RuntimeService method
+answers UNIMPLEMENTED naming itself.
 The pod and container services start with the plugin (an async init): the event monitor,
 then recovery of what a previous run left; the ImageService and CNI are built on first use.
 """
@@ -231,6 +232,12 @@ class CRIRuntimeAdapter:
         status, info = self.plugin.containers.status(request.container_id, v1,
                                                                request.verbose)
         return self.pb.ContainerStatusResponse(status=self._ours(status), info=info)
+
+    @rpc
+    async def UpdateContainerResources(self, request, context):
+        linux = self._v1(request.linux) if request.HasField("linux") else None
+        await self.plugin.containers.update_resources(request.container_id, linux)
+        return self.pb.UpdateContainerResourcesResponse()
 
     @rpc
     async def ReopenContainerLog(self, request, context):

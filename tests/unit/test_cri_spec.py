@@ -43,7 +43,7 @@ def test_no_command_at_all_is_refused(tmp_path):
                              CRIConfig())
 
 
-def test_env_cwd_namespaces_and_cgroup(tmp_path):
+def test_env_cwd_and_cgroup(tmp_path):
     spec = _spec(tmp_path, envs=[pb.KeyValue(key="B", value="3"), pb.KeyValue(key="C",
                                                                               value="4")],
                  working_dir="")
@@ -51,11 +51,8 @@ def test_env_cwd_namespaces_and_cgroup(tmp_path):
     assert env == [f"PATH={specs.DEFAULT_PATH}", "A=1", "B=3", "HOSTNAME=host", "C=4"]
     assert spec["process"]["cwd"] == "/work"
     assert spec["linux"]["cgroupsPath"] == "/parent/" + "c" * 64
-    assert [(n["type"], n.get("path")) for n in spec["linux"]["namespaces"]] == [
-        ("pid", "/proc/42/ns/pid"), ("ipc", "/proc/42/ns/ipc"), ("uts", "/proc/42/ns/uts"),
-        ("mount", None), ("network", "/proc/42/ns/net")]
+    # the pod's namespaces and masked paths come from security.apply_container_security
     assert spec["process"]["capabilities"]["bounding"] == specs.DEFAULT_CAPS
-    assert "maskedPaths" not in spec["linux"]      # none given by the config: none set
 
 
 def test_resolv_conf():
@@ -63,9 +60,3 @@ def test_resolv_conf():
     assert specs.resolv_conf(pb.DNSConfig(servers=["1.1.1.1", "8.8.8.8"], searches=["a", "b"],
                                           options=["ndots:5"])) == (
         "search a b\nnameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:5\n")
-
-
-def test_systemd_cgroups_path():
-    assert specs.cgroups_path("/kubepods.slice/pod.slice", "x", True) == \
-        "pod.slice:cri-containerd:x"
-    assert specs.cgroups_path("/kubepods/pod", "x", False) == "/kubepods/pod/x"

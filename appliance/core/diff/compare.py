@@ -183,9 +183,9 @@ def write_diff(content, tmpmounts: str, ns: str, lower_mounts, upper_mounts, med
     media_type = check_media_type(media_type)
     ref = ref or f"diff-{time.time_ns()}-{secrets.token_hex(4)}"
     with contextlib.ExitStack() as stack:
-        lower = stack.enter_context(mountlib.TempMount(tmpmounts, _readonly(lower_mounts))) \
-            if lower_mounts else stack.enter_context(_EmptyDir(tmpmounts))
-        upper = stack.enter_context(mountlib.TempMount(tmpmounts, _readonly(upper_mounts)))
+        lower = (stack.enter_context(mountlib.TempMount(tmpmounts, readonly_mounts(lower_mounts)))
+                 if lower_mounts else stack.enter_context(_EmptyDir(tmpmounts)))
+        upper = stack.enter_context(mountlib.TempMount(tmpmounts, readonly_mounts(upper_mounts)))
         writer = content.writer(ns, ref, lease=lease)
         try:
             sink = _Sink(writer, media_type == GZIP_TYPE)
@@ -203,7 +203,9 @@ def write_diff(content, tmpmounts: str, ns: str, lower_mounts, upper_mounts, med
     return media_type, digest, sink.size
 
 
-def _readonly(mounts):
+def readonly_mounts(mounts):
+    """The same mounts read-only (an overlay's upper dir becomes its top lower dir), as
+    containerd's tryReadonlyMounts: for looking into a snapshot without changing it."""
     out = []
     for m in mounts:
         opts = [o for o in m.options if o != "rw"]
