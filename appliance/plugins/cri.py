@@ -88,9 +88,10 @@ class CRIImageAdapter:
 
 
 class CRIRuntimeAdapter:
-    def __init__(self, pb, package: str):
+    def __init__(self, pb, package: str, plugin: "CRIPlugin | None" = None):
         self.pb = pb
         self.package = package
+        self.plugin = plugin
 
     def register(self, services):
         services.add(f"{self.package}.RuntimeService", self.pb, self)
@@ -100,6 +101,18 @@ class CRIRuntimeAdapter:
                                        runtime_version=__version__,
                                        runtime_api_version=self.package.rpartition(".")[2])
 
+    # --- streaming (exec, attach, port-forward) and ExecSync -------------------------
+
+    @rpc
+    async def ExecSync(self, request, context):
+        stdout, stderr, code = await self.plugin.streaming.exec_sync(
+            request.container_id, list(request.cmd), request.timeout)
+        return self.pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
+
+    @rpc
+    async def Exec(self, request, context):
+        return self.pb.ExecResponse(url=await self.plugin.streaming.exec_url(request))
+
 
 class CRIPlugin:
     """The CRI's services are built on the first CRI call: a node without kubelet never
@@ -108,14 +121,17 @@ class CRIPlugin:
     NEEDED = ("content-service", "snapshots-service", "diff-service", "images-service",
               "leases-service")
 
-    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str):
+    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str, state: str = "",
+                 supervisor=None):
         self.cfg = cfg
         self.services = services
         self.snapshot_root = snapshot_root
+        self.state = state
+        self.supervisor = supervisor
         self.adapters = [CRIImageAdapter(self, v1, "runtime.v1"),
                          CRIImageAdapter(self, v1alpha2, "runtime.v1alpha2"),
-                         CRIRuntimeAdapter(v1, "runtime.v1"),
-                         CRIRuntimeAdapter(v1alpha2, "runtime.v1alpha2")]
+                         CRIRuntimeAdapter(v1, "runtime.v1", self),
+                         CRIRuntimeAdapter(v1alpha2, "runtime.v1alpha2", self)]
 
     @functools.cached_property
     def images(self):
@@ -126,6 +142,13 @@ class CRIPlugin:
                         s["images-service"], s["leases-service"])
         return ImageService(self.cfg, puller, s["images-service"], s["content-service"],
                             s["snapshots-service"], self.snapshot_root)
+
+    @functools.cached_property
+    def streaming(self):
+        from ..cri.streaming.service import StreamingService
+        tasks = self.services["tasks-service"]
+        return StreamingService(self.cfg, tasks.containers, tasks.runtime,
+                                os.path.join(self.state, "io"), self.supervisor)
 
     def register(self, services):
         for adapter in self.adapters:
@@ -141,7 +164,7 @@ def _init(ic: InitContext) -> CRIPlugin:
     cfg: CRIConfig = ic.config
     ic.exports.update(CRIVersion="v1", CRIVersionAlpha="v1alpha2")
     root = os.path.join(ic.server_config.root, f"{SNAPSHOT}.{cfg.containerd.snapshotter}")
-    return CRIPlugin(cfg, services, root)
+    return CRIPlugin(cfg, services, root, ic.state, ic.supervisor)
 
 
 REGISTRATIONS = [

@@ -1,0 +1,91 @@
+"""The CRI's streaming side: Exec/Attach/PortForward URLs, ExecSync, and the server
+behind the URLs, started on the first URL asked for and owned by the daemon's supervisor."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ...config import parse_duration
+from ...errdefs import InvalidArgument
+from . import process, remotecommand
+
+
+class StreamingService:
+    def __init__(self, cfg, containers, runtime, io_root: str, supervisor):
+        self.cfg = cfg
+        self.containers = containers
+        self.runtime = runtime
+        self.io_root = io_root
+        self.supervisor = supervisor
+        self.server = None
+        self._starting: asyncio.Future | None = None
+
+    # --- ExecSync -----------------------------------------------------------------
+
+    async def exec_sync(self, cid: str, cmd: list[str], timeout: int):
+        if not cid:
+            raise InvalidArgument("missing required container_id")
+        os.makedirs(self.io_root, mode=0o700, exist_ok=True)
+        return await process.exec_sync(self.containers, self.runtime, self.io_root, cid, cmd,
+                                       timeout)
+
+    # --- URLs -----------------------------------------------------------------------
+
+    async def exec_url(self, request) -> str:
+        if not request.container_id:
+            raise InvalidArgument("missing required container_id")
+        if request.tty and request.stderr:
+            raise InvalidArgument("tty and stderr cannot both be true")
+        if not (request.stdin or request.stdout or request.stderr):
+            raise InvalidArgument("one of stdin, stdout, or stderr must be set")
+        self._running_container(request.container_id)
+        return (await self._server()).url("exec", request)
+
+    def _running_container(self, cid: str) -> None:
+        from ...errdefs import NotFound
+        try:
+            self.containers.get(process.NAMESPACE, cid)
+        except NotFound:
+            raise NotFound(f'failed to find container "{cid}" in store: not found') from None
+        if not self.runtime.exists(process.NAMESPACE, cid):
+            from ...errdefs import ApplianceError
+            raise ApplianceError("container is in CONTAINER_EXITED state")
+
+    async def _server(self):
+        if self.server is not None:
+            return self.server
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        try:
+            return await asyncio.shield(self._starting)
+        except BaseException:
+            self._starting = None
+            raise
+
+    async def _start(self):
+        from .server import StreamServer
+        cfg = self.cfg
+        idle = parse_duration(cfg.stream_idle_timeout) if cfg.stream_idle_timeout else 0.0
+        ssl_context = None
+        if cfg.enable_tls_streaming:
+            from .tls import server_context
+            ssl_context = await asyncio.to_thread(server_context, cfg.x509_key_pair_streaming,
+                                                  cfg.stream_server_address, self.io_root)
+        server = StreamServer({"exec": self._serve_exec}, idle, ssl_context)
+        await server.start(cfg.stream_server_address, int(cfg.stream_server_port or 0))
+        self.supervisor.task(server.serve(), "cri-streaming-server")
+        self.server = server
+        return server
+
+    async def _serve_exec(self, request, upgrade) -> None:
+        os.makedirs(self.io_root, mode=0o700, exist_ok=True)
+        cmd = list(request.cmd)
+
+        def start():
+            return process.start_exec(self.containers, self.runtime, self.io_root,
+                                      request.container_id, cmd, tty=request.tty,
+                                      stdin=request.stdin, stdout=request.stdout,
+                                      stderr=request.stderr)
+        await remotecommand.serve_process(upgrade.session, start, cmd, stdin=request.stdin,
+                                          stdout=request.stdout, stderr=request.stderr,
+                                          tty=request.tty, websocket=upgrade.websocket)
