@@ -88,7 +88,7 @@ class CRIImageAdapter:
 
 
 class CRIRuntimeAdapter:
-    def __init__(self, pb, package: str, plugin: "CRIPlugin | None" = None):
+    def __init__(self, plugin: "CRIPlugin", pb, package: str):
         self.pb = pb
         self.package = package
         self.plugin = plugin
@@ -113,6 +113,11 @@ class CRIRuntimeAdapter:
     async def Exec(self, request, context):
         return self.pb.ExecResponse(url=await self.plugin.streaming.exec_url(request))
 
+    @rpc
+    async def PortForward(self, request, context):
+        return self.pb.PortForwardResponse(
+            url=await self.plugin.streaming.port_forward_url(request))
+
 
 class CRIPlugin:
     """The CRI's services are built on the first CRI call: a node without kubelet never
@@ -130,8 +135,8 @@ class CRIPlugin:
         self.supervisor = supervisor
         self.adapters = [CRIImageAdapter(self, v1, "runtime.v1"),
                          CRIImageAdapter(self, v1alpha2, "runtime.v1alpha2"),
-                         CRIRuntimeAdapter(v1, "runtime.v1", self),
-                         CRIRuntimeAdapter(v1alpha2, "runtime.v1alpha2", self)]
+                         CRIRuntimeAdapter(self, v1, "runtime.v1"),
+                         CRIRuntimeAdapter(self, v1alpha2, "runtime.v1alpha2")]
 
     @functools.cached_property
     def images(self):

@@ -370,3 +370,84 @@ def test_ws_v5_closes_stdin(env):
     out = b"".join(f[1:] for f in frames[:-1] if f[:1] == b"\x01")
     assert out == b"from stdin\ndone\n"
     assert json.loads(frames[-2][1:]) == SUCCESS
+
+
+# --- port-forward ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pod(env, rootfs):
+    """A 'sandbox' container in a network namespace of the test's, with busybox httpd on
+    8080 (and nothing on 9)."""
+    from streaming_helpers import NetNS
+    d, rt, _ = env
+    big = rootfs / "www" / "big.bin"
+    big.write_bytes(os.urandom(20 << 20))
+    netns = NetNS(f"ca-pf-{os.getpid()}")
+    box = None
+    try:
+        box = CtrContainer(d, "pod", rootfs, ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                           netns=netns.path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = rt.ExecSync(pb.ExecSyncRequest(container_id="box", cmd=["true"]))
+            if subprocess.run(["nsenter", f"--net={netns.path}", "/bin/busybox", "wget", "-q",
+                               "-O", "/dev/null", "http://127.0.0.1:8080/index.html"],
+                              capture_output=True, timeout=30).returncode == 0:
+                break
+            time.sleep(0.2)
+        yield box, hashlib.sha256(big.read_bytes()).hexdigest()
+    finally:
+        if box is not None:
+            box.remove()
+        netns.close()
+
+
+def pf_url(rt, sandbox, ports=()):
+    return rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=sandbox, port=list(ports))).url
+
+
+def test_spdy_port_forward_several_connections(env, pod, client_binary):
+    _, rt, _ = env
+    box, _ = pod
+    url = pf_url(rt, box.id, [8080])
+    assert "/portforward/" in url
+    r = subprocess.run([client_binary, "-url", url, "portforward", "-port", "8080",
+                        "-conns", "4", "-data", "GET /index.html?{i} HTTP/1.0\r\n\r\n"],
+                       capture_output=True, timeout=120)
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 4, r.stderr
+    for i, line in enumerate(lines):
+        index, body, error = line.split("|")
+        assert index == str(i) and body.startswith("HTTP/1.1 200 OK")
+        assert body.endswith("hello from the pod\\n") and error == ""
+    # nothing listens on 9: the error stream says so, the connection is not lost
+    url = pf_url(rt, box.id)
+    r = subprocess.run([client_binary, "-url", url, "portforward", "-port", "9", "-data", "x"],
+                       capture_output=True, timeout=120)
+    index, body, error = r.stdout.decode().strip().split("|")
+    assert body == "" and error.startswith(f"error forwarding port 9 to pod {box.id}, uid : ")
+    assert "connect: connection refused" in error
+
+
+def test_ws_port_forward(env, pod):
+    _, rt, _ = env
+    box, big_digest = pod
+    url = pf_url(rt, box.id) + "?port=8080"
+    with ws_connect(url, ["v4.channel.k8s.io"]) as ws:
+        assert ws.recv(timeout=30) == b"\x00\x90\x1f" and ws.recv(timeout=30) == b"\x01\x90\x1f"
+        ws.send(b"\x00GET /big.bin HTTP/1.0\r\n\r\n")
+        frames = ws_frames(ws)
+    data = b"".join(f[1:] for f in frames[:-1] if f[:1] == b"\x00")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert hashlib.sha256(body).hexdigest() == big_digest
+
+
+def test_port_forward_request_validation(env):
+    _, rt, _ = env
+    with pytest.raises(grpc.RpcError) as err:
+        rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=""))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        rt.PortForward(pb.PortForwardRequest(pod_sandbox_id="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

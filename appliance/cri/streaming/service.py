@@ -3,11 +3,15 @@ behind the URLs, started on the first URL asked for and owned by the daemon's su
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 
 from ...config import parse_duration
-from ...errdefs import InvalidArgument
-from . import process, remotecommand
+from ...errdefs import ApplianceError, InvalidArgument, NotFound
+from . import portforward, process, remotecommand
+
+log = logging.getLogger("appliance.cri.streaming")
 
 
 class StreamingService:
@@ -41,15 +45,36 @@ class StreamingService:
         self._running_container(request.container_id)
         return (await self._server()).url("exec", request)
 
+    async def port_forward_url(self, request) -> str:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("missing required pod_sandbox_id")
+        self.netns_of(request.pod_sandbox_id)
+        return (await self._server()).url("portforward", request)
+
     def _running_container(self, cid: str) -> None:
-        from ...errdefs import NotFound
         try:
             self.containers.get(process.NAMESPACE, cid)
         except NotFound:
             raise NotFound(f'failed to find container "{cid}" in store: not found') from None
         if not self.runtime.exists(process.NAMESPACE, cid):
-            from ...errdefs import ApplianceError
             raise ApplianceError("container is in CONTAINER_EXITED state")
+
+    def netns_of(self, sandbox_id: str) -> str:
+        """The pod's network namespace: the path in its sandbox container's spec, else the
+        namespace its task runs in."""
+        try:
+            sandbox = self.containers.get(process.NAMESPACE, sandbox_id)
+        except NotFound:
+            raise NotFound(f'failed to find sandbox "{sandbox_id}" in store: not found') \
+                from None
+        if not self.runtime.exists(process.NAMESPACE, sandbox_id):
+            raise ApplianceError("sandbox container is not running")
+        spec = json.loads(sandbox.spec.value) if sandbox.spec is not None else {}
+        for ns in (spec.get("linux") or {}).get("namespaces") or []:
+            if ns.get("type") == "network" and ns.get("path"):
+                return ns["path"]
+        pid = self.runtime.get(process.NAMESPACE, sandbox_id).task_pid
+        return f"/proc/{pid}/ns/net"
 
     async def _server(self):
         if self.server is not None:
@@ -71,7 +96,8 @@ class StreamingService:
             from .tls import server_context
             ssl_context = await asyncio.to_thread(server_context, cfg.x509_key_pair_streaming,
                                                   cfg.stream_server_address, self.io_root)
-        server = StreamServer({"exec": self._serve_exec}, idle, ssl_context)
+        server = StreamServer({"exec": self._serve_exec,
+                               "portforward": self._serve_port_forward}, idle, ssl_context)
         await server.start(cfg.stream_server_address, int(cfg.stream_server_port or 0))
         self.supervisor.task(server.serve(), "cri-streaming-server")
         self.server = server
@@ -89,3 +115,18 @@ class StreamingService:
         await remotecommand.serve_process(upgrade.session, start, cmd, stdin=request.stdin,
                                           stdout=request.stdout, stderr=request.stderr,
                                           tty=request.tty, websocket=upgrade.websocket)
+
+    async def _serve_port_forward(self, request, upgrade) -> None:
+        sandbox_id = request.pod_sandbox_id
+        try:
+            netns = self.netns_of(sandbox_id)
+        except ApplianceError as exc:
+            log.info("port-forward to %s: %s", sandbox_id, exc)
+            upgrade.session.abort()
+            return
+        if not upgrade.websocket:
+            await portforward.serve_spdy(upgrade.session, netns, sandbox_id)
+            return
+        ports = [int(p) for v in upgrade.query.get("port", []) for p in v.split(",")
+                 if p.strip().isdigit()] or list(request.port)
+        await portforward.serve_websocket(upgrade.session, netns, sandbox_id, ports)

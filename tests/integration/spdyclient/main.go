@@ -170,7 +170,7 @@ func portForwardMain(raw string, args []string) {
 	}
 	wg.Wait()
 	for _, r := range results {
-		fmt.Println(strings.ReplaceAll(r, "\n", "\\n"))
+		fmt.Println(strings.NewReplacer("\r", "\\r", "\n", "\\n").Replace(r))
 	}
 	sc.Close()
 }
