@@ -13,6 +13,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -451,3 +452,50 @@ def test_port_forward_request_validation(env):
     with pytest.raises(grpc.RpcError) as err:
         rt.PortForward(pb.PortForwardRequest(pod_sandbox_id="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- TLS ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pair", ["self-signed", "configured"])
+def test_tls_streaming(rootfs, client_binary, tmp_path, pair):
+    import ssl
+    import tempfile
+    workdir = tempfile.mkdtemp(prefix="ca-tls-", dir="/tmp")
+    config = (f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
+              f'  enable_tls_streaming = true\n')
+    if pair == "configured":
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=test-streaming", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True, timeout=120)
+        config += (f'  [plugins."io.containerd.grpc.v1.cri".x509_key_pair_streaming]\n'
+                   f'    tls_cert_file = "{cert}"\n    tls_key_file = "{key}"\n')
+    Path(workdir, "tls.toml").write_text(config)
+    d = Daemon(workdir=workdir, config=str(Path(workdir, "tls.toml"))).start()
+    channel = grpc.insecure_channel(f"unix://{d.address}")
+    box = None
+    try:
+        rt = rpc.RuntimeServiceStub(channel)
+        box = CtrContainer(d, "tls", rootfs, ["sleep", "100000"])
+        url = exec_url(rt, box.id, ["echo", "over tls"], stdout=True)
+        assert url.startswith("https://127.0.0.1:")
+        r = spdy(client_binary, url, status_file=tmp_path / "st")
+        assert r.stdout == b"over tls\n" and status((tmp_path / "st").read_bytes()) == SUCCESS
+        host, port = url.split("/")[2].split(":")
+        served = ssl.get_server_certificate((host, int(port)))
+        if pair == "configured":
+            assert ssl.PEM_cert_to_DER_cert(served) == \
+                ssl.PEM_cert_to_DER_cert(cert.read_text())
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        from websockets.sync.client import connect
+        with connect(exec_url(rt, box.id, ["echo", "wss"], stdout=True).replace("https", "wss"),
+                     subprotocols=["v4.channel.k8s.io"], ssl=context, open_timeout=30) as ws:
+            frames = ws_frames(ws)
+        assert b"".join(f[1:] for f in frames if isinstance(f, bytes) and f[:1] == b"\x01") \
+            == b"wss\n"
+    finally:
+        channel.close()
+        if box is not None:
+            box.remove()
+        d.cleanup()

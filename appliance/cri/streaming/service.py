@@ -93,9 +93,12 @@ class StreamingService:
         idle = parse_duration(cfg.stream_idle_timeout) if cfg.stream_idle_timeout else 0.0
         ssl_context = None
         if cfg.enable_tls_streaming:
+            from ...process.settings import asyncio_with_ssl
+            asyncio_with_ssl()  # the daemon imported asyncio without ssl (settings.py)
             from .tls import server_context
-            ssl_context = await asyncio.to_thread(server_context, cfg.x509_key_pair_streaming,
-                                                  cfg.stream_server_address, self.io_root)
+            ssl_context = await asyncio.to_thread(
+                server_context, cfg.x509_key_pair_streaming, cfg.stream_server_address,
+                os.path.join(os.path.dirname(self.io_root), "streaming-tls"))
         server = StreamServer({"exec": self._serve_exec,
                                "portforward": self._serve_port_forward}, idle, ssl_context)
         await server.start(cfg.stream_server_address, int(cfg.stream_server_port or 0))
