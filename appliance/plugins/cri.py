@@ -114,6 +114,10 @@ class CRIRuntimeAdapter:
         return self.pb.ExecResponse(url=await self.plugin.streaming.exec_url(request))
 
     @rpc
+    async def Attach(self, request, context):
+        return self.pb.AttachResponse(url=await self.plugin.streaming.attach_url(request))
+
+    @rpc
     async def PortForward(self, request, context):
         return self.pb.PortForwardResponse(
             url=await self.plugin.streaming.port_forward_url(request))

@@ -55,9 +55,10 @@ class CtrContainer:
 
     NS = "k8s.io"
 
-    def __init__(self, daemon, cid: str, rootfs: Path, args: list[str], netns: str = ""):
+    def __init__(self, daemon, cid: str, rootfs: Path, args: list[str], netns: str = "",
+                 extra=()):
         self.daemon, self.id = daemon, cid
-        opts = ["--with-ns", f"network:{netns}"] if netns else []
+        opts = (["--with-ns", f"network:{netns}"] if netns else []) + list(extra)
         daemon.ctr("run", *run_flags(daemon.workdir), "--env", "PATH=/bin", *opts, "--rootfs",
                    "-d", str(rootfs), cid, *args, namespace=self.NS)
 

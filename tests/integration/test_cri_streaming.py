@@ -499,3 +499,43 @@ def test_tls_streaming(rootfs, client_binary, tmp_path, pair):
         if box is not None:
             box.remove()
         d.cleanup()
+
+
+# --- attach ------------------------------------------------------------------------
+
+def test_attach_follows_the_container_output_to_its_end(env, rootfs, client_binary, tmp_path):
+    d, rt, _ = env
+    ticker = CtrContainer(d, "ticker", rootfs, [
+        "sh", "-c", "i=0; while [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"])
+    try:
+        url = rt.Attach(pb.AttachRequest(container_id=ticker.id, stdout=True)).url
+        assert "/attach/" in url
+        proc = subprocess.Popen([client_binary, "-url", url, "exec", "-status",
+                                 str(tmp_path / "st")], stdout=subprocess.PIPE)
+        first = proc.stdout.readline()
+        assert first.startswith(b"tick ")
+        d.ctr("task", "kill", "-s", "9", ticker.id, namespace="k8s.io")
+        rest, _ = proc.communicate(timeout=60)  # the container's end ends the attach
+        assert all(line.startswith(b"tick ") for line in rest.splitlines())
+        assert status((tmp_path / "st").read_bytes()) == SUCCESS
+        with pytest.raises(grpc.RpcError) as err:  # not running any more
+            rt.Attach(pb.AttachRequest(container_id=ticker.id, stdout=True))
+        assert "CONTAINER_EXITED" in err.value.details()
+    finally:
+        ticker.remove()
+
+
+def test_attach_to_a_container_without_stdin_or_tty_is_refused(env, rootfs):
+    d, rt, box = env
+    quiet = CtrContainer(d, "quiet", rootfs, ["sleep", "100000"], extra=["--null-io"])
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            rt.Attach(pb.AttachRequest(container_id=quiet.id, stdin=True, stdout=True))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "was not created with stdin" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            rt.Attach(pb.AttachRequest(container_id=box.id, stdin=True, tty=True))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "has no tty" in err.value.details()
+    finally:
+        quiet.remove()

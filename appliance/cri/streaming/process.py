@@ -236,3 +236,80 @@ async def exec_sync(containers, runtime, io_root: str, cid: str, cmd: list[str],
     finally:
         outputs.cancel()
         await asyncio.shield(proc.end())
+
+
+class AttachedTask:
+    """A running container's own stdio, read and written through its FIFOs: what exec's
+    `ExecProcess` offers to the stream code, without ever stopping the container."""
+
+    def __init__(self, shim, cid: str, stdin: int, stdout: int, stderr: int):
+        self.shim, self.cid = shim, cid
+        self.stdin = _OpenFifo(stdin) if stdin >= 0 else None
+        self.stdout = _OpenFifo(stdout) if stdout >= 0 else None
+        self.stderr = _OpenFifo(stderr) if stderr >= 0 else None
+
+    async def wait(self) -> int:
+        await self.shim.call("Wait", shim_pb2.WaitRequest(id=self.cid), timeout=None)
+        return 0  # kubelet reports an attach that ran to the container's end as Success
+
+    async def resize(self, width: int, height: int) -> None:
+        await self.shim.call("ResizePty", shim_pb2.ResizePtyRequest(id=self.cid, width=width,
+                                                                    height=height))
+
+    async def close_stdin(self) -> None:
+        if self.stdin is not None:
+            self.stdin.close()
+            self.stdin = None
+
+    async def delete(self) -> None:
+        pass
+
+    async def end(self) -> None:
+        for fifo in (self.stdin, self.stdout, self.stderr):
+            if fifo is not None:
+                fifo.close()
+
+
+class _OpenFifo(Fifo):
+    """An already opened FIFO end (the task's)."""
+
+    def __init__(self, fd: int):  # noqa: super().__init__ makes the FIFO: not wanted here
+        self.path, self._keep, self.fd = "", -1, fd
+
+
+async def attach_task(runtime, cid: str, *, stdin: bool, stdout: bool, stderr: bool,
+                      tty: bool) -> AttachedTask:
+    """Open the running container's stdio FIFOs (from the shim's State) for an attach."""
+    try:
+        shim = runtime.get(NAMESPACE, cid)
+    except NotFound:
+        raise NotFound(f"container {cid} is not running") from None
+    state = await shim.call("State", shim_pb2.StateRequest(id=cid))
+    check_attachable(cid, state, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
+    fds = []
+    try:
+        for path, wanted, flags in ((state.stdin, stdin, os.O_WRONLY),
+                                    (state.stdout, stdout, os.O_RDONLY),
+                                    (state.stderr, stderr and not state.terminal, os.O_RDONLY)):
+            fds.append(os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC) if wanted else -1)
+    except OSError as exc:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        raise ApplianceError(f"failed to attach to container {cid}: {exc}") from None
+    if fds[1] < 0:  # the stream code reads stdout to its end: give it an empty one
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.close(w)
+        fds[1] = r
+    return AttachedTask(shim, cid, *fds)
+
+
+def check_attachable(cid: str, state, *, stdin: bool, stdout: bool, stderr: bool,
+                     tty: bool) -> None:
+    if stdin and not state.stdin:
+        raise InvalidArgument(f"container {cid} was not created with stdin: cannot attach "
+                              "to its stdin")
+    if tty and not state.terminal:
+        raise InvalidArgument(f"container {cid} has no tty: attach without tty")
+    if (stdout and not state.stdout) or (stderr and not state.stderr and not state.terminal):
+        raise InvalidArgument(f"container {cid} has no stdout/stderr to attach to")

@@ -18,6 +18,7 @@ from .channels import (ERROR, RESIZE, STDERR, STDIN, STDOUT, Closed, Session, pa
 log = logging.getLogger("appliance.cri.streaming")
 
 STREAM_CREATION_TIMEOUT = 30.0  # kubelet's default: the client's streams must all come
+DRAIN_TIMEOUT = 10.0  # seconds for output still in the FIFOs once the process has exited
 
 
 def expected_channels(stdin: bool, stdout: bool, stderr: bool, tty: bool,
@@ -129,7 +130,7 @@ async def serve_process(session: Session, start, cmd: list[str], *, stdin: bool,
             gone.cancel()
             code = waiting.result()
             await proc.delete()  # the shim's copies are done: our readers get end of file
-            await asyncio.gather(*pumps)
+            await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT)
             for task in feeders:
                 task.cancel()
         for channel in (STDOUT, STDERR):

@@ -13,6 +13,9 @@ from . import portforward, process, remotecommand
 
 log = logging.getLogger("appliance.cri.streaming")
 
+RUNNING = (2, 4, 5)  # containerd.v1.types.Status: running, paused, pausing (the CRI's RUNNING)
+_CRI_STATES = {1: "CONTAINER_CREATED", 3: "CONTAINER_EXITED"}
+
 
 class StreamingService:
     def __init__(self, cfg, containers, runtime, io_root: str, supervisor):
@@ -36,14 +39,16 @@ class StreamingService:
     # --- URLs -----------------------------------------------------------------------
 
     async def exec_url(self, request) -> str:
-        if not request.container_id:
-            raise InvalidArgument("missing required container_id")
-        if request.tty and request.stderr:
-            raise InvalidArgument("tty and stderr cannot both be true")
-        if not (request.stdin or request.stdout or request.stderr):
-            raise InvalidArgument("one of stdin, stdout, or stderr must be set")
-        self._running_container(request.container_id)
+        _validate(request)
+        await self._running_container(request.container_id)
         return (await self._server()).url("exec", request)
+
+    async def attach_url(self, request) -> str:
+        _validate(request)
+        state = await self._running_container(request.container_id)
+        process.check_attachable(request.container_id, state, stdin=request.stdin,
+                                 stdout=request.stdout, stderr=request.stderr, tty=request.tty)
+        return (await self._server()).url("attach", request)
 
     async def port_forward_url(self, request) -> str:
         if not request.pod_sandbox_id:
@@ -51,13 +56,20 @@ class StreamingService:
         self.netns_of(request.pod_sandbox_id)
         return (await self._server()).url("portforward", request)
 
-    def _running_container(self, cid: str) -> None:
+    async def _running_container(self, cid: str):
+        """The container's task state, if it runs (containerd's errors otherwise)."""
         try:
             self.containers.get(process.NAMESPACE, cid)
         except NotFound:
             raise NotFound(f'failed to find container "{cid}" in store: not found') from None
         if not self.runtime.exists(process.NAMESPACE, cid):
-            raise ApplianceError("container is in CONTAINER_EXITED state")
+            raise ApplianceError("container is in CONTAINER_CREATED state")
+        shim = self.runtime.get(process.NAMESPACE, cid)
+        state = await shim.call("State", process.shim_pb2.StateRequest(id=cid))
+        if state.status not in RUNNING:
+            name = _CRI_STATES.get(state.status, "CONTAINER_UNKNOWN")
+            raise ApplianceError(f"container is in {name} state")
+        return state
 
     def netns_of(self, sandbox_id: str) -> str:
         """The pod's network namespace: the path in its sandbox container's spec, else the
@@ -99,7 +111,7 @@ class StreamingService:
             ssl_context = await asyncio.to_thread(
                 server_context, cfg.x509_key_pair_streaming, cfg.stream_server_address,
                 os.path.join(os.path.dirname(self.io_root), "streaming-tls"))
-        server = StreamServer({"exec": self._serve_exec,
+        server = StreamServer({"exec": self._serve_exec, "attach": self._serve_attach,
                                "portforward": self._serve_port_forward}, idle, ssl_context)
         await server.start(cfg.stream_server_address, int(cfg.stream_server_port or 0))
         self.supervisor.task(server.serve(), "cri-streaming-server")
@@ -119,6 +131,15 @@ class StreamingService:
                                           stdout=request.stdout, stderr=request.stderr,
                                           tty=request.tty, websocket=upgrade.websocket)
 
+    async def _serve_attach(self, request, upgrade) -> None:
+        def start():
+            return process.attach_task(self.runtime, request.container_id, stdin=request.stdin,
+                                       stdout=request.stdout, stderr=request.stderr,
+                                       tty=request.tty)
+        await remotecommand.serve_process(upgrade.session, start, [], stdin=request.stdin,
+                                          stdout=request.stdout, stderr=request.stderr,
+                                          tty=request.tty, websocket=upgrade.websocket)
+
     async def _serve_port_forward(self, request, upgrade) -> None:
         sandbox_id = request.pod_sandbox_id
         try:
@@ -133,3 +154,13 @@ class StreamingService:
         ports = [int(p) for v in upgrade.query.get("port", []) for p in v.split(",")
                  if p.strip().isdigit()] or list(request.port)
         await portforward.serve_websocket(upgrade.session, netns, sandbox_id, ports)
+
+
+def _validate(request) -> None:
+    """kubelet's streaming server's checks of an Exec or Attach request."""
+    if not request.container_id:
+        raise InvalidArgument("missing required container_id")
+    if request.tty and request.stderr:
+        raise InvalidArgument("tty and stderr cannot both be true")
+    if not (request.stdin or request.stdout or request.stderr):
+        raise InvalidArgument("one of stdin, stdout, or stderr must be set")
