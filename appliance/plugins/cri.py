@@ -1,8 +1,10 @@
 """io.containerd.grpc.v1.cri: Kubernetes' CRI on the daemon's socket (runtime.v1, and
 runtime.v1alpha2 as containerd 1.6 also serves it).
 
-Built so far: the ImageService and RuntimeService.Version. Every other RuntimeService method
-answers UNIMPLEMENTED naming itself (pods and containers come next).
+Built: the ImageService; RuntimeService's Version, pods (cri/sandbox.py) and containers
+(cri/container.py). Every other RuntimeService method answers UNIMPLEMENTED naming itself.
+The pod and container services start with the plugin (an async init): the event monitor,
+then recovery of what a previous run left; the ImageService is built on first use.
 """
 from __future__ import annotations
 
@@ -88,18 +90,117 @@ class CRIImageAdapter:
 
 
 class CRIRuntimeAdapter:
+    """RuntimeService of one API version. The services work on runtime.v1 messages; a
+    v1alpha2 request or answer crosses by its bytes (the two are wire-compatible here)."""
+
     def __init__(self, plugin: "CRIPlugin", pb, package: str):
+        self.plugin = plugin
         self.pb = pb
         self.package = package
-        self.plugin = plugin
 
     def register(self, services):
         services.add(f"{self.package}.RuntimeService", self.pb, self)
+
+    def _v1(self, message):
+        if self.pb is v1:
+            return message
+        return getattr(v1, type(message).__name__).FromString(message.SerializeToString())
+
+    def _ours(self, message):
+        if self.pb is v1:
+            return message
+        return getattr(self.pb, type(message).__name__).FromString(message.SerializeToString())
 
     async def Version(self, request, context):
         return self.pb.VersionResponse(version="0.1.0", runtime_name=RUNTIME_NAME,
                                        runtime_version=__version__,
                                        runtime_api_version=self.package.rpartition(".")[2])
+
+    # --- pods ---------------------------------------------------------------------------
+
+    @rpc
+    async def RunPodSandbox(self, request, context):
+        pods = self.plugin.pods
+        sid = await pods.run(self._v1(request.config), request.runtime_handler)
+        return self.pb.RunPodSandboxResponse(pod_sandbox_id=sid)
+
+    @rpc
+    async def StopPodSandbox(self, request, context):
+        await self.plugin.pods.stop(request.pod_sandbox_id,
+                                              self.plugin.containers)
+        return self.pb.StopPodSandboxResponse()
+
+    @rpc
+    async def RemovePodSandbox(self, request, context):
+        await self.plugin.pods.remove(request.pod_sandbox_id,
+                                                self.plugin.containers)
+        return self.pb.RemovePodSandboxResponse()
+
+    @rpc
+    async def PodSandboxStatus(self, request, context):
+        status, info = self.plugin.pods.status(request.pod_sandbox_id, v1,
+                                                         request.verbose)
+        return self.pb.PodSandboxStatusResponse(status=self._ours(status), info=info)
+
+    @rpc
+    async def ListPodSandbox(self, request, context):
+        flt = self._v1(request.filter) if request.HasField("filter") else None
+        items = []
+        for s in self.plugin.pods.list(flt):
+            item = v1.PodSandbox(id=s.id, state=s.state, created_at=s.created_at,
+                                 labels=s.config.labels, annotations=s.config.annotations,
+                                 runtime_handler=s.runtime_handler)
+            item.metadata.CopyFrom(s.config.metadata)
+            items.append(self._ours(item))
+        return self.pb.ListPodSandboxResponse(items=items)
+
+    # --- containers ---------------------------------------------------------------------
+
+    @rpc
+    async def CreateContainer(self, request, context):
+        containers = self.plugin.containers
+        cid = await containers.create(request.pod_sandbox_id, self._v1(request.config),
+                                      self._v1(request.sandbox_config))
+        return self.pb.CreateContainerResponse(container_id=cid)
+
+    @rpc
+    async def StartContainer(self, request, context):
+        await self.plugin.containers.start(request.container_id)
+        return self.pb.StartContainerResponse()
+
+    @rpc
+    async def StopContainer(self, request, context):
+        await self.plugin.containers.stop(request.container_id, request.timeout)
+        return self.pb.StopContainerResponse()
+
+    @rpc
+    async def RemoveContainer(self, request, context):
+        await self.plugin.containers.remove(request.container_id)
+        return self.pb.RemoveContainerResponse()
+
+    @rpc
+    async def ListContainers(self, request, context):
+        flt = self._v1(request.filter) if request.HasField("filter") else None
+        items = []
+        for c in self.plugin.containers.list(flt):
+            item = v1.Container(id=c.id, pod_sandbox_id=c.sandbox_id, image_ref=c.image_id,
+                                state=c.status.state, created_at=c.status.created_at,
+                                labels=c.config.labels, annotations=c.config.annotations)
+            item.metadata.CopyFrom(c.config.metadata)
+            item.image.CopyFrom(c.config.image)
+            items.append(self._ours(item))
+        return self.pb.ListContainersResponse(containers=items)
+
+    @rpc
+    async def ContainerStatus(self, request, context):
+        status, info = self.plugin.containers.status(request.container_id, v1,
+                                                               request.verbose)
+        return self.pb.ContainerStatusResponse(status=self._ours(status), info=info)
+
+    @rpc
+    async def ReopenContainerLog(self, request, context):
+        self.plugin.containers.reopen_log(request.container_id)
+        return self.pb.ReopenContainerLogResponse()
 
     # --- streaming (exec, attach, port-forward) and ExecSync -------------------------
 
@@ -128,19 +229,23 @@ class CRIPlugin:
     loads the pull engine (hashing, HTTP, TLS)."""
 
     NEEDED = ("content-service", "snapshots-service", "diff-service", "images-service",
-              "leases-service")
+              "leases-service", "containers-service", "tasks-service")
 
-    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str, state: str = "",
-                 supervisor=None):
+    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str, root: str = "",
+                 state: str = "", exchange=None):
         self.cfg = cfg
+        self.root, self.state = root, state
+        self.exchange = exchange
         self.services = services
         self.snapshot_root = snapshot_root
-        self.state = state
-        self.supervisor = supervisor
         self.adapters = [CRIImageAdapter(self, v1, "runtime.v1"),
                          CRIImageAdapter(self, v1alpha2, "runtime.v1alpha2"),
                          CRIRuntimeAdapter(self, v1, "runtime.v1"),
                          CRIRuntimeAdapter(self, v1alpha2, "runtime.v1alpha2")]
+        self.network = None          # cri.cni.CNIManager, once networking is set up
+        self.pods = self.containers = None   # cri.sandbox / cri.container services
+        self.runtime = None                  # cri.runtime.CRIRuntime, from start()
+        self.supervisor = None               # the daemon's, from start()
 
     @functools.cached_property
     def images(self):
@@ -163,9 +268,32 @@ class CRIPlugin:
         for adapter in self.adapters:
             adapter.register(services)
 
+    async def start(self, supervisor) -> None:
+        """The pod and container services, the event monitor, then what a previous run left
+        (sandboxes and containers found again with their tasks' states)."""
+        import asyncio
+        from ..cri.container import ContainerService
+        from ..cri.monitor import SUBSCRIPTION, EventMonitor
+        from ..cri.runtime import CRIRuntime
+        from ..cri.sandbox import SandboxService
+        self.supervisor = supervisor
+        self.runtime = CRIRuntime(self.cfg, self.root, self.state, self.services, self)
+        self.pods = SandboxService(self.runtime, v1)
+        self.containers = ContainerService(self.runtime, v1)
+        monitor = EventMonitor(self.runtime, self.containers)
+        supervisor.task(monitor.run(self.exchange.subscribe(*SUBSCRIPTION)), "cri-events")
+        await asyncio.sleep(0)    # the monitor subscribes before recovery reads task states
+        if self.runtime.records("sandbox") or self.runtime.records("container"):
+            await self.pods.recover()
+            await self.containers.recover()
 
-def _init(ic: InitContext) -> CRIPlugin:
-    ic.get(EVENT)
+    async def close(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.close()
+
+
+async def _init(ic: InitContext) -> CRIPlugin:
+    exchange = ic.get(EVENT)
     services = ic.get_all(SERVICE)
     for name in CRIPlugin.NEEDED:
         if name not in services:
@@ -173,7 +301,9 @@ def _init(ic: InitContext) -> CRIPlugin:
     cfg: CRIConfig = ic.config
     ic.exports.update(CRIVersion="v1", CRIVersionAlpha="v1alpha2")
     root = os.path.join(ic.server_config.root, f"{SNAPSHOT}.{cfg.containerd.snapshotter}")
-    return CRIPlugin(cfg, services, root, ic.state, ic.supervisor)
+    plugin = CRIPlugin(cfg, services, root, ic.root, ic.state, exchange)
+    await plugin.start(ic.supervisor)
+    return plugin
 
 
 REGISTRATIONS = [

@@ -112,3 +112,26 @@ def make_multiarch(oci: Path, other=("arm64", "v8")) -> Path:
     out = oci.with_name("multiarch.tar")
     write_oci_archive(out, {"schemaVersion": 2, "manifests": [index]}, blobs)
     return out
+
+
+def with_config(oci: Path, name: str, **config) -> Path:
+    """A copy of a one-image OCI archive whose image config's `config` gets `config`'s keys
+    (Cmd, Entrypoint, Volumes, ...): e.g. a pause image from busybox."""
+    import hashlib
+    from bench.images import write_oci_archive
+    blobs = oci_blobs(oci)
+    [digest] = oci_manifest_digests(oci)
+    manifest = json.loads(blobs[digest])
+    image_config = json.loads(blobs[manifest["config"]["digest"]])
+    image_config.setdefault("config", {}).update(config)
+
+    def add(data: bytes, media_type: str) -> dict:
+        blob_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[blob_digest] = data
+        return {"mediaType": media_type, "digest": blob_digest, "size": len(data)}
+
+    new_config = add(_canonical(image_config), manifest["config"]["mediaType"])
+    new_manifest = add(_canonical({**manifest, "config": new_config}), manifest["mediaType"])
+    out = oci.with_name(f"{name}.tar")
+    write_oci_archive(out, {"schemaVersion": 2, "manifests": [new_manifest]}, blobs)
+    return out

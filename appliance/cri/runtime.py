@@ -1,0 +1,202 @@
+"""What the CRI's pod and container services share: the daemon's services they run on, the
+in-memory view, runtime handlers, and the steps of a task (create with its rootfs, kill,
+wait for the exit the event monitor handles, delete).
+
+All of it goes through the daemon's own services in-process (containers, snapshots, tasks,
+events) in namespace `k8s.io`, never through its gRPC API.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2
+
+from .. import stubs
+from ..core.metadata.containers import Container as Record, Runtime as RecordRuntime
+from ..errdefs import ApplianceError, NotFound
+from .config import CRIConfig, Runtime
+from .images import NAMESPACE
+from .spec import SPEC_TYPE_URL
+from .store import KIND_LABEL, Names, Store
+
+tasks_pb2 = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2")
+mount_pb2 = stubs.module("appliance._proto.containerd.api.types.mount_pb2")
+runc_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.runc.options.oci_pb2")
+
+log = logging.getLogger("appliance.cri")
+
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+# runc options as containerd's TOML names them -> containerd.runc.v1.Options fields
+RUNC_OPTION_FIELDS = {
+    "NoPivotRoot": "no_pivot_root", "NoNewKeyring": "no_new_keyring",
+    "ShimCgroup": "shim_cgroup", "IoUid": "io_uid", "IoGid": "io_gid",
+    "BinaryName": "binary_name", "Root": "root", "CriuPath": "criu_path",
+    "SystemdCgroup": "systemd_cgroup", "CriuImagePath": "criu_image_path",
+    "CriuWorkPath": "criu_work_path",
+}
+EXIT_WAIT = 30.0    # after SIGKILL, how long the exit may take to be handled
+
+
+@dataclass
+class Handler:
+    name: str
+    runtime: Runtime
+
+    @property
+    def options(self) -> dict:
+        return self.runtime.options or {}
+
+    def options_any(self) -> any_pb2.Any | None:
+        if not self.runtime.runtime_type.startswith("io.containerd.runc."):
+            return None
+        opts = runc_pb2.Options()
+        for key, value in self.options.items():
+            name = RUNC_OPTION_FIELDS.get(key)
+            if name is not None and value not in ("", None):
+                setattr(opts, name, value)
+        return any_pb2.Any(type_url=RUNC_OPTIONS_URL, value=opts.SerializeToString())
+
+
+class CRIRuntime:
+    def __init__(self, cfg: CRIConfig, root: str, state: str, services: dict, plugin):
+        self.cfg = cfg
+        self.root = root
+        self.state = state
+        self.containers_service = services["containers-service"]
+        self.snapshots = services["snapshots-service"]
+        self.tasks = services["tasks-service"]
+        self.plugin = plugin                  # plugins.cri.CRIPlugin: images, network
+        self.sandboxes = Store("sandbox")
+        self.containers = Store("container")
+        self.sandbox_names = Names("sandbox")
+        self.container_names = Names("container")
+        self.background: set[asyncio.Task] = set()
+
+    @property
+    def images(self):
+        """cri.images.ImageService (built on first use: it loads the pull engine)."""
+        return self.plugin.images
+
+    @property
+    def network(self):
+        """cri.cni.CNIManager, or None while the CRI has no networking."""
+        return self.plugin.network
+
+    # --- runtime handlers -----------------------------------------------------------
+
+    def handler(self, name: str) -> Handler:
+        name = name or self.cfg.containerd.default_runtime_name
+        runtime = self.cfg.containerd.runtimes.get(name)
+        if runtime is None:
+            raise ApplianceError(f"failed to get sandbox runtime: no runtime for {name!r} is "
+                                 "configured".replace("'", '"'))
+        return Handler(name, runtime)
+
+    # --- containerd containers ------------------------------------------------------
+
+    def create_record(self, cid: str, kind: str, labels: dict, image: str, spec: dict,
+                      handler: Handler, extension_key: str, extension: any_pb2.Any) -> None:
+        record = Record(
+            cid, labels={**labels, KIND_LABEL: kind}, image=image,
+            runtime=RecordRuntime(handler.runtime.runtime_type, handler.options_any()),
+            spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode()),
+            snapshotter=self.cfg.containerd.snapshotter, snapshot_key=cid,
+            extensions={extension_key: extension})
+        self.containers_service.create(NAMESPACE, record)
+
+    def update_extension(self, cid: str, key: str, extension: any_pb2.Any) -> None:
+        record = self.containers_service.get(NAMESPACE, cid)
+        record.extensions[key] = extension
+        self.containers_service.update(NAMESPACE, record, [f"extensions.{key}"])
+
+    def delete_record(self, cid: str) -> None:
+        try:
+            self.containers_service.delete(NAMESPACE, cid)
+        except NotFound:
+            pass
+
+    def records(self, kind: str) -> list[Record]:
+        return [c for c in self.containers_service.list(NAMESPACE, [])
+                if c.labels.get(KIND_LABEL) == kind]
+
+    async def prepare_snapshot(self, cid: str, parent: str) -> list:
+        mounts = await asyncio.to_thread(self.snapshots.prepare, NAMESPACE,
+                                         self.cfg.containerd.snapshotter, cid, parent)
+        return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
+                                options=m.options) for m in mounts]
+
+    async def remove_snapshot(self, cid: str) -> None:
+        try:
+            await asyncio.to_thread(self.snapshots.remove, NAMESPACE,
+                                    self.cfg.containerd.snapshotter, cid)
+        except NotFound:
+            pass
+
+    async def snapshot_mounts(self, cid: str) -> list:
+        sn = self.snapshots.get(self.cfg.containerd.snapshotter)
+        mounts = await asyncio.to_thread(sn.mounts, NAMESPACE, cid)
+        return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
+                                options=m.options) for m in mounts]
+
+    # --- tasks ----------------------------------------------------------------------
+
+    async def create_task(self, cid: str, stdout: str = "", stderr: str = "") -> int:
+        rootfs = await self.snapshot_mounts(cid)
+        return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
+            container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
+
+    async def start_task(self, cid: str) -> int:
+        return await self.tasks.start(NAMESPACE, cid, "")
+
+    async def kill(self, cid: str, signal: int) -> None:
+        try:
+            await self.tasks.kill(NAMESPACE, cid, "", signal, True)
+        except NotFound:
+            pass
+
+    async def task_state(self, cid: str):
+        """The task's Process (status, exit_status, exited_at), or None without a task."""
+        try:
+            return await self.tasks.get(NAMESPACE, cid, "")
+        except NotFound:
+            return None
+
+    async def delete_task(self, cid: str):
+        """Delete the task (its shim goes with the last task it serves); None if none."""
+        try:
+            return await self.tasks.delete(NAMESPACE, cid)
+        except NotFound:
+            return None
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        """Background work of the CRI (exit handling): ended by close()."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=2.0)
+        for c in self.containers.list():
+            if c.io is not None:
+                for reader in c.io.readers:
+                    reader.close()
+                if c.io.sink is not None:
+                    c.io.sink.close()
+
+
+def remove_tree(path: str) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def ensure_dir(path: str, mode: int = 0o755) -> str:
+    os.makedirs(path, mode=mode, exist_ok=True)
+    return path

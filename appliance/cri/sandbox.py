@@ -1,0 +1,324 @@
+"""Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus and
+ListPodSandbox, as containerd 1.6's CRI answers them.
+
+A sandbox is the pause container (`sandbox_image`, pulled when missing) in its own task; its
+shim is the pod's (containers carry the sandbox id annotation, which the runc shim groups
+by). Its files (hostname, hosts, resolv.conf) live in `<root>/sandboxes/<id>`, its /dev/shm
+tmpfs in `<state>/sandboxes/<id>/shm`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+
+from ..errdefs import ApplianceError, InvalidArgument, NotFound
+from ..mount import mount_one, unmount_all_under
+from . import spec as specs
+from .images import NAMESPACE
+from .runtime import CRIRuntime, ensure_dir, remove_tree
+from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox,
+                    sandbox_from_metadata)
+
+log = logging.getLogger("appliance.cri")
+SHM_OPTIONS = "nodev,noexec,nosuid,mode=1777,size=65536k"   # containerd's defaultShmSize
+
+
+def sandbox_name(meta) -> str:
+    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+class SandboxService:
+    def __init__(self, rt: CRIRuntime, pb):
+        self.rt = rt
+        self.pb = pb               # runtime.v1 stubs: the stored config's type
+
+    # --- RunPodSandbox ----------------------------------------------------------------
+
+    async def run(self, config, handler_name: str) -> str:
+        meta = config.metadata
+        if not config.HasField("metadata") or not meta.name:
+            raise InvalidArgument("sandbox config must include metadata")
+        name = sandbox_name(meta)
+        sid = new_id()
+        self.rt.sandbox_names.reserve(name, sid)
+        undo: list = [lambda: self.rt.sandbox_names.release(name)]
+        try:
+            return await self._run(sid, name, config, handler_name, undo)
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    result = step()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception as exc:   # keep undoing; the first error is the answer
+                    log.error("undoing sandbox %s: %s", sid, exc)
+            raise
+
+    async def _run(self, sid, name, config, handler_name, undo) -> str:
+        rt = self.rt
+        handler = rt.handler(handler_name)
+        image = await self._ensure_image(rt.cfg.sandbox_image)
+        sandbox = Sandbox(sid, name, config, handler_name,
+                          os.path.join(rt.root, "sandboxes", sid),
+                          os.path.join(rt.state, "sandboxes", sid), image=rt.cfg.sandbox_image,
+                          created_at=time.time_ns())
+        host_net = config.linux.security_context.namespace_options.network == specs.NODE
+        sandbox.hostname = config.hostname or (specs.host_hostname() if host_net else "")
+        if not sandbox.hostname:
+            sandbox.hostname = specs.host_hostname()
+
+        undo.append(lambda: remove_tree(sandbox.root))
+        undo.append(lambda: self._remove_state_dir(sandbox))
+        await asyncio.to_thread(self._make_files, sandbox)
+
+        if not host_net and rt.network is not None:
+            await self._setup_network(sandbox, undo)
+
+        runtime_spec = specs.sandbox_spec(sandbox, image.config, rt.cfg, {
+            **handler.options, "pod_annotations": handler.runtime.pod_annotations})
+        rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
+                         runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
+        undo.append(lambda: rt.delete_record(sid))
+        await rt.prepare_snapshot(sid, image.chain_id)
+        undo.append(lambda: rt.remove_snapshot(sid))
+
+        sandbox.pid = await rt.create_task(sid)
+        undo.append(lambda: rt.delete_task(sid))
+        await rt.start_task(sid)
+        sandbox.state = SANDBOX_READY
+        rt.sandboxes.add(sandbox)
+        return sid
+
+    async def _ensure_image(self, ref: str):
+        images = self.rt.images
+        image = images.status(ref)
+        if image is None:
+            try:
+                await images.pull(ref)
+            except ApplianceError as exc:
+                raise type(exc)(f"failed to get sandbox image {ref!r}: {exc.message}"
+                                .replace("'", '"')) from None
+            image = images.status(ref)
+            if image is None:
+                raise NotFound(f'failed to get sandbox image "{ref}": not found')
+        return image
+
+    def _make_files(self, sandbox: Sandbox) -> None:
+        """hostname, hosts and resolv.conf, and the pod's /dev/shm (containerd's
+        setupSandboxFiles)."""
+        ensure_dir(sandbox.root, 0o755)
+        ensure_dir(sandbox.state_dir, 0o755)
+        with open(sandbox.hostname_path, "w") as f:
+            f.write(sandbox.hostname + "\n")
+        shutil.copyfile("/etc/hosts", sandbox.hosts_path)
+        resolv = specs.resolv_conf(sandbox.config.dns_config)
+        if resolv is None:
+            shutil.copyfile("/etc/resolv.conf", sandbox.resolv_path)
+        else:
+            with open(sandbox.resolv_path, "w") as f:
+                f.write(resolv)
+        for path in (sandbox.hostname_path, sandbox.hosts_path, sandbox.resolv_path):
+            os.chmod(path, 0o644)
+        if sandbox.config.linux.security_context.namespace_options.ipc != specs.NODE:
+            ensure_dir(sandbox.shm_path, 0o700)
+            mount_one("tmpfs", "shm", SHM_OPTIONS.split(","), sandbox.shm_path)
+
+    def _remove_state_dir(self, sandbox: Sandbox) -> None:
+        if os.path.isdir(sandbox.shm_path):
+            unmount_all_under(sandbox.shm_path)
+        remove_tree(sandbox.state_dir)
+
+    async def _setup_network(self, sandbox: Sandbox, undo) -> None:
+        """A pinned netns, then CNI ADD (containerd's order); both undone on a failure."""
+        from .netns import NetNS
+        netns = await asyncio.to_thread(NetNS.create, self.netns_dir())
+        sandbox.netns_path = netns.path
+        undo.append(lambda: asyncio.to_thread(netns.remove))
+        config = sandbox.config
+        mappings = port_mappings(config)
+        dns = config.dns_config
+        try:
+            result = await self.rt.network.setup(
+                sandbox.id, netns.path, pod_name=config.metadata.name,
+                pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
+                port_mappings=mappings, annotations=dict(config.annotations),
+                dns={"servers": list(dns.servers), "searches": list(dns.searches),
+                     "options": list(dns.options)} if dns.ByteSize() else None)
+        except ApplianceError as exc:
+            raise type(exc)(f'failed to setup network for sandbox "{sandbox.id}": '
+                            f"{exc.message}") from None
+        undo.append(lambda: self.rt.network.teardown(sandbox.id, netns.path,
+                                                     port_mappings=mappings))
+        sandbox.ip = result.ip
+        sandbox.additional_ips = list(result.additional_ips)
+        sandbox.cni_result = result.result
+
+    def netns_dir(self) -> str:
+        """Where pods' network namespaces are pinned (containerd's two choices)."""
+        if self.rt.cfg.netns_mounts_under_state_dir:
+            return os.path.join(self.rt.state, "netns")
+        return "/var/run/netns"
+
+    # --- StopPodSandbox / RemovePodSandbox ----------------------------------------------
+
+    def get(self, sid: str) -> Sandbox:
+        sandbox = self.rt.sandboxes.find(sid)
+        if sandbox is None:
+            raise NotFound(f'an error occurred when try to find sandbox "{sid}": not found')
+        return sandbox
+
+    async def stop(self, sid: str, containers) -> None:
+        sandbox = self.get(sid)
+        await self._stop(sandbox, containers)
+
+    async def _stop(self, sandbox: Sandbox, containers) -> None:
+        for c in self.rt.containers.list():
+            if c.sandbox_id == sandbox.id:
+                await containers.stop_container(c, 0)
+        if sandbox.state == SANDBOX_READY or await self.rt.task_state(sandbox.id) is not None:
+            await self.rt.kill(sandbox.id, signal.SIGKILL)
+            await self._wait_stopped(sandbox)
+        await self._teardown_network(sandbox)
+        await asyncio.to_thread(self._unmount_shm, sandbox)
+
+    async def _wait_stopped(self, sandbox: Sandbox) -> None:
+        """Until the sandbox's task is gone (the event monitor deletes it on exit)."""
+        deadline = time.monotonic() + 30.0
+        while await self.rt.task_state(sandbox.id) is not None:
+            if time.monotonic() > deadline:
+                raise ApplianceError(f"failed to stop sandbox container {sandbox.id!r}: "
+                                     "timeout")
+            await asyncio.sleep(0.02)
+        sandbox.state = SANDBOX_NOTREADY
+
+    async def _teardown_network(self, sandbox: Sandbox) -> None:
+        if not sandbox.netns_path:
+            return
+        from .netns import NetNS
+        netns = NetNS.at(sandbox.netns_path)
+        if self.rt.network is not None:
+            await self.rt.network.teardown(sandbox.id, sandbox.netns_path,
+                                           port_mappings=port_mappings(sandbox.config))
+        await asyncio.to_thread(netns.remove)
+
+    def _unmount_shm(self, sandbox: Sandbox) -> None:
+        if os.path.isdir(sandbox.shm_path):
+            unmount_all_under(sandbox.shm_path)
+
+    async def remove(self, sid: str, containers) -> None:
+        sandbox = self.rt.sandboxes.find(sid)
+        if sandbox is None:
+            return                       # containerd: removing a missing sandbox is OK
+        if sandbox.state == SANDBOX_READY:
+            await self._stop(sandbox, containers)
+        for c in self.rt.containers.list():
+            if c.sandbox_id == sandbox.id:
+                await containers.remove(c.id)
+        await self.rt.delete_task(sandbox.id)
+        await self.rt.remove_snapshot(sandbox.id)
+        self.rt.delete_record(sandbox.id)
+        await asyncio.to_thread(self._remove_state_dir, sandbox)
+        await asyncio.to_thread(remove_tree, sandbox.root)
+        self.rt.sandboxes.remove(sandbox.id)
+        self.rt.sandbox_names.release(sandbox.name)
+
+    # --- PodSandboxStatus / ListPodSandbox ----------------------------------------------
+
+    def status(self, sid: str, pb, verbose: bool):
+        sandbox = self.get(sid)
+        status = pb.PodSandboxStatus(
+            id=sandbox.id, state=sandbox.state, created_at=sandbox.created_at,
+            labels=sandbox.config.labels, annotations=sandbox.config.annotations,
+            runtime_handler=sandbox.runtime_handler)
+        status.metadata.MergeFromString(sandbox.config.metadata.SerializeToString())
+        status.network.ip = sandbox.ip
+        for ip in sandbox.additional_ips:
+            status.network.additional_ips.add(ip=ip)
+        ns = status.linux.namespaces.options
+        ns.MergeFromString(sandbox.config.linux.security_context.namespace_options
+                           .SerializeToString())
+        info = {}
+        if verbose:
+            info["info"] = self._verbose(sandbox)
+        return status, info
+
+    def _verbose(self, sandbox: Sandbox) -> str:
+        from google.protobuf import json_format
+        record = self.rt.containers_service.get(NAMESPACE, sandbox.id)
+        runtime_spec = json.loads(record.spec.value) if record.spec else None
+        handler = self.rt.cfg.containerd.runtimes.get(
+            sandbox.runtime_handler or self.rt.cfg.containerd.default_runtime_name)
+        return json.dumps({
+            "pid": sandbox.pid,
+            "processStatus": "running" if sandbox.state == SANDBOX_READY else "deleted",
+            "netNamespaceClosed": not sandbox.netns_path or not os.path.exists(
+                sandbox.netns_path),
+            "image": sandbox.image, "snapshotKey": sandbox.id,
+            "snapshotter": self.rt.cfg.containerd.snapshotter,
+            "runtimeHandler": sandbox.runtime_handler,
+            "runtimeType": handler.runtime_type if handler else "",
+            "runtimeOptions": _runtime_options_json(handler),
+            "config": json_format.MessageToDict(sandbox.config),
+            "runtimeSpec": runtime_spec, "cniResult": sandbox.cni_result,
+        })
+
+    def list(self, flt) -> list[Sandbox]:
+        out = []
+        for sandbox in self.rt.sandboxes.list():
+            if flt is not None:
+                if flt.id and not sandbox.id.startswith(flt.id):
+                    continue
+                if flt.HasField("state") and sandbox.state != flt.state.state:
+                    continue
+                if any(sandbox.config.labels.get(k) != v
+                       for k, v in flt.label_selector.items()):
+                    continue
+            out.append(sandbox)
+        return out
+
+    # --- recovery ---------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Every sandbox in the container store, with its task's state."""
+        for record in self.rt.records("sandbox"):
+            ext = record.extensions.get(SANDBOX_METADATA)
+            if ext is None:
+                continue
+            try:
+                sandbox = sandbox_from_metadata(ext, self.pb.PodSandboxConfig, self.rt.root,
+                                                self.rt.state)
+            except (ValueError, KeyError) as exc:
+                log.error("sandbox %s: unreadable metadata: %s", record.id, exc)
+                continue
+            sandbox.image = record.image
+            state = await self.rt.task_state(record.id)
+            if state is not None and state.status == 2:       # RUNNING
+                sandbox.state, sandbox.pid = SANDBOX_READY, state.pid
+            elif state is not None:
+                await self.rt.delete_task(record.id)
+            self.rt.sandboxes.add(sandbox)
+            self.rt.sandbox_names.reserve(sandbox.name, sandbox.id)
+
+
+def port_mappings(config) -> list:
+    """The pod's port mappings as cri.cni takes them."""
+    from .cni import PortMapping
+    protocols = {0: "tcp", 1: "udp", 2: "sctp"}
+    return [PortMapping(protocols.get(m.protocol, "tcp"), m.container_port, m.host_port,
+                        m.host_ip) for m in config.port_mappings]
+
+
+def _runtime_options_json(handler) -> dict | None:
+    if handler is None:
+        return None
+    return {k: v for k, v in (handler.options or {}).items() if v not in ("", 0, False)}

@@ -1,0 +1,223 @@
+"""Shared by the CRI pod and container tests: a registry with busybox and a pause image built
+here, both daemons with CRI on (private runc root, netns under state, OOM score restricted),
+a CRI client, and checks that nothing is left behind."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
+from daemon import Daemon
+from image_helpers import make_oci, with_config
+from reference import Containerd
+from registry import LocalRegistry
+
+CRI = 'plugins."io.containerd.grpc.v1.cri"'
+LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z) (stdout|stderr) ([FP]) (.*)$")
+
+
+class Registry:
+    """docker-registry on 127.0.0.1 with test/busybox:v1, test/pause:v1 (sleeps) and
+    test/volume:v1 (declares volumes /data and /bin)."""
+
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="ca-cripods-")
+        busybox = make_oci(Path(self.tmp.name))
+        pause = with_config(busybox, "pause", Cmd=["sleep", "2147483647"])
+        # /bin as a volume too: its files must be copied into the volume to run anything
+        volume = with_config(busybox, "volume", Volumes={"/data": {}, "/bin": {}})
+        self.registry = LocalRegistry().start()
+        self.host = self.registry.host
+        self.busybox_digest = self.registry.push(busybox, "test/busybox:v1")
+        self.registry.push(pause, "test/pause:v1")
+        self.registry.push(volume, "test/volume:v1")
+        self.busybox = f"{self.host}/test/busybox:v1"
+        self.pause = f"{self.host}/test/pause:v1"
+        self.volume = f"{self.host}/test/volume:v1"
+
+    def stop(self):
+        self.registry.stop()
+        self.tmp.cleanup()
+
+
+def cri_keys(workdir: Path, sandbox_image: str, extra: str = "") -> str:
+    """The CRI keys both daemons get (inside the CRI table)."""
+    return (f'  sandbox_image = "{sandbox_image}"\n'
+            f'  netns_mounts_under_state_dir = true\n'
+            f'  restrict_oom_score_adj = true\n{extra}')
+
+
+def runc_root_table(workdir: Path) -> str:
+    return (f'[{CRI}.containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
+            f'[{CRI}.containerd.runtimes.runc.options]\n  Root = "{workdir}/runc"\n')
+
+
+class CRIContainerd(Containerd):
+    """containerd 1.6.20 with CRI on, our keys inserted into its CRI table."""
+
+    def __init__(self, sandbox_image: str, extra: str = ""):
+        super().__init__(cri=True)
+        self.sandbox_image, self.extra = sandbox_image, extra
+
+    def write_config(self):
+        super().write_config()
+        text = self.config_path.read_text()
+        head = f"[{CRI}]\n"
+        # (containerd_config sets netns_mounts_under_state_dir and restrict_oom_score_adj)
+        text = text.replace(head, head + f'  sandbox_image = "{self.sandbox_image}"\n'
+                            + self.extra)
+        self.config_path.write_text(text + runc_root_table(self.workdir))
+
+
+def ctrappliance(sandbox_image: str, extra: str = "") -> Daemon:
+    workdir = Path(tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
+    config = workdir / "config.toml"
+    config.write_text(f"version = 2\n[{CRI}]\n" + cri_keys(workdir, sandbox_image, extra)
+                      + f"[{CRI}.cni]\n  bin_dir = \"{workdir}/cni/bin\"\n"
+                      f"  conf_dir = \"{workdir}/cni/net.d\"\n" + runc_root_table(workdir))
+    return Daemon(workdir=str(workdir), config=str(config))
+
+
+def make_daemon(kind: str, sandbox_image: str, extra: str = ""):
+    if kind == "ctrappliance":
+        return ctrappliance(sandbox_image, extra)
+    return CRIContainerd(sandbox_image, extra)
+
+
+class Client:
+    def __init__(self, kind: str, daemon):
+        self.kind = kind
+        self.daemon = daemon
+        self.connect()
+
+    def connect(self):
+        self.channel = grpc.insecure_channel(f"unix://{self.daemon.address}")
+        self.runtime = rpc.RuntimeServiceStub(self.channel)
+        self.images = rpc.ImageServiceStub(self.channel)
+
+    def close(self):
+        self.channel.close()
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def pull(self, ref: str) -> str:
+        return self.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref))).image_ref
+
+    def run_pod(self, name: str, log_dir: str = "", host_network: bool = True, **fields):
+        config = pod_config(name, log_dir, host_network, **fields)
+        resp = self.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=120)
+        return resp.pod_sandbox_id, config
+
+    def create(self, pod_id: str, pod_config, name: str, image: str, command=(), args=(),
+               log_path: str = "", **fields) -> str:
+        config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name),
+                                    image=pb.ImageSpec(image=image), command=list(command),
+                                    args=list(args), log_path=log_path, **fields)
+        return self.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config),
+            timeout=60).container_id
+
+    def start(self, cid: str):
+        self.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=60)
+
+    def status(self, cid: str, verbose=False):
+        return self.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid,
+                                                                      verbose=verbose))
+
+    def pod_status(self, pod_id: str, verbose=False):
+        return self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id,
+                                                                        verbose=verbose))
+
+    def wait_exited(self, cid: str, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(cid).status
+            if status.state == pb.CONTAINER_EXITED:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"container {cid} did not exit")
+
+    def remove_all(self):
+        for pod in self.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+            self.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id),
+                                        timeout=60)
+            self.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id),
+                                          timeout=60)
+
+
+def pod_config(name: str, log_dir: str = "", host_network: bool = True, **fields):
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, namespace="critest", uid=f"uid-{name}"),
+        log_directory=log_dir, **fields)
+    config.linux.cgroup_parent = "/critest-pods"
+    if host_network:
+        config.linux.security_context.namespace_options.network = pb.NODE
+    return config
+
+
+def shims_of(ids) -> list[int]:
+    """Pids of containerd-shim-runc-v2 processes serving any of `ids`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and any(
+                i.encode() in argv for i in ids):
+            found.append(int(pid))
+    return found
+
+
+def mounts_under(path) -> list[str]:
+    prefix = os.path.realpath(str(path)) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if (line.split()[4] + "/").startswith(prefix)]
+
+
+def leftovers(daemon) -> dict:
+    """What a daemon's pods could leave: shims (their -address is the daemon's socket),
+    mounts under its work dir, pinned netns, containerd containers in k8s.io."""
+    netns = Path(daemon.state) / "netns"
+    return {"shims": shims_of([daemon.address]), "mounts": mounts_under(daemon.workdir),
+            "netns": sorted(os.listdir(netns)) if netns.is_dir() else [],
+            "containers": containers(daemon)}
+
+
+def snapshots(daemon) -> list[str]:
+    out = daemon.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+    return sorted(line.split()[0] for line in out if line.strip())
+
+
+def containers(daemon) -> list[str]:
+    return daemon.ctr("containers", "ls", "-q", namespace="k8s.io").stdout.split()
+
+
+def parse_log(path) -> list[tuple[str, str, bytes]]:
+    out = []
+    for line in Path(path).read_bytes().splitlines():
+        m = LOG_LINE.match(line)
+        assert m, line
+        out.append((m.group(3).decode(), m.group(4).decode(), m.group(5)))
+    return out
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_leftovers(ids) -> None:
+    for pid in shims_of(ids):
+        subprocess.run(["kill", "-9", str(pid)], check=False)
