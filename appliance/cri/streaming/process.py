@@ -227,9 +227,8 @@ async def exec_sync(containers, runtime, io_root: str, cid: str, cmd: list[str],
         except asyncio.TimeoutError:
             outputs.cancel()
             await proc.end()
-            raise DeadlineExceeded(f"failed to exec in container: timeout "
-                                   f"{go_duration(timeout)} exceeded: context deadline "
-                                   "exceeded") from None
+            raise DeadlineExceeded(f"timeout {go_duration(timeout)} exceeded: context "
+                                   "deadline exceeded") from None
         await proc.delete()
         stdout, stderr = await outputs
         return stdout, stderr, code

@@ -8,6 +8,7 @@ import logging
 import os
 
 from ...config import parse_duration
+from ...core.runtime.shim import wrap
 from ...errdefs import ApplianceError, InvalidArgument, NotFound
 from . import portforward, process, remotecommand
 
@@ -30,34 +31,36 @@ class StreamingService:
     # --- ExecSync -----------------------------------------------------------------
 
     async def exec_sync(self, cid: str, cmd: list[str], timeout: int):
-        if not cid:
-            raise InvalidArgument("missing required container_id")
-        os.makedirs(self.io_root, mode=0o700, exist_ok=True)
-        return await process.exec_sync(self.containers, self.runtime, self.io_root, cid, cmd,
-                                       timeout)
+        try:
+            await self._running_container(cid)
+            os.makedirs(self.io_root, mode=0o700, exist_ok=True)
+            return await process.exec_sync(self.containers, self.runtime, self.io_root, cid,
+                                           cmd, timeout)
+        except ApplianceError as exc:
+            raise wrap(exc, "failed to exec in container") from None
 
     # --- URLs -----------------------------------------------------------------------
 
     async def exec_url(self, request) -> str:
+        await self._running_container(request.container_id)  # containerd looks first
         _validate(request)
-        await self._running_container(request.container_id)
         return (await self._server()).url("exec", request)
 
     async def attach_url(self, request) -> str:
-        _validate(request)
         state = await self._running_container(request.container_id)
+        _validate(request)
         process.check_attachable(request.container_id, state, stdin=request.stdin,
                                  stdout=request.stdout, stderr=request.stderr, tty=request.tty)
         return (await self._server()).url("attach", request)
 
     async def port_forward_url(self, request) -> str:
-        if not request.pod_sandbox_id:
-            raise InvalidArgument("missing required pod_sandbox_id")
         self.netns_of(request.pod_sandbox_id)
         return (await self._server()).url("portforward", request)
 
     async def _running_container(self, cid: str):
         """The container's task state, if it runs (containerd's errors otherwise)."""
+        if not cid:  # containerd's id index refuses an empty prefix
+            raise ApplianceError('failed to find container "" in store: Prefix can\'t be empty')
         try:
             self.containers.get(process.NAMESPACE, cid)
         except NotFound:
@@ -74,11 +77,12 @@ class StreamingService:
     def netns_of(self, sandbox_id: str) -> str:
         """The pod's network namespace: the path in its sandbox container's spec, else the
         namespace its task runs in."""
+        if not sandbox_id:  # containerd's id index refuses an empty prefix
+            raise ApplianceError('failed to find sandbox "": Prefix can\'t be empty')
         try:
             sandbox = self.containers.get(process.NAMESPACE, sandbox_id)
         except NotFound:
-            raise NotFound(f'failed to find sandbox "{sandbox_id}" in store: not found') \
-                from None
+            raise NotFound(f'failed to find sandbox "{sandbox_id}": not found') from None
         if not self.runtime.exists(process.NAMESPACE, sandbox_id):
             raise ApplianceError("sandbox container is not running")
         spec = json.loads(sandbox.spec.value) if sandbox.spec is not None else {}
