@@ -262,7 +262,11 @@ class CRIPlugin:
         from ..cri.streaming.service import StreamingService
         tasks = self.services["tasks-service"]
         return StreamingService(self.cfg, tasks.containers, tasks.runtime,
-                                os.path.join(self.state, "io"), self.supervisor)
+                                os.path.join(self.state, "io"), self.supervisor,
+                                self._cri_container)
+
+    def _cri_container(self, cid: str):
+        return self.runtime.containers.find(cid) if self.runtime is not None else None
 
     def register(self, services):
         for adapter in self.adapters:

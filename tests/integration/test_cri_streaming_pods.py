@@ -3,7 +3,9 @@ Debian's containerd 1.6.20 with CRI on: ExecSync, Exec over SPDY (Go spdystream)
 WebSocket, port-forward, request checks and tokens give the same answers (WebSocket v5 is
 served by ours only: README's intended differences)."""
 import json
+import os
 import socket
+import tempfile
 import subprocess
 import time
 import urllib.error
@@ -56,7 +58,8 @@ def pod(request, registry):
     client = Client(request.param, daemon)
     try:
         client.pull(registry.busybox)
-        pod_id, config = client.run_pod("stream")
+        logdir = tempfile.mkdtemp(prefix="ca-streamlogs-")
+        pod_id, config = client.run_pod("stream", log_dir=logdir)
         cid = client.create(pod_id, config, "box", registry.busybox,
                             command=["sleep", "100000"])
         client.start(cid)
@@ -72,6 +75,7 @@ def pod(request, registry):
                     break
             except OSError:
                 time.sleep(0.1)
+        client.config, client.logdir = config, logdir
         yield request.param, client, pod_id, cid, port
     finally:
         try:
@@ -216,3 +220,31 @@ def test_unknown_and_plain_requests_same_answers(pod):
     same("plain requests", kind, codes)
     assert codes == [404, 400]
     assert json.dumps(codes)
+
+
+def test_attach_same_answers(pod, client_binary, registry, tmp_path):
+    """Attach follows the container's output to its end; the log still gets every line."""
+    kind, client, pod_id, box, _ = pod
+    ticker = client.create(pod_id, client.config, "ticker", registry.busybox, command=[
+        "sh", "-c", "sleep 2; i=0; while [ $i -lt 60 ]; do echo tick $i; i=$((i+1)); "
+                    "sleep 0.05; done"], log_path="ticker.log")
+    client.start(ticker)
+    url = client.runtime.Attach(pb.AttachRequest(container_id=ticker, stdout=True)).url
+    r = subprocess.run([client_binary, "-url", url, "exec", "-status", str(tmp_path / "s")],
+                       capture_output=True, timeout=120)
+    lines = r.stdout.splitlines()
+    same("attach", kind, (lines[-1:], status((tmp_path / "s").read_bytes())))
+    assert lines[-1:] == [b"tick 59"]
+    assert lines == [f"tick {i}".encode() for i in range(60 - len(lines), 60)]
+    with open(os.path.join(client.logdir, "ticker.log"), "rb") as f:
+        logged = [line.split(b" ", 3)[3] for line in f.read().splitlines()]
+    assert logged == [f"tick {i}".encode() for i in range(60)]  # nothing taken from the log
+    client.wait_exited(ticker)
+    with pytest.raises(grpc.RpcError) as err:
+        client.runtime.Attach(pb.AttachRequest(container_id=ticker, stdout=True))
+    same("attach to an exited container", kind, (err.value.code(), err.value.details()))
+    if kind == "ctrappliance":  # containerd hands out a URL whose stdin goes nowhere
+        with pytest.raises(grpc.RpcError) as err:
+            client.runtime.Attach(pb.AttachRequest(container_id=box, stdin=True, stdout=True))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "was not created with stdin" in err.value.details()

@@ -238,14 +238,12 @@ async def exec_sync(containers, runtime, io_root: str, cid: str, cmd: list[str],
 
 
 class AttachedTask:
-    """A running container's own stdio, read and written through its FIFOs: what exec's
-    `ExecProcess` offers to the stream code, without ever stopping the container."""
+    """A running container's own stdio for an attach: what exec's `ExecProcess` offers to
+    the stream code, without ever stopping the container."""
 
-    def __init__(self, shim, cid: str, stdin: int, stdout: int, stderr: int):
+    def __init__(self, shim, cid: str, stdin, stdout, stderr):
         self.shim, self.cid = shim, cid
-        self.stdin = _OpenFifo(stdin) if stdin >= 0 else None
-        self.stdout = _OpenFifo(stdout) if stdout >= 0 else None
-        self.stderr = _OpenFifo(stderr) if stderr >= 0 else None
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
 
     async def wait(self) -> int:
         await self.shim.call("Wait", shim_pb2.WaitRequest(id=self.cid), timeout=None)
@@ -264,9 +262,9 @@ class AttachedTask:
         pass
 
     async def end(self) -> None:
-        for fifo in (self.stdin, self.stdout, self.stderr):
-            if fifo is not None:
-                fifo.close()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class _OpenFifo(Fifo):
@@ -276,31 +274,83 @@ class _OpenFifo(Fifo):
         self.path, self._keep, self.fd = "", -1, fd
 
 
+class TapReader:
+    """What a CRI container's log reader reads (cri/logs.py StreamReader), for an attach;
+    an attach that falls MAX_BUFFERED behind is ended rather than slowing the logs."""
+
+    MAX_BUFFERED = 16 << 20
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.ended = False
+        self._more = asyncio.Event()
+        reader.taps.add(self._tap)
+
+    def _tap(self, data: bytes) -> None:
+        if not data or self.buffered > self.MAX_BUFFERED:
+            self.close()
+        else:
+            self.chunks.append(data)
+            self.buffered += len(data)
+        self._more.set()
+
+    async def read(self, size: int = 65536) -> bytes:
+        while not self.chunks and not self.ended:
+            self._more.clear()
+            await self._more.wait()
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        self.buffered -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.ended = True
+        self.reader.taps.discard(self._tap)
+        self._more.set()
+
+
 async def attach_task(runtime, cid: str, *, stdin: bool, stdout: bool, stderr: bool,
-                      tty: bool) -> AttachedTask:
-    """Open the running container's stdio FIFOs (from the shim's State) for an attach."""
+                      tty: bool, container_io=None) -> AttachedTask:
+    """Attach to the running container's stdio: through its CRI log readers when it has
+    them (`container_io`, cri/logs.py), else its FIFOs (from the shim's State)."""
     try:
         shim = runtime.get(NAMESPACE, cid)
     except NotFound:
         raise NotFound(f"container {cid} is not running") from None
     state = await shim.call("State", shim_pb2.StateRequest(id=cid))
     check_attachable(cid, state, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
+    want_err = stderr and not state.terminal
+    if container_io is not None and container_io.readers:
+        out_reader, err_reader = container_io.readers[0], container_io.readers[1]
+        streams = [None, TapReader(out_reader) if stdout else _empty(),
+                   TapReader(err_reader) if want_err else None]
+        if stdin:
+            streams[0] = _OpenFifo(os.open(state.stdin, os.O_WRONLY | os.O_NONBLOCK
+                                           | os.O_CLOEXEC))
+        return AttachedTask(shim, cid, *streams)
     fds = []
     try:
         for path, wanted, flags in ((state.stdin, stdin, os.O_WRONLY),
                                     (state.stdout, stdout, os.O_RDONLY),
-                                    (state.stderr, stderr and not state.terminal, os.O_RDONLY)):
+                                    (state.stderr, want_err, os.O_RDONLY)):
             fds.append(os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC) if wanted else -1)
     except OSError as exc:
         for fd in fds:
             if fd >= 0:
                 os.close(fd)
         raise ApplianceError(f"failed to attach to container {cid}: {exc}") from None
-    if fds[1] < 0:  # the stream code reads stdout to its end: give it an empty one
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        os.close(w)
-        fds[1] = r
-    return AttachedTask(shim, cid, *fds)
+    stdin_, out, err = (_OpenFifo(fd) if fd >= 0 else None for fd in fds)
+    return AttachedTask(shim, cid, stdin_, out or _empty(), err)
+
+
+def _empty() -> _OpenFifo:
+    """A stream at its end at once (the stream code reads stdout to its end)."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    os.close(w)
+    return _OpenFifo(r)
 
 
 def check_attachable(cid: str, state, *, stdin: bool, stdout: bool, stderr: bool,

@@ -15,12 +15,16 @@ from . import portforward, process, remotecommand
 log = logging.getLogger("appliance.cri.streaming")
 
 RUNNING = (2, 4, 5)  # containerd.v1.types.Status: running, paused, pausing (the CRI's RUNNING)
-_CRI_STATES = {1: "CONTAINER_CREATED", 3: "CONTAINER_EXITED"}
+TASK_STATES = {1: "CONTAINER_CREATED", 3: "CONTAINER_EXITED"}
+CRI_RUNNING = 1      # runtime.v1 ContainerState
+CRI_STATES = {0: "CONTAINER_CREATED", 2: "CONTAINER_EXITED"}
 
 
 class StreamingService:
-    def __init__(self, cfg, containers, runtime, io_root: str, supervisor):
+    def __init__(self, cfg, containers, runtime, io_root: str, supervisor,
+                 cri_container=lambda cid: None):
         self.cfg = cfg
+        self.cri_container = cri_container  # cid -> the CRI's container (cri/store.py) or None
         self.containers = containers
         self.runtime = runtime
         self.io_root = io_root
@@ -65,12 +69,16 @@ class StreamingService:
             self.containers.get(process.NAMESPACE, cid)
         except NotFound:
             raise NotFound(f'failed to find container "{cid}" in store: not found') from None
+        cri = self.cri_container(cid)
+        if cri is not None and cri.status.state != CRI_RUNNING:
+            name = CRI_STATES.get(cri.status.state, "CONTAINER_UNKNOWN")
+            raise ApplianceError(f"container is in {name} state")
         if not self.runtime.exists(process.NAMESPACE, cid):
-            raise ApplianceError("container is in CONTAINER_CREATED state")
+            raise ApplianceError("container is in CONTAINER_EXITED state")
         shim = self.runtime.get(process.NAMESPACE, cid)
         state = await shim.call("State", process.shim_pb2.StateRequest(id=cid))
         if state.status not in RUNNING:
-            name = _CRI_STATES.get(state.status, "CONTAINER_UNKNOWN")
+            name = TASK_STATES.get(state.status, "CONTAINER_UNKNOWN")
             raise ApplianceError(f"container is in {name} state")
         return state
 
@@ -139,7 +147,10 @@ class StreamingService:
         def start():
             return process.attach_task(self.runtime, request.container_id, stdin=request.stdin,
                                        stdout=request.stdout, stderr=request.stderr,
-                                       tty=request.tty)
+                                       tty=request.tty,
+                                       container_io=getattr(
+                                           self.cri_container(request.container_id), "io",
+                                           None))
         await remotecommand.serve_process(upgrade.session, start, [], stdin=request.stdin,
                                           stdout=request.stdout, stderr=request.stderr,
                                           tty=request.tty, websocket=upgrade.websocket)
