@@ -289,6 +289,20 @@ def test_malformed_frames_close_the_connection_and_leave_nothing(env, client_bin
     assert spdy(client_binary, url).stdout == b"still serving\n"
 
 
+def _spdy_client_streams(sock, *kinds):
+    """Open exec streams with our own SPDY framing (a client that then never reads)."""
+    from appliance.cri.streaming import spdy as framing
+    conn = framing.Connection(server=False)
+    for kind in kinds:
+        conn.open_stream({"streamType": kind})
+    sock.sendall(conn.data_to_send())
+    return conn
+
+
+def daemon_fds(d) -> int:
+    return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+
 def test_idle_stream_times_out(rootfs, client_binary, tmp_path):
     import tempfile
     workdir = tempfile.mkdtemp(prefix="ca-idle-", dir="/tmp")
@@ -298,13 +312,28 @@ def test_idle_stream_times_out(rootfs, client_binary, tmp_path):
     try:
         rt = rpc.RuntimeServiceStub(channel)
         box = CtrContainer(d, "idle", rootfs, ["sleep", "100000"])
+        url = exec_url(rt, box.id, ["echo", "warm"], stdout=True)  # the server is up
+        assert spdy(client_binary, url).stdout == b"warm\n"
+        fds = daemon_fds(d)
         url = exec_url(rt, box.id, ["sleep", "1000"], stdout=True)
         r = spdy(client_binary, url, timeout=120, status_file=tmp_path / "st")
         assert r.stdout == b"" and (tmp_path / "st").read_bytes() == b""  # closed, no status
+        # a client that never reads what a busy process writes: the same end
+        sock = _upgrade(exec_url(rt, box.id, ["head", "-c", "200000000", "/dev/zero"],
+                                 stdout=True))
+        _spdy_client_streams(sock, "error", "stdout")
         deadline = time.monotonic() + 60
+        while not execs_left(rt, box.id) and time.monotonic() < deadline:
+            time.sleep(0.2)  # it started, and writes until our buffers are full
         while execs_left(rt, box.id) and time.monotonic() < deadline:
+            time.sleep(0.5)  # we read nothing: the server gives up after 2 s and kills it
+        assert execs_left(rt, box.id) == []
+        sock.close()
+        deadline = time.monotonic() + 60
+        while (execs_left(rt, box.id) or daemon_fds(d) > fds) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert execs_left(rt, box.id) == []
+        assert daemon_fds(d) <= fds  # no FIFO or socket left behind
     finally:
         channel.close()
         if box is not None:
