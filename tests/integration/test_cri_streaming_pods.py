@@ -188,6 +188,13 @@ def test_port_forward_same_answers(pod, client_binary):
     bodies = [line.split("|")[1].rsplit("\\r\\n", 1)[-1] for line in lines]
     same("spdy port-forward", kind, bodies)
     assert bodies == ["served\\n"] * 3
+    # nothing listens on a port: the error stream says why, in the same words
+    closed = _free_port()
+    url = client.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id)).url
+    r = subprocess.run([client_binary, "-url", url, "portforward", "-port", str(closed),
+                        "-data", "x"], capture_output=True, timeout=120)
+    error = r.stdout.decode().rstrip("\n").split("|")[2]
+    same("port-forward refused", kind, error.replace(pod_id, "<pod>").replace(str(closed), "<p>"))
     # WebSocket: the port as the first frame on each channel, then the reply
     url = client.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id,
                                                            port=[port])).url

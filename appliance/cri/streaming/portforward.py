@@ -23,23 +23,26 @@ log = logging.getLogger("appliance.cri.streaming")
 
 PAIR_TIMEOUT = 30.0     # seconds for the second stream of a pair (kubelet's creation timeout)
 OTHER_WAY_GRACE = 1.0   # seconds the pod→client copy gets once the client's side ended
+READ_SIZE = 256 * 1024  # bytes read from the pod at once (one DATA frame)
 
 
-def _socket_in(netns: str) -> socket.socket:
-    """A TCP socket made inside `netns` (setns in a thread of its own, which then ends)."""
+def _sockets_in(netns: str) -> list[socket.socket]:
+    """An IPv4 and an IPv6 TCP socket made inside `netns` ("": the host's). setns runs in a
+    thread of its own, which then ends: it is never reused in the pod's namespace."""
     result: list = []
 
     def run():
         try:
-            target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                mount.setns(target, mount.CLONE_NEWNET)
-            finally:
-                os.close(target)
-            result.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            if netns:
+                target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    mount.setns(target, mount.CLONE_NEWNET)
+                finally:
+                    os.close(target)
+            result.append([socket.socket(family, socket.SOCK_STREAM)
+                           for family in (socket.AF_INET, socket.AF_INET6)])
         except OSError as exc:
             result.append(exc)
-    # the thread is left in the pod's namespace: it ends here and is never reused
     thread = threading.Thread(target=run, name="cri-portforward-netns", daemon=True)
     thread.start()
     thread.join()
@@ -48,20 +51,48 @@ def _socket_in(netns: str) -> socket.socket:
     return result[0]
 
 
+def _go_error(exc: OSError) -> str:
+    return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+
+
 async def dial(netns: str, sandbox_id: str, port: int):
-    """(reader, writer) to 127.0.0.1:`port` in `netns`; OSError with containerd's words."""
-    sock = await asyncio.to_thread(_socket_in, netns)
+    """(reader, writer) to localhost:`port` in `netns` ("": a host-network pod), IPv4 then
+    IPv6 as containerd tries them; OSError with containerd's words."""
+    loop = asyncio.get_running_loop()
+    v4, v6 = await asyncio.to_thread(_sockets_in, netns)
+    chosen = None
     try:
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    except OSError as exc:
-        sock.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise OSError(exc.errno, f'failed to execute portforward in network namespace '
-                                 f'"{netns}": failed to connect to localhost:{port} inside '
-                                 f'namespace "{sandbox_id}": dial tcp4 127.0.0.1:{port}: '
-                                 f'connect: {reason.lower()}') from None
-    return await asyncio.open_connection(sock=sock)
+        for sock in (v4, v6):
+            sock.setblocking(False)
+        try:
+            await loop.sock_connect(v4, ("127.0.0.1", port))
+            chosen = v4
+        except OSError as exc:
+            err4 = f"dial tcp4 127.0.0.1:{port}: connect: {_go_error(exc)}"
+            try:  # the daemon's /etc/hosts, as Go's resolver reads it
+                infos = await loop.getaddrinfo("localhost", port, family=socket.AF_INET6,
+                                               type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []
+            if not infos:
+                err6 = "dial tcp6: address localhost: no suitable address found"
+            else:
+                address = infos[0][4]
+                try:
+                    await loop.sock_connect(v6, address[:2])
+                    chosen = v6
+                except OSError as exc6:
+                    err6 = (f"dial tcp6 [{address[0]}]:{port}: connect: {_go_error(exc6)}")
+            if chosen is None:
+                raise OSError(exc.errno, f'failed to execute portforward in network namespace '
+                                         f'"{netns or "host"}": failed to connect to '
+                                         f'localhost:{port} inside namespace "{sandbox_id}", '
+                                         f'IPv4: {err4} IPv6 {err6} ') from None
+    finally:
+        for sock in (v4, v6):
+            if sock is not chosen:
+                sock.close()
+    return await asyncio.open_connection(sock=chosen, limit=READ_SIZE)
 
 
 async def _forward(session, key_data, netns: str, sandbox_id: str, port: int) -> str:
@@ -80,7 +111,7 @@ async def _forward(session, key_data, netns: str, sandbox_id: str, port: int) ->
             writer.write_eof()
 
     async def pod_to_client():
-        while chunk := await reader.read(65536):
+        while chunk := await reader.read(READ_SIZE):
             await session.write(key_data, chunk)
 
     ins = asyncio.ensure_future(client_to_pod())

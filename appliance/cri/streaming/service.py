@@ -51,7 +51,7 @@ class StreamingService:
         return (await self._server()).url("exec", request)
 
     async def attach_url(self, request) -> str:
-        state = await self._running_container(request.container_id)
+        state = await self._running_container(request.container_id, state=True)
         _validate(request)
         process.check_attachable(request.container_id, state, stdin=request.stdin,
                                  stdout=request.stdout, stderr=request.stderr, tty=request.tty)
@@ -61,8 +61,9 @@ class StreamingService:
         self.netns_of(request.pod_sandbox_id)
         return (await self._server()).url("portforward", request)
 
-    async def _running_container(self, cid: str):
-        """The container's task state, if it runs (containerd's errors otherwise)."""
+    async def _running_container(self, cid: str, state: bool = False):
+        """Checks the container runs (containerd's errors otherwise); its task's state if
+        asked for or if the CRI does not know it."""
         if not cid:  # containerd's id index refuses an empty prefix
             raise ApplianceError('failed to find container "" in store: Prefix can\'t be empty')
         try:
@@ -75,6 +76,8 @@ class StreamingService:
             raise ApplianceError(f"container is in {name} state")
         if not self.runtime.exists(process.NAMESPACE, cid):
             raise ApplianceError("container is in CONTAINER_EXITED state")
+        if cri is not None and not state:
+            return None  # the CRI's own record says running (containerd asks no more)
         shim = self.runtime.get(process.NAMESPACE, cid)
         state = await shim.call("State", process.shim_pb2.StateRequest(id=cid))
         if state.status not in RUNNING:
@@ -83,8 +86,8 @@ class StreamingService:
         return state
 
     def netns_of(self, sandbox_id: str) -> str:
-        """The pod's network namespace: the path in its sandbox container's spec, else the
-        namespace its task runs in."""
+        """The pod's network namespace: the path in its sandbox container's spec ("" for a
+        host-network pod, which has none)."""
         if not sandbox_id:  # containerd's id index refuses an empty prefix
             raise ApplianceError('failed to find sandbox "": Prefix can\'t be empty')
         try:
@@ -95,10 +98,12 @@ class StreamingService:
             raise ApplianceError("sandbox container is not running")
         spec = json.loads(sandbox.spec.value) if sandbox.spec is not None else {}
         for ns in (spec.get("linux") or {}).get("namespaces") or []:
-            if ns.get("type") == "network" and ns.get("path"):
-                return ns["path"]
-        pid = self.runtime.get(process.NAMESPACE, sandbox_id).task_pid
-        return f"/proc/{pid}/ns/net"
+            if ns.get("type") == "network":
+                if ns.get("path"):
+                    return ns["path"]
+                pid = self.runtime.get(process.NAMESPACE, sandbox_id).task_pid
+                return f"/proc/{pid}/ns/net"  # one runc made (not a CRI pod)
+        return ""  # a host-network pod
 
     async def _server(self):
         if self.server is not None:

@@ -18,8 +18,9 @@ from .channels import WS_CLOSE_SIGNAL, Closed, Session
 
 log = logging.getLogger("appliance.cri.streaming")
 
-READ_SIZE = 65536
-WRITE_CHUNK = 32 * 1024
+READ_SIZE = 256 * 1024
+WRITE_CHUNK = 256 * 1024
+WRITE_BUFFER = 1 << 20   # bytes queued in the transport before a write waits
 FINISH_GRACE = 5.0  # seconds a finished connection waits for the peer to close first
 
 
@@ -28,6 +29,8 @@ class _Transport(Session):
                  protocol: str, idle_timeout: float):
         super().__init__()
         self.reader, self.writer = reader, writer
+        # a few frames in flight while the next chunk is read (asyncio's default: 64 KiB)
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
         self.protocol = protocol
         self.idle_timeout = idle_timeout
         self.last_activity = time.monotonic()

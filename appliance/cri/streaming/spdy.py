@@ -32,7 +32,7 @@ SETTINGS_INITIAL_WINDOW_SIZE = 7
 
 DEFAULT_WINDOW = 65536
 MAX_WINDOW = 2 ** 31 - 1
-MAX_DATA_CHUNK = 32 * 1024       # what we put in one DATA frame
+MAX_DATA_CHUNK = 256 * 1024      # what we put in one DATA frame (the format allows 16 MiB)
 MAX_HEADER_BLOCK = 256 * 1024    # decompressed; a bigger block is a protocol error
 MAX_STREAMS = 1000               # open streams per connection
 

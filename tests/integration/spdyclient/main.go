@@ -144,6 +144,7 @@ func portForwardMain(raw string, args []string) {
 	port := fs.Int("port", 80, "")
 	conns := fs.Int("conns", 1, "connections at once")
 	data := fs.String("data", "", "sent on each connection before closing our side")
+	count := fs.Bool("count", false, "print how many bytes came back instead of them")
 	fs.Parse(args)
 	sc, _ := dial(raw, []string{"portforward.k8s.io"})
 	results := make([]string, *conns)
@@ -163,7 +164,13 @@ func portForwardMain(raw string, args []string) {
 			done := make(chan bool)
 			go func() { errData, _ = io.ReadAll(es); close(done) }()
 			io.WriteString(ds, strings.ReplaceAll(*data, "{i}", strconv.Itoa(i)))
-			out, _ := io.ReadAll(ds)
+			var out []byte
+			if *count {
+				n, _ := io.Copy(io.Discard, ds)
+				out = []byte(strconv.FormatInt(n, 10))
+			} else {
+				out, _ = io.ReadAll(ds)
+			}
 			<-done
 			results[i] = fmt.Sprintf("%d|%s|%s", i, out, errData)
 		}(i)
