@@ -571,3 +571,27 @@ def test_attach_to_a_container_without_stdin_or_tty_is_refused(env, rootfs):
         assert "has no tty" in err.value.details()
     finally:
         quiet.remove()
+
+
+def test_ws_exec_tty_resize_and_ws_attach(env, rootfs):
+    d, rt, box = env
+    script = ('i=0; while [ $i -lt 200 ]; do s=$(stty size 2>/dev/null); [ "$s" = "21 77" ] '
+              '&& break; i=$((i+1)); sleep 0.1; done; echo "size $s"')
+    url = exec_url(rt, box.id, ["sh", "-c", script], stdin=True, stdout=True, tty=True)
+    with ws_connect(url, ["v4.channel.k8s.io"]) as ws:
+        ws.send(b'\x04{"Width":77,"Height":21}')
+        frames = ws_frames(ws)
+    assert b"".join(f[1:] for f in frames[:-2] if f[:1] == b"\x01") == b"size 21 77\r\n"
+    assert json.loads(frames[-2][1:]) == SUCCESS
+    ticker = CtrContainer(d, "wsticker", rootfs, [
+        "sh", "-c", "i=0; while [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done"])
+    try:
+        url = rt.Attach(pb.AttachRequest(container_id=ticker.id, stdout=True)).url
+        with ws_connect(url, ["v4.channel.k8s.io"]) as ws:
+            assert ws.recv(timeout=30) == b"\x01"
+            assert ws.recv(timeout=30).startswith(b"\x01tick ")
+            d.ctr("task", "kill", "-s", "9", ticker.id, namespace="k8s.io")
+            frames = ws_frames(ws)
+        assert json.loads(frames[-2][1:]) == SUCCESS and frames[-1] == ("close", 1000)
+    finally:
+        ticker.remove()
