@@ -255,3 +255,22 @@ def test_attach_same_answers(pod, client_binary, registry, tmp_path):
             client.runtime.Attach(pb.AttachRequest(container_id=box, stdin=True, stdout=True))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "was not created with stdin" in err.value.details()
+
+
+def test_exec_sync_output_is_capped(pod):
+    """containerd keeps 16 MiB of a stream (its cappedWriter), which with the rest of the
+    answer is just over its 16 MiB message limit; so do we, with the same error."""
+    kind, client, _, cid, _ = pod
+    channel = grpc.insecure_channel(f"unix://{client.daemon.address}", options=[
+        ("grpc.max_receive_message_length", 64 << 20)])
+    try:
+        from appliance._proto.cri.v1 import api_pb2_grpc as rpc
+        with pytest.raises(grpc.RpcError) as err:
+            rpc.RuntimeServiceStub(channel).ExecSync(pb.ExecSyncRequest(
+                container_id=cid, cmd=["sh", "-c", "head -c 20000000 /dev/zero; echo e >&2"]),
+                timeout=120)
+    finally:
+        channel.close()
+    same("exec sync cap", kind, (err.value.code(), err.value.details()))
+    assert err.value.details() == ("grpc: trying to send message larger than max "
+                                   "(16777225 vs. 16777216)")
