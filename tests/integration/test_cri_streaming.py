@@ -595,3 +595,38 @@ def test_ws_exec_tty_resize_and_ws_attach(env, rootfs):
         assert json.loads(frames[-2][1:]) == SUCCESS and frames[-1] == ("close", 1000)
     finally:
         ticker.remove()
+
+
+def test_spdy_peer_that_keeps_windows(env):
+    """A SPDY/3.1 client that keeps flow-control windows (spdystream does not): 2 MiB through
+    `cat` both ways, each side only ever 64 KiB ahead of the other's WINDOW_UPDATEs."""
+    import select
+    from appliance.cri.streaming import spdy as framing
+    _, rt, box = env
+    sock = _upgrade(exec_url(rt, box.id, ["cat"], stdin=True, stdout=True))
+    conn = framing.Connection(server=False)
+    error, stdin, stdout = (conn.open_stream({"streamType": kind})
+                            for kind in ("error", "stdin", "stdout"))
+    conn.consumed(stdout, 1)  # a WINDOW_UPDATE: we keep windows
+    conn.peer_keeps_windows = True  # and hold ourselves to the server's (ours keeps them)
+    payload, sent, out, status = os.urandom(2 << 20), 0, bytearray(), bytearray()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if sent < len(payload):
+            chunk = payload[sent:sent + 65536]
+            sent += conn.send_data(stdin, chunk, fin=sent + len(chunk) == len(payload))
+            assert conn.send_window >= 0
+        sock.setblocking(True)
+        sock.sendall(conn.data_to_send())
+        if not select.select([sock], [], [], 0.05)[0]:
+            continue
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        for event in conn.receive(data):
+            if isinstance(event, framing.Data):
+                (out if event.stream_id == stdout else status).extend(event.data)
+                conn.consumed(event.stream_id, len(event.data))
+    sock.close()
+    assert sent == len(payload) and bytes(out) == payload
+    assert json.loads(status) == SUCCESS

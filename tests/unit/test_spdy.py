@@ -83,6 +83,8 @@ def test_send_window_is_kept_once_the_peer_keeps_windows():
     pump(client2, server2)
     assert server2.send_data(sid, b"x" * 200000) == spdy.DEFAULT_WINDOW + 10
     assert server2.sendable(sid) == 0
+    got = pump(server2, client2)  # exactly what was taken went out
+    assert sum(len(e.data) for e in got) == spdy.DEFAULT_WINDOW + 10
     client2.consumed(sid, 1000)
     assert any(isinstance(e, spdy.WindowOpened) for e in pump(client2, server2))
     assert server2.sendable(sid) == 1000
@@ -228,3 +230,22 @@ def test_arbitrary_frames(wires, cuts):
 @given(sessions(), st.lists(st.integers(0, 10 ** 6), max_size=8))
 def test_client_sessions_with_noise(wire, cuts):
     feed(wire, cuts)
+
+
+def test_input_queue_gives_windows_back_when_taken_and_caps_what_it_holds():
+    import asyncio
+    from appliance.cri.streaming import channels
+
+    async def run():
+        taken = []
+        queue = channels.InputQueue(taken.append)
+        await queue.put(b"x" * channels.INPUT_CAP)
+        blocked = asyncio.ensure_future(queue.put(b"more"))
+        await asyncio.sleep(0)
+        assert not blocked.done() and taken == []   # full: the reader waits
+        assert await queue.get() == b"x" * channels.INPUT_CAP
+        await asyncio.wait_for(blocked, 5)
+        await queue.put(None)
+        assert await queue.get() == b"more" and await queue.get() is None
+        assert taken == [channels.INPUT_CAP, 4]
+    asyncio.run(run())

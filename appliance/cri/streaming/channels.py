@@ -11,6 +11,7 @@ Channel numbers are the WebSocket ones (`k8s.io/apimachinery/pkg/util/remotecomm
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
@@ -28,11 +29,49 @@ WS_EXEC_PROTOCOLS = {"v5.channel.k8s.io": False, "v4.channel.k8s.io": False,
 WS_PORT_FORWARD_PROTOCOLS = {"v4.channel.k8s.io": False, "v4.base64.channel.k8s.io": True}
 WS_CLOSE_SIGNAL = 255  # v5: [255, channel] closes the client's side of a channel
 
-INPUT_QUEUE = 16  # chunks of one channel's input held before the connection stops reading
+INPUT_CAP = 4 << 20  # bytes of one channel's input held before the connection stops reading
 
 
 class Closed(Exception):
     """The connection is gone (peer closed, reset, idle timeout or server stop)."""
+
+
+class InputQueue:
+    """One channel's input: bytes, then None at its end. `get` reports what was taken (SPDY
+    gives the peer's window back then), and `put` waits while INPUT_CAP bytes are held: a
+    peer that keeps windows never gets there, so its WINDOW_UPDATEs are always read."""
+
+    def __init__(self, taken):
+        self.items: collections.deque = collections.deque()
+        self.size = 0
+        self.taken = taken
+        self._more, self._room = asyncio.Event(), asyncio.Event()
+
+    async def put(self, data: bytes | None) -> None:
+        if data is None:
+            self.end()
+            return
+        while self.size >= INPUT_CAP:
+            self._room.clear()
+            await self._room.wait()
+        self.items.append(data)
+        self.size += len(data)
+        self._more.set()
+
+    def end(self) -> None:
+        self.items.append(None)
+        self._more.set()
+
+    async def get(self) -> bytes | None:
+        while not self.items:
+            self._more.clear()
+            await self._more.wait()
+        item = self.items.popleft()
+        if item:
+            self.size -= len(item)
+            self._room.set()
+            self.taken(len(item))
+        return item
 
 
 class Session:
@@ -41,23 +80,25 @@ class Session:
     protocol: str = ""
 
     def __init__(self):
-        self.inputs: dict[int, asyncio.Queue] = {}
+        self.inputs: dict = {}
         self.closed = asyncio.Event()
 
-    def input(self, channel: int) -> asyncio.Queue:
+    def input(self, channel) -> InputQueue:
         """The queue of `channel`'s input: bytes, then None at its end."""
-        return self.inputs.setdefault(channel, asyncio.Queue(INPUT_QUEUE))
+        queue = self.inputs.get(channel)
+        if queue is None:
+            queue = self.inputs[channel] = InputQueue(lambda n: self.taken(channel, n))
+        return queue
 
-    async def deliver(self, channel: int, data: bytes | None) -> None:
+    def taken(self, channel, n: int) -> None:
+        """The application took `n` bytes of `channel`'s input."""
+
+    async def deliver(self, channel, data: bytes | None) -> None:
         await self.input(channel).put(data)
 
     def end_inputs(self) -> None:
         for queue in self.inputs.values():
-            try:
-                queue.put_nowait(None)
-            except asyncio.QueueFull:
-                queue.get_nowait()
-                queue.put_nowait(None)
+            queue.end()
 
     async def write(self, channel: int, data: bytes) -> None:
         raise NotImplementedError

@@ -136,7 +136,6 @@ class SpdySession(_Transport):
                 if key is not None:
                     if event.data:
                         await self.deliver(key, event.data)
-                        self.conn.consumed(event.stream_id, len(event.data))
                     if event.fin:
                         await self.deliver(key, None)
                     await self._send(self.conn.data_to_send())
@@ -148,6 +147,13 @@ class SpdySession(_Transport):
             elif isinstance(event, spdy.WindowOpened):
                 self._window.set()
         return True
+
+    def taken(self, key, n: int) -> None:
+        """Give the peer its windows back (written at once: WINDOW_UPDATEs are small)."""
+        sid = self.key_stream.get(key)
+        if sid is not None and not self.writer.is_closing():
+            self.conn.consumed(sid, n)
+            self.writer.write(self.conn.data_to_send())
 
     async def write(self, key, data: bytes) -> None:
         sid = self.key_stream[key]

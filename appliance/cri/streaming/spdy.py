@@ -219,7 +219,7 @@ class Connection:
         n = min(len(data), self.sendable(stream_id))
         view = memoryview(data)
         for pos in range(0, n, MAX_DATA_CHUNK):
-            chunk = view[pos:pos + MAX_DATA_CHUNK]
+            chunk = view[pos:min(pos + MAX_DATA_CHUNK, n)]
             last = fin and pos + len(chunk) == len(data)
             self._out.append(data_frame(stream_id, FLAG_FIN if last else 0, bytes(chunk)))
         if self.peer_keeps_windows:
