@@ -96,6 +96,11 @@ def test_exec_sync_same_answers(pod):
     same("exec sync timeout", kind, (err.value.code(), err.value.details()))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     with pytest.raises(grpc.RpcError) as err:
+        rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["no-such-command"]))
+    import re
+    same("exec sync missing command", kind,
+         (err.value.code(), re.sub(r"[0-9a-f]{64}", "<id>", err.value.details())))
+    with pytest.raises(grpc.RpcError) as err:
         rt.ExecSync(pb.ExecSyncRequest(container_id="nope", cmd=["true"]))
     same("exec sync missing", kind, (err.value.code(), err.value.details()))
 
@@ -274,3 +279,15 @@ def test_exec_sync_output_is_capped(pod):
     same("exec sync cap", kind, (err.value.code(), err.value.details()))
     assert err.value.details() == ("grpc: trying to send message larger than max "
                                    "(16777225 vs. 16777216)")
+
+
+def test_exec_of_a_missing_command_same_answers(pod):
+    import re
+    kind, client, _, cid, _ = pod
+    url = client.runtime.Exec(pb.ExecRequest(container_id=cid, cmd=["no-such-command"],
+                                             stdout=True)).url
+    frames = _ws_frames(url, ["v4.channel.k8s.io"])
+    status_ = json.loads(frames[-2][1:])
+    text = re.sub(r"[0-9a-f]{64}", "<id>", json.dumps(status_))
+    same("exec missing command", kind, (frames[:2], text))
+    assert status_["status"] == "Failure" and status_["code"] == 500

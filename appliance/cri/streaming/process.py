@@ -191,15 +191,21 @@ async def start_exec(containers, runtime, io_root: str, cid: str, cmd: list[str]
             stderr=fifos["stderr"].path if "stderr" in fifos else "")
         request.spec.type_url, request.spec.value = PROCESS_TYPE, spec
         await shim.call("Exec", request)
-    except BaseException:
+    except BaseException as exc:
         for fifo in fifos.values():
             fifo.close()
         shutil.rmtree(io_dir, ignore_errors=True)
+        if type(exc) is ApplianceError:  # the shim's own (unknown) error, as containerd words it
+            raise ApplianceError(f'failed to create exec "{exec_id}": {exc.message}: unknown') \
+                from None
         raise
     try:
         await shim.call("Start", shim_pb2.StartRequest(id=cid, exec_id=exec_id))
-    except BaseException:
+    except BaseException as exc:
         await asyncio.shield(proc.end())
+        if type(exc) is ApplianceError:
+            raise ApplianceError(f'failed to start exec "{exec_id}": {exc.message}: unknown') \
+                from None
         raise
     return proc
 

@@ -18,6 +18,8 @@ from .channels import (ERROR, RESIZE, STDERR, STDIN, STDOUT, Closed, Session, pa
 log = logging.getLogger("appliance.cri.streaming")
 
 STREAM_CREATION_TIMEOUT = 30.0  # kubelet's default: the client's streams must all come
+EXEC_FAILED = "error executing command in container: failed to exec in container: "
+ATTACH_FAILED = "error attaching to container: "
 DRAIN_TIMEOUT = 10.0  # seconds for output still in the FIFOs once the process has exited
 
 
@@ -87,24 +89,27 @@ async def _resizes(session: Session, proc) -> None:
 
 
 async def serve_process(session: Session, start, cmd: list[str], *, stdin: bool, stdout: bool,
-                        stderr: bool, tty: bool, websocket: bool) -> None:
-    """Run the process `start()` returns over `session`, then end the session."""
+                        stderr: bool, tty: bool, websocket: bool,
+                        failed: str = EXEC_FAILED) -> None:
+    """Run the process `start()` returns over `session`, then end the session. A start
+    that fails is reported on the error channel, its message after `failed`."""
     error_text = ""
     code: int | None = None
     try:
         if not websocket:
             await wait_for_streams(session, expected_channels(stdin, stdout, stderr, tty,
                                                               session.protocol))
+        else:  # the lowest output channel says "ready"
+            await session.write(STDOUT if stdout else STDERR if stderr and not tty else ERROR,
+                                b"")
         proc = await start()
     except Closed as exc:
         log.info("streaming: %s", exc)
         session.abort()
         return
-    except ApplianceError as exc:
-        error_text = str(exc)
+    except (ApplianceError, OSError) as exc:
+        error_text = f"{failed}{exc}"
         proc = None
-    if websocket and proc is not None:  # the lowest output channel says "ready"
-        await session.write(STDOUT if stdout else STDERR if stderr and not tty else ERROR, b"")
     pumps = []
     try:
         if proc is not None:

@@ -158,7 +158,8 @@ class StreamingService:
                                            None))
         await remotecommand.serve_process(upgrade.session, start, [], stdin=request.stdin,
                                           stdout=request.stdout, stderr=request.stderr,
-                                          tty=request.tty, websocket=upgrade.websocket)
+                                          tty=request.tty, websocket=upgrade.websocket,
+                                          failed=remotecommand.ATTACH_FAILED)
 
     async def _serve_port_forward(self, request, upgrade) -> None:
         sandbox_id = request.pod_sandbox_id
