@@ -256,6 +256,19 @@ def test_plain_get_and_unknown_protocol_are_refused(env):
         "v4.channel.k8s.io"
 
 
+def test_malformed_http_gets_400(env):
+    _, rt, box = env
+    url = exec_url(rt, box.id, ["echo"], stdout=True)
+    host, port = url.split("/")[2].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"this is not HTTP\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert _get(url)[0] == 400  # the token still works: the server kept serving
+
+
 def _upgrade(url: str, protocol="v4.channel.k8s.io") -> socket.socket:
     host, port = url.split("/")[2].split(":")
     path = "/" + url.split("/", 3)[3]

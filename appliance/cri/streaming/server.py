@@ -143,7 +143,11 @@ class StreamServer:
             request, raw = await asyncio.wait_for(self._read_request(reader, http),
                                                   HEADER_TIMEOUT)
         except h11.RemoteProtocolError as exc:
-            await self._reply(writer, http, 400, f"bad request: {exc}\n", fresh=True)
+            body = f"bad request: {exc}\n".encode()
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8"
+                         b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
             return
         target = urlsplit(request.target.decode("latin-1"))
         match = _PATH.fullmatch(target.path)
@@ -177,12 +181,7 @@ class StreamServer:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*readers, return_exceptions=True)
 
-    async def _reply(self, writer, http, status: int, body: str, headers=(),
-                     fresh: bool = False) -> None:
-        if fresh:
-            http = h11.Connection(h11.SERVER)
-            http.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            http.next_event()
+    async def _reply(self, writer, http, status: int, body: str, headers=()) -> None:
         data = body.encode()
         out = http.send(h11.Response(status_code=status, headers=[
             ("content-type", "text/plain; charset=utf-8"),
@@ -257,10 +256,6 @@ class StreamServer:
         protocol = chosen[0] or ""
         return WsSession(reader, writer, protocol, self.idle_timeout, ws,
                          table.get(protocol, False))
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 def _classify_exec(headers: dict, stream_id: int):

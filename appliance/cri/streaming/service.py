@@ -51,7 +51,7 @@ class StreamingService:
         return (await self._server()).url("exec", request)
 
     async def attach_url(self, request) -> str:
-        state = await self._running_container(request.container_id, state=True)
+        state = await self._running_container(request.container_id, want_state=True)
         _validate(request)
         process.check_attachable(request.container_id, state, stdin=request.stdin,
                                  stdout=request.stdout, stderr=request.stderr, tty=request.tty)
@@ -61,7 +61,7 @@ class StreamingService:
         self.netns_of(request.pod_sandbox_id)
         return (await self._server()).url("portforward", request)
 
-    async def _running_container(self, cid: str, state: bool = False):
+    async def _running_container(self, cid: str, want_state: bool = False):
         """Checks the container runs (containerd's errors otherwise); its task's state if
         asked for or if the CRI does not know it."""
         if not cid:  # containerd's id index refuses an empty prefix
@@ -76,7 +76,7 @@ class StreamingService:
             raise ApplianceError(f"container is in {name} state")
         if not self.runtime.exists(process.NAMESPACE, cid):
             raise ApplianceError("container is in CONTAINER_EXITED state")
-        if cri is not None and not state:
+        if cri is not None and not want_state:
             return None  # the CRI's own record says running (containerd asks no more)
         shim = self.runtime.get(process.NAMESPACE, cid)
         state = await shim.call("State", process.shim_pb2.StateRequest(id=cid))
