@@ -164,8 +164,9 @@ def test_spdy_exec_stdin_cat(env, client_binary, tmp_path):
 def test_spdy_exec_tty_and_resize(env, client_binary, tmp_path):
     _, rt, box = env
     st = tmp_path / "status"
-    script = ('i=0; while [ $i -lt 200 ]; do s=$(stty size 2>/dev/null); [ "$s" = "33 111" ] && break; '
-              'i=$((i+1)); sleep 0.1; done; echo "size $s"; [ -t 0 ] && echo tty')
+    script = ('i=0; while [ $i -lt 200 ]; do s=$(stty size 2>/dev/null); '
+              '[ "$s" = "33 111" ] && break; i=$((i+1)); sleep 0.1; done; echo "size $s"; '
+              '[ -t 0 ] && echo tty')
     url = exec_url(rt, box.id, ["sh", "-c", script], stdin=True, stdout=True, tty=True)
     proc = subprocess.Popen([client_binary, "-url", url, "exec", "-stdin", "-tty",
                              "-resize", "111x33", "-status", str(st)],
