@@ -150,3 +150,11 @@ class TempMount:
 
     def __exit__(self, *exc) -> None:
         self._undo(len(self.mounts))
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) for the calling thread."""
+    _check(lib.setns(fd, nstype), "setns", f"fd {fd}")

@@ -18,6 +18,9 @@ CTR = shutil.which("ctr") or "/usr/bin/ctr"
 BOOT_TIMEOUT = 30.0
 
 
+WORKDIRS: list[Path] = []  # of every daemon this test process made (its own mounts are there)
+
+
 class Daemon:
     """One daemon process with its own root, state and socket under a temp dir."""
 
@@ -25,6 +28,7 @@ class Daemon:
                  extra_args=(), env=None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        WORKDIRS.append(self.workdir)
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.address = str(self.workdir / "ca.sock")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench.daemons import containerd_config
-from daemon import CTR
+from daemon import CTR, WORKDIRS
 
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 
@@ -24,6 +24,7 @@ class Containerd:
         self.extra_config = extra_config   # TOML appended to the private config
         self.cri = cri                     # CRI on, with private CNI dirs and netns pins
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
+        WORKDIRS.append(self.workdir)
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.address = str(self.workdir / "containerd.sock")

@@ -1,6 +1,6 @@
 """`[plugins."io.containerd.grpc.v1.cri"]`: containerd 1.6's key names and defaults.
 
-Keys for the parts of the CRI not built yet (pods, containers, streaming, CNI) are listed so
+Keys for the parts of the CRI not built yet (pods, containers, CNI) are listed so
 that `config default` reads as containerd's and existing configs load; the image half uses
 `sandbox_image`, `max_concurrent_downloads`, `image_pull_progress_timeout` (containerd 1.7),
 `containerd.snapshotter`, `containerd.discard_unpacked_layers` and `registry`.

@@ -76,6 +76,7 @@ class StreamReader:
         self.sink = sink
         self.max_line = max_line
         self.buffer = b""
+        self.taps: set = set()   # callables given each chunk, then b"" at the end (attach)
         self.fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.fd, self._readable)
@@ -95,6 +96,8 @@ class StreamReader:
                 return
             if not data:
                 return
+            for tap in list(self.taps):
+                tap(data)
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -131,6 +134,9 @@ class StreamReader:
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
+        for tap in list(self.taps):
+            tap(b"")
+        self.taps.clear()
 
 
 class ContainerIO:

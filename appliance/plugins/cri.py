@@ -244,6 +244,27 @@ class CRIRuntimeAdapter:
         self.plugin.containers.reopen_log(request.container_id)
         return self.pb.ReopenContainerLogResponse()
 
+    # --- streaming (exec, attach, port-forward) and ExecSync -------------------------
+
+    @rpc
+    async def ExecSync(self, request, context):
+        stdout, stderr, code = await self.plugin.streaming.exec_sync(
+            request.container_id, list(request.cmd), request.timeout)
+        return self.pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=code)
+
+    @rpc
+    async def Exec(self, request, context):
+        return self.pb.ExecResponse(url=await self.plugin.streaming.exec_url(request))
+
+    @rpc
+    async def Attach(self, request, context):
+        return self.pb.AttachResponse(url=await self.plugin.streaming.attach_url(request))
+
+    @rpc
+    async def PortForward(self, request, context):
+        return self.pb.PortForwardResponse(
+            url=await self.plugin.streaming.port_forward_url(request))
+
 
 class CRIPlugin:
     """The CRI's services are built on the first CRI call: a node without kubelet never
@@ -268,6 +289,7 @@ class CRIPlugin:
                          CRIRuntimeAdapter(self, v1alpha2, "runtime.v1alpha2")]
         self.pods = self.containers = None   # cri.sandbox / cri.container services
         self.runtime = None                  # cri.runtime.CRIRuntime, from start()
+        self.supervisor = None               # the daemon's, from start()
 
     @property
     def netns_dir(self) -> str:
@@ -326,6 +348,17 @@ class CRIPlugin:
         return ImageService(self.cfg, puller, s["images-service"], s["content-service"],
                             s["snapshots-service"], self.snapshot_root)
 
+    @functools.cached_property
+    def streaming(self):
+        from ..cri.streaming.service import StreamingService
+        tasks = self.services["tasks-service"]
+        return StreamingService(self.cfg, tasks.containers, tasks.runtime,
+                                os.path.join(self.state_dir, "io"), self.supervisor,
+                                self._cri_container)
+
+    def _cri_container(self, cid: str):
+        return self.runtime.containers.find(cid) if self.runtime is not None else None
+
     def register(self, services):
         for adapter in self.adapters:
             adapter.register(services)
@@ -338,6 +371,7 @@ class CRIPlugin:
         from ..cri.monitor import SUBSCRIPTION, EventMonitor
         from ..cri.runtime import CRIRuntime
         from ..cri.sandbox import SandboxService
+        self.supervisor = supervisor
         self.runtime = CRIRuntime(self.cfg, self.root_dir, self.state_dir, self.services, self)
         self.pods = SandboxService(self.runtime, v1)
         self.containers = ContainerService(self.runtime, v1)

@@ -71,10 +71,11 @@ def mounted_tree(d, image: str, namespace: str, target: Path) -> dict:
         d.ctr("images", "unmount", "--rm", str(target), namespace=namespace, timeout=60)
 
 
-OURS = ("/tmp/ca-", "/tmp/cd-", "/tmp/pytest-of-")
-
-
-def mountinfo_lines() -> list[str]:
-    """Mounts under the paths our tests use (other engineers' runs share this host)."""
+def mountinfo_lines(basetemp) -> list[str]:
+    """Mounts under this test process's daemons and temporary directory (other sessions'
+    runs share this host and its mount table)."""
+    from daemon import WORKDIRS
+    ours = tuple(f"{d}/" for d in (*WORKDIRS, basetemp))
     with open("/proc/self/mountinfo") as f:
-        return [" ".join(line.split()[3:5]) for line in f if line.split()[4].startswith(OURS)]
+        return [" ".join(line.split()[3:5]) for line in f
+                if (line.split()[4] + "/").startswith(ours)]

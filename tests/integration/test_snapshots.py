@@ -27,8 +27,8 @@ BUSYBOX_CHAIN = "sha256:abd9f0c22b73f526e5b86309f76a6e152ba4ab55f31345ec679a0586
 
 
 @pytest.fixture(scope="module")
-def mounts_before():
-    return mountinfo_lines()
+def mounts_before(tmp_path_factory):
+    return mountinfo_lines(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -319,9 +319,9 @@ def test_plugins_ls_matches_containerd_for_snapshotters_and_differ(ours, theirs)
     assert mine == reference
 
 
-def test_zz_no_mount_left_behind(ours, mounts_before):
+def test_zz_no_mount_left_behind(ours, mounts_before, tmp_path_factory):
     ours.ctr("version")
-    assert mountinfo_lines() == mounts_before
+    assert mountinfo_lines(tmp_path_factory.getbasetemp()) == mounts_before
 
 
 def test_image_removal_collects_its_snapshots(ours):
