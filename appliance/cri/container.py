@@ -18,7 +18,8 @@ import time
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from . import events, logs, resources, security, spec as specs
 from .images import NAMESPACE
-from .runtime import EXIT_WAIT, CRIRuntime, ensure_dir, remove_tree
+from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json,
+                      remove_tree, undo_all)
 from .sandbox import new_id
 from .store import (CONTAINER_METADATA, CREATED, EXITED, RUNNING, SANDBOX_READY,
                     UNKNOWN_EXIT_CODE, Container, Status, container_from_metadata)
@@ -60,13 +61,7 @@ class ContainerService:
         try:
             return await self._create(cid, name, sandbox, config, undo)
         except BaseException:
-            for step in reversed(undo):
-                try:
-                    result = step()
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception as exc:
-                    log.error("undoing container %s: %s", cid, exc)
+            await undo_all(undo, f"container {cid}")
             raise
 
     async def _create(self, cid, name, sandbox, config, undo) -> str:
@@ -83,13 +78,15 @@ class ContainerService:
                       image.repo_digests[0] if image.repo_digests else image.id,
                       image.repo_tags[0] if image.repo_tags else ref, log_path,
                       os.path.join(rt.root, "containers", cid),
-                      os.path.join(rt.state, "containers", cid))
+                      os.path.join(rt.state, "containers", cid),
+                      (image.config.get("config") or {}).get("StopSignal") or "")
         undo.append(lambda: remove_tree(c.root))
         undo.append(lambda: remove_tree(c.state_dir))
         volumes = await asyncio.to_thread(self._make_volumes, c, image.config)
         runtime_spec = specs.container_spec(
             cid, sandbox, config, image.config, c.image_name, volumes,
-            {**handler.options, "container_annotations": handler.runtime.container_annotations})
+            {**handler.options, "container_annotations": handler.runtime.container_annotations},
+            rt.cfg)
         labels = dict(config.labels)
         rt.create_record(cid, "container", labels, c.image_name, runtime_spec, handler,
                          CONTAINER_METADATA, c.metadata())
@@ -97,8 +94,14 @@ class ContainerService:
         mounts = await rt.prepare_snapshot(cid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(cid))
         target_pid = self._target_pid(cid, sandbox, config)
-        await asyncio.to_thread(self._secure, c, sandbox, runtime_spec, image.config, mounts,
-                                target_pid, handler.runtime.privileged_without_host_devices)
+
+        def from_rootfs():   # the snapshot mounted read-only once, as containerd's opts do
+            with rt.mounted_rootfs(mounts) as rootfs:
+                if volumes:
+                    _copy_up(rootfs, volumes)
+                self._secure(c, sandbox, runtime_spec, image.config, rootfs, target_pid,
+                             handler.runtime.privileged_without_host_devices)
+        await asyncio.to_thread(from_rootfs)
         c.status = Status(created_at=time.time_ns())
         await asyncio.to_thread(c.save_status)
         rt.containers.add(c)
@@ -123,18 +126,17 @@ class ContainerService:
                                  f'{_state_name(target.status.state)}')
         return target.status.pid
 
-    def _secure(self, c: Container, sandbox, runtime_spec: dict, image_config: dict, mounts,
-                target_pid, privileged_without_host_devices: bool) -> None:
-        """Security context and resources on the spec (cri.security, cri.resources), with
-        the container's rootfs mounted read-only for its users and groups; recorded."""
+    def _secure(self, c: Container, sandbox, runtime_spec: dict, image_config: dict,
+                rootfs: str, target_pid, privileged_without_host_devices: bool) -> None:
+        """Security context and resources on the spec (cri.security, cri.resources); `rootfs`:
+        the container's, mounted read-only, for its users and groups. Recorded."""
         rt, config = self.rt, c.config
         pod_label = rt.spec(sandbox.id).get("process", {}).get("selinuxLabel", "")
-        with rt.mounted_rootfs(mounts) as rootfs:
-            security.apply_container_security(
-                runtime_spec, config, sandbox.config, image_config.get("config") or {}, rootfs,
-                rt.cfg, host=rt.host, container_id=c.id, sandbox_pid=sandbox.pid,
-                target_pid=target_pid, pod_label=pod_label,
-                privileged_without_host_devices=privileged_without_host_devices)
+        security.apply_container_security(
+            runtime_spec, config, sandbox.config, image_config.get("config") or {}, rootfs,
+            rt.cfg, host=rt.host, container_id=c.id, sandbox_pid=sandbox.pid,
+            target_pid=target_pid, pod_label=pod_label,
+            privileged_without_host_devices=privileged_without_host_devices)
         if rt.cfg.disable_cgroup:
             runtime_spec["linux"].pop("cgroupsPath", None)
         elif config.linux.HasField("resources"):
@@ -226,11 +228,11 @@ class ContainerService:
         await self.stop_container(self.get(cid), timeout)
 
     async def stop_container(self, c: Container, timeout: int) -> None:
-        """containerd's stopContainer: the stop signal, `timeout` s, then SIGKILL."""
+        """containerd's stopContainer: the image's stop signal, `timeout` s, then SIGKILL."""
         if c.status.state != RUNNING:
             return
         if timeout > 0:
-            await self.rt.kill(c.id, signals.SIGTERM)
+            await self.rt.kill(c.id, stop_signal(c.stop_signal))
             if await self._wait_exit(c, timeout):
                 return
         await self.rt.kill(c.id, signals.SIGKILL)
@@ -330,7 +332,6 @@ class ContainerService:
         return status, info
 
     def _verbose(self, c: Container) -> str:
-        from google.protobuf import json_format
         record = self.rt.containers_service.get(NAMESPACE, c.id)
         sandbox = self.rt.sandboxes.find(c.sandbox_id)
         handler = self.rt.cfg.containerd.runtimes.get(
@@ -340,9 +341,8 @@ class ContainerService:
             "sandboxID": c.sandbox_id, "pid": c.status.pid, "removing": c.status.removing,
             "snapshotKey": c.id, "snapshotter": self.rt.cfg.containerd.snapshotter,
             "runtimeType": handler.runtime_type if handler else "",
-            "runtimeOptions": {k: v for k, v in (handler.options if handler else {}).items()
-                               if v not in ("", 0, False)},
-            "config": json_format.MessageToDict(c.config),
+            "runtimeOptions": options_json(handler),
+            "config": config_json(c.config),
             "runtimeSpec": json.loads(record.spec.value) if record.spec else None,
         })
 
@@ -374,16 +374,10 @@ class ContainerService:
     async def recover(self) -> None:
         """Every container in the store; a task that ended while the daemon was down gives
         its exit code and time, one that is gone gives containerd's unknown exit (255)."""
-        for record in self.rt.records("container"):
-            ext = record.extensions.get(CONTAINER_METADATA)
-            if ext is None:
-                continue
-            try:
-                c = container_from_metadata(ext, self.pb.ContainerConfig, self.rt.root,
-                                            self.rt.state)
-            except (ValueError, KeyError) as exc:
-                log.error("container %s: unreadable metadata: %s", record.id, exc)
-                continue
+        def parse(ext):
+            return container_from_metadata(ext, self.pb.ContainerConfig, self.rt.root,
+                                           self.rt.state)
+        for _, c in self.rt.stored("container", CONTAINER_METADATA, parse):
             self.rt.containers.add(c)
             self.rt.container_names.reserve(c.name, c.id)
             if c.status.state != RUNNING:
@@ -402,6 +396,29 @@ class ContainerService:
                 c.status.exit_code = UNKNOWN_EXIT_CODE
                 c.status.reason = "Unknown"
                 await asyncio.to_thread(c.save_status)
+
+
+def stop_signal(name: str) -> int:
+    """The image's StopSignal ("SIGQUIT", "QUIT" or a number); SIGTERM when unset or
+    unknown."""
+    name = name.strip().upper()
+    if name.isdigit():
+        return int(name)
+    try:
+        return signals.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        return signals.SIGTERM
+
+
+def _copy_up(rootfs: str, volumes: dict[str, str]) -> None:
+    """What the image has at each volume path, copied into the new volume (containerd's
+    WithVolumes); `rootfs`: the container's, mounted read-only."""
+    import subprocess
+    for path, volume in volumes.items():
+        source = security.in_root(rootfs, path)    # symlinks stay inside the rootfs
+        if os.path.isdir(source):
+            subprocess.run(["cp", "-a", f"{source}/.", volume], check=True,
+                           capture_output=True, timeout=300)
 
 
 def _state_name(state: int) -> str:

@@ -91,10 +91,13 @@ class CRIRuntime:
         """cri.images.ImageService (built on first use: it loads the pull engine)."""
         return self.plugin.images
 
+    def network_for(self, handler: str):
+        """The CNI (cri.cni.CNIManager) of a runtime handler's pods."""
+        return self.plugin.network_for(handler)
+
     @property
-    def network(self):
-        """cri.cni.CNIManager, or None while the CRI has no networking."""
-        return self.plugin.network
+    def netns_dir(self) -> str:
+        return self.plugin.netns_dir
 
     # --- runtime handlers -----------------------------------------------------------
 
@@ -142,6 +145,20 @@ class CRIRuntime:
         return [c for c in self.containers_service.list(NAMESPACE, [])
                 if c.labels.get(KIND_LABEL) == kind]
 
+    def stored(self, kind: str, key: str, parse):
+        """(record, parse(metadata extension)) of each CRI record of `kind`, at recovery;
+        one without readable metadata is logged and skipped."""
+        for record in self.records(kind):
+            ext = record.extensions.get(key)
+            if ext is None:
+                continue
+            try:
+                item = parse(ext)
+            except (ValueError, KeyError) as exc:
+                log.error("%s %s: unreadable metadata: %s", kind, record.id, exc)
+                continue
+            yield record, item
+
     async def prepare_snapshot(self, cid: str, parent: str) -> list:
         mounts = await asyncio.to_thread(self.snapshots.prepare, NAMESPACE,
                                          self.cfg.containerd.snapshotter, cid, parent)
@@ -177,8 +194,11 @@ class CRIRuntime:
 
     async def create_task(self, cid: str, stdout: str = "", stderr: str = "") -> int:
         rootfs = await self.snapshot_mounts(cid)
-        return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
-            container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
+        try:
+            return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
+                container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
+        except ApplianceError as exc:
+            raise type(exc)(f"failed to create containerd task: {exc.message}") from None
 
     async def start_task(self, cid: str) -> int:
         return await self.tasks.start(NAMESPACE, cid, "")
@@ -228,6 +248,35 @@ class CRIRuntime:
                     reader.close()
                 if c.io.sink is not None:
                     c.io.sink.close()
+
+
+async def undo_all(steps: list, what: str) -> None:
+    """Run a failed create's undo steps, last first (a step may be a coroutine function's
+    result); each failure is logged and the rest still run."""
+    for step in reversed(steps):
+        try:
+            result = step()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception as exc:
+            log.error("undoing %s: %s", what, exc)
+
+
+def options_json(runtime: Runtime | None) -> dict | None:
+    """The runtime's runc options as verbose statuses show them (the Options message's JSON
+    names, empty ones left out)."""
+    if runtime is None:
+        return None
+    return {RUNC_OPTION_FIELDS.get(k, k): v for k, v in (runtime.options or {}).items()
+            if v not in ("", 0, False, None)}
+
+
+def config_json(message) -> dict:
+    """A CRI config as containerd's verbose info shows it (Go's JSON of the message:
+    proto field names, enums as numbers)."""
+    from google.protobuf import json_format
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     use_integers_for_enums=True)
 
 
 def remove_tree(path: str) -> None:

@@ -22,7 +22,8 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
 from . import events, security, spec as specs
 from .images import NAMESPACE
-from .runtime import CRIRuntime, ensure_dir, remove_tree
+from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
+                      undo_all)
 from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox,
                     sandbox_from_metadata)
 
@@ -58,13 +59,7 @@ class SandboxService:
         try:
             return await self._run(sid, name, config, handler_name, undo)
         except BaseException:
-            for step in reversed(undo):
-                try:
-                    result = step()
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception as exc:   # keep undoing; the first error is the answer
-                    log.error("undoing sandbox %s: %s", sid, exc)
+            await undo_all(undo, f"sandbox {sid}")
             raise
 
     async def _run(self, sid, name, config, handler_name, undo) -> str:
@@ -76,15 +71,13 @@ class SandboxService:
                           os.path.join(rt.state, "sandboxes", sid), image=rt.cfg.sandbox_image,
                           created_at=time.time_ns())
         host_net = config.linux.security_context.namespace_options.network == specs.NODE
-        sandbox.hostname = config.hostname or (specs.host_hostname() if host_net else "")
-        if not sandbox.hostname:
-            sandbox.hostname = specs.host_hostname()
+        sandbox.hostname = config.hostname or specs.host_hostname()
 
         undo.append(lambda: remove_tree(sandbox.root))
         undo.append(lambda: self._remove_state_dir(sandbox))
         await asyncio.to_thread(self._make_files, sandbox)
 
-        if not host_net and rt.network is not None:
+        if not host_net:
             await self._setup_network(sandbox, undo)
 
         runtime_spec = specs.sandbox_spec(sandbox, image.config, rt.cfg, {
@@ -164,21 +157,26 @@ class SandboxService:
         remove_tree(sandbox.state_dir)
 
     async def _setup_network(self, sandbox: Sandbox, undo) -> None:
-        """A pinned netns and CNI ADD (cri.netns / cri.cni, when networking is set up)."""
+        """A pinned netns, then CNI ADD (containerd's order); both undone on a failure."""
         from .netns import NetNS
-        base = (os.path.join(self.rt.state, "netns") if self.rt.cfg.netns_mounts_under_state_dir
-                else "/var/run/netns")
-        netns = await asyncio.to_thread(NetNS.create, base)
+        netns = await asyncio.to_thread(NetNS.create, self.rt.netns_dir)
         sandbox.netns_path = netns.path
         undo.append(lambda: asyncio.to_thread(netns.remove))
         config = sandbox.config
-        mappings = list(config.port_mappings)
-        result = await self.rt.network.setup(
-            sandbox.id, netns.path, pod_name=config.metadata.name,
-            pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
-            port_mappings=mappings)
-        undo.append(lambda: self.rt.network.teardown(sandbox.id, netns.path,
-                                                     port_mappings=mappings))
+        mappings = port_mappings(config)
+        dns = config.dns_config
+        try:
+            network = self.rt.network_for(sandbox.runtime_handler)
+            result = await network.setup(
+                sandbox.id, netns.path, pod_name=config.metadata.name,
+                pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
+                port_mappings=mappings, annotations=dict(config.annotations),
+                dns={"servers": list(dns.servers), "searches": list(dns.searches),
+                     "options": list(dns.options)} if dns.ByteSize() else None)
+        except ApplianceError as exc:
+            raise type(exc)(f'failed to setup network for sandbox "{sandbox.id}": '
+                            f"{exc.message}") from None
+        undo.append(lambda: network.teardown(sandbox.id, netns.path, port_mappings=mappings))
         sandbox.ip = result.ip
         sandbox.additional_ips = list(result.additional_ips)
         sandbox.cni_result = result.result
@@ -220,9 +218,8 @@ class SandboxService:
             return
         from .netns import NetNS
         netns = NetNS.at(sandbox.netns_path)
-        if self.rt.network is not None:
-            await self.rt.network.teardown(sandbox.id, sandbox.netns_path,
-                                           port_mappings=list(sandbox.config.port_mappings))
+        await self.rt.network_for(sandbox.runtime_handler).teardown(
+            sandbox.id, sandbox.netns_path, port_mappings=port_mappings(sandbox.config))
         await asyncio.to_thread(netns.remove)
 
     def _unmount_shm(self, sandbox: Sandbox) -> None:
@@ -233,8 +230,7 @@ class SandboxService:
         sandbox = self.rt.sandboxes.find(sid)
         if sandbox is None:
             return                       # containerd: removing a missing sandbox is OK
-        if sandbox.state == SANDBOX_READY:
-            await self._stop(sandbox, containers)
+        await self._stop(sandbox, containers)    # a READY pod is force-stopped first
         for c in self.rt.containers.list():
             if c.sandbox_id == sandbox.id:
                 await containers.remove(c.id)
@@ -268,7 +264,6 @@ class SandboxService:
         return status, info
 
     def _verbose(self, sandbox: Sandbox) -> str:
-        from google.protobuf import json_format
         record = self.rt.containers_service.get(NAMESPACE, sandbox.id)
         runtime_spec = json.loads(record.spec.value) if record.spec else None
         handler = self.rt.cfg.containerd.runtimes.get(
@@ -276,14 +271,14 @@ class SandboxService:
         return json.dumps({
             "pid": sandbox.pid,
             "processStatus": "running" if sandbox.state == SANDBOX_READY else "deleted",
-            "netNamespaceClosed": not sandbox.netns_path or not os.path.exists(
+            "netNamespaceClosed": bool(sandbox.netns_path) and not os.path.exists(
                 sandbox.netns_path),
             "image": sandbox.image, "snapshotKey": sandbox.id,
             "snapshotter": self.rt.cfg.containerd.snapshotter,
             "runtimeHandler": sandbox.runtime_handler,
             "runtimeType": handler.runtime_type if handler else "",
-            "runtimeOptions": _runtime_options_json(handler),
-            "config": json_format.MessageToDict(sandbox.config),
+            "runtimeOptions": options_json(handler),
+            "config": config_json(sandbox.config),
             "runtimeSpec": runtime_spec, "cniResult": sandbox.cni_result,
         })
 
@@ -305,16 +300,10 @@ class SandboxService:
 
     async def recover(self) -> None:
         """Every sandbox in the container store, with its task's state."""
-        for record in self.rt.records("sandbox"):
-            ext = record.extensions.get(SANDBOX_METADATA)
-            if ext is None:
-                continue
-            try:
-                sandbox = sandbox_from_metadata(ext, self.pb.PodSandboxConfig, self.rt.root,
-                                                self.rt.state)
-            except (ValueError, KeyError) as exc:
-                log.error("sandbox %s: unreadable metadata: %s", record.id, exc)
-                continue
+        def parse(ext):
+            return sandbox_from_metadata(ext, self.pb.PodSandboxConfig, self.rt.root,
+                                         self.rt.state)
+        for record, sandbox in self.rt.stored("sandbox", SANDBOX_METADATA, parse):
             sandbox.image = record.image
             state = await self.rt.task_state(record.id)
             if state is not None and state.status == 2:       # RUNNING
@@ -325,7 +314,9 @@ class SandboxService:
             self.rt.sandbox_names.reserve(sandbox.name, sandbox.id)
 
 
-def _runtime_options_json(handler) -> dict | None:
-    if handler is None:
-        return None
-    return {k: v for k, v in (handler.options or {}).items() if v not in ("", 0, False)}
+def port_mappings(config) -> list:
+    """The pod's port mappings as cri.cni takes them."""
+    from .cni import PortMapping
+    protocols = {0: "tcp", 1: "udp", 2: "sctp"}
+    return [PortMapping(protocols.get(m.protocol, "tcp"), m.container_port, m.host_port,
+                        m.host_ip) for m in config.port_mappings]

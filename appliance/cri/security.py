@@ -71,7 +71,7 @@ def _entries(rootfs: str, name: str) -> list[list[str]] | None:
     are resolved inside the rootfs, never on the host."""
     if not rootfs:
         return None
-    path = _in_root(rootfs, f"/etc/{name}")
+    path = in_root(rootfs, f"/etc/{name}")
     try:
         with open(path, errors="replace") as f:
             return [line.rstrip("\n").split(":") for line in f
@@ -80,7 +80,7 @@ def _entries(rootfs: str, name: str) -> list[list[str]] | None:
         return None
 
 
-def _in_root(rootfs: str, path: str) -> str:
+def in_root(rootfs: str, path: str) -> str:
     """`path` as seen from inside rootfs: symlinks (absolute ones too) and ".." stay in it."""
     current, parts, hops = rootfs, [p for p in path.split("/") if p], 0
     while parts:

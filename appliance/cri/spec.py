@@ -2,15 +2,14 @@
 containerd's default Unix spec (mounts, capabilities, masked and read-only paths), then the
 image config, then the CRI config.
 
-Security contexts and resources (part 3) mutate the spec dict at the call points marked
-`SECURITY HOOK`: `build_sandbox_spec` and `build_container_spec` call `spec_hooks` with the
-spec, the CRI config and the sandbox, after the base spec is complete.
+The request's security context, sysctls and resources (namespaces, user and groups,
+capabilities, paths, seccomp...) are applied to this base by cri.security and cri.resources,
+which the sandbox and container services call once the snapshot is there.
 """
 from __future__ import annotations
 
 import os
 import socket
-from typing import Callable
 
 from ..errdefs import InvalidArgument
 from . import resources
@@ -45,10 +44,6 @@ IMAGE_NAME = "io.kubernetes.cri.image-name"
 POD, CONTAINER, NODE, TARGET = 0, 1, 2, 3
 PROPAGATION = {0: "rprivate", 1: "rslave", 2: "rshared"}
 
-# Part 3 registers functions here: fn(spec, config, sandbox_or_None) mutates the spec dict.
-SpecHook = Callable[[dict, object, object], None]
-sandbox_spec_hooks: list[SpecHook] = []
-container_spec_hooks: list[SpecHook] = []
 
 
 def default_mounts() -> list[dict]:
@@ -70,7 +65,7 @@ def default_mounts() -> list[dict]:
 
 
 def default_spec(cgroups_path: str) -> dict:
-    """containerd's populateDefaultUnixSpec."""
+    """containerd's populateDefaultUnixSpec, less the default rlimits (the CRI drops them)."""
     return {
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
@@ -78,7 +73,6 @@ def default_spec(cgroups_path: str) -> dict:
             "user": {"uid": 0, "gid": 0}, "cwd": "/", "noNewPrivileges": True,
             "capabilities": {k: list(DEFAULT_CAPS)
                              for k in ("bounding", "permitted", "effective")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         },
         "mounts": default_mounts(),
         "linux": {
@@ -120,7 +114,7 @@ def _image_env(image_config: dict) -> list[str]:
 
 
 def _user(image_config: dict) -> dict:
-    """The image's numeric User ("uid[:gid]"); names are left to the security hooks."""
+    """The image's numeric User ("uid[:gid]"); names are resolved by cri.security."""
     text = (image_config.get("config") or {}).get("User") or ""
     uid, _, gid = text.partition(":")
     out = {"uid": 0, "gid": 0}
@@ -131,24 +125,6 @@ def _user(image_config: dict) -> dict:
     return out
 
 
-def _set_namespace(spec: dict, ns_type: str, path: str | None) -> None:
-    """path None: drop the namespace (host's); "" a new one; else join `path`. A namespace
-    already listed keeps its place (containerd's WithLinuxNamespace)."""
-    namespaces = spec["linux"]["namespaces"]
-    if path is None:
-        spec["linux"]["namespaces"] = [n for n in namespaces if n["type"] != ns_type]
-        return
-    entry = {"type": ns_type, **({"path": path} if path else {})}
-    for i, n in enumerate(namespaces):
-        if n["type"] == ns_type:
-            namespaces[i] = entry
-            return
-    namespaces.append(entry)
-
-
-def _replace_mount(spec: dict, mount: dict) -> None:
-    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != mount["destination"]]
-    spec["mounts"].append(mount)
 
 
 def _bind(source: str, destination: str, readonly: bool, propagation: str = "rprivate"):
@@ -174,22 +150,15 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
     process["env"] = _image_env(image_config)
     process["cwd"] = image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    spec["root"]["readonly"] = True
-    net, pid, ipc = _ns_modes(config.linux)
-    if net != NODE:     # the host's UTS namespace keeps the host's name
-        spec["hostname"] = sandbox.hostname
-    if net == NODE:
-        _set_namespace(spec, "network", None)
-        _set_namespace(spec, "uts", None)
-    else:
-        _set_namespace(spec, "network", sandbox.netns_path or "")
-    if pid == NODE:
-        _set_namespace(spec, "pid", None)
-    if ipc == NODE:
-        _set_namespace(spec, "ipc", None)
-        _replace_mount(spec, _bind("/dev/shm", "/dev/shm", False))
-    else:
-        _replace_mount(spec, _bind(sandbox.shm_path, "/dev/shm", False))
+    _, _, ipc = _ns_modes(config.linux)
+    if config.hostname:   # as containerd, even with the host's network (runc refuses that)
+        spec["hostname"] = config.hostname
+    # after the default /dev/shm tmpfs, as containerd's (the later mount wins)
+    spec["mounts"] += [
+        {"destination": "/dev/shm", "type": "bind", "options": ["rbind", "ro"],
+         "source": "/dev/shm" if ipc == NODE else sandbox.shm_path},
+        {"destination": "/etc/resolv.conf", "type": "bind", "options": ["rbind", "ro"],
+         "source": sandbox.resolv_path}]
     spec["linux"]["resources"]["cpu"] = {"shares": SANDBOX_CPU_SHARES}
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("pod_annotations", [])),
@@ -197,13 +166,11 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
         SANDBOX_NAME: config.metadata.name, SANDBOX_NAMESPACE: config.metadata.namespace,
         SANDBOX_UID: config.metadata.uid, SANDBOX_LOG_DIR: config.log_directory,
     }
-    for hook in sandbox_spec_hooks:     # SECURITY HOOK (part 3): sandbox security, resources
-        hook(spec, config, sandbox)
     return spec
 
 
 def container_spec(cid: str, sandbox, config, image_config: dict, image_name: str,
-                   volumes: dict[str, str], runtime_opts: dict) -> dict:
+                   volumes: dict[str, str], runtime_opts: dict, cfg) -> dict:
     """An application container's spec; `volumes` maps image volume paths to host dirs."""
     spec = default_spec(cgroups_path(sandbox.config.linux.cgroup_parent, cid))
     image = image_config.get("config") or {}
@@ -219,17 +186,18 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
     process["args"] = args
     process["cwd"] = config.working_dir or image.get("WorkingDir") or "/"
     process["user"] = _user(image_config)
-    process["terminal"] = config.tty
+    process["user"]["additionalGids"] = [process["user"]["gid"]]
+    del process["noNewPrivileges"]          # the CRI's WithoutNoNewPrivileges
+    if config.tty:
+        process["terminal"] = True
     env = _merge_env(_image_env(image_config), [f"HOSTNAME={sandbox.hostname}"])
     process["env"] = _merge_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
     spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup",
                            "source": "cgroup",
                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
     _add_mounts(spec, sandbox, config, volumes)
-    # Masked and read-only paths, user, capabilities, namespaces, seccomp...: cri.security.
-
-    # The pod's namespaces (joined through the sandbox's pid) come with the security
-    # context: cri.security.apply_container_security.
+    # The pod's namespaces, masked and read-only paths, user and groups, capabilities,
+    # seccomp...: cri.security, once the snapshot is there.
     spec["annotations"] = {
         **_passthrough(config.annotations, runtime_opts.get("container_annotations", [])),
         CONTAINER_TYPE: "container", SANDBOX_ID: sandbox.id,
@@ -238,8 +206,6 @@ def container_spec(cid: str, sandbox, config, image_config: dict, image_name: st
         SANDBOX_UID: sandbox.config.metadata.uid,
         CONTAINER_NAME: config.metadata.name, IMAGE_NAME: image_name,
     }
-    for hook in container_spec_hooks:   # SECURITY HOOK (part 3): container security, resources
-        hook(spec, config, sandbox)
     return spec
 
 

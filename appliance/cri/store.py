@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
 
-from ..errdefs import AlreadyExists, NotFound
+from ..errdefs import AlreadyExists
 
 KIND_LABEL = "io.cri-containerd.kind"
 SANDBOX_METADATA = "io.cri-containerd.sandbox.metadata"
@@ -118,6 +118,7 @@ class Container:
     log_path: str
     root: str                           # <root>/containers/<id>: status, volumes
     state_dir: str                      # <state>/containers/<id>: io FIFOs
+    stop_signal: str = ""               # the image's StopSignal ("" = SIGTERM)
     status: Status = field(default_factory=Status)
     io: object = None                   # logs.ContainerIO while the task runs
     stopped: object = None              # asyncio.Event set when the exit is handled
@@ -128,7 +129,7 @@ class Container:
             "ID": self.id, "Name": self.name, "SandboxID": self.sandbox_id,
             "Config": _b64(self.config), "ImageRef": self.image_id,
             "ImageRepoDigest": self.image_ref, "ImageName": self.image_name,
-            "LogPath": self.log_path}}
+            "LogPath": self.log_path, "StopSignal": self.stop_signal}}
         return any_pb2.Any(type_url=CONTAINER_METADATA_URL, value=json.dumps(doc).encode())
 
     def save_status(self) -> None:
@@ -161,7 +162,7 @@ def container_from_metadata(ext: any_pb2.Any, config_type, root: str, state: str
     c = Container(m["ID"], m["Name"], m["SandboxID"], config, m["ImageRef"],
                   m["ImageRepoDigest"], m["ImageName"], m["LogPath"],
                   os.path.join(root, "containers", m["ID"]),
-                  os.path.join(state, "containers", m["ID"]))
+                  os.path.join(state, "containers", m["ID"]), m.get("StopSignal", ""))
     try:
         with open(os.path.join(c.root, "status"), "rb") as f:
             c.status = Status.from_json(f.read())
@@ -211,13 +212,6 @@ class Store:
             return item
         matches = [v for k, v in self.items.items() if k.startswith(id_or_prefix)]
         return matches[0] if len(matches) == 1 else None
-
-    def get(self, id_or_prefix: str):
-        item = self.find(id_or_prefix)
-        if item is None:
-            raise NotFound(f"an error occurred when try to find {self.what} "
-                           f"{id_or_prefix!r}: not found")
-        return item
 
     def list(self) -> list:
         return list(self.items.values())

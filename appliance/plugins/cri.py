@@ -1,17 +1,21 @@
 """io.containerd.grpc.v1.cri: Kubernetes' CRI on the daemon's socket (runtime.v1, and
 runtime.v1alpha2 as containerd 1.6 also serves it).
 
-Built: the ImageService; RuntimeService's Version, pods (cri/sandbox.py) and containers
+Built: the ImageService; RuntimeService's Version, Status, RuntimeConfig and
+UpdateRuntimeConfig (CNI: `plugin.network`), pods (cri/sandbox.py) and containers
 (cri/container.py, UpdateContainerResources included), stats (cri/stats.py) and
-GetContainerEvents (cri/events.py). Every other RuntimeService method answers UNIMPLEMENTED
-naming itself (ListMetricDescriptors and ListPodSandboxMetrics as containerd 1.6.20).
+GetContainerEvents (cri/events.py). Every other RuntimeService method answers
+UNIMPLEMENTED naming itself (ListMetricDescriptors and ListPodSandboxMetrics as
+containerd 1.6.20).
 The pod and container services start with the plugin (an async init): the event monitor,
-then recovery of what a previous run left; the ImageService is built on first use.
+then recovery of what a previous run left; the ImageService and CNI are built on first use.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
 import time
 
 from .. import __version__, stubs
@@ -117,6 +121,38 @@ class CRIRuntimeAdapter:
         return self.pb.VersionResponse(version="0.1.0", runtime_name=RUNTIME_NAME,
                                        runtime_version=__version__,
                                        runtime_api_version=self.package.rpartition(".")[2])
+
+    @rpc
+    def Status(self, request, context):
+        network = self.plugin.network
+        ready, reason, message = network.status()
+        conditions = [self.pb.RuntimeCondition(type="RuntimeReady", status=True),
+                      self.pb.RuntimeCondition(type="NetworkReady", status=ready, reason=reason,
+                                               message=message)]
+        resp = self.pb.StatusResponse(status=self.pb.RuntimeStatus(conditions=conditions))
+        if request.verbose:
+            resp.info["config"] = json.dumps(self.plugin.config_info(), separators=(",", ":"))
+            # containerd's key: the toolchain's version ("go1.19.8" there)
+            resp.info["golang"] = json.dumps(f"python{platform.python_version()}")
+            resp.info.update(network.verbose_status())
+            for name, handler_network in self.plugin.handler_networks().items():
+                resp.info[f"lastCNILoadStatus.{name}"] = handler_network.last_status()
+        return resp
+
+    @rpc
+    def UpdateRuntimeConfig(self, request, context):
+        self.plugin.network.update_pod_cidr(request.runtime_config.network_config.pod_cidr)
+        return self.pb.UpdateRuntimeConfigResponse()
+
+    @rpc
+    def RuntimeConfig(self, request, context):
+        """The cgroup driver of the default runtime (containerd 1.6: UNIMPLEMENTED)."""
+        c = self.plugin.cfg.containerd
+        runtime = c.runtimes.get(c.default_runtime_name) or c.default_runtime
+        systemd = bool((runtime.options or {}).get("SystemdCgroup"))
+        driver = self.pb.CgroupDriver.SYSTEMD if systemd else self.pb.CgroupDriver.CGROUPFS
+        return self.pb.RuntimeConfigResponse(
+            linux=self.pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     # --- pods ---------------------------------------------------------------------------
 
@@ -247,21 +283,70 @@ class CRIPlugin:
     NEEDED = ("content-service", "snapshots-service", "diff-service", "images-service",
               "leases-service", "containers-service", "tasks-service")
 
-    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str, root: str = "",
-                 state: str = "", exchange=None):
+    def __init__(self, cfg: CRIConfig, services: dict, snapshot_root: str, *,
+                 root_dir: str = "", state_dir: str = "", server_config=None, exchange=None):
         self.cfg = cfg
-        self.root, self.state = root, state
         self.exchange = exchange
         self.services = services
         self.snapshot_root = snapshot_root
+        self.root_dir = root_dir        # <root>/io.containerd.grpc.v1.cri
+        self.state_dir = state_dir      # <state>/io.containerd.grpc.v1.cri
+        self.server_config = server_config
+        self._handler_networks: dict = {}   # runtime handler -> its own CNI (cni_conf_dir)
         self.adapters = [CRIImageAdapter(self, v1, "runtime.v1"),
                          CRIImageAdapter(self, v1alpha2, "runtime.v1alpha2"),
                          CRIRuntimeAdapter(self, v1, "runtime.v1"),
                          CRIRuntimeAdapter(self, v1alpha2, "runtime.v1alpha2")]
-        self.network = None          # cri.cni.CNIManager, once networking is set up
         self.pods = self.containers = None   # cri.sandbox / cri.container services
         self.stats = None                    # cri.stats.StatsService
         self.runtime = None                  # cri.runtime.CRIRuntime, from start()
+
+    @property
+    def netns_dir(self) -> str:
+        """Where pods' network namespaces are pinned (containerd's two choices)."""
+        if self.cfg.netns_mounts_under_state_dir:
+            return os.path.join(self.state_dir, "netns")
+        from ..cri.netns import DEFAULT_BASE_DIR
+        return DEFAULT_BASE_DIR
+
+    @functools.cached_property
+    def network(self):
+        """The pods' CNI. Its ADD cache is kept under the root, not the state dir: like
+        host-local's allocations (and libcni's /var/lib/cni cache) it must survive a reboot
+        for DEL to release them."""
+        from ..cri.cni import CNIManager
+        return CNIManager(self.cfg, os.path.join(self.root_dir, "cni"))
+
+    def network_for(self, handler: str):
+        """The CNI of pods of a runtime handler: its own when it sets `cni_conf_dir`."""
+        return self.handler_networks().get(handler) or self.network
+
+    def handler_networks(self) -> dict:
+        """The runtime handlers with a `cni_conf_dir` of their own, each with its CNI."""
+        from ..cri.cni import CNIManager
+        networks = self._handler_networks
+        for name, runtime in self.cfg.containerd.runtimes.items():
+            if runtime.cni_conf_dir and name not in networks:
+                networks[name] = CNIManager(self.cfg, os.path.join(self.root_dir, "cni"),
+                                            conf_dir=runtime.cni_conf_dir,
+                                            max_conf_num=runtime.cni_max_conf_num)
+        return networks
+
+    def config_info(self) -> dict:
+        from ..cri.info import config_json
+        server = self.server_config
+        return config_json(self.cfg, root=server.root if server else "",
+                           endpoint=server.grpc.address if server else "",
+                           cri_root=self.root_dir, cri_state=self.state_dir)
+
+    async def close(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.close()
+        managers = list(self._handler_networks.values())
+        if "network" in self.__dict__:
+            managers.append(self.network)
+        for manager in managers:
+            await manager.close()
 
     @functools.cached_property
     def images(self):
@@ -286,7 +371,7 @@ class CRIPlugin:
         from ..cri.runtime import CRIRuntime
         from ..cri.sandbox import SandboxService
         from ..cri.stats import StatsService
-        self.runtime = CRIRuntime(self.cfg, self.root, self.state, self.services, self)
+        self.runtime = CRIRuntime(self.cfg, self.root_dir, self.state_dir, self.services, self)
         self.pods = SandboxService(self.runtime, v1)
         self.containers = ContainerService(self.runtime, v1)
         self.stats = StatsService(self.runtime, v1, self.snapshot_root)
@@ -310,10 +395,6 @@ class CRIPlugin:
                       for c in self.runtime.containers.list() if c.sandbox_id == sandbox_id]
         return pod, containers
 
-    async def close(self) -> None:
-        if self.runtime is not None:
-            await self.runtime.close()
-
 
 async def _init(ic: InitContext) -> CRIPlugin:
     exchange = ic.get(EVENT)
@@ -324,7 +405,8 @@ async def _init(ic: InitContext) -> CRIPlugin:
     cfg: CRIConfig = ic.config
     ic.exports.update(CRIVersion="v1", CRIVersionAlpha="v1alpha2")
     root = os.path.join(ic.server_config.root, f"{SNAPSHOT}.{cfg.containerd.snapshotter}")
-    plugin = CRIPlugin(cfg, services, root, ic.root, ic.state, exchange)
+    plugin = CRIPlugin(cfg, services, root, root_dir=ic.root, state_dir=ic.state,
+                       server_config=ic.server_config, exchange=exchange)
     await plugin.start(ic.supervisor)
     return plugin
 

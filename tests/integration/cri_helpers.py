@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,30 +18,41 @@ from reference import Containerd
 from registry import LocalRegistry
 
 CRI = 'plugins."io.containerd.grpc.v1.cri"'
+CNI_BIN = "/usr/lib/cni"
 LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z) (stdout|stderr) ([FP]) (.*)$")
 
 
 class Registry:
     """docker-registry on 127.0.0.1 with test/busybox:v1, test/pause:v1 (sleeps) and
-    test/volume:v1 (declares a volume)."""
+    test/volume:v1 (declares volumes /data and /bin), test/stopsig:v1 (StopSignal SIGUSR1)."""
 
     def __init__(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="ca-cripods-")
         busybox = make_oci(Path(self.tmp.name))
         pause = with_config(busybox, "pause", Cmd=["sleep", "2147483647"])
-        volume = with_config(busybox, "volume", Volumes={"/data": {}})
+        # /bin as a volume too: its files must be copied into the volume to run anything
+        volume = with_config(busybox, "volume", Volumes={"/data": {}, "/bin": {}})
+        stopsig = with_config(busybox, "stopsig", StopSignal="SIGUSR1")
         self.registry = LocalRegistry().start()
         self.host = self.registry.host
         self.busybox_digest = self.registry.push(busybox, "test/busybox:v1")
         self.registry.push(pause, "test/pause:v1")
         self.registry.push(volume, "test/volume:v1")
+        self.registry.push(stopsig, "test/stopsig:v1")
         self.busybox = f"{self.host}/test/busybox:v1"
         self.pause = f"{self.host}/test/pause:v1"
         self.volume = f"{self.host}/test/volume:v1"
+        self.stopsig = f"{self.host}/test/stopsig:v1"
 
     def stop(self):
         self.registry.stop()
         self.tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 def cri_keys(workdir: Path, sandbox_image: str, extra: str = "") -> str:
@@ -60,9 +70,9 @@ def runc_root_table(workdir: Path) -> str:
 class CRIContainerd(Containerd):
     """containerd 1.6.20 with CRI on, our keys inserted into its CRI table."""
 
-    def __init__(self, sandbox_image: str, extra: str = ""):
+    def __init__(self, sandbox_image: str, extra: str = "", cni_conf_dir: str = ""):
         super().__init__(cri=True)
-        self.sandbox_image, self.extra = sandbox_image, extra
+        self.sandbox_image, self.extra, self.cni_conf_dir = sandbox_image, extra, cni_conf_dir
 
     def write_config(self):
         super().write_config()
@@ -71,22 +81,29 @@ class CRIContainerd(Containerd):
         # (containerd_config sets netns_mounts_under_state_dir and restrict_oom_score_adj)
         text = text.replace(head, head + f'  sandbox_image = "{self.sandbox_image}"\n'
                             + self.extra)
+        if self.cni_conf_dir:
+            text = text.replace(f'bin_dir = "{self.workdir}/cni/bin"', f'bin_dir = "{CNI_BIN}"')
+            text = text.replace(f'conf_dir = "{self.workdir}/cni/net.d"',
+                                f'conf_dir = "{self.cni_conf_dir}"')
         self.config_path.write_text(text + runc_root_table(self.workdir))
 
 
-def ctrappliance(sandbox_image: str, extra: str = "") -> Daemon:
+def ctrappliance(sandbox_image: str, extra: str = "", cni_conf_dir: str = "") -> Daemon:
     workdir = Path(tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
     config = workdir / "config.toml"
+    bin_dir = CNI_BIN if cni_conf_dir else f"{workdir}/cni/bin"
     config.write_text(f"version = 2\n[{CRI}]\n" + cri_keys(workdir, sandbox_image, extra)
-                      + f"[{CRI}.cni]\n  bin_dir = \"{workdir}/cni/bin\"\n"
-                      f"  conf_dir = \"{workdir}/cni/net.d\"\n" + runc_root_table(workdir))
+                      + f"[{CRI}.cni]\n  bin_dir = \"{bin_dir}\"\n"
+                      f"  conf_dir = \"{cni_conf_dir or f'{workdir}/cni/net.d'}\"\n"
+                      + runc_root_table(workdir))
     return Daemon(workdir=str(workdir), config=str(config))
 
 
-def make_daemon(kind: str, sandbox_image: str, extra: str = ""):
+def make_daemon(kind: str, sandbox_image: str, extra: str = "", cni_conf_dir: str = ""):
+    """Either daemon with CRI on; with `cni_conf_dir`, Debian's CNI plugins and that conf."""
     if kind == "ctrappliance":
-        return ctrappliance(sandbox_image, extra)
-    return CRIContainerd(sandbox_image, extra)
+        return ctrappliance(sandbox_image, extra, cni_conf_dir)
+    return CRIContainerd(sandbox_image, extra, cni_conf_dir)
 
 
 class Client:
@@ -183,10 +200,15 @@ def mounts_under(path) -> list[str]:
 def leftovers(daemon) -> dict:
     """What a daemon's pods could leave: shims (their -address is the daemon's socket),
     mounts under its work dir, pinned netns, containerd containers in k8s.io."""
-    netns = Path(daemon.state) / "netns"
+    netns = netns_dir(daemon)
     return {"shims": shims_of([daemon.address]), "mounts": mounts_under(daemon.workdir),
             "netns": sorted(os.listdir(netns)) if netns.is_dir() else [],
             "containers": containers(daemon)}
+
+
+def netns_dir(daemon) -> Path:
+    """Where the daemon pins pods' netns (`netns_mounts_under_state_dir`: the CRI's state)."""
+    return Path(daemon.state) / "io.containerd.grpc.v1.cri" / "netns"
 
 
 def snapshots(daemon) -> list[str]:
@@ -207,16 +229,24 @@ def parse_log(path) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+class Answers:
+    """Differential answers: `same(case, kind, answer)` asserts once both daemons gave one."""
+
+    def __init__(self):
+        self.seen: dict = {}
+
+    def same(self, case, kind, answer):
+        seen = self.seen.setdefault(case, {})
+        seen[kind] = answer
+        if len(seen) == 2:
+            assert seen["ctrappliance"] == seen["containerd"], case
 
 
-def kill_leftovers(ids) -> None:
-    for pid in shims_of(ids):
-        subprocess.run(["kill", "-9", str(pid)], check=False)
+def cri_answers(client) -> bool:
+    """The CRI answers (containerd says "server is not initialized yet" for a moment after
+    a start)."""
+    try:
+        client.runtime.ListPodSandbox(pb.ListPodSandboxRequest())
+        return True
+    except grpc.RpcError:
+        return False

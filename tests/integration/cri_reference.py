@@ -38,9 +38,10 @@ def extract_rootfs(image_tar: Path, into: Path) -> dict:
 
 
 class CRIReference:
-    def __init__(self, kind: str = "containerd", extra: str = ""):
+    def __init__(self, kind: str = "containerd", extra: str = "", cni_conf_dir: str = ""):
         self.kind = kind
         self.extra = extra           # more keys for the CRI table
+        self.cni_conf_dir = cni_conf_dir
         self.work = Path(tempfile.mkdtemp(prefix="cri-sec-", dir="/tmp"))
         self.cgroup_parent = f"/cri-sec-{uuid.uuid4().hex[:8]}"
         self.daemon = None
@@ -50,7 +51,7 @@ class CRIReference:
         image = make_security_image(self.work)
         self.image_config = extract_rootfs(image, self.work / "rootfs")
         self.rootfs = str(self.work / "rootfs")
-        self.daemon = d = make_daemon(self.kind, IMAGE, self.extra)
+        self.daemon = d = make_daemon(self.kind, IMAGE, self.extra, self.cni_conf_dir)
         d.start()
         d.ctr("images", "import", str(image), namespace="k8s.io")
         self.channel = grpc.insecure_channel(f"unix://{d.address}")
