@@ -160,8 +160,7 @@ class StatsService:
                 self._memory(linux.memory, usage, now)
         if sandbox.netns_path and sandbox.pid:
             counters = cgroupstats.net_dev(sandbox.pid).get(DEFAULT_INTERFACE)
-            if counters is not None:
-                linux.network.timestamp = now
+            if counters is not None:        # (no timestamp: containerd 1.6.20 sets none)
                 iface = linux.network.default_interface
                 iface.name = DEFAULT_INTERFACE
                 (iface.rx_bytes.value, iface.rx_errors.value, iface.tx_bytes.value,

@@ -14,29 +14,20 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cri_helpers import Client, Registry, make_daemon, wait_for
+from cri_helpers import Answers, Client, Registry, cri_answers, make_daemon
+from daemon import wait_for
 
 pytestmark = pytest.mark.integration
 
 BUSY = ["sh", "-c", "while :; do :; done"]
 SLEEP = ["sleep", "3600"]
-ANSWERS = {}   # case -> {daemon: answer}, compared once both daemons ran it
-
-
-def same(case, kind, answer):
-    seen = ANSWERS.setdefault(case, {})
-    seen[kind] = answer
-    if len(seen) == 2:
-        assert seen["ctrappliance"] == seen["containerd"], case
+same = Answers().same
 
 
 @pytest.fixture(scope="module")
 def registry():
-    r = Registry()
-    try:
+    with Registry() as r:
         yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
@@ -318,3 +309,4 @@ def test_container_events_stream_ends_when_the_daemon_stops(cri, registry):
     finally:
         cri.daemon.start()
         cri.connect()
+        wait_for(lambda: cri_answers(cri), what="the CRI after a restart")
