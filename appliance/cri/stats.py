@@ -67,11 +67,7 @@ class StatsService:
     def _container_stats(self, c):
         pb = self.pb
         stats = pb.ContainerStats()
-        a = stats.attributes
-        a.id = c.id
-        a.metadata.MergeFrom(c.config.metadata)
-        a.labels.update(c.config.labels)
-        a.annotations.update(c.config.annotations)
+        _attributes(stats.attributes, c.id, c.config)
         sampled, used, inodes = self.layers.get(c.id, (0, 0, 0))
         layer = stats.writable_layer
         layer.timestamp = sampled
@@ -145,11 +141,7 @@ class StatsService:
     def _pod_stats(self, sandbox):
         pb = self.pb
         stats = pb.PodSandboxStats()
-        a = stats.attributes
-        a.id = sandbox.id
-        a.metadata.MergeFrom(sandbox.config.metadata)
-        a.labels.update(sandbox.config.labels)
-        a.annotations.update(sandbox.config.annotations)
+        _attributes(stats.attributes, sandbox.id, sandbox.config)
         linux = stats.linux
         now = time.time_ns()
         parent = sandbox.config.linux.cgroup_parent
@@ -195,6 +187,13 @@ class StatsService:
         for table in (self.samples, self.layers, self.cgroups):
             for key in [k for k in table if gone(k)]:
                 del table[key]
+
+
+def _attributes(out, item_id: str, config) -> None:
+    out.id = item_id
+    out.metadata.MergeFrom(config.metadata)
+    out.labels.update(config.labels)
+    out.annotations.update(config.annotations)
 
 
 def _not_ready(sid: str) -> str:

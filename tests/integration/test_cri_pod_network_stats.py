@@ -10,7 +10,7 @@ import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
 from cni_helpers import PLUGINS, TestNetwork
-from cri_helpers import Answers, Client, Registry, make_daemon
+from cri_helpers import Answers, Registry, running
 from daemon import wait_for
 
 pytestmark = [pytest.mark.integration,
@@ -39,21 +39,11 @@ def net():
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
 def cri(request, registry, net):
-    daemon = make_daemon(request.param, registry.pause, cni_conf_dir=str(net.conf_dir))
-    daemon.start()
-    client = Client(request.param, daemon)
-    try:
-        client.pull(registry.busybox)
+    with running(request.param, registry, cni_conf_dir=str(net.conf_dir)) as client:
         wait_for(lambda: any(c.type == "NetworkReady" and c.status for c in
                              client.runtime.Status(pb.StatusRequest()).status.conditions),
                  what="NetworkReady")
         yield client
-    finally:
-        try:
-            client.remove_all()
-        finally:
-            client.close()
-            daemon.cleanup()
 
 
 def test_pod_network_stats_count_traffic(cri, registry):

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cri_helpers import Answers, Client, Registry, cri_answers, make_daemon
+from cri_helpers import Answers, Registry, cri_answers, running
 from daemon import wait_for
 
 pytestmark = pytest.mark.integration
@@ -32,18 +32,8 @@ def registry():
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
 def cri(request, registry):
-    daemon = make_daemon(request.param, registry.pause, "  stats_collect_period = 1\n")
-    daemon.start()
-    client = Client(request.param, daemon)
-    try:
-        client.pull(registry.busybox)
+    with running(request.param, registry, "  stats_collect_period = 1\n") as client:
         yield client
-    finally:
-        try:
-            client.remove_all()
-        finally:
-            client.close()
-            daemon.cleanup()
 
 
 @pytest.fixture(autouse=True)
