@@ -300,3 +300,18 @@ def test_container_events_stream_ends_when_the_daemon_stops(cri, registry):
         cri.daemon.start()
         cri.connect()
         wait_for(lambda: cri_answers(cri), what="the CRI after a restart")
+
+
+def test_v1alpha2_stats(cri, registry):
+    """runtime.v1alpha2 (containerd 1.6 serves it too): the same stats."""
+    from appliance._proto.cri.v1alpha2 import api_pb2 as a2, api_pb2_grpc as a2rpc
+    pod_id, cid = _pod_with(cri, registry, "alpha", SLEEP, {"v": "alpha"})
+    alpha = a2rpc.RuntimeServiceStub(cri.channel)
+    stats = alpha.ListContainerStats(a2.ListContainerStatsRequest(
+        filter=a2.ContainerStatsFilter(label_selector={"v": "alpha"}))).stats
+    assert [s.attributes.id for s in stats] == [cid]
+    assert stats[0].memory.working_set_bytes.value > 0
+    pod = alpha.PodSandboxStats(a2.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+    assert pod.attributes.id == pod_id
+    assert [c.attributes.id for c in pod.linux.containers] == [cid]
+    same("v1alpha2-stats-shape", cri.kind, (shape(stats[0]), shape(pod)))
