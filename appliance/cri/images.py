@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -176,19 +175,6 @@ class ImageService:
             except NotFound:
                 pass
         self.invalidate()
-
-    def fs_usage(self) -> tuple[str, int, int]:
-        """(mountpoint, used bytes, inodes) of the snapshotter's directory."""
-        used = inodes = 0
-        for dirpath, dirnames, filenames in os.walk(self.snapshot_root):
-            for name in dirnames + filenames:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                used += st.st_blocks * 512
-                inodes += 1
-        return self.snapshot_root, used, inodes
 
 
 # The fields of the OCI image config in the order of Go's ocispec structs: containerd's

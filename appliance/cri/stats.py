@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 
+from ..core.snapshots.backends import disk_usage
 from ..errdefs import ApplianceError, NotFound
 from . import cgroupstats
 from .images import NAMESPACE
@@ -31,6 +32,7 @@ class StatsService:
         self.samples: dict[str, tuple[int, int]] = {}    # id -> (timestamp, cpu_ns)
         self.layers: dict[str, tuple[int, int, int]] = {}  # id -> (time, bytes, inodes)
         self.cgroups: dict[str, tuple[int, dict]] = {}   # container id -> (pid, dirs)
+        self.image_fs = (0, 0, 0)    # ImageFsInfo: (time, bytes, inodes) of snapshot_root
 
     # --- containers -------------------------------------------------------------------
 
@@ -167,8 +169,9 @@ class StatsService:
     # --- the writable layers' sampler --------------------------------------------------
 
     async def collect(self) -> None:
-        """Every `stats_collect_period` s, each container's snapshot usage (owned by the
-        supervisor; ends when cancelled)."""
+        """Every `stats_collect_period` s, each container's snapshot usage and the whole
+        snapshotter directory's, for ImageFsInfo (owned by the supervisor; ends when
+        cancelled). containerd samples alike: both answer 0 until the first sample."""
         period = max(1, self.rt.cfg.stats_collect_period)
         snapshotter = self.rt.snapshots.get(self.rt.cfg.containerd.snapshotter)
         while True:
@@ -182,6 +185,8 @@ class StatsService:
                     log.debug("writable layer of %s: %s", cid, exc)
             self.forget(lambda key: key not in current
                         and key not in self.rt.sandboxes.items)
+            used, inodes = await asyncio.to_thread(disk_usage, self.snapshot_root)
+            self.image_fs = (time.time_ns(), used, inodes)
 
     def forget(self, gone) -> None:
         for table in (self.samples, self.layers, self.cgroups):

@@ -87,9 +87,9 @@ class CRIImageAdapter:
 
     @rpc
     def ImageFsInfo(self, request, context):
-        mountpoint, used, inodes = self.service.fs_usage()
-        usage = self.pb.FilesystemUsage(timestamp=time.time_ns())
-        usage.fs_id.mountpoint = mountpoint
+        sampled, used, inodes = self.plugin.stats.image_fs   # cri.stats' background sample
+        usage = self.pb.FilesystemUsage(timestamp=sampled or time.time_ns())
+        usage.fs_id.mountpoint = self.plugin.snapshot_root
         usage.used_bytes.value = used
         usage.inodes_used.value = inodes
         return self.pb.ImageFsInfoResponse(image_filesystems=[usage])

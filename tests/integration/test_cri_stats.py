@@ -315,3 +315,15 @@ def test_v1alpha2_stats(cri, registry):
     assert pod.attributes.id == pod_id
     assert [c.attributes.id for c in pod.linux.containers] == [cid]
     same("v1alpha2-stats-shape", cri.kind, (shape(stats[0]), shape(pod)))
+
+
+def test_image_fs_info_is_sampled(cri):
+    """ImageFsInfo's usage comes from the background sampler (stats_collect_period = 1 here),
+    as containerd's: the pulled busybox shows within a few periods."""
+    def used():
+        [fs] = cri.images.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems
+        return fs.used_bytes.value > 0 and fs
+    fs = wait_for(used, timeout=30, what="ImageFsInfo's used_bytes")
+    assert fs.inodes_used.value > 0 and fs.timestamp > 0
+    assert fs.fs_id.mountpoint.endswith("/io.containerd.snapshotter.v1.overlayfs")
+    same("image-fs-shape", cri.kind, shape(fs))
