@@ -23,6 +23,10 @@ CTR = shutil.which("ctr") or "/usr/bin/ctr"
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 OURS = os.environ.get("CTRAPPLIANCE_BIN", str(REPO / ".venv" / "bin" / "ctrappliance"))
 BOOT_TIMEOUT = 30.0
+CRI_TABLE = 'plugins."io.containerd.grpc.v1.cri"'
+# what containerd_config puts in containerd's CRI table, for ours when it gets CRI keys
+OURS_CRI_KEYS = ('  stream_server_port = "0"\n  netns_mounts_under_state_dir = true\n'
+                 '  restrict_oom_score_adj = true\n')
 BOOTED_RE = re.compile(r"successfully booted in ([0-9.]+)s")
 ENV = dict(os.environ, PATH=os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin",
            LC_ALL="C")
@@ -66,6 +70,7 @@ class Target:
         self.binary = binary or (CONTAINERD if kind == "containerd" else OURS)
         self.root_fs = root_fs   # None: the workdir's filesystem; "tmpfs" or "ext4": a fresh one
         self.cri = False         # containerd: CRI plugin on (ours always serves it)
+        self.cri_config = ("", "")   # (keys inside the CRI table, tables after it): both
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
         self.address = str(self.workdir / f"{kind}.sock")
@@ -79,13 +84,19 @@ class Target:
     def _argv(self) -> list[str]:
         if self.kind == "ctrappliance":
             config = self.workdir / "ctrappliance.toml"   # a private opt path, as containerd's
+            keys, tables = self.cri_config
             config.write_text(f'version = 2\n[plugins."io.containerd.internal.v1.opt"]\n'
-                              f'  path = "{self.workdir}/opt"\n')
+                              f'  path = "{self.workdir}/opt"\n'
+                              + (f'[{CRI_TABLE}]\n{OURS_CRI_KEYS}{keys}{tables}'
+                                 if keys or tables else ""))
             return [self.binary, "--config", str(config), "--root", str(self.root),
                     "--state", str(self.state), "--address", self.address]
         config = self.workdir / "containerd.toml"
-        config.write_text(containerd_config(self.workdir, self.root, self.state, self.address,
-                                            self.cri))
+        text = containerd_config(self.workdir, self.root, self.state, self.address, self.cri)
+        keys, tables = self.cri_config
+        if self.cri:
+            text = text.replace(f"[{CRI_TABLE}]\n", f"[{CRI_TABLE}]\n{keys}", 1) + tables
+        config.write_text(text)
         return [self.binary, "--config", str(config)]
 
     def start(self) -> dict:

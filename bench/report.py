@@ -51,6 +51,15 @@ METRICS = [
      "s", ("≤", 0.5)),
     ("cri_pull_shared", "2 CRI PullImage at once (big + 6 layers, shared base)", "s",
      ("≤", 0.6)),
+    ("cri_pod_start", "CRI pod start: RunPodSandbox → CreateContainer → StartContainer → "
+     "RUNNING, 20 pods in turn", "ms", ("≤", 0.8)),
+    ("cri_pleg_cpu", "CRI PLEG load, 30 pods: daemon CPU over 60 relists (1/s)", "s",
+     ("≤", 0.7)),
+    ("cri_pleg_list_p99", "CRI PLEG load: ListPodSandbox / ListContainers p99", "ms",
+     ("≤", 1.0)),
+    ("cri_pleg_relist_p50", "CRI PLEG load: whole relist (lists + 30 ContainerStatus) p50",
+     "ms", None),
+    ("cri_pods_rss", "CRI: daemon RSS with 30 pods running (VmRSS)", "MiB", ("≤", 1.0)),
     ("many_peak", "peak RSS importing a 300,000-entry layer (VmHWM)", "MiB", None),
     ("many_settled", "RSS 10 s after that import", "MiB", ("≤", 1.0)),
     ("run", "`ctr run --rm busybox /bin/true`", "ms", ("≤", 0.9)),
@@ -204,8 +213,8 @@ def render(data: dict, notes: Path | None = NOTES) -> str:
         "(the machine is shared with other engineers' test runs: expect ±10% on CPU-bound rows "
         "and more on disk-bound ones).",
         "",
-        f"containerd: `{info['versions']['containerd']}` (CRI disabled, except in section "
-        f"cri_pull); "
+        f"containerd: `{info['versions']['containerd']}` (CRI disabled, except in sections "
+        f"cri_pull and cri_pods); "
         f"ctr: `{info['versions']['ctr']}`; ctrappliance: `{info['ctrappliance_bin']}`"
         + "".join(f"; {name}: `{path}`" for name, path in info.get("checkouts", {}).items())
         + ". "

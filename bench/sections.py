@@ -388,7 +388,14 @@ def lifecycle(b: Bench, make_targets):
     run(b, make_targets)
 
 
+def cri_pods(b: Bench, make_targets):
+    """Pod start, kubelet's relist load and RSS with pods, through each daemon's CRI
+    (bench/cri_pods.py)."""
+    from .cri_pods import cri_pods as run
+    run(b, make_targets)
+
+
 STANDALONE_ROOTS = {"import_tmpfs": import_tmpfs, "import_ext4": import_ext4,
-                    "many_entries": many_entries, "cri_pull": cri_pull}
+                    "many_entries": many_entries, "cri_pull": cri_pull, "cri_pods": cri_pods}
 STANDALONE = {"boot": boot, **STANDALONE_ROOTS, "rapid_reset": rapid_reset, "lifecycle": lifecycle}
 ALL_SECTIONS = ["boot", *WORKLOAD, *STANDALONE_ROOTS, "rapid_reset", "lifecycle"]

@@ -16,7 +16,7 @@ import signal as signals
 import time
 
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
-from . import logs, resources, security, spec as specs
+from . import events, logs, resources, security, spec as specs
 from .images import NAMESPACE
 from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json,
                       remove_tree, undo_all)
@@ -105,6 +105,7 @@ class ContainerService:
         c.status = Status(created_at=time.time_ns())
         await asyncio.to_thread(c.save_status)
         rt.containers.add(c)
+        rt.events.emit(cid, sandbox.id, events.CREATED)
         return cid
 
     def _target_pid(self, cid: str, sandbox, config) -> int | None:
@@ -191,6 +192,7 @@ class ContainerService:
             raise
         c.status.started_at = time.time_ns()
         await asyncio.to_thread(c.save_status)
+        rt.events.emit(c.id, c.sandbox_id, events.STARTED)
 
     # --- UpdateContainerResources -----------------------------------------------------
 
@@ -264,6 +266,7 @@ class ContainerService:
                 c.status.reason = "Completed" if exit_status == 0 else "Error"
             c.status.pid = 0
             await asyncio.to_thread(c.save_status)
+            self.rt.events.emit(c.id, c.sandbox_id, events.STOPPED)
         if c.stopped is not None:
             c.stopped.set()
 
@@ -289,6 +292,7 @@ class ContainerService:
         await asyncio.to_thread(remove_tree, c.state_dir)
         self.rt.containers.remove(c.id)
         self.rt.container_names.release(c.name)
+        self.rt.events.emit(c.id, c.sandbox_id, events.DELETED)
 
     # --- ContainerStatus / ListContainers -------------------------------------------------
 
@@ -296,7 +300,7 @@ class ContainerService:
         c = self.get(cid)
         s = c.status
         image_spec, image_ref = c.config.image.image, c.image_id
-        image = self.rt.images.status(c.image_id)
+        image = self.rt.images.cached(c.image_id)
         if image is not None:
             if image.repo_tags:
                 image_spec = image.repo_tags[0]

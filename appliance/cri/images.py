@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -52,6 +51,7 @@ class ImageService:
         self.content = content
         self.snapshots = snapshots
         self.snapshot_root = snapshot_root
+        self._by_id: dict[str, CRIImage] | None = None    # see cached()
 
     # --- PullImage -------------------------------------------------------------------
 
@@ -81,6 +81,7 @@ class ImageService:
                             labels))
         if labels != pulled.image.labels:
             self._put(Image(pulled.image.name, pulled.image.target, labels))
+        self.invalidate()
         return pulled.config_digest
 
     def _put(self, image: Image) -> None:
@@ -103,6 +104,17 @@ class ImageService:
             _add_name(found, record.name)
             found.pinned = found.pinned or record.labels.get(PINNED_LABEL) == "pinned"
         return list(by_id.values())
+
+    def cached(self, image_id: str) -> CRIImage | None:
+        """The image with this id from a view rebuilt only after an image changed
+        (invalidate(): our own pulls and removals, and the image events the CRI's monitor
+        sees): ContainerStatus is on kubelet's relist path and must not read the store."""
+        if self._by_id is None:
+            self._by_id = {i.id: i for i in self.list()}
+        return self._by_id.get(image_id)
+
+    def invalidate(self) -> None:
+        self._by_id = None
 
     def status(self, text: str) -> CRIImage | None:
         """The image a reference, repo digest or id names; None when there is none."""
@@ -162,19 +174,7 @@ class ImageService:
                 await self.images.delete(NAMESPACE, name)
             except NotFound:
                 pass
-
-    def fs_usage(self) -> tuple[str, int, int]:
-        """(mountpoint, used bytes, inodes) of the snapshotter's directory."""
-        used = inodes = 0
-        for dirpath, dirnames, filenames in os.walk(self.snapshot_root):
-            for name in dirnames + filenames:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                used += st.st_blocks * 512
-                inodes += 1
-        return self.snapshot_root, used, inodes
+        self.invalidate()
 
 
 # The fields of the OCI image config in the order of Go's ocispec structs: containerd's

@@ -1,5 +1,6 @@
 """The CRI's event monitor: task exits and OOMs in namespace `k8s.io` keep the in-memory view
-current (a container's exit code, time and reason; a sandbox going NOTREADY), as containerd's
+current (a container's exit code, time and reason; a sandbox going NOTREADY; image changes
+drop ContainerStatus's image view), as containerd's
 CRI event monitor does; each exit is handled in its own task (its task delete may take a
 while)."""
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from .. import stubs
+from . import events
 from .images import NAMESPACE
 from .store import SANDBOX_NOTREADY
 
@@ -33,6 +35,10 @@ class EventMonitor:
             if event.id != event.container_id:
                 return                          # an exec process: not ours to handle here
             self.rt.spawn(self.handle_exit(event), f"cri-exit-{event.container_id[:12]}")
+        elif envelope.topic.startswith("/images/"):
+            images = self.rt.plugin.__dict__.get("images")   # only once it was built
+            if images is not None:
+                images.invalidate()
         elif envelope.topic == "/tasks/oom":
             event = task_events.TaskOOM.FromString(envelope.event.value)
             self.containers.handle_oom(event.container_id)
@@ -43,10 +49,12 @@ class EventMonitor:
         if sandbox is not None and sandbox.id == cid:
             await self.rt.delete_task(cid)
             sandbox.state, sandbox.pid = SANDBOX_NOTREADY, 0
+            self.rt.events.emit(cid, cid, events.STOPPED)
             return
         await self.containers.handle_exit(cid, event.exit_status,
                                           event.exited_at.ToNanoseconds())
 
 
 SUBSCRIPTION = (f'namespace=="{NAMESPACE}",topic=="/tasks/exit"',
-                f'namespace=="{NAMESPACE}",topic=="/tasks/oom"')
+                f'namespace=="{NAMESPACE}",topic=="/tasks/oom"',
+                f'namespace=="{NAMESPACE}",topic~="^/images/"')

@@ -21,6 +21,7 @@ from .. import stubs
 from ..core.metadata.containers import Container as Record, Runtime as RecordRuntime
 from ..errdefs import ApplianceError, NotFound
 from .config import CRIConfig, Runtime
+from .events import ContainerEvents
 from .host import Host
 from .images import NAMESPACE
 from .spec import SPEC_TYPE_URL
@@ -78,6 +79,7 @@ class CRIRuntime:
         self.sandbox_names = Names("sandbox")
         self.container_names = Names("container")
         self.background: set[asyncio.Task] = set()
+        self.events = ContainerEvents()        # GetContainerEvents' streams
 
     @functools.cached_property
     def host(self) -> Host:
@@ -235,6 +237,7 @@ class CRIRuntime:
         return task
 
     async def close(self) -> None:
+        self.events.close()
         for task in list(self.background):
             task.cancel()
         if self.background:

@@ -20,7 +20,7 @@ import time
 
 from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
-from . import security, spec as specs
+from . import events, security, spec as specs
 from .images import NAMESPACE
 from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
                       undo_all)
@@ -94,6 +94,8 @@ class SandboxService:
         await rt.start_task(sid)
         sandbox.state = SANDBOX_READY
         rt.sandboxes.add(sandbox)
+        rt.events.emit(sid, sid, events.CREATED)
+        rt.events.emit(sid, sid, events.STARTED)
         return sid
 
     def _secure(self, sandbox: Sandbox, runtime_spec: dict, image_config: dict, mounts) -> None:
@@ -239,6 +241,7 @@ class SandboxService:
         await asyncio.to_thread(remove_tree, sandbox.root)
         self.rt.sandboxes.remove(sandbox.id)
         self.rt.sandbox_names.release(sandbox.name)
+        self.rt.events.emit(sandbox.id, sandbox.id, events.DELETED)
 
     # --- PodSandboxStatus / ListPodSandbox ----------------------------------------------
 

@@ -3,8 +3,10 @@ runtime.v1alpha2 as containerd 1.6 also serves it).
 
 Built: the ImageService; RuntimeService's Version, Status, RuntimeConfig and
 UpdateRuntimeConfig (CNI: `plugin.network`), pods (cri/sandbox.py) and containers
-(cri/container.py, UpdateContainerResources included). Every other RuntimeService method
-answers UNIMPLEMENTED naming itself.
+(cri/container.py, UpdateContainerResources included), stats (cri/stats.py) and
+GetContainerEvents (cri/events.py). Every other RuntimeService method answers
+UNIMPLEMENTED naming itself (ListMetricDescriptors and ListPodSandboxMetrics as
+containerd 1.6.20).
 The pod and container services start with the plugin (an async init): the event monitor,
 then recovery of what a previous run left; the ImageService and CNI are built on first use.
 """
@@ -85,9 +87,9 @@ class CRIImageAdapter:
 
     @rpc
     def ImageFsInfo(self, request, context):
-        mountpoint, used, inodes = self.service.fs_usage()
-        usage = self.pb.FilesystemUsage(timestamp=time.time_ns())
-        usage.fs_id.mountpoint = mountpoint
+        sampled, used, inodes = self.plugin.stats.image_fs   # cri.stats' background sample
+        usage = self.pb.FilesystemUsage(timestamp=sampled or time.time_ns())
+        usage.fs_id.mountpoint = self.plugin.snapshot_root
         usage.used_bytes.value = used
         usage.inodes_used.value = inodes
         return self.pb.ImageFsInfoResponse(image_filesystems=[usage])
@@ -265,6 +267,35 @@ class CRIRuntimeAdapter:
         return self.pb.PortForwardResponse(
             url=await self.plugin.streaming.port_forward_url(request))
 
+    # --- stats and events -----------------------------------------------------------------
+
+    @rpc
+    async def ContainerStats(self, request, context):
+        stats = self.plugin.stats.container(request.container_id)
+        return self.pb.ContainerStatsResponse(stats=self._ours(stats))
+
+    @rpc
+    async def ListContainerStats(self, request, context):
+        flt = self._v1(request.filter) if request.HasField("filter") else None
+        return self.pb.ListContainerStatsResponse(
+            stats=[self._ours(s) for s in self.plugin.stats.containers(flt)])
+
+    @rpc
+    async def PodSandboxStats(self, request, context):
+        stats = self.plugin.stats.pod(request.pod_sandbox_id)
+        return self.pb.PodSandboxStatsResponse(stats=self._ours(stats))
+
+    @rpc
+    async def ListPodSandboxStats(self, request, context):
+        flt = self._v1(request.filter) if request.HasField("filter") else None
+        return self.pb.ListPodSandboxStatsResponse(
+            stats=[self._ours(s) for s in self.plugin.stats.pods(flt)])
+
+    @rpc
+    async def GetContainerEvents(self, request, context):
+        async for event in self.plugin.runtime.events.subscribe():
+            yield self._ours(event)
+
 
 class CRIPlugin:
     """The CRI's services are built on the first CRI call: a node without kubelet never
@@ -288,6 +319,7 @@ class CRIPlugin:
                          CRIRuntimeAdapter(self, v1, "runtime.v1"),
                          CRIRuntimeAdapter(self, v1alpha2, "runtime.v1alpha2")]
         self.pods = self.containers = None   # cri.sandbox / cri.container services
+        self.stats = None                    # cri.stats.StatsService
         self.runtime = None                  # cri.runtime.CRIRuntime, from start()
         self.supervisor = None               # the daemon's, from start()
 
@@ -371,10 +403,14 @@ class CRIPlugin:
         from ..cri.monitor import SUBSCRIPTION, EventMonitor
         from ..cri.runtime import CRIRuntime
         from ..cri.sandbox import SandboxService
+        from ..cri.stats import StatsService
         self.supervisor = supervisor
         self.runtime = CRIRuntime(self.cfg, self.root_dir, self.state_dir, self.services, self)
         self.pods = SandboxService(self.runtime, v1)
         self.containers = ContainerService(self.runtime, v1)
+        self.stats = StatsService(self.runtime, v1, self.snapshot_root)
+        self.runtime.events.statuses = self._statuses
+        supervisor.task(self.stats.collect(), "cri-stats-collector")
         monitor = EventMonitor(self.runtime, self.containers)
         supervisor.task(monitor.run(self.exchange.subscribe(*SUBSCRIPTION)), "cri-events")
         await asyncio.sleep(0)    # the monitor subscribes before recovery reads task states
@@ -382,6 +418,16 @@ class CRIPlugin:
             await self.pods.recover()
             await self.containers.recover()
 
+    def _statuses(self, sandbox_id: str):
+        """A pod's status (None once it is gone) and its containers' statuses, for an
+        event (cri.events)."""
+        try:
+            pod = self.pods.status(sandbox_id, v1, False)[0]
+        except NotFound:
+            pod = None
+        containers = [self.containers.status(c.id, v1, False)[0]
+                      for c in self.runtime.containers.list() if c.sandbox_id == sandbox_id]
+        return pod, containers
 
 
 async def _init(ic: InitContext) -> CRIPlugin:

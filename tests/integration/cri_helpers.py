@@ -3,6 +3,7 @@ here, both daemons with CRI on (private runc root, netns under state, OOM score 
 a CRI client, and checks that nothing is left behind."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -288,3 +289,21 @@ def cri_answers(client) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+@contextlib.contextmanager
+def running(kind: str, registry: Registry, extra: str = "", cni_conf_dir: str = ""):
+    """A started daemon of `kind` with busybox pulled, and its Client; everything it ran is
+    removed and the daemon cleaned up at the end."""
+    daemon = make_daemon(kind, registry.pause, extra, cni_conf_dir=cni_conf_dir)
+    daemon.start()
+    client = Client(kind, daemon)
+    try:
+        client.pull(registry.busybox)
+        yield client
+    finally:
+        try:
+            client.remove_all()
+        finally:
+            client.close()
+            daemon.cleanup()
