@@ -25,9 +25,10 @@ class WalkingDiffer:
         self.tmpmounts = tmpmounts
 
     def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
-              payloads=None) -> tuple[str, str, int]:
-        path = self.content.blob_path(ns, digest)
-        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
+              payloads=None, follow=None) -> tuple[str, str, int]:
+        """`follow`: the blob is still being written (a pull): read it through that."""
+        path = self.content.blob_path(ns, digest) if follow is None else digest
+        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads, follow)
         return LAYER_MEDIA_TYPE, applied.digest, applied.size
 
     def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):

@@ -4,6 +4,7 @@ docker-registry on 127.0.0.1: the same answers where the behaviour is containerd
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -344,18 +345,22 @@ def _layer_digests(oci_tar: Path) -> list[str]:
     return [layer["digest"] for layer in manifest["layers"]]
 
 
-def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path):
-    """Manifest and config are served, the layer never comes: the pull fails after
-    image_pull_progress_timeout with a message that says so, and leaves no ingest."""
-    import threading
-    import http.server
-    from image_helpers import oci_blobs, oci_manifest_digests
-    with tempfile.TemporaryDirectory(prefix="ca-crihang-") as tmp:
-        image = make_oci(Path(tmp))
+class FakeRegistry:
+    """A registry of one image on 127.0.0.1 (http.server), for what docker-registry will not
+    do: stop sending a layer half-way (`hang`), serve another manifest (`manifests`). It
+    honours `Range: bytes=N-` and records each layer request's Range header."""
+
+    def __init__(self, image: Path, hang: bool = False, manifests: dict | None = None):
+        import http.server
+        import threading
+        from image_helpers import oci_blobs, oci_manifest_digests
         blobs = oci_blobs(image)
         manifest_digest = oci_manifest_digests(image)[0]
         layers = set(_layer_digests(image))
-        release = threading.Event()
+        self.ranges: list[str] = []   # the Range header of each layer request ("" without)
+        self.release = threading.Event()
+        self.hang = hang
+        fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -363,40 +368,95 @@ def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path
 
             def do_GET(self):
                 digest = self.path.rsplit("/", 1)[1]
+                if manifests and digest in manifests:
+                    media_type, data = manifests[digest]
+                    self.send_response(200)
+                    self.send_header("Content-Type", media_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 data = blobs.get(manifest_digest if digest == "v1" else digest)
                 if data is None:
                     self.send_response(404)
                     self.end_headers()
                     return
-                self.send_response(200)
+                start = 0
+                if digest in layers:
+                    fake.ranges.append(self.headers.get("Range", ""))
+                    if self.headers.get("Range", "").startswith("bytes="):
+                        start = int(self.headers["Range"][6:].rstrip("-"))
+                self.send_response(206 if start else 200)
                 if digest in ("v1", manifest_digest):
                     self.send_header("Content-Type", json.loads(data)["mediaType"])
-                self.send_header("Content-Length", str(len(data)))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
-                if digest in layers:
+                if digest in layers and fake.hang:
                     self.wfile.write(data[:1000])
                     self.wfile.flush()
-                    release.wait(60)
+                    fake.release.wait(60)
                     return
-                self.wfile.write(data)
+                self.wfile.write(data[start:])
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        d = _ours_with(tmp_path, '  image_pull_progress_timeout = "1s"\n')
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _active(d) -> list[list[str]]:
+    return [line.split() for line in
+            d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:]]
+
+
+def test_a_stalled_pull_times_out_holds_its_lease_and_a_retry_resumes(tmp_path):
+    """The layer stops after 1000 bytes: the pull fails after image_pull_progress_timeout
+    with a message that says so. While it waits, its lease keeps what it wrote through a
+    collection; afterwards the lease is gone but the partial ingest stays (as an ingest
+    outside a lease does for 24 h), and the retried pull asks for the rest only."""
+    import concurrent.futures
+    with tempfile.TemporaryDirectory(prefix="ca-crihang-") as tmp:
+        image = make_oci(Path(tmp))
+        manifest_digest = oci_manifest_digests(image)[0]
+        config_digest = json.loads(oci_blobs(image)[manifest_digest])["config"]["digest"]
+        [layer] = _layer_digests(image)
+        fake = FakeRegistry(image, hang=True)
+        d = _ours_with(tmp_path, '  image_pull_progress_timeout = "3s"\n')
         try:
             images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
-            host = f"127.0.0.1:{server.server_address[1]}"
-            with pytest.raises(grpc.RpcError) as err:
-                images.PullImage(pb.PullImageRequest(image=_spec(f"{host}/test/busybox:v1")),
-                                 timeout=60)
-            assert "no data for 1s" in err.value.details()
-            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+            request = pb.PullImageRequest(image=_spec(f"{fake.host}/test/busybox:v1"))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pulling = pool.submit(images.PullImage, request, timeout=60)
+                deadline = time.monotonic() + 30
+                while not any(a[0] == f"pull-{layer}" for a in _active(d)):
+                    assert time.monotonic() < deadline and not pulling.done()
+                    time.sleep(0.05)
+                leases = d.ctr("leases", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+                assert len(leases) == 1 and "containerd.io/gc.expire" in leases[0]
+                d.ctr("leases", "create", "--id", "gc-now", namespace="k8s.io")
+                d.ctr("leases", "rm", "--sync", "gc-now", namespace="k8s.io")
+                content = d.ctr("content", "ls", "-q", namespace="k8s.io").stdout.split()
+                assert manifest_digest in content and config_digest in content
+                with pytest.raises(grpc.RpcError) as err:
+                    pulling.result(timeout=60)
+            assert "no data for 3s" in err.value.details()
+            assert d.ctr("leases", "ls", "-q", namespace="k8s.io").stdout.split() == []
+            [[ref, size, *_]] = _active(d)
+            assert (ref, size) == (f"pull-{layer}", "1kB")   # ctr's units.HumanSize
+            fake.hang = False
+            images.PullImage(request, timeout=60)
+            assert fake.ranges == ["", "bytes=1000-"]
+            assert len(_images(images)) == 1 and _active(d) == []
         finally:
-            release.set()
+            fake.stop()
             d.cleanup()
-            server.shutdown()
-            server.server_close()
 
 
 def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ... import mount as mountlib
 from ...errdefs import (DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted,
-                        exhausted, no_space)
+                        Unimplemented, exhausted, no_space)
 from ...process import failpoint, memory, metrics
 from .decompress import DecompressError, LayerStream, check_media_type
 
@@ -66,12 +66,16 @@ class Unpacker:
                 return (sn, *target)
         return None
 
-    def _opener(self, blob_path: str, media_type: str, payloads):
-        """None for the media types we inflate ourselves; else what opens the output of the
-        configured stream processors (which win over the built-in handling, as containerd's)."""
+    def _opener(self, blob_path: str, media_type: str, payloads, follow=None):
+        """`follow` (None: the blob file) for the media types we inflate ourselves; else what
+        opens the output of the configured stream processors (which win over the built-in
+        handling, as containerd's)."""
         if self.processors is None or self.processors.find(media_type) is None:
             check_media_type(media_type)
-            return None
+            return follow
+        if follow is not None:
+            raise Unimplemented(f"a stream processor for {media_type} reads the whole blob: "
+                                "unimplemented")
 
         def native(mt):
             try:
@@ -86,8 +90,9 @@ class Unpacker:
         return opener
 
     def apply(self, blob_path: str, media_type: str, digest: str, mounts,
-              payloads=None) -> Applied:
-        opener = self._opener(blob_path, media_type, payloads)
+              payloads=None, follow=None) -> Applied:
+        """`follow` opens the blob's bytes while they still arrive (core/remotes/feed.py)."""
+        opener = self._opener(blob_path, media_type, payloads, follow)
         ours = self._ours(mounts)
         if ours is None:  # somebody else's mounts: mount them, as containerd does
             if len(mounts) == 1 and mounts[0].type == "overlay":

@@ -5,9 +5,10 @@ The steps are containerd's client-side pull with unpack, done in the daemon:
 2. the reference resolves to an index or manifest; an index yields the host's manifest;
 3. the config, then every layer, stream from the registry through the content writer (which
    hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time;
-   a partial ingest from an earlier attempt is resumed with a range request;
-4. each layer is unpacked as soon as it is fetched and its parent is committed, so
-   decompression and apply overlap the later downloads;
+   a partial ingest from an earlier (failed) pull is resumed with a range request;
+4. each layer is unpacked as soon as its parent is committed, reading its bytes while they
+   still arrive (core/remotes/feed.py), so decompression and apply overlap the downloads;
+   its snapshot is committed once the blob's digest checked out too;
 5. the image record names the reference and points at the manifest (or index).
 
 Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
@@ -22,15 +23,17 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import platform
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound
+from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound, Unimplemented
 from ..metadata.images import Descriptor as ImageDescriptor, Image
 from . import hosts as hostlib
+from .feed import Feed
 from .reference import Reference, parse as parse_reference
 from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Credentials,
                        Descriptor, Registry, RegistryError, Timeouts)
@@ -39,6 +42,9 @@ log = logging.getLogger("appliance.pull")
 
 LEASE_EXPIRY_SECONDS = 24 * 3600
 WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash in a worker thread
+# the longest an unpack waits for its layer's download to start (it is queued behind
+# max_concurrent_downloads others, each bounded by the progress timeout)
+FEED_WAIT_SECONDS = 3600.0
 INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 
@@ -130,20 +136,24 @@ class Puller:
         await self._store(ns, manifest_desc, manifest_body, lease, manifest_labels)
 
         sem = asyncio.Semaphore(max(1, opts.max_concurrent_downloads))
-        await self._fetch(ns, registry, config_desc, lease, source, sem)
+        await self._fetch(ns, registry, config_desc, source, sem)
         config = json.loads(self._read_blob(ns, config_desc.digest))
         diff_ids = config.get("rootfs", {}).get("diff_ids", [])
         if len(diff_ids) != len(layers):
             raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
                                   f"manifest {len(layers)}")
-        fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, lease, source, sem))
-                   for d in layers]
+        blobs = [_Blob() for _ in layers]
+        fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, source, sem, b))
+                   for d, b in zip(layers, blobs)]
+        for f, b in zip(fetches, blobs):
+            b.fetched = f
         chains = chain_ids(diff_ids)
         try:
             for i, layer in enumerate(layers):
-                await fetches[i]
                 await self._unpack(ns, opts.snapshotter, layer, chains[i - 1] if i else "",
-                                   chains[i], diff_ids[i], lease)
+                                   chains[i], diff_ids[i], lease, blobs[i])
+            for i, layer in enumerate(layers):
+                await fetches[i]
                 self.content.update(ns, layer.digest,
                                     {"containerd.io/uncompressed": diff_ids[i]},
                                     ["labels.containerd.io/uncompressed"])
@@ -209,21 +219,31 @@ class Puller:
             del self._running[key]
             done.set_result(None)
 
-    async def _fetch(self, ns, registry: Registry, desc: Descriptor, lease, labels, sem) -> None:
+    async def _fetch(self, ns, registry: Registry, desc: Descriptor, labels, sem,
+                     blob: "_Blob | None" = None) -> None:
         """The blob into this namespace's content: fetched once per daemon at a time."""
+        blob = blob or _Blob()
         async def work():
             async with sem:
-                await self._download(ns, registry, desc, lease, labels)
-        await self._one_at_a_time(("fetch", desc.digest), work)
+                await self._download(ns, registry, desc, labels, blob)
+        try:
+            await self._one_at_a_time(("fetch", desc.digest), work)
+        finally:
+            blob.started(None)        # no feed to follow (any more): read the blob
 
-    async def _download(self, ns, registry: Registry, desc: Descriptor, lease, labels) -> None:
+    async def _download(self, ns, registry: Registry, desc: Descriptor, labels,
+                        blob: "_Blob") -> None:
         ref = f"pull-{desc.digest}"
         try:
+            # outside the lease: a failed pull's partial ingest stays (24 h, as containerd's
+            # unleased ingests), so a retry resumes it; the committed blob is kept by the
+            # leased manifest's gc.ref labels
             writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
-                                             desc.size, lease)
+                                             desc.size, None)
         except AlreadyExists:
             self._label(ns, desc.digest, labels)
             return
+        feed = None
         try:
             if writer.offset > desc.size:
                 writer.truncate()
@@ -236,16 +256,28 @@ class Puller:
                         raise
                     writer.truncate()          # no range support there: from the start
                     stream = await registry.fetch(desc, 0)
+                if writer.local is not None:   # an unpack may read it as it arrives
+                    feed = Feed(os.path.join(writer.local.path, "data"),
+                                lambda: self.content.blob_path(ns, desc.digest),
+                                writer.offset)
+                    blob.started(feed)
                 batch: list[bytes] = []
                 pending = 0
-                async for chunk in stream:
-                    batch.append(chunk)
-                    pending += len(chunk)
-                    if pending >= WRITE_BATCH:
+                try:
+                    async for chunk in stream:
+                        batch.append(chunk)
+                        pending += len(chunk)
+                        if pending >= WRITE_BATCH:
+                            await asyncio.to_thread(writer.write, b"".join(batch))
+                            batch, pending = [], 0
+                            if feed is not None:
+                                feed.grew(writer.offset)
+                finally:   # after a failure too: a retried pull resumes behind these bytes
+                    if batch:
                         await asyncio.to_thread(writer.write, b"".join(batch))
-                        batch, pending = [], 0
-                if batch:
-                    await asyncio.to_thread(writer.write, b"".join(batch))
+                if feed is not None:
+                    feed.grew(writer.offset)
+                    feed.finish()
             try:
                 await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
             except AlreadyExists:
@@ -257,18 +289,24 @@ class Puller:
                 except NotFound:
                     pass
                 raise
+        except BaseException as exc:
+            if feed is not None:
+                feed.fail(str(exc) or type(exc).__name__)
+            raise
         finally:
             writer.close()
 
     # --- snapshots -----------------------------------------------------------------
 
     async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
-                      diff_id: str, lease) -> None:
+                      diff_id: str, lease, blob: "_Blob") -> None:
         await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
-            ns, snapshotter, layer, parent, chain, diff_id, lease))
+            ns, snapshotter, layer, parent, chain, diff_id, lease, blob))
 
     async def _extract(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
-                       diff_id: str, lease) -> None:
+                       diff_id: str, lease, blob: "_Blob") -> None:
+        """Unpack the layer onto its parent while its bytes still arrive (when this pull
+        downloads them); commit the snapshot once the blob's digest checked out too."""
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
@@ -280,8 +318,21 @@ class Puller:
         mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key, parent,
                                          labels, lease)
         try:
-            _, applied, _ = await asyncio.to_thread(
-                self.diff.apply, ns, layer.media_type, layer.digest, mounts)
+            feed = await asyncio.wait_for(asyncio.shield(blob.ready), FEED_WAIT_SECONDS)
+            if feed is None:
+                await blob.fetched
+            try:
+                applied = await self._apply(ns, layer, mounts, feed)
+            except Unimplemented:        # a stream processor wants the whole blob
+                await blob.fetched
+                applied = await self._apply(ns, layer, mounts, None)
+            except Exception:
+                if feed is not None:     # the download's own error says more (a bad digest)
+                    await asyncio.wait([blob.fetched], timeout=FEED_WAIT_SECONDS)
+                    if blob.fetched.done() and not blob.fetched.cancelled():
+                        blob.fetched.result()
+                raise
+            await blob.fetched           # the blob is committed: its digest is right
             if applied != diff_id:
                 raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
                                       f"image config says {diff_id}")
@@ -296,11 +347,30 @@ class Puller:
                 log.warning("removing snapshot %s after a failed unpack: %s", key, exc)
             raise
 
+    async def _apply(self, ns, layer: Descriptor, mounts, feed) -> str:
+        follow = feed.open if feed is not None else None
+        _, applied, _ = await asyncio.to_thread(self.diff.apply, ns, layer.media_type,
+                                                layer.digest, mounts, None, follow)
+        return applied
+
     def _create_or_update(self, ns, image: Image) -> Image:
         try:
             return self.images.create(ns, image)
         except AlreadyExists:
             return self.images.update(ns, image, [])
+
+
+class _Blob:
+    """One layer of this pull: `ready` gives the Feed to follow while it downloads (None
+    once there is nothing to follow: read the committed blob); `fetched` is its fetch."""
+
+    def __init__(self):
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.fetched: asyncio.Future | None = None
+
+    def started(self, feed: Feed | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(feed)
 
 
 def _descriptor(d: dict) -> Descriptor:
