@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,6 +46,9 @@ WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash in a work
 # the longest an unpack waits for its layer's download to start (it is queued behind
 # max_concurrent_downloads others, each bounded by the progress timeout)
 FEED_WAIT_SECONDS = 3600.0
+# a cancelled pull waits this long for its apply thread (ended by the feed's end) before
+# removing the snapshot under it
+APPLY_STOP_SECONDS = 60.0
 INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 
@@ -348,10 +352,29 @@ class Puller:
             raise
 
     async def _apply(self, ns, layer: Descriptor, mounts, feed) -> str:
+        """The layer onto `mounts` in a thread of its own: one that follows a download must
+        not hold a worker of the loop's pool, which the download's writes need. Returns
+        only once that thread ended (its snapshot may be removed after)."""
         follow = feed.open if feed is not None else None
-        _, applied, _ = await asyncio.to_thread(self.diff.apply, ns, layer.media_type,
-                                                layer.digest, mounts, None, follow)
-        return applied
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def run():
+            try:
+                result = self.diff.apply(ns, layer.media_type, layer.digest, mounts, None,
+                                         follow)
+            except BaseException as exc:   # delivered to the awaiting pull
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result[1], None)
+        threading.Thread(target=run, name="layer-apply", daemon=True).start()
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if feed is not None:
+                feed.fail("the pull was cancelled")   # the follower stops reading
+            await asyncio.wait([done], timeout=APPLY_STOP_SECONDS)
+            raise
 
     def _create_or_update(self, ns, image: Image) -> Image:
         try:
@@ -371,6 +394,14 @@ class _Blob:
     def started(self, feed: Feed | None) -> None:
         if not self.ready.done():
             self.ready.set_result(feed)
+
+
+def _settle(future: asyncio.Future, result, exc) -> None:
+    if not future.done():
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 def _descriptor(d: dict) -> Descriptor:
