@@ -140,31 +140,35 @@ class Puller:
         await self._store(ns, manifest_desc, manifest_body, lease, manifest_labels)
 
         sem = asyncio.Semaphore(max(1, opts.max_concurrent_downloads))
-        await self._fetch(ns, registry, config_desc, source, sem)
-        config = json.loads(self._read_blob(ns, config_desc.digest))
-        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        if len(diff_ids) != len(layers):
-            raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
-                                  f"manifest {len(layers)}")
         blobs = [_Blob() for _ in layers]
         fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, source, sem, b))
                    for d, b in zip(layers, blobs)]
         for f, b in zip(fetches, blobs):
             b.fetched = f
-        chains = chain_ids(diff_ids)
+        unpacks: list[asyncio.Future] = []
         try:
+            # the config beside the layers, not queued behind them
+            await self._fetch(ns, registry, config_desc, source, asyncio.Semaphore(1))
+            config = json.loads(self._read_blob(ns, config_desc.digest))
+            diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+            if len(diff_ids) != len(layers):
+                raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
+                                      f"manifest {len(layers)}")
+            chains = chain_ids(diff_ids)
             for i, layer in enumerate(layers):
-                await self._unpack(ns, opts.snapshotter, layer, chains[i - 1] if i else "",
-                                   chains[i], diff_ids[i], lease, blobs[i])
+                unpacks.append(asyncio.ensure_future(self._unpack(
+                    ns, opts.snapshotter, layer, chains[i - 1] if i else "", chains[i],
+                    diff_ids[i], lease, blobs[i], unpacks[i - 1] if i else None)))
+            await asyncio.gather(*unpacks)
             for i, layer in enumerate(layers):
                 await fetches[i]
                 self.content.update(ns, layer.digest,
                                     {"containerd.io/uncompressed": diff_ids[i]},
                                     ["labels.containerd.io/uncompressed"])
         finally:
-            for f in fetches:
+            for f in unpacks + fetches:
                 f.cancel()
-            await asyncio.gather(*fetches, return_exceptions=True)
+            await asyncio.gather(*unpacks, *fetches, return_exceptions=True)
         chain = chains[-1] if chains else ""
         if chain:
             key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
@@ -303,66 +307,112 @@ class Puller:
     # --- snapshots -----------------------------------------------------------------
 
     async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
-                      diff_id: str, lease, blob: "_Blob") -> None:
+                      diff_id: str, lease, blob: "_Blob", parent_done=None) -> None:
         await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
-            ns, snapshotter, layer, parent, chain, diff_id, lease, blob))
+            ns, snapshotter, layer, parent, chain, diff_id, lease, blob, parent_done))
 
     async def _extract(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
-                       diff_id: str, lease, blob: "_Blob") -> None:
-        """Unpack the layer onto its parent while its bytes still arrive (when this pull
-        downloads them); commit the snapshot once the blob's digest checked out too."""
+                       diff_id: str, lease, blob: "_Blob", parent_done) -> None:
+        """Unpack the layer while its bytes still arrive (when this pull downloads them).
+        While its parent is still being unpacked (`parent_done`, this pull's), it goes into
+        a parentless snapshot meanwhile and moves onto the parent once that is committed
+        (overlayfs: Unpacker.rebase). The snapshot is committed once the blob's digest
+        checked out too."""
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
             return                       # unpacked before (this or another image)
         except NotFound:
             pass
-        key = f"extract-{secrets.token_hex(6)} {chain}"
-        labels = {"containerd.io/snapshot.ref": chain}
-        mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key, parent,
-                                         labels, lease)
+        detached = None
+        if parent_done is not None and not parent_done.done():
+            detached = await self._apply_detached(ns, snapshotter, layer, lease, blob)
         try:
-            feed = await asyncio.wait_for(asyncio.shield(blob.ready), FEED_WAIT_SECONDS)
-            if feed is None:
-                await blob.fetched
+            if parent_done is not None:
+                await parent_done        # its failure is this layer's too
+            key = f"extract-{secrets.token_hex(6)} {chain}"
+            labels = {"containerd.io/snapshot.ref": chain}
+            mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key,
+                                             parent, labels, lease)
             try:
-                applied = await self._apply(ns, layer, mounts, feed)
-            except Unimplemented:        # a stream processor wants the whole blob
-                await blob.fetched
-                applied = await self._apply(ns, layer, mounts, None)
-            except Exception:
-                if feed is not None:     # the download's own error says more (a bad digest)
-                    await asyncio.wait([blob.fetched], timeout=FEED_WAIT_SECONDS)
-                    if blob.fetched.done() and not blob.fetched.cancelled():
-                        blob.fetched.result()
-                raise
-            await blob.fetched           # the blob is committed: its digest is right
-            if applied != diff_id:
-                raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
-                                      f"image config says {diff_id}")
-            await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
-                                    labels, lease)
-        except AlreadyExists:           # a concurrent unpack committed it first
-            await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
-        except BaseException:
-            try:
+                if detached is None:
+                    applied = await self._apply_following(blob, lambda follow: self.diff.apply(
+                        ns, layer.media_type, layer.digest, mounts, None, follow))
+                else:
+                    await asyncio.to_thread(self.diff.rebase, detached.mounts, mounts,
+                                            detached.implicit)
+                    applied = detached.applied
+                await blob.fetched       # the blob is committed: its digest is right
+                if applied != diff_id:
+                    raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
+                                          f"image config says {diff_id}")
+                await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
+                                        labels, lease)
+            except AlreadyExists:       # a concurrent unpack committed it first
                 await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
-            except Exception as exc:
-                log.warning("removing snapshot %s after a failed unpack: %s", key, exc)
+            except BaseException:
+                await self._remove_snapshot(ns, snapshotter, key)
+                raise
+        finally:
+            if detached is not None:
+                await self._remove_snapshot(ns, snapshotter, detached.key)
+
+    async def _apply_detached(self, ns, snapshotter: str, layer: Descriptor, lease,
+                              blob: "_Blob") -> "_Detached | None":
+        """The layer applied into a parentless snapshot; None where that cannot be done
+        (another snapshotter than overlayfs): the layer then waits for its parent."""
+        key = f"extract-{secrets.token_hex(6)} {layer.digest} (detached)"
+        mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key, "",
+                                         {}, lease)
+        implicit: dict = {}
+        try:
+            applied = await self._apply_following(blob, lambda follow: self.diff.apply_detached(
+                ns, layer.media_type, layer.digest, mounts, follow, implicit))
+        except Unimplemented:
+            await self._remove_snapshot(ns, snapshotter, key)
+            return None
+        except BaseException:
+            await self._remove_snapshot(ns, snapshotter, key)
+            raise
+        return _Detached(key, mounts, applied, implicit)
+
+    async def _remove_snapshot(self, ns, snapshotter: str, key: str) -> None:
+        try:
+            await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
+        except Exception as exc:
+            log.warning("removing snapshot %s after an unpack: %s", key, exc)
+
+    async def _apply_following(self, blob: "_Blob", apply) -> str:
+        """`apply(follow)` the layer from its download as it arrives (follow: what opens
+        it), or from the committed blob (None); returns its diff id."""
+        feed = await asyncio.wait_for(asyncio.shield(blob.ready), FEED_WAIT_SECONDS)
+        if feed is None:
+            await blob.fetched
+        try:
+            return await self._apply(apply, feed)
+        except Unimplemented:            # a stream processor wants the whole blob
+            if feed is None:
+                raise
+            await blob.fetched
+            return await self._apply(apply, None)
+        except Exception:
+            if feed is not None:         # the download's own error says more (a bad digest)
+                await asyncio.wait([blob.fetched], timeout=FEED_WAIT_SECONDS)
+                if blob.fetched.done() and not blob.fetched.cancelled():
+                    blob.fetched.result()
             raise
 
-    async def _apply(self, ns, layer: Descriptor, mounts, feed) -> str:
-        """The layer onto `mounts` in a thread of its own: one that follows a download must
-        not hold a worker of the loop's pool, which the download's writes need. Returns
-        only once that thread ended (its snapshot may be removed after)."""
+    async def _apply(self, apply, feed) -> str:
+        """`apply` in a thread of its own: one that follows a download must not hold a
+        worker of the loop's pool, which the download's writes need. Returns only once that
+        thread ended (its snapshot may be removed after)."""
         follow = feed.open if feed is not None else None
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
         def run():
             try:
-                result = self.diff.apply(ns, layer.media_type, layer.digest, mounts, None,
-                                         follow)
+                result = apply(follow)
             except BaseException as exc:   # delivered to the awaiting pull
                 loop.call_soon_threadsafe(_settle, done, None, exc)
             else:
@@ -394,6 +444,15 @@ class _Blob:
     def started(self, feed: Feed | None) -> None:
         if not self.ready.done():
             self.ready.set_result(feed)
+
+
+@dataclass
+class _Detached:
+    """A layer applied into a parentless snapshot, waiting for its parent's commit."""
+    key: str
+    mounts: list
+    applied: str                 # its diff id
+    implicit: dict               # parents it made without knowing the lowers
 
 
 def _settle(future: asyncio.Future, result, exc) -> None:
