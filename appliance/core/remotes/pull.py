@@ -42,13 +42,13 @@ from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Cr
 log = logging.getLogger("appliance.pull")
 
 LEASE_EXPIRY_SECONDS = 24 * 3600
-WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash in a worker thread
+WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash
 # the longest an unpack waits for its layer's download to start (it is queued behind
 # max_concurrent_downloads others, each bounded by the progress timeout)
 FEED_WAIT_SECONDS = 3600.0
-# a cancelled pull waits this long for its apply thread (ended by the feed's end) before
-# removing the snapshot under it
-APPLY_STOP_SECONDS = 60.0
+# a cancelled pull waits this long for its download or apply thread to end (told to stop)
+# before closing the writer or removing the snapshot it works on
+THREAD_STOP_SECONDS = 60.0
 INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 
@@ -258,33 +258,21 @@ class Puller:
             if writer.offset < desc.size:
                 offset = writer.offset
                 try:
-                    stream = await registry.fetch(desc, offset)
+                    body = await registry.open_blob(desc, offset)
                 except RegistryError:
                     if not offset:
                         raise
                     writer.truncate()          # no range support there: from the start
-                    stream = await registry.fetch(desc, 0)
+                    body = await registry.open_blob(desc, 0)
                 if writer.local is not None:   # an unpack may read it as it arrives
                     feed = Feed(os.path.join(writer.local.path, "data"),
                                 lambda: self.content.blob_path(ns, desc.digest),
                                 writer.offset)
                     blob.started(feed)
-                batch: list[bytes] = []
-                pending = 0
-                try:
-                    async for chunk in stream:
-                        batch.append(chunk)
-                        pending += len(chunk)
-                        if pending >= WRITE_BATCH:
-                            await asyncio.to_thread(writer.write, b"".join(batch))
-                            batch, pending = [], 0
-                            if feed is not None:
-                                feed.grew(writer.offset)
-                finally:   # after a failure too: a retried pull resumes behind these bytes
-                    if batch:
-                        await asyncio.to_thread(writer.write, b"".join(batch))
+                stop = threading.Event()
+                await _in_own_thread(lambda: _copy(body, writer, feed, stop), "blob-fetch",
+                                     lambda: (stop.set(), body.abort()))
                 if feed is not None:
-                    feed.grew(writer.offset)
                     feed.finish()
             try:
                 await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
@@ -403,28 +391,11 @@ class Puller:
             raise
 
     async def _apply(self, apply, feed) -> str:
-        """`apply` in a thread of its own: one that follows a download must not hold a
-        worker of the loop's pool, which the download's writes need. Returns only once that
-        thread ended (its snapshot may be removed after)."""
+        """`apply` in a thread of its own (see _in_own_thread); a cancelled pull ends the
+        feed, so the follower stops reading."""
         follow = feed.open if feed is not None else None
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def run():
-            try:
-                result = apply(follow)
-            except BaseException as exc:   # delivered to the awaiting pull
-                loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, result[1], None)
-        threading.Thread(target=run, name="layer-apply", daemon=True).start()
-        try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
-            if feed is not None:
-                feed.fail("the pull was cancelled")   # the follower stops reading
-            await asyncio.wait([done], timeout=APPLY_STOP_SECONDS)
-            raise
+        return (await _in_own_thread(lambda: apply(follow), "layer-apply", lambda: feed and
+                                     feed.fail("the pull was cancelled")))[1]
 
     def _create_or_update(self, ns, image: Image) -> Image:
         try:
@@ -453,6 +424,53 @@ class _Detached:
     mounts: list
     applied: str                 # its diff id
     implicit: dict               # parents it made without knowing the lowers
+
+
+def _copy(body, writer, feed: Feed | None, stop: threading.Event) -> None:
+    """The body into the content writer (in a worker thread), in batches of WRITE_BATCH
+    bytes; what arrived before a failure is written too: a retried pull resumes behind it."""
+    batch: list[bytes] = []
+    pending = 0
+    try:
+        for chunk in body.chunks():
+            if stop.is_set():
+                raise RegistryError("the pull was cancelled")
+            batch.append(chunk)
+            pending += len(chunk)
+            if pending >= WRITE_BATCH:
+                writer.write(b"".join(batch))
+                batch, pending = [], 0
+                if feed is not None:
+                    feed.grew(writer.offset)
+    finally:
+        if batch:
+            writer.write(b"".join(batch))
+        if feed is not None:
+            feed.grew(writer.offset)
+
+
+async def _in_own_thread(fn, name: str, stop):
+    """fn() in a thread of its own: long work (a download, an apply that follows one) must
+    not hold a worker of the loop's pool, which the other's short writes need. A cancelled
+    caller calls stop() and waits (bounded) for the thread to end before going on: what it
+    works on (a writer, a snapshot) is closed or removed after."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run():
+        try:
+            result = fn()
+        except BaseException as exc:   # delivered to the awaiting caller
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        stop()
+        await asyncio.wait([done], timeout=THREAD_STOP_SECONDS)
+        raise
 
 
 def _settle(future: asyncio.Future, result, exc) -> None:
