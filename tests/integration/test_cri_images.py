@@ -561,3 +561,96 @@ def test_disabled_plugin_serves_no_cri(tmp_path):
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         d.cleanup()
+
+
+def test_the_sandbox_image_is_pinned(registry, tmp_path):
+    """containerd 1.7's `pinned` (kubelet's image GC keeps such images): a pull of the
+    sandbox_image labels its records io.cri-containerd.pinned=pinned, and the image (all its
+    names) is pinned; a pull by another name is not."""
+    sandbox = f"{registry.host}/test/busybox:v1"
+    d = _ours_with(tmp_path, f'  sandbox_image = "{sandbox}"\n')
+    try:
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            images = rpc.ImageServiceStub(channel)
+            other = f"{registry.host}/test/other:v2"   # the same image by another name
+            images.PullImage(pb.PullImageRequest(image=_spec(other)))
+            assert [i.pinned for i in images.ListImages(pb.ListImagesRequest()).images] == [False]
+            images.PullImage(pb.PullImageRequest(image=_spec(sandbox)))
+            [image] = images.ListImages(pb.ListImagesRequest()).images
+            assert image.pinned and sorted(image.repo_tags) == [sandbox, other]
+            assert images.ImageStatus(pb.ImageStatusRequest(image=_spec(other))).image.pinned
+        listed = d.ctr("images", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+        labelled = {line.split()[0] for line in listed if "io.cri-containerd.pinned=pinned" in line}
+        assert sandbox in labelled and other not in labelled
+    finally:
+        d.cleanup()
+
+
+def test_a_docker_schema_1_manifest_is_refused(tmp_path):
+    """Schema 1 (deprecated, unsigned-digest images) is refused with a clear error and
+    nothing is left of the pull (containerd 1.6 still converts it)."""
+    schema1 = json.dumps({"schemaVersion": 1, "name": "test/busybox", "tag": "v1",
+                          "architecture": "amd64", "fsLayers": [], "history": []}).encode()
+    with tempfile.TemporaryDirectory(prefix="ca-crischema1-") as tmp:
+        fake = FakeRegistry(make_oci(Path(tmp)), manifests={
+            "v1": ("application/vnd.docker.distribution.manifest.v1+prettyjws", schema1)})
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{fake.host}/test/busybox:v1")))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "Docker schema 1 manifests are not supported" in err.value.details()
+            assert _images(images) == []
+            assert d.ctr("content", "ls", "-q", namespace="k8s.io").stdout.split() == []
+        finally:
+            fake.stop()
+            d.cleanup()
+
+
+def test_cri_is_served_on_the_grpc_tcp_address(registry, tmp_path):
+    """With [grpc] tcp_address, CRI is served there too, as containerd does."""
+    from registry import free_port
+    port = free_port()
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "tcp.toml").write_text(f'version = 2\n[grpc]\n  tcp_address = "127.0.0.1:{port}"\n')
+    d.config = str(d.workdir / "tcp.toml")
+    d.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            images = rpc.ImageServiceStub(channel)
+            image_id = images.PullImage(pb.PullImageRequest(
+                image=_spec(f"{registry.host}/test/busybox:v1")), timeout=60).image_ref
+            assert [i.id for i in images.ListImages(pb.ListImagesRequest()).images] == [image_id]
+            version = rpc.RuntimeServiceStub(channel).Version(pb.VersionRequest(), timeout=10)
+            assert version.runtime_name == "ctrappliance"
+    finally:
+        d.cleanup()
+
+
+def test_a_cancelled_pull_leaves_no_snapshot_or_lease(tmp_path):
+    """The client gives up while a layer is half-way: the pull stops, its snapshots and its
+    lease go (the partial ingest stays for a retry), and the retry completes."""
+    with tempfile.TemporaryDirectory(prefix="ca-cricancel-") as tmp:
+        image = make_oci(Path(tmp))
+        [layer] = _layer_digests(image)
+        fake = FakeRegistry(image, hang=True)
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            request = pb.PullImageRequest(image=_spec(f"{fake.host}/test/busybox:v1"))
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(request, timeout=3)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            deadline = time.monotonic() + 30
+            while (d.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+                   or d.ctr("leases", "ls", "-q", namespace="k8s.io").stdout.split()):
+                assert time.monotonic() < deadline, "the cancelled pull left snapshots or a lease"
+                time.sleep(0.1)
+            assert [a[0] for a in _active(d)] == [f"pull-{layer}"]
+            fake.hang = False
+            images.PullImage(request, timeout=60)
+            assert len(_images(images)) == 1 and fake.ranges[-1] == "bytes=1000-"
+        finally:
+            fake.stop()
+            d.cleanup()
