@@ -461,7 +461,8 @@ def test_a_stalled_pull_times_out_holds_its_lease_and_a_retry_resumes(tmp_path):
 
 def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path):
     """Two images with the same busybox base, pulled at once: the registry serves the shared
-    layer once, and the daemon extracts it once (its unpack histogram counts extractions)."""
+    layer once, and the daemon fetches and extracts it once (its metrics count the bytes
+    fetched and the extractions)."""
     import subprocess
     import sys
     import urllib.request
@@ -494,9 +495,18 @@ def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path
             assert r.blob_gets(base) - before == 1
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=10) as m:
                 text = m.read().decode()
-            [count] = [line.split()[-1] for line in text.splitlines()
-                       if line.startswith("ctrappliance_unpack_duration_seconds_count")]
-            assert float(count) == 3   # base, small files, large files: each once
+            def metric(name):
+                [value] = [line.split()[-1] for line in text.splitlines()
+                           if line.startswith(name + " ")]
+                return float(value)
+            assert metric("ctrappliance_unpack_duration_seconds_count") == 3   # each layer once
+            sizes = {}   # configs and layers of both images, the base once
+            for image in (small, big):
+                blobs = oci_blobs(image)
+                manifest = json.loads(blobs[oci_manifest_digests(image)[0]])
+                for desc in [manifest["config"], *manifest["layers"]]:
+                    sizes[desc["digest"]] = desc["size"]
+            assert metric("ctrappliance_pull_fetched_bytes_total") == sum(sizes.values())
         finally:
             d.cleanup()
             r.stop()

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound, Unimplemented
+from ...process import metrics
 from ..metadata.images import Descriptor as ImageDescriptor, Image
 from . import hosts as hostlib
 from .feed import Feed
@@ -40,6 +41,8 @@ from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Cr
                        Descriptor, Registry, RegistryError, Timeouts)
 
 log = logging.getLogger("appliance.pull")
+FETCHED_BYTES = metrics.counter("ctrappliance_pull_fetched_bytes_total",
+                                "Blob bytes the daemon's pulls downloaded from registries")
 
 LEASE_EXPIRY_SECONDS = 24 * 3600
 WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash
@@ -439,12 +442,14 @@ def _copy(body, writer, feed: Feed | None, stop: threading.Event) -> None:
             pending += len(chunk)
             if pending >= WRITE_BATCH:
                 writer.write(b"".join(batch))
+                FETCHED_BYTES.inc(pending)
                 batch, pending = [], 0
                 if feed is not None:
                     feed.grew(writer.offset)
     finally:
         if batch:
             writer.write(b"".join(batch))
+            FETCHED_BYTES.inc(pending)
         if feed is not None:
             feed.grew(writer.offset)
 
