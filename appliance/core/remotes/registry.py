@@ -157,11 +157,8 @@ class Registry:
         try:
             async for chunk in resp.aiter_raw():   # as it arrives: progress is visible
                 yield chunk
-        except httpx.TimeoutException:
-            raise RegistryError(f"reading {resp.request.url}: no data for "
-                                f"{self._timeout.read:g}s") from None
         except httpx.HTTPError as exc:
-            raise RegistryError(f"reading {resp.request.url}: {exc}") from None
+            raise _read_error(httpx, resp, exc, self._timeout.read) from None
         finally:
             await resp.aclose()
 
@@ -267,11 +264,8 @@ class Body:
         httpx = self._httpx
         try:
             yield from self._resp.iter_raw()
-        except httpx.TimeoutException:
-            raise RegistryError(f"reading {self._resp.request.url}: no data for "
-                                f"{self._read_timeout:g}s") from None
         except httpx.HTTPError as exc:
-            raise RegistryError(f"reading {self._resp.request.url}: {exc}") from None
+            raise _read_error(httpx, self._resp, exc, self._read_timeout) from None
         finally:
             self._resp.close()
 
@@ -284,6 +278,12 @@ class Body:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _read_error(httpx, resp, exc, read_timeout: float) -> RegistryError:
+    if isinstance(exc, httpx.TimeoutException):
+        return RegistryError(f"reading {resp.request.url}: no data for {read_timeout:g}s")
+    return RegistryError(f"reading {resp.request.url}: {exc}")
 
 
 async def _close(resp) -> None:
