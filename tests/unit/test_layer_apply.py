@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from layers import EPOCH, entry, layer  # noqa: E402
+from layers import entry, layer  # noqa: E402
 
 from appliance.core.diff import planner  # noqa: E402
 from appliance.core.diff.apply import ApplyError, apply_tar  # noqa: E402
@@ -444,41 +444,3 @@ def test_a_detached_overlay_apply_rebased_matches_the_apply_onto_its_lowers(tmp_
     assert full(detached) == full(sequential)
     assert stat.S_IMODE(os.lstat(detached / "srv").st_mode) == 0o2775
     assert os.lstat(detached / "opq").st_mtime_ns == 3000 * 10**9
-
-
-def test_files_written_behind_the_parser_keep_the_layer_order(tmp_path):
-    """Small files are created by writer threads while later entries are parsed; whatever
-    depends on one (a hard link to it, a replacement, a whiteout, a path through it, the
-    end) sees it written, and a writer's error names its entry."""
-    many = [entry(f"d/f{i}", data=b"%d" % i, mode=0o600, uid=i % 3, mtime=EPOCH + i)
-            for i in range(300)]
-    pairs = []   # each right behind its target, which a writer may still be writing
-    for i in range(20):
-        pairs += [entry(f"l/t{i}", data=bytes(200_000)), entry(f"l/h{i}", L, linkname=f"l/t{i}")]
-    data = layer(*many, *pairs, entry("d/f1", D, mode=0o755), entry("d/f1/inner", data=b"in"),
-                 entry("d/hard", L, linkname="d/f2"), entry("d/f3", S, linkname="f4"),
-                 entry("d/.wh.f5"), entry("d/f6", data=b"again"))
-    root = tmp_path / "root"
-    root.mkdir()
-    apply_bytes(root, data)
-    got = tree(root)
-    assert got["d/f0"] == (stat.S_IFREG, 0o600, 0, 0, b"0")
-    assert got["d/f299"] == (stat.S_IFREG, 0o600, 299 % 3, 0, b"299")
-    assert os.lstat(root / "d/f299").st_mtime == EPOCH + 299
-    assert got["d/f1"][0] == stat.S_IFDIR and got["d/f1/inner"][4] == b"in"
-    assert os.lstat(root / "d/hard").st_ino == os.lstat(root / "d/f2").st_ino
-    assert got["d/f3"] == (stat.S_IFLNK, 0o777, 0, 0, "f4")
-    assert "d/f5" not in got and got["d/f6"][4] == b"again"
-    assert all(os.lstat(root / f"l/h{i}").st_nlink == 2 for i in range(20))
-    assert len([p for p in got if p.startswith("d/f")]) == 299 + 1   # f1/inner, f5 gone
-    failing = tmp_path / "failing"
-    failing.mkdir()
-    with pytest.raises(ApplyError, match="failed to apply entry 'x{300}': .*File name too long"):
-        apply_bytes(failing, layer(*many[:50], entry("x" * 300, data=b"x"), *many[50:]))
-
-
-def test_a_path_through_a_file_still_being_written_fails_as_it_would(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    with pytest.raises(ApplyError, match="'f/child'.*parent is not a directory"):
-        apply_bytes(root, layer(entry("f", data=b"f"), entry("f/child", data=b"c")))

@@ -5,18 +5,15 @@
 overlay's form (a 0/0 character device; opaque directories get the
 `trusted.overlay.opaque` xattr), with `lowers` (nearest first) giving missing
 parent directories their attributes, as containerd does. Otherwise whiteouts
-delete what they name. Small new files are written by two threads behind the parser
-(`_Writers`), drained before anything that could see a file not written yet.
+delete what they name.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import queue
 import shutil
 import stat
-import threading
 
 from ..snapshots.backends import in_user_namespace
 from . import planner
@@ -49,74 +46,6 @@ DEVICES = not in_user_namespace()   # containerd skips device nodes in a user na
 
 class ApplyError(Exception):
     """The layer cannot be applied; the message says which entry and why."""
-
-
-# Small new files are written by worker threads while the next entries are parsed: creating
-# a file is mostly kernel work, which runs on another CPU meanwhile. At most
-# WRITE_QUEUE files of at most SMALL_FILE bytes wait.
-WRITERS = 2
-SMALL_FILE = 256 << 10
-WRITE_QUEUE = 64
-
-
-class _Writers:
-    """Threads that create files the applier hands them, in any order. The applier drains
-    them (waits until every file is written) before anything that could see or touch a
-    file not written yet: a lookup or removal of its path, a hard link, the end."""
-
-    def __init__(self):
-        self._queue: queue.Queue = queue.Queue(WRITE_QUEUE)
-        self.pending: set[tuple[str, ...]] = set()   # files handed over, not yet written
-        self._lock = threading.Lock()
-        self._error: tuple[str, BaseException] | None = None
-        self._threads = [threading.Thread(target=self._work, name="layer-write", daemon=True)
-                         for _ in range(WRITERS)]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, parts, name: str, job) -> None:
-        self._raise()
-        self.pending.add(parts)
-        self._queue.put((parts, name, job))
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                parts, name, job = item
-                if self._error is None:   # after a failure the rest is not written
-                    try:
-                        job()
-                    except BaseException as exc:
-                        with self._lock:
-                            self._error = self._error or (name, exc)
-                with self._lock:
-                    self.pending.discard(parts)
-            finally:
-                self._queue.task_done()
-
-    def drain(self) -> None:
-        if self.pending:
-            self._queue.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            name, exc = self._error
-            if not isinstance(exc, OSError):
-                raise exc
-            err = ApplyError(f"failed to apply entry {name!r}: {exc}")
-            err.__context__ = exc   # a full disk is found behind it
-            raise err
-
-    def close(self) -> None:
-        """Stop the threads (what is queued is still done: after a failure, skipped)."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for t in self._threads:
-            t.join()
 
 
 def _kind(path: str):
@@ -168,7 +97,6 @@ class Applier:
         # parent directories this apply made for entries the layer did not list (in order):
         # what `inherit_parents` gives the lowers' attributes when they were not known yet
         self.implicit = implicit
-        self._writers: _Writers | None = None   # while apply() runs
         self.opaque_xattr = "user.overlay.opaque" if userxattr else "trusted.overlay.opaque"
         self.unpacked: set[tuple[str, ...]] = set()   # for opaque markers out of order
         self.dirs: list[tuple[tuple[str, ...], int, int]] = []
@@ -184,19 +112,9 @@ class Applier:
         if os.stat(self.root).st_mode & stat.S_ISGID:
             self._setgid.add(())
 
-    def _settled(self, parts) -> None:
-        """`parts` is on disk as this layer left it so far (not a file still queued)."""
-        if self._writers is not None and parts in self._writers.pending:
-            self._writers.drain()
-
-    def _drain(self) -> None:
-        if self._writers is not None:
-            self._writers.drain()
-
     def lookup(self, parts):
         if parts in self._known_dirs:
             return "dir", ""
-        self._settled(parts)
         kind, target = _kind(_join(self.root, parts))
         if kind == "dir":
             self._known_dirs.add(parts)
@@ -205,27 +123,11 @@ class Applier:
     # --- the loop --------------------------------------------------------------------
 
     def apply(self, reader: TarReader) -> int:
-        self._writers = _Writers()
-        try:
-            size = self._entries(reader)
-            self._writers.drain()
-        finally:
-            self._writers.close()
-            self._writers = None
-        real_dirs: dict[tuple[str, ...], bool] = {(): True}
-        for parts, atime, mtime in self.dirs:  # last: creating files changed them
-            # unless a later entry removed or replaced it, or one of its parents (by a
-            # symlink, which must not lead these times outside the root)
-            if _real_dir(self.root, parts, real_dirs):
-                os.utime(_join(self.root, parts), ns=(atime, mtime), follow_symlinks=False)
-        return size
-
-    def _entries(self, reader: TarReader) -> int:
         size = 0
         while True:
             hdr = reader.next()
             if hdr is None:
-                return size
+                break
             size += hdr.size
             try:
                 op = planner.plan(hdr, self.lookup, DEVICES)
@@ -234,6 +136,13 @@ class Applier:
                 raise ApplyError(f"hostile layer: {exc}") from None
             except OSError as exc:
                 raise ApplyError(f"failed to apply entry {hdr.name!r}: {exc}") from None
+        real_dirs: dict[tuple[str, ...], bool] = {(): True}
+        for parts, atime, mtime in self.dirs:  # last: creating files changed them
+            # unless a later entry removed or replaced it, or one of its parents (by a
+            # symlink, which must not lead these times outside the root)
+            if _real_dir(self.root, parts, real_dirs):
+                os.utime(_join(self.root, parts), ns=(atime, mtime), follow_symlinks=False)
+        return size
 
     def _run(self, op, reader: TarReader) -> None:
         if isinstance(op, Create):
@@ -259,7 +168,6 @@ class Applier:
             if sub in self._known_dirs:
                 continue
             path = _join(self.root, sub)
-            self._settled(sub)
             kind, _ = _kind(path)
             if kind == "dir":
                 self._known_dirs.add(sub)
@@ -298,7 +206,6 @@ class Applier:
     # --- operations ------------------------------------------------------------------
 
     def _remove(self, path: str) -> None:
-        self._drain()   # whatever it removes is on disk first
         kind, _ = _kind(path)
         if kind == "dir":
             shutil.rmtree(path)
@@ -317,7 +224,6 @@ class Applier:
             self._created.add((*op.parent, op.name))
 
     def _opaque(self, op: Opaque) -> None:
-        self._drain()
         path = _join(self.root, op.dir)
         if self.overlay:
             _setxattr(path, self.opaque_xattr, b"y")
@@ -337,16 +243,11 @@ class Applier:
         if op.parent in self._fresh and parts not in self._created:
             existing = None
         else:
-            self._settled(parts)
             existing, _ = _kind(path)
             if existing is not None and not (existing == "dir" and hdr.type == DIR):
                 self._remove(path)
         mode = hdr.mode & 0o7777
         typ = hdr.type
-        if typ in (REG, AREG) and existing is None and not hdr.xattrs \
-                and hdr.size <= SMALL_FILE and self._writers is not None:
-            self._write_behind(op, parts, path, mode, reader)
-            return
         if typ in (REG, AREG):
             fd = os.open(path, _NOFOLLOW_WRITE, mode)
             try:
@@ -375,7 +276,6 @@ class Applier:
         elif typ == SYMLINK:
             os.symlink(hdr.linkname, path)
         elif typ == LINK:
-            self._drain()   # the target may be a file still queued
             target = _join(self.root, (*op.link_parent, op.link_name))
             os.link(target, path, follow_symlinks=False)
         else:
@@ -392,33 +292,6 @@ class Applier:
                 self.implicit.pop(parts, None)   # the layer's own attributes win
             if mode & stat.S_ISGID:
                 self._setgid.add(parts)
-        self.unpacked.add(parts)
-        self._created.add(parts)
-
-    def _write_behind(self, op: Create, parts, path: str, mode: int, reader: TarReader) -> None:
-        """A new small file without xattrs: its bytes are read now, a writer thread creates
-        it (as _create does: a new file has root's ids and mode & ~umask already)."""
-        hdr = op.hdr
-        data = b"".join(bytes(chunk) for chunk in reader.data())
-        chown = (hdr.uid, hdr.gid) if (hdr.uid or hdr.gid or not ROOT_IDS
-                                       or op.parent in self._setgid) else None
-        chmod = mode if mode & ~UMASK != mode or mode & 0o7000 else None
-        times = self._times(hdr)
-
-        def write():
-            fd = os.open(path, _NOFOLLOW_WRITE, mode)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if chown is not None:
-                    os.fchown(fd, *chown)
-                if chmod is not None:
-                    os.fchmod(fd, chmod)
-                os.utime(fd, ns=times)
-            finally:
-                os.close(fd)
-        self._writers.submit(parts, hdr.name, write)
         self.unpacked.add(parts)
         self._created.add(parts)
 
