@@ -557,10 +557,13 @@ def test_plugin_listed_as_containerds(cri_daemon):
     same("plugins-ls", kind, sorted(detail.splitlines()))   # Go prints exports in map order
 
 
-def test_disabled_plugin_serves_no_cri(tmp_path):
+@pytest.mark.parametrize("version", [2, 1])
+def test_disabled_plugin_serves_no_cri(tmp_path, version):
+    """By its URI (version 2), or by its id "cri" in a version 1 config."""
     d = Daemon(workdir=str(tmp_path / "w"))
     (d.workdir / "off.toml").write_text(
-        'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+        'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n' if version == 2 else
+        f'disabled_plugins = ["cri"]\n[plugins.opt]\n  path = "{d.workdir / "opt"}"\n')
     d.config = str(d.workdir / "off.toml")
     d.start()
     try:
