@@ -1,14 +1,16 @@
 """Pull an image from a registry into the daemon: content, snapshots, the image record.
 
 The steps are containerd's client-side pull with unpack, done in the daemon:
-1. a lease (expiring after a day) holds everything the pull writes until the image exists;
+1. a lease (expiring after a day) holds what the pull writes until the image exists: the
+   manifest (whose gc.ref labels keep the committed config and layers) and the snapshots;
+   blobs are ingested outside it, so a failed pull's partial ingest stays for the retry;
 2. the reference resolves to an index or manifest; an index yields the host's manifest;
 3. the config, then every layer, stream from the registry through the content writer (which
    hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time;
    a partial ingest from an earlier (failed) pull is resumed with a range request;
-4. each layer is unpacked as soon as its parent is committed, reading its bytes while they
-   still arrive (core/remotes/feed.py), so decompression and apply overlap the downloads;
-   its snapshot is committed once the blob's digest checked out too;
+4. each layer is unpacked while its bytes still arrive (core/remotes/feed.py); one whose
+   parent is not committed yet goes into a parentless snapshot meanwhile and is moved onto
+   the parent after (overlayfs); its snapshot is committed once the blob's digest checked out;
 5. the image record names the reference and points at the manifest (or index).
 
 Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
