@@ -667,3 +667,51 @@ def test_a_cancelled_pull_leaves_no_snapshot_or_lease(tmp_path):
         finally:
             fake.stop()
             d.cleanup()
+
+
+def test_an_image_repeating_a_layer_and_with_whiteouts_unpacks_as_ctr_import_does(
+        registry, tmp_path):
+    """Layers A, B, A (the same blob twice, as Docker's empty layers are) with a whiteout, an
+    opaque directory and unlisted parents in B: the pull applies later layers before their
+    parents are committed, and each snapshot's upper dir is what `ctr images import` (one
+    layer after another onto its parent) makes of the same image in another namespace."""
+    import re
+    import stat
+    import tarfile
+    from layers import entry, layer, oci_image
+    a = layer(entry("etc", tarfile.DIRTYPE, mode=0o750, uid=7), entry("etc/keep", data=b"k"),
+              entry("opq/old", data=b"o"), entry("gone", data=b"g"))
+    b = layer(entry("etc/new", data=b"n"), entry(".wh.gone"), entry("opq/.wh..wh..opq"),
+              entry("opq/fresh", data=b"f"), entry("deep/er/file", data=b"d"))
+    archive = tmp_path / "repeat.tar"
+    archive.write_bytes(oci_image([a, b, a], ref="localhost/repeat:v1"))
+    registry.push(archive, "test/repeat:v1")
+    d = Daemon(workdir=str(tmp_path / "w")).start()
+
+    def tree(root: Path) -> dict:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            st = os.lstat(p)
+            xattrs = sorted(os.listxattr(p, follow_symlinks=False))
+            out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                             st.st_uid, st.st_rdev, xattrs,
+                                             p.read_bytes() if p.is_file() else None)
+        return out
+
+    def uppers() -> list[dict]:
+        """Every snapshot's upper dir, in the order the snapshots were created (ids grow)."""
+        snapshots = d.root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
+        return [tree(snapshots / sid / "fs") for sid in sorted(os.listdir(snapshots), key=int)]
+    try:
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            rpc.ImageServiceStub(channel).PullImage(pb.PullImageRequest(
+                image=_spec(f"{registry.host}/test/repeat:v1")), timeout=120)
+        pulled = uppers()   # in chain order: each is prepared once its parent committed
+        d.ctr("images", "import", str(archive))
+        imported = uppers()[3:]
+        assert len(pulled) == 3 and pulled == imported
+        assert stat.S_ISCHR(pulled[1]["gone"][0]) and stat.S_IMODE(pulled[1]["etc"][1]) == 0o750
+        assert "user.overlay.opaque" in pulled[1]["opq"][4] or \
+            "trusted.overlay.opaque" in pulled[1]["opq"][4]
+    finally:
+        d.cleanup()
