@@ -25,10 +25,21 @@ class WalkingDiffer:
         self.tmpmounts = tmpmounts
 
     def apply(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
-              payloads=None) -> tuple[str, str, int]:
-        path = self.content.blob_path(ns, digest)
-        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads)
+              payloads=None, follow=None) -> tuple[str, str, int]:
+        """`follow`: the blob is still being written (a pull): read it through that."""
+        path = self.content.blob_path(ns, digest) if follow is None else digest
+        applied = self.unpacker.apply(path, media_type, digest, mounts, payloads, follow)
         return LAYER_MEDIA_TYPE, applied.digest, applied.size
+
+    def apply_detached(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
+                       follow=None, implicit=None) -> tuple[str, str, int]:
+        """Apply before the parent is committed (a pull); `rebase` finishes it."""
+        path = self.content.blob_path(ns, digest) if follow is None else digest
+        applied = self.unpacker.apply_detached(path, media_type, mounts, follow, implicit)
+        return LAYER_MEDIA_TYPE, applied.digest, applied.size
+
+    def rebase(self, detached: list[Mount], mounts: list[Mount], implicit) -> None:
+        self.unpacker.rebase(detached, mounts, implicit)
 
     def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):
         from ..core.diff.compare import write_diff
@@ -53,6 +64,12 @@ class DiffService:
 
     def diff(self, *args, **kwargs):
         return self._first("diff", *args, **kwargs)
+
+    def apply_detached(self, *args):
+        return self._first("apply_detached", *args)
+
+    def rebase(self, *args):
+        return self._first("rebase", *args)
 
     def _first(self, method, *args, **kwargs):
         for i, differ in enumerate(self.differs):

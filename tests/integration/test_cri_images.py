@@ -4,13 +4,14 @@ docker-registry on 127.0.0.1: the same answers where the behaviour is containerd
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
-from daemon import Daemon, wait_for
+from daemon import Daemon
 from image_helpers import make_multiarch, make_oci, oci_blobs, oci_manifest_digests
 from reference import Containerd
 from registry import LocalRegistry
@@ -344,18 +345,22 @@ def _layer_digests(oci_tar: Path) -> list[str]:
     return [layer["digest"] for layer in manifest["layers"]]
 
 
-def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path):
-    """Manifest and config are served, the layer never comes: the pull fails after
-    image_pull_progress_timeout with a message that says so, and leaves no ingest."""
-    import threading
-    import http.server
-    from image_helpers import oci_blobs, oci_manifest_digests
-    with tempfile.TemporaryDirectory(prefix="ca-crihang-") as tmp:
-        image = make_oci(Path(tmp))
+class FakeRegistry:
+    """A registry of one image on 127.0.0.1 (http.server), for what docker-registry will not
+    do: stop sending a layer half-way (`hang`), serve another manifest (`manifests`). It
+    honours `Range: bytes=N-` and records each layer request's Range header."""
+
+    def __init__(self, image: Path, hang: bool = False, manifests: dict | None = None):
+        import http.server
+        import threading
+        from image_helpers import oci_blobs, oci_manifest_digests
         blobs = oci_blobs(image)
         manifest_digest = oci_manifest_digests(image)[0]
         layers = set(_layer_digests(image))
-        release = threading.Event()
+        self.ranges: list[str] = []   # the Range header of each layer request ("" without)
+        self.release = threading.Event()
+        self.hang = hang
+        fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -363,48 +368,101 @@ def test_a_registry_that_stops_sending_fails_after_the_progress_timeout(tmp_path
 
             def do_GET(self):
                 digest = self.path.rsplit("/", 1)[1]
+                if manifests and digest in manifests:
+                    media_type, data = manifests[digest]
+                    self.send_response(200)
+                    self.send_header("Content-Type", media_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 data = blobs.get(manifest_digest if digest == "v1" else digest)
                 if data is None:
                     self.send_response(404)
                     self.end_headers()
                     return
-                self.send_response(200)
+                start = 0
+                if digest in layers:
+                    fake.ranges.append(self.headers.get("Range", ""))
+                    if self.headers.get("Range", "").startswith("bytes="):
+                        start = int(self.headers["Range"][6:].rstrip("-"))
+                self.send_response(206 if start else 200)
                 if digest in ("v1", manifest_digest):
                     self.send_header("Content-Type", json.loads(data)["mediaType"])
-                self.send_header("Content-Length", str(len(data)))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
-                if digest in layers:
+                if digest in layers and fake.hang:
                     self.wfile.write(data[:1000])
                     self.wfile.flush()
-                    release.wait(60)
+                    fake.release.wait(60)
                     return
-                self.wfile.write(data)
+                self.wfile.write(data[start:])
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        d = _ours_with(tmp_path, '  image_pull_progress_timeout = "1s"\n')
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _active(d) -> list[list[str]]:
+    return [line.split() for line in
+            d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:]]
+
+
+def test_a_stalled_pull_times_out_holds_its_lease_and_a_retry_resumes(tmp_path):
+    """The layer stops after 1000 bytes: the pull fails after image_pull_progress_timeout
+    with a message that says so. While it waits, its lease keeps what it wrote through a
+    collection; afterwards the lease is gone but the partial ingest stays (as an ingest
+    outside a lease does for 24 h), and the retried pull asks for the rest only."""
+    import concurrent.futures
+    with tempfile.TemporaryDirectory(prefix="ca-crihang-") as tmp:
+        image = make_oci(Path(tmp))
+        manifest_digest = oci_manifest_digests(image)[0]
+        config_digest = json.loads(oci_blobs(image)[manifest_digest])["config"]["digest"]
+        [layer] = _layer_digests(image)
+        fake = FakeRegistry(image, hang=True)
+        d = _ours_with(tmp_path, '  image_pull_progress_timeout = "3s"\n')
         try:
             images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
-            host = f"127.0.0.1:{server.server_address[1]}"
-            with pytest.raises(grpc.RpcError) as err:
-                images.PullImage(pb.PullImageRequest(image=_spec(f"{host}/test/busybox:v1")),
-                                 timeout=60)
-            assert "no data for 1s" in err.value.details()
-            # the pull's lease is gone; the GC it schedules (not waited for, as containerd's)
-            # removes the ingest
-            wait_for(lambda: d.ctr("content", "active", namespace="k8s.io")
-                     .stdout.splitlines()[1:] == [], 20, "the unfinished ingest to go")
+            request = pb.PullImageRequest(image=_spec(f"{fake.host}/test/busybox:v1"))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pulling = pool.submit(images.PullImage, request, timeout=60)
+                deadline = time.monotonic() + 30
+                while not any(a[0] == f"pull-{layer}" for a in _active(d)):
+                    assert time.monotonic() < deadline and not pulling.done()
+                    time.sleep(0.05)
+                leases = d.ctr("leases", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+                assert len(leases) == 1 and "containerd.io/gc.expire" in leases[0]
+                d.ctr("leases", "create", "--id", "gc-now", namespace="k8s.io")
+                d.ctr("leases", "rm", "--sync", "gc-now", namespace="k8s.io")
+                content = d.ctr("content", "ls", "-q", namespace="k8s.io").stdout.split()
+                assert manifest_digest in content and config_digest in content
+                with pytest.raises(grpc.RpcError) as err:
+                    pulling.result(timeout=60)
+            assert "no data for 3s" in err.value.details()
+            assert d.ctr("leases", "ls", "-q", namespace="k8s.io").stdout.split() == []
+            [[ref, size, *_]] = _active(d)
+            assert (ref, size) == (f"pull-{layer}", "1kB")   # ctr's units.HumanSize
+            fake.hang = False
+            images.PullImage(request, timeout=60)
+            assert fake.ranges == ["", "bytes=1000-"]
+            assert len(_images(images)) == 1 and _active(d) == []
         finally:
-            release.set()
+            fake.stop()
             d.cleanup()
-            server.shutdown()
-            server.server_close()
 
 
 def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path):
     """Two images with the same busybox base, pulled at once: the registry serves the shared
-    layer once, and the daemon extracts it once (its unpack histogram counts extractions)."""
+    layer once, and the daemon fetches and extracts it once (its metrics count the bytes
+    fetched and the extractions)."""
     import subprocess
     import sys
     import urllib.request
@@ -437,9 +495,18 @@ def test_concurrent_pulls_sharing_a_base_layer_fetch_and_unpack_it_once(tmp_path
             assert r.blob_gets(base) - before == 1
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=10) as m:
                 text = m.read().decode()
-            [count] = [line.split()[-1] for line in text.splitlines()
-                       if line.startswith("ctrappliance_unpack_duration_seconds_count")]
-            assert float(count) == 3   # base, small files, large files: each once
+            def metric(name):
+                [value] = [line.split()[-1] for line in text.splitlines()
+                           if line.startswith(name + " ")]
+                return float(value)
+            assert metric("ctrappliance_unpack_duration_seconds_count") == 3   # each layer once
+            sizes = {}   # configs and layers of both images, the base once
+            for image in (small, big):
+                blobs = oci_blobs(image)
+                manifest = json.loads(blobs[oci_manifest_digests(image)[0]])
+                for desc in [manifest["config"], *manifest["layers"]]:
+                    sizes[desc["digest"]] = desc["size"]
+            assert metric("ctrappliance_pull_fetched_bytes_total") == sum(sizes.values())
         finally:
             d.cleanup()
             r.stop()
@@ -490,10 +557,13 @@ def test_plugin_listed_as_containerds(cri_daemon):
     same("plugins-ls", kind, sorted(detail.splitlines()))   # Go prints exports in map order
 
 
-def test_disabled_plugin_serves_no_cri(tmp_path):
+@pytest.mark.parametrize("version", [2, 1])
+def test_disabled_plugin_serves_no_cri(tmp_path, version):
+    """By its URI (version 2), or by its id "cri" in a version 1 config."""
     d = Daemon(workdir=str(tmp_path / "w"))
     (d.workdir / "off.toml").write_text(
-        'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+        'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n' if version == 2 else
+        f'disabled_plugins = ["cri"]\n[plugins.opt]\n  path = "{d.workdir / "opt"}"\n')
     d.config = str(d.workdir / "off.toml")
     d.start()
     try:
@@ -502,5 +572,146 @@ def test_disabled_plugin_serves_no_cri(tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 rpc.ImageServiceStub(channel).ListImages(pb.ListImagesRequest(), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        d.cleanup()
+
+
+def test_the_sandbox_image_is_pinned(registry, tmp_path):
+    """containerd 1.7's `pinned` (kubelet's image GC keeps such images): a pull of the
+    sandbox_image labels its records io.cri-containerd.pinned=pinned, and the image (all its
+    names) is pinned; a pull by another name is not."""
+    sandbox = f"{registry.host}/test/busybox:v1"
+    d = _ours_with(tmp_path, f'  sandbox_image = "{sandbox}"\n')
+    try:
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            images = rpc.ImageServiceStub(channel)
+            other = f"{registry.host}/test/other:v2"   # the same image by another name
+            images.PullImage(pb.PullImageRequest(image=_spec(other)))
+            assert [i.pinned for i in images.ListImages(pb.ListImagesRequest()).images] == [False]
+            images.PullImage(pb.PullImageRequest(image=_spec(sandbox)))
+            [image] = images.ListImages(pb.ListImagesRequest()).images
+            assert image.pinned and sorted(image.repo_tags) == [sandbox, other]
+            assert images.ImageStatus(pb.ImageStatusRequest(image=_spec(other))).image.pinned
+        listed = d.ctr("images", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+        labelled = {line.split()[0] for line in listed if "io.cri-containerd.pinned=pinned" in line}
+        assert sandbox in labelled and other not in labelled
+    finally:
+        d.cleanup()
+
+
+def test_a_docker_schema_1_manifest_is_refused(tmp_path):
+    """Schema 1 (deprecated, unsigned-digest images) is refused with a clear error and
+    nothing is left of the pull (containerd 1.6 still converts it)."""
+    schema1 = json.dumps({"schemaVersion": 1, "name": "test/busybox", "tag": "v1",
+                          "architecture": "amd64", "fsLayers": [], "history": []}).encode()
+    with tempfile.TemporaryDirectory(prefix="ca-crischema1-") as tmp:
+        fake = FakeRegistry(make_oci(Path(tmp)), manifests={
+            "v1": ("application/vnd.docker.distribution.manifest.v1+prettyjws", schema1)})
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(pb.PullImageRequest(image=_spec(f"{fake.host}/test/busybox:v1")))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "Docker schema 1 manifests are not supported" in err.value.details()
+            assert _images(images) == []
+            assert d.ctr("content", "ls", "-q", namespace="k8s.io").stdout.split() == []
+        finally:
+            fake.stop()
+            d.cleanup()
+
+
+def test_cri_is_served_on_the_grpc_tcp_address(registry, tmp_path):
+    """With [grpc] tcp_address, CRI is served there too, as containerd does."""
+    from registry import free_port
+    port = free_port()
+    d = Daemon(workdir=str(tmp_path / "w"))
+    (d.workdir / "tcp.toml").write_text(f'version = 2\n[grpc]\n  tcp_address = "127.0.0.1:{port}"\n')
+    d.config = str(d.workdir / "tcp.toml")
+    d.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            images = rpc.ImageServiceStub(channel)
+            image_id = images.PullImage(pb.PullImageRequest(
+                image=_spec(f"{registry.host}/test/busybox:v1")), timeout=60).image_ref
+            assert [i.id for i in images.ListImages(pb.ListImagesRequest()).images] == [image_id]
+            version = rpc.RuntimeServiceStub(channel).Version(pb.VersionRequest(), timeout=10)
+            assert version.runtime_name == "ctrappliance"
+    finally:
+        d.cleanup()
+
+
+def test_a_cancelled_pull_leaves_no_snapshot_or_lease(tmp_path):
+    """The client gives up while a layer is half-way: the pull stops, its snapshots and its
+    lease go (the partial ingest stays for a retry), and the retry completes."""
+    with tempfile.TemporaryDirectory(prefix="ca-cricancel-") as tmp:
+        image = make_oci(Path(tmp))
+        [layer] = _layer_digests(image)
+        fake = FakeRegistry(image, hang=True)
+        d = Daemon(workdir=str(tmp_path / "w")).start()
+        try:
+            images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
+            request = pb.PullImageRequest(image=_spec(f"{fake.host}/test/busybox:v1"))
+            with pytest.raises(grpc.RpcError) as err:
+                images.PullImage(request, timeout=3)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            deadline = time.monotonic() + 30
+            while (d.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+                   or d.ctr("leases", "ls", "-q", namespace="k8s.io").stdout.split()):
+                assert time.monotonic() < deadline, "the cancelled pull left snapshots or a lease"
+                time.sleep(0.1)
+            assert [a[0] for a in _active(d)] == [f"pull-{layer}"]
+            fake.hang = False
+            images.PullImage(request, timeout=60)
+            assert len(_images(images)) == 1 and fake.ranges[-1] == "bytes=1000-"
+        finally:
+            fake.stop()
+            d.cleanup()
+
+
+def test_an_image_repeating_a_layer_and_with_whiteouts_unpacks_as_ctr_import_does(
+        registry, tmp_path):
+    """Layers A, B, A (the same blob twice, as Docker's empty layers are) with a whiteout, an
+    opaque directory and unlisted parents in B: the pull applies later layers before their
+    parents are committed, and each snapshot's upper dir is what `ctr images import` (one
+    layer after another onto its parent) makes of the same image in another namespace."""
+    import re
+    import stat
+    import tarfile
+    from layers import entry, layer, oci_image
+    a = layer(entry("etc", tarfile.DIRTYPE, mode=0o750, uid=7), entry("etc/keep", data=b"k"),
+              entry("opq/old", data=b"o"), entry("gone", data=b"g"))
+    b = layer(entry("etc/new", data=b"n"), entry(".wh.gone"), entry("opq/.wh..wh..opq"),
+              entry("opq/fresh", data=b"f"), entry("deep/er/file", data=b"d"))
+    archive = tmp_path / "repeat.tar"
+    archive.write_bytes(oci_image([a, b, a], ref="localhost/repeat:v1"))
+    registry.push(archive, "test/repeat:v1")
+    d = Daemon(workdir=str(tmp_path / "w")).start()
+
+    def tree(root: Path) -> dict:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            st = os.lstat(p)
+            xattrs = sorted(os.listxattr(p, follow_symlinks=False))
+            out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                             st.st_uid, st.st_rdev, xattrs,
+                                             p.read_bytes() if p.is_file() else None)
+        return out
+
+    def uppers() -> list[dict]:
+        """Every snapshot's upper dir, in the order the snapshots were created (ids grow)."""
+        snapshots = d.root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
+        return [tree(snapshots / sid / "fs") for sid in sorted(os.listdir(snapshots), key=int)]
+    try:
+        with grpc.insecure_channel(f"unix://{d.address}") as channel:
+            rpc.ImageServiceStub(channel).PullImage(pb.PullImageRequest(
+                image=_spec(f"{registry.host}/test/repeat:v1")), timeout=120)
+        pulled = uppers()   # in chain order: each is prepared once its parent committed
+        d.ctr("images", "import", str(archive))
+        imported = uppers()[3:]
+        assert len(pulled) == 3 and pulled == imported
+        assert stat.S_ISCHR(pulled[1]["gone"][0]) and stat.S_IMODE(pulled[1]["etc"][1]) == 0o750
+        assert "user.overlay.opaque" in pulled[1]["opq"][4] or \
+            "trusted.overlay.opaque" in pulled[1]["opq"][4]
     finally:
         d.cleanup()

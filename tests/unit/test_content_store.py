@@ -106,3 +106,35 @@ def test_go_duration():
     assert go_duration(0.0123) == "12.3ms"
     assert go_duration(90) == "1m30s"
     assert go_duration(3725.25) == "1h2m5.25s"
+
+
+def test_an_ingest_status_read_while_the_writer_writes_its_files_never_sees_them_empty(tmp_path):
+    """`ctr content active` during a pull: the status files are replaced whole (a temporary
+    file renamed over them, as containerd's writeToCompletion), never seen truncated."""
+    import threading
+    store = LocalStore(str(tmp_path))
+    errors, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                store.status("busy")
+            except NotFound:
+                pass
+            except Exception as exc:   # noqa: BLE001 - what the bug raised: ValueError
+                errors.append(exc)
+                return
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for _ in range(300):
+            writer = store.writer("busy", 10)
+            writer.write(b"x")
+            writer.close()            # rewrites "updatedat"
+            if errors:
+                break
+            store.abort("busy")       # the next writer writes every file afresh
+    finally:
+        stop.set()
+        reader.join(10)
+    assert errors == []

@@ -395,3 +395,52 @@ def test_a_stalled_layer_stream_fails_the_read_after_its_deadline(monkeypatch):
     stream.close()
     assert outcome and isinstance(outcome[0], DeadlineExceeded), outcome
     assert "no data for 0.2s" in str(outcome[0])
+
+
+def test_a_detached_overlay_apply_rebased_matches_the_apply_onto_its_lowers(tmp_path):
+    """A pull applies a layer before its parent is committed: into an empty upper dir with
+    no lowers, then `inherit_parents` gives the directories it made for unlisted parents the
+    lowers' attributes. The result is the upper dir the apply onto the lowers makes: the same
+    entries, whiteouts, opaque markers, owners, modes, xattrs and times."""
+    from appliance.core.diff.apply import inherit_parents
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    apply_bytes(lower, layer(
+        entry("etc", D, mode=0o750, uid=7, gid=8, mtime=1000), entry("etc/passwd", data=b"p"),
+        entry("srv", D, mode=0o2775, gid=50, mtime=2000), entry("srv/www", D, mode=0o700, uid=33),
+        entry("opq", D, mode=0o711, mtime=3000), entry("opq/old", data=b"o"),
+        entry("gone", data=b"g"), entry("listed", D, mode=0o755, uid=1)))
+    os.setxattr(lower / "etc", "user.origin", b"lower")
+    top = layer(entry("etc/hosts", data=b"h", uid=3, gid=4),          # implicit etc
+                entry("srv/www/index.html", data=b"i"),                # implicit srv, srv/www
+                entry(".wh.gone"), entry("opq/.wh..wh..opq"),          # implicit opq (empty)
+                entry("listed/x", data=b"x"), entry("listed", D, mode=0o700, uid=2, mtime=5),
+                entry("fresh/dir/f", data=b"f"))                       # in no lower either
+    sequential, detached = tmp_path / "sequential", tmp_path / "detached"
+    sequential.mkdir(), detached.mkdir()
+
+    def times(root):   # before anything lists a directory (which may move its atime)
+        return {rel: (os.lstat(root / rel).st_atime_ns,
+                      os.lstat(root / rel).st_mtime_ns if rel == "opq" else None)
+                for rel in ("etc", "srv", "srv/www", "opq")}
+
+    def full(root):   # times of "now" (whiteouts, parents in no lower, written dirs) left out
+        out = {}
+        for rel, value in tree(root).items():
+            p = root / rel
+            st = os.lstat(p)
+            xattrs = {k: os.getxattr(p, k, follow_symlinks=False)
+                      for k in os.listxattr(p, follow_symlinks=False)}
+            dated = stat.S_ISREG(st.st_mode) or rel == "listed"
+            out[rel] = (value, xattrs, st.st_mtime_ns if dated else None)
+        return out
+    apply_bytes(sequential, top, overlay=True, lowers=[str(lower)])
+    expected_times = times(sequential)
+    implicit: dict = {}
+    apply_bytes(detached, top, overlay=True, lowers=[], implicit=implicit)
+    assert full(detached) != full(sequential)   # the parents' attributes are not known yet
+    inherit_parents(str(detached), implicit, [str(lower)])
+    assert times(detached) == expected_times
+    assert full(detached) == full(sequential)
+    assert stat.S_IMODE(os.lstat(detached / "srv").st_mode) == 0o2775
+    assert os.lstat(detached / "opq").st_mtime_ns == 3000 * 10**9

@@ -406,8 +406,12 @@ class Writer:
 
 
 def _write_small(path: str, text: str) -> None:
-    with open(path, "w") as f:
+    """Replace the file whole (as containerd's writeToCompletion): a status read that runs
+    meanwhile (`ctr content active` during a pull) never finds it empty."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
 
 
 def _fsync_dir(path: str) -> None:

@@ -89,10 +89,14 @@ def _bound(ns: int) -> int:
 
 
 class Applier:
-    def __init__(self, root: str, overlay: bool = False, lowers=(), userxattr: bool = False):
+    def __init__(self, root: str, overlay: bool = False, lowers=(), userxattr: bool = False,
+                 implicit: dict | None = None):
         self.root = os.path.normpath(root)
         self.overlay = overlay
         self.lowers = list(lowers)
+        # parent directories this apply made for entries the layer did not list (in order):
+        # what `inherit_parents` gives the lowers' attributes when they were not known yet
+        self.implicit = implicit
         self.opaque_xattr = "user.overlay.opaque" if userxattr else "trusted.overlay.opaque"
         self.unpacked: set[tuple[str, ...]] = set()   # for opaque markers out of order
         self.dirs: list[tuple[tuple[str, ...], int, int]] = []
@@ -173,11 +177,13 @@ class Applier:
             os.mkdir(path, 0o755)
             os.chmod(path, 0o755)
             self._copy_from_lower(sub, path)
+            if self.implicit is not None:
+                self.implicit[sub] = None
             self._known_dirs.add(sub)
             self._fresh.add(sub)
             self._created.add(sub)
 
-    def _copy_from_lower(self, sub, path) -> None:
+    def _copy_from_lower(self, sub, path, mtime_ns: int | None = None) -> None:
         for lower in self.lowers:
             found = _join(lower, planner.resolve(sub, lambda p: _kind(_join(lower, p))))
             try:
@@ -190,7 +196,8 @@ class Applier:
             os.chmod(path, stat.S_IMODE(st.st_mode))
             if st.st_mode & stat.S_ISGID:
                 self._setgid.add(sub)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
+                     follow_symlinks=False)
             for name in os.listxattr(found, follow_symlinks=False):
                 if not name.startswith("trusted."):
                     _setxattr(path, name, os.getxattr(found, name, follow_symlinks=False))
@@ -281,6 +288,8 @@ class Applier:
         os.utime(path, ns=times, follow_symlinks=False)
         if typ == DIR:
             self.dirs.append((parts, *times))
+            if self.implicit is not None:
+                self.implicit.pop(parts, None)   # the layer's own attributes win
             if mode & stat.S_ISGID:
                 self._setgid.add(parts)
         self.unpacked.add(parts)
@@ -308,12 +317,31 @@ class Applier:
                 raise
 
 
-def apply_tar(root: str, read, overlay=False, lowers=(), userxattr=False) -> int:
-    """Unpack one uncompressed layer from `read(n)` into `root`; returns the entries' data size."""
+def apply_tar(root: str, read, overlay=False, lowers=(), userxattr=False,
+              implicit: dict | None = None) -> int:
+    """Unpack one uncompressed layer from `read(n)` into `root`; returns the entries' data size.
+    `implicit` collects the parent directories made for unlisted parents (see Applier)."""
     reader = TarReader(read)
     try:
-        size = Applier(root, overlay, lowers, userxattr).apply(reader)
+        size = Applier(root, overlay, lowers, userxattr, implicit).apply(reader)
         reader.drain()
     except TarError as exc:
         raise ApplyError(f"invalid layer: {exc}") from None
     return size
+
+
+def inherit_parents(root: str, implicit, lowers) -> None:
+    """Give the directories an overlay apply made for unlisted parents, without knowing the
+    lowers then, what the apply onto those lowers would have given them: the lower's owner,
+    mode, atime and xattrs. In an upper dir that is the only use of the lowers, so the
+    result is that apply's. The mtime stays where creating entries inside left it; an
+    empty one (an opaque marker's directory) takes the lower's, as the apply would."""
+    applier = Applier(root, True, lowers)
+    real: dict[tuple[str, ...], bool] = {(): True}
+    for sub in implicit:
+        if not _real_dir(applier.root, sub, real):
+            continue   # removed or replaced later in the layer
+        path = _join(applier.root, sub)
+        with os.scandir(path) as entries:
+            empty = next(entries, None) is None
+        applier._copy_from_lower(sub, path, None if empty else os.lstat(path).st_mtime_ns)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ... import mount as mountlib
 from ...errdefs import (DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted,
-                        exhausted, no_space)
+                        Unimplemented, exhausted, no_space)
 from ...process import failpoint, memory, metrics
 from .decompress import DecompressError, LayerStream, check_media_type
 
@@ -66,12 +66,16 @@ class Unpacker:
                 return (sn, *target)
         return None
 
-    def _opener(self, blob_path: str, media_type: str, payloads):
-        """None for the media types we inflate ourselves; else what opens the output of the
-        configured stream processors (which win over the built-in handling, as containerd's)."""
+    def _opener(self, blob_path: str, media_type: str, payloads, follow=None):
+        """`follow` (None: the blob file) for the media types we inflate ourselves; else what
+        opens the output of the configured stream processors (which win over the built-in
+        handling, as containerd's)."""
         if self.processors is None or self.processors.find(media_type) is None:
             check_media_type(media_type)
-            return None
+            return follow
+        if follow is not None:
+            raise Unimplemented(f"a stream processor for {media_type} reads the whole blob: "
+                                "unimplemented")
 
         def native(mt):
             try:
@@ -86,8 +90,9 @@ class Unpacker:
         return opener
 
     def apply(self, blob_path: str, media_type: str, digest: str, mounts,
-              payloads=None) -> Applied:
-        opener = self._opener(blob_path, media_type, payloads)
+              payloads=None, follow=None) -> Applied:
+        """`follow` opens the blob's bytes while they still arrive (core/remotes/feed.py)."""
+        opener = self._opener(blob_path, media_type, payloads, follow)
         ours = self._ours(mounts)
         if ours is None:  # somebody else's mounts: mount them, as containerd does
             if len(mounts) == 1 and mounts[0].type == "overlay":
@@ -165,13 +170,51 @@ class Unpacker:
                 return None
         return first.result
 
+    # --- a layer applied before its parent is committed ---------------------------------
+
+    def _detached_dir(self, mounts):
+        """(snapshotter, fs dir) of a parentless active overlayfs snapshot of ours."""
+        ours = self._ours(mounts)
+        if ours is None or ours[0].backend.name != "overlayfs" or ours[2] or ours[3]:
+            raise Unimplemented("a detached apply needs a parentless overlayfs snapshot: "
+                                "unimplemented")
+        return ours[0], ours[1]
+
+    def apply_detached(self, blob_path: str, media_type: str, mounts, follow=None,
+                       implicit: dict | None = None) -> Applied:
+        """Apply a layer into a parentless overlayfs snapshot as the upper dir it will be
+        (whiteouts as overlay's), while its parent is still being unpacked; `rebase` moves it
+        onto the parent once that is committed. `implicit` collects what rebase needs."""
+        sn, directory = self._detached_dir(mounts)
+        opener = self._opener(blob_path, media_type, None, follow)
+        return self._run(blob_path, directory, [], True, userxattr=sn.backend.userxattr,
+                         opener=opener, implicit=implicit)
+
+    def rebase(self, detached_mounts, mounts, implicit) -> None:
+        """Move a detached apply into `mounts`' empty upper dir (a snapshot on the parent
+        now committed); its unlisted parents take the lowers' attributes."""
+        from .apply import inherit_parents
+        sn, source = self._detached_dir(detached_mounts)
+        ours = self._ours(mounts)
+        if ours is None or ours[0] is not sn or not ours[3]:
+            raise InvalidArgument("rebase: the target is not an overlayfs snapshot on a parent")
+        target, lowers = ours[1], ours[2]
+        st = os.lstat(target)             # a layer's "./" is skipped: the upper dir keeps
+        os.lchown(source, st.st_uid, st.st_gid)   # what prepare gave it (the parent's owner)
+        inherit_parents(source, implicit, lowers)
+        os.rmdir(target)                  # fresh, so empty: a non-empty one fails here
+        os.rename(source, target)
+        os.mkdir(source, 0o755)           # the detached snapshot is removed after
+
     @staticmethod
-    def _run(blob_path, root, lowers, overlay, userxattr=False, opener=None) -> Applied:
+    def _run(blob_path, root, lowers, overlay, userxattr=False, opener=None,
+             implicit=None) -> Applied:
         from .apply import ApplyError, apply_tar  # imported on the first unpack: start-up cost
         stream = LayerStream(blob_path, opener)
         started = time.monotonic()
         try:
-            apply_tar(root, stream.read, overlay=overlay, lowers=lowers, userxattr=userxattr)
+            apply_tar(root, stream.read, overlay=overlay, lowers=lowers, userxattr=userxattr,
+                      implicit=implicit)
         except Exception as exc:
             full = no_space(exc)
             if full is not None:

@@ -1,13 +1,16 @@
 """Pull an image from a registry into the daemon: content, snapshots, the image record.
 
 The steps are containerd's client-side pull with unpack, done in the daemon:
-1. a lease (expiring after a day) holds everything the pull writes until the image exists;
+1. a lease (expiring after a day) holds what the pull writes until the image exists: the
+   manifest (whose gc.ref labels keep the committed config and layers) and the snapshots;
+   blobs are ingested outside it, so a failed pull's partial ingest stays for the retry;
 2. the reference resolves to an index or manifest; an index yields the host's manifest;
 3. the config, then every layer, stream from the registry through the content writer (which
    hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time;
-   a partial ingest from an earlier attempt is resumed with a range request;
-4. each layer is unpacked as soon as it is fetched and its parent is committed, so
-   decompression and apply overlap the later downloads;
+   a partial ingest from an earlier (failed) pull is resumed with a range request;
+4. each layer is unpacked while its bytes still arrive (core/remotes/feed.py); one whose
+   parent is not committed yet goes into a parentless snapshot meanwhile and is moved onto
+   the parent after (overlayfs); its snapshot is committed once the blob's digest checked out;
 5. the image record names the reference and points at the manifest (or index).
 
 Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
@@ -22,23 +25,35 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import platform
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound
+from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound, Unimplemented
+from ...process import metrics
 from ..metadata.images import Descriptor as ImageDescriptor, Image
 from . import hosts as hostlib
+from .feed import Feed
 from .reference import Reference, parse as parse_reference
 from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Credentials,
                        Descriptor, Registry, RegistryError, Timeouts)
 
 log = logging.getLogger("appliance.pull")
+FETCHED_BYTES = metrics.counter("ctrappliance_pull_fetched_bytes_total",
+                                "Blob bytes the daemon's pulls downloaded from registries")
 
 LEASE_EXPIRY_SECONDS = 24 * 3600
-WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash in a worker thread
+WRITE_BATCH = 1 << 20           # bytes gathered before one write+hash
+# the longest an unpack waits for its layer's download to start (it is queued behind
+# max_concurrent_downloads others, each bounded by the progress timeout)
+FEED_WAIT_SECONDS = 3600.0
+# a cancelled pull waits this long for its download or apply thread to end (told to stop)
+# before closing the writer or removing the snapshot it works on
+THREAD_STOP_SECONDS = 60.0
 INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 
@@ -130,27 +145,35 @@ class Puller:
         await self._store(ns, manifest_desc, manifest_body, lease, manifest_labels)
 
         sem = asyncio.Semaphore(max(1, opts.max_concurrent_downloads))
-        await self._fetch(ns, registry, config_desc, lease, source, sem)
-        config = json.loads(self._read_blob(ns, config_desc.digest))
-        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        if len(diff_ids) != len(layers):
-            raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
-                                  f"manifest {len(layers)}")
-        fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, lease, source, sem))
-                   for d in layers]
-        chains = chain_ids(diff_ids)
+        blobs = [_Blob() for _ in layers]
+        fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, source, sem, b))
+                   for d, b in zip(layers, blobs)]
+        for f, b in zip(fetches, blobs):
+            b.fetched = f
+        unpacks: list[asyncio.Future] = []
         try:
+            # the config beside the layers, not queued behind them
+            await self._fetch(ns, registry, config_desc, source, asyncio.Semaphore(1))
+            config = json.loads(self._read_blob(ns, config_desc.digest))
+            diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+            if len(diff_ids) != len(layers):
+                raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
+                                      f"manifest {len(layers)}")
+            chains = chain_ids(diff_ids)
+            for i, layer in enumerate(layers):
+                unpacks.append(asyncio.ensure_future(self._unpack(
+                    ns, opts.snapshotter, layer, chains[i - 1] if i else "", chains[i],
+                    diff_ids[i], lease, blobs[i], unpacks[i - 1] if i else None)))
+            await asyncio.gather(*unpacks)
             for i, layer in enumerate(layers):
                 await fetches[i]
-                await self._unpack(ns, opts.snapshotter, layer, chains[i - 1] if i else "",
-                                   chains[i], diff_ids[i], lease)
                 self.content.update(ns, layer.digest,
                                     {"containerd.io/uncompressed": diff_ids[i]},
                                     ["labels.containerd.io/uncompressed"])
         finally:
-            for f in fetches:
+            for f in unpacks + fetches:
                 f.cancel()
-            await asyncio.gather(*fetches, return_exceptions=True)
+            await asyncio.gather(*unpacks, *fetches, return_exceptions=True)
         chain = chains[-1] if chains else ""
         if chain:
             key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
@@ -209,43 +232,53 @@ class Puller:
             del self._running[key]
             done.set_result(None)
 
-    async def _fetch(self, ns, registry: Registry, desc: Descriptor, lease, labels, sem) -> None:
+    async def _fetch(self, ns, registry: Registry, desc: Descriptor, labels, sem,
+                     blob: "_Blob | None" = None) -> None:
         """The blob into this namespace's content: fetched once per daemon at a time."""
+        blob = blob or _Blob()
         async def work():
             async with sem:
-                await self._download(ns, registry, desc, lease, labels)
-        await self._one_at_a_time(("fetch", desc.digest), work)
+                await self._download(ns, registry, desc, labels, blob)
+        try:
+            await self._one_at_a_time(("fetch", desc.digest), work)
+        finally:
+            blob.started(None)        # no feed to follow (any more): read the blob
 
-    async def _download(self, ns, registry: Registry, desc: Descriptor, lease, labels) -> None:
+    async def _download(self, ns, registry: Registry, desc: Descriptor, labels,
+                        blob: "_Blob") -> None:
         ref = f"pull-{desc.digest}"
         try:
+            # outside the lease: a failed pull's partial ingest stays (24 h, as containerd's
+            # unleased ingests), so a retry resumes it; the committed blob is kept by the
+            # leased manifest's gc.ref labels
             writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
-                                             desc.size, lease)
+                                             desc.size, None)
         except AlreadyExists:
             self._label(ns, desc.digest, labels)
             return
+        feed = None
         try:
             if writer.offset > desc.size:
                 writer.truncate()
             if writer.offset < desc.size:
                 offset = writer.offset
                 try:
-                    stream = await registry.fetch(desc, offset)
+                    body = await registry.open_blob(desc, offset)
                 except RegistryError:
                     if not offset:
                         raise
                     writer.truncate()          # no range support there: from the start
-                    stream = await registry.fetch(desc, 0)
-                batch: list[bytes] = []
-                pending = 0
-                async for chunk in stream:
-                    batch.append(chunk)
-                    pending += len(chunk)
-                    if pending >= WRITE_BATCH:
-                        await asyncio.to_thread(writer.write, b"".join(batch))
-                        batch, pending = [], 0
-                if batch:
-                    await asyncio.to_thread(writer.write, b"".join(batch))
+                    body = await registry.open_blob(desc, 0)
+                if writer.local is not None:   # an unpack may read it as it arrives
+                    feed = Feed(os.path.join(writer.local.path, "data"),
+                                lambda: self.content.blob_path(ns, desc.digest),
+                                writer.offset)
+                    blob.started(feed)
+                stop = threading.Event()
+                await _in_own_thread(lambda: _copy(body, writer, feed, stop), "blob-fetch",
+                                     lambda: (stop.set(), body.abort()))
+                if feed is not None:
+                    feed.finish()
             try:
                 await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
             except AlreadyExists:
@@ -257,50 +290,202 @@ class Puller:
                 except NotFound:
                     pass
                 raise
+        except BaseException as exc:
+            if feed is not None:
+                feed.fail(str(exc) or type(exc).__name__)
+            raise
         finally:
             writer.close()
 
     # --- snapshots -----------------------------------------------------------------
 
     async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
-                      diff_id: str, lease) -> None:
+                      diff_id: str, lease, blob: "_Blob", parent_done=None) -> None:
         await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
-            ns, snapshotter, layer, parent, chain, diff_id, lease))
+            ns, snapshotter, layer, parent, chain, diff_id, lease, blob, parent_done))
 
     async def _extract(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
-                       diff_id: str, lease) -> None:
+                       diff_id: str, lease, blob: "_Blob", parent_done) -> None:
+        """Unpack the layer while its bytes still arrive (when this pull downloads them).
+        While its parent is still being unpacked (`parent_done`, this pull's), it goes into
+        a parentless snapshot meanwhile and moves onto the parent once that is committed
+        (overlayfs: Unpacker.rebase). The snapshot is committed once the blob's digest
+        checked out too."""
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
             return                       # unpacked before (this or another image)
         except NotFound:
             pass
-        key = f"extract-{secrets.token_hex(6)} {chain}"
-        labels = {"containerd.io/snapshot.ref": chain}
-        mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key, parent,
-                                         labels, lease)
+        detached = None
+        if parent_done is not None and not parent_done.done():
+            detached = await self._apply_detached(ns, snapshotter, layer, lease, blob)
         try:
-            _, applied, _ = await asyncio.to_thread(
-                self.diff.apply, ns, layer.media_type, layer.digest, mounts)
-            if applied != diff_id:
-                raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
-                                      f"image config says {diff_id}")
-            await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
-                                    labels, lease)
-        except AlreadyExists:           # a concurrent unpack committed it first
-            await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
-        except BaseException:
+            if parent_done is not None:
+                await parent_done        # its failure is this layer's too
+            key = f"extract-{secrets.token_hex(6)} {chain}"
+            labels = {"containerd.io/snapshot.ref": chain}
+            mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key,
+                                             parent, labels, lease)
             try:
+                if detached is None:
+                    applied = await self._apply_following(blob, lambda follow: self.diff.apply(
+                        ns, layer.media_type, layer.digest, mounts, None, follow))
+                else:
+                    await asyncio.to_thread(self.diff.rebase, detached.mounts, mounts,
+                                            detached.implicit)
+                    applied = detached.applied
+                await blob.fetched       # the blob is committed: its digest is right
+                if applied != diff_id:
+                    raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
+                                          f"image config says {diff_id}")
+                await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
+                                        labels, lease)
+            except AlreadyExists:       # a concurrent unpack committed it first
                 await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
-            except Exception as exc:
-                log.warning("removing snapshot %s after a failed unpack: %s", key, exc)
+            except BaseException:
+                await self._remove_snapshot(ns, snapshotter, key)
+                raise
+        finally:
+            if detached is not None:
+                await self._remove_snapshot(ns, snapshotter, detached.key)
+
+    async def _apply_detached(self, ns, snapshotter: str, layer: Descriptor, lease,
+                              blob: "_Blob") -> "_Detached | None":
+        """The layer applied into a parentless snapshot; None where that cannot be done
+        (another snapshotter than overlayfs): the layer then waits for its parent."""
+        key = f"extract-{secrets.token_hex(6)} {layer.digest} (detached)"
+        mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key, "",
+                                         {}, lease)
+        implicit: dict = {}
+        try:
+            applied = await self._apply_following(blob, lambda follow: self.diff.apply_detached(
+                ns, layer.media_type, layer.digest, mounts, follow, implicit))
+        except Unimplemented:
+            await self._remove_snapshot(ns, snapshotter, key)
+            return None
+        except BaseException:
+            await self._remove_snapshot(ns, snapshotter, key)
             raise
+        return _Detached(key, mounts, applied, implicit)
+
+    async def _remove_snapshot(self, ns, snapshotter: str, key: str) -> None:
+        try:
+            await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
+        except Exception as exc:
+            log.warning("removing snapshot %s after an unpack: %s", key, exc)
+
+    async def _apply_following(self, blob: "_Blob", apply) -> str:
+        """`apply(follow)` the layer from its download as it arrives (follow: what opens
+        it), or from the committed blob (None); returns its diff id."""
+        feed = await asyncio.wait_for(asyncio.shield(blob.ready), FEED_WAIT_SECONDS)
+        if feed is None:
+            await blob.fetched
+        try:
+            return await self._apply(apply, feed)
+        except Unimplemented:            # a stream processor wants the whole blob
+            if feed is None:
+                raise
+            await blob.fetched
+            return await self._apply(apply, None)
+        except Exception:
+            if feed is not None:         # the download's own error says more (a bad digest)
+                await asyncio.wait([blob.fetched], timeout=FEED_WAIT_SECONDS)
+                if blob.fetched.done() and not blob.fetched.cancelled():
+                    blob.fetched.result()
+            raise
+
+    async def _apply(self, apply, feed) -> str:
+        """`apply` in a thread of its own (see _in_own_thread); a cancelled pull ends the
+        feed, so the follower stops reading."""
+        follow = feed.open if feed is not None else None
+        return (await _in_own_thread(lambda: apply(follow), "layer-apply", lambda: feed and
+                                     feed.fail("the pull was cancelled")))[1]
 
     def _create_or_update(self, ns, image: Image) -> Image:
         try:
             return self.images.create(ns, image)
         except AlreadyExists:
             return self.images.update(ns, image, [])
+
+
+class _Blob:
+    """One layer of this pull: `ready` gives the Feed to follow while it downloads (None
+    once there is nothing to follow: read the committed blob); `fetched` is its fetch."""
+
+    def __init__(self):
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.fetched: asyncio.Future | None = None
+
+    def started(self, feed: Feed | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(feed)
+
+
+@dataclass
+class _Detached:
+    """A layer applied into a parentless snapshot, waiting for its parent's commit."""
+    key: str
+    mounts: list
+    applied: str                 # its diff id
+    implicit: dict               # parents it made without knowing the lowers
+
+
+def _copy(body, writer, feed: Feed | None, stop: threading.Event) -> None:
+    """The body into the content writer (in a worker thread), in batches of WRITE_BATCH
+    bytes; what arrived before a failure is written too: a retried pull resumes behind it."""
+    batch: list[bytes] = []
+    pending = 0
+    try:
+        for chunk in body.chunks():
+            if stop.is_set():
+                raise RegistryError("the pull was cancelled")
+            batch.append(chunk)
+            pending += len(chunk)
+            if pending >= WRITE_BATCH:
+                writer.write(b"".join(batch))
+                FETCHED_BYTES.inc(pending)
+                batch, pending = [], 0
+                if feed is not None:
+                    feed.grew(writer.offset)
+    finally:
+        if batch:
+            writer.write(b"".join(batch))
+            FETCHED_BYTES.inc(pending)
+        if feed is not None:
+            feed.grew(writer.offset)
+
+
+async def _in_own_thread(fn, name: str, stop):
+    """fn() in a thread of its own: long work (a download, an apply that follows one) must
+    not hold a worker of the loop's pool, which the other's short writes need. A cancelled
+    caller calls stop() and waits (bounded) for the thread to end before going on: what it
+    works on (a writer, a snapshot) is closed or removed after."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run():
+        try:
+            result = fn()
+        except BaseException as exc:   # delivered to the awaiting caller
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        stop()
+        await asyncio.wait([done], timeout=THREAD_STOP_SECONDS)
+        raise
+
+
+def _settle(future: asyncio.Future, result, exc) -> None:
+    if not future.done():
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 def _descriptor(d: dict) -> Descriptor:
