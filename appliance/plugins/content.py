@@ -68,6 +68,9 @@ class ContentService:
     def blob_path(self, ns: str, digest: str) -> str:
         return self.store.blob_path(ns, digest)
 
+    def file_path(self, digest: str) -> str:
+        return self.store.file_path(digest)
+
     def writer(self, ns, ref, expected="", size=0, lease=None):
         if self.namespaces is not None:
             self.namespaces.ensure(ns)

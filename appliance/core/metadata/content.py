@@ -154,6 +154,12 @@ class ContentStore:
         self.info(ns, digest)
         return self.blobs.blob_path(digest)
 
+    def file_path(self, digest: str) -> str:
+        """Where a blob's bytes are once its ingest was installed, with no record check: a
+        follower of a download reads them while the commit's transaction is still open
+        (reads do not wait for it)."""
+        return self.blobs.blob_path(digest)
+
     def reader(self, ns: str, digest: str):
         self.info(ns, digest)
         return self.blobs.open(digest)

@@ -271,7 +271,7 @@ class Puller:
                     body = await registry.open_blob(desc, 0)
                 if writer.local is not None:   # an unpack may read it as it arrives
                     feed = Feed(os.path.join(writer.local.path, "data"),
-                                lambda: self.content.blob_path(ns, desc.digest),
+                                lambda: self.content.file_path(desc.digest),
                                 writer.offset)
                     blob.started(feed)
                 stop = threading.Event()
