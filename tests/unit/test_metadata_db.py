@@ -1,6 +1,7 @@
 """The metadata database's one writer and per-thread readers: a read never waits for a write
 transaction held by another thread (the event loop while a GC sweep or a commit runs), sees
 only committed data as one snapshot, and a thread inside its own write sees that write."""
+import os
 import threading
 
 import pytest
@@ -64,3 +65,22 @@ def test_a_thread_reads_its_own_write_and_a_read_is_one_snapshot(db):
         assert names(conn) == first == ["a"]   # committed meanwhile, not in this snapshot
     with db.read() as conn:
         assert names(conn) == ["a", "z"]
+
+
+def _open_files(path: str) -> int:
+    return sum(1 for fd in os.listdir("/proc/self/fd")
+               if os.path.realpath(f"/proc/self/fd/{fd}") == path)
+
+
+def test_a_finished_threads_reading_connection_is_closed(db):
+    """Threads that read once and end (a pull's per-layer threads) do not each leave a
+    connection open for the daemon's lifetime."""
+    def read():
+        with db.read() as conn:
+            conn.execute("SELECT 1").fetchone()
+    for _ in range(20):
+        t = threading.Thread(target=read)
+        t.start()
+        t.join()
+    read()   # a new reader in this thread drops those of threads that ended
+    assert _open_files(db.path) <= 3, _open_files(db.path)   # writer, this reader (+1 spare)

@@ -163,7 +163,7 @@ class DB:
         self._depth = 0
         self._writer: int | None = None   # the thread inside write(), which reads its own writes
         self._local = threading.local()   # .conn: this thread's reading connection
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._readers_lock = threading.Lock()
         self._conn = None
         self.reserve = Reserve(path + ".reserve")
@@ -277,7 +277,15 @@ class DB:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA query_only=ON")
             with self._readers_lock:   # not the write lock: a writer may hold that
-                self._readers.append(conn)
+                # threads that ended (a pull's per-layer threads) leave their connection:
+                # close those, so each reading thread costs one open file only while it lives
+                alive = []
+                for thread, reader in self._readers:
+                    if thread.is_alive():
+                        alive.append((thread, reader))
+                    else:
+                        reader.close()
+                self._readers = alive + [(threading.current_thread(), conn)]
             self._local.conn = conn
         return conn
 
@@ -289,7 +297,7 @@ class DB:
 
     def close(self) -> None:
         with self._mutex, self._readers_lock:
-            for conn in self._readers:
+            for _, conn in self._readers:
                 conn.close()
             self._conn.close()
         os.close(self._lock_fd)
