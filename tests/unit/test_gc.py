@@ -281,3 +281,16 @@ def test_cached_records_and_small_blobs_follow_every_change(world):
         content.info(NS, dgst)
     big = ingest(content, os.urandom(100_000))
     assert content.small_blob(NS, big) is None and content.info(NS, big).size == 100_000
+
+
+def test_a_record_read_outside_any_write_is_cached_and_none_read_during_one(world):
+    """Info is kept in memory once read while no write was open (reads never wait for
+    writes, so one that overlaps a write may see the data it is changing: not kept)."""
+    db, blobs, content, images, collector = world
+    dgst = ingest(content, b"config")
+    content.forget(NS, dgst)
+    with db.write():                     # a write open meanwhile: not kept
+        content.info(NS, dgst)
+    assert (NS, dgst) not in content._infos
+    content.info(NS, dgst)
+    assert (NS, dgst) in content._infos

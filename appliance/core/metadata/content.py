@@ -94,14 +94,13 @@ class ContentStore:
         got = self._infos.get((ns, digest))
         if got is None:
             parse_digest(digest)
+            epoch = self.db.quiet_epoch()
             with self.db.read() as conn:
-                got = self._infos.get((ns, digest))
-                if got is None:
-                    got = self._info(conn, ns, digest)
-                    if not conn.in_transaction:   # (not what a write may yet roll back)
-                        if len(self._infos) >= INFO_CACHE:
-                            self._infos.clear()
-                        self._infos[(ns, digest)] = got
+                got = self._info(conn, ns, digest)
+            if epoch is not None and epoch == self.db.quiet_epoch():
+                if len(self._infos) >= INFO_CACHE:
+                    self._infos.clear()
+                self._infos[(ns, digest)] = got
         return Info(got.digest, got.size, got.created_at, got.updated_at, dict(got.labels))
 
     def forget(self, ns: str, digest: str) -> None:

@@ -162,6 +162,7 @@ class DB:
         self._mutex = threading.RLock()
         self._depth = 0
         self._writer: int | None = None   # the thread inside write(), which reads its own writes
+        self._writes = 0                  # write transactions begun (see quiet_epoch)
         self._local = threading.local()   # .conn: this thread's reading connection
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._readers_lock = threading.Lock()
@@ -237,6 +238,7 @@ class DB:
             self.reserve.before_write()
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            self._writes += 1
             self._writer = threading.get_ident()
             try:
                 yield self._conn
@@ -268,6 +270,12 @@ class DB:
             yield conn
         finally:
             conn.execute("COMMIT")
+
+    def quiet_epoch(self) -> int | None:
+        """None while a write transaction is open, else how many have begun: a value read
+        between two equal epochs was committed data no write was changing (a cache may keep
+        it; reads do not wait for writes, so a read alone cannot tell)."""
+        return None if self._writer is not None else self._writes
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
