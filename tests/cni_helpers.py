@@ -10,7 +10,9 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 PLUGINS = "/usr/lib/cni"
@@ -200,3 +202,15 @@ CONF_TEMPLATE = """{
   ]
 }
 """
+
+
+@contextmanager
+def scratch_network(prefix: str, **options):
+    """A written TestNetwork in a temporary dir, its bridge deleted on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        network = TestNetwork(Path(d), **options)
+        network.write()
+        try:
+            yield network
+        finally:
+            network.cleanup()

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cni_helpers import PLUGINS, TestNetwork, chains_of, leftovers as net_leftovers
+from cni_helpers import PLUGINS, chains_of, scratch_network, leftovers as net_leftovers
 from cri_helpers import (Answers, Client, Registry, cri_answers, make_daemon, netns_dir,
                          parse_log, shims_of, stop_daemon)
 from daemon import wait_for
@@ -35,13 +35,8 @@ def registry():
 
 @pytest.fixture(scope="module")
 def net():
-    with tempfile.TemporaryDirectory(prefix="ca-cripodnet-") as d:
-        network = TestNetwork(Path(d))
-        network.write()
-        try:
-            yield network
-        finally:
-            network.cleanup()
+    with scratch_network("ca-cripodnet-") as network:
+        yield network
 
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])

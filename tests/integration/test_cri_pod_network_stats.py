@@ -3,13 +3,11 @@ unique bridge and subnet), against ctrappliance and containerd 1.6.20: `eth0`'s 
 read from the pod's network namespace, grow with traffic sent to the pod's IP."""
 import os
 import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cni_helpers import PLUGINS, TestNetwork
+from cni_helpers import PLUGINS, scratch_network
 from cri_helpers import Answers, Registry, running
 from daemon import wait_for
 
@@ -28,13 +26,8 @@ def registry():
 
 @pytest.fixture(scope="module")
 def net():
-    with tempfile.TemporaryDirectory(prefix="ca-cristatsnet-") as d:
-        network = TestNetwork(Path(d))
-        network.write()
-        try:
-            yield network
-        finally:
-            network.cleanup()
+    with scratch_network("ca-cristatsnet-") as network:
+        yield network
 
 
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])

@@ -2,13 +2,11 @@
 Debian's plugins), on containerd 1.6.20 and ctrappliance: set in the sandbox, seen by the
 pod's containers; the pod's unprivileged-port default (`enable_unprivileged_ports`)."""
 import os
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cni_helpers import PLUGINS, TestNetwork
+from cni_helpers import PLUGINS, scratch_network
 from cri_reference import CRIReference, container_config
 
 pytestmark = [pytest.mark.integration,
@@ -18,13 +16,8 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def net():
-    with tempfile.TemporaryDirectory(prefix="ca-crisecnet-") as d:
-        network = TestNetwork(Path(d), portmap=False)
-        network.write()
-        try:
-            yield network
-        finally:
-            network.cleanup()
+    with scratch_network("ca-crisecnet-", portmap=False) as network:
+        yield network
 
 
 @pytest.fixture(scope="module", params=["containerd", "ctrappliance"])
