@@ -1,13 +1,14 @@
 """CRI streaming, side by side with containerd 1.6.20 (CRI on), one run:
 
 - exec round trip: Exec URL request → SPDY upgrade → `echo hi` → exit status read, rounds
-  interleaved between the daemons (ABBA...), by one long-lived Go spdystream client per
+  interleaved between the daemons (taking turns, in both orders), by one long-lived Go spdystream client per
   daemon (as kubectl's; `--spawn`: a client process per exec, as before), with where the
   time goes on both sides from the kernel's process events (runc exec, the command);
 - port-forward throughput: a 100 MiB file from busybox httpd in a host-network pod through
   PortForward over SPDY.
 
     .venv/bin/python -m bench.cri_stream [--execs 100] [--mib 100] [--spawn] [--show-runc]
+        [--base TREE]
 """
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ def exec_rounds(setups, client_binary: str, pb, rounds: int, spawn: bool,
     loops = {kind: ExecLoop(client_binary) for kind, _, _ in setups}
     parts = ("total", "url", "to runc", "runc exec", "command", "to status")
     times = {kind: {part: [] for part in parts} for kind, _, _ in setups}
-    ratios = []
+    ratios: dict[str, list[float]] = {kind: [] for kind, _, _ in setups if kind != "containerd"}
     try:
         for i in range(rounds + 2):
-            order = setups if i % 2 == 0 else setups[::-1]
+            order = setups[i % len(setups):] + setups[:i % len(setups)]
+            order = order if i // len(setups) % 2 == 0 else order[::-1]
             got = {}
             for kind, _, client in order:
                 _, cid, _ = client.bench
@@ -91,8 +93,8 @@ def exec_rounds(setups, client_binary: str, pb, rounds: int, spawn: bool,
                     row["runc exec"].append((runc1 - runc0) / 1e9)
                     row["command"].append((cmd1 - cmd0) / 1e9)
                     row["to status"].append((t1 - max(cmd1, runc1)) / 1e9)
-            if len(got) == 2:
-                ratios.append(got["ctrappliance"] / got["containerd"])
+            for kind in ratios if got else ():
+                ratios[kind].append(got[kind] / got["containerd"])
         if show_runc:  # one runc exec per daemon: its command line and --process file
             shown = set()
             for p in list(events.procs.values()):
@@ -106,16 +108,19 @@ def exec_rounds(setups, client_binary: str, pb, rounds: int, spawn: bool,
         for loop in loops.values():
             loop.close()
     client = "a client process per exec" if spawn else "one long-lived client"
-    print(f"exec round trip ({client}), {rounds} rounds ABBA, ms: median [p10–p90]")
+    print(f"exec round trip ({client}), {rounds} rounds, the daemons taking turns, "
+          f"ms: median [p10–p90]")
     for part in parts:
-        cells = [spread(times[k][part]) if len(times[k][part]) > 9 else "-"
-                 for k in ("ctrappliance", "containerd")]
-        print(f"  {part:10s} ctrappliance {cells[0]:24s} containerd {cells[1]:24s} "
-              f"(n={len(times['ctrappliance'][part])}/{len(times['containerd'][part])})")
-    ours, theirs = (statistics.median(times[k]["total"]) for k in ("ctrappliance", "containerd"))
-    q = statistics.quantiles(ratios, n=4)
-    print(f"  ratio of medians {ours / theirs:.2f}; per-round ratio median "
-          f"{statistics.median(ratios):.2f} [quartiles {q[0]:.2f}–{q[2]:.2f}]")
+        cells = [f"{kind} {spread(times[kind][part]) if len(times[kind][part]) > 9 else '-':24s}"
+                 for kind in times]
+        print(f"  {part:10s} " + " ".join(cells) + " (n="
+              + "/".join(str(len(times[kind][part])) for kind in times) + ")")
+    theirs = statistics.median(times["containerd"]["total"])
+    for kind, values in ratios.items():
+        q = statistics.quantiles(values, n=4)
+        print(f"  {kind} / containerd: ratio of medians "
+              f"{statistics.median(times[kind]['total']) / theirs:.2f}; per-round ratio median "
+              f"{statistics.median(values):.2f} [quartiles {q[0]:.2f}–{q[2]:.2f}]")
 
 
 def main() -> None:
@@ -126,6 +131,10 @@ def main() -> None:
                         help="a client process per exec (its start is timed too)")
     parser.add_argument("--show-runc", action="store_true",
                         help="print a runc exec command line and process spec of each daemon")
+    parser.add_argument("--base", metavar="TREE",
+                        help="a third daemon, `base`: ours from another source tree (e.g. a "
+                             "`git archive` of main plus appliance/_proto and the built "
+                             "extensions), put first on its PYTHONPATH")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
     from appliance._proto.cri.v1 import api_pb2 as pb
@@ -135,8 +144,12 @@ def main() -> None:
     registry = Registry()
     setups = []
     try:
-        for kind in ("ctrappliance", "containerd"):
-            daemon = make_daemon(kind, registry.pause)
+        kinds = ["ctrappliance", "containerd"] + (["base"] if args.base else [])
+        for kind in kinds:
+            daemon = make_daemon("containerd" if kind == "containerd" else "ctrappliance",
+                                 registry.pause)
+            if kind == "base":
+                daemon.env = {"PYTHONPATH": args.base}
             daemon.start()
             client = Client(kind, daemon)
             setups.append((kind, daemon, client))
