@@ -83,10 +83,12 @@ def exec_url(rt, cid, cmd, **kw):
 
 
 def execs_left(rt, cid) -> list[str]:
-    """Processes in the container besides its init (sleep) and this `ps`."""
+    """Processes in the container besides its init (sleep), this `ps` and zombies (shown
+    as `[name]`: the init, sleep, reaps no orphan)."""
     out = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["ps", "-o", "pid,args"])).stdout
     lines = out.decode().splitlines()[1:]
-    return [l for l in lines if "sleep 100000" not in l and "ps -o" not in l]
+    return [l for l in lines if "sleep 100000" not in l and "ps -o" not in l
+            and not l.split(None, 1)[1].startswith("[")]
 
 
 # --- ExecSync -------------------------------------------------------------------
@@ -149,6 +151,42 @@ def test_spdy_exec_echo_and_exit_codes(env, client_binary, tmp_path):
     r = spdy(client_binary, url, "-stderr", status_file=st)
     assert (r.stdout, r.stderr.split(b"\n", 1)[1]) == (b"out\n", b"err\n")
     assert status(st.read_bytes()) == exit_status(7, "sh -c echo out; echo err >&2; exit 7")
+
+
+def test_spdy_exec_output_held_by_a_background_child_and_exec_cleanup(env, client_binary,
+                                                                     tmp_path):
+    """The status goes out once the output has ended (a background child's late output
+    included), the exec's Delete after it; an output a background child keeps open ends
+    when the exec is deleted (the shim lets go); every exec's FIFO directory goes."""
+    d, rt, box = env
+    io_root = Path(d.state) / "io.containerd.grpc.v1.cri" / "io"
+    st = tmp_path / "status"
+    url = exec_url(rt, box.id, ["sh", "-c", "echo bg; sleep 1001 & echo $! > /tmp/bg.pid"],
+                   stdout=True)
+    try:
+        r = spdy(client_binary, url, status_file=st, timeout=60)
+        assert r.stdout == b"bg\n" and status(st.read_bytes()) == SUCCESS
+    finally:
+        rt.ExecSync(pb.ExecSyncRequest(container_id=box.id,
+                                       cmd=["sh", "-c", "kill $(cat /tmp/bg.pid)"]))
+    # what a background child writes soon after the exit is still sent before the status
+    url = exec_url(rt, box.id, ["sh", "-c", "echo a; (sleep 0.3; echo late) &"], stdout=True)
+    r = spdy(client_binary, url, status_file=st)
+    assert r.stdout == b"a\nlate\n" and status(st.read_bytes()) == SUCCESS
+    for code in (0, 3):
+        url = exec_url(rt, box.id, ["sh", "-c", f"echo {code}; exit {code}"], stdout=True)
+        r = spdy(client_binary, url, status_file=st)
+        assert r.stdout == f"{code}\n".encode()
+        assert status(st.read_bytes()) == (SUCCESS if not code else exit_status(
+            code, f"sh -c echo {code}; exit {code}"))
+    # a Start that fails answers the Wait asked before it: nothing hangs or is left
+    r = spdy(client_binary, exec_url(rt, box.id, ["no-such-command"], stdout=True),
+             status_file=st)
+    assert status(st.read_bytes())["status"] == "Failure"
+    deadline = time.monotonic() + 30
+    while list(io_root.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(io_root.iterdir()) == []
 
 
 def test_spdy_exec_stdin_cat(env, client_binary, tmp_path):

@@ -3,8 +3,10 @@
 The shim reads stdin from and writes stdout/stderr to FIFOs we create (as containerd's
 cio does). Our ends are opened before the shim's: each output FIFO is held open
 read-write as well as read-only, so reads never see a false end of file before the
-shim has opened it; the read-write end is let go once the shim's Delete returns (it
-waits for the shim's copies), and then the reader gets the rest and end of file.
+shim has opened it; the shim opens its write ends before its Start returns (blocking
+opens, in its copyPipes/CopyConsole), so the read-write end is let go then, and the
+reader gets end of file once the shim's copies are done (the process and whatever
+inherited its output have closed it), with no Delete needed first.
 """
 from __future__ import annotations
 
@@ -86,11 +88,18 @@ class ExecProcess:
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.deleted = False
         self.exited = False
+        self._waiting: asyncio.Future | None = None  # the shim's Wait, asked before Start
+
+    def _ask_wait(self) -> None:
+        """Send the shim's Wait now (as containerd does before Start): its answer comes as
+        soon as the process has exited, with no round trip after Start."""
+        self._waiting = asyncio.ensure_future(self.shim.call(
+            "Wait", shim_pb2.WaitRequest(id=self.cid, exec_id=self.exec_id), timeout=None))
 
     async def wait(self) -> int:
-        resp = await self.shim.call("Wait", shim_pb2.WaitRequest(id=self.cid,
-                                                                 exec_id=self.exec_id),
-                                    timeout=None)
+        if self._waiting is None or self._waiting.cancelled():
+            self._ask_wait()
+        resp = await asyncio.shield(self._waiting)
         self.exited = True
         return resp.exit_status
 
@@ -129,7 +138,8 @@ class ExecProcess:
             pass  # exited already
 
     async def delete(self) -> None:
-        """Delete the exec in the shim (it waits for its copies) and release our FIFOs."""
+        """Delete the exec in the shim (it waits up to 2 s for its copies, then closes
+        its FIFO ends) and release ours."""
         if not self.deleted:
             self.deleted = True
             try:
@@ -142,6 +152,12 @@ class ExecProcess:
                 fifo.release()
 
     def close(self) -> None:
+        if self._waiting is not None:
+            if self._waiting.done():
+                if not self._waiting.cancelled():
+                    self._waiting.exception()  # retrieved: an error was handled or moot
+            else:
+                self._waiting.cancel()
         for fifo in (self.stdin, self.stdout, self.stderr):
             if fifo is not None:
                 fifo.close()
@@ -199,6 +215,7 @@ async def start_exec(containers, runtime, io_root: str, cid: str, cmd: list[str]
             raise ApplianceError(f'failed to create exec "{exec_id}": {exc.message}: unknown') \
                 from None
         raise
+    proc._ask_wait()
     try:
         await shim.call("Start", shim_pb2.StartRequest(id=cid, exec_id=exec_id))
     except BaseException as exc:
@@ -207,6 +224,9 @@ async def start_exec(containers, runtime, io_root: str, cid: str, cmd: list[str]
             raise ApplianceError(f'failed to start exec "{exec_id}": {exc.message}: unknown') \
                 from None
         raise
+    for fifo in (proc.stdout, proc.stderr):  # the shim holds its write ends now
+        if fifo is not None:
+            fifo.release()
     return proc
 
 

@@ -21,6 +21,9 @@ STREAM_CREATION_TIMEOUT = 30.0  # kubelet's default: the client's streams must a
 EXEC_FAILED = "error executing command in container: failed to exec in container: "
 ATTACH_FAILED = "error attaching to container: "
 DRAIN_TIMEOUT = 10.0  # seconds for output still in the FIFOs once the process has exited
+# seconds for the output to end by itself after the exit; past that something else holds
+# it (a background child): the exec is deleted, which makes the shim let go
+DRAIN_BEFORE_DELETE = 1.0
 
 
 def expected_channels(stdin: bool, stdout: bool, stderr: bool, tty: bool,
@@ -134,8 +137,11 @@ async def serve_process(session: Session, start, cmd: list[str], *, stdin: bool,
                 return
             gone.cancel()
             code = waiting.result()
-            await proc.delete()  # the shim's copies are done: our readers get end of file
-            await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT)
+            # the status goes out once the output has; the exec is deleted after it
+            _, pending = await asyncio.wait(pumps, timeout=DRAIN_BEFORE_DELETE)
+            if pending:
+                await proc.delete()
+                await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
             for task in feeders:
                 task.cancel()
         for channel in (STDOUT, STDERR):

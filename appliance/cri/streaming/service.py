@@ -66,12 +66,14 @@ class StreamingService:
         asked for or if the CRI does not know it."""
         if not cid:  # containerd's id index refuses an empty prefix
             raise ApplianceError('failed to find container "" in store: Prefix can\'t be empty')
-        try:
-            self.containers.get(process.NAMESPACE, cid)
-        except NotFound:
-            raise NotFound(f'failed to find container "{cid}" in store: not found') from None
         cri = self.cri_container(cid)
-        if cri is not None and cri.status.state != CRI_RUNNING:
+        if cri is None or cri.id != cid:  # not the CRI's own (made by ctr, say), or a prefix
+            try:
+                self.containers.get(process.NAMESPACE, cid)
+            except NotFound:
+                raise NotFound(f'failed to find container "{cid}" in store: not found') \
+                    from None
+        elif cri.status.state != CRI_RUNNING:
             name = CRI_STATES.get(cri.status.state, "CONTAINER_UNKNOWN")
             raise ApplianceError(f"container is in {name} state")
         if not self.runtime.exists(process.NAMESPACE, cid):
