@@ -22,7 +22,7 @@ from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_js
                       remove_tree, undo_all)
 from .sandbox import new_id
 from .store import (CONTAINER_METADATA, CREATED, EXITED, RUNNING, SANDBOX_READY,
-                    UNKNOWN_EXIT_CODE, Container, Status, container_from_metadata)
+                    UNKNOWN_EXIT_CODE, Container, Status, answer, container_from_metadata)
 
 log = logging.getLogger("appliance.cri")
 TASK_RUNNING, TASK_STOPPED = 2, 3    # containerd.v1.types.Status
@@ -306,6 +306,20 @@ class ContainerService:
                 image_spec = image.repo_tags[0]
             if image.repo_digests:
                 image_ref = image.repo_digests[0]
+        if c.resources is None:     # found again after a restart: from the recorded spec
+            c.resources = resources.status_resources(self.rt.spec(c.id))
+        key = (s.created_at, s.started_at, s.finished_at, s.exit_code, s.reason, s.message,
+               image_spec, image_ref, c.resources, pb)
+        status = answer(c, "status", key,
+                        lambda: self._status(c, pb, image_spec, image_ref))
+        info = {}
+        if verbose:
+            info["info"] = self._verbose(c)
+        return status, info
+
+    @staticmethod
+    def _status(c: Container, pb, image_spec: str, image_ref: str):
+        s = c.status
         status = pb.ContainerStatus(
             id=c.id, state=s.state, created_at=s.created_at, started_at=s.started_at,
             finished_at=s.finished_at, exit_code=s.exit_code, image_ref=image_ref,
@@ -318,18 +332,13 @@ class ContainerService:
         for m in c.config.mounts:
             out = status.mounts.add()
             out.MergeFromString(m.SerializeToString())
-        if c.resources is None:     # found again after a restart: from the recorded spec
-            c.resources = resources.status_resources(self.rt.spec(c.id))
         if c.resources:
             linux = dict(c.resources)
             hugepages = linux.pop("hugepage_limits", [])
             status.resources.linux.CopyFrom(pb.LinuxContainerResources(**linux))
             for size, limit in hugepages:
                 status.resources.linux.hugepage_limits.add(page_size=size, limit=limit)
-        info = {}
-        if verbose:
-            info["info"] = self._verbose(c)
-        return status, info
+        return status
 
     def _verbose(self, c: Container) -> str:
         record = self.rt.containers_service.get(NAMESPACE, c.id)
@@ -360,6 +369,18 @@ class ContainerService:
                     continue
             out.append(c)
         return out
+
+    def list_item(self, c: Container):
+        """ListContainers' item for `c` (runtime.v1 Container; only its state changes)."""
+        def build():
+            item = self.pb.Container(
+                id=c.id, pod_sandbox_id=c.sandbox_id, image_ref=c.image_id,
+                state=c.status.state, created_at=c.status.created_at,
+                labels=c.config.labels, annotations=c.config.annotations)
+            item.metadata.CopyFrom(c.config.metadata)
+            item.image.CopyFrom(c.config.image)
+            return item
+        return answer(c, "item", c.status.state, build)
 
     # --- ReopenContainerLog -----------------------------------------------------------
 

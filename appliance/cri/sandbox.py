@@ -24,7 +24,7 @@ from . import events, security, spec as specs
 from .images import NAMESPACE
 from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
                       undo_all)
-from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox,
+from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox, answer,
                     sandbox_from_metadata)
 
 log = logging.getLogger("appliance.cri")
@@ -247,6 +247,15 @@ class SandboxService:
 
     def status(self, sid: str, pb, verbose: bool):
         sandbox = self.get(sid)
+        status = answer(sandbox, "status", (sandbox.state, sandbox.ip, pb),
+                        lambda: self._status(sandbox, pb))
+        info = {}
+        if verbose:
+            info["info"] = self._verbose(sandbox)
+        return status, info
+
+    @staticmethod
+    def _status(sandbox: Sandbox, pb):
         status = pb.PodSandboxStatus(
             id=sandbox.id, state=sandbox.state, created_at=sandbox.created_at,
             labels=sandbox.config.labels, annotations=sandbox.config.annotations,
@@ -258,10 +267,7 @@ class SandboxService:
         ns = status.linux.namespaces.options
         ns.MergeFromString(sandbox.config.linux.security_context.namespace_options
                            .SerializeToString())
-        info = {}
-        if verbose:
-            info["info"] = self._verbose(sandbox)
-        return status, info
+        return status
 
     def _verbose(self, sandbox: Sandbox) -> str:
         record = self.rt.containers_service.get(NAMESPACE, sandbox.id)
@@ -295,6 +301,18 @@ class SandboxService:
                     continue
             out.append(sandbox)
         return out
+
+    def list_item(self, sandbox: Sandbox):
+        """ListPodSandbox's item for `sandbox` (runtime.v1 PodSandbox; only its state
+        changes)."""
+        def build():
+            item = self.pb.PodSandbox(
+                id=sandbox.id, state=sandbox.state, created_at=sandbox.created_at,
+                labels=sandbox.config.labels, annotations=sandbox.config.annotations,
+                runtime_handler=sandbox.runtime_handler)
+            item.metadata.CopyFrom(sandbox.config.metadata)
+            return item
+        return answer(sandbox, "item", sandbox.state, build)
 
     # --- recovery ---------------------------------------------------------------------
 
