@@ -122,18 +122,15 @@ class CRIRuntime:
         self.containers_service.create(NAMESPACE, record)
 
     def update_spec(self, cid: str, spec: dict) -> None:
-        record = self.containers_service.get(NAMESPACE, cid)
-        record.spec = any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode())
+        """The record's spec replaced (the update reads the record in its own transaction:
+        only the masked field is taken from ours)."""
+        record = Record(cid, spec=any_pb2.Any(type_url=SPEC_TYPE_URL,
+                                              value=json.dumps(spec).encode()))
         self.containers_service.update(NAMESPACE, record, ["spec"])
 
     def spec(self, cid: str) -> dict:
         record = self.containers_service.get(NAMESPACE, cid)
         return json.loads(record.spec.value) if record.spec else {}
-
-    def update_extension(self, cid: str, key: str, extension: any_pb2.Any) -> None:
-        record = self.containers_service.get(NAMESPACE, cid)
-        record.extensions[key] = extension
-        self.containers_service.update(NAMESPACE, record, [f"extensions.{key}"])
 
     def delete_record(self, cid: str) -> None:
         try:
@@ -159,9 +156,10 @@ class CRIRuntime:
                 continue
             yield record, item
 
-    async def prepare_snapshot(self, cid: str, parent: str) -> list:
-        mounts = await asyncio.to_thread(self.snapshots.prepare, NAMESPACE,
-                                         self.cfg.containerd.snapshotter, cid, parent)
+    def prepare_snapshot(self, cid: str, parent: str) -> list:
+        """The container's snapshot (blocking: call it in a worker thread); its mounts."""
+        mounts = self.snapshots.prepare(NAMESPACE, self.cfg.containerd.snapshotter, cid,
+                                        parent)
         return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
                                 options=m.options) for m in mounts]
 
@@ -192,8 +190,11 @@ class CRIRuntime:
 
     # --- tasks ----------------------------------------------------------------------
 
-    async def create_task(self, cid: str, stdout: str = "", stderr: str = "") -> int:
-        rootfs = await self.snapshot_mounts(cid)
+    async def create_task(self, cid: str, stdout: str = "", stderr: str = "",
+                          rootfs: list | None = None) -> int:
+        """`rootfs`: the snapshot's mounts when the caller has them (else read)."""
+        if rootfs is None:
+            rootfs = await self.snapshot_mounts(cid)
         try:
             return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
                 container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))

@@ -85,11 +85,15 @@ class SandboxService:
         rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
                          runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
         undo.append(lambda: rt.delete_record(sid))
-        mounts = await rt.prepare_snapshot(sid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(sid))
-        await asyncio.to_thread(self._secure, sandbox, runtime_spec, image.config, mounts)
 
-        sandbox.pid = await rt.create_task(sid)
+        def prepare():     # one worker-thread hop: snapshot, security context, spec
+            mounts = rt.prepare_snapshot(sid, image.chain_id)
+            self._secure(sandbox, runtime_spec, image.config, mounts)
+            return mounts
+        mounts = await asyncio.to_thread(prepare)
+
+        sandbox.pid = await rt.create_task(sid, rootfs=mounts)
         undo.append(lambda: rt.delete_task(sid))
         await rt.start_task(sid)
         sandbox.state = SANDBOX_READY
@@ -116,6 +120,7 @@ class SandboxService:
             runtime_spec["linux"].pop("cgroupsPath", None)
             runtime_spec["linux"]["resources"].pop("cpu", None)
         rt.update_spec(sandbox.id, runtime_spec)
+        sandbox.process_label = runtime_spec.get("process", {}).get("selinuxLabel", "")
 
     async def _ensure_image(self, ref: str):
         images = self.rt.images

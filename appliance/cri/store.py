@@ -48,6 +48,7 @@ class Sandbox:
     pid: int = 0
     state: int = SANDBOX_NOTREADY
     hostname: str = ""
+    process_label: str | None = None    # its spec's selinuxLabel (None: not read yet)
     answers: dict = field(default_factory=dict, repr=False, compare=False)   # see answer()
 
     @property
@@ -124,6 +125,7 @@ class Container:
     io: object = None                   # logs.ContainerIO while the task runs
     stopped: object = None              # asyncio.Event set when the exit is handled
     resources: dict | None = None       # ContainerStatus.resources (cri.resources), from the spec
+    mounts: list | None = None          # its snapshot's mounts, from CreateContainer
     answers: dict = field(default_factory=dict, repr=False, compare=False)   # see answer()
 
     def metadata(self) -> any_pb2.Any:
