@@ -302,6 +302,15 @@ class ContainerService:
     # --- ContainerStatus / ListContainers -------------------------------------------------
 
     def status(self, cid: str, pb, verbose: bool):
+        status = self.status_response(cid, pb).status
+        info = {}
+        if verbose:
+            info["info"] = self._verbose(self.get(cid))
+        return status, info
+
+    def status_response(self, cid: str, pb):
+        """ContainerStatusResponse without verbose info, kept until what it shows changes
+        (store.answer: shared, never modified)."""
         c = self.get(cid)
         s = c.status
         image_spec, image_ref = c.config.image.image, c.image_id
@@ -315,12 +324,8 @@ class ContainerService:
             c.resources = resources.status_resources(self.rt.spec(c.id))
         key = (s.created_at, s.started_at, s.finished_at, s.exit_code, s.reason, s.message,
                image_spec, image_ref, c.resources, pb)
-        status = answer(c, "status", key,
-                        lambda: self._status(c, pb, image_spec, image_ref))
-        info = {}
-        if verbose:
-            info["info"] = self._verbose(c)
-        return status, info
+        return answer(c, "status", key, lambda: pb.ContainerStatusResponse(
+            status=self._status(c, pb, image_spec, image_ref)))
 
     @staticmethod
     def _status(c: Container, pb, image_spec: str, image_ref: str):

@@ -251,13 +251,18 @@ class SandboxService:
     # --- PodSandboxStatus / ListPodSandbox ----------------------------------------------
 
     def status(self, sid: str, pb, verbose: bool):
-        sandbox = self.get(sid)
-        status = answer(sandbox, "status", (sandbox.state, sandbox.ip, pb),
-                        lambda: self._status(sandbox, pb))
+        status = self.status_response(sid, pb).status
         info = {}
         if verbose:
-            info["info"] = self._verbose(sandbox)
+            info["info"] = self._verbose(self.get(sid))
         return status, info
+
+    def status_response(self, sid: str, pb):
+        """PodSandboxStatusResponse without verbose info, kept until what it shows changes
+        (store.answer: shared, never modified)."""
+        sandbox = self.get(sid)
+        return answer(sandbox, "status", (sandbox.state, sandbox.ip, pb),
+                      lambda: pb.PodSandboxStatusResponse(status=self._status(sandbox, pb)))
 
     @staticmethod
     def _status(sandbox: Sandbox, pb):

@@ -176,8 +176,10 @@ class CRIRuntimeAdapter:
 
     @rpc
     async def PodSandboxStatus(self, request, context):
-        status, info = self.plugin.pods.status(request.pod_sandbox_id, v1,
-                                                         request.verbose)
+        pods = self.plugin.pods
+        if self.pb is v1 and not request.verbose:    # the kept answer, only serialized
+            return pods.status_response(request.pod_sandbox_id, v1)
+        status, info = pods.status(request.pod_sandbox_id, v1, request.verbose)
         return self.pb.PodSandboxStatusResponse(status=self._ours(status), info=info)
 
     @rpc
@@ -220,8 +222,10 @@ class CRIRuntimeAdapter:
 
     @rpc
     async def ContainerStatus(self, request, context):
-        status, info = self.plugin.containers.status(request.container_id, v1,
-                                                               request.verbose)
+        containers = self.plugin.containers
+        if self.pb is v1 and not request.verbose:    # the kept answer, only serialized
+            return containers.status_response(request.container_id, v1)
+        status, info = containers.status(request.container_id, v1, request.verbose)
         return self.pb.ContainerStatusResponse(status=self._ours(status), info=info)
 
     @rpc
