@@ -30,6 +30,7 @@ from .store import KIND_LABEL, Names, Store
 tasks_pb2 = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2")
 mount_pb2 = stubs.module("appliance._proto.containerd.api.types.mount_pb2")
 runc_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.runc.options.oci_pb2")
+shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 
 log = logging.getLogger("appliance.cri")
 
@@ -202,7 +203,10 @@ class CRIRuntime:
             raise type(exc)(f"failed to create containerd task: {exc.message}") from None
 
     async def start_task(self, cid: str) -> int:
-        return await self.tasks.start(NAMESPACE, cid, "")
+        """Start the task in its shim (Tasks.Start without its record read: the CRI knows
+        the container; NotFound without a task)."""
+        shim = self.tasks.runtime.get(NAMESPACE, cid)
+        return (await shim.call("Start", shim_pb2.StartRequest(id=cid))).pid
 
     async def update_task(self, cid: str, resources: tuple[str, bytes]) -> None:
         """A running task's new OCI LinuxResources (runc update in the shim)."""
