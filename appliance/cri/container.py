@@ -22,7 +22,7 @@ from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_js
                       remove_tree, undo_all)
 from .sandbox import new_id
 from .store import (CONTAINER_METADATA, CREATED, EXITED, RUNNING, SANDBOX_READY,
-                    UNKNOWN_EXIT_CODE, Container, Status, container_from_metadata)
+                    UNKNOWN_EXIT_CODE, Container, Status, answer, container_from_metadata)
 
 log = logging.getLogger("appliance.cri")
 TASK_RUNNING, TASK_STOPPED = 2, 3    # containerd.v1.types.Status
@@ -82,7 +82,8 @@ class ContainerService:
                       (image.config.get("config") or {}).get("StopSignal") or "")
         undo.append(lambda: remove_tree(c.root))
         undo.append(lambda: remove_tree(c.state_dir))
-        volumes = await asyncio.to_thread(self._make_volumes, c, image.config)
+        target_pid = self._target_pid(cid, sandbox, config)
+        volumes = self._volumes(c, image.config)
         runtime_spec = specs.container_spec(
             cid, sandbox, config, image.config, c.image_name, volumes,
             {**handler.options, "container_annotations": handler.runtime.container_annotations},
@@ -91,19 +92,23 @@ class ContainerService:
         rt.create_record(cid, "container", labels, c.image_name, runtime_spec, handler,
                          CONTAINER_METADATA, c.metadata())
         undo.append(lambda: rt.delete_record(cid))
-        mounts = await rt.prepare_snapshot(cid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(cid))
-        target_pid = self._target_pid(cid, sandbox, config)
 
-        def from_rootfs():   # the snapshot mounted read-only once, as containerd's opts do
-            with rt.mounted_rootfs(mounts) as rootfs:
+        def prepare():     # one worker-thread hop for the directories, snapshot, spec, status
+            ensure_dir(c.root, 0o755)
+            ensure_dir(c.state_dir, 0o700)
+            for volume in volumes.values():
+                ensure_dir(volume, 0o755)
+            c.mounts = rt.prepare_snapshot(cid, image.chain_id)
+            # the snapshot mounted read-only once, as containerd's opts do
+            with rt.mounted_rootfs(c.mounts) as rootfs:
                 if volumes:
                     _copy_up(rootfs, volumes)
                 self._secure(c, sandbox, runtime_spec, image.config, rootfs, target_pid,
                              handler.runtime.privileged_without_host_devices)
-        await asyncio.to_thread(from_rootfs)
-        c.status = Status(created_at=time.time_ns())
-        await asyncio.to_thread(c.save_status)
+            c.status = Status(created_at=time.time_ns())
+            c.save_status()
+        await asyncio.to_thread(prepare)
         rt.containers.add(c)
         rt.events.emit(cid, sandbox.id, events.CREATED)
         return cid
@@ -131,7 +136,10 @@ class ContainerService:
         """Security context and resources on the spec (cri.security, cri.resources); `rootfs`:
         the container's, mounted read-only, for its users and groups. Recorded."""
         rt, config = self.rt, c.config
-        pod_label = rt.spec(sandbox.id).get("process", {}).get("selinuxLabel", "")
+        if sandbox.process_label is None:     # found again after a restart
+            sandbox.process_label = rt.spec(sandbox.id).get("process", {}).get(
+                "selinuxLabel", "")
+        pod_label = sandbox.process_label
         security.apply_container_security(
             runtime_spec, config, sandbox.config, image_config.get("config") or {}, rootfs,
             rt.cfg, host=rt.host, container_id=c.id, sandbox_pid=sandbox.pid,
@@ -149,17 +157,13 @@ class ContainerService:
         rt.update_spec(c.id, runtime_spec)
         c.resources = resources.status_resources(runtime_spec)
 
-    def _make_volumes(self, c: Container, image_config: dict) -> dict[str, str]:
-        """A host dir per image volume (`ignore_image_defined_volumes` off), bound in."""
-        ensure_dir(c.root, 0o755)
-        ensure_dir(c.state_dir, 0o700)
+    def _volumes(self, c: Container, image_config: dict) -> dict[str, str]:
+        """A host dir per image volume (`ignore_image_defined_volumes` off), bound in: image
+        path -> host dir (made with the container's)."""
         if self.rt.cfg.ignore_image_defined_volumes:
             return {}
-        out = {}
-        for i, path in enumerate(sorted((image_config.get("config") or {}).get("Volumes")
-                                        or {})):
-            out[path] = ensure_dir(os.path.join(c.root, "volumes", f"{i:03d}"), 0o755)
-        return out
+        return {path: os.path.join(c.root, "volumes", f"{i:03d}") for i, path in enumerate(
+            sorted((image_config.get("config") or {}).get("Volumes") or {}))}
 
     # --- StartContainer ---------------------------------------------------------------
 
@@ -175,7 +179,8 @@ class ContainerService:
         c.stopped = asyncio.Event()
         try:
             c.io.attach()
-            c.status.pid = await rt.create_task(cid, c.io.stdout_path, c.io.stderr_path)
+            c.status.pid = await rt.create_task(cid, c.io.stdout_path, c.io.stderr_path,
+                                                rootfs=c.mounts)
             try:
                 await rt.start_task(cid)
             except BaseException:
@@ -297,6 +302,15 @@ class ContainerService:
     # --- ContainerStatus / ListContainers -------------------------------------------------
 
     def status(self, cid: str, pb, verbose: bool):
+        status = self.status_response(cid, pb).status
+        info = {}
+        if verbose:
+            info["info"] = self._verbose(self.get(cid))
+        return status, info
+
+    def status_response(self, cid: str, pb):
+        """ContainerStatusResponse without verbose info, kept until what it shows changes
+        (store.answer: shared, never modified)."""
         c = self.get(cid)
         s = c.status
         image_spec, image_ref = c.config.image.image, c.image_id
@@ -306,6 +320,16 @@ class ContainerService:
                 image_spec = image.repo_tags[0]
             if image.repo_digests:
                 image_ref = image.repo_digests[0]
+        if c.resources is None:     # found again after a restart: from the recorded spec
+            c.resources = resources.status_resources(self.rt.spec(c.id))
+        key = (s.created_at, s.started_at, s.finished_at, s.exit_code, s.reason, s.message,
+               image_spec, image_ref, c.resources, pb)
+        return answer(c, "status", key, lambda: pb.ContainerStatusResponse(
+            status=self._status(c, pb, image_spec, image_ref)))
+
+    @staticmethod
+    def _status(c: Container, pb, image_spec: str, image_ref: str):
+        s = c.status
         status = pb.ContainerStatus(
             id=c.id, state=s.state, created_at=s.created_at, started_at=s.started_at,
             finished_at=s.finished_at, exit_code=s.exit_code, image_ref=image_ref,
@@ -318,18 +342,13 @@ class ContainerService:
         for m in c.config.mounts:
             out = status.mounts.add()
             out.MergeFromString(m.SerializeToString())
-        if c.resources is None:     # found again after a restart: from the recorded spec
-            c.resources = resources.status_resources(self.rt.spec(c.id))
         if c.resources:
             linux = dict(c.resources)
             hugepages = linux.pop("hugepage_limits", [])
             status.resources.linux.CopyFrom(pb.LinuxContainerResources(**linux))
             for size, limit in hugepages:
                 status.resources.linux.hugepage_limits.add(page_size=size, limit=limit)
-        info = {}
-        if verbose:
-            info["info"] = self._verbose(c)
-        return status, info
+        return status
 
     def _verbose(self, c: Container) -> str:
         record = self.rt.containers_service.get(NAMESPACE, c.id)
@@ -360,6 +379,18 @@ class ContainerService:
                     continue
             out.append(c)
         return out
+
+    def list_item(self, c: Container):
+        """ListContainers' item for `c` (runtime.v1 Container; only its state changes)."""
+        def build():
+            item = self.pb.Container(
+                id=c.id, pod_sandbox_id=c.sandbox_id, image_ref=c.image_id,
+                state=c.status.state, created_at=c.status.created_at,
+                labels=c.config.labels, annotations=c.config.annotations)
+            item.metadata.CopyFrom(c.config.metadata)
+            item.image.CopyFrom(c.config.image)
+            return item
+        return answer(c, "item", c.status.state, build)
 
     # --- ReopenContainerLog -----------------------------------------------------------
 

@@ -51,7 +51,7 @@ class ImageService:
         self.content = content
         self.snapshots = snapshots
         self.snapshot_root = snapshot_root
-        self._by_id: dict[str, CRIImage] | None = None    # see cached()
+        self._view_cache: tuple | None = None    # see _view()
 
     # --- PullImage -------------------------------------------------------------------
 
@@ -93,7 +93,12 @@ class ImageService:
     # --- lookups ---------------------------------------------------------------------
 
     def list(self) -> list[CRIImage]:
+        return list(self._index()[0].values())
+
+    def _index(self) -> tuple[dict[str, CRIImage], dict[str, str]]:
+        """(id -> image, record name -> id) of every image in the store the CRI can use."""
         by_id: dict[str, CRIImage] = {}
+        by_name: dict[str, str] = {}
         for record in self.images.list(NAMESPACE):
             try:
                 image = self._describe(record)
@@ -103,33 +108,43 @@ class ImageService:
             found = by_id.setdefault(image.id, image)
             _add_name(found, record.name)
             found.pinned = found.pinned or record.labels.get(PINNED_LABEL) == "pinned"
-        return list(by_id.values())
+            by_name[record.name] = image.id
+        return by_id, by_name
+
+    def _view(self) -> tuple[dict[str, CRIImage], dict[str, str]]:
+        """_index(), rebuilt only after an image changed (invalidate(): our own pulls and
+        removals, and the image events the CRI's monitor sees), as containerd's CRI keeps
+        its image store: ContainerStatus (kubelet's relist), ImageStatus, RunPodSandbox and
+        CreateContainer read it instead of describing every image of the store. Its
+        images are shared: callers do not modify them."""
+        if self._view_cache is None:
+            self._view_cache = self._index()
+        return self._view_cache
 
     def cached(self, image_id: str) -> CRIImage | None:
-        """The image with this id from a view rebuilt only after an image changed
-        (invalidate(): our own pulls and removals, and the image events the CRI's monitor
-        sees): ContainerStatus is on kubelet's relist path and must not read the store."""
-        if self._by_id is None:
-            self._by_id = {i.id: i for i in self.list()}
-        return self._by_id.get(image_id)
+        return self._view()[0].get(image_id)
 
     def invalidate(self) -> None:
-        self._by_id = None
+        self._view_cache = None
 
     def status(self, text: str) -> CRIImage | None:
-        """The image a reference, repo digest or id names; None when there is none."""
+        """The image a reference, repo digest or id names; None when there is none. From
+        the view; a name it does not know yet (its event not seen) is looked up in the
+        store."""
+        by_id, by_name = self._view()
+        for name in _candidates(text):
+            if name in by_name:
+                return by_id[by_name[name]]
+        return self._status_in_store(text)
+
+    def _status_in_store(self, text: str) -> CRIImage | None:
         wanted = self._resolve_id(text)
         if wanted is None:
             return None
         return next((i for i in self.list() if i.id == wanted), None)
 
     def _resolve_id(self, text: str) -> str | None:
-        candidates = [text]
-        try:
-            candidates.append(str(parse_reference(text)))
-        except InvalidArgument:
-            pass
-        for name in candidates:
+        for name in _candidates(text):
             try:
                 return self._describe(self.images.get(NAMESPACE, name)).id
             except NotFound:
@@ -165,7 +180,7 @@ class ImageService:
 
     async def remove(self, text: str) -> None:
         """Every name of the image goes; a missing image is no error (as containerd)."""
-        image = self.status(text)
+        image = self._status_in_store(text)
         if image is None:
             return
         names = image.repo_tags + image.repo_digests + [image.id]
@@ -223,6 +238,15 @@ def _go_time(text: str) -> str:
 def _go_json(obj) -> str:
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _candidates(text: str) -> list[str]:
+    """The names `text` may be: itself, and the reference it normalizes to."""
+    try:
+        normalized = str(parse_reference(text))
+    except InvalidArgument:
+        return [text]
+    return [text] if normalized == text else [text, normalized]
 
 
 def _add_name(image: CRIImage, name: str) -> None:

@@ -30,6 +30,7 @@ from .store import KIND_LABEL, Names, Store
 tasks_pb2 = stubs.module("appliance._proto.containerd.api.services.tasks.v1.tasks_pb2")
 mount_pb2 = stubs.module("appliance._proto.containerd.api.types.mount_pb2")
 runc_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.runc.options.oci_pb2")
+shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
 
 log = logging.getLogger("appliance.cri")
 
@@ -122,18 +123,15 @@ class CRIRuntime:
         self.containers_service.create(NAMESPACE, record)
 
     def update_spec(self, cid: str, spec: dict) -> None:
-        record = self.containers_service.get(NAMESPACE, cid)
-        record.spec = any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(spec).encode())
+        """The record's spec replaced (the update reads the record in its own transaction:
+        only the masked field is taken from ours)."""
+        record = Record(cid, spec=any_pb2.Any(type_url=SPEC_TYPE_URL,
+                                              value=json.dumps(spec).encode()))
         self.containers_service.update(NAMESPACE, record, ["spec"])
 
     def spec(self, cid: str) -> dict:
         record = self.containers_service.get(NAMESPACE, cid)
         return json.loads(record.spec.value) if record.spec else {}
-
-    def update_extension(self, cid: str, key: str, extension: any_pb2.Any) -> None:
-        record = self.containers_service.get(NAMESPACE, cid)
-        record.extensions[key] = extension
-        self.containers_service.update(NAMESPACE, record, [f"extensions.{key}"])
 
     def delete_record(self, cid: str) -> None:
         try:
@@ -159,9 +157,10 @@ class CRIRuntime:
                 continue
             yield record, item
 
-    async def prepare_snapshot(self, cid: str, parent: str) -> list:
-        mounts = await asyncio.to_thread(self.snapshots.prepare, NAMESPACE,
-                                         self.cfg.containerd.snapshotter, cid, parent)
+    def prepare_snapshot(self, cid: str, parent: str) -> list:
+        """The container's snapshot (blocking: call it in a worker thread); its mounts."""
+        mounts = self.snapshots.prepare(NAMESPACE, self.cfg.containerd.snapshotter, cid,
+                                        parent)
         return [mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
                                 options=m.options) for m in mounts]
 
@@ -192,8 +191,11 @@ class CRIRuntime:
 
     # --- tasks ----------------------------------------------------------------------
 
-    async def create_task(self, cid: str, stdout: str = "", stderr: str = "") -> int:
-        rootfs = await self.snapshot_mounts(cid)
+    async def create_task(self, cid: str, stdout: str = "", stderr: str = "",
+                          rootfs: list | None = None) -> int:
+        """`rootfs`: the snapshot's mounts when the caller has them (else read)."""
+        if rootfs is None:
+            rootfs = await self.snapshot_mounts(cid)
         try:
             return await self.tasks.create(NAMESPACE, tasks_pb2.CreateTaskRequest(
                 container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
@@ -201,7 +203,10 @@ class CRIRuntime:
             raise type(exc)(f"failed to create containerd task: {exc.message}") from None
 
     async def start_task(self, cid: str) -> int:
-        return await self.tasks.start(NAMESPACE, cid, "")
+        """Start the task in its shim (Tasks.Start without its record read: the CRI knows
+        the container; NotFound without a task)."""
+        shim = self.tasks.runtime.get(NAMESPACE, cid)
+        return (await shim.call("Start", shim_pb2.StartRequest(id=cid))).pid
 
     async def update_task(self, cid: str, resources: tuple[str, bytes]) -> None:
         """A running task's new OCI LinuxResources (runc update in the shim)."""

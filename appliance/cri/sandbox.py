@@ -24,7 +24,7 @@ from . import events, security, spec as specs
 from .images import NAMESPACE
 from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
                       undo_all)
-from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox,
+from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox, answer,
                     sandbox_from_metadata)
 
 log = logging.getLogger("appliance.cri")
@@ -85,11 +85,15 @@ class SandboxService:
         rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
                          runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
         undo.append(lambda: rt.delete_record(sid))
-        mounts = await rt.prepare_snapshot(sid, image.chain_id)
         undo.append(lambda: rt.remove_snapshot(sid))
-        await asyncio.to_thread(self._secure, sandbox, runtime_spec, image.config, mounts)
 
-        sandbox.pid = await rt.create_task(sid)
+        def prepare():     # one worker-thread hop: snapshot, security context, spec
+            mounts = rt.prepare_snapshot(sid, image.chain_id)
+            self._secure(sandbox, runtime_spec, image.config, mounts)
+            return mounts
+        mounts = await asyncio.to_thread(prepare)
+
+        sandbox.pid = await rt.create_task(sid, rootfs=mounts)
         undo.append(lambda: rt.delete_task(sid))
         await rt.start_task(sid)
         sandbox.state = SANDBOX_READY
@@ -116,6 +120,7 @@ class SandboxService:
             runtime_spec["linux"].pop("cgroupsPath", None)
             runtime_spec["linux"]["resources"].pop("cpu", None)
         rt.update_spec(sandbox.id, runtime_spec)
+        sandbox.process_label = runtime_spec.get("process", {}).get("selinuxLabel", "")
 
     async def _ensure_image(self, ref: str):
         images = self.rt.images
@@ -246,7 +251,21 @@ class SandboxService:
     # --- PodSandboxStatus / ListPodSandbox ----------------------------------------------
 
     def status(self, sid: str, pb, verbose: bool):
+        status = self.status_response(sid, pb).status
+        info = {}
+        if verbose:
+            info["info"] = self._verbose(self.get(sid))
+        return status, info
+
+    def status_response(self, sid: str, pb):
+        """PodSandboxStatusResponse without verbose info, kept until what it shows changes
+        (store.answer: shared, never modified)."""
         sandbox = self.get(sid)
+        return answer(sandbox, "status", (sandbox.state, sandbox.ip, pb),
+                      lambda: pb.PodSandboxStatusResponse(status=self._status(sandbox, pb)))
+
+    @staticmethod
+    def _status(sandbox: Sandbox, pb):
         status = pb.PodSandboxStatus(
             id=sandbox.id, state=sandbox.state, created_at=sandbox.created_at,
             labels=sandbox.config.labels, annotations=sandbox.config.annotations,
@@ -258,10 +277,7 @@ class SandboxService:
         ns = status.linux.namespaces.options
         ns.MergeFromString(sandbox.config.linux.security_context.namespace_options
                            .SerializeToString())
-        info = {}
-        if verbose:
-            info["info"] = self._verbose(sandbox)
-        return status, info
+        return status
 
     def _verbose(self, sandbox: Sandbox) -> str:
         record = self.rt.containers_service.get(NAMESPACE, sandbox.id)
@@ -295,6 +311,18 @@ class SandboxService:
                     continue
             out.append(sandbox)
         return out
+
+    def list_item(self, sandbox: Sandbox):
+        """ListPodSandbox's item for `sandbox` (runtime.v1 PodSandbox; only its state
+        changes)."""
+        def build():
+            item = self.pb.PodSandbox(
+                id=sandbox.id, state=sandbox.state, created_at=sandbox.created_at,
+                labels=sandbox.config.labels, annotations=sandbox.config.annotations,
+                runtime_handler=sandbox.runtime_handler)
+            item.metadata.CopyFrom(sandbox.config.metadata)
+            return item
+        return answer(sandbox, "item", sandbox.state, build)
 
     # --- recovery ---------------------------------------------------------------------
 

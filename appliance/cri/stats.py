@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 
-from ..core.snapshots.backends import disk_usage
 from ..errdefs import ApplianceError, NotFound
 from . import cgroupstats
 from .images import NAMESPACE
@@ -32,7 +31,7 @@ class StatsService:
         self.samples: dict[str, tuple[int, int]] = {}    # id -> (timestamp, cpu_ns)
         self.layers: dict[str, tuple[int, int, int]] = {}  # id -> (time, bytes, inodes)
         self.cgroups: dict[str, tuple[int, dict]] = {}   # container id -> (pid, dirs)
-        self.image_fs = (0, 0, 0)    # ImageFsInfo: (time, bytes, inodes) of snapshot_root
+        self.image_fs = (0, 0, 0)    # ImageFsInfo: (time, bytes, inodes) of k8s.io snapshots
 
     # --- containers -------------------------------------------------------------------
 
@@ -169,29 +168,41 @@ class StatsService:
     # --- the writable layers' sampler --------------------------------------------------
 
     async def collect(self) -> None:
-        """Every `stats_collect_period` s, each container's snapshot usage and the whole
-        snapshotter directory's, for ImageFsInfo (owned by the supervisor; ends when
-        cancelled). containerd samples alike: both answer 0 until the first sample."""
+        """Every `stats_collect_period` s, the usage of each snapshot of the CRI's namespace:
+        a container's is its writable layer's, their sum ImageFsInfo's (owned by the
+        supervisor; ends when cancelled). containerd's snapshot syncer does the same: active
+        snapshots measured at each pass, committed ones once (the store records theirs), and
+        both answer 0 until the first pass."""
         period = max(1, self.rt.cfg.stats_collect_period)
         snapshotter = self.rt.snapshots.get(self.rt.cfg.containerd.snapshotter)
         while True:
             await asyncio.sleep(period)
+            usages = await asyncio.to_thread(_usages, snapshotter)
+            now = time.time_ns()
             current = {c.id for c in self.rt.containers.list()}
-            for cid in current:
-                try:
-                    used, inodes = await asyncio.to_thread(snapshotter.usage, NAMESPACE, cid)
-                    self.layers[cid] = (time.time_ns(), used, inodes)
-                except Exception as exc:      # removed meanwhile, or unreadable
-                    log.debug("writable layer of %s: %s", cid, exc)
+            for cid in current & usages.keys():
+                self.layers[cid] = (now, *usages[cid])
             self.forget(lambda key: key not in current
                         and key not in self.rt.sandboxes.items)
-            used, inodes = await asyncio.to_thread(disk_usage, self.snapshot_root)
-            self.image_fs = (time.time_ns(), used, inodes)
+            self.image_fs = (now, sum(u[0] for u in usages.values()),
+                             sum(u[1] for u in usages.values()))
 
     def forget(self, gone) -> None:
         for table in (self.samples, self.layers, self.cgroups):
             for key in [k for k in table if gone(k)]:
                 del table[key]
+
+
+def _usages(snapshotter) -> dict[str, tuple[int, int]]:
+    """key -> (bytes, inodes) of each snapshot in the CRI's namespace (one gone meanwhile
+    or unreadable is left out)."""
+    out = {}
+    for info in snapshotter.list(NAMESPACE):
+        try:
+            out[info.name] = snapshotter.usage(NAMESPACE, info.name)
+        except Exception as exc:
+            log.debug("usage of snapshot %s: %s", info.name, exc)
+    return out
 
 
 def _attributes(out, item_id: str, config) -> None:

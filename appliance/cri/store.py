@@ -48,6 +48,8 @@ class Sandbox:
     pid: int = 0
     state: int = SANDBOX_NOTREADY
     hostname: str = ""
+    process_label: str | None = None    # its spec's selinuxLabel (None: not read yet)
+    answers: dict = field(default_factory=dict, repr=False, compare=False)   # see answer()
 
     @property
     def hostname_path(self) -> str:
@@ -123,6 +125,8 @@ class Container:
     io: object = None                   # logs.ContainerIO while the task runs
     stopped: object = None              # asyncio.Event set when the exit is handled
     resources: dict | None = None       # ContainerStatus.resources (cri.resources), from the spec
+    mounts: list | None = None          # its snapshot's mounts, from CreateContainer
+    answers: dict = field(default_factory=dict, repr=False, compare=False)   # see answer()
 
     def metadata(self) -> any_pb2.Any:
         doc = {"Version": "v1", "Metadata": {
@@ -139,6 +143,19 @@ class Container:
         with open(tmp, "wb") as f:
             f.write(self.status.to_json())
         os.replace(tmp, path)
+
+
+def answer(record, kind: str, key, build):
+    """The record's answer message of `kind` (a list item, a status), built again only when
+    `key` (what the answer shows of the record's changing state) differs from the last one's:
+    kubelet's relist asks for the same answers every second. An answer is shared between
+    calls: callers copy it (into a response) and never modify it."""
+    hit = record.answers.get(kind)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    message = build()
+    record.answers[kind] = (key, message)
+    return message
 
 
 def _b64(message) -> str:

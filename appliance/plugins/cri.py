@@ -176,21 +176,18 @@ class CRIRuntimeAdapter:
 
     @rpc
     async def PodSandboxStatus(self, request, context):
-        status, info = self.plugin.pods.status(request.pod_sandbox_id, v1,
-                                                         request.verbose)
+        pods = self.plugin.pods
+        if self.pb is v1 and not request.verbose:    # the kept answer, only serialized
+            return pods.status_response(request.pod_sandbox_id, v1)
+        status, info = pods.status(request.pod_sandbox_id, v1, request.verbose)
         return self.pb.PodSandboxStatusResponse(status=self._ours(status), info=info)
 
     @rpc
     async def ListPodSandbox(self, request, context):
         flt = self._v1(request.filter) if request.HasField("filter") else None
-        items = []
-        for s in self.plugin.pods.list(flt):
-            item = v1.PodSandbox(id=s.id, state=s.state, created_at=s.created_at,
-                                 labels=s.config.labels, annotations=s.config.annotations,
-                                 runtime_handler=s.runtime_handler)
-            item.metadata.CopyFrom(s.config.metadata)
-            items.append(self._ours(item))
-        return self.pb.ListPodSandboxResponse(items=items)
+        pods = self.plugin.pods
+        return self.pb.ListPodSandboxResponse(
+            items=[self._ours(pods.list_item(s)) for s in pods.list(flt)])
 
     # --- containers ---------------------------------------------------------------------
 
@@ -219,20 +216,16 @@ class CRIRuntimeAdapter:
     @rpc
     async def ListContainers(self, request, context):
         flt = self._v1(request.filter) if request.HasField("filter") else None
-        items = []
-        for c in self.plugin.containers.list(flt):
-            item = v1.Container(id=c.id, pod_sandbox_id=c.sandbox_id, image_ref=c.image_id,
-                                state=c.status.state, created_at=c.status.created_at,
-                                labels=c.config.labels, annotations=c.config.annotations)
-            item.metadata.CopyFrom(c.config.metadata)
-            item.image.CopyFrom(c.config.image)
-            items.append(self._ours(item))
-        return self.pb.ListContainersResponse(containers=items)
+        containers = self.plugin.containers
+        return self.pb.ListContainersResponse(
+            containers=[self._ours(containers.list_item(c)) for c in containers.list(flt)])
 
     @rpc
     async def ContainerStatus(self, request, context):
-        status, info = self.plugin.containers.status(request.container_id, v1,
-                                                               request.verbose)
+        containers = self.plugin.containers
+        if self.pb is v1 and not request.verbose:    # the kept answer, only serialized
+            return containers.status_response(request.container_id, v1)
+        status, info = containers.status(request.container_id, v1, request.verbose)
         return self.pb.ContainerStatusResponse(status=self._ours(status), info=info)
 
     @rpc

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb, api_pb2_grpc as rpc
-from daemon import Daemon
+from daemon import Daemon, wait_for
 from image_helpers import make_multiarch, make_oci, oci_blobs, oci_manifest_digests
 from reference import Containerd
 from registry import LocalRegistry
@@ -199,6 +199,29 @@ def test_ctr_import_into_k8s_io_is_visible(cri, cri_daemon, registry):
     assert listed and listed[0][1] == ["localhost/busybox:latest"]
     images.RemoveImage(pb.RemoveImageRequest(image=_spec("localhost/busybox:latest")))
     assert _images(images) == []
+
+
+def test_image_status_follows_tags_made_outside_the_cri(cri, cri_daemon, registry):
+    """ImageStatus answers from a view of the images (as containerd's CRI image store):
+    names tagged and removed with ctr show in it (the image events refresh it)."""
+    kind, images, _ = cri
+    d = cri_daemon[1]
+    d.ctr("images", "import", str(registry.oci), namespace="k8s.io")
+
+    def tags(name):
+        status = images.ImageStatus(pb.ImageStatusRequest(image=_spec(name)))
+        return sorted(status.image.repo_tags)
+
+    first, second = "localhost/busybox:latest", "localhost/busybox:second"
+    assert tags(first) == [first]
+    d.ctr("images", "tag", first, second, namespace="k8s.io")
+    wait_for(lambda: tags(first) == [first, second], timeout=10, what="the new tag")
+    assert tags(second) == [first, second]
+    d.ctr("images", "rm", second, namespace="k8s.io")
+    wait_for(lambda: tags(first) == [first] and tags(second) == [], timeout=10,
+             what="the removed tag gone")
+    images.RemoveImage(pb.RemoveImageRequest(image=_spec(first)))
+    assert tags(first) == []
 
 
 @pytest.mark.parametrize("password", ["", "wrong"])

@@ -174,6 +174,56 @@ def test_container_lifecycle(cri, registry, logdir):
                                            dict(status.labels), status.metadata.name))
 
 
+def test_relist_answers_follow_each_change(cri, registry):
+    """kubelet's relist (ListPodSandbox, ListContainers, then each status) asked before and
+    after every change, so that an answer kept from the last relist would show: containers
+    created, started, a resources update, one exiting by itself, one stopped, the pod
+    stopped."""
+    pod_id, config = cri.run_pod("relist-answers")
+    sleeper = cri.create(pod_id, config, "sleeper", registry.busybox, ["sleep", "600"])
+    quitter = cri.create(pod_id, config, "quitter", registry.busybox, [
+        "sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 4"])
+    rt = cri.runtime
+
+    def relist():
+        pods = [(p.id, p.state) for p in rt.ListPodSandbox(pb.ListPodSandboxRequest()).items]
+        listed = sorted((c.id, c.state) for c in
+                        rt.ListContainers(pb.ListContainersRequest()).containers)
+        statuses = []
+        for cid in (sleeper, quitter):
+            s = cri.status(cid).status
+            statuses.append((s.state, s.exit_code, s.reason, s.started_at > 0,
+                             s.finished_at > 0, s.resources.linux.cpu_shares == 256))
+        return pods, cri.pod_status(pod_id).status.state, listed, statuses
+
+    def expect(pod, sleeper_state, quitter_state):
+        return ([(pod_id, pod)], pod, sorted([(sleeper, sleeper_state[0]),
+                                             (quitter, quitter_state[0])]),
+                [sleeper_state, quitter_state])
+
+    created = (pb.CONTAINER_CREATED, 0, "", False, False, False)
+    running = (pb.CONTAINER_RUNNING, 0, "", True, False, False)
+    assert relist() == expect(pb.SANDBOX_READY, created, created)
+    cri.start(sleeper)
+    cri.start(quitter)
+    assert relist() == expect(pb.SANDBOX_READY, running, running)
+    rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+        container_id=sleeper, linux=pb.LinuxContainerResources(cpu_shares=256)))
+    updated = running[:-1] + (True,)
+    assert relist() == expect(pb.SANDBOX_READY, updated, running)
+    pid = json.loads(cri.status(quitter, verbose=True).info["info"])["pid"]
+    Path(f"/proc/{pid}/root/tmp/go").write_text("")
+    quit_ = (pb.CONTAINER_EXITED, 4, "Error", True, True, False)
+    wait_for(lambda: relist()[3][1] == quit_, what="the quitter's exit in its status")
+    assert relist() == expect(pb.SANDBOX_READY, updated, quit_)
+    rt.StopContainer(pb.StopContainerRequest(container_id=sleeper, timeout=0))
+    killed = (pb.CONTAINER_EXITED, 137, "Error", True, True, True)
+    assert relist() == expect(pb.SANDBOX_READY, killed, quit_)
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    assert relist() == expect(pb.SANDBOX_NOTREADY, killed, quit_)
+    same("relist-answers", cri.kind, relist()[3])
+
+
 def test_container_exit_codes(cri, registry):
     """An exit 0 is `Completed`, any other `Error`; StopContainer with timeout 0 kills."""
     pod_id, config = cri.run_pod("exit-codes")
