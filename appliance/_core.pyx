@@ -57,3 +57,64 @@ cpdef object parse_header(bytes block):
             typeflag, _cstr(b[157:257]),
             _octal_or_256(b[329:337]) if device else 0,
             _octal_or_256(b[337:345]) if device else 0)
+
+
+# --- one regular file of a layer, written without the GIL -----------------------------
+
+from libc.errno cimport errno, EINTR
+from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_TRUNC
+from posix.unistd cimport write as c_write, close as c_close, fchown as c_fchown
+from posix.stat cimport fchmod as c_fchmod
+from posix.time cimport timespec
+import os as _os
+
+cdef extern from "<fcntl.h>" nogil:
+    enum: O_NOFOLLOW
+    enum: O_CLOEXEC
+
+cdef extern from "<sys/stat.h>" nogil:
+    int futimens(int fd, const timespec times[2])
+
+
+cpdef write_file(str path, const unsigned char[:] data, int mode, long uid, long gid,
+                 bint chown, bint chmod, long long atime_ns, long long mtime_ns):
+    """Compiled twin of `_core_py.write_file`: the same syscalls, one GIL release."""
+    cdef bytes cpath = _os.fsencode(path)
+    cdef const char *p = cpath
+    cdef const unsigned char *buf = &data[0] if data.shape[0] else NULL
+    cdef Py_ssize_t left = data.shape[0], n
+    cdef int fd, err = 0, step = 0
+    cdef timespec times[2]
+    times[0].tv_sec = atime_ns // 1000000000
+    times[0].tv_nsec = atime_ns % 1000000000
+    times[1].tv_sec = mtime_ns // 1000000000
+    times[1].tv_nsec = mtime_ns % 1000000000
+    with nogil:
+        while True:
+            fd = c_open(p, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode)
+            if fd >= 0 or errno != EINTR:
+                break
+        if fd < 0:
+            err = errno
+        else:
+            step = 1
+            while left > 0:
+                n = c_write(fd, buf, left)
+                if n < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    break
+                buf += n
+                left -= n
+            if not err and chown and c_fchown(fd, uid, gid) < 0:
+                err = errno
+            if not err and chmod and c_fchmod(fd, mode) < 0:
+                err = errno
+            if not err and futimens(fd, times) < 0:
+                err = errno
+            c_close(fd)
+    if err:
+        if step == 0:
+            raise OSError(err, _os.strerror(err), path)
+        raise OSError(err, _os.strerror(err))

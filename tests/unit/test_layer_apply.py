@@ -151,6 +151,43 @@ def test_apply_all_entry_kinds(tmp_path):
     assert t["implicit/parent"][1] == 0o755
 
 
+def test_files_written_whole_or_streamed_give_the_same_tree(tmp_path, monkeypatch):
+    """Small files go through write_file in one call, big ones (or with xattrs, or ids
+    os.fchown refuses) stream: the result is the same, at the size limit too."""
+    from appliance.core.diff import apply as apply_mod
+    limit = apply_mod.WHOLE_FILE_MAX
+    data = layer(
+        entry("empty", data=b""),
+        entry("small", data=b"s" * 1000, mode=0o4750, uid=3, gid=4),
+        entry("at-limit", data=os.urandom(limit), mode=0o600),
+        entry("over-limit", data=os.urandom(limit + 1), mode=0o640),
+        entry("big", data=os.urandom(3 << 20)),
+        entry("xattr", data=b"x", pax={"SCHILY.xattr.user.k": "v", "mtime": "1704067200.25"}),
+        entry("small", data=b"replaced", mode=0o644),
+        entry("last", data=b"after the big ones"),
+    )
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    whole.mkdir()
+    streamed.mkdir()
+    calls = []
+    real = apply_mod.write_file
+    monkeypatch.setattr(apply_mod, "write_file", lambda path, *a: calls.append(
+        os.path.basename(path)) or real(path, *a))
+    apply_bytes(whole, data)
+    assert calls == ["empty", "small", "at-limit", "small", "last"]
+    monkeypatch.setattr(apply_mod, "WHOLE_FILE_MAX", -1)
+    apply_bytes(streamed, data)
+    assert calls == ["empty", "small", "at-limit", "small", "last"]
+    for name in os.listdir(whole):   # before reading them (that moves the atime)
+        a, b = os.lstat(whole / name), os.lstat(streamed / name)
+        assert (a.st_atime_ns, a.st_mtime_ns) == (b.st_atime_ns, b.st_mtime_ns)
+    assert tree(whole) == tree(streamed)
+    assert tree(whole)["small"] == (stat.S_IFREG, 0o644, 0, 0, b"replaced")
+    assert os.getxattr(whole / "xattr", "user.k") == b"v"
+    with pytest.raises(ApplyError, match="truncated"):   # data cut short: no half file
+        apply_bytes(tmp_path / "whole", layer(entry("cut", data=b"c" * 3000))[:1024 + 512])
+
+
 def test_failed_xattr_write_names_the_key(tmp_path):
     """Not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
     data = layer(entry("bin/ping", data=b"x", pax={"SCHILY.xattr.security.capability": "bad"}))

@@ -20,11 +20,20 @@ from . import planner
 from .planner import Create, HostileEntry, Opaque, Skip, Whiteout
 from .tarstream import AREG, BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, TarError, TarReader
 
+try:
+    from ..._core import write_file
+except ImportError:  # pragma: no cover - not built: the pure twin
+    from ..._core_py import write_file
+
 log = logging.getLogger("appliance.diff")
 
 _NOFOLLOW_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEV_KIND = {CHR: stat.S_IFCHR, BLK: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 MAX_TIME_NS = (1 << 63) - 1
+# regular files up to this size without xattrs are written by one call (`write_file`: open,
+# write, fchown, fchmod, utime and close under one release of the GIL); larger ones stream
+WHOLE_FILE_MAX = 256 << 10
+MAX_ID = (1 << 32) - 2     # the largest id os.fchown takes ((uid_t)-1 means "unchanged")
 
 
 def _umask() -> int:
@@ -249,22 +258,16 @@ class Applier:
         mode = hdr.mode & 0o7777
         typ = hdr.type
         if typ in (REG, AREG):
-            fd = os.open(path, _NOFOLLOW_WRITE, mode)
-            try:
-                for chunk in reader.data():
-                    while chunk:
-                        chunk = chunk[os.write(fd, chunk):]
-                # a new file already has root's ids and mode & ~umask: skip what is a no-op
-                if existing is not None or hdr.uid or hdr.gid or not ROOT_IDS \
-                        or op.parent in self._setgid:
-                    os.fchown(fd, hdr.uid, hdr.gid)
-                if hdr.xattrs:
-                    self._xattrs(path, hdr, is_dir_or_reg=True)
-                if existing is not None or mode & ~UMASK != mode or mode & 0o7000:
-                    os.fchmod(fd, mode)
-                os.utime(fd, ns=self._times(hdr))
-            finally:
-                os.close(fd)
+            # a new file already has root's ids and mode & ~umask: skip what is a no-op
+            chown = bool(existing is not None or hdr.uid or hdr.gid or not ROOT_IDS
+                         or op.parent in self._setgid)
+            chmod = bool(existing is not None or mode & ~UMASK != mode or mode & 0o7000)
+            if hdr.size <= WHOLE_FILE_MAX and not hdr.xattrs and 0 <= hdr.uid <= MAX_ID \
+                    and 0 <= hdr.gid <= MAX_ID:
+                write_file(path, reader.data_whole(), mode, hdr.uid, hdr.gid, chown, chmod,
+                           *self._times(hdr))
+            else:
+                self._write_streamed(path, hdr, mode, reader, chown, chmod)
             self.unpacked.add(parts)
             self._created.add(parts)
             return
@@ -294,6 +297,23 @@ class Applier:
                 self._setgid.add(parts)
         self.unpacked.add(parts)
         self._created.add(parts)
+
+    def _write_streamed(self, path, hdr, mode, reader: TarReader, chown, chmod) -> None:
+        """A regular file written chunk by chunk (a big one, or one with xattrs)."""
+        fd = os.open(path, _NOFOLLOW_WRITE, mode)
+        try:
+            for chunk in reader.data():
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
+            if chown:
+                os.fchown(fd, hdr.uid, hdr.gid)
+            if hdr.xattrs:
+                self._xattrs(path, hdr, is_dir_or_reg=True)
+            if chmod:
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=self._times(hdr))
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _times(hdr) -> tuple[int, int]:

@@ -196,6 +196,17 @@ class TarReader:
         yield from self._chunks(n)
         self._skip_padding()
 
+    def data_whole(self) -> memoryview:
+        """The current entry's data in one piece (consumes it): for small entries, whose
+        data is joined into the buffer at most once per CHUNK read."""
+        n, pad = self._remaining, self._padding
+        self._remaining = self._padding = 0
+        if not self._fill(n + pad):
+            raise TarError("unexpected end of archive (truncated layer)")
+        view = memoryview(self._buf)[self._pos:self._pos + n]
+        self._pos += n + pad
+        return view
+
     def skip(self) -> None:
         for _ in self.data():
             pass
