@@ -188,6 +188,28 @@ def test_files_written_whole_or_streamed_give_the_same_tree(tmp_path, monkeypatc
         apply_bytes(tmp_path / "whole", layer(entry("cut", data=b"c" * 3000))[:1024 + 512])
 
 
+@pytest.mark.parametrize("later", ["hostile", "file", "dir", "hardlink", "end"])
+def test_a_file_the_writer_thread_fails_is_reported_as_in_order(tmp_path, monkeypatch, later):
+    """New small files are written behind the parser: a failure still names its entry, and
+    comes before whatever a later entry would have raised (as the sequential apply)."""
+    from appliance.core.diff import apply as apply_mod
+    follow = {"hostile": [entry("x", b"Z")], "file": [entry("d/ok", data=b"ok")],
+              "dir": [entry("d/sub/", D)], "hardlink": [entry("d/h", L, linkname="d/ok")],
+              "end": []}[later]
+    data = layer(entry("d/", D), entry("d/ok", data=b"ok"),
+                 entry("d/" + "n" * 300, data=b"too long a name"), *follow)
+    messages = []
+    for limit in (apply_mod.WHOLE_FILE_MAX, -1):   # behind the parser, then in order
+        monkeypatch.setattr(apply_mod, "WHOLE_FILE_MAX", limit)
+        root = tmp_path / str(limit)
+        root.mkdir()
+        with pytest.raises(ApplyError) as err:
+            apply_bytes(root, data)
+        messages.append(str(err.value).replace(str(root), "ROOT"))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("failed to apply entry 'd/nnn") and "File name too long" in messages[0]
+
+
 def test_failed_xattr_write_names_the_key(tmp_path):
     """Not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
     data = layer(entry("bin/ping", data=b"x", pax={"SCHILY.xattr.security.capability": "bad"}))

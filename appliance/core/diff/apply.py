@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import shutil
 import stat
+import threading
 
 from ..snapshots.backends import in_user_namespace
 from . import planner
@@ -34,6 +36,11 @@ MAX_TIME_NS = (1 << 63) - 1
 # write, fchown, fchmod, utime and close under one release of the GIL); larger ones stream
 WHOLE_FILE_MAX = 256 << 10
 MAX_ID = (1 << 32) - 2     # the largest id os.fchown takes ((uid_t)-1 means "unchanged")
+# New small files are handed to a writer thread in batches of this many files or bytes, so
+# their syscalls (most of an apply's time, in the kernel) overlap parsing the next entries
+BATCH_FILES = 64
+BATCH_BYTES = 2 << 20
+WRITE_TIMEOUT = 300.0      # the longest the parser waits for the writer to catch up
 
 
 def _umask() -> int:
@@ -97,6 +104,63 @@ def _bound(ns: int) -> int:
     return ns if 0 <= ns <= MAX_TIME_NS else 0
 
 
+class _FileWriter:
+    """Writes new small regular files in a thread of its own, in submission order. The
+    applier calls `flush()` before anything that looks at or changes the tree other than
+    creating new names: then the tree is what the sequential apply would have made."""
+
+    def __init__(self):
+        self._batch: list = []
+        self._bytes = 0
+        self._queue: queue.Queue = queue.Queue(2)   # bounded: the data views pin buffers
+        self._cond = threading.Condition()
+        self._sent = self._done = 0
+        self.error: tuple[str, BaseException] | None = None   # (entry name, exception)
+        self._thread: threading.Thread | None = None
+
+    def submit(self, name: str, args: tuple, size: int) -> None:
+        self._batch.append((name, args))
+        self._bytes += size
+        if len(self._batch) >= BATCH_FILES or self._bytes >= BATCH_BYTES:
+            self._send()
+
+    def _send(self) -> None:
+        if not self._batch:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="layer-write", daemon=True)
+            self._thread.start()
+        batch, self._batch, self._bytes = self._batch, [], 0
+        with self._cond:
+            self._sent += 1
+        self._queue.put(batch, timeout=WRITE_TIMEOUT)
+
+    def flush(self) -> None:
+        """Wait until every submitted file is written; raises the first failure's
+        (name, exception) through `error` (the caller reports it)."""
+        self._send()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done == self._sent, WRITE_TIMEOUT):
+                raise TimeoutError(errno.ETIMEDOUT, "the layer's file writer is stuck")
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None, timeout=WRITE_TIMEOUT)
+            self._thread.join(WRITE_TIMEOUT)
+
+    def _work(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            for name, args in batch:
+                if self.error is None:
+                    try:
+                        write_file(*args)
+                    except BaseException as exc:   # reported by the applier's next flush
+                        self.error = (name, exc)
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
+
+
 class Applier:
     def __init__(self, root: str, overlay: bool = False, lowers=(), userxattr: bool = False,
                  implicit: dict | None = None):
@@ -118,12 +182,22 @@ class Applier:
         # one copy of each parent path: the sets above keep a path per entry, and entries
         # that share their parent's strings cost a third (300,000 entries: ~50 MiB less)
         self._parents: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._writer = _FileWriter()
         if os.stat(self.root).st_mode & stat.S_ISGID:
             self._setgid.add(())
+
+    def _flush(self) -> None:
+        """The tree as the sequential apply would have it: every new file written (a
+        failure to write one is reported as that entry's)."""
+        self._writer.flush()
+        if self._writer.error is not None:
+            name, exc = self._writer.error
+            raise ApplyError(f"failed to apply entry {name!r}: {exc}") from exc
 
     def lookup(self, parts):
         if parts in self._known_dirs:
             return "dir", ""
+        self._flush()
         kind, target = _kind(_join(self.root, parts))
         if kind == "dir":
             self._known_dirs.add(parts)
@@ -132,6 +206,15 @@ class Applier:
     # --- the loop --------------------------------------------------------------------
 
     def apply(self, reader: TarReader) -> int:
+        try:
+            return self._apply(reader)
+        except BaseException:
+            self._flush()   # an earlier entry's failure comes first, as in the sequential apply
+            raise
+        finally:
+            self._writer.close()
+
+    def _apply(self, reader: TarReader) -> int:
         size = 0
         while True:
             hdr = reader.next()
@@ -145,6 +228,7 @@ class Applier:
                 raise ApplyError(f"hostile layer: {exc}") from None
             except OSError as exc:
                 raise ApplyError(f"failed to apply entry {hdr.name!r}: {exc}") from None
+        self._flush()
         real_dirs: dict[tuple[str, ...], bool] = {(): True}
         for parts, atime, mtime in self.dirs:  # last: creating files changed them
             # unless a later entry removed or replaced it, or one of its parents (by a
@@ -176,6 +260,7 @@ class Applier:
             sub = parts[:i]
             if sub in self._known_dirs:
                 continue
+            self._flush()
             path = _join(self.root, sub)
             kind, _ = _kind(path)
             if kind == "dir":
@@ -215,6 +300,7 @@ class Applier:
     # --- operations ------------------------------------------------------------------
 
     def _remove(self, path: str) -> None:
+        self._flush()
         kind, _ = _kind(path)
         if kind == "dir":
             shutil.rmtree(path)
@@ -237,6 +323,7 @@ class Applier:
         if self.overlay:
             _setxattr(path, self.opaque_xattr, b"y")
             return
+        self._flush()
         for dirpath, dirnames, filenames in os.walk(path, topdown=True):
             rel = tuple(os.path.relpath(dirpath, self.root).split(os.sep)) if dirpath != self.root else ()
             for name in list(dirnames) + filenames:
@@ -252,6 +339,7 @@ class Applier:
         if op.parent in self._fresh and parts not in self._created:
             existing = None
         else:
+            self._flush()
             existing, _ = _kind(path)
             if existing is not None and not (existing == "dir" and hdr.type == DIR):
                 self._remove(path)
@@ -264,8 +352,12 @@ class Applier:
             chmod = bool(existing is not None or mode & ~UMASK != mode or mode & 0o7000)
             if hdr.size <= WHOLE_FILE_MAX and not hdr.xattrs and 0 <= hdr.uid <= MAX_ID \
                     and 0 <= hdr.gid <= MAX_ID:
-                write_file(path, reader.data_whole(), mode, hdr.uid, hdr.gid, chown, chmod,
-                           *self._times(hdr))
+                args = (path, reader.data_whole(), mode, hdr.uid, hdr.gid, chown, chmod,
+                        *self._times(hdr))
+                if existing is None:   # a new name: nothing later depends on it but a lookup
+                    self._writer.submit(hdr.name, args, hdr.size)
+                else:
+                    write_file(*args)
             else:
                 self._write_streamed(path, hdr, mode, reader, chown, chmod)
             self.unpacked.add(parts)
@@ -279,6 +371,7 @@ class Applier:
         elif typ == SYMLINK:
             os.symlink(hdr.linkname, path)
         elif typ == LINK:
+            self._flush()
             target = _join(self.root, (*op.link_parent, op.link_name))
             os.link(target, path, follow_symlinks=False)
         else:
