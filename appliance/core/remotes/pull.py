@@ -33,14 +33,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound, Unimplemented
+from ...errdefs import (AlreadyExists, ApplianceError, FailedPrecondition, InvalidArgument,
+                        NotFound, Unimplemented, q)
 from ...process import metrics
 from ..metadata.images import Descriptor as ImageDescriptor, Image
 from . import hosts as hostlib
 from .feed import Feed
 from .reference import Reference, parse as parse_reference
-from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Credentials,
-                       Descriptor, Registry, RegistryError, Timeouts)
+from .registry import (DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_LIMIT, OCI_INDEX, OCI_MANIFEST,
+                       Credentials, Descriptor, Registry, RegistryError, Timeouts)
 
 log = logging.getLogger("appliance.pull")
 FETCHED_BYTES = metrics.counter("ctrappliance_pull_fetched_bytes_total",
@@ -144,6 +145,9 @@ class Puller:
                                 for i, d in enumerate(layers)})
         await self._store(ns, manifest_desc, manifest_body, lease, manifest_labels)
 
+        # the config first and beside the layers, read into memory: the unpacks need its
+        # diff ids, not its commit (stored meanwhile, awaited with the layers)
+        config_read = asyncio.ensure_future(self._read_config(ns, registry, config_desc))
         sem = asyncio.Semaphore(max(1, opts.max_concurrent_downloads))
         blobs = [_Blob() for _ in layers]
         fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, source, sem, b))
@@ -151,10 +155,13 @@ class Puller:
         for f, b in zip(fetches, blobs):
             b.fetched = f
         unpacks: list[asyncio.Future] = []
+        stored = None
         try:
-            # the config beside the layers, not queued behind them
-            await self._fetch(ns, registry, config_desc, source, asyncio.Semaphore(1))
-            config = json.loads(self._read_blob(ns, config_desc.digest))
+            config_body = await config_read
+            stored = asyncio.ensure_future(self._one_at_a_time(
+                ("fetch", config_desc.digest),
+                lambda: self._store(ns, config_desc, config_body, lease, source)))
+            config = json.loads(config_body)
             diff_ids = config.get("rootfs", {}).get("diff_ids", [])
             if len(diff_ids) != len(layers):
                 raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
@@ -165,15 +172,17 @@ class Puller:
                     ns, opts.snapshotter, layer, chains[i - 1] if i else "", chains[i],
                     diff_ids[i], lease, blobs[i], unpacks[i - 1] if i else None)))
             await asyncio.gather(*unpacks)
+            await stored
             for i, layer in enumerate(layers):
                 await fetches[i]
                 self.content.update(ns, layer.digest,
                                     {"containerd.io/uncompressed": diff_ids[i]},
                                     ["labels.containerd.io/uncompressed"])
         finally:
-            for f in unpacks + fetches:
+            others = [config_read, *([stored] if stored else [])]
+            for f in unpacks + fetches + others:
                 f.cancel()
-            await asyncio.gather(*unpacks, *fetches, return_exceptions=True)
+            await asyncio.gather(*unpacks, *fetches, *others, return_exceptions=True)
         chain = chains[-1] if chains else ""
         if chain:
             key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
@@ -192,6 +201,34 @@ class Puller:
         data = b"".join([chunk async for chunk in await registry.fetch(desc)])
         if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
             raise RegistryError(f"{desc.digest}: the registry sent other bytes")
+        return data
+
+    async def _read_config(self, ns, registry: Registry, desc: Descriptor) -> bytes:
+        """The config's bytes: from the content store when it is there, else the registry
+        (checked against its digest; one bigger than a manifest may be is read as a blob)."""
+        try:
+            return await asyncio.to_thread(self._read_blob, ns, desc.digest)
+        except NotFound:
+            pass
+        if desc.size > MANIFEST_LIMIT:
+            await self._fetch(ns, registry, desc, {}, asyncio.Semaphore(1))
+            return await asyncio.to_thread(self._read_blob, ns, desc.digest)
+        chunks, size = [], 0
+        async for chunk in await registry.fetch(desc):
+            size += len(chunk)
+            if size > desc.size:
+                break
+            chunks.append(chunk)
+        FETCHED_BYTES.inc(size)
+        data = b"".join(chunks)
+        # what the content writer's commit would say of the same bytes
+        if size != desc.size:
+            raise FailedPrecondition(f"{q('pull-' + desc.digest)} failed size validation: "
+                                     f"{size} != {desc.size}: failed precondition")
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != desc.digest:
+            raise FailedPrecondition(f"unexpected commit digest {actual}, expected "
+                                     f"{desc.digest}: failed precondition")
         return data
 
     async def _store(self, ns, desc: Descriptor, data: bytes, lease, labels) -> None:
