@@ -97,7 +97,10 @@ def _setxattr(path: str, key: str, value: bytes) -> None:
 
 
 def _join(root: str, parts) -> str:
-    return os.path.join(root, *parts) if parts else root
+    """os.path.join for cleaned parts (no "", no "/" in them), without its per-part checks."""
+    if not parts:
+        return root
+    return ("/" if root == "/" else root + "/") + "/".join(parts)
 
 
 def _bound(ns: int) -> int:

@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - not built: the pure twin
     from ..._core_py import parse_header
 
 BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
 MAX_META = 1 << 20          # PAX / long-name records larger than this are hostile
 CHUNK = 1 << 20
 
@@ -134,7 +135,7 @@ class TarReader:
                 self.eof = True   # a stream without the two zero blocks: accepted, as Go does
                 return None
             block = self._take(BLOCK)
-            if block == bytes(BLOCK):
+            if block == ZERO_BLOCK:
                 self.eof = True
                 return None
             try:
