@@ -65,3 +65,14 @@ def write_file(path: str, data, mode: int, uid: int, gid: int, chown: bool, chmo
         os.utime(fd, ns=(atime_ns, mtime_ns))
     finally:
         os.close(fd)
+
+
+def write_files(batch):
+    """write_file(*args) for each args of `batch` in order, up to the first that fails:
+    returns (its index, its OSError), or (-1, None) when all were written."""
+    for i, args in enumerate(batch):
+        try:
+            write_file(*args)
+        except OSError as exc:
+            return i, exc
+    return -1, None

@@ -101,15 +101,16 @@ def _snapshot(root):
 
 def _apply_with(core, data, base, overlay):
     root = tempfile.mkdtemp(dir=base)
-    saved = tarstream.parse_header, apply_mod.write_file
-    tarstream.parse_header, apply_mod.write_file = core.parse_header, core.write_file
+    saved = tarstream.parse_header, apply_mod.write_file, apply_mod.write_files
+    tarstream.parse_header, apply_mod.write_file, apply_mod.write_files = \
+        core.parse_header, core.write_file, core.write_files
     try:
         apply_mod.apply_tar(root, io.BytesIO(data).read, overlay=overlay)
         return "ok", _snapshot(root)
     except apply_mod.ApplyError as exc:
         return "error", str(exc).replace(root, "ROOT")
     finally:
-        tarstream.parse_header, apply_mod.write_file = saved
+        tarstream.parse_header, apply_mod.write_file, apply_mod.write_files = saved
 
 
 @settings(max_examples=60, deadline=None)
@@ -158,3 +159,23 @@ def test_write_file_twins(setup, data, mode, uid, gid, chown, chmod, atime, mtim
     assert compiled == pure
     if setup in ("none", "file"):
         assert compiled[0] == "ok" and compiled[-1] == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ok", "symlink", "no parent"]),
+                          st.binary(max_size=100), st.integers(0, 0o7777)), max_size=6))
+def test_write_files_twins(files):
+    """A batch: written in order up to the first failure, which both report alike."""
+    def run(fn, base):
+        batch = []
+        for i, (kind, data, mode) in enumerate(files):
+            path = os.path.join(base, f"f{i}" if kind != "no parent" else f"none/f{i}")
+            if kind == "symlink":
+                os.symlink("elsewhere", path)
+            batch.append((path, memoryview(data), mode, 0, 0, False, True, 0, 10**9))
+        index, exc = fn(batch)
+        made = sorted((name, os.lstat(os.path.join(base, name)).st_mode)
+                      for name in os.listdir(base))
+        return index, exc and (type(exc), exc.errno, str(exc).replace(base, "BASE")), made
+    with tempfile.TemporaryDirectory(dir="/tmp") as a, tempfile.TemporaryDirectory(dir="/tmp") as b:
+        assert run(_core.write_files, a) == run(_core_py.write_files, b)

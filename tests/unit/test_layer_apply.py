@@ -170,9 +170,11 @@ def test_files_written_whole_or_streamed_give_the_same_tree(tmp_path, monkeypatc
     whole.mkdir()
     streamed.mkdir()
     calls = []
-    real = apply_mod.write_file
+    real, real_batch = apply_mod.write_file, apply_mod.write_files
     monkeypatch.setattr(apply_mod, "write_file", lambda path, *a: calls.append(
         os.path.basename(path)) or real(path, *a))
+    monkeypatch.setattr(apply_mod, "write_files", lambda batch: calls.extend(
+        os.path.basename(args[0]) for args in batch) or real_batch(batch))
     apply_bytes(whole, data)
     assert calls == ["empty", "small", "at-limit", "small", "last"]
     monkeypatch.setattr(apply_mod, "WHOLE_FILE_MAX", -1)

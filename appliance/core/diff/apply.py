@@ -23,9 +23,9 @@ from .planner import Create, HostileEntry, Opaque, Skip, Whiteout
 from .tarstream import AREG, BLK, CHR, DIR, FIFO, LINK, REG, SYMLINK, TarError, TarReader
 
 try:
-    from ..._core import write_file
+    from ..._core import write_file, write_files
 except ImportError:  # pragma: no cover - not built: the pure twin
-    from ..._core_py import write_file
+    from ..._core_py import write_file, write_files
 
 log = logging.getLogger("appliance.diff")
 
@@ -153,12 +153,13 @@ class _FileWriter:
 
     def _work(self) -> None:
         while (batch := self._queue.get()) is not None:
-            for name, args in batch:
-                if self.error is None:
-                    try:
-                        write_file(*args)
-                    except BaseException as exc:   # reported by the applier's next flush
-                        self.error = (name, exc)
+            if self.error is None:
+                try:   # the whole batch with one release of the GIL
+                    failed, exc = write_files([args for _, args in batch])
+                    if exc is not None:
+                        self.error = (batch[failed][0], exc)
+                except BaseException as exc:   # reported by the applier's next flush
+                    self.error = (batch[0][0], exc)
             with self._cond:
                 self._done += 1
                 self._cond.notify_all()
