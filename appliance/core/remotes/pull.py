@@ -170,7 +170,7 @@ class Puller:
             for i, layer in enumerate(layers):
                 unpacks.append(asyncio.ensure_future(self._unpack(
                     ns, opts.snapshotter, layer, chains[i - 1] if i else "", chains[i],
-                    diff_ids[i], lease, blobs[i], unpacks[i - 1] if i else None)))
+                    diff_ids[i], lease, blobs[i], blobs[i - 1].unpacked if i else None)))
             await asyncio.gather(*unpacks)
             await stored
             for i, layer in enumerate(layers):
@@ -338,8 +338,13 @@ class Puller:
 
     async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
                       diff_id: str, lease, blob: "_Blob", parent_done=None) -> None:
-        await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
-            ns, snapshotter, layer, parent, chain, diff_id, lease, blob, parent_done))
+        try:
+            await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
+                ns, snapshotter, layer, parent, chain, diff_id, lease, blob, parent_done))
+        except BaseException as exc:
+            blob.settle(exc)
+            raise
+        blob.settle(None)
 
     async def _extract(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
                        diff_id: str, lease, blob: "_Blob", parent_done) -> None:
@@ -351,6 +356,7 @@ class Puller:
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
+            blob.settle(None)
             return                       # unpacked before (this or another image)
         except NotFound:
             pass
@@ -378,7 +384,9 @@ class Puller:
                                           f"image config says {diff_id}")
                 await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
                                         labels, lease)
+                blob.settle(None)        # the next layer goes on while the rest is removed
             except AlreadyExists:       # a concurrent unpack committed it first
+                blob.settle(None)
                 await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
             except BaseException:
                 await self._remove_snapshot(ns, snapshotter, key)
@@ -448,11 +456,25 @@ class Puller:
 
 class _Blob:
     """One layer of this pull: `ready` gives the Feed to follow while it downloads (None
-    once there is nothing to follow: read the committed blob); `fetched` is its fetch."""
+    once there is nothing to follow: read the committed blob); `fetched` is its fetch;
+    `unpacked` is done once its snapshot is committed (or failed), which is what the next
+    layer waits for, not the removal of what the unpack used."""
 
     def __init__(self):
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future = loop.create_future()
         self.fetched: asyncio.Future | None = None
+        self.unpacked: asyncio.Future = loop.create_future()
+        self.unpacked.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    def settle(self, exc: BaseException | None) -> None:
+        if not self.unpacked.done():
+            if exc is None:
+                self.unpacked.set_result(None)
+            elif isinstance(exc, asyncio.CancelledError):
+                self.unpacked.cancel()
+            else:
+                self.unpacked.set_exception(exc)
 
     def started(self, feed: Feed | None) -> None:
         if not self.ready.done():
