@@ -368,20 +368,20 @@ class Puller:
                 await parent_done        # its failure is this layer's too
             key = f"extract-{secrets.token_hex(6)} {chain}"
             labels = {"containerd.io/snapshot.ref": chain}
+            if detached is not None:
+                await blob.fetched       # the blob is committed: its digest is right
+                _check_diff(layer, detached.applied, diff_id)
+                await asyncio.to_thread(self._settle_detached, ns, snapshotter, key, parent,
+                                        chain, labels, lease, detached)
+                blob.settle(None)
+                return
             mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key,
                                              parent, labels, lease)
             try:
-                if detached is None:
-                    applied = await self._apply_following(blob, lambda follow: self.diff.apply(
-                        ns, layer.media_type, layer.digest, mounts, None, follow))
-                else:
-                    await asyncio.to_thread(self.diff.rebase, detached.mounts, mounts,
-                                            detached.implicit)
-                    applied = detached.applied
+                applied = await self._apply_following(blob, lambda follow: self.diff.apply(
+                    ns, layer.media_type, layer.digest, mounts, None, follow))
                 await blob.fetched       # the blob is committed: its digest is right
-                if applied != diff_id:
-                    raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
-                                          f"image config says {diff_id}")
+                _check_diff(layer, applied, diff_id)
                 await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
                                         labels, lease)
                 blob.settle(None)        # the next layer goes on while the rest is removed
@@ -394,6 +394,24 @@ class Puller:
         finally:
             if detached is not None:
                 await self._remove_snapshot(ns, snapshotter, detached.key)
+
+    def _settle_detached(self, ns, snapshotter: str, key: str, parent: str, chain: str,
+                         labels, lease, detached: "_Detached") -> None:
+        """A detached apply onto its committed parent as the snapshot `chain`: prepare,
+        rebase and commit in one go (one thread hop; this is the chain the next layer
+        waits on)."""
+        mounts = self.snapshots.prepare(ns, snapshotter, key, parent, labels, lease)
+        try:
+            self.diff.rebase(detached.mounts, mounts, detached.implicit)
+            self.snapshots.commit(ns, snapshotter, chain, key, labels, lease)
+        except AlreadyExists:       # a concurrent unpack committed it first
+            self.snapshots.remove(ns, snapshotter, key)
+        except BaseException:
+            try:
+                self.snapshots.remove(ns, snapshotter, key)
+            except Exception as exc:
+                log.warning("removing snapshot %s after an unpack: %s", key, exc)
+            raise
 
     async def _apply_detached(self, ns, snapshotter: str, layer: Descriptor, lease,
                               blob: "_Blob") -> "_Detached | None":
@@ -545,6 +563,12 @@ def _settle(future: asyncio.Future, result, exc) -> None:
             future.set_exception(exc)
         else:
             future.set_result(result)
+
+
+def _check_diff(layer: Descriptor, applied: str, diff_id: str) -> None:
+    if applied != diff_id:
+        raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the image config "
+                              f"says {diff_id}")
 
 
 def _descriptor(d: dict) -> Descriptor:
