@@ -190,6 +190,16 @@ def test_files_written_whole_or_streamed_give_the_same_tree(tmp_path, monkeypatc
         apply_bytes(tmp_path / "whole", layer(entry("cut", data=b"c" * 3000))[:1024 + 512])
 
 
+def test_small_files_across_reads_of_the_stream(tmp_path):
+    """A stream read in small pieces: every file's data spans reads and is joined whole."""
+    files = {f"d/f{i}": os.urandom(i * 397) for i in range(40)}
+    data = layer(*(entry(name, data=body) for name, body in files.items()))
+    stream = io.BytesIO(data)
+    apply_tar(str(tmp_path), lambda n: stream.read(min(n, 700)))
+    assert {f"d/{name}": (tmp_path / "d" / name).read_bytes()
+            for name in os.listdir(tmp_path / "d")} == files
+
+
 @pytest.mark.parametrize("later", ["hostile", "file", "dir", "hardlink", "end"])
 def test_a_file_the_writer_thread_fails_is_reported_as_in_order(tmp_path, monkeypatch, later):
     """New small files are written behind the parser: a failure still names its entry, and

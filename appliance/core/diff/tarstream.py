@@ -197,16 +197,27 @@ class TarReader:
         yield from self._chunks(n)
         self._skip_padding()
 
-    def data_whole(self) -> memoryview:
-        """The current entry's data in one piece (consumes it): for small entries, whose
-        data is joined into the buffer at most once per CHUNK read."""
+    def data_whole(self):
+        """The current entry's data in one piece (consumes it and its padding), for small
+        entries: a view into the buffer, or (across reads) only its own bytes joined."""
         n, pad = self._remaining, self._padding
         self._remaining = self._padding = 0
-        if not self._fill(n + pad):
-            raise TarError("unexpected end of archive (truncated layer)")
-        view = memoryview(self._buf)[self._pos:self._pos + n]
-        self._pos += n + pad
-        return view
+        need = n + pad
+        if len(self._buf) - self._pos >= need:
+            view = memoryview(self._buf)[self._pos:self._pos + n]
+            self._pos += need
+            return view
+        parts = [self._buf[self._pos:]]
+        got = len(parts[0])
+        while got < need:
+            chunk = self._read(max(CHUNK, need - got))
+            if not chunk:
+                raise TarError("unexpected end of archive (truncated layer)")
+            take = min(len(chunk), need - got)
+            parts.append(chunk[:take])
+            got += take
+            self._buf, self._pos = chunk, take
+        return b"".join(parts)[:n]
 
     def skip(self) -> None:
         for _ in self.data():
