@@ -2,6 +2,7 @@
 
 Tests run both on the same inputs; the daemon imports the compiled one.
 """
+import os
 
 
 def parse_header(block: bytes):
@@ -42,3 +43,36 @@ def _octal_or_256(field: bytes) -> int:
     if text.strip(b"01234567"):
         raise ValueError("invalid octal number")
     return int(text, 8) if text else 0
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_file(path: str, data, mode: int, uid: int, gid: int, chown: bool, chmod: bool,
+               atime_ns: int, mtime_ns: int) -> None:
+    """Create (or truncate) the regular file `path` (never through a symlink) with `data`,
+    then fchown (if `chown`), fchmod (if `chmod`) and set its times. A failed open raises
+    OSError naming the path; later steps raise it without (as the os functions do)."""
+    fd = os.open(path, _WRITE_FLAGS, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if chown:
+            os.fchown(fd, uid, gid)
+        if chmod:
+            os.fchmod(fd, mode)
+        os.utime(fd, ns=(atime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def write_files(batch):
+    """write_file(*args) for each args of `batch` in order, up to the first that fails:
+    returns (its index, its OSError), or (-1, None) when all were written."""
+    for i, args in enumerate(batch):
+        try:
+            write_file(*args)
+        except OSError as exc:
+            return i, exc
+    return -1, None

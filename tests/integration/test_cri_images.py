@@ -339,26 +339,35 @@ def test_bearer_token_flow(tmp_path):
             r.stop()
 
 
-def test_corrupted_blob_fails_the_pull_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("which", ["layer", "config"])
+def test_corrupted_blob_fails_the_pull_and_leaves_nothing(tmp_path, which):
     with tempfile.TemporaryDirectory(prefix="ca-cricorrupt-") as tmp:
         image = make_oci(Path(tmp))
         r = LocalRegistry().start()
         d = Daemon(workdir=str(tmp_path / "w")).start()
         try:
             r.push(image, "test/busybox:v1")
-            blobs = _layer_digests(image)
+            blobs = _layer_digests(image) if which == "layer" else [_config_digest(image)]
             r.corrupt(blobs[0])
             images = rpc.ImageServiceStub(grpc.insecure_channel(f"unix://{d.address}"))
             with pytest.raises(grpc.RpcError) as err:
                 images.PullImage(pb.PullImageRequest(image=_spec(f"{r.host}/test/busybox:v1")))
             assert "digest" in err.value.details()
             assert _images(images) == []
-            assert d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:] == []
+            active = d.ctr("content", "active", namespace="k8s.io").stdout.splitlines()[1:]
+            # the layers' downloads, stopped by the config's failure, stay resumable
+            assert [a for a in active if which == "layer" or blobs[0] in a] == []
             assert blobs[0] not in d.ctr("content", "ls", "-q", namespace="k8s.io").stdout
             assert d.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()[1:] == []
         finally:
             d.cleanup()
             r.stop()
+
+
+def _config_digest(oci_tar: Path) -> str:
+    from image_helpers import oci_blobs, oci_manifest_digests
+    blobs = oci_blobs(oci_tar)
+    return json.loads(blobs[oci_manifest_digests(oci_tar)[0]])["config"]["digest"]
 
 
 def _layer_digests(oci_tar: Path) -> list[str]:

@@ -99,23 +99,83 @@ def _snapshot(root):
     return out
 
 
-def _apply_with(parser, data, base, overlay):
+def _apply_with(core, data, base, overlay):
     root = tempfile.mkdtemp(dir=base)
-    saved = tarstream.parse_header
-    tarstream.parse_header = parser
+    saved = tarstream.parse_header, apply_mod.write_file, apply_mod.write_files
+    tarstream.parse_header, apply_mod.write_file, apply_mod.write_files = \
+        core.parse_header, core.write_file, core.write_files
     try:
         apply_mod.apply_tar(root, io.BytesIO(data).read, overlay=overlay)
         return "ok", _snapshot(root)
     except apply_mod.ApplyError as exc:
         return "error", str(exc).replace(root, "ROOT")
     finally:
-        tarstream.parse_header = saved
+        tarstream.parse_header, apply_mod.write_file, apply_mod.write_files = saved
 
 
 @settings(max_examples=60, deadline=None)
 @given(layers(), st.booleans())
 def test_apply_twins_on_generated_layers(data, overlay):
     with tempfile.TemporaryDirectory(dir="/tmp") as base:
-        compiled = _apply_with(_core.parse_header, data, base, overlay)
-        pure = _apply_with(_core_py.parse_header, data, base, overlay)
+        compiled = _apply_with(_core, data, base, overlay)
+        pure = _apply_with(_core_py, data, base, overlay)
     assert compiled == pure
+
+
+# --- write_file: the same file, or the same error ---------------------------------------
+
+def _write_with(fn, base, setup, data, mode, uid, gid, chown, chmod, atime, mtime):
+    path = os.path.join(tempfile.mkdtemp(dir=base), "d", "f")
+    if setup != "no parent":
+        os.mkdir(os.path.dirname(path))
+    if setup == "symlink":
+        os.symlink("elsewhere", path)
+    elif setup == "directory":
+        os.mkdir(path)
+    elif setup == "file":
+        with open(path, "wb") as f:
+            f.write(b"old contents, longer than the new")
+        os.chmod(path, 0o600)
+    try:
+        fn(path, memoryview(data), mode, uid, gid, chown, chmod, atime, mtime)
+    except OSError as exc:
+        return "error", type(exc).__name__, exc.errno, str(exc).replace(path, "PATH")
+    st_ = os.lstat(path)
+    return "ok", st_.st_mode, st_.st_uid, st_.st_gid, st_.st_atime_ns, st_.st_mtime_ns, \
+        open(path, "rb").read()
+
+
+@settings(max_examples=200, deadline=None)
+@given(setup=st.sampled_from(["none", "file", "symlink", "directory", "no parent"]),
+       data=st.binary(max_size=3000), mode=st.integers(0, 0o7777),
+       uid=st.integers(0, 2**32 - 2), gid=st.integers(0, 2**32 - 2),
+       chown=st.booleans(), chmod=st.booleans(),
+       atime=st.integers(0, 2**63 - 1), mtime=st.integers(0, 2**63 - 1))
+def test_write_file_twins(setup, data, mode, uid, gid, chown, chmod, atime, mtime):
+    with tempfile.TemporaryDirectory(dir="/tmp") as base:
+        args = (base, setup, data, mode, uid, gid, chown, chmod, atime, mtime)
+        compiled = _write_with(_core.write_file, *args)
+        pure = _write_with(_core_py.write_file, *args)
+    assert compiled == pure
+    if setup in ("none", "file"):
+        assert compiled[0] == "ok" and compiled[-1] == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ok", "symlink", "no parent"]),
+                          st.binary(max_size=100), st.integers(0, 0o7777)), max_size=6))
+def test_write_files_twins(files):
+    """A batch: written in order up to the first failure, which both report alike."""
+    def run(fn, base):
+        batch = []
+        for i, (kind, data, mode) in enumerate(files):
+            path = os.path.join(base, f"f{i}" if kind != "no parent" else f"none/f{i}")
+            if kind == "symlink":
+                os.symlink("elsewhere", path)
+            batch.append((path, memoryview(data), mode, 0, 0, False, True, 0, 10**9))
+        index, exc = fn(batch)
+        made = sorted((name, os.lstat(os.path.join(base, name)).st_mode)
+                      for name in os.listdir(base))
+        return index, exc and (type(exc), exc.errno, str(exc).replace(base, "BASE")), made
+    with tempfile.TemporaryDirectory(dir="/tmp") as a, tempfile.TemporaryDirectory(dir="/tmp") as b:
+        assert run(_core.write_files, a) == run(_core_py.write_files, b)

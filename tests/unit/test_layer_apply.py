@@ -151,6 +151,77 @@ def test_apply_all_entry_kinds(tmp_path):
     assert t["implicit/parent"][1] == 0o755
 
 
+def test_files_written_whole_or_streamed_give_the_same_tree(tmp_path, monkeypatch):
+    """Small files go through write_file in one call, big ones (or with xattrs, or ids
+    os.fchown refuses) stream: the result is the same, at the size limit too."""
+    from appliance.core.diff import apply as apply_mod
+    limit = apply_mod.WHOLE_FILE_MAX
+    data = layer(
+        entry("empty", data=b""),
+        entry("small", data=b"s" * 1000, mode=0o4750, uid=3, gid=4),
+        entry("at-limit", data=os.urandom(limit), mode=0o600),
+        entry("over-limit", data=os.urandom(limit + 1), mode=0o640),
+        entry("big", data=os.urandom(3 << 20)),
+        entry("xattr", data=b"x", pax={"SCHILY.xattr.user.k": "v", "mtime": "1704067200.25"}),
+        entry("small", data=b"replaced", mode=0o644),
+        entry("last", data=b"after the big ones"),
+    )
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    whole.mkdir()
+    streamed.mkdir()
+    calls = []
+    real, real_batch = apply_mod.write_file, apply_mod.write_files
+    monkeypatch.setattr(apply_mod, "write_file", lambda path, *a: calls.append(
+        os.path.basename(path)) or real(path, *a))
+    monkeypatch.setattr(apply_mod, "write_files", lambda batch: calls.extend(
+        os.path.basename(args[0]) for args in batch) or real_batch(batch))
+    apply_bytes(whole, data)
+    assert calls == ["empty", "small", "at-limit", "small", "last"]
+    monkeypatch.setattr(apply_mod, "WHOLE_FILE_MAX", -1)
+    apply_bytes(streamed, data)
+    assert calls == ["empty", "small", "at-limit", "small", "last"]
+    for name in os.listdir(whole):   # before reading them (that moves the atime)
+        a, b = os.lstat(whole / name), os.lstat(streamed / name)
+        assert (a.st_atime_ns, a.st_mtime_ns) == (b.st_atime_ns, b.st_mtime_ns)
+    assert tree(whole) == tree(streamed)
+    assert tree(whole)["small"] == (stat.S_IFREG, 0o644, 0, 0, b"replaced")
+    assert os.getxattr(whole / "xattr", "user.k") == b"v"
+    with pytest.raises(ApplyError, match="truncated"):   # data cut short: no half file
+        apply_bytes(tmp_path / "whole", layer(entry("cut", data=b"c" * 3000))[:1024 + 512])
+
+
+def test_small_files_across_reads_of_the_stream(tmp_path):
+    """A stream read in small pieces: every file's data spans reads and is joined whole."""
+    files = {f"d/f{i}": os.urandom(i * 397) for i in range(40)}
+    data = layer(*(entry(name, data=body) for name, body in files.items()))
+    stream = io.BytesIO(data)
+    apply_tar(str(tmp_path), lambda n: stream.read(min(n, 700)))
+    assert {f"d/{name}": (tmp_path / "d" / name).read_bytes()
+            for name in os.listdir(tmp_path / "d")} == files
+
+
+@pytest.mark.parametrize("later", ["hostile", "file", "dir", "hardlink", "end"])
+def test_a_file_the_writer_thread_fails_is_reported_as_in_order(tmp_path, monkeypatch, later):
+    """New small files are written behind the parser: a failure still names its entry, and
+    comes before whatever a later entry would have raised (as the sequential apply)."""
+    from appliance.core.diff import apply as apply_mod
+    follow = {"hostile": [entry("x", b"Z")], "file": [entry("d/ok", data=b"ok")],
+              "dir": [entry("d/sub/", D)], "hardlink": [entry("d/h", L, linkname="d/ok")],
+              "end": []}[later]
+    data = layer(entry("d/", D), entry("d/ok", data=b"ok"),
+                 entry("d/" + "n" * 300, data=b"too long a name"), *follow)
+    messages = []
+    for limit in (apply_mod.WHOLE_FILE_MAX, -1):   # behind the parser, then in order
+        monkeypatch.setattr(apply_mod, "WHOLE_FILE_MAX", limit)
+        root = tmp_path / str(limit)
+        root.mkdir()
+        with pytest.raises(ApplyError) as err:
+            apply_bytes(root, data)
+        messages.append(str(err.value).replace(str(root), "ROOT"))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("failed to apply entry 'd/nnn") and "File name too long" in messages[0]
+
+
 def test_failed_xattr_write_names_the_key(tmp_path):
     """Not only "[Errno 22] Invalid argument: <path>" (a capability needs 20+ bytes)."""
     data = layer(entry("bin/ping", data=b"x", pax={"SCHILY.xattr.security.capability": "bad"}))
@@ -334,8 +405,9 @@ def test_unpacker_applies_through_a_temp_mount_for_foreign_mounts(tmp_path):
 
 
 def test_an_unpack_gives_memory_back(tmp_path, monkeypatch):
-    """After every unpack, malloc_trim; after a big one, a full collection first (CPython's
-    free lists otherwise pin the pymalloc arenas its per-entry objects used)."""
+    """After every unpack, malloc_trim; after one of many entries, a full collection first
+    (CPython's free lists otherwise pin the pymalloc arenas its per-entry objects used); a
+    layer of a few big files does not need it."""
     import gc
     from appliance.process import memory
     from appliance.core.diff import unpack
@@ -344,16 +416,18 @@ def test_an_unpack_gives_memory_back(tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "trim", lambda collect=False: (calls.append(collect),
                                                                real_trim(collect))[1])
     u = unpack.Unpacker({}, str(tmp_path / "tmpmounts"))
-    for name, size in (("small", 4096), ("big", unpack.COLLECT_AFTER_BYTES)):
+    many = [entry(f"d{i // 500}/f{i}") for i in range(unpack.COLLECT_AFTER_ENTRIES)]
+    for name, entries in (("small", [entry("zeros", data=bytes(4096))]),
+                          ("big", [entry("zeros", data=bytes(32 << 20))]), ("many", many)):
         target = tmp_path / name
         target.mkdir()
         blob = tmp_path / f"{name}.gz"
-        blob.write_bytes(gzip.compress(layer(entry("zeros", data=bytes(size)))))
+        blob.write_bytes(gzip.compress(layer(*entries)))
         collections = gc.get_stats()[2]["collections"]
         u.apply(str(blob), "application/vnd.oci.image.layer.v1.tar+gzip", "sha256:x",
                 [Mount("bind", str(target), ["rw", "rbind"])])
         full = gc.get_stats()[2]["collections"] - collections
-        assert (calls, full >= 1) == ([name == "big"], name == "big"), name
+        assert (calls, full >= 1) == ([name == "many"], name == "many"), name
         calls.clear()
 
 

@@ -35,3 +35,14 @@ def test_the_executables_code_is_left_alone():
     with open("/proc/self/maps") as maps:
         code = [l for l in maps if l.rstrip().endswith(exe) and l.split()[1] == "r-xp"]
     assert code and _rss_kib(exe) > 0
+
+
+def test_trim_with_collect_runs_a_full_collection_and_leaves_nothing_frozen():
+    """The collection that empties the free lists runs with every object frozen (cheap in
+    a big heap): afterwards nothing may stay frozen, or later collections miss it."""
+    import gc
+    from appliance.process import memory
+    before = gc.get_stats()[2]["collections"]
+    memory.trim(collect=True)
+    assert gc.get_stats()[2]["collections"] == before + 1
+    assert gc.get_freeze_count() == 0

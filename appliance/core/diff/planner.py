@@ -70,9 +70,10 @@ def clean(name: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def resolve(parts, lookup, what: str = "") -> tuple[str, ...]:
+def resolve(parts, lookup, what="") -> tuple[str, ...]:
     """Follow symlinks in `parts` inside the root (chroot semantics, containerd's RootPath):
-    an absolute target restarts at the root, ".." stops at the root."""
+    an absolute target restarts at the root, ".." stops at the root. `what` names the
+    entry in errors (or makes that name: it is only needed then)."""
     resolved: list[str] = []
     queue = list(parts)
     links = 0
@@ -91,7 +92,8 @@ def resolve(parts, lookup, what: str = "") -> tuple[str, ...]:
             continue
         links += 1
         if links > MAX_LINKS:
-            raise HostileEntry(f"{what}: too many levels of symbolic links")
+            raise HostileEntry(f"{what() if callable(what) else what}: too many levels of "
+                               "symbolic links")
         if target.startswith("/"):
             resolved = []
         queue[:0] = target.split("/")
@@ -101,7 +103,8 @@ def resolve(parts, lookup, what: str = "") -> tuple[str, ...]:
 def plan(hdr: Header, lookup, devices: bool = True):
     """The operation for one entry (raises HostileEntry). devices=False: device nodes
     are skipped (in a user namespace, where they cannot be created)."""
-    what = f"entry {hdr.name!r}"
+    def what() -> str:
+        return f"entry {hdr.name!r}"
     if hdr.type in (CHR, BLK) and not devices:
         return Skip("device nodes cannot be created in a user namespace")
     parts = clean(hdr.name)
@@ -114,14 +117,14 @@ def plan(hdr: Header, lookup, devices: bool = True):
             return Opaque(parent)
         original = base[len(WHITEOUT):]
         if original in ("", ".", ".."):
-            raise HostileEntry(f"{what}: invalid whiteout name: {base}")
+            raise HostileEntry(f"{what()}: invalid whiteout name: {base}")
         return Whiteout(parent, original, hdr.uid, hdr.gid)
     if hdr.type == CONT or hdr.type not in (REG, AREG, LINK, SYMLINK, CHR, BLK, DIR, FIFO):
-        raise HostileEntry(f"{what}: unsupported tar entry type {hdr.type!r}")
+        raise HostileEntry(f"{what()}: unsupported tar entry type {hdr.type!r}")
     if hdr.type == LINK:   # as the name's: the directory part resolved, the last part kept
         head, _, link_name = hdr.linkname.rpartition("/")
         if link_name in ("", ".", ".."):
-            raise HostileEntry(f"{what}: hardlink target {hdr.linkname!r} is a directory")
+            raise HostileEntry(f"{what()}: hardlink target {hdr.linkname!r} is a directory")
         link_parent = resolve(head.split("/"), lookup, what=f"hardlink target {hdr.linkname!r}")
         return Create(hdr, parent, base, link_parent, link_name)
     return Create(hdr, parent, base)

@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - not built: the pure twin
     from ..._core_py import parse_header
 
 BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
 MAX_META = 1 << 20          # PAX / long-name records larger than this are hostile
 CHUNK = 1 << 20
 
@@ -134,7 +135,7 @@ class TarReader:
                 self.eof = True   # a stream without the two zero blocks: accepted, as Go does
                 return None
             block = self._take(BLOCK)
-            if block == bytes(BLOCK):
+            if block == ZERO_BLOCK:
                 self.eof = True
                 return None
             try:
@@ -195,6 +196,28 @@ class TarReader:
         n, self._remaining = self._remaining, 0
         yield from self._chunks(n)
         self._skip_padding()
+
+    def data_whole(self):
+        """The current entry's data in one piece (consumes it and its padding), for small
+        entries: a view into the buffer, or (across reads) only its own bytes joined."""
+        n, pad = self._remaining, self._padding
+        self._remaining = self._padding = 0
+        need = n + pad
+        if len(self._buf) - self._pos >= need:
+            view = memoryview(self._buf)[self._pos:self._pos + n]
+            self._pos += need
+            return view
+        parts = [self._buf[self._pos:]]
+        got = len(parts[0])
+        while got < need:
+            chunk = self._read(max(CHUNK, need - got))
+            if not chunk:
+                raise TarError("unexpected end of archive (truncated layer)")
+            take = min(len(chunk), need - got)
+            parts.append(chunk[:take])
+            got += take
+            self._buf, self._pos = chunk, take
+        return b"".join(parts)[:n]
 
     def skip(self) -> None:
         for _ in self.data():

@@ -30,9 +30,10 @@ DEDUPE_WAIT_SECONDS = 600.0   # the longest a second unpack waits for the first'
 # applies the same layer again a moment later: a committed extraction stays adoptable this
 # long (each adoption checks that its snapshot is still committed).
 KEEP_COMMITTED_SECONDS = 60.0
-# Unpacks of this many uncompressed bytes or more (up to ~1 entry per KiB) are followed by
-# a full collection: see memory.py. Below, the objects they free pin little.
-COLLECT_AFTER_BYTES = 16 << 20
+# Unpacks of this many entries or more are followed by a full collection: see memory.py.
+# Below, the objects they free pin little (a layer of a few big files makes few objects;
+# the collection holds the GIL for 40-120 ms in a daemon, so it is not done for them).
+COLLECT_AFTER_ENTRIES = 4096
 
 
 @dataclass
@@ -212,9 +213,10 @@ class Unpacker:
         from .apply import ApplyError, apply_tar  # imported on the first unpack: start-up cost
         stream = LayerStream(blob_path, opener)
         started = time.monotonic()
+        stats = {"entries": 0}
         try:
             apply_tar(root, stream.read, overlay=overlay, lowers=lowers, userxattr=userxattr,
-                      implicit=implicit)
+                      implicit=implicit, stats=stats)
         except Exception as exc:
             full = no_space(exc)
             if full is not None:
@@ -226,7 +228,7 @@ class Unpacker:
             stream.close()
             # the worker threads' freed buffers sit in their malloc arenas; a big layer's
             # per-entry objects in pymalloc's
-            memory.trim(collect=stream.size >= COLLECT_AFTER_BYTES)
+            memory.trim(collect=stats["entries"] >= COLLECT_AFTER_ENTRIES)
         failpoint.hit("layer.apply")
         elapsed = time.monotonic() - started
         metrics.UNPACK_BYTES.inc(stream.size)

@@ -33,14 +33,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...errdefs import AlreadyExists, ApplianceError, InvalidArgument, NotFound, Unimplemented
+from ...errdefs import (AlreadyExists, ApplianceError, FailedPrecondition, InvalidArgument,
+                        NotFound, Unimplemented, q)
 from ...process import metrics
 from ..metadata.images import Descriptor as ImageDescriptor, Image
 from . import hosts as hostlib
 from .feed import Feed
 from .reference import Reference, parse as parse_reference
-from .registry import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Credentials,
-                       Descriptor, Registry, RegistryError, Timeouts)
+from .registry import (DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_LIMIT, OCI_INDEX, OCI_MANIFEST,
+                       Credentials, Descriptor, Registry, RegistryError, Timeouts)
 
 log = logging.getLogger("appliance.pull")
 FETCHED_BYTES = metrics.counter("ctrappliance_pull_fetched_bytes_total",
@@ -144,6 +145,9 @@ class Puller:
                                 for i, d in enumerate(layers)})
         await self._store(ns, manifest_desc, manifest_body, lease, manifest_labels)
 
+        # the config first and beside the layers, read into memory: the unpacks need its
+        # diff ids, not its commit (stored meanwhile, awaited with the layers)
+        config_read = asyncio.ensure_future(self._read_config(ns, registry, config_desc))
         sem = asyncio.Semaphore(max(1, opts.max_concurrent_downloads))
         blobs = [_Blob() for _ in layers]
         fetches = [asyncio.ensure_future(self._fetch(ns, registry, d, source, sem, b))
@@ -151,10 +155,13 @@ class Puller:
         for f, b in zip(fetches, blobs):
             b.fetched = f
         unpacks: list[asyncio.Future] = []
+        stored = None
         try:
-            # the config beside the layers, not queued behind them
-            await self._fetch(ns, registry, config_desc, source, asyncio.Semaphore(1))
-            config = json.loads(self._read_blob(ns, config_desc.digest))
+            config_body = await config_read
+            stored = asyncio.ensure_future(self._one_at_a_time(
+                ("fetch", config_desc.digest),
+                lambda: self._store(ns, config_desc, config_body, lease, source)))
+            config = json.loads(config_body)
             diff_ids = config.get("rootfs", {}).get("diff_ids", [])
             if len(diff_ids) != len(layers):
                 raise InvalidArgument(f"{ref}: the config lists {len(diff_ids)} layers, the "
@@ -163,17 +170,19 @@ class Puller:
             for i, layer in enumerate(layers):
                 unpacks.append(asyncio.ensure_future(self._unpack(
                     ns, opts.snapshotter, layer, chains[i - 1] if i else "", chains[i],
-                    diff_ids[i], lease, blobs[i], unpacks[i - 1] if i else None)))
+                    diff_ids[i], lease, blobs[i], blobs[i - 1].unpacked if i else None)))
             await asyncio.gather(*unpacks)
+            await stored
             for i, layer in enumerate(layers):
                 await fetches[i]
                 self.content.update(ns, layer.digest,
                                     {"containerd.io/uncompressed": diff_ids[i]},
                                     ["labels.containerd.io/uncompressed"])
         finally:
-            for f in unpacks + fetches:
+            others = [config_read, *([stored] if stored else [])]
+            for f in unpacks + fetches + others:
                 f.cancel()
-            await asyncio.gather(*unpacks, *fetches, return_exceptions=True)
+            await asyncio.gather(*unpacks, *fetches, *others, return_exceptions=True)
         chain = chains[-1] if chains else ""
         if chain:
             key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
@@ -192,6 +201,34 @@ class Puller:
         data = b"".join([chunk async for chunk in await registry.fetch(desc)])
         if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
             raise RegistryError(f"{desc.digest}: the registry sent other bytes")
+        return data
+
+    async def _read_config(self, ns, registry: Registry, desc: Descriptor) -> bytes:
+        """The config's bytes: from the content store when it is there, else the registry
+        (checked against its digest; one bigger than a manifest may be is read as a blob)."""
+        try:
+            return await asyncio.to_thread(self._read_blob, ns, desc.digest)
+        except NotFound:
+            pass
+        if desc.size > MANIFEST_LIMIT:
+            await self._fetch(ns, registry, desc, {}, asyncio.Semaphore(1))
+            return await asyncio.to_thread(self._read_blob, ns, desc.digest)
+        chunks, size = [], 0
+        async for chunk in await registry.fetch(desc):
+            size += len(chunk)
+            if size > desc.size:
+                break
+            chunks.append(chunk)
+        FETCHED_BYTES.inc(size)
+        data = b"".join(chunks)
+        # what the content writer's commit would say of the same bytes
+        if size != desc.size:
+            raise FailedPrecondition(f"{q('pull-' + desc.digest)} failed size validation: "
+                                     f"{size} != {desc.size}: failed precondition")
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != desc.digest:
+            raise FailedPrecondition(f"unexpected commit digest {actual}, expected "
+                                     f"{desc.digest}: failed precondition")
         return data
 
     async def _store(self, ns, desc: Descriptor, data: bytes, lease, labels) -> None:
@@ -301,8 +338,13 @@ class Puller:
 
     async def _unpack(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
                       diff_id: str, lease, blob: "_Blob", parent_done=None) -> None:
-        await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
-            ns, snapshotter, layer, parent, chain, diff_id, lease, blob, parent_done))
+        try:
+            await self._one_at_a_time(("unpack", snapshotter, chain), lambda: self._extract(
+                ns, snapshotter, layer, parent, chain, diff_id, lease, blob, parent_done))
+        except BaseException as exc:
+            blob.settle(exc)
+            raise
+        blob.settle(None)
 
     async def _extract(self, ns, snapshotter: str, layer: Descriptor, parent: str, chain: str,
                        diff_id: str, lease, blob: "_Blob", parent_done) -> None:
@@ -314,6 +356,7 @@ class Puller:
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
+            blob.settle(None)
             return                       # unpacked before (this or another image)
         except NotFound:
             pass
@@ -325,23 +368,25 @@ class Puller:
                 await parent_done        # its failure is this layer's too
             key = f"extract-{secrets.token_hex(6)} {chain}"
             labels = {"containerd.io/snapshot.ref": chain}
+            if detached is not None:
+                await blob.fetched       # the blob is committed: its digest is right
+                _check_diff(layer, detached.applied, diff_id)
+                await asyncio.to_thread(self._settle_detached, ns, snapshotter, key, parent,
+                                        chain, labels, lease, detached)
+                blob.settle(None)
+                return
             mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key,
                                              parent, labels, lease)
             try:
-                if detached is None:
-                    applied = await self._apply_following(blob, lambda follow: self.diff.apply(
-                        ns, layer.media_type, layer.digest, mounts, None, follow))
-                else:
-                    await asyncio.to_thread(self.diff.rebase, detached.mounts, mounts,
-                                            detached.implicit)
-                    applied = detached.applied
+                applied = await self._apply_following(blob, lambda follow: self.diff.apply(
+                    ns, layer.media_type, layer.digest, mounts, None, follow))
                 await blob.fetched       # the blob is committed: its digest is right
-                if applied != diff_id:
-                    raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the "
-                                          f"image config says {diff_id}")
+                _check_diff(layer, applied, diff_id)
                 await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
                                         labels, lease)
+                blob.settle(None)        # the next layer goes on while the rest is removed
             except AlreadyExists:       # a concurrent unpack committed it first
+                blob.settle(None)
                 await asyncio.to_thread(self.snapshots.remove, ns, snapshotter, key)
             except BaseException:
                 await self._remove_snapshot(ns, snapshotter, key)
@@ -349,6 +394,24 @@ class Puller:
         finally:
             if detached is not None:
                 await self._remove_snapshot(ns, snapshotter, detached.key)
+
+    def _settle_detached(self, ns, snapshotter: str, key: str, parent: str, chain: str,
+                         labels, lease, detached: "_Detached") -> None:
+        """A detached apply onto its committed parent as the snapshot `chain`: prepare,
+        rebase and commit in one go (one thread hop; this is the chain the next layer
+        waits on)."""
+        mounts = self.snapshots.prepare(ns, snapshotter, key, parent, labels, lease)
+        try:
+            self.diff.rebase(detached.mounts, mounts, detached.implicit)
+            self.snapshots.commit(ns, snapshotter, chain, key, labels, lease)
+        except AlreadyExists:       # a concurrent unpack committed it first
+            self.snapshots.remove(ns, snapshotter, key)
+        except BaseException:
+            try:
+                self.snapshots.remove(ns, snapshotter, key)
+            except Exception as exc:
+                log.warning("removing snapshot %s after an unpack: %s", key, exc)
+            raise
 
     async def _apply_detached(self, ns, snapshotter: str, layer: Descriptor, lease,
                               blob: "_Blob") -> "_Detached | None":
@@ -411,11 +474,25 @@ class Puller:
 
 class _Blob:
     """One layer of this pull: `ready` gives the Feed to follow while it downloads (None
-    once there is nothing to follow: read the committed blob); `fetched` is its fetch."""
+    once there is nothing to follow: read the committed blob); `fetched` is its fetch;
+    `unpacked` is done once its snapshot is committed (or failed), which is what the next
+    layer waits for, not the removal of what the unpack used."""
 
     def __init__(self):
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future = loop.create_future()
         self.fetched: asyncio.Future | None = None
+        self.unpacked: asyncio.Future = loop.create_future()
+        self.unpacked.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    def settle(self, exc: BaseException | None) -> None:
+        if not self.unpacked.done():
+            if exc is None:
+                self.unpacked.set_result(None)
+            elif isinstance(exc, asyncio.CancelledError):
+                self.unpacked.cancel()
+            else:
+                self.unpacked.set_exception(exc)
 
     def started(self, feed: Feed | None) -> None:
         if not self.ready.done():
@@ -486,6 +563,12 @@ def _settle(future: asyncio.Future, result, exc) -> None:
             future.set_exception(exc)
         else:
             future.set_result(result)
+
+
+def _check_diff(layer: Descriptor, applied: str, diff_id: str) -> None:
+    if applied != diff_id:
+        raise InvalidArgument(f"layer {layer.digest}: unpacked to {applied}, the image config "
+                              f"says {diff_id}")
 
 
 def _descriptor(d: dict) -> Descriptor:
