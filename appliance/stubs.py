@@ -8,12 +8,13 @@ listed in a `GrpcServices` table that imports a service's stubs on its first cal
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
 from .errdefs import StatusCode, status_of
 from .grpcserver import MethodHandler
-from .grpcutil import NamespaceRule, namespace_error, namespace_rule
+from .grpcutil import NamespaceRule, namespace_error, namespace_rule, rpc_handler
 
 
 class module:
@@ -95,11 +96,21 @@ class GrpcServices:
 def _namespaced(behaviour, rule: NamespaceRule):
     """`behaviour` behind containerd's namespace check (grpcutil.NAMESPACED), of the
     same kind (async generator or coroutine): grpc.aio serves these handlers too."""
-    async def check(request, context):
+    def refusal(request, context):
         error = namespace_error(context)
-        if error is not None:
-            code, message = status_of(error)
-            await context.abort(rule.code or code, rule.prefix.format(request=request) + message)
+        if error is None:
+            return None
+        code, message = status_of(error)
+        return rule.code or code, rule.prefix.format(request=request) + message
+
+    fn = getattr(behaviour, "rpc_function", None)
+    if fn is not None:   # an @rpc method: the check and its error mapping in one frame
+        return functools.partial(rpc_handler(fn, refusal), behaviour.__self__)
+
+    async def check(request, context):
+        refused = refusal(request, context)
+        if refused is not None:
+            await context.abort(*refused)
 
     if inspect.isasyncgenfunction(behaviour):
         async def checked_stream(request, context):
