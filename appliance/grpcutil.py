@@ -96,6 +96,19 @@ def namespace_of(context, default: str | None = None) -> str:
     raise FailedPrecondition("namespace is required: failed precondition")
 
 
+_SECONDS_MIN, _SECONDS_MAX = -62135596800, 253402300799   # a Timestamp's valid range
+
+
+def set_timestamp(ts, ns: int) -> None:
+    """`ts.FromNanoseconds(ns)` without its Python-level checks for an in-range value."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    if _SECONDS_MIN <= seconds <= _SECONDS_MAX:
+        ts.seconds = seconds
+        ts.nanos = nanos
+    else:
+        ts.FromNanoseconds(ns)   # its error
+
+
 def lease_of(context) -> str | None:
     """The lease a request runs under (client.WithLease), if any."""
     for key, value in context.invocation_metadata() or ():
