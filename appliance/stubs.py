@@ -47,6 +47,7 @@ class GrpcServices:
     def __init__(self):
         self._servicers: dict[str, tuple[module, object]] = {}
         self._handlers: dict[str, dict[str, MethodHandler]] = {}
+        self._by_path: dict[str, MethodHandler] = {}   # "/service/Method" → its handler
 
     def add(self, service: str, pb2: module, servicer) -> None:
         """service: full name ("containerd.services.leases.v1.Leases"); pb2: the
@@ -68,8 +69,14 @@ class GrpcServices:
         return found
 
     def service(self, handler_call_details):
-        service, _, method = handler_call_details.method[1:].partition("/")
-        return self.handlers(service).get(method)
+        path = handler_call_details.method
+        found = self._by_path.get(path)
+        if found is None:   # (only methods that exist are remembered: a client sends any)
+            service, _, method = path[1:].partition("/")
+            found = self.handlers(service).get(method)
+            if found is not None:
+                self._by_path[path] = found
+        return found
 
     def _load(self, service: str) -> dict[str, MethodHandler]:
         from google.protobuf import message_factory
