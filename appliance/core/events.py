@@ -113,9 +113,19 @@ class Exchange:
     async def subscribe(self, *filter_strings):
         """Yield matching envelopes until the caller stops iterating."""
         flt = filters.parse(*filter_strings)
+        # an envelope's filter fields are its namespace and topic only (_envelope_field):
+        # the answer for a pair is remembered (a node has a few dozen pairs)
+        answers: dict[tuple[str, str], bool] = {}
 
         def matcher(env):
-            return flt.match(lambda path: _envelope_field(env, path))
+            key = (env.namespace, env.topic)
+            found = answers.get(key)
+            if found is None:
+                found = flt.match(lambda path: _envelope_field(env, path))
+                if len(answers) >= 1024:
+                    answers.clear()
+                answers[key] = found
+            return found
 
         sub = _Subscriber(asyncio.get_running_loop(), matcher)
         with self._lock:

@@ -57,3 +57,33 @@ def test_ttrpc_forward_delivers_the_shims_envelope_unchanged():
         assert isinstance(got, events_pb2.Envelope)
         assert got.SerializeToString() == sent.envelope.SerializeToString()
     asyncio.run(scenario())
+
+
+def test_a_subscription_gets_what_its_filters_match_every_time():
+    """The answer for a (namespace, topic) pair is remembered per subscription: the same
+    pairs are delivered or skipped again, and another subscription decides for itself."""
+    async def scenario():
+        exchange = Exchange()
+        tasks = exchange.subscribe('topic~="^/tasks/",namespace==k8s.io', "topic==/images/x")
+        every = exchange.subscribe()
+        got_tasks = asyncio.ensure_future(_take(tasks, 4))
+        got_every = asyncio.ensure_future(_take(every, 8))
+        await asyncio.sleep(0)
+        sent = [("k8s.io", "/tasks/exit"), ("default", "/tasks/exit"), ("k8s.io", "/images/x"),
+                ("k8s.io", "/containers/create")] * 2
+        for ns, topic in sent:
+            exchange.forward(_envelope(ns, topic))
+        assert await asyncio.wait_for(got_tasks, 5) == [
+            ("k8s.io", "/tasks/exit"), ("k8s.io", "/images/x")] * 2
+        assert await asyncio.wait_for(got_every, 5) == sent
+        await tasks.aclose()
+        await every.aclose()
+    asyncio.run(scenario())
+
+
+async def _take(events, n):
+    out = []
+    async for env in events:
+        out.append((env.namespace, env.topic))
+        if len(out) == n:
+            return out
