@@ -39,7 +39,7 @@ class TasksService:
         self.state_timeout = state_timeout
 
     def _task(self, ns: str, cid: str) -> Shim:
-        self.containers.get(ns, cid)  # NOT_FOUND for an unknown container first, as containerd
+        self.containers.require(ns, cid)  # NOT_FOUND for an unknown container first, as containerd
         return self.runtime.get(ns, cid)
 
     async def create(self, ns: str, req: pb.CreateTaskRequest) -> int:
@@ -65,7 +65,7 @@ class TasksService:
         return resp.pid
 
     async def delete(self, ns: str, cid: str) -> pb.DeleteResponse:
-        self.containers.get(ns, cid)
+        self.containers.require(ns, cid)
         resp = await self.runtime.delete(ns, cid)
         return pb.DeleteResponse(id=cid, pid=resp.pid, exit_status=resp.exit_status,
                                  exited_at=resp.exited_at)

@@ -205,3 +205,11 @@ class ContainerStore:
             DB.set_labels(tx, ns, KIND, cid, {})
         self.deleted(ns, cid)
         self.changed(True)   # its snapshot may be garbage now
+
+    def require(self, ns: str, cid: str) -> None:
+        """NotFound, in get's words, unless the container exists (nothing decoded: the
+        tasks service checks this before every task call, as containerd)."""
+        with self.db.read() as conn:
+            if conn.execute("SELECT 1 FROM containers WHERE namespace=? AND id=?",
+                            (ns, cid)).fetchone() is None:
+                raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
