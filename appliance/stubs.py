@@ -111,8 +111,9 @@ def _namespaced(behaviour, rule: NamespaceRule):
         return rule.code or code, rule.prefix.format(request=request) + message
 
     fn = getattr(behaviour, "rpc_function", None)
-    if fn is not None:   # an @rpc method: the check and its error mapping in one frame
-        return functools.partial(rpc_handler(fn, refusal), behaviour.__self__)
+    owner = getattr(behaviour, "__self__", None)
+    if fn is not None and owner is not None:   # a bound @rpc method: the check and its
+        return functools.partial(rpc_handler(fn, refusal), owner)   # error mapping, one frame
 
     async def check(request, context):
         refused = refusal(request, context)
