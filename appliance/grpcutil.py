@@ -86,7 +86,7 @@ def namespace_of(context, default: str | None = None) -> str:
     RPCs. With a `default` (Namespaces' events) a missing one is not an error."""
     for key, value in context.invocation_metadata() or ():
         if key == NAMESPACE_KEY and value:
-            if default is None:
+            if default is None and value not in _VALID_NAMESPACES:
                 error = namespace_error(context)
                 if error is not None:
                     raise error
@@ -94,6 +94,19 @@ def namespace_of(context, default: str | None = None) -> str:
     if default is not None:
         return default
     raise FailedPrecondition("namespace is required: failed precondition")
+
+
+_SECONDS_MIN, _SECONDS_MAX = -62135596800, 253402300799   # a Timestamp's valid range
+
+
+def set_timestamp(ts, ns: int) -> None:
+    """`ts.FromNanoseconds(ns)` without its Python-level checks for an in-range value."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    if _SECONDS_MIN <= seconds <= _SECONDS_MAX:
+        ts.seconds = seconds
+        ts.nanos = nanos
+    else:
+        ts.FromNanoseconds(ns)   # its error
 
 
 def lease_of(context) -> str | None:
@@ -107,11 +120,22 @@ def lease_of(context) -> str | None:
 def rpc(fn):
     """Wrap a servicer method so service errors become gRPC status codes.
 
-    Works for unary methods (sync or async) and for async-generator streams.
-    """
+    Works for unary methods (sync or async) and for async-generator streams. The method's
+    own function stays reachable as `rpc_function` (stubs puts a namespace check and the
+    error mapping in one frame with `rpc_handler`)."""
+    wrapper = functools.wraps(fn)(rpc_handler(fn))
+    wrapper.rpc_function = fn
+    return wrapper
+
+
+def rpc_handler(fn, refusal=None):
+    """`fn(self, request, context)` as a handler of the same signature and kind (async
+    generator or coroutine) that maps service errors to status codes; `refusal(request,
+    context)`, when given, is asked first: a (code, message) it returns aborts the call."""
     if inspect.isasyncgenfunction(fn):
-        @functools.wraps(fn)
         async def stream(self, request, context):
+            if refusal is not None and (refused := refusal(request, context)) is not None:
+                await context.abort(*refused)
             try:
                 async for item in fn(self, request, context):
                     yield item
@@ -120,16 +144,18 @@ def rpc(fn):
         return stream
 
     if inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
         async def unary(self, request, context):
+            if refusal is not None and (refused := refusal(request, context)) is not None:
+                await context.abort(*refused)
             try:
                 return await fn(self, request, context)
             except Exception as exc:
                 await _abort(context, exc)
         return unary
 
-    @functools.wraps(fn)
     async def unary_sync(self, request, context):
+        if refusal is not None and (refused := refusal(request, context)) is not None:
+            await context.abort(*refused)
         try:
             return fn(self, request, context)
         except Exception as exc:

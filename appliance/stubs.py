@@ -8,12 +8,13 @@ listed in a `GrpcServices` table that imports a service's stubs on its first cal
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
 from .errdefs import StatusCode, status_of
 from .grpcserver import MethodHandler
-from .grpcutil import NamespaceRule, namespace_error, namespace_rule
+from .grpcutil import NamespaceRule, namespace_error, namespace_rule, rpc_handler
 
 
 class module:
@@ -46,6 +47,7 @@ class GrpcServices:
     def __init__(self):
         self._servicers: dict[str, tuple[module, object]] = {}
         self._handlers: dict[str, dict[str, MethodHandler]] = {}
+        self._by_path: dict[str, MethodHandler] = {}   # "/service/Method" → its handler
 
     def add(self, service: str, pb2: module, servicer) -> None:
         """service: full name ("containerd.services.leases.v1.Leases"); pb2: the
@@ -67,8 +69,14 @@ class GrpcServices:
         return found
 
     def service(self, handler_call_details):
-        service, _, method = handler_call_details.method[1:].partition("/")
-        return self.handlers(service).get(method)
+        path = handler_call_details.method
+        found = self._by_path.get(path)
+        if found is None:   # (only methods that exist are remembered: a client sends any)
+            service, _, method = path[1:].partition("/")
+            found = self.handlers(service).get(method)
+            if found is not None:
+                self._by_path[path] = found
+        return found
 
     def _load(self, service: str) -> dict[str, MethodHandler]:
         from google.protobuf import message_factory
@@ -95,11 +103,22 @@ class GrpcServices:
 def _namespaced(behaviour, rule: NamespaceRule):
     """`behaviour` behind containerd's namespace check (grpcutil.NAMESPACED), of the
     same kind (async generator or coroutine): grpc.aio serves these handlers too."""
-    async def check(request, context):
+    def refusal(request, context):
         error = namespace_error(context)
-        if error is not None:
-            code, message = status_of(error)
-            await context.abort(rule.code or code, rule.prefix.format(request=request) + message)
+        if error is None:
+            return None
+        code, message = status_of(error)
+        return rule.code or code, rule.prefix.format(request=request) + message
+
+    fn = getattr(behaviour, "rpc_function", None)
+    owner = getattr(behaviour, "__self__", None)
+    if fn is not None and owner is not None:   # a bound @rpc method: the check and its
+        return functools.partial(rpc_handler(fn, refusal), owner)   # error mapping, one frame
+
+    async def check(request, context):
+        refused = refusal(request, context)
+        if refused is not None:
+            await context.abort(*refused)
 
     if inspect.isasyncgenfunction(behaviour):
         async def checked_stream(request, context):

@@ -3,9 +3,10 @@
 # timed, so A/B comparisons hold on a loaded machine (they differ by ±2 % between runs).
 #   bench/callgrind_cpu.sh rpc [TREE]         per in-process Version / Containers.List call
 #                                             (bench.grpcprobe, 350 calls each, with deadline)
-#   bench/callgrind_cpu.sh lifecycle [TREE]   per `ctr run --rm busybox /bin/true` (5 runs)
+#   bench/callgrind_cpu.sh lifecycle [TREE]   per `ctr run --rm busybox /bin/true` (RUNS=5 runs)
 # TREE: another source tree to run instead of this one (e.g. `git archive` of a commit plus
 # appliance/_proto and the built extensions), put first on PYTHONPATH.
+# KEEP=DIR: copy the callgrind profiles there (for callgrind_annotate --inclusive=yes).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:?rpc or lifecycle}; TREE=${2:-}
@@ -39,10 +40,11 @@ else
     run() { ctr --address "$W/s.sock" -n bench run --rm --runc-root "$W/runc" --fifo-dir "$W/fifo" \
                 $REF "$1" /bin/true; }
     run warm; sleep 2
-    lifecycles() { for i in 1 2 3 4 5; do run cg-$i; done; sleep 2; }
+    N=${RUNS:-5}
+    lifecycles() { for i in $(seq 1 $N); do run cg-$i; done; sleep 2; }
     measure lifecycle lifecycles
-    N=5
 fi
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$W"/cg.*.[0-9]* "$KEEP"/; fi
 for f in "$W"/cg.*.[0-9]*; do
     echo "$(grep -m1 '^desc: Trigger' "$f" | sed 's/.*dump //'): $(grep -m1 '^totals' "$f" | awk -v n=$N '{printf "%.0f", $2/n}') instructions each"
 done

@@ -63,21 +63,33 @@ class Exchange:
     def __init__(self):
         self._subscribers: set[_Subscriber] = set()
         self._lock = threading.Lock()
+        # (namespace, topic) pairs that passed validation: a few dozen per node, each
+        # event otherwise runs the identifier regex on every part again
+        self._valid: set[tuple[str, str]] = set()
+
+    def _validate(self, namespace: str, topic: str) -> None:
+        if (namespace, topic) in self._valid:
+            return
+        try:
+            identifiers.validate(namespace)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"event envelope has invalid namespace: {exc.message}") \
+                from None
+        validate_topic(topic)
+        if len(self._valid) >= 1024:
+            self._valid.clear()
+        self._valid.add((namespace, topic))
 
     def publish(self, namespace: str, topic: str, event) -> None:
-        identifiers.validate(namespace)
-        validate_topic(topic)
+        if (namespace, topic) not in self._valid:
+            identifiers.validate(namespace)   # (in-process callers: the bare message)
+            self._validate(namespace, topic)
         envelope = events_pb2.Envelope(namespace=namespace, topic=topic, event=pack_any(event))
         envelope.timestamp.GetCurrentTime()
         self._broadcast(envelope)
 
     def forward(self, envelope) -> None:
-        try:
-            identifiers.validate(envelope.namespace)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"event envelope has invalid namespace: {exc.message}") \
-                from None
-        validate_topic(envelope.topic)
+        self._validate(envelope.namespace, envelope.topic)
         if not envelope.HasField("timestamp"):
             raise InvalidArgument("timestamp must be set on forwarded event: invalid argument")
         self._broadcast(envelope)
@@ -101,9 +113,19 @@ class Exchange:
     async def subscribe(self, *filter_strings):
         """Yield matching envelopes until the caller stops iterating."""
         flt = filters.parse(*filter_strings)
+        # an envelope's filter fields are its namespace and topic only (_envelope_field):
+        # the answer for a pair is remembered (a node has a few dozen pairs)
+        answers: dict[tuple[str, str], bool] = {}
 
         def matcher(env):
-            return flt.match(lambda path: _envelope_field(env, path))
+            key = (env.namespace, env.topic)
+            found = answers.get(key)
+            if found is None:
+                found = flt.match(lambda path: _envelope_field(env, path))
+                if len(answers) >= 1024:
+                    answers.clear()
+                answers[key] = found
+            return found
 
         sub = _Subscriber(asyncio.get_running_loop(), matcher)
         with self._lock:

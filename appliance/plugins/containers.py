@@ -64,8 +64,9 @@ class ContainersAdapter(Adapter):
 
     @rpc
     def Get(self, request, context):
-        return pb.GetContainerResponse(
-            container=to_pb(self.service.get(namespace_of(context), request.id)))
+        response = pb.GetContainerResponse()
+        to_pb(self.service.get(namespace_of(context), request.id), out=response.container)
+        return response
 
     @rpc
     def List(self, request, context):
@@ -80,7 +81,9 @@ class ContainersAdapter(Adapter):
     @rpc
     def Create(self, request, context):
         created = self.service.create(namespace_of(context), from_pb(request.container))
-        return pb.CreateContainerResponse(container=to_pb(created))
+        response = pb.CreateContainerResponse()
+        to_pb(created, out=response.container)
+        return response
 
     @rpc
     def Update(self, request, context):

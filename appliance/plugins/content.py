@@ -23,7 +23,7 @@ from ..core.metadata.content import ContentStore, Info, Status
 from .. import stubs
 from ..errdefs import q, ApplianceError, AlreadyExists, InvalidArgument, NotFound, StatusCode
 from ..grpcserver.status import EOF
-from ..grpcutil import Adapter, lease_of, namespace_of, rpc
+from ..grpcutil import Adapter, lease_of, namespace_of, rpc, set_timestamp
 from ..plugin import CONTENT, EVENT, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.content_pb2")
@@ -86,10 +86,14 @@ class ContentService:
         self.store.abort(ns, ref)
 
 
-def info_to_pb(info: Info) -> pb.Info:
-    out = pb.Info(digest=info.digest, size=info.size, labels=info.labels)
-    out.created_at.FromNanoseconds(info.created_at)
-    out.updated_at.FromNanoseconds(info.updated_at)
+def info_to_pb(info: Info, out: pb.Info | None = None) -> pb.Info:
+    """`info` as a message, or filled into `out` (a response's field: no copy)."""
+    if out is None:
+        out = pb.Info()
+    out.digest, out.size = info.digest, info.size
+    out.labels.update(info.labels)
+    set_timestamp(out.created_at, info.created_at)
+    set_timestamp(out.updated_at, info.updated_at)
     return out
 
 
@@ -106,8 +110,9 @@ class ContentAdapter(Adapter):
 
     @rpc
     def Info(self, request, context):
-        return pb.InfoResponse(info=info_to_pb(self.service.info(namespace_of(context),
-                                                                  request.digest)))
+        response = pb.InfoResponse()
+        info_to_pb(self.service.info(namespace_of(context), request.digest), response.info)
+        return response
 
     @rpc
     def Update(self, request, context):

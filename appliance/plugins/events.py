@@ -12,8 +12,6 @@ from ..grpcutil import namespace_of, rpc
 from ..plugin import EVENT, GRPC, InitContext, Registration
 
 events_pb2 = stubs.module("appliance._proto.containerd.api.services.events.v1.events_pb2")
-ttrpc_events_pb2 = stubs.module(
-    "appliance._proto.containerd.api.services.ttrpc.events.v1.events_pb2")
 
 TTRPC_EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 
@@ -52,9 +50,9 @@ class EventsAdapter:
             raise
 
     async def _ttrpc_forward(self, payload: bytes, ctx) -> bytes:
-        request = ttrpc_events_pb2.ForwardRequest.FromString(payload)
-        envelope = events_pb2.Envelope.FromString(request.envelope.SerializeToString())
-        self.exchange.forward(envelope)
+        # the TTRPC ForwardRequest and its Envelope have the gRPC ones' fields and numbers:
+        # parsed once as the gRPC type, the envelope is the exchange's own
+        self.exchange.forward(events_pb2.ForwardRequest.FromString(payload).envelope)
         return b""
 
 

@@ -8,12 +8,11 @@ from google.protobuf import empty_pb2
 from ..core.metadata.images import Descriptor, Image, ImageStore
 from .. import stubs
 from ..errdefs import InvalidArgument
-from ..grpcutil import Adapter, namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc, set_timestamp
 from ..plugin import EVENT, GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 events = stubs.module("appliance._proto.containerd.api.events.image_pb2")
 pb = stubs.module("appliance._proto.containerd.api.services.images.v1.images_pb2")
-descriptor_pb2 = stubs.module("appliance._proto.containerd.api.types.descriptor_pb2")
 
 
 class ImagesService:
@@ -51,12 +50,17 @@ class ImagesService:
                 await done
 
 
-def image_to_pb(image: Image) -> pb.Image:
-    t = image.target
-    out = pb.Image(name=image.name, labels=image.labels, target=descriptor_pb2.Descriptor(
-        media_type=t.media_type, digest=t.digest, size=t.size, annotations=t.annotations))
-    out.created_at.FromNanoseconds(image.created_at)
-    out.updated_at.FromNanoseconds(image.updated_at)
+def image_to_pb(image: Image, out: pb.Image | None = None) -> pb.Image:
+    """`image` as a message, or filled into `out` (a response's field: no copy)."""
+    if out is None:
+        out = pb.Image()
+    t, target = image.target, out.target
+    out.name = image.name
+    out.labels.update(image.labels)
+    target.media_type, target.digest, target.size = t.media_type, t.digest, t.size
+    target.annotations.update(t.annotations)
+    set_timestamp(out.created_at, image.created_at)
+    set_timestamp(out.updated_at, image.updated_at)
     return out
 
 
@@ -72,8 +76,9 @@ class ImagesAdapter(Adapter):
 
     @rpc
     def Get(self, request, context):
-        return pb.GetImageResponse(image=image_to_pb(
-            self.service.get(namespace_of(context), request.name)))
+        response = pb.GetImageResponse()
+        image_to_pb(self.service.get(namespace_of(context), request.name), response.image)
+        return response
 
     @rpc
     def List(self, request, context):

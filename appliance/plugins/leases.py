@@ -7,7 +7,7 @@ from google.protobuf import empty_pb2
 
 from .. import filters, stubs
 from ..core.metadata.leases import Lease, LeaseStore
-from ..grpcutil import Adapter, namespace_of, rpc
+from ..grpcutil import Adapter, namespace_of, rpc, set_timestamp
 from ..plugin import GC, GRPC, METADATA, SERVICE, InitContext, Registration
 
 pb = stubs.module("appliance._proto.containerd.api.services.leases.v1.leases_pb2")
@@ -48,9 +48,13 @@ class LeasesService:
         return self.store.resources(ns, lease_id)
 
 
-def lease_to_pb(lease: Lease) -> pb.Lease:
-    out = pb.Lease(id=lease.id, labels=lease.labels)
-    out.created_at.FromNanoseconds(lease.created_at)
+def lease_to_pb(lease: Lease, out: pb.Lease | None = None) -> pb.Lease:
+    """`lease` as a message, or filled into `out` (a response's field: no copy)."""
+    if out is None:
+        out = pb.Lease()
+    out.id = lease.id
+    out.labels.update(lease.labels)
+    set_timestamp(out.created_at, lease.created_at)
     return out
 
 
@@ -61,7 +65,9 @@ class LeasesAdapter(Adapter):
     @rpc
     def Create(self, request, context):
         lease = self.service.create(namespace_of(context), request.id, dict(request.labels))
-        return pb.CreateResponse(lease=lease_to_pb(lease))
+        response = pb.CreateResponse()
+        lease_to_pb(lease, response.lease)
+        return response
 
     @rpc
     async def Delete(self, request, context):

@@ -53,7 +53,10 @@ class NamespacesAdapter(Adapter):
     @rpc
     def Get(self, request, context):
         labels = self.service.get(request.name)
-        return pb.GetNamespaceResponse(namespace=pb.Namespace(name=request.name, labels=labels))
+        response = pb.GetNamespaceResponse()
+        response.namespace.name = request.name
+        response.namespace.labels.update(labels)
+        return response
 
     @rpc
     def List(self, request, context):

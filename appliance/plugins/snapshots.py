@@ -15,7 +15,7 @@ from ..core.snapshots.store import Info, Snapshotter
 from .. import stubs
 from ..config import unsupported
 from ..errdefs import InvalidArgument, Unimplemented
-from ..grpcutil import Adapter, lease_of, namespace_of, rpc
+from ..grpcutil import Adapter, lease_of, namespace_of, rpc, set_timestamp
 from ..plugin import (EVENT, GRPC, LINUX_AMD64, METADATA, SERVICE, SNAPSHOT, InitContext,
                       Registration, SkipPlugin)
 from ..process import fdlimit, metrics
@@ -74,11 +74,15 @@ def mount_to_pb(m: Mount) -> mount_pb2.Mount:
     return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
 
 
-def info_to_pb(info: Info) -> pb.Info:
-    # the Kind enum by name: "active" → ACTIVE
-    out = pb.Info(name=info.name, parent=info.parent, kind=info.kind.upper(), labels=info.labels)
-    out.created_at.FromNanoseconds(info.created_at)
-    out.updated_at.FromNanoseconds(info.updated_at)
+def info_to_pb(info: Info, out: pb.Info | None = None) -> pb.Info:
+    """`info` as a message, or filled into `out` (a response's field: no copy)."""
+    if out is None:
+        out = pb.Info()
+    out.name, out.parent = info.name, info.parent
+    out.kind = pb.Kind.Value(info.kind.upper())   # the Kind enum by name: "active" → ACTIVE
+    out.labels.update(info.labels)
+    set_timestamp(out.created_at, info.created_at)
+    set_timestamp(out.updated_at, info.updated_at)
     return out
 
 
@@ -122,7 +126,9 @@ class SnapshotsAdapter(Adapter):
     @rpc
     def Stat(self, request, context):
         info = self.service.get(request.snapshotter).stat(namespace_of(context), request.key)
-        return pb.StatSnapshotResponse(info=info_to_pb(info))
+        response = pb.StatSnapshotResponse()
+        info_to_pb(info, response.info)
+        return response
 
     @rpc
     def Update(self, request, context):

@@ -39,7 +39,7 @@ class TasksService:
         self.state_timeout = state_timeout
 
     def _task(self, ns: str, cid: str) -> Shim:
-        self.containers.get(ns, cid)  # NOT_FOUND for an unknown container first, as containerd
+        self.containers.require(ns, cid)  # NOT_FOUND for an unknown container first, as containerd
         return self.runtime.get(ns, cid)
 
     async def create(self, ns: str, req: pb.CreateTaskRequest) -> int:
@@ -65,7 +65,7 @@ class TasksService:
         return resp.pid
 
     async def delete(self, ns: str, cid: str) -> pb.DeleteResponse:
-        self.containers.get(ns, cid)
+        self.containers.require(ns, cid)
         resp = await self.runtime.delete(ns, cid)
         return pb.DeleteResponse(id=cid, pid=resp.pid, exit_status=resp.exit_status,
                                  exited_at=resp.exited_at)
@@ -77,15 +77,21 @@ class TasksService:
         return pb.DeleteResponse(id=exec_id, pid=resp.pid, exit_status=resp.exit_status,
                                  exited_at=resp.exited_at)
 
-    async def _process_state(self, shim: Shim, exec_id: str = "") -> task_pb2.Process:
+    async def _process_state(self, shim: Shim, exec_id: str = "",
+                             out: task_pb2.Process | None = None) -> task_pb2.Process:
+        """The process's state as a message, or filled into `out` (a response's field)."""
         state = await shim.state(exec_id, timeout=self.state_timeout or None)
-        return task_pb2.Process(
-            id=exec_id or shim.id, pid=state.pid, status=state.status, stdin=state.stdin,
-            stdout=state.stdout, stderr=state.stderr, terminal=state.terminal,
-            exit_status=state.exit_status, exited_at=state.exited_at)
+        if out is None:
+            out = task_pb2.Process()
+        out.id, out.pid, out.status = exec_id or shim.id, state.pid, state.status
+        out.stdin, out.stdout, out.stderr = state.stdin, state.stdout, state.stderr
+        out.terminal, out.exit_status = state.terminal, state.exit_status
+        out.exited_at.CopyFrom(state.exited_at)   # present even when unset, as before
+        return out
 
-    async def get(self, ns: str, cid: str, exec_id: str) -> task_pb2.Process:
-        return await self._process_state(self._task(ns, cid), exec_id)
+    async def get(self, ns: str, cid: str, exec_id: str,
+                  out: task_pb2.Process | None = None) -> task_pb2.Process:
+        return await self._process_state(self._task(ns, cid), exec_id, out)
 
     async def list(self, ns: str) -> list[task_pb2.Process]:
         shims = self.runtime.list(ns)
@@ -211,9 +217,10 @@ class TasksAdapter(Adapter):
 
     @rpc
     async def Get(self, request, context):
-        process = await self.service.get(namespace_of(context), request.container_id,
-                                         request.exec_id)
-        return pb.GetResponse(process=process)
+        response = pb.GetResponse()
+        await self.service.get(namespace_of(context), request.container_id, request.exec_id,
+                               response.process)
+        return response
 
     @rpc
     async def List(self, request, context):

@@ -79,6 +79,9 @@ def test_grpc_services_load_on_first_call_and_answer_unimplemented_for_the_rest(
         assert set(services.handlers(LEASES)) == {
             "Create", "Delete", "List", "AddResource", "DeleteResource", "ListResources"}
         assert services.handlers("containerd.services.nothing.v1.Nothing") == {}
+        # handlers are remembered by path, names a client made up are not
+        assert set(services._by_path) == {"/containerd.services.version.v1.Version/Version",
+                                          f"/{LEASES}/List", f"/{LEASES}/Create"}
 
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2
 
 from ... import identifiers, stubs
 from ...errdefs import q, AlreadyExists, InvalidArgument, NotFound
+from ...grpcutil import set_timestamp
 from .db import DB, apply_mask, now_ns
 from .hook import Hook, no_hook
 
@@ -54,9 +55,13 @@ def from_pb(msg: pb.Container) -> Container:
         msg.created_at.ToNanoseconds(), msg.updated_at.ToNanoseconds())
 
 
-def to_pb(c: Container, with_times: bool = True) -> pb.Container:
-    msg = pb.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
-                       snapshot_key=c.snapshot_key, sandbox=c.sandbox)
+def to_pb(c: Container, with_times: bool = True,
+          out: pb.Container | None = None) -> pb.Container:
+    """`c` as a message, or filled into `out` (a response's field: no copy of the spec)."""
+    msg = pb.Container() if out is None else out
+    msg.id, msg.image, msg.snapshotter = c.id, c.image, c.snapshotter
+    msg.snapshot_key, msg.sandbox = c.snapshot_key, c.sandbox
+    msg.labels.update(c.labels)
     msg.runtime.name = c.runtime.name
     if c.runtime.options is not None:
         msg.runtime.options.CopyFrom(c.runtime.options)
@@ -65,8 +70,8 @@ def to_pb(c: Container, with_times: bool = True) -> pb.Container:
     for key, value in c.extensions.items():
         msg.extensions[key].CopyFrom(value)
     if with_times:
-        msg.created_at.FromNanoseconds(c.created_at)
-        msg.updated_at.FromNanoseconds(c.updated_at)
+        set_timestamp(msg.created_at, c.created_at)
+        set_timestamp(msg.updated_at, c.updated_at)
     return msg
 
 
@@ -200,3 +205,11 @@ class ContainerStore:
             DB.set_labels(tx, ns, KIND, cid, {})
         self.deleted(ns, cid)
         self.changed(True)   # its snapshot may be garbage now
+
+    def require(self, ns: str, cid: str) -> None:
+        """NotFound, in get's words, unless the container exists (nothing decoded: the
+        tasks service checks this before every task call, as containerd)."""
+        with self.db.read() as conn:
+            if conn.execute("SELECT 1 FROM containers WHERE namespace=? AND id=?",
+                            (ns, cid)).fetchone() is None:
+                raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
