@@ -69,6 +69,27 @@ class Call:
     and `stop`/`stopped` when the server stops.
     """
 
+    # Most of a call's state keeps these values for its whole life: class defaults, set
+    # on the instance only when they change (a call is made for every request).
+    _unacked = 0                    # flow-controlled bytes held for backpressure
+    _readable: asyncio.Future | None = None
+    _writable: asyncio.Future | None = None
+    _deserialize = None
+    _serialize = None
+    _headers_sent = False
+    _done = False                   # trailers sent or stream reset
+    _reset = False
+    _failed = False                 # the request stream broke (see _fail)
+    _server_stream = False          # one request, a stream of responses
+    stopped = False                 # cancelled by Server.stop
+    expired = False                 # cancelled by its deadline
+    _code: StatusCode | None = None
+    _details = ""
+    _trailing: list | tuple = ()    # encoded when set: bad metadata fails the handler
+    task: asyncio.Task | None = None   # None while it runs eagerly (server.py)
+    in_handler = False              # the deadline applies (its timer runs)
+    _timer: asyncio.TimerHandle | None = None
+
     def __init__(self, conn: "_Connection", stream_id: int, method: str, metadata: tuple,
                  deadline: float | None, request_open: bool):
         self._conn, self.stream_id, self.method = conn, stream_id, method
@@ -77,24 +98,6 @@ class Call:
         self._request_open = request_open   # the client may still send messages
         self._buffer = bytearray()
         self._messages: collections.deque = collections.deque()
-        self._unacked = 0                    # flow-controlled bytes held for backpressure
-        self._readable: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
-        self._deserialize = None
-        self._serialize = None
-        self._headers_sent = False
-        self._done = False                   # trailers sent or stream reset
-        self._reset = False
-        self._failed = False                 # the request stream broke (see _fail)
-        self._server_stream = False          # one request, a stream of responses
-        self.stopped = False                 # cancelled by Server.stop
-        self.expired = False                 # cancelled by its deadline
-        self._code: StatusCode | None = None
-        self._details = ""
-        self._trailing: list = []            # encoded now: bad metadata fails the handler
-        self.task: asyncio.Task | None = None   # None while it runs eagerly (server.py)
-        self.in_handler = False              # the deadline applies (its timer runs)
-        self._timer: asyncio.TimerHandle | None = None
 
     # --- the servicer context -----------------------------------------------------
 
@@ -453,18 +456,43 @@ def _metadata_fields(metadata) -> list:
     return fields
 
 
+_PSEUDO, _PATH, _TIMEOUT, _USER_AGENT, _DROPPED = range(5)
+_FIELD_KINDS = {b":path": _PATH, b":method": _PSEUDO, b":scheme": _PSEUDO,
+                b":authority": _PSEUDO, b"grpc-timeout": _TIMEOUT,
+                b"user-agent": _USER_AGENT, **{name: _DROPPED for name in _RESERVED
+                                               if name not in (b"grpc-timeout", b"user-agent")}}
+_PARSED_CACHE = 256
+_parsed: dict[tuple, tuple] = {}
+
+
 def request_metadata(headers) -> tuple[str, tuple, float | None]:
+    """A request's path, its metadata (what the handler sees) and its deadline. The
+    same header list (a client's every call of a method, when it sets no deadline or
+    its encoder repeats one) is parsed once."""
+    parsed = _parsed.get(headers)
+    if parsed is None:
+        parsed = _parse_headers(headers)
+        if len(_parsed) >= _PARSED_CACHE:
+            _parsed.clear()
+        _parsed[headers] = parsed
+    path, metadata, timeout = parsed
+    return path, metadata, None if timeout is None else time.monotonic() + timeout
+
+
+def _parse_headers(headers) -> tuple[str, tuple, float | None]:
     path, timeout, metadata = "", None, []
+    kinds = _FIELD_KINDS
     for name, value in headers:
-        if name[:1] == b":":
-            if name == b":path":
+        kind = kinds.get(name)
+        if kind is not None:
+            if kind == _PATH:
                 path = value.decode("utf-8", "replace")
-            continue
-        if name in _RESERVED:
-            if name == b"grpc-timeout":
+            elif kind == _TIMEOUT:
                 timeout = _parse_timeout(value)
-            elif name == b"user-agent":
+            elif kind == _USER_AGENT:
                 metadata.append(("user-agent", value.decode("latin-1")))
+            continue
+        if name[:1] == b":":
             continue
         key = name.decode("latin-1")
         if key.endswith("-bin"):
@@ -474,5 +502,4 @@ def request_metadata(headers) -> tuple[str, tuple, float | None]:
                 continue
         else:
             metadata.append((key, value.decode("utf-8", "replace")))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    return path, tuple(metadata), deadline
+    return path, tuple(metadata), timeout

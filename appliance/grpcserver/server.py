@@ -285,12 +285,14 @@ class Server:
         self.max_receive, self.max_send = max_receive, max_send
         self._interceptors = list(interceptors)
         self._handlers = []
+        self._methods: dict[str, object] = {}   # path → handler, see _handler
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: set[_Connection] = set()
         self.draining = False
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         self._handlers.extend(handlers)
+        self._methods.clear()
 
     async def serve_socket(self, sock: socket.socket, ssl_context=None) -> None:
         """Serve on a bound, listening socket (unix or TCP; TLS with `ssl_context`)."""
@@ -326,6 +328,17 @@ class Server:
 
     # --- one call ----------------------------------------------------------------------
 
+    def _handler(self, call: Call):
+        """The method's handler, remembered by path when every generic handler says its
+        answer depends on the path only (`stable_handlers`, as stubs.GrpcServices')."""
+        handler = self._methods.get(call.method)
+        if handler is None:
+            handler = self._lookup(_Details(call.method, call.invocation_metadata()))
+            if handler is not None and all(getattr(generic, "stable_handlers", False)
+                                           for generic in self._handlers):
+                self._methods[call.method] = handler
+        return handler
+
     def _lookup(self, details: _Details):
         for generic in self._handlers:
             handler = generic.service(details)
@@ -342,10 +355,9 @@ class Server:
         return await continuation(details)
 
     async def handle(self, call: Call) -> None:
-        details = _Details(call.method, call.invocation_metadata())
         try:
-            handler = await self._intercepted(details) if self._interceptors \
-                else self._lookup(details)
+            handler = await self._intercepted(_Details(call.method, call.invocation_metadata())) \
+                if self._interceptors else self._handler(call)
             if handler is None:
                 call.finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call.method))
                 return

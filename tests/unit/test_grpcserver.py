@@ -770,3 +770,17 @@ def test_context_variables_set_by_a_handler_stay_its_own():
         assert await method(channel, "SetVar")(b"first") == b"unset"
         assert await method(channel, "SetVar")(b"second") == b"unset"
     serve(test)
+
+
+def test_handlers_are_remembered_by_path_only_from_stable_generic_handlers():
+    async def test(channel, handlers, server):
+        for _ in range(2):
+            assert await method(channel, "Echo")(b"a") == b"a"
+        assert handlers.started == ["/t.T/Echo"] * 2   # asked on every call
+        handlers.stable_handlers = True   # as stubs.GrpcServices
+        for _ in range(2):
+            assert await method(channel, "Meta")(b"", metadata=(("who", "me"),)) == b"me"
+        assert handlers.started == ["/t.T/Echo"] * 2 + ["/t.T/Meta"]
+        with pytest.raises(grpc.aio.AioRpcError):
+            await method(channel, "Nope")(b"")
+    serve(test)
