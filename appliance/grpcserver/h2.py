@@ -183,6 +183,9 @@ class Connection:
         self.receive_window = RECEIVE_WINDOW
         self.stream_receive_windows: dict[int, int] = {}
         self._clock = clock
+        # Whether WindowOpened events are wanted: the caller may say no while nothing
+        # waits for a window (a WINDOW_UPDATE follows nearly every answer).
+        self.windows_wanted = True
         self._reset_tokens, self._reset_time = float(RESET_BURST), clock()
 
     def initial_bytes(self) -> bytes:
@@ -428,8 +431,8 @@ class Connection:
                     self.stream_send_windows[sid] += delta
                     if self.stream_send_windows[sid] > MAX_WINDOW:
                         raise ConnectionError_(FLOW_CONTROL_ERROR, "stream window overflow")
-                if delta > 0:  # writers waiting for a stream window may go on
-                    events.append(WindowOpened(0))
+                if delta > 0 and self.windows_wanted:  # writers waiting for a stream
+                    events.append(WindowOpened(0))             # window may go on
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= 2 ** 24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, "bad max frame size")
@@ -458,7 +461,8 @@ class Connection:
             raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
         else:
             return  # a late update for a finished stream
-        events.append(WindowOpened(stream_id))
+        if self.windows_wanted:
+            events.append(WindowOpened(stream_id))
 
     # --- output ----------------------------------------------------------------------
 

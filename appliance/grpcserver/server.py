@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         out: list = []
+        self.h2.windows_wanted = bool(self.blocked)
         try:
             events = self.h2.receive(data, out)
         except h2.ConnectionError_ as exc:
