@@ -153,6 +153,10 @@ class Call:
             if self._reset:
                 raise asyncio.CancelledError()
             await self._wait_for_data()
+        return self._next_message()
+
+    def _next_message(self):
+        """The first message queued (there is one), deserialized."""
         data = self._messages.popleft()
         if self._unacked and len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
             self._conn.acknowledge(self.stream_id, self._unacked)
@@ -276,6 +280,8 @@ class Call:
         self._server_stream = handler.response_streaming and not handler.request_streaming
         if handler.request_streaming:
             request = self
+        elif not self._request_open and len(self._messages) == 1:   # all here: the usual
+            request = self._next_message()
         else:
             request = await self.read()
             if request is EOF:
@@ -304,9 +310,9 @@ class Call:
             return None
         return self._serialize(response)  # a response of the wrong type fails here
 
-    async def respond(self, data: bytes) -> None:
+    def respond(self, data: bytes):
         """A unary call's serialized response and the OK status: one write where the
-        windows allow, else the rest as they open."""
+        windows allow; else returns a coroutine that sends the rest as they open."""
         limit = self._conn.server.max_send
         if len(data) > limit:
             return self.finish(StatusCode.RESOURCE_EXHAUSTED, str(SendTooLarge(len(data), limit)))
@@ -329,10 +335,14 @@ class Call:
         out.append(wire)
         if n < len(message):  # the rest as the windows open
             self._conn.write(b"".join(out))
-            try:
-                out = await self._send_data(memoryview(message)[n:], [], keep_last=True)
-            except Finished:
-                return
+            return self._respond_rest(memoryview(message)[n:])
+        self._end(StatusCode.OK, "", out)
+
+    async def _respond_rest(self, view: memoryview) -> None:
+        try:
+            out = await self._send_data(view, [], keep_last=True)
+        except Finished:
+            return
         self._end(StatusCode.OK, "", out)
 
     def finish(self, code: StatusCode, details: str) -> None:

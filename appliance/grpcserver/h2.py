@@ -103,7 +103,7 @@ class GoAway:
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return _U32.pack(len(payload))[1:] + bytes((kind, flags)) + _U32.pack(stream_id) + payload
+    return _HEAD.pack(len(payload) << 8 | kind, flags, stream_id) + payload
 
 
 def headers(stream_id: int, block: bytes, end_stream: bool, max_size: int) -> bytes:
@@ -153,8 +153,6 @@ def encode_headers(fields) -> bytes:
 
 
 STATUS_200 = b"\x88"  # ":status: 200", static table entry 8
-_HEADERS_END_HEADERS = bytes((HEADERS, END_HEADERS))             # a frame's type and flags
-_HEADERS_END_STREAM = bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
 class Connection:
@@ -499,10 +497,11 @@ class Connection:
                 max(n, len(head), len(trailers)) > self.peer_frame_size:
             return None
         self.send_window -= n
-        sid = _U32.pack(stream_id)
-        out = b"".join((_U32.pack(len(head))[1:], _HEADERS_END_HEADERS, sid, head,
-                        _U32.pack(n)[1:], b"\0\0", sid, message,
-                        _U32.pack(len(trailers))[1:], _HEADERS_END_STREAM, sid, trailers))
+        pack = _HEAD.pack
+        out = b"".join((pack(len(head) << 8 | HEADERS, END_HEADERS, stream_id), head,
+                        pack(n << 8 | DATA, 0, stream_id), message,
+                        pack(len(trailers) << 8 | HEADERS, END_HEADERS | END_STREAM, stream_id),
+                        trailers))
         if stop_peer:
             out += rst_stream(stream_id, NO_ERROR)
         self.close_stream(stream_id)

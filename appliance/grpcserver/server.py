@@ -403,7 +403,9 @@ class Server:
             call.finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
         else:
             if data is not None:  # (run gives none when the handler set another status)
-                await call.respond(data)
+                rest = call.respond(data)
+                if rest is not None:   # windows shut: the rest as they open
+                    await rest
             elif call.code() not in (None, StatusCode.OK):
                 call.finish(call.code(), call.details())
             else:
