@@ -192,8 +192,13 @@ class Call:
             self._conn.acknowledge(self.stream_id, flow_length)
             return
         if data:
-            self._buffer += data
-            self._split_messages()
+            if not self._buffer and not data[0] and len(data) >= 5 and \
+                    int.from_bytes(data[1:5], "big") == len(data) - 5 <= \
+                    self._conn.server.max_receive:   # one whole uncompressed message
+                self._messages.append(data[5:])
+            else:
+                self._buffer += data
+                self._split_messages()
         if len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
             self._conn.acknowledge(self.stream_id, flow_length + self._unacked)
             self._unacked = 0

@@ -229,9 +229,18 @@ class Connection:
                 break
             payload = data[pos + 9:pos + 9 + length]
             pos += 9 + length
+            kind = length_kind & 0xFF
             try:
-                self._frame(length_kind & 0xFF, flags, stream_id & 0x7FFFFFFF, payload,
-                            events, out)
+                if self._headers_stream:   # only CONTINUATION may come
+                    self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events, out)
+                elif kind == DATA:
+                    self._data(flags, stream_id & 0x7FFFFFFF, payload, events, out)
+                elif kind == HEADERS:
+                    self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+                elif kind == WINDOW_UPDATE:
+                    self._window_update(stream_id & 0x7FFFFFFF, payload, events)
+                else:
+                    self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events, out)
             except StreamError as exc:
                 out.append(rst_stream(exc.stream_id, exc.code))
                 self._remote_closed(exc.stream_id)
