@@ -86,8 +86,7 @@ class Call:
     _code: StatusCode | None = None
     _details = ""
     _trailing: list | tuple = ()    # encoded when set: bad metadata fails the handler
-    task: asyncio.Task | None = None   # None while it runs eagerly (server.py)
-    in_handler = False              # the deadline applies (its timer runs)
+    task: asyncio.Task | None = None
     _timer: asyncio.TimerHandle | None = None
 
     def __init__(self, conn: "_Connection", stream_id: int, method: str, metadata: tuple,
@@ -357,7 +356,7 @@ class Call:
     def start_deadline(self) -> None:
         """The deadline's timer (a bare one, not asyncio.timeout_at, ≈ 4× dearer per
         call: kubelet gives every CRI call a deadline)."""
-        if self._timer is None and self.deadline is not None:
+        if self.deadline is not None:
             loop = asyncio.get_running_loop()
             # our deadlines are time.monotonic(): the loop's clock on Linux, but a loop
             # may use another

@@ -14,8 +14,6 @@ what grpc.aio's does for the daemon's handlers:
 from __future__ import annotations
 
 import asyncio
-import collections.abc
-import contextvars
 import logging
 import socket
 import time
@@ -107,7 +105,7 @@ class _Connection(asyncio.Protocol):
                 self._going_away = True
         for call in starting:
             if not call.done():
-                self._run_eagerly(call)
+                self._run(call)
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
@@ -170,112 +168,14 @@ class _Connection(asyncio.Protocol):
             return None
         return call
 
-    def _run_eagerly(self, call: Call) -> None:
-        """Run the call's first step here, inside data_received (Python 3.12's eager
-        tasks, by hand): most handlers answer without awaiting anything, and then the
-        call costs no task, no deadline timer and no extra loop iteration. A handler
-        that suspends goes on in a task from where it stopped (and its deadline timer
-        starts then). Meanwhile `_EagerStep` is the loop's current task, for what
-        asks for one (asyncio.timeout, TaskGroup)."""
-        coro = self.server.handle(call)
-        context = contextvars.copy_context()   # as a task's: the handler's own
-        loop = asyncio.get_running_loop()
-        if asyncio.current_task(loop) is not None:   # not from the loop's reader (tests)
-            call.task = loop.create_task(coro, context=context)
-            return
-        step = _EagerStep()
-        _enter_task(loop, step)
-        try:
-            awaited = context.run(coro.send, None)
-        except StopIteration:
-            return
-        except asyncio.CancelledError:
-            return   # the call is finished (handle re-raises only after that)
-        except Exception:
-            log.exception("unexpected error in %s", call.method)
-            return
-        finally:
-            _leave_task(loop, step)
-        call.task = step.task = loop.create_task(_Resumed(coro, awaited), context=context)
-        for _ in range(step.cancels):
-            call.task.cancel()
-        if call.in_handler:
-            call.start_deadline()
+    def _run(self, call: Call) -> None:
+        call.task = asyncio.get_running_loop().create_task(self.server.handle(call))
 
     def go_away(self) -> None:
         self._going_away = True
         self.write(self.h2.goaway(h2.NO_ERROR))
         if not self.calls:
             self.transport.close()
-
-
-_enter_task, _leave_task = asyncio.tasks._enter_task, asyncio.tasks._leave_task
-
-
-class _EagerStep:
-    """The current task while a call's first step runs eagerly. Whoever keeps it (an
-    asyncio.timeout entered before the first await) reaches the call's task through
-    it once the call suspends."""
-    __slots__ = ("task", "cancels")
-
-    def __init__(self):
-        self.task: asyncio.Task | None = None
-        self.cancels = 0   # cancel() before there is a task: delivered to it
-
-    def cancel(self, msg=None) -> bool:
-        if self.task is not None:
-            return self.task.cancel(msg)
-        self.cancels += 1
-        return True
-
-    def cancelling(self) -> int:
-        return self.task.cancelling() if self.task is not None else self.cancels
-
-    def uncancel(self) -> int:
-        if self.task is not None:
-            return self.task.uncancel()
-        self.cancels = max(0, self.cancels - 1)
-        return self.cancels
-
-    def done(self) -> bool:
-        return self.task.done() if self.task is not None else False
-
-    def cancelled(self) -> bool:
-        return self.task.cancelled() if self.task is not None else False
-
-
-class _Resumed(collections.abc.Coroutine):
-    """A coroutine that was started eagerly and awaits `awaited`, to be run on by a
-    task: the task's first step gets `awaited` (a future it waits for, or None to
-    be run again soon), its later ones go to the coroutine."""
-    __slots__ = ("_coro", "_awaited", "_first")
-
-    def __init__(self, coro, awaited):
-        self._coro, self._awaited, self._first = coro, awaited, True
-
-    def send(self, value):
-        if self._first:
-            self._first = False
-            awaited, self._awaited = self._awaited, None
-            return awaited
-        return self._coro.send(value)
-
-    def throw(self, typ, val=None, tb=None):
-        self._first = False
-        self._awaited = None
-        if val is None and tb is None:
-            return self._coro.throw(typ)
-        return self._coro.throw(typ, val, tb)
-
-    def close(self):
-        return self._coro.close()
-
-    def __await__(self):
-        raise TypeError("run by a task only")
-
-    @property
-    def cr_frame(self):   # the task's stack (dump_stacks)
-        return getattr(self._coro, "cr_frame", None)
 
 
 class Server:
@@ -365,15 +265,10 @@ class Server:
             if call.deadline is None:
                 data = await call.run(handler)
             else:
-                # The deadline timer runs while the handler does; one started eagerly
-                # gets it when it first suspends (see _run_eagerly).
-                call.in_handler = True
-                if call.task is not None:
-                    call.start_deadline()
+                call.start_deadline()   # while the handler runs
                 try:
                     data = await call.run(handler)
                 finally:
-                    call.in_handler = False
                     call.stop_deadline()
         except Abort:
             call.finish(call.code(), call.details())

@@ -690,22 +690,14 @@ def test_a_status_larger_than_a_frame():
     serve(test)
 
 
-# --- handlers run eagerly: inside data_received until they first suspend ---------------
+# --- around the handler's awaits: tasks, deadlines, resets, context -------------------
 
-def test_a_handler_that_does_not_await_answers_without_a_task():
+def test_a_handler_runs_in_its_call_s_task():
     async def test(channel, handlers, server):
         assert await method(channel, "Where")(b"", timeout=5) == b"here"
-        task, current = handlers.seen[0]
-        assert task is None                      # no task was made for it
-        assert not isinstance(current, asyncio.Task)   # the eager step's stand-in
-    serve(test)
-
-
-def test_a_handler_that_suspends_goes_on_in_a_task():
-    async def test(channel, handlers, server):
         assert await method(channel, "Suspend")(b"", timeout=5) == b"back"
-        task, current = handlers.seen[0]
-        assert isinstance(task, asyncio.Task) and task is current
+        for task, current in handlers.seen:
+            assert isinstance(task, asyncio.Task) and task is current
         conn, = server.connections
         assert not conn.calls
     serve(test)
@@ -722,11 +714,11 @@ def test_a_handler_that_raises_before_or_after_suspending(caplog):
     serve(test)
 
 
-def test_asyncio_timeout_entered_in_the_eager_step_works_after_it():
+def test_asyncio_timeout_and_the_deadline_inside_a_handler():
     async def test(channel, handlers, server):
         assert await method(channel, "Timeout")(b"5", timeout=5) == b"slept"
         assert await method(channel, "Timeout")(b"0.01", timeout=5) == b"timed out"
-        # the call's deadline, with an asyncio.timeout entered eagerly still open
+        # the call's deadline, with an asyncio.timeout still open
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await method(channel, "Timeout")(b"30", timeout=0.2)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -747,7 +739,7 @@ def test_a_unary_call_reset_by_the_client_mid_await_cancels_its_handler():
     serve(test)
 
 
-def test_the_deadline_expires_while_an_eager_handler_is_suspended():
+def test_the_deadline_expires_while_a_handler_is_suspended():
     async def test(channel, handlers, server):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await method(channel, "Sleep")(b"30", timeout=0.2)
