@@ -43,6 +43,9 @@ class GrpcServices:
     A service's method handlers are built on its first call (or by `handlers()`), from
     the service's descriptor in its generated `_pb2` module.
     """
+    stable_handlers = True   # service() depends on the method's path only: the server
+                             # may remember its answers
+
 
     def __init__(self):
         self._servicers: dict[str, tuple[module, object]] = {}

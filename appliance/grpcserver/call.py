@@ -69,6 +69,26 @@ class Call:
     and `stop`/`stopped` when the server stops.
     """
 
+    # Most of a call's state keeps these values for its whole life: class defaults, set
+    # on the instance only when they change (a call is made for every request).
+    _unacked = 0                    # flow-controlled bytes held for backpressure
+    _readable: asyncio.Future | None = None
+    _writable: asyncio.Future | None = None
+    _deserialize = None
+    _serialize = None
+    _headers_sent = False
+    _done = False                   # trailers sent or stream reset
+    _reset = False
+    _failed = False                 # the request stream broke (see _fail)
+    _server_stream = False          # one request, a stream of responses
+    stopped = False                 # cancelled by Server.stop
+    expired = False                 # cancelled by its deadline
+    _code: StatusCode | None = None
+    _details = ""
+    _trailing: list | tuple = ()    # encoded when set: bad metadata fails the handler
+    task: asyncio.Task | None = None
+    _timer: asyncio.TimerHandle | None = None
+
     def __init__(self, conn: "_Connection", stream_id: int, method: str, metadata: tuple,
                  deadline: float | None, request_open: bool):
         self._conn, self.stream_id, self.method = conn, stream_id, method
@@ -77,22 +97,6 @@ class Call:
         self._request_open = request_open   # the client may still send messages
         self._buffer = bytearray()
         self._messages: collections.deque = collections.deque()
-        self._unacked = 0                    # flow-controlled bytes held for backpressure
-        self._readable: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
-        self._deserialize = None
-        self._serialize = None
-        self._headers_sent = False
-        self._done = False                   # trailers sent or stream reset
-        self._reset = False
-        self._failed = False                 # the request stream broke (see _fail)
-        self._server_stream = False          # one request, a stream of responses
-        self.stopped = False                 # cancelled by Server.stop
-        self.expired = False                 # cancelled by its deadline
-        self._code: StatusCode | None = None
-        self._details = ""
-        self._trailing: list = []            # encoded now: bad metadata fails the handler
-        self.task: asyncio.Task | None = None
 
     # --- the servicer context -----------------------------------------------------
 
@@ -148,6 +152,10 @@ class Call:
             if self._reset:
                 raise asyncio.CancelledError()
             await self._wait_for_data()
+        return self._next_message()
+
+    def _next_message(self):
+        """The first message queued (there is one), deserialized."""
         data = self._messages.popleft()
         if self._unacked and len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
             self._conn.acknowledge(self.stream_id, self._unacked)
@@ -183,8 +191,13 @@ class Call:
             self._conn.acknowledge(self.stream_id, flow_length)
             return
         if data:
-            self._buffer += data
-            self._split_messages()
+            if not self._buffer and not data[0] and len(data) >= 5 and \
+                    int.from_bytes(data[1:5], "big") == len(data) - 5 <= \
+                    self._conn.server.max_receive:   # one whole uncompressed message
+                self._messages.append(data[5:])
+            else:
+                self._buffer += data
+                self._split_messages()
         if len(self._messages) < _QUEUED_BEFORE_BACKPRESSURE:
             self._conn.acknowledge(self.stream_id, flow_length + self._unacked)
             self._unacked = 0
@@ -271,6 +284,8 @@ class Call:
         self._server_stream = handler.response_streaming and not handler.request_streaming
         if handler.request_streaming:
             request = self
+        elif not self._request_open and len(self._messages) == 1:   # all here: the usual
+            request = self._next_message()
         else:
             request = await self.read()
             if request is EOF:
@@ -299,9 +314,9 @@ class Call:
             return None
         return self._serialize(response)  # a response of the wrong type fails here
 
-    async def respond(self, data: bytes) -> None:
+    def respond(self, data: bytes):
         """A unary call's serialized response and the OK status: one write where the
-        windows allow, else the rest as they open."""
+        windows allow; else returns a coroutine that sends the rest as they open."""
         limit = self._conn.server.max_send
         if len(data) > limit:
             return self.finish(StatusCode.RESOURCE_EXHAUSTED, str(SendTooLarge(len(data), limit)))
@@ -324,15 +339,34 @@ class Call:
         out.append(wire)
         if n < len(message):  # the rest as the windows open
             self._conn.write(b"".join(out))
-            try:
-                out = await self._send_data(memoryview(message)[n:], [], keep_last=True)
-            except Finished:
-                return
+            return self._respond_rest(memoryview(message)[n:])
+        self._end(StatusCode.OK, "", out)
+
+    async def _respond_rest(self, view: memoryview) -> None:
+        try:
+            out = await self._send_data(view, [], keep_last=True)
+        except Finished:
+            return
         self._end(StatusCode.OK, "", out)
 
     def finish(self, code: StatusCode, details: str) -> None:
         """Send the status (and the trailing metadata) and end the stream."""
         self._end(code, details, [])
+
+    def start_deadline(self) -> None:
+        """The deadline's timer (a bare one, not asyncio.timeout_at, ≈ 4× dearer per
+        call: kubelet gives every CRI call a deadline)."""
+        if self.deadline is not None:
+            loop = asyncio.get_running_loop()
+            # our deadlines are time.monotonic(): the loop's clock on Linux, but a loop
+            # may use another
+            self._timer = loop.call_at(loop.time() + (self.deadline - time.monotonic()),
+                                       self.expire)
+
+    def stop_deadline(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def expire(self) -> None:
         """The deadline passed: the handler is cancelled, to end with DEADLINE_EXCEEDED."""
@@ -436,18 +470,43 @@ def _metadata_fields(metadata) -> list:
     return fields
 
 
+_PSEUDO, _PATH, _TIMEOUT, _USER_AGENT, _DROPPED = range(5)
+_FIELD_KINDS = {b":path": _PATH, b":method": _PSEUDO, b":scheme": _PSEUDO,
+                b":authority": _PSEUDO, b"grpc-timeout": _TIMEOUT,
+                b"user-agent": _USER_AGENT, **{name: _DROPPED for name in _RESERVED
+                                               if name not in (b"grpc-timeout", b"user-agent")}}
+_PARSED_CACHE = 256
+_parsed: dict[tuple, tuple] = {}
+
+
 def request_metadata(headers) -> tuple[str, tuple, float | None]:
+    """A request's path, its metadata (what the handler sees) and its deadline. The
+    same header list (a client's every call of a method, when it sets no deadline or
+    its encoder repeats one) is parsed once."""
+    parsed = _parsed.get(headers)
+    if parsed is None:
+        parsed = _parse_headers(headers)
+        if len(_parsed) >= _PARSED_CACHE:
+            _parsed.clear()
+        _parsed[headers] = parsed
+    path, metadata, timeout = parsed
+    return path, metadata, None if timeout is None else time.monotonic() + timeout
+
+
+def _parse_headers(headers) -> tuple[str, tuple, float | None]:
     path, timeout, metadata = "", None, []
+    kinds = _FIELD_KINDS
     for name, value in headers:
-        if name[:1] == b":":
-            if name == b":path":
+        kind = kinds.get(name)
+        if kind is not None:
+            if kind == _PATH:
                 path = value.decode("utf-8", "replace")
-            continue
-        if name in _RESERVED:
-            if name == b"grpc-timeout":
+            elif kind == _TIMEOUT:
                 timeout = _parse_timeout(value)
-            elif name == b"user-agent":
+            elif kind == _USER_AGENT:
                 metadata.append(("user-agent", value.decode("latin-1")))
+            continue
+        if name[:1] == b":":
             continue
         key = name.decode("latin-1")
         if key.endswith("-bin"):
@@ -457,5 +516,4 @@ def request_metadata(headers) -> tuple[str, tuple, float | None]:
                 continue
         else:
             metadata.append((key, value.decode("utf-8", "replace")))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    return path, tuple(metadata), deadline
+    return path, tuple(metadata), timeout

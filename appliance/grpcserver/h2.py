@@ -49,7 +49,8 @@ RESET_BURST, RESET_RATE = 1000, 33.0   # resets, resets per second
 # HPACK "indexed header field" representations of one byte (indices 1–126)
 _ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
 _DECODED_CACHE = 64      # header blocks remembered with what they decode to
-_U32 = struct.Struct(">I")  # also a frame header's first 4 bytes: length (24 bits), type
+_U32 = struct.Struct(">I")
+_HEAD = struct.Struct(">IBI")   # a frame's header: length (24 bits) and type, flags, stream
 _SETTING = struct.Struct(">HI")
 
 
@@ -102,7 +103,7 @@ class GoAway:
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return _U32.pack(len(payload))[1:] + bytes((kind, flags)) + _U32.pack(stream_id) + payload
+    return _HEAD.pack(len(payload) << 8 | kind, flags, stream_id) + payload
 
 
 def headers(stream_id: int, block: bytes, end_stream: bool, max_size: int) -> bytes:
@@ -152,8 +153,6 @@ def encode_headers(fields) -> bytes:
 
 
 STATUS_200 = b"\x88"  # ":status: 200", static table entry 8
-_HEADERS_END_HEADERS = bytes((HEADERS, END_HEADERS))             # a frame's type and flags
-_HEADERS_END_STREAM = bytes((HEADERS, END_HEADERS | END_STREAM))
 
 
 class Connection:
@@ -182,6 +181,9 @@ class Connection:
         self.receive_window = RECEIVE_WINDOW
         self.stream_receive_windows: dict[int, int] = {}
         self._clock = clock
+        # Whether WindowOpened events are wanted: the caller may say no while nothing
+        # waits for a window (a WINDOW_UPDATE follows nearly every answer).
+        self.windows_wanted = True
         self._reset_tokens, self._reset_time = float(RESET_BURST), clock()
 
     def initial_bytes(self) -> bytes:
@@ -198,8 +200,8 @@ class Connection:
         """Parse `data`; returns events; replies owed by the protocol (SETTINGS and PING
         acks) are appended to `out`. Raises ConnectionError_."""
         buf = self._buffer
-        buf += data
         if not self._preface_seen:
+            buf += data
             if len(buf) < len(PREFACE):
                 if not PREFACE.startswith(bytes(buf)):
                     raise ConnectionError_(PROTOCOL_ERROR, "bad connection preface")
@@ -208,25 +210,43 @@ class Connection:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad connection preface")
             del buf[:len(PREFACE)]
             self._preface_seen = True
+            data = b""
+        if buf:   # the rest of a frame from an earlier read
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         events = []
-        pos, end = 0, len(buf)
+        pos, end = 0, len(data)
+        head = _HEAD.unpack_from
         while end - pos >= 9:
-            length = _U32.unpack_from(buf, pos)[0] >> 8
+            length_kind, flags, stream_id = head(data, pos)
+            length = length_kind >> 8
             if length > DEFAULT_FRAME_SIZE:  # we never raise SETTINGS_MAX_FRAME_SIZE
                 raise ConnectionError_(FRAME_SIZE_ERROR, f"frame of {length} bytes")
             if end - pos < 9 + length:
                 break
-            kind, flags = buf[pos + 3], buf[pos + 4]
-            stream_id = _U32.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
-            payload = bytes(buf[pos + 9:pos + 9 + length])
+            payload = data[pos + 9:pos + 9 + length]
             pos += 9 + length
+            kind = length_kind & 0xFF
             try:
-                self._frame(kind, flags, stream_id, payload, events, out)
+                if self._headers_stream:   # only CONTINUATION may come
+                    self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events, out)
+                elif kind == DATA:
+                    self._data(flags, stream_id & 0x7FFFFFFF, payload, events, out)
+                elif kind == HEADERS:
+                    self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+                elif kind == WINDOW_UPDATE:
+                    self._window_update(stream_id & 0x7FFFFFFF, payload, events)
+                else:
+                    self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events, out)
             except StreamError as exc:
                 out.append(rst_stream(exc.stream_id, exc.code))
                 self._remote_closed(exc.stream_id)
                 events.append(Reset(exc.stream_id, exc.code))
-        del buf[:pos]
+        if pos < end:
+            buf += data[pos:]
         return events
 
     def _frame(self, kind, flags, stream_id, payload, events, out):
@@ -236,6 +256,8 @@ class Connection:
             self._data(flags, stream_id, payload, events, out)
         elif kind == HEADERS:
             self._headers(flags, stream_id, payload, events)
+        elif kind == WINDOW_UPDATE:
+            self._window_update(stream_id, payload, events)
         elif kind == CONTINUATION:
             if stream_id != self._headers_stream or not stream_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "unexpected CONTINUATION")
@@ -251,8 +273,6 @@ class Connection:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad PING")
             if not flags & ACK:
                 out.append(frame(PING, ACK, 0, payload))
-        elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, payload, events)
         elif kind == RST_STREAM:
             if not stream_id or len(payload) != 4:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad RST_STREAM")
@@ -298,7 +318,7 @@ class Connection:
         if flow > self.receive_window:
             raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         self.receive_window -= flow
-        data = self._strip_padding(flags, payload)
+        data = self._strip_padding(flags, payload) if flags & PADDED else payload
         if stream_id not in self.open_streams:
             # It still counts on the connection: return that at once, or frames in
             # flight to streams we closed could use up the window for good.
@@ -329,7 +349,8 @@ class Connection:
     def _headers(self, flags, stream_id, payload, events):
         if not stream_id or not stream_id & 1:
             raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
-        payload = self._strip_padding(flags, payload)
+        if flags & PADDED:
+            payload = self._strip_padding(flags, payload)
         if flags & PRIORITY_FLAG:
             if len(payload) < 5:
                 raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
@@ -347,18 +368,22 @@ class Connection:
             self.stream_send_windows[stream_id] = self.peer_initial_window
             self.stream_receive_windows[stream_id] = RECEIVE_WINDOW
             self._header_kind = Request
+        end_stream = bool(flags & END_STREAM)
+        if flags & END_HEADERS:   # the whole block in one frame: the usual case
+            self._header_done(stream_id, payload, end_stream, events)
+            return
         self._headers_stream = stream_id
         self._header_block = bytearray(payload)
-        self._header_end_stream = bool(flags & END_STREAM)
-        if flags & END_HEADERS:
-            self._end_headers(events)
+        self._header_end_stream = end_stream
 
     def _end_headers(self, events):
         stream_id, block = self._headers_stream, bytes(self._header_block)
         self._headers_stream = 0
         self._header_block = bytearray()
+        self._header_done(stream_id, block, self._header_end_stream, events)
+
+    def _header_done(self, stream_id, block, end_stream, events):
         headers = self._decode(block)
-        end_stream = self._header_end_stream
         if self._header_kind is None:
             raise StreamError(stream_id, REFUSED_STREAM, "too many concurrent streams")
         if self._header_kind is Data:
@@ -376,7 +401,8 @@ class Connection:
         """Decode even a block we refuse: the decoder's table must stay in step with the
         peer's encoder. A block of one-byte indexed fields only changes no table, so
         while the table is unchanged it decodes as before: from the cache."""
-        if not block.translate(None, _ONE_BYTE_INDEXED):
+        cacheable = not block.translate(None, _ONE_BYTE_INDEXED)
+        if cacheable:
             headers = self._decoded.get(block)
             if headers is not None:
                 return headers
@@ -386,7 +412,7 @@ class Connection:
             headers = self._decoder.decode(block)
         except HPACKError as exc:
             raise ConnectionError_(COMPRESSION_ERROR, f"hpack: {exc}") from None
-        if not block.translate(None, _ONE_BYTE_INDEXED):
+        if cacheable:
             if len(self._decoded) >= _DECODED_CACHE:
                 self._decoded.clear()
             self._decoded[block] = headers
@@ -412,8 +438,8 @@ class Connection:
                     self.stream_send_windows[sid] += delta
                     if self.stream_send_windows[sid] > MAX_WINDOW:
                         raise ConnectionError_(FLOW_CONTROL_ERROR, "stream window overflow")
-                if delta > 0:  # writers waiting for a stream window may go on
-                    events.append(WindowOpened(0))
+                if delta > 0 and self.windows_wanted:  # writers waiting for a stream
+                    events.append(WindowOpened(0))             # window may go on
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= 2 ** 24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, "bad max frame size")
@@ -442,7 +468,8 @@ class Connection:
             raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
         else:
             return  # a late update for a finished stream
-        events.append(WindowOpened(stream_id))
+        if self.windows_wanted:
+            events.append(WindowOpened(stream_id))
 
     # --- output ----------------------------------------------------------------------
 
@@ -479,10 +506,11 @@ class Connection:
                 max(n, len(head), len(trailers)) > self.peer_frame_size:
             return None
         self.send_window -= n
-        sid = _U32.pack(stream_id)
-        out = b"".join((_U32.pack(len(head))[1:], _HEADERS_END_HEADERS, sid, head,
-                        _U32.pack(n)[1:], b"\0\0", sid, message,
-                        _U32.pack(len(trailers))[1:], _HEADERS_END_STREAM, sid, trailers))
+        pack = _HEAD.pack
+        out = b"".join((pack(len(head) << 8 | HEADERS, END_HEADERS, stream_id), head,
+                        pack(n << 8 | DATA, 0, stream_id), message,
+                        pack(len(trailers) << 8 | HEADERS, END_HEADERS | END_STREAM, stream_id),
+                        trailers))
         if stop_peer:
             out += rst_stream(stream_id, NO_ERROR)
         self.close_stream(stream_id)

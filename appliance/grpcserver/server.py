@@ -68,6 +68,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         out: list = []
+        self.h2.windows_wanted = bool(self.blocked)
         try:
             events = self.h2.receive(data, out)
         except h2.ConnectionError_ as exc:
@@ -78,9 +79,9 @@ class _Connection(asyncio.Protocol):
             return
         if out:
             self.transport.write(b"".join(out))
-        # A request reset in the same read never starts a call (rapid reset's pattern)
-        reset = {e.stream_id for e in events if type(e) is h2.Reset} if len(events) > 1 \
-            else ()
+        # Calls start once the whole read is taken in (a unary request is complete by
+        # then), and one reset in the same read never starts (rapid reset's pattern).
+        starting = []
         for event in events:
             kind = type(event)
             if kind is h2.Data:
@@ -90,8 +91,9 @@ class _Connection(asyncio.Protocol):
                 else:
                     call.received(event.data, event.flow_length, event.end_stream)
             elif kind is h2.Request:
-                if event.stream_id not in reset:
-                    self._start(event)
+                call = self._call(event)
+                if call is not None:
+                    starting.append(call)
             elif kind is h2.WindowOpened:
                 self._window_opened(event.stream_id)
             elif kind is h2.Reset:
@@ -101,6 +103,9 @@ class _Connection(asyncio.Protocol):
                     call.stream_reset()
             elif kind is h2.GoAway:
                 self._going_away = True
+        for call in starting:
+            if not call.done():
+                self._run(call)
 
     def connection_lost(self, exc) -> None:
         self.server.connections.discard(self)
@@ -152,14 +157,18 @@ class _Connection(asyncio.Protocol):
             if call is not None:
                 call.window_opened()
 
-    def _start(self, event: h2.Request) -> None:
+    def _call(self, event: h2.Request) -> Call | None:
+        """The call a request opens, to be started (None: refused at once)."""
         stream_id = event.stream_id
         path, metadata, deadline = request_metadata(event.headers)
         call = Call(self, stream_id, path, metadata, deadline, not event.end_stream)
         self.calls[stream_id] = call
         if self.server.draining:
             call.finish(StatusCode.UNAVAILABLE, "the server is stopping")
-            return
+            return None
+        return call
+
+    def _run(self, call: Call) -> None:
         call.task = asyncio.get_running_loop().create_task(self.server.handle(call))
 
     def go_away(self) -> None:
@@ -177,12 +186,14 @@ class Server:
         self.max_receive, self.max_send = max_receive, max_send
         self._interceptors = list(interceptors)
         self._handlers = []
+        self._methods: dict[str, object] = {}   # path → handler, see _handler
         self._servers: list[asyncio.AbstractServer] = []
         self.connections: set[_Connection] = set()
         self.draining = False
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         self._handlers.extend(handlers)
+        self._methods.clear()
 
     async def serve_socket(self, sock: socket.socket, ssl_context=None) -> None:
         """Serve on a bound, listening socket (unix or TCP; TLS with `ssl_context`)."""
@@ -218,6 +229,17 @@ class Server:
 
     # --- one call ----------------------------------------------------------------------
 
+    def _handler(self, call: Call):
+        """The method's handler, remembered by path when every generic handler says its
+        answer depends on the path only (`stable_handlers`, as stubs.GrpcServices')."""
+        handler = self._methods.get(call.method)
+        if handler is None:
+            handler = self._lookup(_Details(call.method, call.invocation_metadata()))
+            if handler is not None and all(getattr(generic, "stable_handlers", False)
+                                           for generic in self._handlers):
+                self._methods[call.method] = handler
+        return handler
+
     def _lookup(self, details: _Details):
         for generic in self._handlers:
             handler = generic.service(details)
@@ -234,24 +256,20 @@ class Server:
         return await continuation(details)
 
     async def handle(self, call: Call) -> None:
-        details = _Details(call.method, call.invocation_metadata())
         try:
-            handler = await self._intercepted(details) if self._interceptors \
-                else self._lookup(details)
+            handler = await self._intercepted(_Details(call.method, call.invocation_metadata())) \
+                if self._interceptors else self._handler(call)
             if handler is None:
                 call.finish(StatusCode.UNIMPLEMENTED, self._unimplemented(call.method))
                 return
             if call.deadline is None:
                 data = await call.run(handler)
             else:
-                # a bare timer, not asyncio.timeout_at (≈ 4× dearer per call): kubelet
-                # gives every CRI call a deadline
-                timer = asyncio.get_running_loop().call_at(_loop_time(call.deadline),
-                                                           call.expire)
+                call.start_deadline()   # while the handler runs
                 try:
                     data = await call.run(handler)
                 finally:
-                    timer.cancel()
+                    call.stop_deadline()
         except Abort:
             call.finish(call.code(), call.details())
         except (asyncio.CancelledError, TimeoutError) as exc:
@@ -280,7 +298,9 @@ class Server:
             call.finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
         else:
             if data is not None:  # (run gives none when the handler set another status)
-                await call.respond(data)
+                rest = call.respond(data)
+                if rest is not None:   # windows shut: the rest as they open
+                    await rest
             elif call.code() not in (None, StatusCode.OK):
                 call.finish(call.code(), call.details())
             else:
@@ -296,9 +316,3 @@ class Server:
         return f"unknown method {method} for service {service}" if known \
             else f"unknown service {service}"
 
-
-def _loop_time(deadline: float) -> float:
-    """Our deadlines are time.monotonic(); the loop's clock is the same on Linux,
-    but convert anyway in case a loop uses another."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (deadline - time.monotonic())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from appliance.grpcserver import EOF, Server, h2
 from appliance.grpcutil import rpc
 
 PAYLOAD_LIMIT = 4 << 20
+VAR = contextvars.ContextVar("VAR", default="unset")
 
 
 class Handlers(grpc.GenericRpcHandler):
@@ -46,7 +48,13 @@ class Handlers(grpc.GenericRpcHandler):
                 self.echo, request_deserializer=lambda b: int(b)),
             "/t.T/RpcSum": grpc.stream_unary_rpc_method_handler(self.rpc_sum),
             "/t.T/BadTrailer": grpc.unary_unary_rpc_method_handler(self.bad_trailer),
+            "/t.T/Where": grpc.unary_unary_rpc_method_handler(self.where),
+            "/t.T/Suspend": grpc.unary_unary_rpc_method_handler(self.suspend),
+            "/t.T/LateCrash": grpc.unary_unary_rpc_method_handler(self.late_crash),
+            "/t.T/Timeout": grpc.unary_unary_rpc_method_handler(self.timeout),
+            "/t.T/SetVar": grpc.unary_unary_rpc_method_handler(self.set_var),
         }
+        self.seen = []   # what where/suspend saw
 
     def service(self, details):
         method = self.methods.get(details.method)
@@ -116,6 +124,36 @@ class Handlers(grpc.GenericRpcHandler):
         context.set_trailing_metadata([(k, v) for k, v in context.invocation_metadata()
                                        if k.endswith("-bin")])
         return b""
+
+    async def where(self, request, context):
+        self.seen.append((context.task, asyncio.current_task()))
+        return b"here"
+
+    async def suspend(self, request, context):
+        await asyncio.sleep(0)
+        self.seen.append((context.task, asyncio.current_task()))
+        return b"back"
+
+    async def late_crash(self, request, context):
+        await asyncio.sleep(0)
+        raise RuntimeError("late boom")
+
+    async def timeout(self, request, context):
+        # asyncio.timeout entered before the first await: it needs a current task
+        try:
+            async with asyncio.timeout(float(request)):
+                await asyncio.sleep(0.5)
+            return b"slept"
+        except TimeoutError:
+            return b"timed out"
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def set_var(self, request, context):
+        old = VAR.get()
+        VAR.set(request.decode())
+        return old.encode()
 
     async def chat(self, request_iterator, context):
         # grpc.aio style: read() until EOF, write() each answer
@@ -188,6 +226,9 @@ def test_deadline_cancels_the_handler():
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await asyncio.wait_for(handlers.cancelled.wait(), 5)
         assert await method(channel, "Sleep")(b"0", timeout=5) == b"woke"
+        # neither call left its deadline timer behind
+        assert not [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()
+                    and getattr(h._callback, "__self__", None).__class__.__name__ == "Call"]
     serve(test)
 
 
@@ -649,4 +690,74 @@ def test_a_status_larger_than_a_frame():
         assert results[1][1][b"grpc-message"] == b"%C3%A9" * 6000
         assert results[3] == (b"\0\0\0\0\5after", {b"grpc-status": b"0"})
         client.close()
+    serve(test)
+
+
+# --- around the handler's awaits: tasks, deadlines, resets, context -------------------
+
+def test_a_handler_runs_in_its_call_s_task():
+    async def test(channel, handlers, server):
+        assert await method(channel, "Where")(b"", timeout=5) == b"here"
+        assert await method(channel, "Suspend")(b"", timeout=5) == b"back"
+        for task, current in handlers.seen:
+            assert isinstance(task, asyncio.Task) and task is current
+        conn, = server.connections
+        assert not conn.calls
+    serve(test)
+
+
+def test_a_handler_that_raises_before_or_after_suspending(caplog):
+    async def test(channel, handlers, server):
+        for name, words in (("Crash", "boom"), ("LateCrash", "late boom")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await method(channel, name)(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNKNOWN
+            assert words in err.value.details()
+        assert await method(channel, "Echo")(b"fine") == b"fine"
+    serve(test)
+
+
+def test_asyncio_timeout_and_the_deadline_inside_a_handler():
+    async def test(channel, handlers, server):
+        assert await method(channel, "Timeout")(b"5", timeout=5) == b"slept"
+        assert await method(channel, "Timeout")(b"0.01", timeout=5) == b"timed out"
+        # the call's deadline, with an asyncio.timeout still open
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(channel, "Timeout")(b"30", timeout=0.2)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(handlers.cancelled.wait(), 5)
+    serve(test)
+
+
+def test_a_unary_call_reset_by_the_client_mid_await_cancels_its_handler():
+    async def test(channel, handlers, server):
+        call = method(channel, "Sleep")(b"30")
+        await asyncio.sleep(0.2)
+        conn, = server.connections
+        assert len(conn.calls) == 1 and next(iter(conn.calls.values())).task is not None
+        call.cancel()
+        await asyncio.wait_for(handlers.cancelled.wait(), 5)
+        await asyncio.sleep(0.05)
+        assert not conn.calls
+    serve(test)
+
+
+def test_context_variables_set_by_a_handler_stay_its_own():
+    async def test(channel, handlers, server):
+        assert await method(channel, "SetVar")(b"first") == b"unset"
+        assert await method(channel, "SetVar")(b"second") == b"unset"
+    serve(test)
+
+
+def test_handlers_are_remembered_by_path_only_from_stable_generic_handlers():
+    async def test(channel, handlers, server):
+        for _ in range(2):
+            assert await method(channel, "Echo")(b"a") == b"a"
+        assert handlers.started == ["/t.T/Echo"] * 2   # asked on every call
+        handlers.stable_handlers = True   # as stubs.GrpcServices
+        for _ in range(2):
+            assert await method(channel, "Meta")(b"", metadata=(("who", "me"),)) == b"me"
+        assert handlers.started == ["/t.T/Echo"] * 2 + ["/t.T/Meta"]
+        with pytest.raises(grpc.aio.AioRpcError):
+            await method(channel, "Nope")(b"")
     serve(test)

@@ -106,6 +106,18 @@ def test_send_windows_follow_settings_and_updates():
         conn.receive(h2.window_update(0, h2.MAX_WINDOW), out)
 
 
+def test_window_updates_give_events_only_while_wanted():
+    conn, out = connection(), []
+    conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
+    conn.windows_wanted = False   # nothing waits: the windows grow all the same
+    assert conn.receive(h2.window_update(0, 1000) + h2.window_update(1, 2000), out) == []
+    conn.receive(h2.frame(h2.SETTINGS, 0, 0, struct.pack(">HI", h2.INITIAL_WINDOW_SIZE, 70000)), out)
+    assert (conn.send_window, conn.stream_send_windows[1]) == (66535, 72000)
+    conn.windows_wanted = True
+    assert conn.receive(h2.window_update(0, 1) + h2.window_update(1, 1), out) == \
+        [h2.WindowOpened(0), h2.WindowOpened(1)]
+
+
 def test_consumed_bytes_come_back_as_window_updates_in_batches():
     conn, out = connection(), []
     conn.receive(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, request_headers()), out)
