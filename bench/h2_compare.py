@@ -177,17 +177,17 @@ def replay_ours(chunks: list[bytes]) -> int:
                     path = paths.pop(sid).decode()
                     if KIND[path] == "unary":
                         response = _message(ANSWERS[path])
-                        assert conn.sendable(sid, len(response)) == len(response)
                         out.append(frame(ours.HEADERS, ours.END_HEADERS, sid, _RESPONSE_HEADERS))
-                        out.append(frame(ours.DATA, 0, sid, response))
-                        conn.sent(sid, len(response))
+                        data, n = conn.send_data(sid, response)
+                        assert n == len(response)
+                        out.append(data)
                     else:
                         out.append(frame(ours.HEADERS, ours.END_HEADERS, sid, _RESPONSE_HEADERS))
                         for _ in range(EVENTS_PER_CALL):
                             message = _message(EVENT)
-                            assert conn.sendable(sid, len(message)) == len(message)
-                            out.append(frame(ours.DATA, 0, sid, message))
-                            conn.sent(sid, len(message))
+                            data, n = conn.send_data(sid, message)
+                            assert n == len(message)
+                            out.append(data)
                     out.append(headers(sid, _OK_TRAILERS, True, conn.peer_frame_size))
                     conn.close_stream(sid)
                     answered += 1
@@ -302,7 +302,7 @@ class _H2Adapter:
             kind = type(event)
             if kind is ev.RequestReceived:
                 self.highest_stream_id = event.stream_id
-                events.append(ours.Request(event.stream_id, event.headers, False))
+                events.append(ours.Request(event.stream_id, tuple(map(tuple, event.headers)), False))
             elif kind is ev.DataReceived:
                 events.append(ours.Data(event.stream_id, event.data,
                                         event.flow_controlled_length, False))
@@ -313,11 +313,26 @@ class _H2Adapter:
         out.append(self.conn.data_to_send())
         return events
 
-    def sendable(self, stream_id, wanted):
-        return min(wanted, self.conn.local_flow_control_window(stream_id))
+    windows_wanted = False  # server.py sets it; h2 reports every window update anyway
 
-    def sent(self, stream_id, n):
-        pass  # h2 counts when the frames go out through it (_AdaptedConnection.write)
+    # Output: our frames (server.py's calls), parsed back and re-sent through h2 by
+    # _AdaptedConnection.write; h2 keeps the flow-control accounts.
+    def send_headers(self, stream_id, block, end_stream=False):
+        return ours.headers(stream_id, block, end_stream, self.peer_frame_size)
+
+    def send_data(self, stream_id, data, limit=ours.MAX_WINDOW):
+        n = min(len(data), limit, self.conn.local_flow_control_window(stream_id))
+        return (ours.frame(ours.DATA, 0, stream_id, bytes(data[:n])) if n > 0 else b""), n
+
+    def unary_answer(self, *_):
+        return None  # server.py then goes frame by frame
+
+    def end_stream(self, stream_id, block, stop_peer):
+        out = ours.headers(stream_id, block, True, self.peer_frame_size)
+        return out + ours.rst_stream(stream_id, ours.NO_ERROR) if stop_peer else out
+
+    def goaway(self, code, message=b""):
+        return ours.goaway(self.highest_stream_id, code, message)
 
     def consumed(self, stream_id, n):
         try:
