@@ -19,7 +19,7 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from . import events, logs, resources, security, spec as specs
 from .images import NAMESPACE
 from .runtime import (EXIT_WAIT, CRIRuntime, config_json, ensure_dir, options_json,
-                      remove_tree, undo_all)
+                      in_thread, remove_tree, undo_all)
 from .sandbox import new_id
 from .store import (CONTAINER_METADATA, CREATED, EXITED, RUNNING, SANDBOX_READY,
                     UNKNOWN_EXIT_CODE, Container, Status, answer, container_from_metadata)
@@ -108,7 +108,7 @@ class ContainerService:
                              handler.runtime.privileged_without_host_devices)
             c.status = Status(created_at=time.time_ns())
             c.save_status()
-        await asyncio.to_thread(prepare)
+        await in_thread(prepare)
         rt.containers.add(c)
         rt.events.emit(cid, sandbox.id, events.CREATED)
         return cid

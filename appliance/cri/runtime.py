@@ -255,9 +255,39 @@ class CRIRuntime:
                     c.io.sink.close()
 
 
+async def to_the_end(awaitable):
+    """Await `awaitable` to its end even when the caller is cancelled meanwhile, once or
+    more (a client's deadline, then its reset of the stream); the cancellation is raised
+    after. A failed create's undo must run after its step, not beside it, and to its end,
+    or what the step makes after the undo (a snapshot, directories) is left behind."""
+    future = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+            break
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def in_thread(fn):
+    """fn() in a worker thread, to its end (to_the_end)."""
+    return await to_the_end(asyncio.to_thread(fn))
+
+
 async def undo_all(steps: list, what: str) -> None:
     """Run a failed create's undo steps, last first (a step may be a coroutine function's
-    result); each failure is logged and the rest still run."""
+    result); each failure is logged and the rest still run, to the end even when the
+    caller is cancelled again meanwhile."""
+    await to_the_end(_undo_all(steps, what))
+
+
+async def _undo_all(steps: list, what: str) -> None:
     for step in reversed(steps):
         try:
             result = step()

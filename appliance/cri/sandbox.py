@@ -22,8 +22,8 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
 from . import events, security, spec as specs
 from .images import NAMESPACE
-from .runtime import (CRIRuntime, config_json, ensure_dir, options_json, remove_tree,
-                      undo_all)
+from .runtime import (CRIRuntime, config_json, ensure_dir, in_thread, options_json,
+                      remove_tree, undo_all)
 from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox, answer,
                     sandbox_from_metadata)
 
@@ -91,7 +91,7 @@ class SandboxService:
             mounts = rt.prepare_snapshot(sid, image.chain_id)
             self._secure(sandbox, runtime_spec, image.config, mounts)
             return mounts
-        mounts = await asyncio.to_thread(prepare)
+        mounts = await in_thread(prepare)
 
         sandbox.pid = await rt.create_task(sid, rootfs=mounts)
         undo.append(lambda: rt.delete_task(sid))

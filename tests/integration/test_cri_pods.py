@@ -614,3 +614,32 @@ def test_oom_killed_reason(cri, registry):
     status = cri.wait_exited(cid, timeout=60)
     assert (status.exit_code, status.reason) == (137, "OOMKilled")
     same("oom", cri.kind, (status.exit_code, status.reason))
+
+
+def test_create_cut_off_by_its_deadline_leaves_nothing(cri, registry):
+    """A CreateContainer whose deadline passes while it prepares the container (dirs,
+    snapshot, spec in a worker thread) is undone after that step, not beside it, and to the
+    end though the client's reset of the stream cancels it again: no snapshot or directory
+    of the container is left. On both daemons."""
+    pod_id, config = cri.run_pod("cut-off")
+    before = snapshots(cri.daemon)
+    dirs = Path(cri.daemon.root) / "io.containerd.grpc.v1.cri" / "containers"
+    cut_off = 0
+    for step in range(120):
+        try:
+            cid = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id, sandbox_config=config, config=pb.ContainerConfig(
+                    metadata=pb.ContainerMetadata(name=f"c{step}"),
+                    image=pb.ImageSpec(image=registry.busybox), command=["true"])),
+                timeout=0.001 * (step % 30 + 1)).container_id
+            cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+            cut_off += 1
+    assert cut_off
+    time.sleep(2)   # a step still running in a worker thread would have ended by now
+    for c in cri.runtime.ListContainers(pb.ListContainersRequest()).containers:
+        # one the deadline cut off only after it was made
+        cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=c.id))
+    assert snapshots(cri.daemon) == before
+    assert (sorted(os.listdir(dirs)) if dirs.is_dir() else []) == []
