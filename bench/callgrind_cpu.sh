@@ -6,6 +6,7 @@
 #   bench/callgrind_cpu.sh lifecycle [TREE]   per `ctr run --rm busybox /bin/true` (5 runs)
 # TREE: another source tree to run instead of this one (e.g. `git archive` of a commit plus
 # appliance/_proto and the built extensions), put first on PYTHONPATH.
+# KEEP=DIR: copy the callgrind profiles there (for callgrind_annotate --inclusive=yes).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:?rpc or lifecycle}; TREE=${2:-}
@@ -43,6 +44,7 @@ else
     measure lifecycle lifecycles
     N=5
 fi
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$W"/cg.*.[0-9]* "$KEEP"/; fi
 for f in "$W"/cg.*.[0-9]*; do
     echo "$(grep -m1 '^desc: Trigger' "$f" | sed 's/.*dump //'): $(grep -m1 '^totals' "$f" | awk -v n=$N '{printf "%.0f", $2/n}') instructions each"
 done

@@ -224,7 +224,7 @@ def _aufs(ic: InitContext):
         if modprobe is None:
             detail = 'exec: "modprobe": executable file not found in $PATH ""'
         else:
-            r = subprocess.run([modprobe, "aufs"], capture_output=True, text=True, timeout=10,
+            r = subprocess.run(fdlimit.child_argv([modprobe, "aufs"]), capture_output=True, text=True, timeout=10,
                                preexec_fn=fdlimit.child_preexec())
             if r.returncode == 0:
                 detail = ""

@@ -243,7 +243,7 @@ class NativeBackend(Backend):
 
 def copy_tree(src: str, dst: str) -> None:
     """A faithful copy (owners, modes, times, xattrs, hardlinks, devices): GNU cp -a."""
-    result = subprocess.run(["cp", "-a", "--reflink=auto", "--", src, dst],
+    result = subprocess.run(fdlimit.child_argv(["cp", "-a", "--reflink=auto", "--", src, dst]),
                             capture_output=True, text=True, timeout=3600,
                             preexec_fn=fdlimit.child_preexec())
     if result.returncode != 0:
