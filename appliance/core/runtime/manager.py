@@ -21,7 +21,7 @@ from ...process import failpoint
 from ...process.trash import Trash
 from ...supervisor import Supervisor
 from . import shim as shims
-from .bundle import Bundle, list_bundles
+from .bundle import Bundle, cgroups_path, list_bundles
 
 events = stubs.module("appliance._proto.containerd.api.events.task_pb2")
 shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
@@ -214,6 +214,7 @@ class TaskManager:
             return None
         with open(shim.bundle.file("config.json"), "wb") as f:  # the spec may have changed
             f.write(spec)
+        shim.bundle.cgroups_path = None
         return shim
 
     def discard_prestarted(self, ns: str, task_id: str) -> None:
@@ -310,11 +311,11 @@ class TaskManager:
         `shim_stopping`, the directories go once that task is done: a shim on its way out
         still reads its `address` file from the bundle."""
         try:
-            spec = await asyncio.to_thread(_remove_rootfs, bundle)  # mountinfo: off the loop
+            cgroups = await asyncio.to_thread(_remove_rootfs, bundle)  # mountinfo: off the loop
         finally:
             if shim_stopping is not None:
                 await shim_stopping
-        if spec is None:
+        if cgroups is None:
             return
         bundle.discard()
         # runc recreates the /<ns> parent for every task: removing it while a task of the
@@ -323,7 +324,7 @@ class TaskManager:
         own = (bundle.namespace, bundle.id)
         busy = any(key[0] == bundle.namespace and key != own
                    for key in [*self.tasks, *self._pending, *self._prestarted])
-        remove_task_cgroups(bundle, spec, parent_too=not busy)
+        remove_task_cgroups(bundle, cgroups, parent_too=not busy)
 
     # --- dead shims -----------------------------------------------------------
 
@@ -435,31 +436,34 @@ class TaskManager:
             shim.close()   # the watchers are the supervisor's: it has ended them already
 
 
-def _read_spec(bundle: Bundle) -> dict:
+def _cgroups_path(bundle: Bundle) -> str:
+    """The spec's linux.cgroupsPath: noted at create, else read from config.json."""
+    if bundle.cgroups_path is not None:   # no second parse of the same spec
+        return bundle.cgroups_path
     try:
         with open(bundle.file("config.json"), "rb") as f:
-            return json.load(f)
+            return cgroups_path(json.load(f))
     except (OSError, ValueError):
-        return {}
+        return ""
 
 
-def _remove_rootfs(bundle: Bundle) -> dict | None:
-    """Unmount and remove the bundle's rootfs; its spec (None when the rootfs stays)."""
-    spec = _read_spec(bundle)
-    kill_task_leftovers(bundle, spec)
+def _remove_rootfs(bundle: Bundle) -> str | None:
+    """Unmount and remove the bundle's rootfs; its cgroups path (None when the rootfs
+    stays)."""
+    path = _cgroups_path(bundle)
+    kill_task_leftovers(bundle, path)
     try:
         bundle.remove_rootfs()
     except OSError as exc:
         log.error("failed to delete bundle %s: %s", bundle.path, exc)
         return None
-    return spec
+    return path
 
 
-def remove_task_cgroups(bundle: Bundle, spec: dict, parent_too: bool) -> None:
+def remove_task_cgroups(bundle: Bundle, cgroups: str, parent_too: bool) -> None:
     """runc removes /<ns>/<id> but leaves the /<ns> parent it made for ctr's default path;
     remove it when empty (rmdir of a cgroup in use fails, so this never disturbs one)."""
-    path = (spec.get("linux") or {}).get("cgroupsPath", "")
-    if path != f"/{bundle.namespace}/{bundle.id}":
+    if cgroups != f"/{bundle.namespace}/{bundle.id}":
         return
     try:
         hierarchies = os.listdir(CGROUP_ROOT)
@@ -486,10 +490,10 @@ def _raise_if_full(exc: BaseException, bundle: Bundle) -> None:
         raise exhausted(full, full.filename or bundle.path) from None
 
 
-def kill_task_leftovers(bundle: Bundle, spec: dict, timeout: float = 2.0) -> None:
+def kill_task_leftovers(bundle: Bundle, cgroups: str, timeout: float = 2.0) -> None:
     """SIGKILL what is still in the task's own /<ns>/<id> cgroup when its bundle goes: what
     runc could not see (a `runc init` whose `runc create` died before writing its state)."""
-    if (spec.get("linux") or {}).get("cgroupsPath", "") != f"/{bundle.namespace}/{bundle.id}":
+    if cgroups != f"/{bundle.namespace}/{bundle.id}":
         return
     path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
     if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
