@@ -311,7 +311,9 @@ class TaskManager:
         `shim_stopping`, the directories go once that task is done: a shim on its way out
         still reads its `address` file from the bundle."""
         try:
-            cgroups = await asyncio.to_thread(_remove_rootfs, bundle)  # mountinfo: off the loop
+            cgroups = _cgroups_path(bundle)
+            if not _remove_rootfs_quickly(bundle, cgroups):   # mountinfo: off the loop
+                cgroups = await asyncio.to_thread(_remove_rootfs, bundle, cgroups)
         finally:
             if shim_stopping is not None:
                 await shim_stopping
@@ -447,10 +449,24 @@ def _cgroups_path(bundle: Bundle) -> str:
         return ""
 
 
-def _remove_rootfs(bundle: Bundle) -> str | None:
-    """Unmount and remove the bundle's rootfs; its cgroups path (None when the rootfs
+def _remove_rootfs_quickly(bundle: Bundle, cgroups: str) -> bool:
+    """The usual case, a few syscalls (cheaper on the loop than a thread's hop): nothing left
+    in the task's cgroup and an empty rootfs with nothing mounted (rmdir fails on a mount
+    point or a non-empty directory). False: `_remove_rootfs` is needed."""
+    if _task_pids(bundle, cgroups):
+        return False
+    try:
+        os.rmdir(bundle.rootfs)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove_rootfs(bundle: Bundle, path: str) -> str | None:
+    """Unmount and remove the bundle's rootfs; its cgroups `path` (None when the rootfs
     stays)."""
-    path = _cgroups_path(bundle)
     kill_task_leftovers(bundle, path)
     try:
         bundle.remove_rootfs()
@@ -493,26 +509,17 @@ def _raise_if_full(exc: BaseException, bundle: Bundle) -> None:
 def kill_task_leftovers(bundle: Bundle, cgroups: str, timeout: float = 2.0) -> None:
     """SIGKILL what is still in the task's own /<ns>/<id> cgroup when its bundle goes: what
     runc could not see (a `runc init` whose `runc create` died before writing its state)."""
-    if cgroups != f"/{bundle.namespace}/{bundle.id}":
-        return
-    path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
-    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
-        path = os.path.join(CGROUP_ROOT, bundle.namespace, bundle.id)
     deadline = time.monotonic() + timeout
     killed: set[int] = set()
     while True:
-        try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                pids = [int(p) for p in f.read().split()]
-        except OSError:  # no such cgroup: nothing was left
-            return
+        pids = _task_pids(bundle, cgroups)
         if not pids:
             return
         if time.monotonic() > deadline:
-            log.error("processes %s stay in cgroup %s", pids, path)
+            log.error("processes %s stay in cgroup %s", pids, cgroups)
             return
         if not killed:
-            log.warning("killing processes %s left in cgroup %s", pids, path)
+            log.warning("killing processes %s left in cgroup %s", pids, cgroups)
             _thaw(bundle)
         for pid in set(pids) - killed:
             try:
@@ -521,6 +528,20 @@ def kill_task_leftovers(bundle: Bundle, cgroups: str, timeout: float = 2.0) -> N
                 pass
         killed.update(pids)
         time.sleep(0.02)
+
+
+def _task_pids(bundle: Bundle, cgroups: str) -> list[int]:
+    """The processes in the task's own /<ns>/<id> cgroup (none without such a cgroup)."""
+    if cgroups != f"/{bundle.namespace}/{bundle.id}":
+        return []
+    path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
+        path = os.path.join(CGROUP_ROOT, bundle.namespace, bundle.id)
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:  # no such cgroup: nothing was left
+        return []
 
 
 def _thaw(bundle: Bundle) -> None:
