@@ -17,12 +17,7 @@ DP=$!
 trap 'kill $DP 2>/dev/null || true; wait $DP 2>/dev/null || true; rm -rf "$W"' EXIT
 for _ in $(seq 1 300); do ctr --address "$W/s.sock" version >/dev/null 2>&1 && break; sleep 0.2; done
 cd "$REPO"
-.venv/bin/python -c "from bench import images; images.image('small')"   # built if missing
-ctr --address "$W/s.sock" -n bench images import \
-    "${BENCH_CACHE:-/tmp/ctrappliance-bench}/images/busybox.tar" >/dev/null
-REF=$(ctr --address "$W/s.sock" -n bench images ls -q | head -1)
-run() { ctr --address "$W/s.sock" -n bench run --rm --runc-root "$W/runc" --fifo-dir "$W/fifo" \
-            $REF "$1" /bin/true; }
+. bench/ctr_run.sh   # busybox imported; run NAME
 for i in 1 2 3; do run warm-$i; done; sleep 2
 lifecycles() { for i in $(seq 1 "$1"); do run "$2-$i"; done; sleep 2; }
 perf stat --no-inherit -x, -e context-switches,page-faults,task-clock -p $DP -o "$W/perf" &
