@@ -111,8 +111,8 @@ def _mount_overlay_compact(data: list[str], target: str, flags: int) -> None:
            "lowerdir=" + ":".join(os.path.relpath(p, common) for p in lowers) for o in data]
     if flags & MS_RDONLY:
         rel.append("ro")
-    result = subprocess.run(["mount", "-i", "-n", "-t", "overlay", "overlay", "-o", ",".join(rel),
-                             target], cwd=common, capture_output=True, text=True, timeout=30,
+    result = subprocess.run(fdlimit.child_argv(["mount", "-i", "-n", "-t", "overlay", "overlay",
+                                                "-o", ",".join(rel), target]), cwd=common, capture_output=True, text=True, timeout=30,
                             preexec_fn=fdlimit.child_preexec())
     if result.returncode != 0:
         raise OSError(f"mount overlay at {target}: {result.stderr.strip()}")

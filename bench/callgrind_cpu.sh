@@ -33,12 +33,7 @@ if [ "$MODE" = rpc ]; then
     done
     N=350
 else
-    .venv/bin/python -c "from bench import images; images.image('small')"   # built if missing
-    ctr --address "$W/s.sock" -n bench images import \
-        "${BENCH_CACHE:-/tmp/ctrappliance-bench}/images/busybox.tar" >/dev/null
-    REF=$(ctr --address "$W/s.sock" -n bench images ls -q | head -1)
-    run() { ctr --address "$W/s.sock" -n bench run --rm --runc-root "$W/runc" --fifo-dir "$W/fifo" \
-                $REF "$1" /bin/true; }
+    . bench/ctr_run.sh   # busybox imported; run NAME
     run warm; sleep 2
     N=${RUNS:-5}
     lifecycles() { for i in $(seq 1 $N); do run cg-$i; done; sleep 2; }

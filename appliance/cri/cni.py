@@ -574,7 +574,7 @@ class CNIManager:
                    CNI_ARGS=";".join(f"{k}={v}" for k, v in entry["args"]),
                    CNI_PATH=":".join(self.bin_dirs))
         proc = await asyncio.create_subprocess_exec(
-            path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            *fdlimit.child_argv([path]), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=fdlimit.child_preexec())
         try:
             out, err = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()),

@@ -4,21 +4,30 @@ The daemon raises its soft limit to the hard limit at start (Go ≥ 1.19 does so
 program): outside systemd the inherited soft limit is often 1024, which a thousand idle
 clients use up. Child processes get back the limit the daemon was started with, as
 Go ≥ 1.21's os/exec does: programs that use select(2) need fds below 1024.
+
+Children get it through prlimit(1) (`child_argv`): the child execs prlimit, which sets the
+limit and execs the program (same pid, process group and fds). A `preexec_fn` would do it
+without the extra exec, but it makes subprocess fork instead of vfork: the daemon then
+copies its page tables and takes a write fault on every page it touches afterwards, ≈ 10 ms
+of CPU per spawn for a 50 MB heap (bench/NOTES.md) against < 1 ms. `child_preexec` is the
+fallback where no prlimit(1) is installed.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import resource
+import shutil
 
 log = logging.getLogger("appliance.process")
 _original: tuple[int, int] | None = None   # (soft, hard) at start, once raised
 _restore = None                            # preexec_fn giving a child the original back
+_prlimit: str | None = None                # prlimit(1), found when the limit was raised
 
 
 def raise_soft_limit() -> None:
     """Soft limit := hard limit; failures are ignored, as Go does."""
-    global _original, _restore
+    global _original, _restore, _prlimit
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == hard or _original is not None:
         return
@@ -29,23 +38,26 @@ def raise_soft_limit() -> None:
         return
     _original = (soft, hard)
     _restore = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, _original)
+    _prlimit = shutil.which("prlimit")
     log.debug("raised the open files limit from %d to %d", soft, hard)
 
 
 def child_preexec():
-    """`preexec_fn` for subprocess/asyncio spawns: None unless the limit was raised.
+    """`preexec_fn` for subprocess/asyncio spawns made with `child_argv`: None unless the
+    limit was raised and no prlimit(1) is installed.
 
     A C function (setrlimit) bound to its arguments: no Python code runs in the forked
     child but that call."""
-    return _restore
+    return _restore if _prlimit is None else None
 
 
 def child_argv(argv: list[str]) -> list[str]:
-    """`argv` for posix_spawnp, which cannot set limits: run through prlimit(1) when the
-    limit was raised (the program looked up in our PATH, as posix_spawnp does)."""
-    import shutil
-    prlimit = shutil.which("prlimit") if _original is not None else None
-    if prlimit is None:
+    """`argv` for any spawn: run through prlimit(1) when the limit was raised (the program
+    looked up in our PATH, as posix_spawnp does). Unchanged when the program is not found:
+    the spawn then fails as it would without the limit."""
+    if _original is None or _prlimit is None:
         return argv
-    return [prlimit, f"--nofile={_original[0]}:{_original[1]}", "--",
-            shutil.which(argv[0]) or argv[0], *argv[1:]]
+    program = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+    if program is None:
+        return argv
+    return [_prlimit, f"--nofile={_original[0]}:{_original[1]}", "--", program, *argv[1:]]

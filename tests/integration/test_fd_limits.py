@@ -104,3 +104,27 @@ def test_out_of_fds_backs_off_logs_once_and_recovers():
         assert "accepting connections on" in d.log()
     finally:
         d.cleanup()
+
+
+def test_a_shim_starts_with_the_original_limit_in_its_own_process_group(tmp_path):
+    """The shim's `start` (spawned through prlimit(1), not a forking preexec_fn) runs with
+    the soft limit the daemon started with, as its own process group's leader."""
+    from runtime_helpers import make_rootfs, run_flags
+    seen = tmp_path / "shim-start"
+    shim = tmp_path / "containerd-shim-wrapped-v2"
+    shim.write_text("#!/bin/sh\n"
+                    "for last; do :; done\n"   # the command is the last argument
+                    f'[ "$last" = start ] && echo "$(ulimit -Sn) $$ $(ps -o pgid= -p $$)" > {seen}\n'
+                    'exec /usr/bin/containerd-shim-runc-v2 "$@"\n')
+    shim.chmod(0o755)
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    d = LimitedDaemon(SOFT, HARD)
+    try:
+        d.start()
+        d.ctr("run", "--rm", *run_flags(d.workdir), "--runtime", str(shim), "--rootfs",
+              str(rootfs), "wrapped", "/bin/true", timeout=60)
+        limit, pid, pgid = seen.read_text().split()
+        assert int(limit) == SOFT
+        assert pgid == pid
+    finally:
+        d.cleanup()

@@ -1,5 +1,7 @@
 """The container store keeps Container objects (not API messages) over the same row format;
 the update mask is the helper every store shares."""
+import threading
+
 import pytest
 from google.protobuf import any_pb2
 
@@ -64,3 +66,36 @@ def test_apply_mask_maps_fields_and_errors():
     assert fields == {"name": "x"}
     with pytest.raises(InvalidArgument, match='cannot update "other" field on thing'):
         apply_mask(["other"], "thing", maps={"labels": (labels, {}, True)})
+
+
+def test_get_reads_the_database_once_and_sees_every_change(store):
+    """A container read again comes from memory (no query); an update, a delete and a
+    create of the same id are seen at once; a read while a write is open is not kept."""
+    store.create(NS, Container("c1", {"a": "1"}, "img", Runtime("io.containerd.runc.v2"),
+                               spec(), "native", "key"))
+    queries = []
+    store.get(NS, "c1")
+    store.db._reader().set_trace_callback(queries.append)
+    first, second = store.get(NS, "c1"), store.get(NS, "c1")
+    assert queries == [] and first == second and first is not second
+    first.labels["mutated"] = "by a caller"
+    assert store.get(NS, "c1").labels == {"a": "1"}
+
+    store.update(NS, Container("c1", {"a": "2"}, runtime=Runtime("io.containerd.runc.v2"),
+                               snapshotter="native"), ["labels.a"])
+    assert store.get(NS, "c1").labels == {"a": "2"}
+    store.delete(NS, "c1")
+    with pytest.raises(Exception, match="not found"):
+        store.get(NS, "c1")
+    store.create(NS, Container("c1", {"b": "3"}, "img2", Runtime("io.containerd.runc.v2"),
+                               spec(), "native", "key"))
+    assert store.get(NS, "c1").image == "img2"
+
+    store._rows.clear()
+    with store.db.write():   # read as another thread would while this write is open
+        store.db._writer = -1
+        store.get(NS, "c1")
+        store.db._writer = threading.get_ident()
+    assert (NS, "c1") not in store._rows
+    store.get(NS, "c1")
+    assert (NS, "c1") in store._rows

@@ -212,6 +212,21 @@ def test_concurrent_calls_interleave(tmp_path):
     run(main())
 
 
+def test_concurrent_large_calls_while_the_socket_is_full(tmp_path):
+    """Requests bigger than the socket buffer, sent at once: most wait for the transport to
+    drain (the slow path), none interleave with another, every answer is its own."""
+    async def main():
+        async with Harness(tmp_path / "s.sock") as h:
+            async with await TTRPCClient.connect(h.path) as c:
+                payloads = [bytes([i]) * (1 << 20) for i in range(8)]
+                small = [c.call(SVC, "Echo", b"small-%d" % i, timeout=30) for i in range(8)]
+                out = await asyncio.gather(
+                    *(c.call(SVC, "Echo", p, timeout=30) for p in payloads), *small)
+                assert out[:8] == payloads
+                assert out[8:] == [b"small-%d" % i for i in range(8)]
+    run(main())
+
+
 def test_unknown_service_and_method(tmp_path):
     async def main():
         async with Harness(tmp_path / "s.sock") as h:

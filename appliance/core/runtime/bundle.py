@@ -20,6 +20,8 @@ class Bundle:
         self.id = task_id
         self.path = os.path.join(state, namespace, task_id)
         self.work = os.path.join(root, namespace, task_id)  # the shim's work dir, kept in root
+        # linux.cgroupsPath of config.json, noted at create (None: read the file)
+        self.cgroups_path: str | None = None
 
     @property
     def rootfs(self) -> str:
@@ -36,7 +38,8 @@ class Bundle:
         os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
         os.mkdir(self.path, 0o700)
         try:
-            gid = remapped_gid(spec)
+            doc = parse_spec(spec)
+            gid = remapped_gid(doc)
             if gid:  # runc, as the user namespace's root, must reach the rootfs (as containerd)
                 os.chown(self.path, -1, gid)
                 os.chmod(self.path, 0o710)
@@ -47,6 +50,7 @@ class Bundle:
             os.symlink(self.work, self.file("work"))
             with open(self.file("config.json"), "wb") as f:
                 f.write(spec)
+            self.cgroups_path = cgroups_path(doc)
         except BaseException:
             self.delete()
             raise
@@ -75,12 +79,23 @@ class Bundle:
             self.trash.discard(path)   # renamed at once, removed off the request path
 
 
-def remapped_gid(spec: bytes) -> int:
-    """The host gid that the spec maps the container's gid 0 to; 0 without a mapping."""
+def cgroups_path(doc) -> str:
+    """linux.cgroupsPath of a parsed spec ("" when there is none)."""
+    linux = (doc.get("linux") if isinstance(doc, dict) else None) or {}
+    return (linux.get("cgroupsPath") if isinstance(linux, dict) else "") or ""
+
+
+def parse_spec(spec: bytes):
     try:
-        doc = json.loads(spec)
+        return json.loads(spec)
     except ValueError as exc:
         raise ApplianceError(f"invalid spec: {exc}") from None
+
+
+def remapped_gid(spec) -> int:
+    """The host gid that the spec (bytes, or as parsed) maps the container's gid 0 to; 0
+    without a mapping."""
+    doc = parse_spec(spec) if isinstance(spec, (bytes, str)) else spec
     linux = (doc.get("linux") if isinstance(doc, dict) else None) or {}
     mappings = (linux.get("gidMappings") if isinstance(linux, dict) else None) or []
     if not isinstance(linux, dict) or not isinstance(mappings, list) \

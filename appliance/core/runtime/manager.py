@@ -21,7 +21,7 @@ from ...process import failpoint
 from ...process.trash import Trash
 from ...supervisor import Supervisor
 from . import shim as shims
-from .bundle import Bundle, list_bundles
+from .bundle import Bundle, cgroups_path, list_bundles
 
 events = stubs.module("appliance._proto.containerd.api.events.task_pb2")
 shim_pb2 = stubs.module("appliance._proto.containerd.runtime.v2.task.shim_pb2")
@@ -214,6 +214,7 @@ class TaskManager:
             return None
         with open(shim.bundle.file("config.json"), "wb") as f:  # the spec may have changed
             f.write(spec)
+        shim.bundle.cgroups_path = None
         return shim
 
     def discard_prestarted(self, ns: str, task_id: str) -> None:
@@ -310,11 +311,13 @@ class TaskManager:
         `shim_stopping`, the directories go once that task is done: a shim on its way out
         still reads its `address` file from the bundle."""
         try:
-            spec = await asyncio.to_thread(_remove_rootfs, bundle)  # mountinfo: off the loop
+            cgroups = _cgroups_path(bundle)
+            if not _remove_rootfs_quickly(bundle, cgroups):   # mountinfo: off the loop
+                cgroups = await asyncio.to_thread(_remove_rootfs, bundle, cgroups)
         finally:
             if shim_stopping is not None:
                 await shim_stopping
-        if spec is None:
+        if cgroups is None:
             return
         bundle.discard()
         # runc recreates the /<ns> parent for every task: removing it while a task of the
@@ -323,7 +326,7 @@ class TaskManager:
         own = (bundle.namespace, bundle.id)
         busy = any(key[0] == bundle.namespace and key != own
                    for key in [*self.tasks, *self._pending, *self._prestarted])
-        remove_task_cgroups(bundle, spec, parent_too=not busy)
+        remove_task_cgroups(bundle, cgroups, parent_too=not busy)
 
     # --- dead shims -----------------------------------------------------------
 
@@ -435,31 +438,48 @@ class TaskManager:
             shim.close()   # the watchers are the supervisor's: it has ended them already
 
 
-def _read_spec(bundle: Bundle) -> dict:
+def _cgroups_path(bundle: Bundle) -> str:
+    """The spec's linux.cgroupsPath: noted at create, else read from config.json."""
+    if bundle.cgroups_path is not None:   # no second parse of the same spec
+        return bundle.cgroups_path
     try:
         with open(bundle.file("config.json"), "rb") as f:
-            return json.load(f)
+            return cgroups_path(json.load(f))
     except (OSError, ValueError):
-        return {}
+        return ""
 
 
-def _remove_rootfs(bundle: Bundle) -> dict | None:
-    """Unmount and remove the bundle's rootfs; its spec (None when the rootfs stays)."""
-    spec = _read_spec(bundle)
-    kill_task_leftovers(bundle, spec)
+def _remove_rootfs_quickly(bundle: Bundle, cgroups: str) -> bool:
+    """The usual case, a few syscalls (cheaper on the loop than a thread's hop): nothing left
+    in the task's cgroup and an empty rootfs with nothing mounted (rmdir fails on a mount
+    point or a non-empty directory). False: `_remove_rootfs` is needed."""
+    if _task_pids(bundle, cgroups):
+        return False
+    try:
+        os.rmdir(bundle.rootfs)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove_rootfs(bundle: Bundle, path: str) -> str | None:
+    """Unmount and remove the bundle's rootfs; its cgroups `path` (None when the rootfs
+    stays)."""
+    kill_task_leftovers(bundle, path)
     try:
         bundle.remove_rootfs()
     except OSError as exc:
         log.error("failed to delete bundle %s: %s", bundle.path, exc)
         return None
-    return spec
+    return path
 
 
-def remove_task_cgroups(bundle: Bundle, spec: dict, parent_too: bool) -> None:
+def remove_task_cgroups(bundle: Bundle, cgroups: str, parent_too: bool) -> None:
     """runc removes /<ns>/<id> but leaves the /<ns> parent it made for ctr's default path;
     remove it when empty (rmdir of a cgroup in use fails, so this never disturbs one)."""
-    path = (spec.get("linux") or {}).get("cgroupsPath", "")
-    if path != f"/{bundle.namespace}/{bundle.id}":
+    if cgroups != f"/{bundle.namespace}/{bundle.id}":
         return
     try:
         hierarchies = os.listdir(CGROUP_ROOT)
@@ -486,29 +506,20 @@ def _raise_if_full(exc: BaseException, bundle: Bundle) -> None:
         raise exhausted(full, full.filename or bundle.path) from None
 
 
-def kill_task_leftovers(bundle: Bundle, spec: dict, timeout: float = 2.0) -> None:
+def kill_task_leftovers(bundle: Bundle, cgroups: str, timeout: float = 2.0) -> None:
     """SIGKILL what is still in the task's own /<ns>/<id> cgroup when its bundle goes: what
     runc could not see (a `runc init` whose `runc create` died before writing its state)."""
-    if (spec.get("linux") or {}).get("cgroupsPath", "") != f"/{bundle.namespace}/{bundle.id}":
-        return
-    path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
-    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
-        path = os.path.join(CGROUP_ROOT, bundle.namespace, bundle.id)
     deadline = time.monotonic() + timeout
     killed: set[int] = set()
     while True:
-        try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                pids = [int(p) for p in f.read().split()]
-        except OSError:  # no such cgroup: nothing was left
-            return
+        pids = _task_pids(bundle, cgroups)
         if not pids:
             return
         if time.monotonic() > deadline:
-            log.error("processes %s stay in cgroup %s", pids, path)
+            log.error("processes %s stay in cgroup %s", pids, cgroups)
             return
         if not killed:
-            log.warning("killing processes %s left in cgroup %s", pids, path)
+            log.warning("killing processes %s left in cgroup %s", pids, cgroups)
             _thaw(bundle)
         for pid in set(pids) - killed:
             try:
@@ -517,6 +528,20 @@ def kill_task_leftovers(bundle: Bundle, spec: dict, timeout: float = 2.0) -> Non
                 pass
         killed.update(pids)
         time.sleep(0.02)
+
+
+def _task_pids(bundle: Bundle, cgroups: str) -> list[int]:
+    """The processes in the task's own /<ns>/<id> cgroup (none without such a cgroup)."""
+    if cgroups != f"/{bundle.namespace}/{bundle.id}":
+        return []
+    path = os.path.join(CGROUP_ROOT, "pids", bundle.namespace, bundle.id)
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # cgroup v2
+        path = os.path.join(CGROUP_ROOT, bundle.namespace, bundle.id)
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:  # no such cgroup: nothing was left
+        return []
 
 
 def _thaw(bundle: Bundle) -> None:

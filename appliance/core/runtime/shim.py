@@ -194,7 +194,7 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         with open(bundle.file("shim-binary-path"), "w") as f:
             f.write(binary)
         proc = await asyncio.create_subprocess_exec(
-            binary, *args, "start", cwd=bundle.path, env=env,
+            *fdlimit.child_argv([binary, *args, "start"]), cwd=bundle.path, env=env,
             stdin=asyncio.subprocess.PIPE if options is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0,
             preexec_fn=fdlimit.child_preexec())
@@ -244,7 +244,7 @@ async def delete_with_binary(bundle: Bundle, binary: str, address: str, ttrpc_ad
             "delete"]
     cwd = bundle.path if os.path.isdir(bundle.path) else "/"
     proc = await asyncio.create_subprocess_exec(
-        binary, *args, cwd=cwd, env=shim_env(ttrpc_address), stdin=asyncio.subprocess.DEVNULL,
+        *fdlimit.child_argv([binary, *args]), cwd=cwd, env=shim_env(ttrpc_address), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, process_group=0,
         preexec_fn=fdlimit.child_preexec())
     try:

@@ -96,6 +96,9 @@ class Backend:
     name = ""
     mounts_error = "failed to get active mount"   # Mounts of a committed snapshot
     cleaner = True   # containerd's snapshotter implements Cleanup (native's does not)
+    # create and remove are a few local syscalls (no copy, no remote call): the gRPC adapter
+    # runs them on the event loop, where a thread's hop would cost more than the work
+    quick = False
 
     def __init__(self, root: str, trash: Trash | None = None):
         self.root = root
@@ -166,6 +169,7 @@ UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"   # overlayfs' upperd
 class OverlayBackend(Backend):
     """overlayfs: each snapshot's fs is an upper dir; parents are the lower dirs."""
     name = "overlayfs"
+    quick = True   # mkdirs to create, a rename (to the trash) to remove
 
     def __init__(self, root: str, upperdir_label: bool = False, trash: Trash | None = None):
         super().__init__(root, trash)
@@ -243,7 +247,7 @@ class NativeBackend(Backend):
 
 def copy_tree(src: str, dst: str) -> None:
     """A faithful copy (owners, modes, times, xattrs, hardlinks, devices): GNU cp -a."""
-    result = subprocess.run(["cp", "-a", "--reflink=auto", "--", src, dst],
+    result = subprocess.run(fdlimit.child_argv(["cp", "-a", "--reflink=auto", "--", src, dst]),
                             capture_output=True, text=True, timeout=3600,
                             preexec_fn=fdlimit.child_preexec())
     if result.returncode != 0:
