@@ -94,7 +94,7 @@ def execs_left(rt, cid) -> list[str]:
 # --- ExecSync -------------------------------------------------------------------
 
 def test_exec_sync_output_exit_code_and_timeout(env):
-    _, rt, box = env
+    d, rt, box = env
     resp = rt.ExecSync(pb.ExecSyncRequest(container_id=box.id, cmd=[
         "sh", "-c", "echo out; echo err >&2; exit 3"]))
     assert (resp.stdout, resp.stderr, resp.exit_code) == (b"out\n", b"err\n", 3)
@@ -103,6 +103,7 @@ def test_exec_sync_output_exit_code_and_timeout(env):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "timeout 1s exceeded" in err.value.details()
     assert execs_left(rt, box.id) == []  # the timed-out exec was killed
+    assert "never retrieved" not in d.log()  # its output readers were ended cleanly
     with pytest.raises(grpc.RpcError) as err:
         rt.ExecSync(pb.ExecSyncRequest(container_id="nope", cmd=["true"]))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

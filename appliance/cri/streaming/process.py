@@ -247,6 +247,9 @@ async def exec_sync(containers, runtime, io_root: str, cid: str, cmd: list[str],
                             stdout=True, stderr=True)
     outputs = asyncio.ensure_future(asyncio.gather(
         _read_capped(proc.stdout, EXEC_SYNC_CAP), _read_capped(proc.stderr, EXEC_SYNC_CAP)))
+    # a gather cancelled through .cancel() ends with CancelledError as its exception:
+    # retrieved here, or asyncio logs it as never retrieved
+    outputs.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
         try:
             code = await asyncio.wait_for(proc.wait(), timeout or None)
