@@ -59,6 +59,10 @@ class CtrContainer:
                  extra=()):
         self.daemon, self.id = daemon, cid
         opts = (["--with-ns", f"network:{netns}"] if netns else []) + list(extra)
+        # a cgroup of its own: ctr's default (/k8s.io/<id>) is shared with any other daemon
+        # on the host running a container of the same id, whose task removal kills what
+        # is left in it
+        opts += ["--cgroup", f"/{Path(daemon.workdir).name}-{cid}"]
         daemon.ctr("run", *run_flags(daemon.workdir), "--env", "PATH=/bin", *opts, "--rootfs",
                    "-d", str(rootfs), cid, *args, namespace=self.NS)
 
