@@ -99,3 +99,41 @@ def test_get_reads_the_database_once_and_sees_every_change(store):
     assert (NS, "c1") not in store._rows
     store.get(NS, "c1")
     assert (NS, "c1") in store._rows
+
+
+def test_list_reads_the_database_once_and_sees_every_change(store):
+    """A namespace's list comes from memory while nothing changed in it (Containers.List is
+    what clients poll); a create, an update and a delete in that namespace are seen at once,
+    other namespaces keep theirs; a list read while a write is open is not kept."""
+    def ids():
+        return [(c.id, c.labels.get("a")) for c in store.list(NS)]
+    assert ids() == []
+    store.create(NS, Container("c1", {"a": "1"}, "img", Runtime("io.containerd.runc.v2"),
+                               spec(), "native", "key"))
+    assert ids() == [("c1", "1")]
+    queries = []
+    store.db._reader().set_trace_callback(queries.append)
+    first, second = store.list(NS), store.list(NS)
+    assert queries == [] and first == second and first[0] is not second[0]
+    first[0].labels["mutated"] = "by a caller"
+    assert store.list(NS)[0].labels == {"a": "1"}
+    store.db._reader().set_trace_callback(None)
+
+    store.create(NS, Container("c0", {"a": "0"}, "img", Runtime("io.containerd.runc.v2"),
+                               spec(), "native", "key0"))
+    assert ids() == [("c0", "0"), ("c1", "1")]
+    store.update(NS, Container("c1", {"a": "2"}, runtime=Runtime("io.containerd.runc.v2"),
+                               snapshotter="native"), ["labels.a"])
+    assert ids() == [("c0", "0"), ("c1", "2")]
+    store.list("other")
+    store.delete(NS, "c0")
+    assert ids() == [("c1", "2")] and "other" in store._lists
+
+    store._lists.clear()
+    with store.db.write():   # read as another thread would while this write is open
+        store.db._writer = -1
+        store.list(NS)
+        store.db._writer = threading.get_ident()
+    assert NS not in store._lists
+    store.list(NS)
+    assert NS in store._lists

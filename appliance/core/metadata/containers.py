@@ -20,6 +20,7 @@ pb = stubs.module("appliance._proto.containerd.api.services.containers.v1.contai
 
 KIND = "container"
 ROW_CACHE = 4096   # containers whose row is kept in memory (the whole cache is dropped when full)
+LIST_CACHE = 64    # namespaces whose list is kept (likewise)
 
 # Fields a blank update mask replaces, as containerd's store.
 DEFAULT_UPDATE_PATHS = ("labels", "spec", "extensions", "image", "snapshotkey")
@@ -121,6 +122,9 @@ class ContainerStore:
         # every write transaction that changes it; kept only when read while no write was open
         # or begun (DB.quiet_epoch). Each get builds a new Container from it.
         self._rows: dict[tuple[str, str], tuple] = {}
+        # ns -> ((id, data, labels, created_at, updated_at), ...): a namespace's whole list,
+        # kept and forgotten by the same rule (Containers.List is what clients poll)
+        self._lists: dict[str, tuple] = {}
 
     @staticmethod
     def _row_to_container(conn, ns, row, labels=None) -> Container:
@@ -151,13 +155,24 @@ class ContainerStore:
         return c
 
     def list(self, ns: str) -> list[Container]:
-        with self.db.read() as conn:
-            rows = conn.execute("SELECT * FROM containers WHERE namespace=? ORDER BY id",
-                                (ns,)).fetchall()
-            if not rows:
-                return []
-            labels = DB.all_labels(conn, ns, KIND)   # one query, not one per container
-            return [self._row_to_container(conn, ns, row, labels) for row in rows]
+        rows = self._lists.get(ns)
+        if rows is None:
+            epoch = self.db.quiet_epoch()
+            with self.db.read() as conn:
+                found = conn.execute("SELECT id, data, created_at, updated_at FROM containers "
+                                     "WHERE namespace=? ORDER BY id", (ns,)).fetchall()
+                labels = DB.all_labels(conn, ns, KIND) if found else {}  # one query for all
+            rows = tuple((r[0], r[1], labels.get(r[0], {}), r[2], r[3]) for r in found)
+            if epoch is not None and epoch == self.db.quiet_epoch():
+                if len(self._lists) >= LIST_CACHE:
+                    self._lists.clear()
+                self._lists[ns] = rows
+        out = []
+        for cid, data, labels, created_at, updated_at in rows:
+            c = from_pb(pb.Container.FromString(data))
+            c.id, c.labels, c.created_at, c.updated_at = cid, dict(labels), created_at, updated_at
+            out.append(c)
+        return out
 
     def create(self, ns: str, c: Container) -> Container:
         try:
@@ -170,6 +185,7 @@ class ContainerStore:
                 raise AlreadyExists(f"container {q(c.id)}: already exists")
             ts = now_ns()
             self._rows.pop((ns, c.id), None)
+            self._lists.pop(ns, None)
             tx.execute("INSERT INTO containers VALUES (?,?,?,?,?,?,?,?,?)",
                        (ns, c.id, c.image, c.runtime.name, c.snapshotter, c.snapshot_key,
                         _blob(c), ts, ts))
@@ -209,6 +225,7 @@ class ContainerStore:
                 raise InvalidArgument(f"update failed validation: {exc.message}") from None
             ts = now_ns()
             self._rows.pop((ns, c.id), None)
+            self._lists.pop(ns, None)
             tx.execute("UPDATE containers SET image=?, snapshot_key=?, data=?, updated_at=? "
                        "WHERE namespace=? AND id=?",
                        (updated.image, updated.snapshot_key, _blob(updated), ts, ns, c.id))
@@ -219,6 +236,7 @@ class ContainerStore:
     def delete(self, ns: str, cid: str) -> None:
         with self.db.write() as tx:
             self._rows.pop((ns, cid), None)
+            self._lists.pop(ns, None)
             cur = tx.execute("DELETE FROM containers WHERE namespace=? AND id=?", (ns, cid))
             if cur.rowcount == 0:
                 raise NotFound(f"container {cid}: not found")
