@@ -18,6 +18,7 @@ from appliance.cri.config import CRIConfig
 from appliance.cri.netns import NetNS
 from cni_helpers import (CONF_TEMPLATE, PLUGINS, Listener, TestNetwork, chains_of, connect,
                          host_veths, leftovers)
+from cri_helpers import Answers
 from daemon import Daemon, wait_for
 from reference import Containerd
 
@@ -440,14 +441,7 @@ def _start(kind, template="", extra=""):
     return d
 
 
-ANSWERS: dict = {}
-
-
-def same(case, kind, answer):
-    seen = ANSWERS.setdefault(case, {})
-    seen[kind] = answer
-    if len(seen) == 2:
-        assert seen["ctrappliance"] == seen["containerd"], case
+same = Answers().same
 
 
 def _network_condition(runtime):

@@ -15,28 +15,18 @@ import grpc
 import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
-from cri_helpers import Client, Registry, make_daemon
+from cri_helpers import Answers, Registry, running
 from streaming_helpers import spdy_client, status
 
 pytestmark = pytest.mark.integration
 
-ANSWERS: dict = {}
-
-
-def same(case, kind, answer):
-    seen = ANSWERS.setdefault(case, {})
-    seen[kind] = answer
-    if len(seen) == 2:
-        assert seen["ctrappliance"] == seen["containerd"], case
+same = Answers().same
 
 
 @pytest.fixture(scope="module")
 def registry():
-    r = Registry()
-    try:
+    with Registry() as r:
         yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +43,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module", params=["ctrappliance", "containerd"])
 def pod(request, registry):
     """A host-network pod with a long-running busybox container and an httpd on a free port."""
-    daemon = make_daemon(request.param, registry.pause)
-    daemon.start()
-    client = Client(request.param, daemon)
-    try:
-        client.pull(registry.busybox)
+    with running(request.param, registry) as client:
         logdir = tempfile.mkdtemp(prefix="ca-streamlogs-")
         pod_id, config = client.run_pod("stream", log_dir=logdir)
         cid = client.create(pod_id, config, "box", registry.busybox,
@@ -77,12 +63,6 @@ def pod(request, registry):
                 time.sleep(0.1)
         client.config, client.logdir = config, logdir
         yield request.param, client, pod_id, cid, port
-    finally:
-        try:
-            client.remove_all()
-        finally:
-            client.close()
-            daemon.cleanup()
 
 
 def test_exec_sync_same_answers(pod):
