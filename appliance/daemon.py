@@ -15,8 +15,7 @@ import tempfile
 import threading
 import time
 
-from .process import fdlimit, listeners, memory, metrics, sdnotify, settings
-from .process.eventloop import EventLoop
+from .process import eventloop, fdlimit, listeners, memory, metrics, sdnotify, settings
 from .process.stacks import dump_stacks
 from .process.trash import Trash
 from .config import Config, plugin_config
@@ -299,31 +298,17 @@ def run(cfg: Config, registrations) -> int:
     memory.limit_arenas()   # before any worker thread exists
     fdlimit.raise_soft_limit()
     try:
-        with asyncio.Runner(loop_factory=_event_loop) as runner:
+        eventloop.kind()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        with asyncio.Runner(loop_factory=eventloop.new_event_loop) as runner:
             code = runner.run(Daemon(cfg, registrations).run())
     except (StartupError, listeners.ListenerError) as exc:
         log.error("%s", exc)
         return 1
     _exit_now(code)
-
-
-def _event_loop() -> EventLoop:
-    """The daemon's loop, whose subprocesses (shim starts, CNI plugins) are reaped through
-    a pidfd it polls (Python 3.12's default) instead of a thread started per child."""
-    loop = EventLoop()
-    if _pidfd_works():   # else (Linux < 5.3, valgrind) asyncio's thread per child
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(loop)   # (asyncio.Runner with a factory does not attach it)
-        asyncio.set_child_watcher(watcher)
-    return loop
-
-
-def _pidfd_works() -> bool:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-        return True
-    except (AttributeError, OSError):
-        return False
 
 
 def _exit_now(code: int) -> None:

@@ -16,7 +16,6 @@ a conf change or a daemon restart.
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ..errdefs import ApplianceError
-from ..process import fdlimit
+from ..process import spawn
 from . import gotemplate
 from .config import CRIConfig
 from .netns import is_netns
@@ -573,24 +572,18 @@ class CNIManager:
                    CNI_NETNS=netns_path, CNI_IFNAME=entry["ifname"],
                    CNI_ARGS=";".join(f"{k}={v}" for k, v in entry["args"]),
                    CNI_PATH=":".join(self.bin_dirs))
-        proc = await asyncio.create_subprocess_exec(
-            *fdlimit.child_argv([path]), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=fdlimit.child_preexec())
         try:
-            out, err = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()),
-                                              PLUGIN_SECONDS)
-        except asyncio.TimeoutError:
+            done = await spawn.run([path], timeout=PLUGIN_SECONDS, input=json.dumps(conf).encode(),
+                                   env=env)
+        except TimeoutError:
             raise CNIError(f"netplugin did not finish {command} within "
                            f"{PLUGIN_SECONDS:.0f}s") from None
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.wait_for(proc.wait(), PLUGIN_SECONDS)
+        out, err = done.stdout, done.stderr
         if err.strip():
             log.debug("CNI %s %s stderr: %s", plugin["type"], command,
                       err.decode(errors="replace").strip())
-        if proc.returncode != 0:
-            raise CNIError(_plugin_error(proc.returncode, out, err))
+        if done.returncode != 0:
+            raise CNIError(_plugin_error(done.returncode, out, err))
         if command != "ADD":
             return None
         try:

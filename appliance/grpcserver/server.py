@@ -19,6 +19,7 @@ import socket
 import time
 from typing import NamedTuple
 
+from ..acceptor import Listener
 from ..errdefs import StatusCode
 from . import h2
 from .call import Abort, Call, Finished, SendTooLarge, request_metadata
@@ -187,7 +188,7 @@ class Server:
         self._interceptors = list(interceptors)
         self._handlers = []
         self._methods: dict[str, object] = {}   # path → handler, see _handler
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[Listener] = []
         self.connections: set[_Connection] = set()
         self.draining = False
 
@@ -197,11 +198,7 @@ class Server:
 
     async def serve_socket(self, sock: socket.socket, ssl_context=None) -> None:
         """Serve on a bound, listening socket (unix or TCP; TLS with `ssl_context`)."""
-        loop = asyncio.get_running_loop()
-        server = await (loop.create_unix_server if sock.family == socket.AF_UNIX
-                        else loop.create_server)(lambda: _Connection(self), sock=sock,
-                                                 ssl=ssl_context)
-        self._servers.append(server)
+        self._servers.append(Listener(sock, lambda: _Connection(self), ssl=ssl_context))
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let running ones finish within `grace` s, then cancel them.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from ..acceptor import Listener, serve_streams
 from ..errdefs import mkdir_all
 
 log = logging.getLogger("appliance.listeners")
@@ -198,7 +199,7 @@ class HTTPEndpoint:
 
     def __init__(self, sock: socket.socket, handler: Handler, name: str):
         self.sock, self.handler, self.name = sock, handler, name
-        self.server: asyncio.AbstractServer | None = None
+        self.server: Listener | None = None
         self.unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
 
     @property
@@ -209,18 +210,11 @@ class HTTPEndpoint:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def start(self) -> None:
-        if self.unix_path:
-            self.server = await asyncio.start_unix_server(self._on_connect, sock=self.sock)
-        else:
-            self.server = await asyncio.start_server(self._on_connect, sock=self.sock)
+        self.server = serve_streams(self.sock, self._on_connect)
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-            try:
-                await asyncio.wait_for(self.server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
-                pass
         if self.unix_path:
             try:
                 os.unlink(self.unix_path)

@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
+from ..acceptor import Listener, serve_streams
 from ..errdefs import ApplianceError, status_of
 from ..errdefs import StatusCode
 from .framing import (DATA, NAMESPACE_KEY, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge,
@@ -66,7 +67,7 @@ class TTRPCServer:
         self._peer_check = peer_check
         self._default_timeout = default_timeout
         self._write_timeout = write_timeout
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Listener | None = None
         self._path: str | None = None
         self._conns: set[asyncio.Task] = set()
 
@@ -95,7 +96,7 @@ class TTRPCServer:
             os.chmod(path, mode)
             if uid is not None or gid is not None:
                 os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-            self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+            self._server = serve_streams(sock, self._on_connect)
         except BaseException:
             sock.close()
             raise
@@ -110,11 +111,6 @@ class TTRPCServer:
             task.cancel()
         if self._conns:
             await asyncio.wait(list(self._conns), timeout=timeout)
-        if server is not None:
-            try:
-                await asyncio.wait_for(server.wait_closed(), timeout)
-            except asyncio.TimeoutError:
-                log.warning("ttrpc server did not close within %ss", timeout)
         if self._path:
             try:
                 os.unlink(self._path)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from appliance.process import eventloop
 from daemon import Daemon, wait_for
 from test_stream_processors import _tar, configure_processor, make_image
 
@@ -84,10 +85,11 @@ def test_idle_connections_beyond_the_inherited_soft_limit_and_children_get_it_ba
         d.cleanup()
 
 
-def test_out_of_fds_backs_off_logs_once_and_recovers():
+@pytest.mark.parametrize("loop_kind", eventloop.LOOPS)
+def test_out_of_fds_backs_off_logs_once_and_recovers(loop_kind):
     """soft = hard = 1024: accept fails with EMFILE. One log line (no traceback per
-    attempt), and accepting resumes once the clients close."""
-    d = LimitedDaemon(SOFT, SOFT)
+    attempt), and accepting resumes once the clients close; on either event loop."""
+    d = LimitedDaemon(SOFT, SOFT, env={eventloop.ENV: loop_kind})
     try:
         d.start()
         with idle_clients(d.address, IDLE_CLIENTS):

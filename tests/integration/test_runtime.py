@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.process import eventloop
 from daemon import CTR, Daemon, wait_for
 from reference import Containerd
 from runtime_helpers import (Pty, assert_nothing_left, make_rootfs, remove_cgroup_dirs,
@@ -102,6 +103,25 @@ def test_run_rm_echo_hello_exit_codes_env_and_stdin(ours, rootfs):
     assert (r.returncode, r.stdout) == (0, "got:line-one\n")
     assert ours.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
     assert_nothing_left(ours, ns)
+
+
+@pytest.mark.parametrize("loop_kind", eventloop.LOOPS)
+def test_run_rm_on_either_event_loop(loop_kind, rootfs):
+    """A whole lifecycle (shim start through spawn.run, TTRPC both ways, events, delete) on
+    uvloop (the default) and on asyncio's loop (CTRAPPLIANCE_EVENT_LOOP=asyncio)."""
+    d = Daemon(env={eventloop.ENV: loop_kind}).start()
+    try:
+        ns = ns_for(f"loop-{loop_kind}")
+        r = run(d, ns, rootfs, "--rm", "stdin1", "sh", "-c", "read x; echo got:$x; exit 3",
+                input="line-one\n")
+        assert (r.returncode, r.stdout) == (3, "got:line-one\n")
+        assert d.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+        assert_nothing_left(d, ns)
+        with open(f"/proc/{d.proc.pid}/maps") as f:
+            uses_uvloop = "/uvloop/loop." in f.read()   # its extension module
+        assert uses_uvloop == (loop_kind == "uvloop")
+    finally:
+        _cleanup(d)
 
 
 def test_run_tty_output_and_resize(ours, rootfs):

@@ -17,7 +17,7 @@ LAYERS = [
     ("core", ["appliance.core"]),
     ("process", ["appliance.process", "appliance.mount", "appliance.supervisor"]),
     ("protocols", ["appliance.stubs", "appliance.grpcutil", "appliance.ttrpc",
-                   "appliance.grpcserver"]),
+                   "appliance.grpcserver", "appliance.acceptor"]),
     ("base", ["appliance.config", "appliance.errdefs", "appliance.identifiers",
               "appliance.filters", "appliance._core", "appliance._core_py",
               "appliance._hpack", "appliance._hpack_py",

@@ -14,7 +14,7 @@ from google.protobuf import empty_pb2
 
 from ... import stubs
 from ...errdefs import ApplianceError, DeadlineExceeded, NotFound
-from ...process import fdlimit, program
+from ...process import program, spawn
 from ...ttrpc import TTRPCClient
 from .bundle import Bundle
 
@@ -193,21 +193,16 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         # before the shim runs: failing to write it (a full disk) must not leave a shim behind
         with open(bundle.file("shim-binary-path"), "w") as f:
             f.write(binary)
-        proc = await asyncio.create_subprocess_exec(
-            *fdlimit.child_argv([binary, *args, "start"]), cwd=bundle.path, env=env,
-            stdin=asyncio.subprocess.PIPE if options is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0,
-            preexec_fn=fdlimit.child_preexec())
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(options), START_TIMEOUT)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            done = await spawn.run([binary, *args, "start"], timeout=START_TIMEOUT, input=options,
+                                   merge_stderr=True, cwd=bundle.path, env=env, process_group=0)
+        except TimeoutError:
             raise DeadlineExceeded(f"start failed: shim did not start in {START_TIMEOUT:g}s") \
                 from None
+        out = done.stdout
         text = out.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            raise ApplianceError(f"start failed: {text}: exit status {proc.returncode}")
+        if done.returncode != 0:
+            raise ApplianceError(f"start failed: {text}: exit status {done.returncode}")
         client = await TTRPCClient.connect(text, timeout=connect_timeout,
                                            namespace=bundle.namespace)
     except BaseException:
@@ -243,18 +238,14 @@ async def delete_with_binary(bundle: Bundle, binary: str, address: str, ttrpc_ad
             "-publish-binary", self_executable(), "-id", bundle.id, "-bundle", bundle.path,
             "delete"]
     cwd = bundle.path if os.path.isdir(bundle.path) else "/"
-    proc = await asyncio.create_subprocess_exec(
-        *fdlimit.child_argv([binary, *args]), cwd=cwd, env=shim_env(ttrpc_address), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, process_group=0,
-        preexec_fn=fdlimit.child_preexec())
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
+        done = await spawn.run([binary, *args], timeout=timeout, cwd=cwd,
+                               env=shim_env(ttrpc_address), process_group=0)
+    except TimeoutError:
         log.warning("shim delete of %s/%s timed out", bundle.namespace, bundle.id)
         return None
-    if proc.returncode != 0:
+    out, err = done.stdout, done.stderr
+    if done.returncode != 0:
         log.warning("shim delete of %s/%s failed: %s", bundle.namespace, bundle.id,
                     err.decode(errors="replace").strip())
         return None
