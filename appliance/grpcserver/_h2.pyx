@@ -430,7 +430,7 @@ cdef class Connection:
             self.stream_receive_windows[sid] = RECEIVE_WINDOW
             self._header_kind = OPENS_REQUEST
         cdef bint end_stream = flags & END_STREAM
-        block = chunk[first:last]
+        block = PyBytes_FromStringAndSize(PyBytes_AS_STRING(chunk) + first, last - first)
         if flags & END_HEADERS:   # the whole block in one frame: the usual case
             return self._header_done(sid, block, end_stream, events)
         self._headers_stream = stream_id
