@@ -1,5 +1,5 @@
-"""Build steps beyond pyproject: generated gRPC stubs, the Cython modules (_core, _hpack),
-the cffi mount module."""
+"""Build steps beyond pyproject: generated gRPC stubs, the Cython modules (_core, _hpack,
+grpcserver._h2), the cffi mount module."""
 import re
 import subprocess
 import sys
@@ -39,7 +39,8 @@ setup(
     cmdclass={"build_py": BuildPyWithStubs},
     ext_modules=cythonize(
         [Extension("appliance._core", ["appliance/_core.pyx"]),
-         Extension("appliance._hpack", ["appliance/_hpack.pyx"])],
+         Extension("appliance._hpack", ["appliance/_hpack.pyx"]),
+         Extension("appliance.grpcserver._h2", ["appliance/grpcserver/_h2.pyx"])],
         compiler_directives={"language_level": "3"}, quiet=True),
     cffi_modules=["appliance/_mount_cffi.py:ffibuilder"],
 )

@@ -106,7 +106,7 @@ def host_library(soname: str) -> str:
 
 def check_extensions() -> None:
     """The Cython and cffi modules must be built (pip install -e .) to be bundled."""
-    for pattern in ("_core*.so", "_hpack*.so", "_mountcall*.so"):
+    for pattern in ("_core*.so", "_hpack*.so", "_mountcall*.so", "grpcserver/_h2*.so"):
         if not list((REPO / "appliance").glob(pattern)):
             raise SystemExit(f"appliance/{pattern} missing: run .venv/bin/pip install "
                              "--no-build-isolation -e .")

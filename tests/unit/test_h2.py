@@ -1,10 +1,14 @@
-"""HTTP/2 framing of the gRPC server, sans I/O (appliance/grpcserver/h2.py)."""
+"""HTTP/2 framing of the gRPC server, sans I/O (appliance/grpcserver/h2.py), each test on
+both twins (the compiled _h2 and the pure _h2_py)."""
 import struct
 
 import hpack
 import pytest
+from h2_helpers import h2_twin  # noqa: F401 (fixture)
 
 from appliance.grpcserver import h2
+
+pytestmark = pytest.mark.usefixtures("h2_twin")
 
 
 def connection():

@@ -1,59 +1,27 @@
 """Fuzzing h2.Connection.receive: whatever a client sends, only ConnectionError_ comes
-out (stream errors become Reset events), and nothing it buffers grows without bound."""
+out (stream errors become Reset events), and nothing it buffers grows without bound.
+Each test runs on both twins (the compiled _h2 and the pure _h2_py)."""
 import asyncio
 import struct
 
 import hpack
+import pytest
+from h2_helpers import frames, h2_twin, header_chains, split  # noqa: F401 (h2_twin: fixture)
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from appliance.grpcserver import h2
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-
-stream_ids = st.sampled_from([0, 1, 2, 3, 5, 7, 9, 0x7FFFFFFF])
-header_blocks = st.lists(
-    st.tuples(st.sampled_from([b":path", b":method", b"te", b"grpc-timeout", b"x-bin",
-                               b"content-type"]), st.binary(max_size=20)),
-    max_size=4).map(lambda fields: hpack.Encoder().encode(fields))
-payloads = st.one_of(
-    st.binary(max_size=40),
-    header_blocks,
-    st.integers(0, 2 ** 32 - 1).map(struct.Struct(">I").pack),  # WINDOW_UPDATE, RST_STREAM
-    st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2 ** 32 - 1)), max_size=3).map(
-        lambda pairs: b"".join(struct.pack(">HI", k, v) for k, v in pairs)),  # SETTINGS
-    st.integers(0, h2.DEFAULT_FRAME_SIZE).map(lambda n: b"\0" * n),  # large frames
-)
-
-
-@st.composite
-def frames(draw):
-    kind = draw(st.integers(0, 11))
-    flags = draw(st.one_of(st.sampled_from([0, 0x1, 0x4, 0x5, 0x8, 0x20, 0x25, 0x2D]),
-                           st.integers(0, 255)))
-    wire = h2.frame(kind, flags, draw(stream_ids), draw(payloads))
-    return wire * draw(st.sampled_from([1, 1, 1, 2, 80, 600]))  # floods too
-
-
-@st.composite
-def header_chains(draw):
-    """A request's header block over HEADERS and CONTINUATION frames, maybe endless."""
-    stream_id, block = draw(st.sampled_from([1, 3, 5])), draw(header_blocks)
-    cut = draw(st.integers(0, len(block)))
-    flags = draw(st.sampled_from([0, h2.END_STREAM]))
-    wire = h2.frame(h2.HEADERS, flags, stream_id, block[:cut])
-    if draw(st.booleans()):
-        return wire + h2.frame(h2.CONTINUATION, h2.END_HEADERS, stream_id, block[cut:])
-    return wire + h2.frame(h2.CONTINUATION, 0, stream_id, b"\0" * h2.DEFAULT_FRAME_SIZE) * 70
+pytestmark = pytest.mark.usefixtures("h2_twin")   # each test on both twins
 
 
 def feed(wire: bytes, cuts: list) -> None:
     """Feed `wire` in pieces split at `cuts`, acting as the server does on events."""
     conn = h2.Connection()
-    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
-    for start, end in zip(bounds, bounds[1:]):
+    for data in split(wire, cuts):
         out = []
         try:
-            events = conn.receive(wire[start:end], out)
+            events = conn.receive(data, out)
         except h2.ConnectionError_:
             return
         assert all(isinstance(chunk, bytes) for chunk in out)
@@ -247,15 +215,14 @@ def _wire(action_list, encoder):
 @given(st.lists(actions, max_size=10), st.lists(st.integers(0, 10 ** 6), max_size=6))
 def test_the_server_survives_random_requests(action_list, cuts):
     from appliance.grpcserver.server import _Connection
-    wire = _wire(action_list, hpack.Encoder())
-    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    reads = split(_wire(action_list, hpack.Encoder()), cuts)
 
     async def run():
         server, transport = _fuzz_server(), _Transport()
         conn = _Connection(server)
         conn.connection_made(transport)
-        for start, end in zip(bounds, bounds[1:]):
-            conn.data_received(wire[start:end])  # must not raise
+        for data in reads:
+            conn.data_received(data)  # must not raise
             if transport.closing:
                 break
             await asyncio.sleep(0)
