@@ -6,7 +6,8 @@ The steps are containerd's client-side pull with unpack, done in the daemon:
    blobs are ingested outside it, so a failed pull's partial ingest stays for the retry;
 2. the reference resolves to an index or manifest; an index yields the host's manifest;
 3. the config, then every layer, stream from the registry through the content writer (which
-   hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time;
+   hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time
+   (a download holds its slot up to its last byte, not through its commit's fsync);
    a partial ingest from an earlier (failed) pull is resumed with a range request;
 4. each layer is unpacked while its bytes still arrive (core/remotes/feed.py); one whose
    parent is not committed yet goes into a parentless snapshot meanwhile and is moved onto
@@ -274,65 +275,76 @@ class Puller:
         """The blob into this namespace's content: fetched once per daemon at a time."""
         blob = blob or _Blob()
         async def work():
-            async with sem:
-                await self._download(ns, registry, desc, labels, blob)
+            await self._download(ns, registry, desc, labels, blob, sem)
         try:
             await self._one_at_a_time(("fetch", desc.digest), work)
         finally:
             blob.started(None)        # no feed to follow (any more): read the blob
 
     async def _download(self, ns, registry: Registry, desc: Descriptor, labels,
-                        blob: "_Blob") -> None:
+                        blob: "_Blob", slot: asyncio.Semaphore) -> None:
         ref = f"pull-{desc.digest}"
+        async with slot:     # one of max_concurrent_downloads, up to the last byte
+            try:
+                # outside the lease: a failed pull's partial ingest stays (24 h, as
+                # containerd's unleased ingests), so a retry resumes it; the committed blob
+                # is kept by the leased manifest's gc.ref labels
+                writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
+                                                 desc.size, None)
+            except AlreadyExists:
+                self._label(ns, desc.digest, labels)
+                return
+            try:
+                await self._receive(registry, desc, writer, blob)
+            except BaseException:
+                writer.close()
+                raise
+        # the commit (fsync, rename, metadata) leaves the slot to the next download
         try:
-            # outside the lease: a failed pull's partial ingest stays (24 h, as containerd's
-            # unleased ingests), so a retry resumes it; the committed blob is kept by the
-            # leased manifest's gc.ref labels
-            writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
-                                             desc.size, None)
+            await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
         except AlreadyExists:
             self._label(ns, desc.digest, labels)
-            return
+        except Exception:
+            writer.close()
+            try:
+                self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
+            except NotFound:
+                pass
+            raise
+        finally:
+            writer.close()
+
+    async def _receive(self, registry: Registry, desc: Descriptor, writer,
+                       blob: "_Blob") -> None:
+        """The rest of the blob's bytes into `writer` (behind a partial ingest: a range
+        request), followed by the unpack as they arrive."""
         feed = None
         try:
             if writer.offset > desc.size:
                 writer.truncate()
-            if writer.offset < desc.size:
-                offset = writer.offset
-                try:
-                    body = await registry.open_blob(desc, offset)
-                except RegistryError:
-                    if not offset:
-                        raise
-                    writer.truncate()          # no range support there: from the start
-                    body = await registry.open_blob(desc, 0)
-                if writer.local is not None:   # an unpack may read it as it arrives
-                    feed = Feed(os.path.join(writer.local.path, "data"),
-                                lambda: self.content.file_path(desc.digest),
-                                writer.offset)
-                    blob.started(feed)
-                stop = threading.Event()
-                await _in_own_thread(lambda: _copy(body, writer, feed, stop), "blob-fetch",
-                                     lambda: (stop.set(), body.abort()))
-                if feed is not None:
-                    feed.finish()
+            if writer.offset >= desc.size:
+                return
+            offset = writer.offset
             try:
-                await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
-            except AlreadyExists:
-                self._label(ns, desc.digest, labels)
-            except Exception:
-                writer.close()
-                try:
-                    self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
-                except NotFound:
-                    pass
-                raise
+                body = await registry.open_blob(desc, offset)
+            except RegistryError:
+                if not offset:
+                    raise
+                writer.truncate()          # no range support there: from the start
+                body = await registry.open_blob(desc, 0)
+            if writer.local is not None:   # an unpack may read it as it arrives
+                feed = Feed(os.path.join(writer.local.path, "data"),
+                            lambda: self.content.file_path(desc.digest), writer.offset)
+                blob.started(feed)
+            stop = threading.Event()
+            await _in_own_thread(lambda: _copy(body, writer, feed, stop), "blob-fetch",
+                                 lambda: (stop.set(), body.abort()))
+            if feed is not None:
+                feed.finish()
         except BaseException as exc:
             if feed is not None:
                 feed.fail(str(exc) or type(exc).__name__)
             raise
-        finally:
-            writer.close()
 
     # --- snapshots -----------------------------------------------------------------
 
