@@ -10,8 +10,8 @@ The steps are containerd's client-side pull with unpack, done in the daemon:
    (a download holds its slot up to its last byte, not through its commit's fsync);
    a partial ingest from an earlier (failed) pull is resumed with a range request;
 4. each layer is unpacked while its bytes still arrive (core/remotes/feed.py); one whose
-   parent is not committed yet goes into a parentless snapshot meanwhile and is moved onto
-   the parent after (overlayfs); its snapshot is committed once the blob's digest checked out;
+   parent is not committed yet goes into a parentless snapshot meanwhile, committed onto the
+   parent after (overlayfs); its snapshot is committed once the blob's digest checked out;
 5. the image record names the reference and points at the manifest (or index).
 
 Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
@@ -363,8 +363,8 @@ class Puller:
         """Unpack the layer while its bytes still arrive (when this pull downloads them).
         While its parent is still being unpacked (`parent_done`, this pull's), it goes into
         a parentless snapshot meanwhile and moves onto the parent once that is committed
-        (overlayfs: Unpacker.rebase). The snapshot is committed once the blob's digest
-        checked out too."""
+        (overlayfs: Snapshotter.commit_onto). The snapshot is committed once the blob's
+        digest checked out too."""
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
@@ -383,8 +383,14 @@ class Puller:
             if detached is not None:
                 await blob.fetched       # the blob is committed: its digest is right
                 _check_diff(layer, detached.applied, diff_id)
-                await asyncio.to_thread(self._settle_detached, ns, snapshotter, key, parent,
-                                        chain, labels, lease, detached)
+                implicit = detached.implicit
+                try:
+                    await asyncio.to_thread(
+                        self.snapshots.commit_onto, ns, snapshotter, chain, detached.key,
+                        parent, lambda mounts: self.diff.rebase(mounts, implicit), labels, lease)
+                    detached = None      # it is the snapshot `chain` now
+                except AlreadyExists:   # a concurrent unpack committed it first
+                    pass
                 blob.settle(None)
                 return
             mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key,
@@ -407,24 +413,6 @@ class Puller:
             if detached is not None:
                 await self._remove_snapshot(ns, snapshotter, detached.key)
 
-    def _settle_detached(self, ns, snapshotter: str, key: str, parent: str, chain: str,
-                         labels, lease, detached: "_Detached") -> None:
-        """A detached apply onto its committed parent as the snapshot `chain`: prepare,
-        rebase and commit in one go (one thread hop; this is the chain the next layer
-        waits on)."""
-        mounts = self.snapshots.prepare(ns, snapshotter, key, parent, labels, lease)
-        try:
-            self.diff.rebase(detached.mounts, mounts, detached.implicit)
-            self.snapshots.commit(ns, snapshotter, chain, key, labels, lease)
-        except AlreadyExists:       # a concurrent unpack committed it first
-            self.snapshots.remove(ns, snapshotter, key)
-        except BaseException:
-            try:
-                self.snapshots.remove(ns, snapshotter, key)
-            except Exception as exc:
-                log.warning("removing snapshot %s after an unpack: %s", key, exc)
-            raise
-
     async def _apply_detached(self, ns, snapshotter: str, layer: Descriptor, lease,
                               blob: "_Blob") -> "_Detached | None":
         """The layer applied into a parentless snapshot; None where that cannot be done
@@ -442,7 +430,7 @@ class Puller:
         except BaseException:
             await self._remove_snapshot(ns, snapshotter, key)
             raise
-        return _Detached(key, mounts, applied, implicit)
+        return _Detached(key, applied, implicit)
 
     async def _remove_snapshot(self, ns, snapshotter: str, key: str) -> None:
         try:
@@ -515,7 +503,6 @@ class _Blob:
 class _Detached:
     """A layer applied into a parentless snapshot, waiting for its parent's commit."""
     key: str
-    mounts: list
     applied: str                 # its diff id
     implicit: dict               # parents it made without knowing the lowers
 

@@ -253,6 +253,38 @@ class Snapshotter:
         self._settled(row.id)
         self.changed(False)
 
+    def commit_onto(self, ns, name, key, parent, rebase, labels=None, lease=None) -> None:
+        """Commit the parentless active snapshot `key` as `name` on the committed `parent`,
+        in one transaction: a layer unpacked while its parent was still being unpacked (a
+        pull). `rebase(mounts)` first makes its files what an unpack onto the parent would
+        have made, given the mounts the snapshot would have as `parent`'s active child."""
+        labels = labels or {}
+        identifiers.validate_labels(labels)
+        with self.db.write() as tx:
+            row = self._require(tx, ns, key)
+            if self._row(tx, ns, name) is not None:
+                raise AlreadyExists(f"snapshot {q(name)}: already exists")
+            if row.kind != ACTIVE or row.parent_id is not None:
+                raise FailedPrecondition(f"failed to commit snapshot: snapshot {q(key)} "
+                                         "is not a parentless active one: failed precondition")
+            prow = self._require(tx, ns, parent)
+            if prow.kind != COMMITTED:
+                raise InvalidArgument(f"failed to commit snapshot: parent {q(parent)} "
+                                      "is not committed snapshot: invalid argument")
+            rebase(self.backend.mounts(row.id, ACTIVE, [prow.id, *self._parent_ids(
+                tx, prow.parent_id)]))
+            _lease_add(tx, ns, lease, self.rtype, name)
+            _lease_remove(tx, ns, self.rtype, key)
+            ts = now_ns()
+            tx.execute("UPDATE snapshots SET key=?, parent_id=?, kind=?, size=?, inodes=?, "
+                       "created_at=?, updated_at=? WHERE id=?",
+                       (name, prow.id, COMMITTED, NOT_MEASURED, NOT_MEASURED, ts, ts, row.id))
+            DB.set_labels(tx, ns, KIND, f"{self.name}/{key}", {})
+            DB.set_labels(tx, ns, KIND, f"{self.name}/{name}", labels)
+            failpoint.hit("snapshot.commit")
+        self._settled(row.id)
+        self.changed(False)
+
     def remove(self, ns, key) -> None:
         with self.db.write() as tx:
             row = self._require(tx, ns, key)
