@@ -174,25 +174,22 @@ class Puller:
                     diff_ids[i], lease, blobs[i], blobs[i - 1].unpacked if i else None)))
             await asyncio.gather(*unpacks)
             await stored
-            for i, layer in enumerate(layers):
-                await fetches[i]
-                self.content.update(ns, layer.digest,
-                                    {"containerd.io/uncompressed": diff_ids[i]},
-                                    ["labels.containerd.io/uncompressed"])
+            await asyncio.gather(*fetches)
         finally:
             others = [config_read, *([stored] if stored else [])]
             for f in unpacks + fetches + others:
                 f.cancel()
             await asyncio.gather(*unpacks, *fetches, *others, return_exceptions=True)
+        labels = [(layer.digest, "containerd.io/uncompressed", diff_ids[i])
+                  for i, layer in enumerate(layers)]
         chain = chains[-1] if chains else ""
         if chain:
-            key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
-            self.content.update(ns, config_desc.digest, {key: chain}, [f"labels.{key}"])
-
+            labels.append((config_desc.digest,
+                           f"containerd.io/gc.ref.snapshot.{opts.snapshotter}", chain))
         image = Image(opts.name or str(ref),
                       ImageDescriptor(target.media_type, target.digest, target.size),
                       dict(opts.labels))
-        image = await asyncio.to_thread(self._create_or_update, ns, image)
+        image = await asyncio.to_thread(self._finish, ns, labels, image)
         size = config_desc.size + sum(d.size for d in layers)
         return Pulled(image, ref, manifest_desc.digest, config_desc.digest, chain, size)
 
@@ -465,7 +462,10 @@ class Puller:
         return (await _in_own_thread(lambda: apply(follow), "layer-apply", lambda: feed and
                                      feed.fail("the pull was cancelled")))[1]
 
-    def _create_or_update(self, ns, image: Image) -> Image:
+    def _finish(self, ns, labels, image: Image) -> Image:
+        """The blobs' labels (one transaction), then the image record."""
+        self.content.update_many(ns, [(digest, {key: value}, [f"labels.{key}"])
+                                      for digest, key, value in labels])
         try:
             return self.images.create(ns, image)
         except AlreadyExists:
