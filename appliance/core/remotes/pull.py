@@ -369,6 +369,9 @@ class Puller:
             return                       # unpacked before (this or another image)
         except NotFound:
             pass
+        # its download under way (or over) first: the metadata writes that start it come
+        # before this snapshot's, and the parent may be committed by then
+        await asyncio.wait_for(asyncio.shield(blob.ready), FEED_WAIT_SECONDS)
         detached = None
         if parent_done is not None and not parent_done.done():
             detached = await self._apply_detached(ns, snapshotter, layer, lease, blob)
