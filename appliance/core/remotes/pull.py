@@ -296,6 +296,8 @@ class Puller:
             except BaseException:
                 writer.close()
                 raise
+        if writer.offset == desc.size and writer.digest() == desc.digest:
+            blob.checked()               # what its commit checks: the unpack need not wait
         # the commit (fsync, rename, metadata) leaves the slot to the next download
         try:
             await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
@@ -381,7 +383,7 @@ class Puller:
             key = f"extract-{secrets.token_hex(6)} {chain}"
             labels = {"containerd.io/snapshot.ref": chain}
             if detached is not None:
-                await blob.fetched       # the blob is committed: its digest is right
+                await blob.right()       # its digest checked out
                 _check_diff(layer, detached.applied, diff_id)
                 implicit = detached.implicit
                 try:
@@ -398,7 +400,7 @@ class Puller:
             try:
                 applied = await self._apply_following(blob, lambda follow: self.diff.apply(
                     ns, layer.media_type, layer.digest, mounts, None, follow))
-                await blob.fetched       # the blob is committed: its digest is right
+                await blob.right()       # its digest checked out
                 _check_diff(layer, applied, diff_id)
                 await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
                                         labels, lease)
@@ -485,8 +487,20 @@ class _Blob:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future = loop.create_future()
         self.fetched: asyncio.Future | None = None
+        self.verified: asyncio.Future = loop.create_future()   # see checked()
         self.unpacked: asyncio.Future = loop.create_future()
         self.unpacked.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    def checked(self) -> None:
+        if not self.verified.done():
+            self.verified.set_result(None)
+
+    async def right(self) -> None:
+        """Until the blob's bytes matched its digest (its commit, the fsync, may still be
+        running) or its fetch is over (a failure is raised here)."""
+        await asyncio.wait([self.verified, self.fetched], return_when=asyncio.FIRST_COMPLETED)
+        if not self.verified.done():
+            self.fetched.result()
 
     def settle(self, exc: BaseException | None) -> None:
         if not self.unpacked.done():
