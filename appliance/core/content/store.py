@@ -143,17 +143,17 @@ class LocalStore:
         except FileNotFoundError:
             raise NotFound(f"content digest {digest}: not found") from None
 
-    def delete(self, digest: str, unless_installing: bool = False) -> bool:
-        """unless_installing: the collector's deletion, which leaves a blob being
-        installed (see installing)."""
+    def delete(self, digest: str) -> bool:
+        try:
+            os.unlink(self.blob_path(digest))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def collect(self, digest: str) -> bool:
+        """The collector's delete: a blob being installed stays (see installing)."""
         with self._mutex:
-            if unless_installing and digest in self._installing:
-                return False
-            try:
-                os.unlink(self.blob_path(digest))
-                return True
-            except FileNotFoundError:
-                return False
+            return digest not in self._installing and self.delete(digest)
 
     @contextlib.contextmanager
     def installing(self, digest: str):

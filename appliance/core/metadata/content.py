@@ -432,7 +432,7 @@ def register_gc(collector, store: ContentStore) -> None:
 
     def delete_blobs():
         while doomed:
-            store.blobs.delete(doomed.pop(), unless_installing=True)
+            store.blobs.collect(doomed.pop())
 
     def all_ingests(conn):
         return [("ingest", ns, ref) for ns, ref in conn.execute("SELECT namespace, ref FROM ingests")]
