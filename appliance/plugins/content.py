@@ -52,6 +52,12 @@ class ContentService:
     def update(self, ns, digest, labels, paths) -> Info:
         return self.store.update(ns, digest, labels, paths)
 
+    def update_many(self, ns, updates) -> None:
+        """update(ns, *u) for each u of `updates`, in one transaction."""
+        with self.store.db.write():
+            for digest, labels, paths in updates:
+                self.store.update(ns, digest, labels, paths)
+
     def list(self, ns, filter_strings=()) -> list[Info]:
         return self.store.list(ns, filter_strings)
 

@@ -33,13 +33,14 @@ class WalkingDiffer:
 
     def apply_detached(self, ns: str, media_type: str, digest: str, mounts: list[Mount],
                        follow=None, implicit=None) -> tuple[str, str, int]:
-        """Apply before the parent is committed (a pull); `rebase` finishes it."""
+        """Apply before the parent is committed (a pull); `rebase` finishes it (see
+        Snapshotter.commit_onto)."""
         path = self.content.blob_path(ns, digest) if follow is None else digest
         applied = self.unpacker.apply_detached(path, media_type, mounts, follow, implicit)
         return LAYER_MEDIA_TYPE, applied.digest, applied.size
 
-    def rebase(self, detached: list[Mount], mounts: list[Mount], implicit) -> None:
-        self.unpacker.rebase(detached, mounts, implicit)
+    def rebase(self, mounts: list[Mount], implicit) -> None:
+        self.unpacker.rebase(mounts, implicit)
 
     def diff(self, ns, lower, upper, media_type, ref, labels, lease=None):
         from ..core.diff.compare import write_diff

@@ -57,6 +57,11 @@ class SnapshotsService:
         self.get(snapshotter).commit(ns, name, key, labels, lease)
         self.exchange.publish(ns, "/snapshot/commit", events.SnapshotCommit(key=key, name=name))
 
+    def commit_onto(self, ns, snapshotter, name, key, parent, rebase, labels=None,
+                    lease=None) -> None:
+        self.get(snapshotter).commit_onto(ns, name, key, parent, rebase, labels, lease)
+        self.exchange.publish(ns, "/snapshot/commit", events.SnapshotCommit(key=key, name=name))
+
     def remove(self, ns, snapshotter, key) -> None:
         self.get(snapshotter).remove(ns, key)
         self.exchange.publish(ns, "/snapshot/remove", events.SnapshotRemove(key=key))

@@ -730,17 +730,29 @@ def test_an_image_repeating_a_layer_and_with_whiteouts_unpacks_as_ctr_import_doe
                                              p.read_bytes() if p.is_file() else None)
         return out
 
-    def uppers() -> list[dict]:
-        """Every snapshot's upper dir, in the order the snapshots were created (ids grow)."""
+    def uppers(namespace: str) -> list[dict]:
+        """The namespace's snapshots' upper dirs, base first (parents from the metadata: a
+        layer applied before its parent was committed has the older snapshot id)."""
+        import contextlib
+        import sqlite3
+        db = d.root / "io.containerd.metadata.v1.bolt" / "meta.db"
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            child = dict(conn.execute("SELECT parent_id, id FROM snapshots WHERE namespace=?",
+                                      (namespace,)).fetchall())
+        chain, sid = [], child.get(None)
+        while sid is not None:
+            chain.append(sid)
+            sid = child.get(sid)
+        assert len(chain) == len(child)
         snapshots = d.root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
-        return [tree(snapshots / sid / "fs") for sid in sorted(os.listdir(snapshots), key=int)]
+        return [tree(snapshots / str(sid) / "fs") for sid in chain]
     try:
         with grpc.insecure_channel(f"unix://{d.address}") as channel:
             rpc.ImageServiceStub(channel).PullImage(pb.PullImageRequest(
                 image=_spec(f"{registry.host}/test/repeat:v1")), timeout=120)
-        pulled = uppers()   # in chain order: each is prepared once its parent committed
+        pulled = uppers("k8s.io")
         d.ctr("images", "import", str(archive))
-        imported = uppers()[3:]
+        imported = uppers("default")
         assert len(pulled) == 3 and pulled == imported
         assert stat.S_ISCHR(pulled[1]["gone"][0]) and stat.S_IMODE(pulled[1]["etc"][1]) == 0o750
         assert "user.overlay.opaque" in pulled[1]["opq"][4] or \

@@ -162,6 +162,29 @@ def test_reingest_while_collection_pending_is_not_lost(world):
         assert f.read() == b"payload"
 
 
+def test_a_collection_between_a_blobs_install_and_its_record_keeps_it(world, monkeypatch):
+    """A commit moves the blob into place (fsynced) before the transaction that records it,
+    outside the database lock: a collection in between leaves it alone."""
+    from appliance.core.metadata.content import NamespacedWriter
+    db, blobs, content, images, collector = world
+    record = NamespacedWriter._record
+
+    def collect_first(self, *args):
+        assert blobs.exists(args[0])
+        collector.collect()
+        return record(self, *args)
+    monkeypatch.setattr(NamespacedWriter, "_record", collect_first)
+    dgst = ingest(content, b"installed", labels={gc.LABEL_ROOT: "x"})
+    assert blobs.exists(dgst) and content.info(NS, dgst).size == 9
+    monkeypatch.setattr(NamespacedWriter, "_record", record)
+    content.delete(NS, dgst)            # the blob file waits for the next collection
+    with blobs.installing(dgst):
+        collector.collect()
+    assert blobs.exists(dgst)
+    collector.collect()
+    assert not blobs.exists(dgst)
+
+
 def test_leases_protect_content_and_ingests(world):
     db, blobs, content, images, collector = world
     leases = LeaseStore(db)

@@ -7,7 +7,7 @@ import pytest
 from appliance.core.metadata.db import DB
 from appliance.core.snapshots.backends import NativeBackend, OverlayBackend
 from appliance.core.snapshots.store import Snapshotter
-from appliance.errdefs import AlreadyExists, FailedPrecondition, NotFound
+from appliance.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
 @pytest.fixture(params=[OverlayBackend, NativeBackend])
@@ -55,6 +55,39 @@ def test_prepare_commit_chain_and_mounts(sn):
     assert sn.list("ns") == []
     assert sn.backend.trash.settle()   # directories are removed in the background
     assert os.listdir(sn.backend.snapshots) == []
+
+
+def test_commit_onto_puts_a_parentless_snapshot_on_its_committed_parent(sn):
+    """A layer unpacked before its parent was committed: one transaction makes it the
+    parent's committed child, after `rebase` saw the mounts it has on that parent."""
+    base = sn.prepare("ns", "base-key")[0].source
+    detached = sn.prepare("ns", "detached")[0].source
+    with open(os.path.join(detached, "f"), "w") as f:
+        f.write("layer")
+    with pytest.raises(InvalidArgument, match="not committed"):
+        sn.commit_onto("ns", "c2", "detached", "base-key", lambda mounts: None)
+    sn.commit("ns", "c1", "base-key")
+    seen = []
+    sn.commit_onto("ns", "c2", "detached", "c1", seen.append, labels={"l": "v"})
+    info = sn.stat("ns", "c2")
+    assert (info.kind, info.parent, info.labels) == ("committed", "c1", {"l": "v"})
+    assert [i.name for i in sn.list("ns")] == ["c1", "c2"]
+    child = sn.prepare("ns", "k3", "c2")
+    if isinstance(sn.backend, OverlayBackend):   # the files stay where they were
+        assert seen[0][0].type == "overlay" and f"upperdir={detached}" in seen[0][0].options
+        assert f"lowerdir={base}" in seen[0][0].options
+        assert f"lowerdir={detached}:{base}" in child[0].options
+    else:  # native copies the parent
+        assert open(os.path.join(child[0].source, "f")).read() == "layer"
+    sn.prepare("ns", "child")
+    sn.prepare("ns", "other", "c1")
+    with pytest.raises(AlreadyExists):
+        sn.commit_onto("ns", "c2", "child", "c1", seen.append)
+    with pytest.raises(FailedPrecondition, match="not a parentless active"):
+        sn.commit_onto("ns", "c3", "other", "c1", seen.append)
+    with pytest.raises(FailedPrecondition, match="not a parentless active"):
+        sn.commit_onto("ns", "c3", "c1", "c2", seen.append)
+    assert len(seen) == 1
 
 
 def test_view_and_update_labels(sn):

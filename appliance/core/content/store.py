@@ -19,6 +19,7 @@ One writer per ref: a second one gets containerd's "ref ... locked" (UNAVAILABLE
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -118,6 +119,7 @@ class LocalStore:
         self._mutex = threading.Lock()
         self._locks: dict[str, int] = {}          # ref -> locked since (ns)
         self._hashers: dict[str, tuple[int, object]] = {}  # ref -> (offset, sha256 state)
+        self._installing: dict[str, int] = {}     # digest -> writers installing it
 
     # --- blobs ------------------------------------------------------------------
 
@@ -147,6 +149,29 @@ class LocalStore:
             return True
         except FileNotFoundError:
             return False
+
+    def collect(self, digest: str) -> bool:
+        """The collector's delete: a blob being installed stays (see installing)."""
+        with self._mutex:
+            return digest not in self._installing and self.delete(digest)
+
+    @contextlib.contextmanager
+    def installing(self, digest: str):
+        """While a writer's blob is installed and recorded: the collector (which deletes
+        blobs no record names) keeps it, from before `install` looks whether it exists."""
+        with self._mutex:
+            self._installing[digest] = self._installing.get(digest, 0) + 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._installing[digest] -= 1
+                if not self._installing[digest]:
+                    del self._installing[digest]
+
+    def being_installed(self) -> set[str]:
+        with self._mutex:
+            return set(self._installing)
 
     def walk(self):
         """Every committed blob's digest."""
@@ -294,10 +319,9 @@ class LocalStore:
         shutil.rmtree(path, ignore_errors=True)
 
     def install(self, writer: "Writer", digest: str) -> bool:
-        """Move a sealed writer's data to its blob path; False if the blob already existed.
-
-        The caller serialises this with garbage collection (the metadata transaction).
-        """
+        """Move a sealed writer's data to its blob path, durably (the directory fsynced);
+        False if the blob already existed. The caller holds `installing(digest)`, so that
+        garbage collection leaves the blob until its record is written."""
         target = self.blob_path(digest)
         data = os.path.join(writer.path, "data")
         if os.path.exists(target):

@@ -184,28 +184,26 @@ class Unpacker:
     def apply_detached(self, blob_path: str, media_type: str, mounts, follow=None,
                        implicit: dict | None = None) -> Applied:
         """Apply a layer into a parentless overlayfs snapshot as the upper dir it will be
-        (whiteouts as overlay's), while its parent is still being unpacked; `rebase` moves it
-        onto the parent once that is committed. `implicit` collects what rebase needs."""
+        (whiteouts as overlay's), while its parent is still being unpacked; `rebase` fits it
+        to the parent once that is committed. `implicit` collects what rebase needs."""
         sn, directory = self._detached_dir(mounts)
         opener = self._opener(blob_path, media_type, None, follow)
         return self._run(blob_path, directory, [], True, userxattr=sn.backend.userxattr,
                          opener=opener, implicit=implicit)
 
-    def rebase(self, detached_mounts, mounts, implicit) -> None:
-        """Move a detached apply into `mounts`' empty upper dir (a snapshot on the parent
-        now committed); its unlisted parents take the lowers' attributes."""
+    def rebase(self, mounts, implicit) -> None:
+        """A detached apply's upper dir, now on lowers (`mounts`: the overlay it would have
+        as an active snapshot on its committed parent), made what the apply onto them would
+        have made: the upper dir takes the parent's owner (as prepare gives it), its
+        unlisted parents the lowers' attributes."""
         from .apply import inherit_parents
-        sn, source = self._detached_dir(detached_mounts)
         ours = self._ours(mounts)
-        if ours is None or ours[0] is not sn or not ours[3]:
+        if ours is None or ours[0].backend.name != "overlayfs" or not ours[3] or not ours[2]:
             raise InvalidArgument("rebase: the target is not an overlayfs snapshot on a parent")
-        target, lowers = ours[1], ours[2]
-        st = os.lstat(target)             # a layer's "./" is skipped: the upper dir keeps
-        os.lchown(source, st.st_uid, st.st_gid)   # what prepare gave it (the parent's owner)
-        inherit_parents(source, implicit, lowers)
-        os.rmdir(target)                  # fresh, so empty: a non-empty one fails here
-        os.rename(source, target)
-        os.mkdir(source, 0o755)           # the detached snapshot is removed after
+        upper, lowers = ours[1], ours[2]
+        st = os.lstat(lowers[0])          # a layer's "./" is skipped: the upper dir keeps
+        os.lchown(upper, st.st_uid, st.st_gid)    # what prepare gives it
+        inherit_parents(upper, implicit, lowers)
 
     @staticmethod
     def _run(blob_path, root, lowers, overlay, userxattr=False, opener=None,

@@ -357,16 +357,22 @@ class NamespacedWriter:
         return self._publish(actual, size, labels)
 
     def _publish(self, actual: str, size: int, labels: dict[str, str]) -> str:
+        if self.local is None:
+            return self._record(actual, size, labels)
+        # the blob in place (renamed, its directory fsynced) before the transaction that
+        # records it, outside the database lock; the collector leaves it alone meanwhile
+        with self.store.blobs.installing(actual):
+            if self.store.blobs.install(self.local, actual):
+                metrics.CONTENT_INGESTED_BYTES.inc(size)
+            self.local.committed()
+            return self._record(actual, size, labels)
+
+    def _record(self, actual: str, size: int, labels: dict[str, str]) -> str:
         ns = self.ns
         duplicate = False
         with self.store.db.write() as tx:   # serialised with the collector's sweep
-            if self.local is None:
-                if not self.store.blobs.exists(actual):
-                    raise NotFound(f"content digest {actual}: not found")
-            else:
-                if self.store.blobs.install(self.local, actual):
-                    metrics.CONTENT_INGESTED_BYTES.inc(size)
-                self.local.committed()
+            if self.local is None and not self.store.blobs.exists(actual):
+                raise NotFound(f"content digest {actual}: not found")
             failpoint.hit("content.commit")
             if tx.execute("SELECT 1 FROM content WHERE namespace=? AND digest=?",
                           (ns, actual)).fetchone():
@@ -418,6 +424,7 @@ def register_gc(collector, store: ContentStore) -> None:
         # after the commit (delete_blobs), so that a failed one keeps every listed blob
         keep = {r[0] for r in conn.execute("SELECT DISTINCT digest FROM content")}
         keep |= {r[0] for r in conn.execute("SELECT DISTINCT expected FROM ingests")}
+        keep |= store.blobs.being_installed()
         doomed[:] = [d for d in store.blobs.walk() if d not in keep]
         for digest in doomed:
             store.forget_bytes(digest)
@@ -425,7 +432,7 @@ def register_gc(collector, store: ContentStore) -> None:
 
     def delete_blobs():
         while doomed:
-            store.blobs.delete(doomed.pop())
+            store.blobs.collect(doomed.pop())
 
     def all_ingests(conn):
         return [("ingest", ns, ref) for ns, ref in conn.execute("SELECT namespace, ref FROM ingests")]

@@ -6,11 +6,12 @@ The steps are containerd's client-side pull with unpack, done in the daemon:
    blobs are ingested outside it, so a failed pull's partial ingest stays for the retry;
 2. the reference resolves to an index or manifest; an index yields the host's manifest;
 3. the config, then every layer, stream from the registry through the content writer (which
-   hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time;
+   hashes as it writes and refuses a wrong digest), `max_concurrent_downloads` at a time
+   (a download holds its slot up to its last byte, not through its commit's fsync);
    a partial ingest from an earlier (failed) pull is resumed with a range request;
 4. each layer is unpacked while its bytes still arrive (core/remotes/feed.py); one whose
-   parent is not committed yet goes into a parentless snapshot meanwhile and is moved onto
-   the parent after (overlayfs); its snapshot is committed once the blob's digest checked out;
+   parent is not committed yet goes into a parentless snapshot meanwhile, committed onto the
+   parent after (overlayfs); its snapshot is committed once the blob's digest checked out;
 5. the image record names the reference and points at the manifest (or index).
 
 Blobs carry containerd's labels: the GC edges (`containerd.io/gc.ref.content.*`, the config's
@@ -173,25 +174,22 @@ class Puller:
                     diff_ids[i], lease, blobs[i], blobs[i - 1].unpacked if i else None)))
             await asyncio.gather(*unpacks)
             await stored
-            for i, layer in enumerate(layers):
-                await fetches[i]
-                self.content.update(ns, layer.digest,
-                                    {"containerd.io/uncompressed": diff_ids[i]},
-                                    ["labels.containerd.io/uncompressed"])
+            await asyncio.gather(*fetches)
         finally:
             others = [config_read, *([stored] if stored else [])]
             for f in unpacks + fetches + others:
                 f.cancel()
             await asyncio.gather(*unpacks, *fetches, *others, return_exceptions=True)
+        labels = [(layer.digest, "containerd.io/uncompressed", diff_ids[i])
+                  for i, layer in enumerate(layers)]
         chain = chains[-1] if chains else ""
         if chain:
-            key = f"containerd.io/gc.ref.snapshot.{opts.snapshotter}"
-            self.content.update(ns, config_desc.digest, {key: chain}, [f"labels.{key}"])
-
+            labels.append((config_desc.digest,
+                           f"containerd.io/gc.ref.snapshot.{opts.snapshotter}", chain))
         image = Image(opts.name or str(ref),
                       ImageDescriptor(target.media_type, target.digest, target.size),
                       dict(opts.labels))
-        image = await asyncio.to_thread(self._create_or_update, ns, image)
+        image = await asyncio.to_thread(self._finish, ns, labels, image)
         size = config_desc.size + sum(d.size for d in layers)
         return Pulled(image, ref, manifest_desc.digest, config_desc.digest, chain, size)
 
@@ -274,65 +272,78 @@ class Puller:
         """The blob into this namespace's content: fetched once per daemon at a time."""
         blob = blob or _Blob()
         async def work():
-            async with sem:
-                await self._download(ns, registry, desc, labels, blob)
+            await self._download(ns, registry, desc, labels, blob, sem)
         try:
             await self._one_at_a_time(("fetch", desc.digest), work)
         finally:
             blob.started(None)        # no feed to follow (any more): read the blob
 
     async def _download(self, ns, registry: Registry, desc: Descriptor, labels,
-                        blob: "_Blob") -> None:
+                        blob: "_Blob", slot: asyncio.Semaphore) -> None:
         ref = f"pull-{desc.digest}"
+        async with slot:     # one of max_concurrent_downloads, up to the last byte
+            try:
+                # outside the lease: a failed pull's partial ingest stays (24 h, as
+                # containerd's unleased ingests), so a retry resumes it; the committed blob
+                # is kept by the leased manifest's gc.ref labels
+                writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
+                                                 desc.size, None)
+            except AlreadyExists:
+                self._label(ns, desc.digest, labels)
+                return
+            try:
+                await self._receive(registry, desc, writer, blob)
+            except BaseException:
+                writer.close()
+                raise
+        if writer.offset == desc.size and writer.digest() == desc.digest:
+            blob.checked()               # what its commit checks: the unpack need not wait
+        # the commit (fsync, rename, metadata) leaves the slot to the next download
         try:
-            # outside the lease: a failed pull's partial ingest stays (24 h, as containerd's
-            # unleased ingests), so a retry resumes it; the committed blob is kept by the
-            # leased manifest's gc.ref labels
-            writer = await asyncio.to_thread(self.content.writer, ns, ref, desc.digest,
-                                             desc.size, None)
+            await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
         except AlreadyExists:
             self._label(ns, desc.digest, labels)
-            return
+        except Exception:
+            writer.close()
+            try:
+                self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
+            except NotFound:
+                pass
+            raise
+        finally:
+            writer.close()
+
+    async def _receive(self, registry: Registry, desc: Descriptor, writer,
+                       blob: "_Blob") -> None:
+        """The rest of the blob's bytes into `writer` (behind a partial ingest: a range
+        request), followed by the unpack as they arrive."""
         feed = None
         try:
             if writer.offset > desc.size:
                 writer.truncate()
-            if writer.offset < desc.size:
-                offset = writer.offset
-                try:
-                    body = await registry.open_blob(desc, offset)
-                except RegistryError:
-                    if not offset:
-                        raise
-                    writer.truncate()          # no range support there: from the start
-                    body = await registry.open_blob(desc, 0)
-                if writer.local is not None:   # an unpack may read it as it arrives
-                    feed = Feed(os.path.join(writer.local.path, "data"),
-                                lambda: self.content.file_path(desc.digest),
-                                writer.offset)
-                    blob.started(feed)
-                stop = threading.Event()
-                await _in_own_thread(lambda: _copy(body, writer, feed, stop), "blob-fetch",
-                                     lambda: (stop.set(), body.abort()))
-                if feed is not None:
-                    feed.finish()
+            if writer.offset >= desc.size:
+                return
+            offset = writer.offset
             try:
-                await asyncio.to_thread(writer.commit, desc.size, desc.digest, labels)
-            except AlreadyExists:
-                self._label(ns, desc.digest, labels)
-            except Exception:
-                writer.close()
-                try:
-                    self.content.abort(ns, ref)   # a wrong blob leaves nothing behind
-                except NotFound:
-                    pass
-                raise
+                body = await registry.open_blob(desc, offset)
+            except RegistryError:
+                if not offset:
+                    raise
+                writer.truncate()          # no range support there: from the start
+                body = await registry.open_blob(desc, 0)
+            if writer.local is not None:   # an unpack may read it as it arrives
+                feed = Feed(os.path.join(writer.local.path, "data"),
+                            lambda: self.content.file_path(desc.digest), writer.offset)
+                blob.started(feed)
+            stop = threading.Event()
+            await _in_own_thread(lambda: _copy(body, writer, feed, stop), "blob-fetch",
+                                 lambda: (stop.set(), body.abort()))
+            if feed is not None:
+                feed.finish()
         except BaseException as exc:
             if feed is not None:
                 feed.fail(str(exc) or type(exc).__name__)
             raise
-        finally:
-            writer.close()
 
     # --- snapshots -----------------------------------------------------------------
 
@@ -351,8 +362,8 @@ class Puller:
         """Unpack the layer while its bytes still arrive (when this pull downloads them).
         While its parent is still being unpacked (`parent_done`, this pull's), it goes into
         a parentless snapshot meanwhile and moves onto the parent once that is committed
-        (overlayfs: Unpacker.rebase). The snapshot is committed once the blob's digest
-        checked out too."""
+        (overlayfs: Snapshotter.commit_onto). The snapshot is committed once the blob's
+        digest checked out too."""
         sn = self.snapshots.get(snapshotter)
         try:
             sn.stat(ns, chain)
@@ -360,6 +371,9 @@ class Puller:
             return                       # unpacked before (this or another image)
         except NotFound:
             pass
+        # its download under way (or over) first: the metadata writes that start it come
+        # before this snapshot's, and the parent may be committed by then
+        await asyncio.wait_for(asyncio.shield(blob.ready), FEED_WAIT_SECONDS)
         detached = None
         if parent_done is not None and not parent_done.done():
             detached = await self._apply_detached(ns, snapshotter, layer, lease, blob)
@@ -369,10 +383,16 @@ class Puller:
             key = f"extract-{secrets.token_hex(6)} {chain}"
             labels = {"containerd.io/snapshot.ref": chain}
             if detached is not None:
-                await blob.fetched       # the blob is committed: its digest is right
+                await blob.right()       # its digest checked out
                 _check_diff(layer, detached.applied, diff_id)
-                await asyncio.to_thread(self._settle_detached, ns, snapshotter, key, parent,
-                                        chain, labels, lease, detached)
+                implicit = detached.implicit
+                try:
+                    await asyncio.to_thread(
+                        self.snapshots.commit_onto, ns, snapshotter, chain, detached.key,
+                        parent, lambda mounts: self.diff.rebase(mounts, implicit), labels, lease)
+                    detached = None      # it is the snapshot `chain` now
+                except AlreadyExists:   # a concurrent unpack committed it first
+                    pass
                 blob.settle(None)
                 return
             mounts = await asyncio.to_thread(self.snapshots.prepare, ns, snapshotter, key,
@@ -380,7 +400,7 @@ class Puller:
             try:
                 applied = await self._apply_following(blob, lambda follow: self.diff.apply(
                     ns, layer.media_type, layer.digest, mounts, None, follow))
-                await blob.fetched       # the blob is committed: its digest is right
+                await blob.right()       # its digest checked out
                 _check_diff(layer, applied, diff_id)
                 await asyncio.to_thread(self.snapshots.commit, ns, snapshotter, chain, key,
                                         labels, lease)
@@ -394,24 +414,6 @@ class Puller:
         finally:
             if detached is not None:
                 await self._remove_snapshot(ns, snapshotter, detached.key)
-
-    def _settle_detached(self, ns, snapshotter: str, key: str, parent: str, chain: str,
-                         labels, lease, detached: "_Detached") -> None:
-        """A detached apply onto its committed parent as the snapshot `chain`: prepare,
-        rebase and commit in one go (one thread hop; this is the chain the next layer
-        waits on)."""
-        mounts = self.snapshots.prepare(ns, snapshotter, key, parent, labels, lease)
-        try:
-            self.diff.rebase(detached.mounts, mounts, detached.implicit)
-            self.snapshots.commit(ns, snapshotter, chain, key, labels, lease)
-        except AlreadyExists:       # a concurrent unpack committed it first
-            self.snapshots.remove(ns, snapshotter, key)
-        except BaseException:
-            try:
-                self.snapshots.remove(ns, snapshotter, key)
-            except Exception as exc:
-                log.warning("removing snapshot %s after an unpack: %s", key, exc)
-            raise
 
     async def _apply_detached(self, ns, snapshotter: str, layer: Descriptor, lease,
                               blob: "_Blob") -> "_Detached | None":
@@ -430,7 +432,7 @@ class Puller:
         except BaseException:
             await self._remove_snapshot(ns, snapshotter, key)
             raise
-        return _Detached(key, mounts, applied, implicit)
+        return _Detached(key, applied, implicit)
 
     async def _remove_snapshot(self, ns, snapshotter: str, key: str) -> None:
         try:
@@ -465,7 +467,10 @@ class Puller:
         return (await _in_own_thread(lambda: apply(follow), "layer-apply", lambda: feed and
                                      feed.fail("the pull was cancelled")))[1]
 
-    def _create_or_update(self, ns, image: Image) -> Image:
+    def _finish(self, ns, labels, image: Image) -> Image:
+        """The blobs' labels (one transaction), then the image record."""
+        self.content.update_many(ns, [(digest, {key: value}, [f"labels.{key}"])
+                                      for digest, key, value in labels])
         try:
             return self.images.create(ns, image)
         except AlreadyExists:
@@ -482,8 +487,20 @@ class _Blob:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future = loop.create_future()
         self.fetched: asyncio.Future | None = None
+        self.verified: asyncio.Future = loop.create_future()   # see checked()
         self.unpacked: asyncio.Future = loop.create_future()
         self.unpacked.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    def checked(self) -> None:
+        if not self.verified.done():
+            self.verified.set_result(None)
+
+    async def right(self) -> None:
+        """Until the blob's bytes matched its digest (its commit, the fsync, may still be
+        running) or its fetch is over (a failure is raised here)."""
+        await asyncio.wait([self.verified, self.fetched], return_when=asyncio.FIRST_COMPLETED)
+        if not self.verified.done():
+            self.fetched.result()
 
     def settle(self, exc: BaseException | None) -> None:
         if not self.unpacked.done():
@@ -503,7 +520,6 @@ class _Blob:
 class _Detached:
     """A layer applied into a parentless snapshot, waiting for its parent's commit."""
     key: str
-    mounts: list
     applied: str                 # its diff id
     implicit: dict               # parents it made without knowing the lowers
 

@@ -227,9 +227,7 @@ class Snapshotter:
         labels = labels or {}
         identifiers.validate_labels(labels)
         with self.db.write() as tx:
-            row = self._require(tx, ns, key)
-            if self._row(tx, ns, name) is not None:
-                raise AlreadyExists(f"snapshot {q(name)}: already exists")
+            row = self._to_commit(tx, ns, name, key)
             if row.kind != ACTIVE:
                 raise FailedPrecondition(f"failed to commit snapshot: snapshot {q(key)} "
                                          "is not active: failed precondition")
@@ -237,21 +235,54 @@ class Snapshotter:
                 # its layer was left to a concurrent unpack whose snapshot is gone
                 raise FailedPrecondition(f"snapshot {q(key)} was not unpacked (a concurrent "
                                          "unpack of the same layer was removed): retry the unpack")
-            _lease_add(tx, ns, lease, self.rtype, name)
-            _lease_remove(tx, ns, self.rtype, key)
-            ts = now_ns()
-            # the usage is measured when first asked for: walking a big tree takes a while
-            tx.execute("UPDATE snapshots SET key=?, kind=?, size=?, inodes=?, created_at=?, "
-                       "updated_at=? WHERE id=?",
-                       (name, COMMITTED, NOT_MEASURED, NOT_MEASURED, ts, ts, row.id))
-            DB.set_labels(tx, ns, KIND, f"{self.name}/{key}", {})
-            DB.set_labels(tx, ns, KIND, f"{self.name}/{name}", labels)
+            self._committed(tx, ns, row, name, row.parent_id, labels, lease)
             backend_commit = getattr(self.backend, "commit", None)
             if backend_commit is not None:  # a proxy snapshotter commits remotely too
                 backend_commit(row.id)
             failpoint.hit("snapshot.commit")
         self._settled(row.id)
         self.changed(False)
+
+    def commit_onto(self, ns, name, key, parent, rebase, labels=None, lease=None) -> None:
+        """Commit the parentless active snapshot `key` as `name` on the committed `parent`,
+        in one transaction: a layer unpacked while its parent was still being unpacked (a
+        pull). `rebase(mounts)` first makes its files what an unpack onto the parent would
+        have made, given the mounts the snapshot would have as `parent`'s active child."""
+        labels = labels or {}
+        identifiers.validate_labels(labels)
+        with self.db.write() as tx:
+            row = self._to_commit(tx, ns, name, key)
+            if row.kind != ACTIVE or row.parent_id is not None:
+                raise FailedPrecondition(f"failed to commit snapshot: snapshot {q(key)} "
+                                         "is not a parentless active one: failed precondition")
+            prow = self._require(tx, ns, parent)
+            if prow.kind != COMMITTED:
+                raise InvalidArgument(f"failed to commit snapshot: parent {q(parent)} "
+                                      "is not committed snapshot: invalid argument")
+            rebase(self.backend.mounts(row.id, ACTIVE, [prow.id, *self._parent_ids(
+                tx, prow.parent_id)]))
+            self._committed(tx, ns, row, name, prow.id, labels, lease)
+            failpoint.hit("snapshot.commit")
+        self._settled(row.id)
+        self.changed(False)
+
+    def _to_commit(self, tx, ns, name, key) -> Row:
+        row = self._require(tx, ns, key)
+        if self._row(tx, ns, name) is not None:
+            raise AlreadyExists(f"snapshot {q(name)}: already exists")
+        return row
+
+    def _committed(self, tx, ns, row: Row, name, parent_id, labels, lease) -> None:
+        """The active snapshot `row` is the committed `name` from now on."""
+        _lease_add(tx, ns, lease, self.rtype, name)
+        _lease_remove(tx, ns, self.rtype, row.key)
+        ts = now_ns()
+        # the usage is measured when first asked for: walking a big tree takes a while
+        tx.execute("UPDATE snapshots SET key=?, parent_id=?, kind=?, size=?, inodes=?, "
+                   "created_at=?, updated_at=? WHERE id=?",
+                   (name, parent_id, COMMITTED, NOT_MEASURED, NOT_MEASURED, ts, ts, row.id))
+        DB.set_labels(tx, ns, KIND, f"{self.name}/{row.key}", {})
+        DB.set_labels(tx, ns, KIND, f"{self.name}/{name}", labels)
 
     def remove(self, ns, key) -> None:
         with self.db.write() as tx:
