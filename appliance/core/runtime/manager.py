@@ -154,8 +154,11 @@ class TaskManager:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
-            shim = await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
-                                     self.debug, self.timeouts.load, self.sched_core)
+            shim = await self._join_group(bundle, binary)
+            if shim is None:
+                shim = await shims.start(bundle, binary, self.address, self.ttrpc_address,
+                                         options, self.debug, self.timeouts.load,
+                                         self.sched_core)
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
@@ -169,6 +172,18 @@ class TaskManager:
             await self._shutdown_and_remove(shim)
             raise
         return shim
+
+    async def _join_group(self, bundle: Bundle, binary: str) -> shims.Shim | None:
+        """The runc v2 shim already serving the bundle's task group (a CRI pod's containers
+        join its sandbox's), joined without running the binary's `start`; None when no live
+        shim of ours serves that group."""
+        if not bundle.group or os.path.basename(binary) != shims.GROUPING_SHIM:
+            return None
+        address = shims.socket_address(self.address, bundle.namespace, bundle.group)
+        if not any(s.address == address and s.binary == binary and not s.client.closed
+                   for s in self.tasks.values()):
+            return None
+        return await shims.join(bundle, binary, address, self.timeouts.load)
 
     # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
