@@ -14,8 +14,8 @@ import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
 from cni_helpers import PLUGINS, chains_of, scratch_network, leftovers as net_leftovers
-from cri_helpers import (Answers, Client, Registry, cri_answers, make_daemon, netns_dir,
-                         parse_log, shims_of, stop_daemon)
+from cri_helpers import (Answers, Client, Registry, cri_answers, leftovers, make_daemon,
+                         netns_dir, parse_log, shims_of, stop_daemon)
 from daemon import wait_for
 
 pytestmark = [pytest.mark.integration,
@@ -227,3 +227,53 @@ def test_host_port_already_taken(cri, registry, net):
     wait_for(lambda: not shims_of(ids), what="the pods' shims to exit")
     _clean(cri, net, ids, chains)
     same("host-port-taken", cri.kind, answer)
+
+
+SLOWFAIL = """#!/bin/sh
+cat > /dev/null
+case "$CNI_COMMAND" in
+ADD) sleep 0.5; echo '{"cniVersion": "1.0.0", "code": 100, "msg": "slowfail: refused"}'; exit 1;;
+VERSION) echo '{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}';;
+esac
+"""
+
+
+@pytest.mark.parametrize("kind", ["ctrappliance", "containerd"])
+def test_cni_add_failing_late_leaves_nothing(kind, registry, tmp_path, monkeypatch):
+    """A pod whose CNI ADD fails after the bridge plugin made its veth and IP, half a
+    second in (we create the pause container's task meanwhile): RunPodSandbox fails with
+    the network's error, and nothing stays (netns pin, shim, runc state, snapshot,
+    container, veth, IP)."""
+    import cri_helpers
+    bin_dir = tmp_path / "bin"       # Debian's plugins and `slowfail`
+    bin_dir.mkdir()
+    for name in os.listdir(PLUGINS):
+        (bin_dir / name).symlink_to(f"{PLUGINS}/{name}")
+    (bin_dir / "slowfail").write_text(SLOWFAIL)
+    (bin_dir / "slowfail").chmod(0o755)
+    monkeypatch.setattr(cri_helpers, "CNI_BIN", str(bin_dir))
+    with scratch_network("ca-cnifail-", portmap=False) as network:
+        conf = network.conflist()
+        conf["plugins"].append({"type": "slowfail"})
+        network.write(conf)
+        daemon = make_daemon(kind, registry.pause, cni_conf_dir=str(network.conf_dir))
+        daemon.start()
+        client = Client(kind, daemon)
+        try:
+            wait_for(lambda: _network_ready(client), what="NetworkReady")
+            with pytest.raises(grpc.RpcError) as failed:
+                _pod(client, "cni-fails")
+            details = failed.value.details()
+            assert "failed to setup network for sandbox" in details and "slowfail: refused" \
+                in details, details
+            assert not client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+            runc = subprocess.run(["runc", "--root", f"{daemon.workdir}/runc", "list", "-q"],
+                                  capture_output=True, text=True, timeout=30)
+            snapshots = daemon.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()
+            active = [line for line in snapshots[1:] if "Active" in line]   # not the image's
+            assert (leftovers(daemon), active, runc.stdout.split()) == (
+                {"shims": [], "mounts": [], "netns": [], "containers": []}, [], [])
+            assert net_leftovers(network, []) == []
+            same("cni-add-fails", kind, failed.value.code())
+        finally:
+            stop_daemon(client)

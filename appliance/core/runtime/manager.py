@@ -191,10 +191,13 @@ class TaskManager:
     # gains nothing here (bench/NOTES.md), and a metadata call should not start processes.
 
     def prestart(self, ns: str, task_id: str, runtime: str, spec: bytes,
-                 runtime_options: bytes | None) -> None:
+                 runtime_options: bytes | None, always: bool = False) -> None:
+        """`always`: for a caller that creates the task next and discards the shim if it
+        does not (the CRI's RunPodSandbox), whatever `prestart_shims` says. `spec`: what the
+        shim's `start` reads (its annotations); Tasks.Create writes the final one."""
         key = (ns, task_id)
-        if (not self.prestart_shims or self._closing or len(self._prestarted) >= PRESTART_MAX
-                or key in self.tasks or key in self._pending or key in self._prestarted
+        if ((not always and (not self.prestart_shims or len(self._prestarted) >= PRESTART_MAX))
+                or self._closing or key in self.tasks or key in self._pending or key in self._prestarted
                 or key in self._teardowns):
             return
         try:
@@ -232,11 +235,12 @@ class TaskManager:
         shim.bundle.cgroups_path = None
         return shim
 
-    def discard_prestarted(self, ns: str, task_id: str) -> None:
-        """Stop a shim started ahead that no task claimed (container deleted, or idle)."""
+    def discard_prestarted(self, ns: str, task_id: str) -> asyncio.Task | None:
+        """Stop a shim started ahead that no task claimed (container deleted, or idle); the
+        task that does it, None if there was none."""
         entry = self._prestarted.pop((ns, task_id), None)
         if entry is None:
-            return
+            return None
         task, _, _, timer = entry
         timer.cancel()
 
@@ -244,7 +248,7 @@ class TaskManager:
             await asyncio.wait({task})
             if task.result() is not None:
                 await self._shutdown_and_remove(task.result())
-        self._track_teardown((ns, task_id), stop(), f"discard-{task_id}")
+        return self._track_teardown((ns, task_id), stop(), f"discard-{task_id}")
 
     async def _delete_and_stop(self, shim: shims.Shim) -> None:
         """Delete what the shim's task made (runc delete, mounts), then stop the shim: for a
