@@ -35,6 +35,13 @@ def step_name(argv: list[str]) -> str:
     return base
 
 
+def cpu_ms(pid: int) -> float:
+    """utime + stime of a process, ms."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def one_pod(client, pb, name: str, host_network: bool) -> list[int]:
     from cri_helpers import pod_config
     config = pod_config(name, host_network=host_network)
@@ -73,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--cni", action="store_true", help="pods on a CNI bridge network")
+    parser.add_argument("--base", metavar="TREE", help="also ours from TREE")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
     from appliance._proto.cri.v1 import api_pb2 as pb
@@ -86,8 +94,11 @@ def main() -> None:
             from cni_helpers import scratch_network
             net = scratch_network("ca-podtl-")
             conf_dir = str(net.__enter__().conf_dir)
-        for kind in ("ctrappliance", "containerd"):
-            daemon = make_daemon(kind, registry.pause, cni_conf_dir=conf_dir)
+        for kind in ("ctrappliance", "containerd") + (("base",) if args.base else ()):
+            daemon = make_daemon("containerd" if kind == "containerd" else "ctrappliance",
+                                 registry.pause, cni_conf_dir=conf_dir)
+            if kind == "base":
+                daemon.env = {"PYTHONPATH": args.base}
             daemon.start()
             client = Client(kind, daemon)
             client.busybox = registry.busybox
@@ -98,9 +109,11 @@ def main() -> None:
         rows = {kind: {} for kind, _, _ in setups}
         totals = {kind: [] for kind, _, _ in setups}
         calls = {kind: [] for kind, _, _ in setups}
+        cpu = {kind: -cpu_ms(d.proc.pid) for kind, d, _ in setups}
         try:
             for i in range(args.pods):
-                order = setups if i % 2 == 0 else setups[::-1]
+                order = setups[i % len(setups):] + setups[:i % len(setups)]
+                order = order if i // len(setups) % 2 == 0 else order[::-1]
                 for kind, daemon, client in order:
                     marks = one_pod(client, pb, f"tl-{i}", not args.cni)
                     totals[kind].append((marks[-1] - marks[0]) / 1e6)
@@ -111,9 +124,12 @@ def main() -> None:
                         rows[kind].setdefault(f"{step} #{n}", []).append((start, end))
         finally:
             events.stop()
+        for kind, d, _ in setups:
+            cpu[kind] += cpu_ms(d.proc.pid)
         for kind, _, _ in setups:
             print(f"{kind}: total {statistics.median(totals[kind]):.1f} ms (median of "
-                  f"{len(totals[kind])}); client marks (ms from RunPodSandbox sent):")
+                  f"{len(totals[kind])}); daemon CPU {cpu[kind] / args.pods:.1f} ms per pod; "
+                  f"client marks (ms from RunPodSandbox sent):")
             names = ("RunPodSandbox", "CreateContainer", "StartContainer", "RUNNING seen")
             for j, name in enumerate(names):
                 print(f"    {name:18s} returned {statistics.median(c[j] for c in calls[kind]):7.1f}")
@@ -126,8 +142,13 @@ def main() -> None:
                 print(f"    {step:18s} {statistics.median(s for s, _ in spans):7.1f} → "
                       f"{statistics.median(ends) if ends else float('nan'):7.1f}  "
                       f"({len(spans)})")
-        ours, theirs = (statistics.median(totals[k]) for k in ("ctrappliance", "containerd"))
-        print(f"ratio of medians ctrappliance/containerd: {ours / theirs:.2f}")
+        theirs = statistics.median(totals["containerd"])
+        for kind in totals:
+            if kind != "containerd":
+                ratios = [a / b for a, b in zip(totals[kind], totals["containerd"])]
+                print(f"{kind}/containerd: ratio of medians "
+                      f"{statistics.median(totals[kind]) / theirs:.2f}, median of per-round "
+                      f"ratios {statistics.median(ratios):.2f}")
     finally:
         for _, daemon, client in setups:
             try:

@@ -126,14 +126,19 @@ class SandboxService:
         started)."""
         rt, sid, config = self.rt, sandbox.id, sandbox.config
         runtime_spec = specs.sandbox_spec(sandbox, image.config, rt.cfg, runtime_opts)
-        rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
-                         runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
+        needs_rootfs = security.pod_needs_rootfs(config, image.config.get("config") or {})
         undo.append(lambda: rt.delete_record(sid))
         undo.append(lambda: rt.remove_snapshot(sid))
 
-        def prepare():     # one worker-thread hop: snapshot, security context, spec
+        def prepare():     # one worker-thread hop: security context, record, snapshot
+            if not needs_rootfs:       # the record made with the finished spec: one commit
+                self._secure(sandbox, runtime_spec, image.config, None)
+            rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
+                             runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
             mounts = rt.prepare_snapshot(sid, image.chain_id)
-            self._secure(sandbox, runtime_spec, image.config, mounts)
+            if needs_rootfs:           # the image's users looked up in its rootfs
+                self._secure(sandbox, runtime_spec, image.config, mounts)
+                rt.update_spec(sid, runtime_spec)
             return mounts
         mounts = await in_thread(prepare)
 
@@ -142,7 +147,7 @@ class SandboxService:
 
     def _secure(self, sandbox: Sandbox, runtime_spec: dict, image_config: dict, mounts) -> None:
         """The pod's security context and sysctls on the spec (cri.security), with the pause
-        image's rootfs mounted read-only when its user must be looked up; recorded."""
+        image's rootfs (`mounts`) mounted read-only when its user must be looked up."""
         rt, config = self.rt, sandbox.config
         image_config = image_config.get("config") or {}
         security.apply_sysctls(runtime_spec, dict(config.linux.sysctls), config, rt.cfg)
@@ -157,7 +162,6 @@ class SandboxService:
         if rt.cfg.disable_cgroup:
             runtime_spec["linux"].pop("cgroupsPath", None)
             runtime_spec["linux"]["resources"].pop("cpu", None)
-        rt.update_spec(sandbox.id, runtime_spec)
         sandbox.process_label = runtime_spec.get("process", {}).get("selinuxLabel", "")
 
     async def _ensure_image(self, ref: str):
