@@ -244,7 +244,9 @@ async def join(bundle: Bundle, binary: str, address: str, connect_timeout: float
             return None
         try:
             temp = bundle.file(".address")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_SYNC, 0o666)
+            # (no O_SYNC, unlike start's: the file serves the daemon's restart while the
+            # shim lives, and only a host crash, which ends the shim too, loses page cache)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with open(fd, "w") as f:
                 f.write(address)
             os.rename(temp, bundle.file("address"))
