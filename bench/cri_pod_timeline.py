@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
     from appliance._proto.cri.v1 import api_pb2 as pb
-    from cri_helpers import Client, Registry, make_daemon, remove_cgroup_parent
+    from cri_helpers import Client, Registry, make_daemon, stop_daemon
     from .proc_events import ProcEvents
     registry = Registry()
     setups, net = [], None
@@ -150,16 +150,11 @@ def main() -> None:
                       f"{statistics.median(totals[kind]) / theirs:.2f}, median of per-round "
                       f"ratios {statistics.median(ratios):.2f}")
     finally:
-        for _, daemon, client in setups:
-            try:
-                client.remove_all()
-            finally:
-                client.close()
-                daemon.cleanup()
+        for _, _, client in setups:
+            stop_daemon(client)       # its pods removed, the daemon stopped, its dirs gone
         if net is not None:
             net.__exit__(None, None, None)
         registry.stop()
-        remove_cgroup_parent()
 
 
 if __name__ == "__main__":
