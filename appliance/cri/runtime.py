@@ -300,6 +300,17 @@ async def in_thread(fn):
     return await to_the_end(asyncio.to_thread(fn))
 
 
+async def in_threads(*fns) -> list:
+    """Each fn() in a worker thread of its own, all to their end (to_the_end); their
+    results, or the first one's failure once all have ended."""
+    results = await to_the_end(asyncio.gather(*(asyncio.to_thread(fn) for fn in fns),
+                                              return_exceptions=True))
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 async def undo_all(steps: list, what: str) -> None:
     """Run a failed create's undo steps, last first (a step may be a coroutine function's
     result); each failure is logged and the rest still run, to the end even when the

@@ -22,7 +22,7 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
 from . import events, security, spec as specs
 from .images import NAMESPACE
-from .runtime import (CRIRuntime, config_json, ensure_dir, in_thread, options_json,
+from .runtime import (CRIRuntime, config_json, ensure_dir, in_threads, options_json,
                       remove_tree, to_the_end, undo_all)
 from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox, answer,
                     sandbox_from_metadata)
@@ -79,7 +79,6 @@ class SandboxService:
 
         undo.append(lambda: remove_tree(sandbox.root))
         undo.append(lambda: self._remove_state_dir(sandbox))
-        await asyncio.to_thread(self._make_files, sandbox)
 
         network = None
         if not host_net:
@@ -130,7 +129,7 @@ class SandboxService:
         undo.append(lambda: rt.delete_record(sid))
         undo.append(lambda: rt.remove_snapshot(sid))
 
-        def prepare():     # one worker-thread hop: security context, record, snapshot
+        def prepare():     # a worker thread: security context, record, snapshot
             if not needs_rootfs:       # the record made with the finished spec: one commit
                 self._secure(sandbox, runtime_spec, image.config, None)
             rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
@@ -140,7 +139,9 @@ class SandboxService:
                 self._secure(sandbox, runtime_spec, image.config, mounts)
                 rt.update_spec(sid, runtime_spec)
             return mounts
-        mounts = await in_thread(prepare)
+        # the pod's files and /dev/shm made meanwhile, in another thread (nothing before
+        # runc create needs them)
+        _, mounts = await in_threads(functools.partial(self._make_files, sandbox), prepare)
 
         sandbox.pid = await rt.create_task(sid, rootfs=mounts)
         undo.append(lambda: rt.delete_task(sid))
