@@ -132,7 +132,8 @@ def main() -> None:
                   f"client marks (ms from RunPodSandbox sent):")
             names = ("RunPodSandbox", "CreateContainer", "StartContainer", "RUNNING seen")
             for j, name in enumerate(names):
-                print(f"    {name:18s} returned {statistics.median(c[j] for c in calls[kind]):7.1f}")
+                returned = statistics.median(c[j] for c in calls[kind])
+                print(f"    {name:18s} returned {returned:7.1f}")
             print("  processes (exec → exit, ms from RunPodSandbox sent, medians; n):")
             for step, spans in sorted(rows[kind].items(),
                                       key=lambda kv: statistics.median(s[0] for s in kv[1])):

@@ -189,6 +189,8 @@ class TaskManager:
     # ctr, CRI and most clients create a task right after the container; starting its shim
     # at Containers.Create takes the shim's start-up off the Tasks.Create path. Measured, it
     # gains nothing here (bench/NOTES.md), and a metadata call should not start processes.
+    # The CRI's RunPodSandbox starts its pod's shim ahead itself (`always`), beside the
+    # pod's files, record and snapshot, and discards it on a failure.
 
     def prestart(self, ns: str, task_id: str, runtime: str, spec: bytes,
                  runtime_options: bytes | None, always: bool = False) -> None:
@@ -197,8 +199,8 @@ class TaskManager:
         shim's `start` reads (its annotations); Tasks.Create writes the final one."""
         key = (ns, task_id)
         if ((not always and (not self.prestart_shims or len(self._prestarted) >= PRESTART_MAX))
-                or self._closing or key in self.tasks or key in self._pending or key in self._prestarted
-                or key in self._teardowns):
+                or self._closing or key in self.tasks or key in self._pending
+                or key in self._prestarted or key in self._teardowns):
             return
         try:
             asyncio.get_running_loop()
