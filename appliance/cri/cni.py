@@ -453,18 +453,26 @@ class CNIManager:
             caps["portMappings"] = mappings
         if dns:
             caps["dns"] = dns
-        record: dict = {"netns": netns_path, "networks": []}
-        results = []
-        try:
-            for network in list(self.networks):
-                entry = {"ifname": network.ifname, "conflist": network.conflist, "args": args,
-                         "capabilityArgs": caps, "result": None}
-                record["networks"].append(entry)
-                self._save(sandbox_id, record)       # before ADD: a crash still gets a DEL
+        record: dict = {"netns": netns_path, "networks": [
+            {"ifname": network.ifname, "conflist": network.conflist, "args": args,
+             "capabilityArgs": caps, "result": None} for network in list(self.networks)]}
+        failures: list[BaseException] = []
+
+        async def attach(entry: dict) -> None:
+            try:
                 entry["result"] = await self._add(sandbox_id, netns_path, entry)
-                results.append(entry["result"])
-                self._save(sandbox_id, record)
-            combined = combined_result(results)
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+        try:
+            self._save(sandbox_id, record)           # before ADD: a crash still gets a DEL
+            # every network at once, as go-cni's Setup; the first failure to come is raised
+            await asyncio.gather(*(attach(e) for e in record["networks"]),
+                                 return_exceptions=True)
+            self._save(sandbox_id, record)
+            if failures:
+                raise failures[0]
+            combined = combined_result([e["result"] for e in record["networks"]])
             ips = [c["IP"] for c in combined["Interfaces"][DEFAULT_IFNAME]["IPConfigs"] or []]
             if not ips:
                 raise CNIError(f"failed to find network info for sandbox {sandbox_id!r}")

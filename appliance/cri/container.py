@@ -89,12 +89,12 @@ class ContainerService:
             {**handler.options, "container_annotations": handler.runtime.container_annotations},
             rt.cfg)
         labels = dict(config.labels)
-        rt.create_record(cid, "container", labels, c.image_name, runtime_spec, handler,
-                         CONTAINER_METADATA, c.metadata())
         undo.append(lambda: rt.delete_record(cid))
         undo.append(lambda: rt.remove_snapshot(cid))
 
-        def prepare():     # one worker-thread hop for the directories, snapshot, spec, status
+        def prepare():     # one worker-thread hop: record, directories, snapshot, spec, status
+            rt.create_record(cid, "container", labels, c.image_name, runtime_spec, handler,
+                             CONTAINER_METADATA, c.metadata())
             ensure_dir(c.root, 0o755)
             ensure_dir(c.state_dir, 0o700)
             for volume in volumes.values():

@@ -129,6 +129,11 @@ class CRIRuntime:
                                               value=json.dumps(spec).encode()))
         self.containers_service.update(NAMESPACE, record, ["spec"])
 
+    def update_extension(self, cid: str, key: str, extension: any_pb2.Any) -> None:
+        """The record's extension `key` replaced (blocking: a commit)."""
+        self.containers_service.update(NAMESPACE, Record(cid, extensions={key: extension}),
+                                       [f"extensions.{key}"])
+
     def spec(self, cid: str) -> dict:
         record = self.containers_service.get(NAMESPACE, cid)
         return json.loads(record.spec.value) if record.spec else {}
@@ -201,6 +206,21 @@ class CRIRuntime:
                 container_id=cid, rootfs=rootfs, stdout=stdout, stderr=stderr))
         except ApplianceError as exc:
             raise type(exc)(f"failed to create containerd task: {exc.message}") from None
+
+    def start_shim_ahead(self, cid: str, handler: Handler, annotations: dict) -> None:
+        """The shim of a task created next started now, beside the work before it (its
+        `start` reads only the spec's annotations); discard_shim_ahead() if none comes."""
+        options = handler.options_any()
+        self.tasks.runtime.prestart(
+            NAMESPACE, cid, handler.runtime.runtime_type,
+            json.dumps({"annotations": annotations}).encode(),
+            options.SerializeToString() if options is not None else None, always=True)
+
+    async def discard_shim_ahead(self, cid: str) -> None:
+        """Stop a shim started ahead that no task took, and wait until it is gone."""
+        teardown = self.tasks.runtime.discard_prestarted(NAMESPACE, cid)
+        if teardown is not None:
+            await asyncio.wait({teardown})
 
     async def start_task(self, cid: str) -> int:
         """Start the task in its shim (Tasks.Start without its record read: the CRI knows
@@ -278,6 +298,17 @@ async def to_the_end(awaitable):
 async def in_thread(fn):
     """fn() in a worker thread, to its end (to_the_end)."""
     return await to_the_end(asyncio.to_thread(fn))
+
+
+async def in_threads(*fns) -> list:
+    """Each fn() in a worker thread of its own, all to their end (to_the_end); their
+    results, or the first one's failure once all have ended."""
+    results = await to_the_end(asyncio.gather(*(asyncio.to_thread(fn) for fn in fns),
+                                              return_exceptions=True))
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def undo_all(steps: list, what: str) -> None:

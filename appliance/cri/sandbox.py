@@ -22,8 +22,8 @@ from ..errdefs import ApplianceError, InvalidArgument, NotFound
 from ..mount import mount_one, unmount_all_under
 from . import events, security, spec as specs
 from .images import NAMESPACE
-from .runtime import (CRIRuntime, config_json, ensure_dir, in_thread, options_json,
-                      remove_tree, undo_all)
+from .runtime import (CRIRuntime, config_json, ensure_dir, in_threads, options_json,
+                      remove_tree, to_the_end, undo_all)
 from .store import (SANDBOX_METADATA, SANDBOX_NOTREADY, SANDBOX_READY, Sandbox, answer,
                     sandbox_from_metadata)
 
@@ -72,39 +72,83 @@ class SandboxService:
                           created_at=time.time_ns())
         host_net = config.linux.security_context.namespace_options.network == specs.NODE
         sandbox.hostname = config.hostname or specs.host_hostname()
+        runtime_opts = {**handler.options, "pod_annotations": handler.runtime.pod_annotations}
+        # the pod's shim starts now, beside the files, netns, record and snapshot
+        rt.start_shim_ahead(sid, handler, specs.sandbox_annotations(sandbox, runtime_opts))
+        undo.append(lambda: rt.discard_shim_ahead(sid))
 
         undo.append(lambda: remove_tree(sandbox.root))
         undo.append(lambda: self._remove_state_dir(sandbox))
-        await asyncio.to_thread(self._make_files, sandbox)
 
+        network = None
         if not host_net:
-            await self._setup_network(sandbox, undo)
-
-        runtime_spec = specs.sandbox_spec(sandbox, image.config, rt.cfg, {
-            **handler.options, "pod_annotations": handler.runtime.pod_annotations})
-        rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
-                         runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
-        undo.append(lambda: rt.delete_record(sid))
-        undo.append(lambda: rt.remove_snapshot(sid))
-
-        def prepare():     # one worker-thread hop: snapshot, security context, spec
-            mounts = rt.prepare_snapshot(sid, image.chain_id)
-            self._secure(sandbox, runtime_spec, image.config, mounts)
-            return mounts
-        mounts = await in_thread(prepare)
-
-        sandbox.pid = await rt.create_task(sid, rootfs=mounts)
-        undo.append(lambda: rt.delete_task(sid))
-        await rt.start_task(sid)
+            # the netns first (the spec names it); CNI ADD in it runs while the pause
+            # container is made (shim start, runc create: nothing needs the network before
+            # the task starts), and the task starts once the network is up. Without a CNI
+            # config, ADD fails at once: then before anything else is made.
+            from .netns import NetNS
+            netns = await asyncio.to_thread(NetNS.create, self.rt.netns_dir)
+            sandbox.netns_path = netns.path
+            undo.append(lambda: asyncio.to_thread(netns.remove))
+            network = asyncio.ensure_future(self._setup_network(sandbox))
+            if not rt.network_for(handler_name).ready():
+                undo.append(await network)
+                network = None
+        try:
+            await self._create_task(sandbox, image, handler, runtime_opts, undo)
+        except BaseException as exc:
+            if network is not None:
+                failed = await to_the_end(self._settle(network, sandbox, undo))
+                if failed is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise failed from None     # containerd's ADD comes first: its error
+            raise
+        if network is not None:
+            undo.append(await network)
+            # the record learns the pod's IPs and CNI result (written before ADD ended),
+            # its commit beside runc start
+            for result in await asyncio.gather(rt.start_task(sid), asyncio.to_thread(
+                    rt.update_extension, sid, SANDBOX_METADATA, sandbox.metadata()),
+                    return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+        else:
+            await rt.start_task(sid)
         sandbox.state = SANDBOX_READY
         rt.sandboxes.add(sandbox)
         rt.events.emit(sid, sid, events.CREATED)
         rt.events.emit(sid, sid, events.STARTED)
         return sid
 
+    async def _create_task(self, sandbox: Sandbox, image, handler, runtime_opts: dict,
+                           undo) -> None:
+        """The pause container: its record, snapshot and spec, and its task (created, not
+        started)."""
+        rt, sid, config = self.rt, sandbox.id, sandbox.config
+        runtime_spec = specs.sandbox_spec(sandbox, image.config, rt.cfg, runtime_opts)
+        needs_rootfs = security.pod_needs_rootfs(config, image.config.get("config") or {})
+        undo.append(lambda: rt.delete_record(sid))
+        undo.append(lambda: rt.remove_snapshot(sid))
+
+        def prepare():     # a worker thread: security context, record, snapshot
+            if not needs_rootfs:       # the record made with the finished spec: one commit
+                self._secure(sandbox, runtime_spec, image.config, None)
+            rt.create_record(sid, "sandbox", dict(config.labels), rt.cfg.sandbox_image,
+                             runtime_spec, handler, SANDBOX_METADATA, sandbox.metadata())
+            mounts = rt.prepare_snapshot(sid, image.chain_id)
+            if needs_rootfs:           # the image's users looked up in its rootfs
+                self._secure(sandbox, runtime_spec, image.config, mounts)
+                rt.update_spec(sid, runtime_spec)
+            return mounts
+        # the pod's files and /dev/shm made meanwhile, in another thread (nothing before
+        # runc create needs them)
+        _, mounts = await in_threads(functools.partial(self._make_files, sandbox), prepare)
+
+        sandbox.pid = await rt.create_task(sid, rootfs=mounts)
+        undo.append(lambda: rt.delete_task(sid))
+
     def _secure(self, sandbox: Sandbox, runtime_spec: dict, image_config: dict, mounts) -> None:
         """The pod's security context and sysctls on the spec (cri.security), with the pause
-        image's rootfs mounted read-only when its user must be looked up; recorded."""
+        image's rootfs (`mounts`) mounted read-only when its user must be looked up."""
         rt, config = self.rt, sandbox.config
         image_config = image_config.get("config") or {}
         security.apply_sysctls(runtime_spec, dict(config.linux.sysctls), config, rt.cfg)
@@ -119,7 +163,6 @@ class SandboxService:
         if rt.cfg.disable_cgroup:
             runtime_spec["linux"].pop("cgroupsPath", None)
             runtime_spec["linux"]["resources"].pop("cpu", None)
-        rt.update_spec(sandbox.id, runtime_spec)
         sandbox.process_label = runtime_spec.get("process", {}).get("selinuxLabel", "")
 
     async def _ensure_image(self, ref: str):
@@ -161,19 +204,29 @@ class SandboxService:
             unmount_all_under(sandbox.shm_path)
         remove_tree(sandbox.state_dir)
 
-    async def _setup_network(self, sandbox: Sandbox, undo) -> None:
-        """A pinned netns, then CNI ADD (containerd's order); both undone on a failure."""
-        from .netns import NetNS
-        netns = await asyncio.to_thread(NetNS.create, self.rt.netns_dir)
-        sandbox.netns_path = netns.path
-        undo.append(lambda: asyncio.to_thread(netns.remove))
+    @staticmethod
+    async def _settle(network: asyncio.Future, sandbox: Sandbox, undo) -> Exception | None:
+        """After the pause container failed: wait for the CNI ADD running beside it; a
+        network it set up is torn down with the rest (undo). Its error, if it failed (it
+        undid itself then)."""
+        try:
+            undo.append(await network)
+        except Exception as exc:
+            log.debug("network of failed sandbox %s: %s", sandbox.id, exc)
+            return exc
+        return None
+
+    async def _setup_network(self, sandbox: Sandbox):
+        """CNI ADD in the sandbox's netns (on a failure it undoes itself); the step that
+        tears it down again."""
+        netns_path = sandbox.netns_path
         config = sandbox.config
         mappings = port_mappings(config)
         dns = config.dns_config
         try:
             network = self.rt.network_for(sandbox.runtime_handler)
             result = await network.setup(
-                sandbox.id, netns.path, pod_name=config.metadata.name,
+                sandbox.id, netns_path, pod_name=config.metadata.name,
                 pod_namespace=config.metadata.namespace, pod_uid=config.metadata.uid,
                 port_mappings=mappings, annotations=dict(config.annotations),
                 dns={"servers": list(dns.servers), "searches": list(dns.searches),
@@ -181,10 +234,10 @@ class SandboxService:
         except ApplianceError as exc:
             raise type(exc)(f'failed to setup network for sandbox "{sandbox.id}": '
                             f"{exc.message}") from None
-        undo.append(lambda: network.teardown(sandbox.id, netns.path, port_mappings=mappings))
         sandbox.ip = result.ip
         sandbox.additional_ips = list(result.additional_ips)
         sandbox.cni_result = result.result
+        return lambda: network.teardown(sandbox.id, netns_path, port_mappings=mappings)
 
     # --- StopPodSandbox / RemovePodSandbox ----------------------------------------------
 

@@ -168,13 +168,19 @@ def sandbox_spec(sandbox, image_config: dict, cfg, runtime_opts: dict) -> dict:
         {"destination": "/etc/resolv.conf", "type": "bind", "options": ["rbind", "ro"],
          "source": sandbox.resolv_path}]
     spec["linux"]["resources"]["cpu"] = {"shares": SANDBOX_CPU_SHARES}
-    spec["annotations"] = {
+    spec["annotations"] = sandbox_annotations(sandbox, runtime_opts)
+    return spec
+
+
+def sandbox_annotations(sandbox, runtime_opts: dict) -> dict:
+    """The pause container's spec annotations."""
+    config = sandbox.config
+    return {
         **_passthrough(config.annotations, runtime_opts.get("pod_annotations", [])),
         CONTAINER_TYPE: "sandbox", SANDBOX_ID: sandbox.id,
         SANDBOX_NAME: config.metadata.name, SANDBOX_NAMESPACE: config.metadata.namespace,
         SANDBOX_UID: config.metadata.uid, SANDBOX_LOG_DIR: config.log_directory,
     }
-    return spec
 
 
 def container_spec(cid: str, sandbox, config, image_config: dict, image_name: str,

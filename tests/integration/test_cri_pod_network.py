@@ -14,8 +14,8 @@ import pytest
 
 from appliance._proto.cri.v1 import api_pb2 as pb
 from cni_helpers import PLUGINS, chains_of, scratch_network, leftovers as net_leftovers
-from cri_helpers import (Answers, Client, Registry, cri_answers, make_daemon, netns_dir,
-                         parse_log, shims_of, stop_daemon)
+from cri_helpers import (Answers, Client, Registry, cri_answers, leftovers, make_daemon,
+                         netns_dir, parse_log, shims_of, stop_daemon)
 from daemon import wait_for
 
 pytestmark = [pytest.mark.integration,
@@ -227,3 +227,98 @@ def test_host_port_already_taken(cri, registry, net):
     wait_for(lambda: not shims_of(ids), what="the pods' shims to exit")
     _clean(cri, net, ids, chains)
     same("host-port-taken", cri.kind, answer)
+
+
+SLOWFAIL = """#!/bin/sh
+cat > /dev/null
+case "$CNI_COMMAND" in
+ADD) sleep 0.5; echo '{"cniVersion": "1.0.0", "code": 100, "msg": "slowfail: refused"}'; exit 1;;
+VERSION) echo '{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}';;
+esac
+"""
+
+
+def _plugins(tmp_path, monkeypatch, **scripts) -> None:
+    """The daemons made next get Debian's plugins with `scripts` (name -> text) beside or
+    instead of them."""
+    import cri_helpers
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in os.listdir(PLUGINS):
+        if name not in scripts:
+            (bin_dir / name).symlink_to(f"{PLUGINS}/{name}")
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setattr(cri_helpers, "CNI_BIN", str(bin_dir))
+
+
+@pytest.mark.parametrize("kind", ["ctrappliance", "containerd"])
+def test_cni_add_failing_late_leaves_nothing(kind, registry, tmp_path, monkeypatch):
+    """A pod whose CNI ADD fails after the bridge plugin made its veth and IP, half a
+    second in (we create the pause container's task meanwhile): RunPodSandbox fails with
+    the network's error, and nothing stays (netns pin, shim, runc state, snapshot,
+    container, veth, IP)."""
+    _plugins(tmp_path, monkeypatch, slowfail=SLOWFAIL)
+    with scratch_network("ca-cnifail-", portmap=False) as network:
+        conf = network.conflist()
+        conf["plugins"].append({"type": "slowfail"})
+        network.write(conf)
+        daemon = make_daemon(kind, registry.pause, cni_conf_dir=str(network.conf_dir))
+        daemon.start()
+        client = Client(kind, daemon)
+        try:
+            wait_for(lambda: _network_ready(client), what="NetworkReady")
+            with pytest.raises(grpc.RpcError) as failed:
+                _pod(client, "cni-fails")
+            details = failed.value.details()
+            assert "failed to setup network for sandbox" in details and "slowfail: refused" \
+                in details, details
+            assert not client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+            runc = subprocess.run(["runc", "--root", f"{daemon.workdir}/runc", "list", "-q"],
+                                  capture_output=True, text=True, timeout=30)
+            snapshots = daemon.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()
+            active = [line for line in snapshots[1:] if "Active" in line]   # not the image's
+            assert (leftovers(daemon), active, runc.stdout.split()) == (
+                {"shims": [], "mounts": [], "netns": [], "containers": []}, [], [])
+            assert net_leftovers(network, []) == []
+            same("cni-add-fails", kind, failed.value.code())
+        finally:
+            stop_daemon(client)
+
+
+TIMED = """#!/bin/sh
+echo "$CNI_COMMAND start $(date +%s.%N)" >> {log}
+[ "$CNI_COMMAND" = ADD ] && sleep 0.5
+{plugin}
+rc=$?
+echo "$CNI_COMMAND end $(date +%s.%N)" >> {log}
+exit $rc
+"""
+
+
+@pytest.mark.parametrize("kind", ["ctrappliance", "containerd"])
+def test_cni_networks_are_added_at_once(kind, registry, tmp_path, monkeypatch):
+    """The loopback network and the pod's are ADDed at the same time (go-cni's Setup), each
+    ADD here taking half a second at least."""
+    logs = {name: tmp_path / f"{name}.log" for name in ("loopback", "bridge")}
+    _plugins(tmp_path, monkeypatch, **{name: TIMED.format(log=log, plugin=f"{PLUGINS}/{name}")
+                                       for name, log in logs.items()})
+    with scratch_network("ca-cniboth-", portmap=False) as network:
+        daemon = make_daemon(kind, registry.pause, cni_conf_dir=str(network.conf_dir))
+        daemon.start()
+        client = Client(kind, daemon)
+        try:
+            wait_for(lambda: _network_ready(client), what="NetworkReady")
+            _pod(client, "both-nets")
+            spans = {}
+            for name, log in logs.items():
+                marks = dict(line.split()[1:] for line in log.read_text().splitlines()
+                             if line.startswith("ADD "))
+                spans[name] = (float(marks["start"]), float(marks["end"]))
+            (lo_start, lo_end), (net_start, net_end) = spans["loopback"], spans["bridge"]
+            assert lo_start < net_end and net_start < lo_end, spans
+            client.remove_all()
+            assert net_leftovers(network, []) == []
+        finally:
+            stop_daemon(client)

@@ -397,6 +397,38 @@ def test_tasks_grouped_in_one_shim(ours, theirs, rootfs):
     assert "did not exit after Shutdown" not in ours.log()
 
 
+def test_task_joins_its_groups_shim_without_a_start(ours, theirs, rootfs, tmp_path):
+    """A second task of a group whose shim runs: containerd runs the shim binary's `start`
+    (which finds the group's socket in use, writes it to the bundle's `address` file and
+    exits); we connect to that shim and write the file ourselves. One shim either way, the
+    same `address` in both bundles."""
+    wrapper = tmp_path / "containerd-shim-runc-v2"    # logs each `start`, runs the real one
+    calls = tmp_path / "starts"
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = start ] && echo "$*" >> {calls}'
+                       f'; done\nexec /usr/bin/containerd-shim-runc-v2 "$@"\n')
+    wrapper.chmod(0o755)
+    opts = ["--runtime", str(wrapper), "--annotation", "io.containerd.runc.v2.group=g1"]
+    starts = {}
+    for kind, d, ns in (("ours", ours, ns_for("join")),
+                        ("theirs", theirs, ns_for("join") + "-cd")):
+        USED_NAMESPACES.add(ns)
+        calls.write_text("")
+        for cid in ("j-a", "j-b"):
+            assert run(d, ns, rootfs, "-d", cid, "sleep", "1000", opts=opts).returncode == 0
+        starts[kind] = len(calls.read_text().splitlines())
+        assert len(_shims_in(d, ns)) == 1
+        addresses = {(Path(d.state) / "io.containerd.runtime.v2.task" / ns / cid / "address")
+                     .read_text() for cid in ("j-a", "j-b")}
+        assert len(addresses) == 1 and addresses.pop().startswith("unix:///run/containerd/s/")
+        for cid in ("j-a", "j-b"):
+            d.ctr("tasks", "kill", "-s", "SIGKILL", cid, namespace=ns)
+            wait_for(lambda: task_status(d, ns, cid) == "STOPPED", what=f"{cid} STOPPED")
+            d.ctr("tasks", "rm", cid, namespace=ns)
+        d.ctr("containers", "rm", "j-a", "j-b", namespace=ns)
+        _nothing_left_by(d, ns)
+    assert starts == {"ours": 1, "theirs": 2}
+
+
 # --- shims started ahead (prestart_shims) ------------------------------------------
 
 

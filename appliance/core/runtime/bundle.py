@@ -22,6 +22,7 @@ class Bundle:
         self.work = os.path.join(root, namespace, task_id)  # the shim's work dir, kept in root
         # linux.cgroupsPath of config.json, noted at create (None: read the file)
         self.cgroups_path: str | None = None
+        self.group = ""   # the runc shim's grouping annotation of config.json, noted at create
 
     @property
     def rootfs(self) -> str:
@@ -51,6 +52,7 @@ class Bundle:
             with open(self.file("config.json"), "wb") as f:
                 f.write(spec)
             self.cgroups_path = cgroups_path(doc)
+            self.group = group_of(doc)
         except BaseException:
             self.delete()
             raise
@@ -83,6 +85,21 @@ def cgroups_path(doc) -> str:
     """linux.cgroupsPath of a parsed spec ("" when there is none)."""
     linux = (doc.get("linux") if isinstance(doc, dict) else None) or {}
     return (linux.get("cgroupsPath") if isinstance(linux, dict) else "") or ""
+
+
+GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+
+
+def group_of(doc) -> str:
+    """The task group the runc v2 shim serves a spec's task in (its first grouping annotation,
+    as the shim's `start` reads them); "" for none."""
+    annotations = (doc.get("annotations") if isinstance(doc, dict) else None) or {}
+    if not isinstance(annotations, dict):
+        return ""
+    for key in GROUP_ANNOTATIONS:
+        if key in annotations:
+            return str(annotations[key])
+    return ""
 
 
 def parse_spec(spec: bytes):

@@ -154,8 +154,11 @@ class TaskManager:
                 binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
-            shim = await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
-                                     self.debug, self.timeouts.load, self.sched_core)
+            shim = await self._join_group(bundle, binary)
+            if shim is None:
+                shim = await shims.start(bundle, binary, self.address, self.ttrpc_address,
+                                         options, self.debug, self.timeouts.load,
+                                         self.sched_core)
         except ApplianceError as exc:
             await self._remove_bundle(bundle)
             raise shims.wrap(exc, "failed to start shim") from None
@@ -170,17 +173,34 @@ class TaskManager:
             raise
         return shim
 
+    async def _join_group(self, bundle: Bundle, binary: str) -> shims.Shim | None:
+        """The runc v2 shim already serving the bundle's task group (a CRI pod's containers
+        join its sandbox's), joined without running the binary's `start`; None when no live
+        shim of ours serves that group."""
+        if not bundle.group or os.path.basename(binary) != shims.GROUPING_SHIM:
+            return None
+        address = shims.socket_address(self.address, bundle.namespace, bundle.group)
+        if not any(s.address == address and s.binary == binary and not s.client.closed
+                   for s in self.tasks.values()):
+            return None
+        return await shims.join(bundle, binary, address, self.timeouts.load)
+
     # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
     # at Containers.Create takes the shim's start-up off the Tasks.Create path. Measured, it
     # gains nothing here (bench/NOTES.md), and a metadata call should not start processes.
+    # The CRI's RunPodSandbox starts its pod's shim ahead itself (`always`), beside the
+    # pod's files, record and snapshot, and discards it on a failure.
 
     def prestart(self, ns: str, task_id: str, runtime: str, spec: bytes,
-                 runtime_options: bytes | None) -> None:
+                 runtime_options: bytes | None, always: bool = False) -> None:
+        """`always`: for a caller that creates the task next and discards the shim if it
+        does not (the CRI's RunPodSandbox), whatever `prestart_shims` says. `spec`: what the
+        shim's `start` reads (its annotations); Tasks.Create writes the final one."""
         key = (ns, task_id)
-        if (not self.prestart_shims or self._closing or len(self._prestarted) >= PRESTART_MAX
-                or key in self.tasks or key in self._pending or key in self._prestarted
-                or key in self._teardowns):
+        if ((not always and (not self.prestart_shims or len(self._prestarted) >= PRESTART_MAX))
+                or self._closing or key in self.tasks or key in self._pending
+                or key in self._prestarted or key in self._teardowns):
             return
         try:
             asyncio.get_running_loop()
@@ -217,11 +237,12 @@ class TaskManager:
         shim.bundle.cgroups_path = None
         return shim
 
-    def discard_prestarted(self, ns: str, task_id: str) -> None:
-        """Stop a shim started ahead that no task claimed (container deleted, or idle)."""
+    def discard_prestarted(self, ns: str, task_id: str) -> asyncio.Task | None:
+        """Stop a shim started ahead that no task claimed (container deleted, or idle); the
+        task that does it, None if there was none."""
         entry = self._prestarted.pop((ns, task_id), None)
         if entry is None:
-            return
+            return None
         task, _, _, timer = entry
         timer.cancel()
 
@@ -229,7 +250,7 @@ class TaskManager:
             await asyncio.wait({task})
             if task.result() is not None:
                 await self._shutdown_and_remove(task.result())
-        self._track_teardown((ns, task_id), stop(), f"discard-{task_id}")
+        return self._track_teardown((ns, task_id), stop(), f"discard-{task_id}")
 
     async def _delete_and_stop(self, shim: shims.Shim) -> None:
         """Delete what the shim's task made (runc delete, mounts), then stop the shim: for a

@@ -25,6 +25,7 @@ log = logging.getLogger("appliance.shim")
 TASK_SERVICE = "containerd.task.v2.Task"
 START_TIMEOUT = 30.0  # the `start` command: fork the shim daemon and print its address
 CALL_TIMEOUT = 60.0   # any shim RPC but Wait (runc create/exec can be slow on a busy host)
+GROUPING_SHIM = "containerd-shim-runc-v2"   # the shim binary whose `start` groups tasks
 
 RESPONSES = {  # shim_pb2 message names (the stubs load on the first call)
     "State": "StateResponse", "Create": "CreateTaskResponse", "Start": "StartResponse",
@@ -210,6 +211,47 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         raise
     # No Connect here: Create (the next call) waits for the shim as well and returns the pid
     return Shim(bundle, binary, client, shim_log, text)
+
+
+def socket_address(address: str, namespace: str, group: str) -> str:
+    """The socket the runc v2 shim serves a task group on (shim.SocketAddress: a hash of the
+    daemon's address, the namespace and the group under /run/containerd/s)."""
+    import hashlib   # not at boot: it loads OpenSSL
+    digest = hashlib.sha256(os.path.normpath(os.path.join(address, namespace, group))
+                            .encode()).hexdigest()
+    return f"unix:///run/containerd/s/{digest}"
+
+
+async def join(bundle: Bundle, binary: str, address: str, connect_timeout: float) -> Shim | None:
+    """A task joining its group's running shim at `address` without a `start` process: what
+    that process does then (the group's socket is in use and answers: write it to the
+    bundle's `address` file, print it), done here; None when the socket does not answer
+    (then `start` makes a new shim, as containerd's)."""
+    shim_log = ShimLog(bundle)
+    try:
+        with open(bundle.file("shim-binary-path"), "w") as f:
+            f.write(binary)
+        try:
+            client = await TTRPCClient.connect(address, timeout=connect_timeout,
+                                               namespace=bundle.namespace)
+        except ApplianceError:
+            shim_log.close()
+            return None
+        try:
+            temp = bundle.file(".address")
+            # (no O_SYNC, unlike start's: the file serves the daemon's restart while the
+            # shim lives, and only a host crash, which ends the shim too, loses page cache)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with open(fd, "w") as f:
+                f.write(address)
+            os.rename(temp, bundle.file("address"))
+        except BaseException:
+            client.close()
+            raise
+    except BaseException:
+        shim_log.close()
+        raise
+    return Shim(bundle, binary, client, shim_log, address)
 
 
 async def load(bundle: Bundle, binary: str, timeout: float) -> Shim:
