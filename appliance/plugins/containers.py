@@ -28,6 +28,9 @@ class ContainersService:
     def get(self, ns: str, cid: str) -> Container:
         return self.store.get(ns, cid)
 
+    def get_into(self, ns: str, cid: str, out: pb.Container) -> None:
+        self.store.get_into(ns, cid, out)
+
     def list(self, ns: str, filter_strings) -> list[Container]:
         flt = filters.parse(*filter_strings)
         if not filter_strings:
@@ -65,7 +68,7 @@ class ContainersAdapter(Adapter):
     @rpc
     def Get(self, request, context):
         response = pb.GetContainerResponse()
-        to_pb(self.service.get(namespace_of(context), request.id), out=response.container)
+        self.service.get_into(namespace_of(context), request.id, response.container)
         return response
 
     @rpc

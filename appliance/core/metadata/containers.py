@@ -135,7 +135,9 @@ class ContainerStore:
         c.created_at, c.updated_at = row["created_at"], row["updated_at"]
         return c
 
-    def get(self, ns: str, cid: str) -> Container:
+    def _row(self, ns: str, cid: str) -> tuple:
+        """(data, labels, created_at, updated_at) as committed: from memory, or read (and
+        kept while no write was open or began); NotFound as get's."""
         got = self._rows.get((ns, cid))
         if got is None:
             epoch = self.db.quiet_epoch()
@@ -149,10 +151,28 @@ class ContainerStore:
                 if len(self._rows) >= ROW_CACHE:
                     self._rows.clear()
                 self._rows[(ns, cid)] = got
-        data, labels, created_at, updated_at = got
+        return got
+
+    def get(self, ns: str, cid: str) -> Container:
+        data, labels, created_at, updated_at = self._row(ns, cid)
         c = from_pb(pb.Container.FromString(data))
         c.id, c.labels, c.created_at, c.updated_at = cid, dict(labels), created_at, updated_at
         return c
+
+    def get_into(self, ns: str, cid: str, out: pb.Container) -> None:
+        """get's record filled straight into a response's message (no Container between)."""
+        data, labels, created_at, updated_at = self._row(ns, cid)
+        out.MergeFromString(data)
+        out.id = cid
+        out.labels.clear()
+        out.labels.update(labels)
+        set_timestamp(out.created_at, created_at)
+        set_timestamp(out.updated_at, updated_at)
+
+    def message(self, ns: str, cid: str) -> pb.Container:
+        """The stored message without id, labels and times (spec, runtime, snapshot...):
+        what starting a task reads."""
+        return pb.Container.FromString(self._row(ns, cid)[0])
 
     def list(self, ns: str) -> list[Container]:
         rows = self._lists.get(ns)
@@ -246,7 +266,10 @@ class ContainerStore:
 
     def require(self, ns: str, cid: str) -> None:
         """NotFound, in get's words, unless the container exists (nothing decoded: the
-        tasks service checks this before every task call, as containerd)."""
+        tasks service checks this before every task call, as containerd); a container
+        kept in memory exists."""
+        if (ns, cid) in self._rows:
+            return
         with self.db.read() as conn:
             if conn.execute("SELECT 1 FROM containers WHERE namespace=? AND id=?",
                             (ns, cid)).fetchone() is None:
