@@ -75,6 +75,7 @@ class TaskManager:
         # task with the same id waits for this, and so does close())
         self._teardowns: dict[tuple[str, str], asyncio.Task] = {}
         self._closing = False
+        self._runtime_paths: dict[str, str] = {}   # runtime name -> its shim binary, found
         for d in (root, state):
             os.makedirs(d, mode=0o711, exist_ok=True)
 
@@ -151,7 +152,7 @@ class TaskManager:
             raise
         try:
             try:
-                binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
+                binary = self._shim_binary(runtime)
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
             shim = await shims.start(bundle, binary, self.address, self.ttrpc_address, options,
@@ -169,6 +170,16 @@ class TaskManager:
             await self._shutdown_and_remove(shim)
             raise
         return shim
+
+    def _shim_binary(self, runtime: str) -> str:
+        """The runtime's shim binary; a name's lookup in PATH is done once (containerd's
+        runtimePaths cache), an absolute path is checked every time."""
+        found = self._runtime_paths.get(runtime)
+        if found is None:
+            found = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
+            if not os.path.isabs(runtime):
+                self._runtime_paths[runtime] = found
+        return found
 
     # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
@@ -412,7 +423,7 @@ class TaskManager:
             pass
         runtime = self.runtime_of(bundle.namespace, bundle.id) if self.runtime_of else None
         try:
-            return shims.resolve_binary(runtime, shims.shim_env("")["PATH"]) if runtime else None
+            return self._shim_binary(runtime) if runtime else None
         except ApplianceError:
             return None
 
