@@ -294,3 +294,14 @@ def test_a_record_read_outside_any_write_is_cached_and_none_read_during_one(worl
     assert (NS, dgst) not in content._infos
     content.info(NS, dgst)
     assert (NS, dgst) in content._infos
+
+
+def test_record_is_infos_record_without_a_copy(world):
+    """Content.Info fills its response from the kept record itself (no copy per call); it
+    is info's record and follows every change as info does."""
+    db, blobs, content, images, collector = world
+    dgst = ingest(content, b"index", labels={"a": "1"})
+    first = content.record(NS, dgst)
+    assert content.record(NS, dgst) is first and content.info(NS, dgst) == first
+    content.update(NS, dgst, {"a": "2"}, [])
+    assert content.record(NS, dgst).labels == {"a": "2"} and first.labels == {"a": "1"}
