@@ -14,7 +14,7 @@ from google.protobuf import empty_pb2
 
 from ... import stubs
 from ...errdefs import ApplianceError, DeadlineExceeded, NotFound
-from ...process import fdlimit, program
+from ...process import fdlimit, program, spawn
 from ...ttrpc import TTRPCClient
 from .bundle import Bundle
 
@@ -193,19 +193,13 @@ async def start(bundle: Bundle, binary: str, address: str, ttrpc_address: str,
         # before the shim runs: failing to write it (a full disk) must not leave a shim behind
         with open(bundle.file("shim-binary-path"), "w") as f:
             f.write(binary)
-        proc = await asyncio.create_subprocess_exec(
-            *fdlimit.child_argv([binary, *args, "start"]), cwd=bundle.path, env=env,
-            stdin=asyncio.subprocess.PIPE if options is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0,
-            preexec_fn=fdlimit.child_preexec())
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(options), START_TIMEOUT)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            proc = await spawn.run([binary, *args, "start"], cwd=bundle.path, env=env,
+                                   input=options, timeout=START_TIMEOUT)
+        except TimeoutError:
             raise DeadlineExceeded(f"start failed: shim did not start in {START_TIMEOUT:g}s") \
                 from None
-        text = out.decode(errors="replace").strip()
+        text = proc.output.decode(errors="replace").strip()
         if proc.returncode != 0:
             raise ApplianceError(f"start failed: {text}: exit status {proc.returncode}")
         client = await TTRPCClient.connect(text, timeout=connect_timeout,
