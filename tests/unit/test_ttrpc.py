@@ -412,3 +412,36 @@ def test_duplicate_service():
     s.register(SVC, {})
     with pytest.raises(ValueError):
         s.register(SVC, {})
+
+
+def test_the_client_reads_without_a_task_of_its_own(tmp_path):
+    """A shim's client is its connection's protocol: responses are matched to their calls
+    as they are read (no reader task per connection, ≈ 6 calls a container); the peer's
+    close is seen, and wait_closed returns."""
+    async def main():
+        peer = []
+
+        class Answer(asyncio.Protocol):   # a server without a task per connection
+            def connection_made(self, transport):
+                peer.append(transport)
+                self.decoder = FrameDecoder()
+
+            def data_received(self, data):
+                for frame in self.decoder.feed(data):
+                    req = Request.FromString(frame.payload)
+                    peer[0].write(encode_frame(frame.stream_id, RESPONSE, Response(
+                        payload=req.payload).SerializeToString()))
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(Answer, str(tmp_path / "s.sock"))
+        before = asyncio.all_tasks()
+        c = await TTRPCClient.connect(str(tmp_path / "s.sock"))
+        assert await c.call(SVC, "Echo", b"one", timeout=5) == b"one"
+        assert asyncio.all_tasks() == before   # (the server's accept has ended too)
+        assert await asyncio.gather(*(c.call(SVC, "Echo", b"%d" % i, timeout=5)
+                                      for i in range(5))) == [b"%d" % i for i in range(5)]
+        peer[0].close()
+        await asyncio.wait_for(c.wait_closed(), 5)
+        assert c.closed
+        server.close()
+    run(main())
