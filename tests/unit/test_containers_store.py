@@ -166,3 +166,19 @@ def test_require_answers_from_memory(store):
     store.delete(NS, "c1")
     with pytest.raises(Exception, match="not found"):
         store.require(NS, "c1")
+
+
+def test_list_into_is_lists_records(store):
+    """Containers.List without filters fills its response from the stored rows: the same
+    messages, in the same order, as list's Containers converted."""
+    for cid in ("b", "a"):
+        store.create(NS, Container(cid, {"k": cid}, "img", Runtime("io.containerd.runc.v2"),
+                                   spec(b'{"id": "%s"}' % cid.encode()), "native", cid))
+    for _ in range(2):   # read, then from memory
+        out = pb.ListContainersResponse()
+        store.list_into(NS, out.containers)
+        assert list(out.containers) == [to_pb(c) for c in store.list(NS)]
+        assert [c.id for c in out.containers] == ["a", "b"]
+    out = pb.ListContainersResponse()
+    store.list_into("other", out.containers)
+    assert len(out.containers) == 0

@@ -77,6 +77,17 @@ def to_pb(c: Container, with_times: bool = True,
     return msg
 
 
+def _fill(out: pb.Container, cid: str, data: bytes, labels: dict[str, str], created_at: int,
+          updated_at: int) -> None:
+    """A stored row into a response's message: what to_pb(get(...)) would be."""
+    out.MergeFromString(data)
+    out.id = cid
+    out.labels.clear()
+    out.labels.update(labels)
+    set_timestamp(out.created_at, created_at)
+    set_timestamp(out.updated_at, updated_at)
+
+
 def _copy(msg: any_pb2.Any) -> any_pb2.Any:
     out = any_pb2.Any()
     out.CopyFrom(msg)
@@ -161,20 +172,14 @@ class ContainerStore:
 
     def get_into(self, ns: str, cid: str, out: pb.Container) -> None:
         """get's record filled straight into a response's message (no Container between)."""
-        data, labels, created_at, updated_at = self._row(ns, cid)
-        out.MergeFromString(data)
-        out.id = cid
-        out.labels.clear()
-        out.labels.update(labels)
-        set_timestamp(out.created_at, created_at)
-        set_timestamp(out.updated_at, updated_at)
+        _fill(out, cid, *self._row(ns, cid))
 
     def message(self, ns: str, cid: str) -> pb.Container:
         """The stored message without id, labels and times (spec, runtime, snapshot...):
         what starting a task reads."""
         return pb.Container.FromString(self._row(ns, cid)[0])
 
-    def list(self, ns: str) -> list[Container]:
+    def _list_rows(self, ns: str) -> tuple:
         rows = self._lists.get(ns)
         if rows is None:
             epoch = self.db.quiet_epoch()
@@ -187,12 +192,20 @@ class ContainerStore:
                 if len(self._lists) >= LIST_CACHE:
                     self._lists.clear()
                 self._lists[ns] = rows
+        return rows
+
+    def list(self, ns: str) -> list[Container]:
         out = []
-        for cid, data, labels, created_at, updated_at in rows:
+        for cid, data, labels, created_at, updated_at in self._list_rows(ns):
             c = from_pb(pb.Container.FromString(data))
             c.id, c.labels, c.created_at, c.updated_at = cid, dict(labels), created_at, updated_at
             out.append(c)
         return out
+
+    def list_into(self, ns: str, out) -> None:
+        """list's records added straight to a response's repeated field."""
+        for row in self._list_rows(ns):
+            _fill(out.add(), *row)
 
     def create(self, ns: str, c: Container) -> Container:
         try:
