@@ -149,20 +149,16 @@ class ContainerStore:
     def _row(self, ns: str, cid: str) -> tuple:
         """(data, labels, created_at, updated_at) as committed: from memory, or read (and
         kept while no write was open or began); NotFound as get's."""
-        got = self._rows.get((ns, cid))
-        if got is None:
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                row = conn.execute("SELECT data, created_at, updated_at FROM containers "
-                                   "WHERE namespace=? AND id=?", (ns, cid)).fetchone()
-                if row is None:
-                    raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
-                got = (row[0], DB.get_labels(conn, ns, KIND, cid), row[1], row[2])
-            if epoch is not None and epoch == self.db.quiet_epoch():
-                if len(self._rows) >= ROW_CACHE:
-                    self._rows.clear()
-                self._rows[(ns, cid)] = got
-        return got
+        return self.db.read_kept(self._rows, (ns, cid),
+                                 lambda conn: self._read_row(conn, ns, cid), ROW_CACHE)
+
+    @staticmethod
+    def _read_row(conn, ns: str, cid: str) -> tuple:
+        row = conn.execute("SELECT data, created_at, updated_at FROM containers "
+                           "WHERE namespace=? AND id=?", (ns, cid)).fetchone()
+        if row is None:
+            raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
+        return (row[0], DB.get_labels(conn, ns, KIND, cid), row[1], row[2])
 
     def get(self, ns: str, cid: str) -> Container:
         data, labels, created_at, updated_at = self._row(ns, cid)
@@ -180,19 +176,15 @@ class ContainerStore:
         return pb.Container.FromString(self._row(ns, cid)[0])
 
     def _list_rows(self, ns: str) -> tuple:
-        rows = self._lists.get(ns)
-        if rows is None:
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                found = conn.execute("SELECT id, data, created_at, updated_at FROM containers "
-                                     "WHERE namespace=? ORDER BY id", (ns,)).fetchall()
-                labels = DB.all_labels(conn, ns, KIND) if found else {}  # one query for all
-            rows = tuple((r[0], r[1], labels.get(r[0], {}), r[2], r[3]) for r in found)
-            if epoch is not None and epoch == self.db.quiet_epoch():
-                if len(self._lists) >= LIST_CACHE:
-                    self._lists.clear()
-                self._lists[ns] = rows
-        return rows
+        return self.db.read_kept(self._lists, ns, lambda conn: self._read_list(conn, ns),
+                                 LIST_CACHE)
+
+    @staticmethod
+    def _read_list(conn, ns: str) -> tuple:
+        found = conn.execute("SELECT id, data, created_at, updated_at FROM containers "
+                             "WHERE namespace=? ORDER BY id", (ns,)).fetchall()
+        labels = DB.all_labels(conn, ns, KIND) if found else {}  # one query for all
+        return tuple((r[0], r[1], labels.get(r[0], {}), r[2], r[3]) for r in found)
 
     def list(self, ns: str) -> list[Container]:
         out = []

@@ -96,13 +96,8 @@ class ContentStore:
         got = self._infos.get((ns, digest))
         if got is None:
             parse_digest(digest)
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                got = self._info(conn, ns, digest)
-            if epoch is not None and epoch == self.db.quiet_epoch():
-                if len(self._infos) >= INFO_CACHE:
-                    self._infos.clear()
-                self._infos[(ns, digest)] = got
+            got = self.db.read_kept(self._infos, (ns, digest),
+                                    lambda conn: self._info(conn, ns, digest), INFO_CACHE)
         return got
 
     def info(self, ns: str, digest: str) -> Info:

@@ -67,15 +67,8 @@ class ImageStore:
         self._kept: dict[tuple[str, str], Image] = {}
 
     def get(self, ns: str, name: str) -> Image:
-        image = self._kept.get((ns, name))
-        if image is None:
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                image = self._get(conn, ns, name)
-            if epoch is not None and epoch == self.db.quiet_epoch():
-                if len(self._kept) >= ROW_CACHE:
-                    self._kept.clear()
-                self._kept[(ns, name)] = image
+        image = self.db.read_kept(self._kept, (ns, name),
+                                  lambda conn: self._get(conn, ns, name), ROW_CACHE)
         t = image.target
         return Image(image.name, Descriptor(t.media_type, t.digest, t.size,
                                             dict(t.annotations)),

@@ -57,15 +57,9 @@ class NamespaceStore:
     def labels(self, name: str) -> dict[str, str]:
         """The labels of `name`; none for a namespace that does not exist, as containerd's
         store reads them (Namespaces.Get answers that too: the Go client calls it from New())."""
-        labels = self._labels.get(name)
-        if labels is None:
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                labels = DB.get_labels(conn, "", KIND, name)
-            if self._quiet(epoch):
-                if len(self._labels) >= LABELS_CACHE:   # (names asked for need not exist)
-                    self._labels.clear()
-                self._labels[name] = labels
+        labels = self.db.read_kept(self._labels, name,
+                                   lambda conn: DB.get_labels(conn, "", KIND, name),
+                                   LABELS_CACHE)   # (names asked for need not exist)
         return dict(labels)
 
     def list(self) -> list[str]:
