@@ -4,11 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 from google.protobuf import any_pb2
 
 from .. import filters, identifiers, stubs
 from ..errdefs import q, InvalidArgument
+from ..grpcutil import set_timestamp
 
 events_pb2 = stubs.module("appliance._proto.containerd.api.services.events.v1.events_pb2")
 
@@ -85,7 +87,7 @@ class Exchange:
             identifiers.validate(namespace)   # (in-process callers: the bare message)
             self._validate(namespace, topic)
         envelope = events_pb2.Envelope(namespace=namespace, topic=topic, event=pack_any(event))
-        envelope.timestamp.GetCurrentTime()
+        set_timestamp(envelope.timestamp, time.time_ns())   # (GetCurrentTime: via datetime)
         self._broadcast(envelope)
 
     def forward(self, envelope) -> None:

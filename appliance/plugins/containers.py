@@ -28,11 +28,23 @@ class ContainersService:
     def get(self, ns: str, cid: str) -> Container:
         return self.store.get(ns, cid)
 
+    def get_into(self, ns: str, cid: str, out: pb.Container) -> None:
+        self.store.get_into(ns, cid, out)
+
     def list(self, ns: str, filter_strings) -> list[Container]:
         flt = filters.parse(*filter_strings)
         if not filter_strings:
             return self.store.list(ns)
         return [c for c in self.store.list(ns) if flt.match(_adaptor(c))]
+
+    def list_into(self, ns: str, filter_strings, out) -> None:
+        """list's containers added to a response's repeated field (unfiltered: from the
+        stored rows, no Container between)."""
+        if filter_strings:
+            for c in self.list(ns, filter_strings):
+                to_pb(c, out=out.add())
+        else:
+            self.store.list_into(ns, out)
 
     def create(self, ns: str, container: Container) -> Container:
         self.namespaces.ensure(ns)
@@ -65,13 +77,14 @@ class ContainersAdapter(Adapter):
     @rpc
     def Get(self, request, context):
         response = pb.GetContainerResponse()
-        to_pb(self.service.get(namespace_of(context), request.id), out=response.container)
+        self.service.get_into(namespace_of(context), request.id, response.container)
         return response
 
     @rpc
     def List(self, request, context):
-        return pb.ListContainersResponse(containers=[
-            to_pb(c) for c in self.service.list(namespace_of(context), request.filters)])
+        response = pb.ListContainersResponse()
+        self.service.list_into(namespace_of(context), request.filters, response.containers)
+        return response
 
     @rpc
     async def ListStream(self, request, context):

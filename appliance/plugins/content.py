@@ -49,6 +49,9 @@ class ContentService:
     def info(self, ns: str, digest: str) -> Info:
         return self.store.info(ns, digest)
 
+    def record(self, ns: str, digest: str) -> Info:
+        return self.store.record(ns, digest)   # shared: read it at once
+
     def update(self, ns, digest, labels, paths) -> Info:
         return self.store.update(ns, digest, labels, paths)
 
@@ -117,7 +120,7 @@ class ContentAdapter(Adapter):
     @rpc
     def Info(self, request, context):
         response = pb.InfoResponse()
-        info_to_pb(self.service.info(namespace_of(context), request.digest), response.info)
+        info_to_pb(self.service.record(namespace_of(context), request.digest), response.info)
         return response
 
     @rpc

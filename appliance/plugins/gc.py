@@ -45,7 +45,9 @@ class Scheduler:
         self.schedule_delay = max(parse_duration(cfg.schedule_delay), 0.0)
         self.startup_delay = max(parse_duration(cfg.startup_delay), 0.0)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue | None = None
+        self._policy: Policy | None = None   # from serving() on; fed on the loop only
+        self._wake: asyncio.Event | None = None   # set when the next collection moved
+        self._held: list[tuple[float, bool, bool]] | None = None   # while one runs
         self._early: list[tuple[float, bool, bool]] = []   # mutations before serving
         self._early_lock = threading.Lock()
         self._waiters: list[asyncio.Future] = []
@@ -65,9 +67,9 @@ class Scheduler:
         except RuntimeError:
             running = None
         if running is loop:
-            self._events.put_nowait(event)
+            self._event(event)
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(self._events.put_nowait, event)
+            loop.call_soon_threadsafe(self._event, event)
 
     def schedule(self, wait: bool = False):
         """Ask for a collection soon; with `wait`, an awaitable that ends after it ran."""
@@ -76,11 +78,11 @@ class Scheduler:
             return None
         event = (time.monotonic(), False, False)
         if not wait:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._event, event)
             return None
         future = self._loop.create_future()
         self._waiters.append(future)
-        self._events.put_nowait(event)
+        self._event(event)
         return self._wait(future)
 
     async def _wait(self, future):
@@ -90,38 +92,55 @@ class Scheduler:
             raise DeadlineExceeded("garbage collection did not finish in time: "
                                    "deadline exceeded") from None
 
+    def _event(self, event: tuple[float, bool, bool]) -> None:
+        """Feed the policy on the loop, as it happens: the scheduling task wakes only when
+        the next collection moved (not for each of a lifecycle's mutations). Events during
+        a collection are fed after it finished, as they would have been queued."""
+        if self._held is not None:
+            self._held.append(event)
+            return
+        ts, mutation, dirty = event
+        before = self._policy.next_at
+        if mutation:
+            self._policy.mutated(ts, dirty, time.monotonic())
+        else:
+            self._policy.requested(ts, time.monotonic())
+        if self._policy.next_at != before:
+            self._wake.set()
+
     # --- lifecycle --------------------------------------------------------------------
 
     async def serving(self) -> None:
+        self._policy = Policy(time.monotonic(), pause_threshold=self.pause_threshold,
+                              deletion_threshold=self.deletion_threshold,
+                              mutation_threshold=self.mutation_threshold,
+                              schedule_delay=self.schedule_delay,
+                              startup_delay=self.startup_delay)
+        self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._events = asyncio.Queue()
         with self._early_lock:
             for event in self._early:
-                self._events.put_nowait(event)
+                self._event(event)
             self._early.clear()
         self.supervisor.task(self._run(), "gc-scheduler")
 
     async def _run(self) -> None:
         """containerd's policy (core/gc_policy.py), event-driven: no timer runs while
         nothing is pending."""
-        policy = Policy(time.monotonic(), pause_threshold=self.pause_threshold,
-                        deletion_threshold=self.deletion_threshold,
-                        mutation_threshold=self.mutation_threshold,
-                        schedule_delay=self.schedule_delay, startup_delay=self.startup_delay)
+        policy = self._policy
         while True:
-            try:
-                async with asyncio.timeout(policy.timeout(time.monotonic())):
-                    ts, mutation, dirty = await self._events.get()
-            except asyncio.TimeoutError:
-                pass
-            else:
-                if mutation:
-                    policy.mutated(ts, dirty, time.monotonic())
-                else:
-                    policy.requested(ts, time.monotonic())
+            timeout = policy.timeout(time.monotonic())
+            if timeout != 0:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                except asyncio.TimeoutError:
+                    pass
                 continue
             waiters, self._waiters = self._waiters, []
             policy.started(time.monotonic())
+            self._held = []
             try:
                 stats = await asyncio.to_thread(self.collector.collect)
             except Exception as exc:
@@ -130,11 +149,15 @@ class Scheduler:
                 for w in waiters:
                     if not w.done():
                         w.set_exception(exc)
-                continue
-            policy.finished(time.monotonic(), stats.elapsed)
-            for w in waiters:
-                if not w.done():
-                    w.set_result(stats)
+            else:
+                policy.finished(time.monotonic(), stats.elapsed)
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(stats)
+            finally:
+                held, self._held = self._held, None
+            for event in held:
+                self._event(event)
 
 
 def _init(ic: InitContext) -> Scheduler:

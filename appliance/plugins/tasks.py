@@ -43,14 +43,15 @@ class TasksService:
         return self.runtime.get(ns, cid)
 
     async def create(self, ns: str, req: pb.CreateTaskRequest) -> int:
-        container = self.containers.get(ns, req.container_id)
+        container = self.containers.message(ns, req.container_id)
         if req.HasField("checkpoint"):
             raise Unimplemented(CHECKPOINT_UNSUPPORTED)
         if self.runtime.exists(ns, req.container_id):
             raise AlreadyExists(f"task {req.container_id}: already exists")
+        runtime = container.runtime
         opts = CreateOpts(
-            spec=container.spec, runtime=req.runtime_path or container.runtime.name,
-            runtime_options=container.runtime.options,
+            spec=container.spec, runtime=req.runtime_path or runtime.name,
+            runtime_options=runtime.options if runtime.HasField("options") else None,
             task_options=req.options if req.HasField("options") else None,
             rootfs=list(req.rootfs), stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
             terminal=req.terminal)

@@ -22,29 +22,36 @@ def _error(code: int | StatusCode, message: str) -> errdefs.ApplianceError:
     return errdefs.from_status(code, message)
 
 
-class TTRPCClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 namespace: str | None = None, write_timeout: float = 30.0):
-        """Use ``await TTRPCClient.connect(...)``; this wraps an open stream pair."""
+class TTRPCClient(asyncio.Protocol):
+    """The connection's protocol itself: a response is matched to its call as it is read
+    (no reader task, no stream objects in between), a request is one transport write,
+    waiting only while the transport asks the writer to pause."""
+
+    def __init__(self, *, namespace: str | None = None, write_timeout: float = 30.0):
+        """Use ``await TTRPCClient.connect(...)``."""
         self.namespace = namespace  # sent as containerd-namespace-ttrpc unless overridden
-        self._reader, self._writer = reader, writer
         self._write_timeout = write_timeout
-        self._write_lock = asyncio.Lock()
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder()
         self._next_id = 1  # client stream ids are odd: 1, 3, 5, ...
         self._pending: dict[int, asyncio.Future] = {}
         self._closed: errdefs.ApplianceError | None = None
-        self._recv_task = asyncio.create_task(self._recv_loop())
+        self._paused = False   # the transport's buffer is full: writers wait
+        self._drain_waiters: list[asyncio.Future] = []
+        self._lost = asyncio.get_running_loop().create_future()   # the socket is closed
 
     @classmethod
     async def connect(cls, path: str, timeout: float = 10.0, *, namespace: str | None = None,
                       write_timeout: float = 30.0) -> "TTRPCClient":
         """Dial a unix socket; ``path`` may carry the shim's ``unix://`` prefix."""
         path = path.removeprefix("unix://")
+        client = cls(namespace=namespace, write_timeout=write_timeout)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().create_unix_connection(lambda: client, path)
         except (OSError, asyncio.TimeoutError) as exc:
             raise errdefs.Unavailable(f"ttrpc: dial {path}: {exc!r}") from exc
-        return cls(reader, writer, namespace=namespace, write_timeout=write_timeout)
+        return client
 
     @property
     def closed(self) -> bool:
@@ -83,7 +90,9 @@ class TTRPCClient:
         self._pending[stream_id] = fut
         try:
             async with asyncio.timeout(timeout):
-                await self._write(frame)
+                self._transport.write(frame)   # one whole frame: calls never interleave
+                if self._paused:
+                    await self._drain()
                 payload = await fut
         except TimeoutError:
             raise errdefs.DeadlineExceeded(
@@ -99,39 +108,59 @@ class TTRPCClient:
             raise _error(resp.status.code, resp.status.message)
         return resp.payload
 
-    async def _write(self, frame: bytes) -> None:
-        async with self._write_lock:
-            if self._closed is not None:
-                raise errdefs.Unavailable(self._closed.message)
-            self._writer.write(frame)
-            try:
-                async with asyncio.timeout(self._write_timeout):  # (no task, unlike wait_for)
-                    await self._writer.drain()
-            except (ConnectionError, asyncio.TimeoutError) as exc:
-                self._shutdown(f"ttrpc: write failed: {exc!r}")
-                raise errdefs.Unavailable(f"ttrpc: write failed: {exc!r}") from exc
-
-    async def _recv_loop(self) -> None:
-        decoder = FrameDecoder()
-        reason = "ttrpc: closed"
+    async def _drain(self) -> None:
+        """Wait (bounded by the write timeout) until the transport takes writes again."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
         try:
-            while True:
-                data = await self._reader.read(1 << 16)
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    fut = self._pending.get(item.stream_id)
-                    if fut is None or fut.done():
-                        continue  # caller gave up (timeout), or a stray id
-                    if isinstance(item, FrameTooLarge):
-                        fut.set_exception(_error(StatusCode.RESOURCE_EXHAUSTED, str(item)))
-                    elif item.type == RESPONSE:
-                        fut.set_result(item.payload)
-                    # DATA (streaming) frames are not used by unary calls: ignored.
-        except (ConnectionError, OSError) as exc:
-            reason = f"ttrpc: connection lost: {exc!r}"
-        finally:
-            self._shutdown(reason)
+            async with asyncio.timeout(self._write_timeout):
+                await waiter
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            self._shutdown(f"ttrpc: write failed: {exc!r}")
+            raise errdefs.Unavailable(f"ttrpc: write failed: {exc!r}") from exc
+
+    # --- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for item in self._decoder.feed(data):
+            fut = self._pending.get(item.stream_id)
+            if fut is None or fut.done():
+                continue  # caller gave up (timeout), or a stray id
+            if isinstance(item, FrameTooLarge):
+                fut.set_exception(_error(StatusCode.RESOURCE_EXHAUSTED, str(item)))
+            elif item.type == RESPONSE:
+                fut.set_result(item.payload)
+            # DATA (streaming) frames are not used by unary calls: ignored.
+
+    def eof_received(self) -> None:
+        return None   # the transport closes itself: connection_lost follows
+
+    def connection_lost(self, exc) -> None:
+        self._shutdown("ttrpc: closed" if exc is None else f"ttrpc: connection lost: {exc!r}")
+        self._wake_writers(ConnectionResetError("Connection lost"))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writers(None)
+
+    def _wake_writers(self, exc: BaseException | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    # --- closing ----------------------------------------------------------------
 
     def _shutdown(self, reason: str) -> None:
         """Fail every pending call with Unavailable and close the transport."""
@@ -140,25 +169,21 @@ class TTRPCClient:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(errdefs.Unavailable(reason))
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def wait_closed(self) -> None:
         """Return once the connection is closed, by the peer or by close()."""
-        await asyncio.wait({self._recv_task})
+        await asyncio.wait({self._lost})
 
     def close(self) -> None:
         """Close the connection; pending calls fail with Unavailable."""
         self._shutdown("ttrpc: closed")
-        self._recv_task.cancel()
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """close() and wait (bounded) until the socket is really closed."""
         self.close()
-        await asyncio.wait({self._recv_task}, timeout=timeout)
-        try:
-            await asyncio.wait_for(self._writer.wait_closed(), timeout)
-        except (OSError, asyncio.TimeoutError):
-            pass
+        await asyncio.wait({self._lost}, timeout=timeout)
 
     async def __aenter__(self) -> "TTRPCClient":
         return self

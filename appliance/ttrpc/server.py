@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
-from ..acceptor import Listener, serve_streams
+from ..acceptor import Listener
 from ..errdefs import ApplianceError, status_of
 from ..errdefs import StatusCode
 from .framing import (DATA, NAMESPACE_KEY, REQUEST, RESPONSE, FrameDecoder, FrameTooLarge,
@@ -69,7 +69,7 @@ class TTRPCServer:
         self._write_timeout = write_timeout
         self._server: Listener | None = None
         self._path: str | None = None
-        self._conns: set[asyncio.Task] = set()
+        self._conns: set[_Connection] = set()
 
     def register(self, service_name: str, methods: dict[str, Handler]) -> None:
         """Register unary handlers: ``async def handler(request_bytes, ctx) -> bytes``."""
@@ -96,7 +96,7 @@ class TTRPCServer:
             os.chmod(path, mode)
             if uid is not None or gid is not None:
                 os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-            self._server = serve_streams(sock, self._on_connect)
+            self._server = Listener(sock, lambda: _Connection(self))
         except BaseException:
             sock.close()
             raise
@@ -107,10 +107,9 @@ class TTRPCServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.wait(list(self._conns), timeout=timeout)
+        calls = [task for conn in list(self._conns) for task in conn.drop()]
+        if calls:
+            await asyncio.wait(calls, timeout=timeout)
         if self._path:
             try:
                 os.unlink(self._path)
@@ -118,84 +117,109 @@ class TTRPCServer:
                 pass
             self._path = None
 
-    # --- per connection ------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        task = asyncio.current_task()
-        self._conns.add(task)
-        try:
-            await _Connection(self, reader, writer).run()
-        except asyncio.CancelledError:
-            pass  # close() cancelled us; StreamReaderProtocol would log it otherwise
-        finally:
-            self._conns.discard(task)
+class _Connection(asyncio.Protocol):
+    """One client connection: frames are decoded and dispatched as they are read, each
+    call runs in a task of its own, answers are whole transport writes. A peer that stops
+    reading is not read from until it does, and is dropped after the write timeout."""
 
-
-class _Connection:
-    def __init__(self, server: TTRPCServer, reader, writer):
-        self.server, self.reader, self.writer = server, reader, writer
-        self.write_lock = asyncio.Lock()
+    def __init__(self, server: TTRPCServer):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder()
         self.calls: set[asyncio.Task] = set()
         self.peer: tuple[int, int, int] | None = None
         self.last_id = 0  # request ids must increase
+        self.stalled: asyncio.TimerHandle | None = None   # paused writing since
 
-    async def run(self):
+    def connection_made(self, transport) -> None:
+        self.transport = transport
         try:
-            sock = self.writer.get_extra_info("socket")
-            self.peer = peer_credentials(sock)
-            check = self.server._peer_check
-            if check is not None and not check(self.peer):
-                log.warning("ttrpc: rejecting connection from pid %d uid %d gid %d: "
-                            "invalid credentials", *self.peer)
-                return
-            decoder = FrameDecoder()
-            while True:
-                data = await self.reader.read(1 << 16)
-                if not data:
-                    return  # client went away
-                for item in decoder.feed(data):
-                    await self._dispatch(item)
-        except (ConnectionError, OSError) as exc:
+            self.peer = peer_credentials(transport.get_extra_info("socket"))
+        except OSError as exc:
             log.debug("ttrpc connection ended: %s", exc)
-        finally:
-            # As in ttrpc, calls die with their connection (their context is cancelled).
-            for task in self.calls:
-                task.cancel()
-            if self.calls:
-                await asyncio.wait(list(self.calls), timeout=1.0)
-            self.writer.close()
+            transport.close()
+            return
+        check = self.server._peer_check
+        if check is not None and not check(self.peer):
+            log.warning("ttrpc: rejecting connection from pid %d uid %d gid %d: "
+                        "invalid credentials", *self.peer)
+            transport.close()
+            return
+        self.server._conns.add(self)
 
-    async def _dispatch(self, item):
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        for item in self.decoder.feed(data):
+            self._dispatch(item)
+
+    def connection_lost(self, exc) -> None:
+        if exc is not None:
+            log.debug("ttrpc connection ended: %s", exc)
+        self.drop()   # as in ttrpc, calls die with their connection
+
+    def drop(self) -> list[asyncio.Task]:
+        """Cancel the calls and close the connection; the calls' tasks."""
+        self.server._conns.discard(self)
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        calls = list(self.calls)
+        for task in calls:
+            task.cancel()
+        self.transport.close()
+        return calls
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+        self.stalled = asyncio.get_running_loop().call_later(
+            self.server._write_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _write_timed_out(self) -> None:
+        self.stalled = None
+        log.warning("ttrpc: dropping connection, cannot write: %r", TimeoutError())
+        self.drop()
+        self.transport.abort()   # its unread answers are not waited for
+
+    def _dispatch(self, item) -> None:
         # Mirrors ttrpc's serverConn.run: protocol errors answer on the offending
         # stream id with a status, and the connection carries on.
         if isinstance(item, FrameTooLarge):
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.RESOURCE_EXHAUSTED, str(item)))
         if item.stream_id % 2 != 1:
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.INVALID_ARGUMENT,
                 "StreamID must be odd for client initiated streams"))
         if item.type == DATA:
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.INVALID_ARGUMENT, "StreamID is no longer active"))
         if item.type != REQUEST:
             return  # unknown types are ignored for forward compatibility
         if item.stream_id <= self.last_id:
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment"))
         self.last_id = item.stream_id
         try:
             req = Request.FromString(item.payload)
         except DecodeError as exc:
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.INVALID_ARGUMENT, f"unmarshal request error: {exc}"))
         methods = self.server._services.get(req.service)
         if methods is None:
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.UNIMPLEMENTED, f"service {req.service}"))
         handler = methods.get(req.method)
         if handler is None:
-            return await self._send_status(item.stream_id, _status(
+            return self._send_status(item.stream_id, _status(
                 StatusCode.UNIMPLEMENTED, f"method {req.method}"))
         task = asyncio.create_task(self._call(item.stream_id, req, handler))
         self.calls.add(task)
@@ -222,25 +246,17 @@ class _Connection:
                 log.exception("ttrpc: unexpected error in %s/%s", req.service, req.method)
             code, message = status_of(exc)
             resp = Response(status=_status(code, message))
-        await self._send(stream_id, resp)
+        self._send(stream_id, resp)
 
-    async def _send_status(self, stream_id: int, status) -> None:
-        await self._send(stream_id, Response(status=status))
+    def _send_status(self, stream_id: int, status) -> None:
+        self._send(stream_id, Response(status=status))
 
-    async def _send(self, stream_id: int, resp) -> None:
+    def _send(self, stream_id: int, resp) -> None:
         try:
             frame = encode_frame(stream_id, RESPONSE, resp.SerializeToString())
         except FrameTooLarge as exc:
             # ttrpc would drop the connection here; an error status is kinder.
             frame = encode_frame(stream_id, RESPONSE, Response(status=_status(
                 StatusCode.RESOURCE_EXHAUSTED, str(exc))).SerializeToString())
-        async with self.write_lock:
-            if self.writer.is_closing():
-                return
-            self.writer.write(frame)
-            try:
-                async with asyncio.timeout(self.server._write_timeout):
-                    await self.writer.drain()
-            except (asyncio.TimeoutError, ConnectionError) as exc:
-                log.warning("ttrpc: dropping connection, cannot write: %r", exc)
-                self.writer.close()
+        if not self.transport.is_closing():
+            self.transport.write(frame)

@@ -137,3 +137,48 @@ def test_list_reads_the_database_once_and_sees_every_change(store):
     assert NS not in store._lists
     store.list(NS)
     assert NS in store._lists
+
+
+def test_get_into_and_message_are_gets_record(store):
+    """Containers.Get fills its response from the stored row, Tasks.Create reads the stored
+    message: the same fields as the Container that get builds."""
+    c = Container("c1", {"a": "1"}, "img", Runtime("io.containerd.runc.v2", any_pb2.Any(
+        type_url="opts", value=b"o")), spec(b'{"x": 1}'), "native", "key",
+        {"x": any_pb2.Any(type_url="ext", value=b"v")}, "sb")
+    store.create(NS, c)
+    for _ in range(2):   # read, then from memory
+        out = pb.GetContainerResponse()
+        store.get_into(NS, "c1", out.container)
+        assert out.container == to_pb(store.get(NS, "c1"))
+        msg = store.message(NS, "c1")
+        assert (msg.spec, msg.runtime, msg.snapshot_key) == (c.spec, to_pb(c).runtime, "key")
+    with pytest.raises(Exception, match="not found"):
+        store.get_into(NS, "c2", pb.GetContainerResponse().container)
+
+
+def test_require_answers_from_memory(store):
+    store.create(NS, Container("c1", runtime=Runtime("io.containerd.runc.v2"), spec=spec()))
+    store.get(NS, "c1")
+    queries = []
+    store.db._reader().set_trace_callback(queries.append)
+    store.require(NS, "c1")
+    assert queries == []
+    store.delete(NS, "c1")
+    with pytest.raises(Exception, match="not found"):
+        store.require(NS, "c1")
+
+
+def test_list_into_is_lists_records(store):
+    """Containers.List without filters fills its response from the stored rows: the same
+    messages, in the same order, as list's Containers converted."""
+    for cid in ("b", "a"):
+        store.create(NS, Container(cid, {"k": cid}, "img", Runtime("io.containerd.runc.v2"),
+                                   spec(b'{"id": "%s"}' % cid.encode()), "native", cid))
+    for _ in range(2):   # read, then from memory
+        out = pb.ListContainersResponse()
+        store.list_into(NS, out.containers)
+        assert list(out.containers) == [to_pb(c) for c in store.list(NS)]
+        assert [c.id for c in out.containers] == ["a", "b"]
+    out = pb.ListContainersResponse()
+    store.list_into("other", out.containers)
+    assert len(out.containers) == 0

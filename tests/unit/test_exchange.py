@@ -2,6 +2,7 @@
 pairs that passed are remembered, so a bad one is refused every time and a good one is
 checked once. The shim's TTRPC Forward is parsed once, as the gRPC envelope."""
 import asyncio
+import time
 
 import pytest
 from google.protobuf import empty_pb2
@@ -87,3 +88,30 @@ async def _take(events, n):
         out.append((env.namespace, env.topic))
         if len(out) == n:
             return out
+
+
+def test_a_published_event_is_stamped_to_the_nanosecond_as_containerds():
+    """containerd stamps an envelope with Go's time.Now() (nanoseconds); protobuf's
+    GetCurrentTime goes through datetime (microseconds) and a dozen Python calls."""
+    async def scenario():
+        exchange = Exchange()
+        every = exchange.subscribe()
+        got = []
+
+        async def take():
+            async for env in every:
+                got.append(env)
+                if len(got) == 5:
+                    return
+        taking = asyncio.ensure_future(take())
+        await asyncio.sleep(0)
+        before = time.time_ns()
+        for _ in range(5):
+            exchange.publish("default", "/containers/delete", empty_pb2.Empty())
+        after = time.time_ns()
+        await asyncio.wait_for(taking, 5)
+        stamps = [env.timestamp.ToNanoseconds() for env in got]
+        assert all(before <= t <= after for t in stamps)
+        assert any(t % 1000 for t in stamps)
+        await every.aclose()
+    asyncio.run(scenario())

@@ -317,3 +317,48 @@ def test_a_record_read_outside_any_write_is_cached_and_none_read_during_one(worl
     assert (NS, dgst) not in content._infos
     content.info(NS, dgst)
     assert (NS, dgst) in content._infos
+
+
+def test_record_is_infos_record_without_a_copy(world):
+    """Content.Info fills its response from the kept record itself (no copy per call); it
+    is info's record and follows every change as info does."""
+    db, blobs, content, images, collector = world
+    dgst = ingest(content, b"index", labels={"a": "1"})
+    first = content.record(NS, dgst)
+    assert content.record(NS, dgst) is first and content.info(NS, dgst) == first
+    content.update(NS, dgst, {"a": "2"}, [])
+    assert content.record(NS, dgst).labels == {"a": "2"} and first.labels == {"a": "1"}
+
+
+def test_an_image_read_again_comes_from_memory_and_follows_every_change(world):
+    """Images.Get (once a `ctr run`, kubelet's ImageStatus polls) from memory after the
+    first read; create, update and delete are seen at once; a read during a write is not
+    kept; each get hands out its own copy."""
+    import threading
+    from appliance.errdefs import NotFound
+    db, blobs, content, images, collector = world
+    target = Descriptor("application/vnd.oci.image.index.v1+json", "sha256:" + "a" * 64, 10,
+                        {"x": "1"})
+    images.create(NS, Image("img", target, {"l": "1"}))
+    first = images.get(NS, "img")
+    queries = []
+    db._reader().set_trace_callback(queries.append)
+    again = images.get(NS, "img")
+    assert queries == [] and again == first and again is not first
+    again.labels["mutated"] = "by a caller"
+    again.target.annotations["mutated"] = "too"
+    assert images.get(NS, "img") == first
+    db._reader().set_trace_callback(None)
+    images.update(NS, Image("img", target, {"l": "2"}), ["labels.l"])
+    assert images.get(NS, "img").labels == {"l": "2"}
+    images.delete(NS, "img")
+    with pytest.raises(NotFound):
+        images.get(NS, "img")
+    images.create(NS, Image("img", target, {"l": "3"}))
+    images._kept.clear()
+    with db.write():   # read as another thread would while this write is open
+        db._writer = -1
+        images.get(NS, "img")
+        db._writer = threading.get_ident()
+    assert (NS, "img") not in images._kept
+    assert images.get(NS, "img").labels == {"l": "3"} and (NS, "img") in images._kept

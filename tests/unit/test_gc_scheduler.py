@@ -73,3 +73,18 @@ def test_deletion_threshold_waits_for_enough_deletions():
         await until(lambda: len(c.runs) == 2)
     run(SchedulerConfig(startup_delay="10ms", deletion_threshold=2, pause_threshold=0.0,
                         mutation_threshold=0), scenario)
+
+
+def test_a_mutation_that_moves_nothing_wakes_nothing():
+    """Each lifecycle makes ≈ 5 mutations: below every threshold, they only count (the
+    scheduling task is not woken, no callback is queued on the loop)."""
+    async def scenario(s, c):
+        await until(lambda: len(c.runs) == 1)
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        assert not loop._ready
+        s.mutated(dirty=False)
+        assert not loop._ready
+        s.mutated(dirty=True)                            # a deletion: one is due
+        await until(lambda: len(c.runs) == 2)
+    run(SchedulerConfig(startup_delay="10ms", pause_threshold=0.0), scenario)

@@ -412,3 +412,73 @@ def test_duplicate_service():
     s.register(SVC, {})
     with pytest.raises(ValueError):
         s.register(SVC, {})
+
+
+def test_the_client_reads_without_a_task_of_its_own(tmp_path):
+    """A shim's client is its connection's protocol: responses are matched to their calls
+    as they are read (no reader task per connection, ≈ 6 calls a container); the peer's
+    close is seen, and wait_closed returns."""
+    async def main():
+        peer = []
+
+        class Answer(asyncio.Protocol):   # a server without a task per connection
+            def connection_made(self, transport):
+                peer.append(transport)
+                self.decoder = FrameDecoder()
+
+            def data_received(self, data):
+                for frame in self.decoder.feed(data):
+                    req = Request.FromString(frame.payload)
+                    peer[0].write(encode_frame(frame.stream_id, RESPONSE, Response(
+                        payload=req.payload).SerializeToString()))
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(Answer, str(tmp_path / "s.sock"))
+        before = asyncio.all_tasks()
+        c = await TTRPCClient.connect(str(tmp_path / "s.sock"))
+        assert await c.call(SVC, "Echo", b"one", timeout=5) == b"one"
+        assert asyncio.all_tasks() == before   # (the server's accept has ended too)
+        assert await asyncio.gather(*(c.call(SVC, "Echo", b"%d" % i, timeout=5)
+                                      for i in range(5))) == [b"%d" % i for i in range(5)]
+        peer[0].close()
+        await asyncio.wait_for(c.wait_closed(), 5)
+        assert c.closed
+        server.close()
+    run(main())
+
+
+def test_the_server_reads_without_a_task_per_connection(tmp_path):
+    """A shim's event connection is read by its protocol (no task waiting on it between
+    events); only a call's handler runs in a task, for as long as it runs."""
+    async def main():
+        async with Harness(tmp_path / "s.sock") as h:
+            async with await TTRPCClient.connect(h.path) as c:
+                assert await c.call(SVC, "Echo", b"x", timeout=5) == b"x"
+                await asyncio.sleep(0.05)
+                assert [t for t in asyncio.all_tasks()
+                        if t is not asyncio.current_task() and not t.done()
+                        and "wait_for" not in repr(t.get_coro())] == []
+    run(main())
+
+
+def test_a_peer_that_stops_reading_is_dropped_after_the_write_timeout(tmp_path):
+    """Answers pile up for a client that sends but never reads: the server stops reading
+    it, drops it after `write_timeout`, and serves others meanwhile."""
+    async def main():
+        async with Harness(tmp_path / "s.sock", write_timeout=0.5) as h:
+            reader, writer = await asyncio.open_unix_connection(h.path)
+            big = b"\0" * (1 << 20)
+            for i in range(16):
+                writer.write(req_frame(2 * i + 1, payload=big))
+            async with await TTRPCClient.connect(h.path) as c:
+                assert await c.call(SVC, "Echo", b"other", timeout=5) == b"other"
+            await asyncio.sleep(1.5)
+            got = 0
+            with pytest.raises((ConnectionError, AssertionError)):
+                while True:   # what was sent before the drop, then the end
+                    data = await asyncio.wait_for(reader.read(1 << 20), 5)
+                    assert data
+                    got += len(data)
+            assert got < 16 * len(big)
+            writer.close()
+    run(main())

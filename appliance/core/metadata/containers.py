@@ -77,6 +77,17 @@ def to_pb(c: Container, with_times: bool = True,
     return msg
 
 
+def _fill(out: pb.Container, cid: str, data: bytes, labels: dict[str, str], created_at: int,
+          updated_at: int) -> None:
+    """A stored row into a response's message: what to_pb(get(...)) would be."""
+    out.MergeFromString(data)
+    out.id = cid
+    out.labels.clear()
+    out.labels.update(labels)
+    set_timestamp(out.created_at, created_at)
+    set_timestamp(out.updated_at, updated_at)
+
+
 def _copy(msg: any_pb2.Any) -> any_pb2.Any:
     out = any_pb2.Any()
     out.CopyFrom(msg)
@@ -135,44 +146,58 @@ class ContainerStore:
         c.created_at, c.updated_at = row["created_at"], row["updated_at"]
         return c
 
+    def _row(self, ns: str, cid: str) -> tuple:
+        """(data, labels, created_at, updated_at) as committed: from memory, or read (and
+        kept while no write was open or began); NotFound as get's."""
+        return self.db.read_kept(self._rows, (ns, cid),
+                                 lambda conn: self._read_row(conn, ns, cid), ROW_CACHE)
+
+    @staticmethod
+    def _read_row(conn, ns: str, cid: str) -> tuple:
+        row = conn.execute("SELECT data, created_at, updated_at FROM containers "
+                           "WHERE namespace=? AND id=?", (ns, cid)).fetchone()
+        if row is None:
+            raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
+        return (row[0], DB.get_labels(conn, ns, KIND, cid), row[1], row[2])
+
     def get(self, ns: str, cid: str) -> Container:
-        got = self._rows.get((ns, cid))
-        if got is None:
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                row = conn.execute("SELECT data, created_at, updated_at FROM containers "
-                                   "WHERE namespace=? AND id=?", (ns, cid)).fetchone()
-                if row is None:
-                    raise NotFound(f"container {q(cid)} in namespace {q(ns)}: not found")
-                got = (row[0], DB.get_labels(conn, ns, KIND, cid), row[1], row[2])
-            if epoch is not None and epoch == self.db.quiet_epoch():
-                if len(self._rows) >= ROW_CACHE:
-                    self._rows.clear()
-                self._rows[(ns, cid)] = got
-        data, labels, created_at, updated_at = got
+        data, labels, created_at, updated_at = self._row(ns, cid)
         c = from_pb(pb.Container.FromString(data))
         c.id, c.labels, c.created_at, c.updated_at = cid, dict(labels), created_at, updated_at
         return c
 
+    def get_into(self, ns: str, cid: str, out: pb.Container) -> None:
+        """get's record filled straight into a response's message (no Container between)."""
+        _fill(out, cid, *self._row(ns, cid))
+
+    def message(self, ns: str, cid: str) -> pb.Container:
+        """The stored message without id, labels and times (spec, runtime, snapshot...):
+        what starting a task reads."""
+        return pb.Container.FromString(self._row(ns, cid)[0])
+
+    def _list_rows(self, ns: str) -> tuple:
+        return self.db.read_kept(self._lists, ns, lambda conn: self._read_list(conn, ns),
+                                 LIST_CACHE)
+
+    @staticmethod
+    def _read_list(conn, ns: str) -> tuple:
+        found = conn.execute("SELECT id, data, created_at, updated_at FROM containers "
+                             "WHERE namespace=? ORDER BY id", (ns,)).fetchall()
+        labels = DB.all_labels(conn, ns, KIND) if found else {}  # one query for all
+        return tuple((r[0], r[1], labels.get(r[0], {}), r[2], r[3]) for r in found)
+
     def list(self, ns: str) -> list[Container]:
-        rows = self._lists.get(ns)
-        if rows is None:
-            epoch = self.db.quiet_epoch()
-            with self.db.read() as conn:
-                found = conn.execute("SELECT id, data, created_at, updated_at FROM containers "
-                                     "WHERE namespace=? ORDER BY id", (ns,)).fetchall()
-                labels = DB.all_labels(conn, ns, KIND) if found else {}  # one query for all
-            rows = tuple((r[0], r[1], labels.get(r[0], {}), r[2], r[3]) for r in found)
-            if epoch is not None and epoch == self.db.quiet_epoch():
-                if len(self._lists) >= LIST_CACHE:
-                    self._lists.clear()
-                self._lists[ns] = rows
         out = []
-        for cid, data, labels, created_at, updated_at in rows:
+        for cid, data, labels, created_at, updated_at in self._list_rows(ns):
             c = from_pb(pb.Container.FromString(data))
             c.id, c.labels, c.created_at, c.updated_at = cid, dict(labels), created_at, updated_at
             out.append(c)
         return out
+
+    def list_into(self, ns: str, out) -> None:
+        """list's records added straight to a response's repeated field."""
+        for row in self._list_rows(ns):
+            _fill(out.add(), *row)
 
     def create(self, ns: str, c: Container) -> Container:
         try:
@@ -246,7 +271,10 @@ class ContainerStore:
 
     def require(self, ns: str, cid: str) -> None:
         """NotFound, in get's words, unless the container exists (nothing decoded: the
-        tasks service checks this before every task call, as containerd)."""
+        tasks service checks this before every task call, as containerd); a container
+        kept in memory exists."""
+        if (ns, cid) in self._rows:
+            return
         with self.db.read() as conn:
             if conn.execute("SELECT 1 FROM containers WHERE namespace=? AND id=?",
                             (ns, cid)).fetchone() is None:

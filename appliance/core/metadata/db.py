@@ -271,6 +271,22 @@ class DB:
         finally:
             conn.execute("COMMIT")
 
+    def read_kept(self, kept: dict, key, read, limit: int):
+        """`kept[key]`, else `read(conn)` in a read transaction, kept under `key` when no
+        write was open or began meanwhile (all of `kept` dropped at `limit` entries). The
+        stores' caches: their writers drop the key inside the write transaction that
+        changes it, so a value kept this way is what is committed."""
+        got = kept.get(key)
+        if got is None:
+            epoch = self.quiet_epoch()
+            with self.read() as conn:
+                got = read(conn)
+            if epoch is not None and epoch == self.quiet_epoch():
+                if len(kept) >= limit:
+                    kept.clear()
+                kept[key] = got
+        return got
+
     def quiet_epoch(self) -> int | None:
         """None while a write transaction is open, else how many have begun: a value read
         between two equal epochs was committed data no write was changing (a cache may keep

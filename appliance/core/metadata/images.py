@@ -11,6 +11,7 @@ from .db import DB, apply_mask, now_ns
 from .hook import no_hook
 
 KIND = "image"
+ROW_CACHE = 4096   # images whose record is kept in memory (all dropped when full)
 
 
 @dataclass
@@ -59,10 +60,19 @@ class ImageStore:
     def __init__(self, db: DB, changed=no_hook):
         self.db = db
         self.changed = changed   # (dirty: bool) after a change; the metadata plugin's hook
+        # (ns, name) -> Image as committed (`ctr run` reads its image once, kubelet polls
+        # ImageStatus): forgotten inside every write transaction that changes it, kept only
+        # when read while no write was open or began (DB.quiet_epoch), as containers' rows.
+        # get hands out copies.
+        self._kept: dict[tuple[str, str], Image] = {}
 
     def get(self, ns: str, name: str) -> Image:
-        with self.db.read() as conn:
-            return self._get(conn, ns, name)
+        image = self.db.read_kept(self._kept, (ns, name),
+                                  lambda conn: self._get(conn, ns, name), ROW_CACHE)
+        t = image.target
+        return Image(image.name, Descriptor(t.media_type, t.digest, t.size,
+                                            dict(t.annotations)),
+                     dict(image.labels), image.created_at, image.updated_at)
 
     @staticmethod
     def _row_to_image(conn, ns, row) -> Image:
@@ -124,8 +134,8 @@ class ImageStore:
         self.changed(False)
         return updated
 
-    @staticmethod
-    def _write(tx, ns, image: Image, insert: bool) -> None:
+    def _write(self, tx, ns, image: Image, insert: bool) -> None:
+        self._kept.pop((ns, image.name), None)
         t = image.target
         values = (t.media_type, t.digest, t.size, json.dumps(t.annotations, sort_keys=True),
                   image.updated_at)
@@ -140,6 +150,7 @@ class ImageStore:
 
     def delete(self, ns: str, name: str) -> None:
         with self.db.write() as tx:
+            self._kept.pop((ns, name), None)
             if not tx.execute("DELETE FROM images WHERE namespace=? AND name=?",
                               (ns, name)).rowcount:
                 raise NotFound(f"image {q(name)}: not found")

@@ -75,6 +75,7 @@ class TaskManager:
         # task with the same id waits for this, and so does close())
         self._teardowns: dict[tuple[str, str], asyncio.Task] = {}
         self._closing = False
+        self._runtime_paths: dict[str, str] = {}   # runtime name -> its shim binary, found
         for d in (root, state):
             os.makedirs(d, mode=0o711, exist_ok=True)
 
@@ -151,7 +152,7 @@ class TaskManager:
             raise
         try:
             try:
-                binary = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
+                binary = self._shim_binary(runtime)
             except ApplianceError as exc:
                 raise shims.wrap(exc, "failed to resolve runtime path")
             shim = await self._join_group(bundle, binary)
@@ -184,6 +185,16 @@ class TaskManager:
                    for s in self.tasks.values()):
             return None
         return await shims.join(bundle, binary, address, self.timeouts.load)
+
+    def _shim_binary(self, runtime: str) -> str:
+        """The runtime's shim binary; a name's lookup in PATH is done once (containerd's
+        runtimePaths cache), an absolute path is checked every time."""
+        found = self._runtime_paths.get(runtime)
+        if found is None:
+            found = shims.resolve_binary(runtime, shims.shim_env("")["PATH"])
+            if not os.path.isabs(runtime):
+                self._runtime_paths[runtime] = found
+        return found
 
     # --- shims started ahead, when a container is created (off by default) ------
     # ctr, CRI and most clients create a task right after the container; starting its shim
@@ -433,7 +444,7 @@ class TaskManager:
             pass
         runtime = self.runtime_of(bundle.namespace, bundle.id) if self.runtime_of else None
         try:
-            return shims.resolve_binary(runtime, shims.shim_env("")["PATH"]) if runtime else None
+            return self._shim_binary(runtime) if runtime else None
         except ApplianceError:
             return None
 
