@@ -9,8 +9,9 @@ UNIMPLEMENTED naming itself (ListMetricDescriptors and ListPodSandboxMetrics as
 containerd 1.6.20).
 The pod and container services start once the daemon serves (as containerd runs its CRI
 service beside the server, after the plugin's init): the event monitor, then recovery of what a
-previous run left. Their ≈ 30 modules are imported beside the event loop, so that the daemon's
-first answers do not wait for them; a CRI call that comes before the start has ended waits for it.
+previous run left. Their ≈ 30 modules are imported in a worker thread, a moment after the
+daemon serves (or at the first CRI call), so that the daemon's first answers wait neither for
+them nor for the GIL; a CRI call that comes before the start has ended waits for it.
 The ImageService and CNI are built on first use.
 """
 from __future__ import annotations
@@ -36,6 +37,9 @@ v1alpha2 = stubs.module("appliance._proto.cri.v1alpha2.api_pb2")
 
 RUNTIME_NAME = "ctrappliance"
 START_WAIT_SECONDS = 60.0   # a CRI call waits this long for the services' start at most
+# The start waits this long after the daemon serves, unless a CRI call comes first: its imports
+# (in a thread, ≈ 17 ms of CPU) would share the GIL with the daemon's first answers
+START_DELAY_SECONDS = 0.25
 
 log = logging.getLogger("appliance.cri")
 
@@ -326,6 +330,7 @@ class CRIPlugin:
         self.runtime = None                  # cri.runtime.CRIRuntime, from start()
         self.supervisor = None               # the daemon's, from start()
         self.started = False                 # start() ended well: calls go straight in
+        self._start_wanted = asyncio.Event()   # a CRI call came: start now
         self._start_ended = asyncio.Event()  # start() ended, well or not
         self._start_error: Exception | None = None
 
@@ -407,6 +412,10 @@ class CRIPlugin:
 
     async def _start_in_background(self) -> None:
         try:
+            await asyncio.wait_for(self._start_wanted.wait(), START_DELAY_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        try:
             await asyncio.to_thread(_import_services)
             await self.start(self.supervisor)
         except Exception as exc:
@@ -418,6 +427,7 @@ class CRIPlugin:
 
     async def wait_started(self, context) -> None:
         """For a call that came before the start ended: wait for it; abort if it failed."""
+        self._start_wanted.set()
         try:
             await asyncio.wait_for(self._start_ended.wait(), START_WAIT_SECONDS)
         except asyncio.TimeoutError:
