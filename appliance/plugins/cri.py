@@ -40,6 +40,7 @@ START_WAIT_SECONDS = 60.0   # a CRI call waits this long for the services' start
 # The start waits this long after the daemon serves, unless a CRI call comes first: its imports
 # (in a thread, ≈ 17 ms of CPU) would share the GIL with the daemon's first answers
 START_DELAY_SECONDS = 0.25
+START_RETRY_SECONDS = 1.0   # after the modules could not be read (out of file descriptors)
 
 log = logging.getLogger("appliance.cri")
 
@@ -412,11 +413,7 @@ class CRIPlugin:
 
     async def _start_in_background(self) -> None:
         try:
-            await asyncio.wait_for(self._start_wanted.wait(), START_DELAY_SECONDS)
-        except asyncio.TimeoutError:
-            pass
-        try:
-            await asyncio.to_thread(_import_services)
+            await self._import_services()
             await self.start(self.supervisor)
         except Exception as exc:
             self._start_error = exc
@@ -424,6 +421,24 @@ class CRIPlugin:
         else:
             self.started = True
         self._start_ended.set()
+
+    async def _import_services(self) -> None:
+        """In a worker thread, a moment after the daemon serves or at the first CRI call;
+        again a second later while no file descriptor is free to read a module with."""
+        delay, logged = START_DELAY_SECONDS, False
+        while True:
+            try:
+                await asyncio.wait_for(self._start_wanted.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                return await asyncio.to_thread(_import_services)
+            except OSError as exc:   # e.g. EMFILE
+                if not logged:
+                    log.error("CRI service: cannot load its modules yet, retrying: %s", exc)
+                    logged = True
+                self._start_wanted.clear()
+                delay = START_RETRY_SECONDS
 
     async def wait_started(self, context) -> None:
         """For a call that came before the start ended: wait for it; abort if it failed."""
