@@ -7,27 +7,42 @@ UpdateRuntimeConfig (CNI: `plugin.network`), pods (cri/sandbox.py) and container
 GetContainerEvents (cri/events.py). Every other RuntimeService method answers
 UNIMPLEMENTED naming itself (ListMetricDescriptors and ListPodSandboxMetrics as
 containerd 1.6.20).
-The pod and container services start with the plugin (an async init): the event monitor,
-then recovery of what a previous run left; the ImageService and CNI are built on first use.
+The pod and container services start once the daemon serves (as containerd runs its CRI
+service beside the server, after the plugin's init): the event monitor, then recovery of what a
+previous run left. Their ≈ 30 modules are imported in a worker thread, a moment after the
+daemon serves (or at the first CRI call), so that the daemon's first answers wait neither for
+them nor for the GIL; a CRI call that comes before the start has ended waits for it.
+The ImageService and CNI are built on first use.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import json
+import logging
 import os
 import platform
 import time
 
 from .. import __version__, stubs
 from ..cri.config import CRIConfig
-from ..errdefs import NotFound
+from ..errdefs import NotFound, StatusCode, status_of
 from ..grpcutil import rpc
+from ..process import failpoint
 from ..plugin import EVENT, GRPC, SERVICE, InitContext, Registration, SNAPSHOT
 
 v1 = stubs.module("appliance._proto.cri.v1.api_pb2")
 v1alpha2 = stubs.module("appliance._proto.cri.v1alpha2.api_pb2")
 
 RUNTIME_NAME = "ctrappliance"
+START_WAIT_SECONDS = 60.0   # a CRI call waits this long for the services' start at most
+# The start waits this long after the daemon serves, unless a CRI call comes first: its imports
+# (in a thread, ≈ 17 ms of CPU) would share the GIL with the daemon's first answers
+START_DELAY_SECONDS = 0.25
+START_RETRY_SECONDS = 1.0   # after the modules could not be read (out of file descriptors)
+
+log = logging.getLogger("appliance.cri")
 
 
 class CRIImageAdapter:
@@ -315,6 +330,10 @@ class CRIPlugin:
         self.stats = None                    # cri.stats.StatsService
         self.runtime = None                  # cri.runtime.CRIRuntime, from start()
         self.supervisor = None               # the daemon's, from start()
+        self.started = False                 # start() ended well: calls go straight in
+        self._start_wanted = asyncio.Event()   # a CRI call came: start now
+        self._start_ended = asyncio.Event()  # start() ended, well or not
+        self._start_error: Exception | None = None
 
     @property
     def netns_dir(self) -> str:
@@ -386,7 +405,51 @@ class CRIPlugin:
 
     def register(self, services):
         for adapter in self.adapters:
-            adapter.register(services)
+            adapter.register(_AfterStart(services, self))
+
+    async def serving(self) -> None:
+        """The daemon serves: start the services in the background (supervised)."""
+        self.supervisor.task(self._start_in_background(), "cri-start")
+
+    async def _start_in_background(self) -> None:
+        try:
+            await self._import_services()
+            await self.start(self.supervisor)
+        except Exception as exc:
+            self._start_error = exc
+            log.error("failed to start the CRI service: %s", exc, exc_info=exc)
+        else:
+            self.started = True
+        self._start_ended.set()
+
+    async def _import_services(self) -> None:
+        """In a worker thread, a moment after the daemon serves or at the first CRI call;
+        again a second later while no file descriptor is free to read a module with."""
+        delay, logged = START_DELAY_SECONDS, False
+        while True:
+            try:
+                await asyncio.wait_for(self._start_wanted.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                return await asyncio.to_thread(_import_services)
+            except OSError as exc:   # e.g. EMFILE
+                if not logged:
+                    log.error("CRI service: cannot load its modules yet, retrying: %s", exc)
+                    logged = True
+                self._start_wanted.clear()
+                delay = START_RETRY_SECONDS
+
+    async def wait_started(self, context) -> None:
+        """For a call that came before the start ended: wait for it; abort if it failed."""
+        self._start_wanted.set()
+        try:
+            await asyncio.wait_for(self._start_ended.wait(), START_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            await context.abort(StatusCode.UNAVAILABLE, "the CRI service is still starting")
+        if self._start_error is not None:
+            code, message = status_of(self._start_error)
+            await context.abort(code, f"failed to start the CRI service: {message}")
 
     async def start(self, supervisor) -> None:
         """The pod and container services, the event monitor, then what a previous run left
@@ -434,8 +497,60 @@ async def _init(ic: InitContext) -> CRIPlugin:
     root = os.path.join(ic.server_config.root, f"{SNAPSHOT}.{cfg.containerd.snapshotter}")
     plugin = CRIPlugin(cfg, services, root, root_dir=ic.root, state_dir=ic.state,
                        server_config=ic.server_config, exchange=exchange)
-    await plugin.start(ic.supervisor)
+    plugin.supervisor = ic.supervisor   # start() runs once the daemon serves (serving())
     return plugin
+
+
+def _import_services() -> None:
+    """What start() imports, read in a worker thread once the daemon serves."""
+    failpoint.hit("cri.start")
+    from ..cri import container, monitor, runtime, sandbox, stats  # noqa: F401
+
+
+class _AfterStart:
+    """Registers an adapter's methods so that a call coming before the plugin's start ended
+    waits for it; once started, a call goes straight to the method (no extra frame)."""
+
+    def __init__(self, services, plugin: CRIPlugin):
+        self.services = services
+        self.plugin = plugin
+
+    def add(self, service: str, pb2, servicer) -> None:
+        self.services.add(service, pb2, _Gated(servicer, self.plugin))
+
+
+class _Gated:
+    """A servicer's methods behind CRIPlugin.wait_started, each of the same kind."""
+
+    def __init__(self, servicer, plugin: CRIPlugin):
+        self._servicer = servicer
+        self._plugin = plugin
+
+    def __getattr__(self, name):
+        method = getattr(self._servicer, name)   # AttributeError: not implemented
+        plugin = self._plugin
+        if inspect.isasyncgenfunction(method):
+            async def stream_after_start(request, context):
+                await plugin.wait_started(context)
+                async for item in method(request, context):
+                    yield item
+
+            def gated_stream(request, context):
+                if plugin.started:
+                    return method(request, context)
+                return stream_after_start(request, context)
+            return gated_stream
+
+        async def after_start(request, context):
+            await plugin.wait_started(context)
+            result = method(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        def gated(request, context):
+            if plugin.started:
+                return method(request, context)
+            return after_start(request, context)
+        return gated
 
 
 REGISTRATIONS = [
