@@ -16,6 +16,7 @@ a conf change or a daemon restart.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
