@@ -943,3 +943,28 @@ def test_containers_grpc_update_fieldpaths_liststream_and_sandbox(ours):
     assert streamed == ["g1"]
     api.containers.Delete(api.cpb.DeleteContainerRequest(id="g1"), metadata=api.md, timeout=10)
     assert_nothing_left(ours, ns)
+
+
+def test_a_prestarted_shim_is_stopped_when_its_tasks_create_is_cancelled(rootfs, tmp_path):
+    """A Tasks.Create that gives up (client deadline) while it waits for the container's shim
+    started ahead: that shim, ready later, is stopped; none is left once the container is gone."""
+    ns = ns_for("prestart-cancel")
+    shim = tmp_path / "slow-shim"   # the real runc shim, whose `start` begins 3 s late
+    shim.write_text('#!/bin/sh\ncase "$*" in *" start") sleep 3;; esac\n'
+                    'exec containerd-shim-runc-v2 "$@"\n')
+    shim.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[plugins."io.containerd.runtime.v2.task"]\n'
+                      '  prestart_shims = true\n')
+    d = Daemon(config=str(config)).start()
+    try:
+        d.ctr("containers", "create", *PATH_ENV, "--runtime", str(shim), "--rootfs", rootfs,
+              "c0", "sleep", "60", namespace=ns)
+        r = d.ctr("--timeout", "1s", "tasks", "start", "-d", "c0", namespace=ns, check=False)
+        assert r.returncode != 0
+        time.sleep(4.0)   # the shim's start has ended by now
+        d.ctr("containers", "rm", "c0", namespace=ns)
+        wait_for(lambda: not _shims_in(d, ns), timeout=15, what="the shim started ahead stopped")
+        assert_nothing_left(d, ns)
+    finally:
+        _cleanup(d)

@@ -84,3 +84,25 @@ def test_a_finished_threads_reading_connection_is_closed(db):
         t.join()
     read()   # a new reader in this thread drops those of threads that ended
     assert _open_files(db.path) <= 3, _open_files(db.path)   # writer, this reader (+1 spare)
+
+
+def test_read_kept_keeps_no_value_a_write_changed_after_its_check(tmp_path):
+    """A write that begins and ends between read_kept's epoch check and its keeping (another
+    thread, interleaved there) changed the value read: it is not kept."""
+    db = DB(str(tmp_path / "meta.db"))
+    stored = {"value": "old"}
+
+    class Interleaved(dict):
+        def __len__(self):    # read_kept asks for the size between its check and keeping
+            if stored["value"] == "old":
+                with db.write():             # the writer's rule: drop the key inside
+                    self.pop("key", None)
+                    stored["value"] = "new"
+            return dict.__len__(self)
+
+    kept = Interleaved()
+    try:
+        assert db.read_kept(kept, "key", lambda conn: stored["value"], 10) == "old"
+        assert kept.get("key") in (None, "new")
+    finally:
+        db.close()

@@ -62,3 +62,20 @@ def test_labels_read_once_and_see_every_change(store):
     store.update("a", {"z": "4"}, [])     # an update creates it
     assert store.labels("a") == {"z": "4"}
 
+
+
+def test_ensure_keeps_no_namespace_deleted_after_its_check(store):
+    """A delete that runs between ensure's epoch check and its keeping (another thread,
+    interleaved there): the namespace is not kept as existing, the next ensure makes it."""
+    store.create("gone", {})
+
+    class Interleaved(set):
+        def add(self, name):   # ensure keeps the name here, after its check
+            if store.list() == ["gone"]:
+                store.delete("gone")
+            super().add(name)
+
+    store._known = Interleaved()
+    store.ensure("gone")
+    store.ensure("gone")
+    assert store.list() == ["gone"]

@@ -285,6 +285,8 @@ class DB:
                 if len(kept) >= limit:
                     kept.clear()
                 kept[key] = got
+                if epoch != self.quiet_epoch():   # a write began after the check: its drop
+                    kept.pop(key, None)           # of the key may have come before ours
         return got
 
     def quiet_epoch(self) -> int | None:

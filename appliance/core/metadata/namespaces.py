@@ -48,6 +48,8 @@ class NamespaceStore:
         if found:
             if self._quiet(epoch):
                 self._known.add(name)
+                if not self._quiet(epoch):   # a write began after the check (read_kept's rule)
+                    self._known.discard(name)
             return
         identifiers.validate(name)
         with self.db.write() as tx:

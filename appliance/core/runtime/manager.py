@@ -236,7 +236,11 @@ class TaskManager:
             return None
         task, started_runtime, started_options, timer = entry
         timer.cancel()
-        await asyncio.wait({task}, timeout=self.timeouts.load + shims.START_TIMEOUT)
+        try:
+            await asyncio.wait({task}, timeout=self.timeouts.load + shims.START_TIMEOUT)
+        finally:
+            if not task.done():   # given up waiting (cancelled, deadline): stopped once up
+                self._discard(ns, task_id, task)
         shim = task.result() if task.done() else None
         if shim is None:
             return None
@@ -256,7 +260,10 @@ class TaskManager:
             return None
         task, _, _, timer = entry
         timer.cancel()
+        return self._discard(ns, task_id, task)
 
+    def _discard(self, ns: str, task_id: str, task: asyncio.Task) -> asyncio.Task:
+        """Stop the shim the prestart `task` starts, once it is up (a teardown)."""
         async def stop():
             await asyncio.wait({task})
             if task.result() is not None:
